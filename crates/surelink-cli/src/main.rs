@@ -1,0 +1,2 @@
+//! The `surelink` command-line tool (in progress).
+fn main() {}

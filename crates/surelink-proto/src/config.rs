@@ -1,0 +1,170 @@
+//! Connection settings shared by both sides, with validation.
+
+use std::time::Duration;
+
+/// Settings for an endpoint and the connections it makes or accepts.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Config {
+    /// Largest message this side sends or accepts, in bytes (default 16 MiB).
+    pub max_message_size: usize,
+    /// Flow-control window: bytes of received, not yet consumed messages the peer may
+    /// have outstanding (default 32 MiB; must be at least `max_message_size` + per-message cost).
+    pub receive_window: u64,
+    /// Bytes of unacknowledged messages the application may queue before `send` pushes back.
+    pub send_buffer: usize,
+    /// Largest UDP payload surelink sends (default 1452: fits a 1500-byte MTU over IPv6).
+    pub max_datagram_size: usize,
+    /// Close the connection after this long without hearing from the peer (default 10 s).
+    pub idle_timeout: Duration,
+    /// Send a PING when nothing else was sent for this long (default 1 s).
+    pub keepalive_interval: Duration,
+    /// Longest an ACK is delayed after an ack-eliciting packet arrives (default 1 ms).
+    pub max_ack_delay: Duration,
+    /// Acknowledge at once after this many ack-eliciting packets (default 2).
+    pub ack_frequency: u32,
+    /// RTT assumed before the first sample (default 100 ms).
+    pub initial_rtt: Duration,
+    /// Ceiling on the probe timeout after backoff (default 1 s), so a link that
+    /// comes back after a blackout is probed again quickly.
+    pub max_pto: Duration,
+    /// Initial congestion window in packets (default 32).
+    pub initial_window_packets: u64,
+    /// Most connections an endpoint accepts at once (default 1024).
+    pub max_connections: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_message_size: 16 << 20,
+            receive_window: 32 << 20,
+            send_buffer: 16 << 20,
+            max_datagram_size: 1452,
+            idle_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(1),
+            max_ack_delay: Duration::from_millis(1),
+            ack_frequency: 2,
+            initial_rtt: Duration::from_millis(100),
+            max_pto: Duration::from_secs(1),
+            initial_window_packets: 32,
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Per-message bookkeeping cost charged against the flow-control window, so that a
+/// flood of empty messages is bounded too.
+pub const MESSAGE_CREDIT_OVERHEAD: u64 = 32;
+
+/// Smallest datagram surelink can work with (and the size Initial packets are padded to).
+pub const MIN_DATAGRAM_SIZE: usize = 1200;
+/// Largest datagram size accepted in the configuration.
+pub const MAX_DATAGRAM_SIZE: usize = 65_507;
+/// Largest message size accepted in the configuration (1 GiB).
+pub const MAX_MESSAGE_SIZE: usize = 1 << 30;
+
+/// A setting that makes no sense.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `max_datagram_size` outside 1200..=65507.
+    #[error("max datagram size {0} outside {MIN_DATAGRAM_SIZE}..={MAX_DATAGRAM_SIZE}")]
+    DatagramSize(usize),
+    /// `max_message_size` is zero or above 1 GiB.
+    #[error("max message size {0} outside 1..={MAX_MESSAGE_SIZE}")]
+    MessageSize(usize),
+    /// The receive window cannot hold one largest message.
+    #[error("receive window {window} smaller than one max-size message ({needed} bytes)")]
+    WindowTooSmall {
+        /// The configured window.
+        window: u64,
+        /// What one message needs.
+        needed: u64,
+    },
+    /// A duration that must be positive is zero.
+    #[error("{0} must be greater than zero")]
+    ZeroDuration(&'static str),
+    /// A count that must be positive is zero.
+    #[error("{0} must be greater than zero")]
+    ZeroCount(&'static str),
+}
+
+impl Config {
+    /// Checks every setting; connections are only built from a valid config.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(MIN_DATAGRAM_SIZE..=MAX_DATAGRAM_SIZE).contains(&self.max_datagram_size) {
+            return Err(ConfigError::DatagramSize(self.max_datagram_size));
+        }
+        if self.max_message_size == 0 || self.max_message_size > MAX_MESSAGE_SIZE {
+            return Err(ConfigError::MessageSize(self.max_message_size));
+        }
+        let needed = self.max_message_size as u64 + MESSAGE_CREDIT_OVERHEAD;
+        if self.receive_window < needed {
+            return Err(ConfigError::WindowTooSmall {
+                window: self.receive_window,
+                needed,
+            });
+        }
+        for (d, name) in [
+            (self.idle_timeout, "idle timeout"),
+            (self.keepalive_interval, "keepalive interval"),
+            (self.initial_rtt, "initial rtt"),
+            (self.max_pto, "max pto"),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        for (n, name) in [
+            (u64::from(self.ack_frequency), "ack frequency"),
+            (self.initial_window_packets, "initial window"),
+            (self.max_connections as u64, "max connections"),
+            (self.send_buffer as u64, "send buffer"),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::ZeroCount(name));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn nonsense_is_rejected() {
+        let bad = [
+            Config {
+                max_datagram_size: 100,
+                ..Config::default()
+            },
+            Config {
+                max_message_size: 0,
+                ..Config::default()
+            },
+            Config {
+                receive_window: 1000,
+                ..Config::default()
+            },
+            Config {
+                idle_timeout: Duration::ZERO,
+                ..Config::default()
+            },
+            Config {
+                ack_frequency: 0,
+                ..Config::default()
+            },
+        ];
+        for c in bad {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Counters and gauges of one connection, as returned by `Connection::stats`.
+
+use std::time::Duration;
+
+/// A snapshot of a connection's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionStats {
+    /// Smoothed round-trip time.
+    pub rtt: Duration,
+    /// Round-trip time variance.
+    pub rtt_var: Duration,
+    /// Most recent round-trip time sample.
+    pub latest_rtt: Duration,
+    /// Smallest round-trip time seen.
+    pub min_rtt: Duration,
+    /// Congestion window in bytes.
+    pub cwnd: u64,
+    /// Slow-start threshold in bytes (`u64::MAX` until the first loss).
+    pub ssthresh: u64,
+    /// Bytes of ack-eliciting packets in flight.
+    pub bytes_in_flight: u64,
+    /// Datagrams sent.
+    pub packets_sent: u64,
+    /// Datagrams received and accepted by this connection.
+    pub packets_received: u64,
+    /// Bytes sent on the wire (UDP payload).
+    pub bytes_sent: u64,
+    /// Bytes received on the wire (UDP payload).
+    pub bytes_received: u64,
+    /// Packets declared lost.
+    pub packets_lost: u64,
+    /// Message fragments queued for retransmission.
+    pub retransmissions: u64,
+    /// Message payload bytes handed to the connection for sending.
+    pub payload_bytes_sent: u64,
+    /// Message payload bytes sent again after a loss.
+    pub payload_bytes_retransmitted: u64,
+    /// Probe timeouts that fired.
+    pub probe_timeouts: u64,
+    /// Packets received more than once (dropped).
+    pub duplicate_packets: u64,
+    /// Message fragments received more than once (dropped).
+    pub duplicate_fragments: u64,
+    /// Datagrams that failed to decode (dropped).
+    pub malformed_packets: u64,
+    /// Messages queued by the application.
+    pub messages_sent: u64,
+    /// Messages the peer acknowledged in full.
+    pub messages_acked: u64,
+    /// Messages delivered in order to the application side.
+    pub messages_delivered: u64,
+}
+
+impl ConnectionStats {
+    /// Retransmission rate R = L / S: payload bytes re-sent over payload bytes sent.
+    pub fn retransmission_rate(&self) -> f64 {
+        if self.payload_bytes_sent == 0 {
+            0.0
+        } else {
+            self.payload_bytes_retransmitted as f64 / self.payload_bytes_sent as f64
+        }
+    }
+}

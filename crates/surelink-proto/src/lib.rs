@@ -1,0 +1,24 @@
+//! The sans-IO protocol core of surelink.
+//!
+//! Nothing here opens a socket, reads a clock or draws OS randomness: time
+//! (`now: Instant`) and seeds are inputs. An [`Endpoint`] routes datagrams and
+//! creates [`Connection`]s; a connection is fed datagrams and timeouts and
+//! polled for datagrams to send, messages received and events. The tokio
+//! runtime in the `surelink` crate drives it over real sockets; the tests drive
+//! it over a simulated, impaired network on a virtual clock.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod conn;
+pub mod endpoint;
+pub mod range_set;
+pub mod wire;
+
+pub use config::{Config, ConfigError};
+pub use conn::{
+    close_code, Connection, ConnectionError, ConnectionStats, Event, Message, SendError, Side,
+    Transmit,
+};
+pub use endpoint::{ConnectionHandle, DatagramEvent, DropReason, Endpoint, EndpointStats};

@@ -1,0 +1,598 @@
+//! Frames: the units of meaning inside a packet.
+//!
+//! Each frame starts with a varint type. Types 0x00–0x08 are defined in v1;
+//! 0x10–0x1f are reserved for path status, clock, checkpoint and handshake
+//! frames of later versions; anything else is rejected. [`FrameIter`] walks the
+//! frames of a packet payload and yields an error (then stops) on malformed input.
+
+use std::ops::RangeInclusive;
+
+use super::{varint, Reader, WireError};
+
+const PADDING: u64 = 0x00;
+const PING: u64 = 0x01;
+const PONG: u64 = 0x02;
+const ACK: u64 = 0x03;
+const MSG: u64 = 0x04;
+const CLOSE: u64 = 0x05;
+const MAX_DATA: u64 = 0x06;
+const CONNECT: u64 = 0x07;
+const ACCEPT: u64 = 0x08;
+
+/// Most ACK ranges a decoder accepts in one frame (bounds the work of a hostile ACK).
+pub const MAX_ACK_RANGES: usize = 256;
+/// Longest CLOSE reason in bytes.
+pub const MAX_REASON_LEN: usize = 1024;
+
+/// One frame, borrowing its payload from the packet it was decoded from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// `n` zero bytes; no meaning, used to pad Initial packets.
+    Padding(usize),
+    /// Heartbeat carrying the sender's clock (µs since its connection epoch). Ack-eliciting.
+    Ping {
+        /// Sender's timestamp t1.
+        timestamp_us: u64,
+    },
+    /// Answer to a PING with the three timestamps of an NTP exchange.
+    Pong {
+        /// The t1 echoed from the PING.
+        echo_us: u64,
+        /// t2: when the PING arrived, on the answerer's clock.
+        recv_us: u64,
+        /// t3: when this PONG left, on the answerer's clock.
+        send_us: u64,
+    },
+    /// Acknowledgement of packet numbers.
+    Ack(AckFrame),
+    /// A fragment of an application message.
+    Msg(MsgFrame<'a>),
+    /// Connection close with a reason.
+    Close {
+        /// 0 = graceful, otherwise an error code (see docs/PROTOCOL.md).
+        code: u64,
+        /// Human-readable reason.
+        reason: &'a str,
+    },
+    /// Flow-control credit: the sender may start messages up to this many cumulative payload bytes.
+    MaxData {
+        /// Cumulative byte limit.
+        max: u64,
+    },
+    /// Client's connection request (in Initial packets).
+    Connect(TransportParams),
+    /// Server's acceptance (in Handshake packets).
+    Accept {
+        /// The connection id the client must put in every later packet.
+        cid: u64,
+        /// The server's transport parameters.
+        params: TransportParams,
+    },
+}
+
+/// An ACK frame: acknowledged packet numbers as descending inclusive ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckFrame {
+    /// Time between receiving the largest packet and sending this ACK, in µs.
+    pub delay_us: u64,
+    /// Disjoint ranges, highest first, separated by at least one missing number.
+    pub ranges: Vec<RangeInclusive<u64>>,
+}
+
+impl AckFrame {
+    /// Largest acknowledged packet number.
+    pub fn largest(&self) -> u64 {
+        self.ranges.first().map_or(0, |r| *r.end())
+    }
+}
+
+/// A message fragment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MsgFrame<'a> {
+    /// Channel the message belongs to; ordering is per channel.
+    pub channel: u64,
+    /// Message sequence number within the channel, from 0.
+    pub seq: u64,
+    /// Total length of the message in bytes.
+    pub msg_len: u64,
+    /// Offset of this fragment within the message.
+    pub offset: u64,
+    /// Fragment bytes.
+    pub data: &'a [u8],
+}
+
+/// Parameters each side announces in the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportParams {
+    /// Largest message the sender of these params accepts.
+    pub max_message_size: u64,
+    /// Initial flow-control credit in bytes.
+    pub receive_window: u64,
+    /// Idle timeout in milliseconds (0 = none).
+    pub idle_timeout_ms: u64,
+    /// Longest the sender of these params delays an ACK, in µs.
+    pub max_ack_delay_us: u64,
+}
+
+// Parameter ids inside CONNECT/ACCEPT; unknown ids are skipped for forward compatibility.
+const P_MAX_MESSAGE: u64 = 1;
+const P_WINDOW: u64 = 2;
+const P_IDLE: u64 = 3;
+const P_ACK_DELAY: u64 = 4;
+const MAX_PARAMS: u64 = 64;
+
+impl TransportParams {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let pairs = [
+            (P_MAX_MESSAGE, self.max_message_size),
+            (P_WINDOW, self.receive_window),
+            (P_IDLE, self.idle_timeout_ms),
+            (P_ACK_DELAY, self.max_ack_delay_us),
+        ];
+        varint::write(out, pairs.len() as u64);
+        for (k, v) in pairs {
+            varint::write(out, k);
+            varint::write(out, v);
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let n = r.varint()?;
+        if n > MAX_PARAMS {
+            return Err(WireError::Invalid("parameter count"));
+        }
+        let mut p = Self {
+            max_message_size: 0,
+            receive_window: 0,
+            idle_timeout_ms: 0,
+            max_ack_delay_us: 0,
+        };
+        let mut seen = 0u8;
+        for _ in 0..n {
+            let k = r.varint()?;
+            let v = r.varint()?;
+            let (slot, bit) = match k {
+                P_MAX_MESSAGE => (&mut p.max_message_size, 1),
+                P_WINDOW => (&mut p.receive_window, 2),
+                P_IDLE => (&mut p.idle_timeout_ms, 4),
+                P_ACK_DELAY => (&mut p.max_ack_delay_us, 8),
+                _ => continue,
+            };
+            if seen & bit != 0 {
+                return Err(WireError::Invalid("duplicate parameter"));
+            }
+            seen |= bit;
+            *slot = v;
+        }
+        if seen & 3 != 3 {
+            return Err(WireError::Invalid("missing required parameter"));
+        }
+        Ok(p)
+    }
+}
+
+impl Frame<'_> {
+    /// True if receiving this frame obliges the peer to acknowledge the packet.
+    pub fn is_ack_eliciting(&self) -> bool {
+        !matches!(self, Frame::Padding(_) | Frame::Ack(_))
+    }
+
+    /// Appends the encoded frame to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Frame::Padding(n) => out.resize(out.len() + n, 0),
+            Frame::Ping { timestamp_us } => {
+                varint::write(out, PING);
+                varint::write(out, *timestamp_us);
+            }
+            Frame::Pong {
+                echo_us,
+                recv_us,
+                send_us,
+            } => {
+                varint::write(out, PONG);
+                varint::write(out, *echo_us);
+                varint::write(out, *recv_us);
+                varint::write(out, *send_us);
+            }
+            Frame::Ack(ack) => ack.encode(out),
+            Frame::Msg(m) => {
+                m.encode_header(out);
+                out.extend_from_slice(m.data);
+            }
+            Frame::Close { code, reason } => {
+                varint::write(out, CLOSE);
+                varint::write(out, *code);
+                let reason = truncate_utf8(reason, MAX_REASON_LEN);
+                varint::write(out, reason.len() as u64);
+                out.extend_from_slice(reason.as_bytes());
+            }
+            Frame::MaxData { max } => {
+                varint::write(out, MAX_DATA);
+                varint::write(out, *max);
+            }
+            Frame::Connect(p) => {
+                varint::write(out, CONNECT);
+                p.encode(out);
+            }
+            Frame::Accept { cid, params } => {
+                varint::write(out, ACCEPT);
+                out.extend_from_slice(&cid.to_be_bytes());
+                params.encode(out);
+            }
+        }
+    }
+
+    /// Encoded size of this frame.
+    pub fn encoded_len(&self) -> usize {
+        let mut v = Vec::new();
+        self.encode(&mut v);
+        v.len()
+    }
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl MsgFrame<'_> {
+    /// Bytes the frame needs before its data, for a fragment of `data_len` bytes.
+    pub fn overhead(channel: u64, seq: u64, msg_len: u64, offset: u64, data_len: usize) -> usize {
+        1 + varint::size(channel)
+            + varint::size(seq)
+            + varint::size(msg_len)
+            + varint::size(offset)
+            + varint::size(data_len as u64)
+    }
+
+    /// Appends everything but the data (callers then append `data`).
+    pub fn encode_header(&self, out: &mut Vec<u8>) {
+        varint::write(out, MSG);
+        varint::write(out, self.channel);
+        varint::write(out, self.seq);
+        varint::write(out, self.msg_len);
+        varint::write(out, self.offset);
+        varint::write(out, self.data.len() as u64);
+    }
+}
+
+impl AckFrame {
+    fn encode(&self, out: &mut Vec<u8>) {
+        varint::write(out, ACK);
+        let Some(first) = self.ranges.first() else {
+            // An empty ACK is never built; encode a harmless ack of packet 0.
+            varint::write(out, 0);
+            varint::write(out, self.delay_us);
+            varint::write(out, 0);
+            varint::write(out, 0);
+            return;
+        };
+        varint::write(out, *first.end());
+        varint::write(out, self.delay_us);
+        varint::write(out, self.ranges.len() as u64 - 1);
+        varint::write(out, first.end() - first.start());
+        let mut prev_smallest = *first.start();
+        for r in &self.ranges[1..] {
+            // gap = number of missing packets between ranges, minus one (never negative).
+            varint::write(out, prev_smallest - r.end() - 2);
+            varint::write(out, r.end() - r.start());
+            prev_smallest = *r.start();
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let largest = r.varint()?;
+        let delay_us = r.varint()?;
+        let extra = r.varint()?;
+        if extra >= MAX_ACK_RANGES as u64 {
+            return Err(WireError::Invalid("ack range count"));
+        }
+        let first_len = r.varint()?;
+        let smallest = largest
+            .checked_sub(first_len)
+            .ok_or(WireError::Invalid("ack range"))?;
+        let mut ranges = Vec::with_capacity(extra as usize + 1);
+        ranges.push(smallest..=largest);
+        let mut prev_smallest = smallest;
+        for _ in 0..extra {
+            let gap = r.varint()?;
+            let len = r.varint()?;
+            let end = prev_smallest
+                .checked_sub(gap)
+                .and_then(|v| v.checked_sub(2))
+                .ok_or(WireError::Invalid("ack gap"))?;
+            let start = end.checked_sub(len).ok_or(WireError::Invalid("ack range"))?;
+            ranges.push(start..=end);
+            prev_smallest = start;
+        }
+        Ok(Self { delay_us, ranges })
+    }
+}
+
+/// Iterates over the frames of a packet payload.
+///
+/// Yields `Err` once on malformed input and then ends.
+#[derive(Debug, Clone)]
+pub struct FrameIter<'a> {
+    r: Reader<'a>,
+    failed: bool,
+}
+
+impl<'a> FrameIter<'a> {
+    /// Iterates over `payload` (the bytes after the header).
+    pub fn new(payload: &'a [u8]) -> Self {
+        Self {
+            r: Reader::new(payload),
+            failed: false,
+        }
+    }
+
+    fn decode_one(&mut self) -> Result<Frame<'a>, WireError> {
+        let r = &mut self.r;
+        let ty = r.varint()?;
+        Ok(match ty {
+            PADDING => {
+                let mut n = 1;
+                while r.peek() == Some(0) {
+                    r.u8()?;
+                    n += 1;
+                }
+                Frame::Padding(n)
+            }
+            PING => Frame::Ping {
+                timestamp_us: r.varint()?,
+            },
+            PONG => Frame::Pong {
+                echo_us: r.varint()?,
+                recv_us: r.varint()?,
+                send_us: r.varint()?,
+            },
+            ACK => Frame::Ack(AckFrame::decode(r)?),
+            MSG => {
+                let channel = r.varint()?;
+                let seq = r.varint()?;
+                let msg_len = r.varint()?;
+                let offset = r.varint()?;
+                let data = r.len_prefixed()?;
+                let end = offset
+                    .checked_add(data.len() as u64)
+                    .ok_or(WireError::Invalid("fragment offset"))?;
+                if end > msg_len {
+                    return Err(WireError::Invalid("fragment beyond message end"));
+                }
+                if data.is_empty() && msg_len != 0 {
+                    return Err(WireError::Invalid("empty fragment"));
+                }
+                Frame::Msg(MsgFrame {
+                    channel,
+                    seq,
+                    msg_len,
+                    offset,
+                    data,
+                })
+            }
+            CLOSE => {
+                let code = r.varint()?;
+                let reason = r.len_prefixed()?;
+                if reason.len() > MAX_REASON_LEN {
+                    return Err(WireError::Invalid("close reason length"));
+                }
+                let reason =
+                    std::str::from_utf8(reason).map_err(|_| WireError::Invalid("close reason"))?;
+                Frame::Close { code, reason }
+            }
+            MAX_DATA => Frame::MaxData { max: r.varint()? },
+            CONNECT => Frame::Connect(TransportParams::decode(r)?),
+            ACCEPT => Frame::Accept {
+                cid: r.u64()?,
+                params: TransportParams::decode(r)?,
+            },
+            other => return Err(WireError::UnknownFrame(other)),
+        })
+    }
+}
+
+impl<'a> Iterator for FrameIter<'a> {
+    type Item = Result<Frame<'a>, WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.r.is_empty() {
+            return None;
+        }
+        let res = self.decode_one();
+        self.failed = res.is_err();
+        Some(res)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn params() -> impl Strategy<Value = TransportParams> {
+        (
+            0..=varint::MAX,
+            0..=varint::MAX,
+            0..=varint::MAX,
+            0..=varint::MAX,
+        )
+            .prop_map(|(a, b, c, d)| TransportParams {
+                max_message_size: a,
+                receive_window: b,
+                idle_timeout_ms: c,
+                max_ack_delay_us: d,
+            })
+    }
+
+    fn ack() -> impl Strategy<Value = AckFrame> {
+        (
+            0..varint::MAX / 2,
+            0..=varint::MAX,
+            proptest::collection::vec((0u64..1000, 0u64..1000), 1..40),
+        )
+            .prop_filter_map("ranges fit", |(largest, delay_us, spans)| {
+                let mut ranges = Vec::new();
+                let mut end = largest;
+                for (i, (gap, len)) in spans.into_iter().enumerate() {
+                    if i > 0 {
+                        end = end.checked_sub(gap + 2)?;
+                    }
+                    let start = end.checked_sub(len)?;
+                    ranges.push(start..=end);
+                    end = start;
+                }
+                Some(AckFrame { delay_us, ranges })
+            })
+    }
+
+    /// An owned frame so proptest can generate data for the borrowed ones.
+    #[derive(Debug, Clone)]
+    enum Owned {
+        Padding(usize),
+        Ping(u64),
+        Pong(u64, u64, u64),
+        Ack(AckFrame),
+        Msg(u64, u64, u64, Vec<u8>),
+        Close(u64, String),
+        MaxData(u64),
+        Connect(TransportParams),
+        Accept(u64, TransportParams),
+    }
+
+    impl Owned {
+        fn frame(&self) -> Frame<'_> {
+            match self {
+                Owned::Padding(n) => Frame::Padding(*n),
+                Owned::Ping(t) => Frame::Ping { timestamp_us: *t },
+                Owned::Pong(a, b, c) => Frame::Pong {
+                    echo_us: *a,
+                    recv_us: *b,
+                    send_us: *c,
+                },
+                Owned::Ack(a) => Frame::Ack(a.clone()),
+                Owned::Msg(channel, seq, offset, data) => Frame::Msg(MsgFrame {
+                    channel: *channel,
+                    seq: *seq,
+                    msg_len: offset + data.len() as u64 + 3,
+                    offset: *offset,
+                    data,
+                }),
+                Owned::Close(code, reason) => Frame::Close {
+                    code: *code,
+                    reason,
+                },
+                Owned::MaxData(m) => Frame::MaxData { max: *m },
+                Owned::Connect(p) => Frame::Connect(*p),
+                Owned::Accept(cid, p) => Frame::Accept {
+                    cid: *cid,
+                    params: *p,
+                },
+            }
+        }
+    }
+
+    fn frame() -> impl Strategy<Value = Owned> {
+        let v = 0..=varint::MAX;
+        prop_oneof![
+            (1usize..50).prop_map(Owned::Padding),
+            v.clone().prop_map(Owned::Ping),
+            (v.clone(), v.clone(), v.clone()).prop_map(|(a, b, c)| Owned::Pong(a, b, c)),
+            ack().prop_map(Owned::Ack),
+            (
+                0u64..1 << 16,
+                v.clone(),
+                0u64..1 << 40,
+                proptest::collection::vec(any::<u8>(), 1..300)
+            )
+                .prop_map(|(c, s, o, d)| Owned::Msg(c, s, o, d)),
+            (v.clone(), "\\PC{0,40}").prop_map(|(c, r)| Owned::Close(c, r)),
+            v.clone().prop_map(Owned::MaxData),
+            params().prop_map(Owned::Connect),
+            (any::<u64>(), params()).prop_map(|(c, p)| Owned::Accept(c, p)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn each_frame_round_trips(f in frame()) {
+            let frame = f.frame();
+            let mut buf = Vec::new();
+            frame.encode(&mut buf);
+            prop_assert_eq!(buf.len(), frame.encoded_len());
+            let decoded: Vec<_> = FrameIter::new(&buf).collect::<Result<_, _>>().unwrap();
+            prop_assert_eq!(decoded, vec![frame]);
+        }
+
+        #[test]
+        fn frame_sequences_round_trip(fs in proptest::collection::vec(frame(), 1..8)) {
+            // Padding merges with following padding, so keep it last only.
+            let fs: Vec<_> = fs.into_iter().filter(|f| !matches!(f, Owned::Padding(_))).collect();
+            let frames: Vec<_> = fs.iter().map(Owned::frame).collect();
+            let mut buf = Vec::new();
+            for f in &frames { f.encode(&mut buf); }
+            let decoded: Vec<_> = FrameIter::new(&buf).collect::<Result<_, _>>().unwrap();
+            prop_assert_eq!(decoded, frames);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            for f in FrameIter::new(&bytes) { let _ = f; }
+        }
+
+        #[test]
+        fn truncation_is_an_error_not_a_panic(f in frame(), cut in any::<prop::sample::Index>()) {
+            let frame = f.frame();
+            let mut buf = Vec::new();
+            frame.encode(&mut buf);
+            if !matches!(frame, Frame::Padding(_)) && buf.len() > 1 {
+                let n = cut.index(buf.len() - 1) + 1;
+                let n = n.min(buf.len() - 1);
+                let res: Result<Vec<_>, _> = FrameIter::new(&buf[..n]).collect();
+                prop_assert!(res.is_err() || res.unwrap() != vec![frame]);
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_frames_are_rejected() {
+        let cases: &[(&[u8], &str)] = &[
+            (&[0x04, 0, 0, 5, 4, 2, 1, 2], "fragment beyond message end"),
+            (&[0x04, 0, 0, 5, 0, 0], "empty fragment"),
+            (&[0x03, 5, 0, 0, 6], "first ack range below zero"),
+            (&[0x03, 5, 0, 1, 0, 4, 0], "gap below zero"),
+            (&[0x05, 0, 2, 0xff, 0xfe], "reason not utf8"),
+            (&[0x07, 1, 1, 10], "missing params"),
+            (&[0x07, 2, 1, 10, 1, 10], "duplicate params"),
+            (&[0x10], "reserved frame type"),
+            (&[0x3f], "unknown frame type"),
+            (&[0x03, 5, 0, 0x41, 0x00, 0], "too many ranges"),
+        ];
+        for (bytes, why) in cases {
+            let res: Result<Vec<_>, _> = FrameIter::new(bytes).collect();
+            assert!(res.is_err(), "{why}: {res:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_params_are_skipped() {
+        let bytes = [0x07, 3, 1, 10, 2, 20, 9, 33];
+        let f: Vec<_> = FrameIter::new(&bytes).collect::<Result<_, _>>().unwrap();
+        assert_eq!(
+            f,
+            vec![Frame::Connect(TransportParams {
+                max_message_size: 10,
+                receive_window: 20,
+                idle_timeout_ms: 0,
+                max_ack_delay_us: 0
+            })]
+        );
+    }
+}

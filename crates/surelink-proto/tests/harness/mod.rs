@@ -1,0 +1,291 @@
+//! A deterministic two-party network on a virtual clock.
+//!
+//! A client and a server endpoint exchange datagrams over two seeded
+//! `surelink-netem` links (one per direction). Time only moves when nothing is
+//! due: the harness jumps to the earliest of the connections' timers and the
+//! links' next deliveries. A run is a pure function of its seed and scenario.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use surelink_netem::{Link, LinkConfig};
+use surelink_proto::{Config, Connection, DatagramEvent, Endpoint, Event};
+
+/// What the sender's application does.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Number of messages.
+    pub messages: u64,
+    /// Message sizes are drawn from 0..=max_size (deterministically from the seq).
+    pub max_size: usize,
+    /// Interval between messages (zero: as fast as backpressure allows).
+    pub interval: Duration,
+}
+
+/// Everything observed in one run.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Messages delivered, in delivery order: (seq, ok-content).
+    pub delivered: Vec<u64>,
+    /// Any message whose content did not match.
+    pub corrupt: Vec<u64>,
+    /// Virtual time from start to both sides closed.
+    pub elapsed: Duration,
+    /// Client and server close events.
+    pub client_closed: Option<Event>,
+    /// Server close event.
+    pub server_closed: Option<Event>,
+    /// True if the run hit its virtual-time limit.
+    pub stalled: bool,
+    /// Sender stats at the end.
+    pub client_stats: Option<surelink_proto::ConnectionStats>,
+    /// Receiver stats at the end.
+    pub server_stats: Option<surelink_proto::ConnectionStats>,
+}
+
+/// Deterministic message content for `seq`.
+pub fn message(seq: u64, max_size: usize) -> Bytes {
+    let mut x = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    x ^= x >> 31;
+    let len = if max_size == 0 {
+        0
+    } else {
+        (x % (max_size as u64 + 1)) as usize
+    };
+    let mut v = Vec::with_capacity(len);
+    let mut s = x | 1;
+    for _ in 0..len {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        v.push(s as u8);
+    }
+    Bytes::from(v)
+}
+
+/// A two-party simulated network.
+pub struct Sim {
+    pub now: Instant,
+    pub start: Instant,
+    pub client_addr: SocketAddr,
+    pub server_addr: SocketAddr,
+    pub client_ep: Endpoint,
+    pub server_ep: Endpoint,
+    pub client: Connection,
+    pub server: Option<Connection>,
+    pub c2s: Link<Vec<u8>>,
+    pub s2c: Link<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Sim {
+    /// Builds the network; both directions use their own seeded link.
+    pub fn new(config: Config, c2s: LinkConfig, s2c: LinkConfig, seed: u64) -> Self {
+        let start = Instant::now();
+        let client_addr: SocketAddr = "127.0.0.1:1001".parse().unwrap();
+        let server_addr: SocketAddr = "127.0.0.1:1002".parse().unwrap();
+        let mut client_ep = Endpoint::new(config.clone(), seed ^ 0xc1, false).unwrap();
+        let server_ep = Endpoint::new(config, seed ^ 0x5e, true).unwrap();
+        let (_, client) = client_ep.connect(start, server_addr);
+        Self {
+            now: start,
+            start,
+            client_addr,
+            server_addr,
+            client_ep,
+            server_ep,
+            client,
+            server: None,
+            c2s: Link::new(c2s, seed.wrapping_mul(3), start).unwrap(),
+            s2c: Link::new(s2c, seed.wrapping_mul(5).wrapping_add(1), start).unwrap(),
+            buf: Vec::with_capacity(65536),
+        }
+    }
+
+    /// Moves every due datagram and timer at the current instant.
+    pub fn pump(&mut self) {
+        let now = self.now;
+        for _ in 0..10_000 {
+            let mut progressed = false;
+            while let Some(d) = self.c2s.poll_deliver(now) {
+                progressed = true;
+                match self.server_ep.handle(now, self.client_addr, &d) {
+                    DatagramEvent::New(_, conn) => {
+                        if self.server.is_none() {
+                            self.server = Some(*conn);
+                        }
+                        if let Some(s) = self.server.as_mut() {
+                            s.handle_datagram(now, self.client_addr, &d);
+                        }
+                    }
+                    DatagramEvent::Known(_) => {
+                        if let Some(s) = self.server.as_mut() {
+                            s.handle_datagram(now, self.client_addr, &d);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            while let Some(d) = self.s2c.poll_deliver(now) {
+                progressed = true;
+                if let DatagramEvent::Known(_) = self.client_ep.handle(now, self.server_addr, &d) {
+                    self.client.handle_datagram(now, self.server_addr, &d);
+                }
+            }
+            if self.client.poll_timeout().is_some_and(|t| t <= now) {
+                self.client.handle_timeout(now);
+            }
+            if let Some(s) = self.server.as_mut() {
+                if s.poll_timeout().is_some_and(|t| t <= now) {
+                    s.handle_timeout(now);
+                }
+            }
+            while let Some(t) = self.client.poll_transmit(now, &mut self.buf) {
+                progressed = true;
+                self.c2s.send(now, t.size, self.buf[..t.size].to_vec());
+            }
+            if let Some(s) = self.server.as_mut() {
+                while let Some(t) = s.poll_transmit(now, &mut self.buf) {
+                    progressed = true;
+                    self.s2c.send(now, t.size, self.buf[..t.size].to_vec());
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+        panic!("pump did not settle at {:?}", now - self.start);
+    }
+
+    /// The next instant anything is due, if anything is.
+    pub fn next_wake(&self) -> Option<Instant> {
+        [
+            self.client.poll_timeout(),
+            self.server.as_ref().and_then(Connection::poll_timeout),
+            self.c2s.next_delivery(),
+            self.s2c.next_delivery(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Advances virtual time to the next due instant, but not past `limit`.
+    /// Returns false when nothing is due before the limit.
+    pub fn step(&mut self, limit: Instant) -> bool {
+        self.pump();
+        match self.next_wake() {
+            Some(t) if t <= limit => {
+                self.now = self.now.max(t);
+                self.pump();
+                true
+            }
+            _ => {
+                self.now = self.now.max(limit);
+                false
+            }
+        }
+    }
+
+    /// Runs a client→server workload, then a graceful close, and records what
+    /// the server application received.
+    pub fn run_transfer(&mut self, w: &Workload, time_limit: Duration) -> Outcome {
+        let mut out = Outcome::default();
+        let deadline = self.start + time_limit;
+        let mut next_seq = 0u64;
+        let mut next_send_at = self.start;
+        let mut closing = false;
+        let mut pending: Option<Bytes> = None;
+        while self.now < deadline {
+            // Sender application.
+            while next_seq < w.messages && self.now >= next_send_at {
+                let msg = pending
+                    .take()
+                    .unwrap_or_else(|| message(next_seq, w.max_size));
+                match self.client.send(0, msg.clone()) {
+                    Ok(seq) => {
+                        assert_eq!(seq, next_seq);
+                        next_seq += 1;
+                        next_send_at += w.interval;
+                    }
+                    Err(surelink_proto::SendError::Blocked) => {
+                        pending = Some(msg);
+                        break;
+                    }
+                    Err(e) => panic!("send failed: {e}"),
+                }
+            }
+            if next_seq == w.messages && !closing {
+                self.client.close(self.now);
+                closing = true;
+            }
+            // Receiver application.
+            if let Some(s) = self.server.as_mut() {
+                while let Some(m) = s.recv() {
+                    if m.data != message(m.seq, w.max_size) {
+                        out.corrupt.push(m.seq);
+                    }
+                    out.delivered.push(m.seq);
+                }
+                while let Some(ev) = s.poll_event() {
+                    if matches!(ev, Event::Closed { .. }) {
+                        out.server_closed = Some(ev);
+                    }
+                }
+            }
+            while let Some(ev) = self.client.poll_event() {
+                if matches!(ev, Event::Closed { .. }) {
+                    out.client_closed = Some(ev);
+                }
+            }
+            if out.client_closed.is_some() && out.server_closed.is_some() {
+                break;
+            }
+            // Wake for the next app send as well as protocol work.
+            let app_wake = (next_seq < w.messages && pending.is_none()).then_some(next_send_at);
+            let limit = app_wake.map_or(deadline, |t| t.min(deadline));
+            if !self.step(limit) && app_wake.is_none() && self.next_wake().is_none() {
+                break;
+            }
+        }
+        out.stalled = out.client_closed.is_none() || out.server_closed.is_none();
+        out.elapsed = self.now - self.start;
+        out.client_stats = Some(self.client.stats());
+        out.server_stats = self.server.as_ref().map(Connection::stats);
+        out
+    }
+}
+
+/// Asserts exactly-once, in-order, intact delivery of all `n` messages and a
+/// graceful close on both sides.
+pub fn assert_exactly_once(out: &Outcome, n: u64, ctx: &str) {
+    assert!(out.corrupt.is_empty(), "{ctx}: corrupt messages {:?}", out.corrupt);
+    let expected: Vec<u64> = (0..n).collect();
+    if out.delivered != expected {
+        let dup = out.delivered.len() as i64 - n as i64;
+        panic!(
+            "{ctx}: delivered {} messages (diff {dup}), first mismatch at {:?}; stalled={} after {:?}",
+            out.delivered.len(),
+            out.delivered
+                .iter()
+                .zip(&expected)
+                .position(|(a, b)| a != b),
+            out.stalled,
+            out.elapsed
+        );
+    }
+    assert!(!out.stalled, "{ctx}: did not close within the limit ({:?})", out.elapsed);
+    assert_eq!(
+        out.client_closed,
+        Some(Event::Closed { error: None }),
+        "{ctx}: client close"
+    );
+    assert_eq!(
+        out.server_closed,
+        Some(Event::Closed { error: None }),
+        "{ctx}: server close"
+    );
+}

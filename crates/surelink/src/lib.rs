@@ -1,0 +1,1 @@
+//! The surelink tokio runtime (in progress).
