@@ -33,6 +33,41 @@ pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 ///    `reorder_delay`, letting later packets overtake it;
 /// 7. **duplicate**: with probability `duplicate`, a copy is scheduled with
 ///    its own jittered delay (after the bottleneck, FIFO with other packets).
+///
+/// # Spec syntax
+///
+/// `LinkConfig` implements `FromStr` and `Display` for a comma-separated list
+/// of `key=value` items, as used on the command line:
+///
+/// ```text
+/// loss=2%,burst=0.01:0.3:0.5,delay=10ms,jitter=1ms,reorder=1%,reorder-delay=5ms,
+/// dup=0.5%,rate=10mbit,queue=64kb,cut-at=5s,cut-for=2s,flap=500ms/100ms
+/// ```
+///
+/// | key | value | field |
+/// |---|---|---|
+/// | `loss` | probability | [`LinkConfig::loss`] |
+/// | `burst` | `p:r[:loss_bad[:loss_good]]` (`loss_bad` defaults to 1, `loss_good` to 0) | [`LinkConfig::burst`] |
+/// | `delay`, `jitter` | duration | [`LinkConfig::delay`], [`LinkConfig::jitter`] |
+/// | `reorder` | probability | [`LinkConfig::reorder`] |
+/// | `reorder-delay` | duration | [`LinkConfig::reorder_delay`] |
+/// | `dup` (or `duplicate`) | probability | [`LinkConfig::duplicate`] |
+/// | `rate` | rate (`bit`, `kbit`, `mbit`, `gbit`) | [`LinkConfig::rate_bps`] |
+/// | `queue` | size (`b`, `kb`, `mb`) | [`LinkConfig::queue_bytes`] |
+/// | `cut-at`, `cut-for` | durations, in pairs, repeatable | one [`Cut`](crate::Cut) per pair |
+/// | `flap` | `period/down` durations | [`CutSchedule::flap`](crate::CutSchedule::flap) |
+///
+/// Probabilities are fractions (`0.02`) or percentages (`2%`); durations take
+/// `ns`, `us`, `ms` or `s` and may be decimal (`1.5ms`); rates are bits per
+/// second with decimal prefixes, sizes are bytes with binary prefixes
+/// (`kb` = 1024, as in `tc`); units are case-insensitive. Keys may be
+/// written with `_` instead of `-`. Each key other than `cut-at`/`cut-for`
+/// may appear once. The empty string and `clean` mean no impairment. A
+/// parsed spec is validated with [`LinkConfig::validate`]; errors name the
+/// offending key and value.
+///
+/// `Display` writes every setting that differs from [`LinkConfig::clean`]
+/// in this syntax (or `clean`), so that parsing it gives back an equal config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinkConfig {
     /// Independent random loss probability, `0..=1`.
@@ -264,10 +299,7 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(
-            bad(LinkConfig::clean().with_rate(0)),
-            NetemError::ZeroRate
-        );
+        assert_eq!(bad(LinkConfig::clean().with_rate(0)), NetemError::ZeroRate);
         assert_eq!(
             bad(LinkConfig::clean().with_queue(0)),
             NetemError::ZeroQueue

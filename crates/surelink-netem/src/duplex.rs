@@ -42,7 +42,10 @@ impl<P> Duplex<P> {
 
     /// The seeds used for `a_to_b` and `b_to_a` given the duplex seed.
     pub fn direction_seeds(seed: u64) -> (u64, u64) {
-        (splitmix64(seed ^ 0xA2B0_0000_0000_0001), splitmix64(seed ^ 0xB2A0_0000_0000_0002))
+        (
+            splitmix64(seed ^ 0xA2B0_0000_0000_0001),
+            splitmix64(seed ^ 0xB2A0_0000_0000_0002),
+        )
     }
 
     /// Cuts or restores both directions on demand.
@@ -83,8 +86,12 @@ mod tests {
         let t0 = Instant::now();
         let config = LinkConfig::clean().with_loss(0.5);
         let mut d = Duplex::symmetric(config, 5, t0).unwrap();
-        let ab: Vec<bool> = (0..64).map(|_| d.a_to_b.send(t0, 1, ()).is_dropped()).collect();
-        let ba: Vec<bool> = (0..64).map(|_| d.b_to_a.send(t0, 1, ()).is_dropped()).collect();
+        let ab: Vec<bool> = (0..64)
+            .map(|_| d.a_to_b.send(t0, 1, ()).is_dropped())
+            .collect();
+        let ba: Vec<bool> = (0..64)
+            .map(|_| d.b_to_a.send(t0, 1, ()).is_dropped())
+            .collect();
         assert_ne!(ab, ba);
     }
 
@@ -106,6 +113,12 @@ mod tests {
         assert_eq!(d.next_delivery(), Some(t0 + ms));
         d.set_cut(true);
         assert!(d.a_to_b.is_cut(t0) && d.b_to_a.is_cut(t0));
-        assert!(Duplex::<u8>::new(LinkConfig::clean(), LinkConfig::clean().with_loss(9.0), 1, t0).is_err());
+        assert!(Duplex::<u8>::new(
+            LinkConfig::clean(),
+            LinkConfig::clean().with_loss(9.0),
+            1,
+            t0
+        )
+        .is_err());
     }
 }

@@ -31,7 +31,10 @@ mod tests {
     fn saturates() {
         let now = Instant::now();
         assert_eq!(later(now, Duration::MAX), now);
-        assert_eq!(later(now, Duration::from_secs(1)), now + Duration::from_secs(1));
+        assert_eq!(
+            later(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
         assert_eq!(duration_from_nanos(u128::MAX), Duration::MAX);
         assert_eq!(
             duration_from_nanos(1_500_000_000),

@@ -1,24 +1,11 @@
 //! One direction of an impaired link: [`Link`].
 //!
-//! A `Link<P>` is a sans-IO state machine. The caller feeds it packets with
-//! [`Link::send`] and drains what is due with [`Link::poll_deliver`], passing
-//! its own notion of `now` each time, and asks [`Link::next_delivery`] when
-//! to poll next. A simulation on a virtual clock typically loops:
-//!
-//! ```
-//! # use std::time::{Duration, Instant};
-//! # use surelink_netem::{Link, LinkConfig};
-//! # let start = Instant::now();
-//! # let config = LinkConfig::clean().with_delay(Duration::from_millis(5));
-//! let mut link = Link::new(config, 7, start).unwrap();
-//! link.send(start, 100, vec![0u8; 100]);
-//! while let Some(at) = link.next_delivery() {
-//!     // advance the virtual clock to `at`, then:
-//!     while let Some(packet) = link.poll_deliver(at) {
-//!         assert_eq!(packet.len(), 100);
-//!     }
-//! }
-//! ```
+//! A `Link<P>` is a sans-IO state machine, fed with [`Link::send`] and
+//! drained with [`Link::poll_deliver`]; the caller passes its own `now` each
+//! time and asks [`Link::next_delivery`] when to poll next (the loop is shown
+//! on [`Link`]). It owns the per-packet pipeline: cut check, burst and
+//! independent loss, bottleneck, delay and jitter with FIFO clamping,
+//! reordering, duplication, and the queue of packets in flight.
 //!
 //! Every random decision draws from its own ChaCha8 stream derived from the
 //! seed (one each for burst loss, loss, jitter, reordering and duplication),
@@ -66,8 +53,28 @@ impl Streams {
 /// One direction of an impaired link, carrying payloads of type `P`.
 ///
 /// Created with a [`LinkConfig`], a seed and the instant the link comes up
-/// (cut schedules are offsets from it). See the [module docs](self) for how
-/// it is driven.
+/// (cut schedules are offsets from it). The same config, seed and sequence of
+/// calls always give the same results.
+///
+/// The caller feeds packets with [`send`](Self::send) and drains what is due
+/// with [`poll_deliver`](Self::poll_deliver), passing its own notion of `now`
+/// each time, and asks [`next_delivery`](Self::next_delivery) when to poll
+/// next. A simulation on a virtual clock typically loops:
+///
+/// ```
+/// # use std::time::{Duration, Instant};
+/// # use surelink_netem::{Link, LinkConfig};
+/// # let start = Instant::now();
+/// # let config = LinkConfig::clean().with_delay(Duration::from_millis(5));
+/// let mut link = Link::new(config, 7, start).unwrap();
+/// link.send(start, 100, vec![0u8; 100]);
+/// while let Some(at) = link.next_delivery() {
+///     // advance the virtual clock to `at`, then:
+///     while let Some(packet) = link.poll_deliver(at) {
+///         assert_eq!(packet.len(), 100);
+///     }
+/// }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Link<P> {
     config: LinkConfig,
@@ -112,7 +119,10 @@ impl<P> Link<P> {
     pub fn poll_delivery(&mut self, now: Instant) -> Option<Delivery<P>> {
         let delivery = self.in_flight.pop_due(now)?;
         self.stats.delivered += 1;
-        self.stats.bytes_out = self.stats.bytes_out.saturating_add(delivery.size_bytes as u64);
+        self.stats.bytes_out = self
+            .stats
+            .bytes_out
+            .saturating_add(delivery.size_bytes as u64);
         Some(delivery)
     }
 
@@ -292,7 +302,8 @@ mod tests {
         let mut link: Link<()> = Link::new(LinkConfig::clean().with_delay(MS), 1, t0).unwrap();
         assert!(link.set_config(LinkConfig::clean().with_loss(2.0)).is_err());
         assert_eq!(link.config().delay, MS);
-        link.set_config(LinkConfig::clean().with_delay(2 * MS)).unwrap();
+        link.set_config(LinkConfig::clean().with_delay(2 * MS))
+            .unwrap();
         assert_eq!(link.config().delay, 2 * MS);
         assert!(Link::<()>::new(LinkConfig::clean().with_rate(0), 1, t0).is_err());
     }

@@ -98,10 +98,7 @@ mod tests {
         assert_eq!(b.admit(now, 1000, 8_000_000, 3000), None);
         assert_eq!(b.backlog_bytes(), 3000);
         // After the first finishes, one more fits, behind the others.
-        assert_eq!(
-            b.admit(now + MS, 1000, 8_000_000, 3000),
-            Some(now + 4 * MS)
-        );
+        assert_eq!(b.admit(now + MS, 1000, 8_000_000, 3000), Some(now + 4 * MS));
         // An idle link starts serialising at `now`.
         assert_eq!(
             b.admit(now + 10 * MS, 500, 8_000_000, 3000),

@@ -171,7 +171,9 @@ mod tests {
         assert!(CutSchedule::none().validate().is_ok());
         assert!(CutSchedule::none().is_empty());
         assert_eq!(
-            CutSchedule::none().with_flap(Duration::ZERO, Duration::ZERO).validate(),
+            CutSchedule::none()
+                .with_flap(Duration::ZERO, Duration::ZERO)
+                .validate(),
             Err(NetemError::ZeroFlapPeriod)
         );
         assert!(matches!(

@@ -1,34 +1,12 @@
 //! The impairment spec syntax: `FromStr` and `Display` for [`LinkConfig`].
 //!
-//! A spec is a comma-separated list of `key=value` items, used by the CLI
-//! (`surelink impair`, `surelink demo`) and handy in tests:
-//!
-//! ```text
-//! loss=2%,burst=0.01:0.3:0.5,delay=10ms,jitter=1ms,reorder=1%,reorder-delay=5ms,
-//! dup=0.5%,rate=10mbit,queue=64kb,cut-at=5s,cut-for=2s,flap=500ms/100ms
-//! ```
-//!
-//! | key | value | field |
-//! |---|---|---|
-//! | `loss` | probability | [`LinkConfig::loss`] |
-//! | `burst` | `p:r[:loss_bad[:loss_good]]` (defaults 1 and 0) | [`LinkConfig::burst`] |
-//! | `delay`, `jitter` | duration | [`LinkConfig::delay`], [`LinkConfig::jitter`] |
-//! | `reorder` | probability | [`LinkConfig::reorder`] |
-//! | `reorder-delay` | duration | [`LinkConfig::reorder_delay`] |
-//! | `dup` (or `duplicate`) | probability | [`LinkConfig::duplicate`] |
-//! | `rate` | rate (`bit`, `kbit`, `mbit`, `gbit`) | [`LinkConfig::rate_bps`] |
-//! | `queue` | size (`b`, `kb`, `mb`) | [`LinkConfig::queue_bytes`] |
-//! | `cut-at`, `cut-for` | durations, in pairs, repeatable | one [`Cut`] per pair |
-//! | `flap` | `period/down` durations | [`CutSchedule::flap`](crate::CutSchedule::flap) |
-//!
-//! Probabilities are fractions (`0.02`) or percentages (`2%`); units are
-//! described in the `units` module. Keys may be written with `_` instead of
-//! `-`. Each key other than `cut-at`/`cut-for` may appear once. The empty
-//! string and `clean` mean no impairment. A parsed spec is validated with
-//! [`LinkConfig::validate`].
-//!
-//! `Display` writes every setting that differs from [`LinkConfig::clean`]
-//! in this syntax (or `clean`), so that parsing it gives back an equal config.
+//! A spec is a comma-separated list of `key=value` items such as
+//! `loss=2%,delay=10ms,rate=10mbit`, used by the CLI (`surelink impair`,
+//! `surelink demo`) and handy in tests. The syntax is documented for users
+//! on [`LinkConfig`] (section "Spec syntax"); the units are parsed by the
+//! `units` module. Parsing ends with [`LinkConfig::validate`]. `Display`
+//! writes every setting that differs from [`LinkConfig::clean`] (or `clean`),
+//! so that parsing it gives back an equal config.
 
 use std::fmt;
 use std::str::FromStr;
@@ -56,9 +34,11 @@ impl FromStr for LinkConfig {
         let mut cut_for: Option<Duration> = None;
 
         for item in s.split(',').map(str::trim).filter(|item| !item.is_empty()) {
-            let (raw_key, value) = item.split_once('=').ok_or_else(|| NetemError::MissingValue {
-                item: item.to_owned(),
-            })?;
+            let (raw_key, value) =
+                item.split_once('=')
+                    .ok_or_else(|| NetemError::MissingValue {
+                        item: item.to_owned(),
+                    })?;
             let key = Key::parse(raw_key).ok_or_else(|| NetemError::UnknownKey {
                 key: raw_key.trim().to_owned(),
             })?;
@@ -251,7 +231,10 @@ impl fmt::Display for LinkConfig {
             items.push(format!("reorder={}", format_probability(self.reorder)));
         }
         if self.reorder_delay != clean.reorder_delay {
-            items.push(format!("reorder-delay={}", format_duration(self.reorder_delay)));
+            items.push(format!(
+                "reorder-delay={}",
+                format_duration(self.reorder_delay)
+            ));
         }
         if self.duplicate != clean.duplicate {
             items.push(format!("dup={}", format_probability(self.duplicate)));

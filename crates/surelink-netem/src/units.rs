@@ -61,7 +61,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, NetemError> {
 /// assert_eq!(format_duration(Duration::ZERO), "0s");
 /// ```
 pub fn format_duration(d: Duration) -> String {
-    format_scaled(d.as_nanos(), &[("s", NANOS_PER_SEC), ("ms", 1_000_000), ("us", 1_000), ("ns", 1)])
+    format_scaled(
+        d.as_nanos(),
+        &[
+            ("s", NANOS_PER_SEC),
+            ("ms", 1_000_000),
+            ("us", 1_000),
+            ("ns", 1),
+        ],
+    )
 }
 
 /// Parses a duration, returning the reason on failure.
@@ -84,9 +92,9 @@ pub(crate) fn parse_probability(s: &str) -> Result<f64, String> {
         Some(number) => (number.trim_end(), true),
         None => (s, false),
     };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| "not a number (expected a fraction like 0.02 or a percentage like 2%)".to_owned())?;
+    let value: f64 = number.parse().map_err(|_| {
+        "not a number (expected a fraction like 0.02 or a percentage like 2%)".to_owned()
+    })?;
     let value = if percent { value / 100.0 } else { value };
     if (0.0..=1.0).contains(&value) {
         Ok(value)
@@ -120,7 +128,12 @@ pub(crate) fn parse_rate(s: &str) -> Result<u64, String> {
 pub(crate) fn format_rate(bps: u64) -> String {
     format_scaled(
         u128::from(bps),
-        &[("gbit", 1_000_000_000), ("mbit", 1_000_000), ("kbit", 1_000), ("bit", 1)],
+        &[
+            ("gbit", 1_000_000_000),
+            ("mbit", 1_000_000),
+            ("kbit", 1_000),
+            ("bit", 1),
+        ],
     )
 }
 
@@ -132,7 +145,10 @@ pub(crate) fn parse_size(s: &str) -> Result<usize, String> {
 
 /// Formats a size in the largest of `mb`, `kb`, `b` that represents it exactly.
 pub(crate) fn format_size(bytes: usize) -> String {
-    format_scaled(bytes as u128, &[("mb", 1024 * 1024), ("kb", 1024), ("b", 1)])
+    format_scaled(
+        bytes as u128,
+        &[("mb", 1024 * 1024), ("kb", 1024), ("b", 1)],
+    )
 }
 
 /// Writes `value` (in base units) with the first unit of `units` (largest
@@ -236,8 +252,19 @@ mod tests {
         assert_eq!(ok("0.000000001s"), Duration::from_nanos(1));
         assert_eq!(ok("18446744073709551615s"), Duration::from_secs(u64::MAX));
         for bad in [
-            "", "10", "ms", "-1ms", "+1ms", "1.5ns", "1..2ms", ".ms", "10 m", "1e3ms", "10msx",
-            "18446744073709551616s", "99999999999999999999999999999999999999999s",
+            "",
+            "10",
+            "ms",
+            "-1ms",
+            "+1ms",
+            "1.5ns",
+            "1..2ms",
+            ".ms",
+            "10 m",
+            "1e3ms",
+            "10msx",
+            "18446744073709551616s",
+            "99999999999999999999999999999999999999999s",
             "1.0000000000000000001s",
         ] {
             let err = parse_duration(bad).unwrap_err();
@@ -276,7 +303,11 @@ mod tests {
         }
         for p in [0.0, 0.02, 0.005, 1.0, 0.1 + 0.2, 1e-300, 0.123_456_789_123] {
             let text = format_probability(p);
-            assert_eq!(parse_probability(&text).unwrap().to_bits(), p.to_bits(), "{text}");
+            assert_eq!(
+                parse_probability(&text).unwrap().to_bits(),
+                p.to_bits(),
+                "{text}"
+            );
         }
         assert_eq!(format_probability(0.02), "2%");
     }

@@ -15,7 +15,13 @@ fn max_nanos() -> u64 {
 }
 
 fn probability() -> BoxedStrategy<f64> {
-    prop_oneof![Just(0.0), Just(1.0), 0.0..=1.0f64, (0u32..=1000).prop_map(|p| f64::from(p) / 1000.0)].boxed()
+    prop_oneof![
+        Just(0.0),
+        Just(1.0),
+        0.0..=1.0f64,
+        (0u32..=1000).prop_map(|p| f64::from(p) / 1000.0)
+    ]
+    .boxed()
 }
 
 fn small_probability() -> BoxedStrategy<f64> {
@@ -35,28 +41,33 @@ fn duration() -> impl Strategy<Value = Duration> {
 
 /// Durations small enough for many packets to interact.
 fn short_duration() -> impl Strategy<Value = Duration> {
-    prop_oneof![Just(Duration::ZERO), (0u64..50_000_000).prop_map(Duration::from_nanos)]
+    prop_oneof![
+        Just(Duration::ZERO),
+        (0u64..50_000_000).prop_map(Duration::from_nanos)
+    ]
 }
 
 fn burst(p: BoxedStrategy<f64>) -> impl Strategy<Value = Option<GilbertElliott>> {
-    proptest::option::of((p.clone(), p.clone(), p.clone(), p).prop_map(|(a, b, c, d)| {
-        GilbertElliott {
+    proptest::option::of(
+        (p.clone(), p.clone(), p.clone(), p).prop_map(|(a, b, c, d)| GilbertElliott {
             p_good_to_bad: a,
             p_bad_to_good: b,
             loss_good: c,
             loss_bad: d,
-        }
-    }))
+        }),
+    )
 }
 
 fn flap(d: impl Strategy<Value = Duration>) -> impl Strategy<Value = Option<Flap>> {
-    proptest::option::of((d, 0.0..=1.0f64).prop_filter_map("zero period", |(period, share)| {
-        if period.is_zero() {
-            return None;
-        }
-        let down = Duration::from_nanos((period.as_nanos() as f64 * share) as u64).min(period);
-        Some(Flap { period, down })
-    }))
+    proptest::option::of(
+        (d, 0.0..=1.0f64).prop_filter_map("zero period", |(period, share)| {
+            if period.is_zero() {
+                return None;
+            }
+            let down = Duration::from_nanos((period.as_nanos() as f64 * share) as u64).min(period);
+            Some(Flap { period, down })
+        }),
+    )
 }
 
 fn rate() -> impl Strategy<Value = Option<u64>> {
@@ -76,10 +87,17 @@ fn any_config() -> impl Strategy<Value = LinkConfig> {
     (
         (probability(), burst(probability()), duration(), duration()),
         (probability(), duration(), probability(), rate(), queue()),
-        (proptest::collection::vec((duration(), duration()), 0..3), flap(duration())),
+        (
+            proptest::collection::vec((duration(), duration()), 0..3),
+            flap(duration()),
+        ),
     )
         .prop_map(
-            |((loss, burst, delay, jitter), (reorder, reorder_delay, duplicate, rate_bps, queue_bytes), (cuts, flap))| {
+            |(
+                (loss, burst, delay, jitter),
+                (reorder, reorder_delay, duplicate, rate_bps, queue_bytes),
+                (cuts, flap),
+            )| {
                 LinkConfig {
                     loss,
                     burst,
@@ -106,12 +124,30 @@ fn any_config() -> impl Strategy<Value = LinkConfig> {
 /// Valid configurations whose impairments interact over a short run.
 fn busy_config() -> impl Strategy<Value = LinkConfig> {
     (
-        (small_probability(), burst(small_probability()), short_duration(), short_duration()),
-        (small_probability(), short_duration(), small_probability(), rate(), queue()),
-        (proptest::collection::vec((short_duration(), short_duration()), 0..3), flap(short_duration())),
+        (
+            small_probability(),
+            burst(small_probability()),
+            short_duration(),
+            short_duration(),
+        ),
+        (
+            small_probability(),
+            short_duration(),
+            small_probability(),
+            rate(),
+            queue(),
+        ),
+        (
+            proptest::collection::vec((short_duration(), short_duration()), 0..3),
+            flap(short_duration()),
+        ),
     )
         .prop_map(
-            |((loss, burst, delay, jitter), (reorder, reorder_delay, duplicate, rate_bps, queue_bytes), (cuts, flap))| {
+            |(
+                (loss, burst, delay, jitter),
+                (reorder, reorder_delay, duplicate, rate_bps, queue_bytes),
+                (cuts, flap),
+            )| {
                 LinkConfig {
                     loss,
                     burst,
@@ -144,11 +180,7 @@ enum Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let at = prop_oneof![
-        -1_000_000_000i64..100_000_000,
-        Just(i64::MAX),
-        any::<i64>(),
-    ];
+    let at = prop_oneof![-1_000_000_000i64..100_000_000, Just(i64::MAX), any::<i64>(),];
     let size = prop_oneof![0usize..2000, Just(usize::MAX), any::<usize>()];
     prop_oneof![
         8 => (at.clone(), size).prop_map(|(at_ns, size)| Op::Send { at_ns, size }),

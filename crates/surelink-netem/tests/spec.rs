@@ -153,7 +153,10 @@ fn errors_name_the_bad_key_or_value() {
                 assert_eq!((k.as_str(), v.as_str()), (key, value), "{spec}");
                 assert!(!reason.is_empty());
                 let message = err(spec).to_string();
-                assert!(message.contains(key) && message.contains(value), "{message}");
+                assert!(
+                    message.contains(key) && message.contains(value),
+                    "{message}"
+                );
             }
             other => panic!("{spec}: unexpected error {other:?}"),
         }

@@ -1,0 +1,356 @@
+//! Unit tests of the connection state machine over a perfect, instant network.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::endpoint::{DatagramEvent, Endpoint};
+
+struct Pair {
+    now: Instant,
+    client: Connection,
+    server: Option<Connection>,
+    server_ep: Endpoint,
+    c_addr: SocketAddr,
+    s_addr: SocketAddr,
+    /// Datagrams dropped on the way client→server while true.
+    cut: bool,
+}
+
+impl Pair {
+    fn new(config: Config) -> Self {
+        let now = Instant::now();
+        let c_addr: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let s_addr: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+        let mut client_ep = Endpoint::new(config.clone(), 1, false).unwrap();
+        let server_ep = Endpoint::new(config, 2, true).unwrap();
+        let (_, client) = client_ep.connect(now, s_addr);
+        Self {
+            now,
+            client,
+            server: None,
+            server_ep,
+            c_addr,
+            s_addr,
+            cut: false,
+        }
+    }
+
+    /// Exchanges datagrams until both sides are quiet.
+    fn flush(&mut self) {
+        let mut buf = Vec::new();
+        for _ in 0..100_000 {
+            let mut moved = false;
+            while let Some(t) = self.client.poll_transmit(self.now, &mut buf) {
+                moved = true;
+                if self.cut {
+                    continue;
+                }
+                match self.server_ep.handle(self.now, self.c_addr, &buf[..t.size]) {
+                    DatagramEvent::New(_, c) => self.server = Some(*c),
+                    DatagramEvent::Known(_) => {}
+                    DatagramEvent::Dropped(_) => continue,
+                }
+                let s = self.server.as_mut().unwrap();
+                s.handle_datagram(self.now, self.c_addr, &buf[..t.size]);
+            }
+            if let Some(s) = self.server.as_mut() {
+                while let Some(t) = s.poll_transmit(self.now, &mut buf) {
+                    moved = true;
+                    if !self.cut {
+                        self.client
+                            .handle_datagram(self.now, self.s_addr, &buf[..t.size]);
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("no quiescence");
+    }
+
+    /// Advances to the next timer of either side and handles it.
+    fn advance(&mut self) {
+        let next = [
+            self.client.poll_timeout(),
+            self.server.as_ref().and_then(|s| s.poll_timeout()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("a timer");
+        self.now = self.now.max(next);
+        self.client.handle_timeout(self.now);
+        if let Some(s) = self.server.as_mut() {
+            s.handle_timeout(self.now);
+        }
+        self.flush();
+    }
+
+    fn server(&mut self) -> &mut Connection {
+        self.server.as_mut().unwrap()
+    }
+}
+
+fn events(c: &mut Connection) -> Vec<Event> {
+    std::iter::from_fn(|| c.poll_event()).collect()
+}
+
+#[test]
+fn handshake_transfer_and_graceful_close() {
+    let mut p = Pair::new(Config::default());
+    p.flush();
+    assert!(p.client.is_established());
+    assert_eq!(events(&mut p.client), vec![Event::Connected]);
+    assert_eq!(events(p.server()), vec![Event::Connected]);
+    for i in 0..100u8 {
+        p.client.send(0, Bytes::from(vec![i; i as usize * 50])).unwrap();
+    }
+    p.client.close(p.now);
+    assert_eq!(p.client.send(0, Bytes::new()), Err(SendError::Closing));
+    while !p.client.is_drained() {
+        p.advance();
+    }
+    for i in 0..100u8 {
+        let m = p.server().recv().unwrap();
+        assert_eq!((m.seq, m.data.len()), (u64::from(i), i as usize * 50));
+    }
+    assert!(p.server().recv().is_none());
+    assert_eq!(
+        events(&mut p.client),
+        vec![Event::Closed { error: None }]
+    );
+    assert!(p.client.is_drained());
+    assert_eq!(events(p.server()), vec![Event::Closed { error: None }]);
+    // The server lingers, then is drained.
+    while !p.server().is_drained() {
+        p.advance();
+    }
+    assert_eq!(p.server().stats().messages_delivered, 100);
+}
+
+#[test]
+fn close_waits_for_acknowledgement() {
+    let mut p = Pair::new(Config::default());
+    p.flush();
+    p.client.send(0, Bytes::from_static(b"important")).unwrap();
+    p.cut = true;
+    p.flush();
+    p.client.close(p.now);
+    p.flush();
+    assert!(!p.client.is_closed(), "data unacknowledged: no close yet");
+    p.cut = false;
+    while !p.client.is_drained() {
+        p.advance();
+    }
+    assert_eq!(p.client.error(), None);
+    assert_eq!(p.server().recv().unwrap().data, &b"important"[..]);
+}
+
+#[test]
+fn idle_timeout_closes_with_error() {
+    let config = Config {
+        idle_timeout: Duration::from_secs(3),
+        ..Config::default()
+    };
+    let mut p = Pair::new(config);
+    p.flush();
+    p.cut = true;
+    p.server = None; // the server vanished
+    let start = p.now;
+    while !p.client.is_drained() {
+        p.advance();
+    }
+    assert_eq!(p.client.error(), Some(&ConnectionError::TimedOut));
+    assert!(p.now - start >= Duration::from_secs(3));
+    assert!(p.now - start < Duration::from_secs(5));
+}
+
+#[test]
+fn unreachable_server_times_out_during_handshake() {
+    let mut p = Pair::new(Config {
+        idle_timeout: Duration::from_secs(2),
+        ..Config::default()
+    });
+    p.cut = true;
+    p.flush();
+    while !p.client.is_drained() {
+        p.advance();
+    }
+    assert_eq!(p.client.error(), Some(&ConnectionError::TimedOut));
+    assert!(p.client.stats().probe_timeouts >= 2, "initial was retransmitted");
+}
+
+#[test]
+fn oversized_messages_are_refused() {
+    let mut p = Pair::new(Config {
+        max_message_size: 1000,
+        receive_window: 1 << 20,
+        ..Config::default()
+    });
+    assert_eq!(
+        p.client.send(0, Bytes::from(vec![0; 1001])),
+        Err(SendError::TooLarge { size: 1001, max: 1000 })
+    );
+    p.client.send(0, Bytes::from(vec![0; 1000])).unwrap();
+}
+
+#[test]
+fn send_buffer_pushes_back() {
+    let mut p = Pair::new(Config {
+        send_buffer: 10_000,
+        ..Config::default()
+    });
+    p.client.send(0, Bytes::from(vec![0; 20_000])).unwrap();
+    assert_eq!(p.client.send(0, Bytes::from(vec![0; 1])), Err(SendError::Blocked));
+    p.flush();
+    p.client.send(0, Bytes::from(vec![0; 1])).unwrap();
+}
+
+#[test]
+fn garbage_and_forged_packets_change_nothing() {
+    let mut p = Pair::new(Config::default());
+    p.flush();
+    p.client.send(0, Bytes::from_static(b"a")).unwrap();
+    p.flush();
+    let before = p.server().stats();
+    let cid = p.server().local_cid();
+    let mut forged = Vec::new();
+    Header {
+        kind: PacketKind::Data,
+        dcid: cid,
+        pn: 999,
+    }
+    .encode(&mut forged);
+    let mut garbage = vec![
+        vec![],
+        vec![1],
+        vec![0xff; 40],
+        forged.clone(),                      // no frames
+        [forged.clone(), vec![0x3f]].concat(), // unknown frame
+        [forged.clone(), vec![0x04, 0, 0, 9, 8, 3, 1, 2, 3]].concat(), // beyond message end
+    ];
+    let mut x = 12345u64;
+    for _ in 0..200 {
+        let len = (x % 1500) as usize;
+        let v: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        garbage.push([forged[..10].to_vec(), v].concat());
+    }
+    let (now, addr) = (p.now, p.c_addr);
+    for g in &garbage {
+        p.server().handle_datagram(now, addr, g);
+    }
+    let after = p.server().stats();
+    assert!(after.malformed_packets >= before.malformed_packets + 5);
+    assert!(!p.server().is_closed());
+    p.client.send(0, Bytes::from_static(b"b")).unwrap();
+    p.flush();
+    assert_eq!(p.server().recv().unwrap().data, &b"a"[..]);
+    assert_eq!(p.server().recv().unwrap().data, &b"b"[..]);
+}
+
+#[test]
+fn flow_control_violation_closes_with_error() {
+    let config = Config {
+        max_message_size: 1000,
+        receive_window: 2000,
+        ..Config::default()
+    };
+    let mut p = Pair::new(config);
+    p.flush();
+    // The client's packet 1 is lost; the misbehaving "client" packet below reuses
+    // its number so the server's ACK of it is plausible to the real client.
+    p.cut = true;
+    p.client.send(0, Bytes::from_static(b"lost")).unwrap();
+    p.flush();
+    p.cut = false;
+    // Forge MSG frames beyond the window (a misbehaving peer).
+    let cid = p.server().local_cid();
+    let data = [7u8; 100];
+    let mut pkt = Vec::new();
+    Header {
+        kind: PacketKind::Data,
+        dcid: cid,
+        pn: 1,
+    }
+    .encode(&mut pkt);
+    for seq in 0..30 {
+        Frame::Msg(MsgFrame {
+            channel: 0,
+            seq: seq + 5,
+            msg_len: 900,
+            offset: 0,
+            data: &data,
+        })
+        .encode(&mut pkt);
+    }
+    let (now, addr) = (p.now, p.c_addr);
+    p.server().handle_datagram(now, addr, &pkt);
+    assert!(matches!(
+        p.server().error(),
+        Some(ConnectionError::ProtocolViolation(_))
+    ));
+    p.flush();
+    assert!(matches!(
+        p.client.error(),
+        Some(ConnectionError::PeerClosed { code: close_code::FLOW_CONTROL, .. })
+    ));
+}
+
+#[test]
+fn abort_tells_the_peer() {
+    let mut p = Pair::new(Config::default());
+    p.flush();
+    p.client.send(0, Bytes::from(vec![1; 100_000])).unwrap();
+    p.client.abort(p.now, "bye");
+    p.flush();
+    assert_eq!(p.client.error(), Some(&ConnectionError::LocallyAborted));
+    assert_eq!(
+        p.server().error(),
+        Some(&ConnectionError::PeerClosed {
+            code: close_code::APPLICATION_ABORT,
+            reason: "bye".into()
+        })
+    );
+}
+
+#[test]
+fn keepalive_keeps_an_idle_connection_open() {
+    let mut p = Pair::new(Config {
+        idle_timeout: Duration::from_secs(3),
+        keepalive_interval: Duration::from_secs(1),
+        ..Config::default()
+    });
+    p.flush();
+    let start = p.now;
+    while p.now - start < Duration::from_secs(30) {
+        p.advance();
+    }
+    assert!(p.client.is_established());
+    assert!(p.server().is_established());
+}
+
+#[test]
+fn channels_are_ordered_independently() {
+    let mut p = Pair::new(Config::default());
+    p.flush();
+    assert_eq!(p.client.send(1, Bytes::from_static(b"x")).unwrap(), 0);
+    assert_eq!(p.client.send(2, Bytes::from_static(b"y")).unwrap(), 0);
+    assert_eq!(p.client.send(1, Bytes::from_static(b"z")).unwrap(), 1);
+    p.flush();
+    let got: Vec<_> = std::iter::from_fn(|| p.server().recv())
+        .map(|m| (m.channel, m.seq))
+        .collect();
+    assert_eq!(got, vec![(1, 0), (2, 0), (1, 1)]);
+}
+

@@ -1,0 +1,69 @@
+//! Settings of an [`Endpoint`](crate::Endpoint): the protocol core's
+//! [`ProtocolConfig`] plus what only the runtime knows about (connect timeout,
+//! socket buffer sizes).
+//!
+//! ```
+//! use std::time::Duration;
+//! let config = surelink::EndpointConfig::default()
+//!     .with_connect_timeout(Duration::from_secs(3));
+//! assert_eq!(config.connect_timeout, Duration::from_secs(3));
+//! ```
+
+use std::time::Duration;
+
+use crate::ProtocolConfig;
+
+/// Default time [`Endpoint::connect`](crate::Endpoint::connect) waits for the handshake.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default size requested for the socket's kernel send and receive buffers (8 MiB).
+pub const DEFAULT_SOCKET_BUFFER_SIZE: usize = 8 << 20;
+
+/// Settings of an endpoint and of every connection it makes or accepts.
+///
+/// The struct is `#[non_exhaustive]`: start from [`EndpointConfig::default`] and
+/// set fields (they are public) or use the `with_*` methods.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct EndpointConfig {
+    /// Settings of the protocol core (message and window sizes, timers).
+    pub protocol: ProtocolConfig,
+    /// How long [`Endpoint::connect`](crate::Endpoint::connect) waits for the
+    /// handshake before failing with [`ConnectError::TimedOut`](crate::ConnectError::TimedOut)
+    /// (default 10 s).
+    pub connect_timeout: Duration,
+    /// Bytes requested for the socket's `SO_RCVBUF` and `SO_SNDBUF` (default 8 MiB).
+    /// The kernel may grant less (on Linux, up to `net.core.rmem_max` /
+    /// `net.core.wmem_max`); a refusal is logged, not an error.
+    pub socket_buffer_size: usize,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            protocol: ProtocolConfig::default(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            socket_buffer_size: DEFAULT_SOCKET_BUFFER_SIZE,
+        }
+    }
+}
+
+impl EndpointConfig {
+    /// Replaces the protocol settings.
+    pub fn with_protocol(mut self, protocol: ProtocolConfig) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// Sets the connect timeout.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the requested socket buffer size.
+    pub fn with_socket_buffer_size(mut self, bytes: usize) -> Self {
+        self.socket_buffer_size = bytes;
+        self
+    }
+}

@@ -1,0 +1,202 @@
+//! The state an endpoint's driver task shares with the application's handles.
+//!
+//! Everything lives behind one mutex ([`Shared::lock`]) that is held only for
+//! short, non-blocking calls into the protocol core — never across an `.await`
+//! or a system call. Wake-ups go two ways:
+//!
+//! * handles → driver: after changing a connection (a message queued or taken,
+//!   a close), a handle calls `wake_driver.notify_one()`; the permit is stored if
+//!   the driver is busy, so no wake-up is lost.
+//! * driver → handles: each connection has a [`Notify`]. Whoever touches a
+//!   connection calls [`ConnState::sync`], which takes the core's events and, if
+//!   anything a waiter could be waiting for changed (a message ready, send
+//!   capacity, connected, closed, drained), calls `notify_waiters`. A waiter
+//!   registers (`Notified::enable`) *before* it checks its condition under the
+//!   lock, so a change between the check and the `.await` still wakes it.
+//!   Endpoint-wide waiters (accept, wait-idle) use `endpoint_changed` the same way.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use surelink_proto::{ConnectionError, ConnectionHandle, Event};
+use tokio::sync::Notify;
+
+use crate::EndpointConfig;
+
+/// State shared by an endpoint's driver and its handles.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// Wakes the driver after a handle changed something.
+    pub(crate) wake_driver: Notify,
+    /// Wakes endpoint-wide waiters: accept queue, drained connections, driver exit.
+    pub(crate) endpoint_changed: Notify,
+    /// The socket's local address.
+    pub(crate) local_addr: SocketAddr,
+    /// The endpoint's settings.
+    pub(crate) config: EndpointConfig,
+    /// Socket counters, updated by the driver without the lock.
+    pub(crate) io: IoCounters,
+}
+
+impl Shared {
+    pub(crate) fn new(state: State, local_addr: SocketAddr, config: EndpointConfig) -> Self {
+        Self {
+            state: Mutex::new(state),
+            wake_driver: Notify::new(),
+            endpoint_changed: Notify::new(),
+            local_addr,
+            config,
+            io: IoCounters::default(),
+        }
+    }
+
+    /// Locks the state. A panic while it was held (a bug) does not make the
+    /// remaining handles panic too: the state is still used.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Socket-level counters.
+#[derive(Debug, Default)]
+pub(crate) struct IoCounters {
+    pub(crate) datagrams_received: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
+    pub(crate) datagrams_sent: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) send_errors: AtomicU64,
+    pub(crate) recv_errors: AtomicU64,
+}
+
+impl IoCounters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// The mutable state behind the lock.
+#[derive(Debug)]
+pub(crate) struct State {
+    /// The core's demultiplexer.
+    pub(crate) endpoint: surelink_proto::Endpoint,
+    /// Every connection not yet removed, by handle.
+    pub(crate) conns: BTreeMap<ConnectionHandle, ConnState>,
+    /// Accepted connections waiting for `Endpoint::accept`.
+    pub(crate) incoming: VecDeque<ConnectionHandle>,
+    /// True while an `Endpoint` handle exists.
+    pub(crate) open: bool,
+    /// True while new connections are handed to the application.
+    pub(crate) accepting: bool,
+    /// False once the driver task has stopped.
+    pub(crate) driver_running: bool,
+}
+
+impl State {
+    pub(crate) fn new(endpoint: surelink_proto::Endpoint, accepting: bool) -> Self {
+        Self {
+            endpoint,
+            conns: BTreeMap::new(),
+            incoming: VecDeque::new(),
+            open: true,
+            accepting,
+            driver_running: true,
+        }
+    }
+}
+
+/// What a waiter on a connection can be waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Snapshot {
+    has_message: bool,
+    send_capacity: usize,
+    connected: bool,
+    closed: bool,
+    drained: bool,
+}
+
+/// One connection and the runtime's bookkeeping about it.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    /// The core's state machine.
+    pub(crate) conn: surelink_proto::Connection,
+    /// Wakes the application's waiters on this connection.
+    pub(crate) notify: Arc<Notify>,
+    /// True while a `Connection` handle exists.
+    pub(crate) has_handle: bool,
+    /// True while it sits in the accept queue.
+    pub(crate) queued: bool,
+    /// The handshake completed (`Event::Connected` was seen).
+    pub(crate) connected: bool,
+    /// `Some` once `Event::Closed` was seen: `Some(None)` means gracefully.
+    pub(crate) closed: Option<Option<ConnectionError>>,
+    /// The core endpoint has forgotten it (it was drained).
+    pub(crate) forgotten: bool,
+    snapshot: Snapshot,
+}
+
+impl ConnState {
+    pub(crate) fn new(conn: surelink_proto::Connection, has_handle: bool) -> Self {
+        Self {
+            conn,
+            notify: Arc::new(Notify::new()),
+            has_handle,
+            queued: false,
+            connected: false,
+            closed: None,
+            forgotten: false,
+            snapshot: Snapshot::default(),
+        }
+    }
+
+    /// Takes the core's events and wakes this connection's waiters if anything
+    /// they could wait for changed. Returns true if the handshake completed now.
+    /// Must be called after every call into the core, before the lock is released.
+    pub(crate) fn sync(&mut self) -> bool {
+        let mut connected_now = false;
+        while let Some(event) = self.conn.poll_event() {
+            match event {
+                Event::Connected => {
+                    connected_now = !self.connected;
+                    self.connected = true;
+                }
+                Event::Closed { error } => {
+                    // The first Closed event is the one that counts.
+                    if self.closed.is_none() {
+                        tracing::debug!(
+                            cid = self.conn.local_cid(),
+                            remote = %self.conn.remote(),
+                            error = ?error,
+                            "connection closed"
+                        );
+                        self.closed = Some(error);
+                    }
+                }
+                other => tracing::trace!(?other, "connection event"),
+            }
+        }
+        let snapshot = Snapshot {
+            has_message: self.conn.has_message(),
+            send_capacity: self.conn.send_capacity(),
+            connected: self.connected,
+            closed: self.closed.is_some(),
+            drained: self.conn.is_drained(),
+        };
+        if snapshot != self.snapshot {
+            self.snapshot = snapshot;
+            self.notify.notify_waiters();
+        }
+        connected_now
+    }
+
+    /// True when nothing refers to it any more: no handle, not queued, drained.
+    pub(crate) fn is_removable(&self) -> bool {
+        self.forgotten && !self.has_handle && !self.queued
+    }
+}

@@ -1,0 +1,33 @@
+//! Small helpers shared by the runtime's modules.
+
+use std::time::Duration;
+
+/// Formats a duration the way people write it: `300ms`, `10s`, `1.5s`, `250us`.
+pub(crate) fn display_duration(d: Duration) -> String {
+    let micros = d.as_micros();
+    if micros == 0 {
+        "0s".to_owned()
+    } else if micros % 1_000_000 == 0 {
+        format!("{}s", micros / 1_000_000)
+    } else if micros >= 1_000_000 {
+        format!("{}s", d.as_secs_f64())
+    } else if micros % 1_000 == 0 {
+        format!("{}ms", micros / 1_000)
+    } else {
+        format!("{micros}us")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(display_duration(Duration::from_millis(300)), "300ms");
+        assert_eq!(display_duration(Duration::from_secs(10)), "10s");
+        assert_eq!(display_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(display_duration(Duration::from_micros(250)), "250us");
+        assert_eq!(display_duration(Duration::ZERO), "0s");
+    }
+}
