@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
+use crate::crypto::Security;
+
 /// Settings for an endpoint and the connections it makes or accepts.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub struct Config {
     /// Largest message this side sends or accepts, in bytes (default 16 MiB).
     pub max_message_size: usize,
@@ -32,6 +33,18 @@ pub struct Config {
     pub initial_window_packets: u64,
     /// Most connections an endpoint accepts at once (default 1024).
     pub max_connections: usize,
+    /// A server drops a connection whose handshake has not completed in this time (default 5 s).
+    pub handshake_timeout: Duration,
+    /// Above this many handshakes started within `handshake_timeout`, a server
+    /// answers new Initials with a stateless Retry first (default 64; 0 = always).
+    pub retry_threshold: usize,
+    /// Handshake attempts a single source address may start in a burst (default 16),
+    /// refilled at `source_handshake_rate` per second.
+    pub source_handshake_burst: u32,
+    /// Refill rate of the per-source handshake budget, per second (default 8).
+    pub source_handshake_rate: u32,
+    /// Encryption, keys and peer policy.
+    pub security: Security,
 }
 
 impl Default for Config {
@@ -49,6 +62,11 @@ impl Default for Config {
             max_pto: Duration::from_secs(1),
             initial_window_packets: 32,
             max_connections: 1024,
+            handshake_timeout: Duration::from_secs(5),
+            retry_threshold: 64,
+            source_handshake_burst: 16,
+            source_handshake_rate: 8,
+            security: Security::default(),
         }
     }
 }
@@ -111,6 +129,7 @@ impl Config {
             (self.keepalive_interval, "keepalive interval"),
             (self.initial_rtt, "initial rtt"),
             (self.max_pto, "max pto"),
+            (self.handshake_timeout, "handshake timeout"),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
@@ -121,6 +140,10 @@ impl Config {
             (self.initial_window_packets, "initial window"),
             (self.max_connections as u64, "max connections"),
             (self.send_buffer as u64, "send buffer"),
+            (
+                u64::from(self.source_handshake_burst),
+                "source handshake burst",
+            ),
         ] {
             if n == 0 {
                 return Err(ConfigError::ZeroCount(name));

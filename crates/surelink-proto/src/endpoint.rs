@@ -1,23 +1,67 @@
-//! Demultiplexing datagrams to connections, and creating connections.
+//! Demultiplexing datagrams to connections, creating connections, and the
+//! server's defences against floods.
 //!
 //! An [`Endpoint`] owns no socket either. The caller hands it each datagram
 //! that arrived on its socket; the endpoint says which connection it belongs to
 //! ([`DatagramEvent::Known`]), hands over a newly accepted connection
-//! ([`DatagramEvent::New`]), or drops it with a reason. Client Initial packets
-//! are routed by (source address, client connection id); every other packet by
-//! the destination connection id the endpoint issued.
+//! ([`DatagramEvent::New`]), asks for a stateless answer to be sent
+//! ([`DatagramEvent::Respond`]: a Retry or a Reject), or drops it with a reason.
+//! Client Initial packets are routed by (source address, client connection
+//! id); every other packet by the destination connection id the endpoint issued.
+//!
+//! Defences, all before any per-connection state or public-key operation: an
+//! Initial must be padded to 1200 bytes; each source address has a token-bucket
+//! budget of handshakes; when many handshakes are in progress the server
+//! answers with a stateless Retry token (HMAC of address, id and time) and only
+//! a client that echoes it gets state; the number of connections is capped; and
+//! every stateless answer is smaller than the Initial that caused it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand_chacha::ChaCha20Rng;
 
 use crate::config::{Config, ConfigError, MIN_DATAGRAM_SIZE};
-use crate::conn::Connection;
-use crate::wire::{Frame, FrameIter, Header, PacketKind, Reader};
+use crate::conn::{close_code, Connection};
+use crate::crypto::{Identity, RetryTokens, Security};
+use crate::wire::{Frame, FrameIter, Header, PacketKind, Reader, FLAG_PLAINTEXT};
+
+/// How long a retry token stays valid.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(10);
+/// Most source addresses whose handshake budget is remembered.
+const MAX_TRACKED_SOURCES: usize = 4096;
+
+/// 32 bytes of seed for an endpoint's generator (connection ids, ephemeral
+/// keys, identities, retry secret). The runtime draws it from the OS; tests
+/// expand a `u64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seed(pub [u8; 32]);
+
+impl From<[u8; 32]> for Seed {
+    fn from(b: [u8; 32]) -> Self {
+        Self(b)
+    }
+}
+
+impl From<u64> for Seed {
+    fn from(v: u64) -> Self {
+        let mut b = [0u8; 32];
+        ChaCha20Rng::seed_from_u64(v).fill_bytes(&mut b);
+        Self(b)
+    }
+}
+
+/// A datagram the endpoint wants sent without a connection (Retry, Reject).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Where to send it.
+    pub destination: SocketAddr,
+    /// The datagram.
+    pub data: Vec<u8>,
+}
 
 /// Identifies a connection within its endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -31,6 +75,8 @@ pub enum DatagramEvent {
     Known(ConnectionHandle),
     /// A new connection was accepted; pass the datagram to its `handle_datagram`.
     New(ConnectionHandle, Box<Connection>),
+    /// Send this stateless answer; nothing else to do.
+    Respond(Response),
     /// Dropped, for this reason.
     Dropped(DropReason),
 }
@@ -45,8 +91,12 @@ pub enum DropReason {
     UnknownConnection,
     /// An Initial that is too small or lacks CONNECT.
     BadInitial,
-    /// The endpoint does not accept connections, or is at its limit.
+    /// The endpoint does not accept connections.
     Refused,
+    /// The source address exceeded its handshake budget.
+    RateLimited,
+    /// A retry token that is forged, expired or for another address.
+    BadToken,
 }
 
 /// Endpoint-wide counters.
@@ -61,14 +111,33 @@ pub struct EndpointStats {
     pub refused: u64,
     /// Connections accepted.
     pub accepted: u64,
+    /// Stateless Retry answers sent.
+    pub retries_sent: u64,
+    /// Reject answers sent (mode mismatch, busy).
+    pub rejects_sent: u64,
+    /// Initials dropped by the per-source handshake budget.
+    pub rate_limited: u64,
+    /// Initials with an invalid retry token.
+    pub bad_tokens: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
 }
 
 /// Routes datagrams and mints connections.
 #[derive(Debug)]
 pub struct Endpoint {
     config: Arc<Config>,
-    rng: ChaCha8Rng,
+    rng: ChaCha20Rng,
     accept: bool,
+    identity: Option<Identity>,
+    retry: RetryTokens,
+    epoch: Option<Instant>,
+    recent_handshakes: VecDeque<Instant>,
+    sources: HashMap<SocketAddr, Bucket>,
     by_cid: HashMap<u64, ConnectionHandle>,
     initials: HashMap<(SocketAddr, u64), ConnectionHandle>,
     cids: HashMap<ConnectionHandle, (u64, Option<(SocketAddr, u64)>)>,
@@ -77,14 +146,31 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// An endpoint with `config`, connection ids drawn from a generator seeded with
-    /// `seed`; it accepts incoming connections when `accept` is true.
-    pub fn new(config: Config, seed: u64, accept: bool) -> Result<Self, ConfigError> {
+    /// An endpoint with `config`, randomness drawn from a generator seeded with
+    /// `seed`; it accepts incoming connections when `accept` is true. In
+    /// encrypted mode without a configured identity, an ephemeral one is generated.
+    pub fn new(config: Config, seed: impl Into<Seed>, accept: bool) -> Result<Self, ConfigError> {
         config.validate()?;
+        let mut rng = ChaCha20Rng::from_seed(seed.into().0);
+        let identity = match &config.security {
+            Security::Encrypted(c) => Some(
+                c.identity
+                    .clone()
+                    .unwrap_or_else(|| Identity::generate(&mut rng)),
+            ),
+            Security::InsecurePlaintext => None,
+        };
+        let mut secret = [0u8; 32];
+        rng.fill_bytes(&mut secret);
         Ok(Self {
             config: Arc::new(config),
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            rng,
             accept,
+            identity,
+            retry: RetryTokens::new(secret),
+            epoch: None,
+            recent_handshakes: VecDeque::new(),
+            sources: HashMap::new(),
             by_cid: HashMap::new(),
             initials: HashMap::new(),
             cids: HashMap::new(),
@@ -96,6 +182,11 @@ impl Endpoint {
     /// The endpoint's configuration.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// This endpoint's identity (encrypted mode).
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
     }
 
     /// Counters.
@@ -132,7 +223,17 @@ impl Endpoint {
     pub fn connect(&mut self, now: Instant, remote: SocketAddr) -> (ConnectionHandle, Connection) {
         let cid = self.fresh_cid();
         let h = self.register(cid, None);
-        (h, Connection::client(self.config.clone(), cid, remote, now))
+        let mut seed = [0u8; 32];
+        self.rng.fill_bytes(&mut seed);
+        let conn = Connection::client(
+            self.config.clone(),
+            cid,
+            remote,
+            now,
+            self.identity.as_ref(),
+            seed,
+        );
+        (h, conn)
     }
 
     /// Routes one datagram from `remote`.
@@ -154,22 +255,186 @@ impl Endpoint {
         if let Some(&h) = self.initials.get(&(remote, header.dcid)) {
             return DatagramEvent::Known(h);
         }
-        if !self.accept || self.cids.len() >= self.config.max_connections {
+        self.handle_new_initial(now, remote, datagram, &header, r.remaining())
+    }
+
+    fn ms_since_epoch(&mut self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(now);
+        now.saturating_duration_since(epoch).as_millis() as u64
+    }
+
+    fn stateless(&self, kind: PacketKind, dcid: u64, frame: Frame<'_>, to: SocketAddr) -> Response {
+        let flags = match self.config.security {
+            Security::InsecurePlaintext => FLAG_PLAINTEXT,
+            Security::Encrypted(_) => 0,
+        };
+        let mut data = Vec::new();
+        Header {
+            kind,
+            flags,
+            dcid,
+            pn: 0,
+        }
+        .encode(&mut data);
+        frame.encode(&mut data);
+        Response {
+            destination: to,
+            data,
+        }
+    }
+
+    fn reject(&mut self, remote: SocketAddr, dcid: u64, code: u64, reason: &str) -> DatagramEvent {
+        self.stats.rejects_sent += 1;
+        DatagramEvent::Respond(self.stateless(
+            PacketKind::Reject,
+            dcid,
+            Frame::Close { code, reason },
+            remote,
+        ))
+    }
+
+    /// Spends one unit of `remote`'s handshake budget; false if it has none.
+    fn take_source_budget(&mut self, now: Instant, remote: SocketAddr) -> bool {
+        let burst = f64::from(self.config.source_handshake_burst);
+        let rate = f64::from(self.config.source_handshake_rate);
+        let refill = |b: &Bucket| {
+            (b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate).min(burst)
+        };
+        if self.sources.len() >= MAX_TRACKED_SOURCES && !self.sources.contains_key(&remote) {
+            self.sources.retain(|_, b| refill(b) < burst);
+            if self.sources.len() >= MAX_TRACKED_SOURCES {
+                self.sources.clear();
+            }
+        }
+        let b = self.sources.entry(remote).or_insert(Bucket {
+            tokens: burst,
+            last: now,
+        });
+        b.tokens = refill(b);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn handle_new_initial(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        datagram: &[u8],
+        header: &Header,
+        frames_len: usize,
+    ) -> DatagramEvent {
+        if !self.accept {
             self.stats.refused += 1;
             return DatagramEvent::Dropped(DropReason::Refused);
         }
-        let payload = &datagram[datagram.len() - r.remaining()..];
-        let has_connect = FrameIter::new(payload)
-            .map_while(Result::ok)
-            .any(|f| matches!(f, Frame::Connect(_)));
-        if datagram.len() < MIN_DATAGRAM_SIZE || !has_connect {
+        if datagram.len() < MIN_DATAGRAM_SIZE {
             self.stats.refused += 1;
             return DatagramEvent::Dropped(DropReason::BadInitial);
         }
+        let payload = &datagram[datagram.len() - frames_len..];
+        let mut token = None;
+        let mut has_handshake = false;
+        for f in FrameIter::new(payload) {
+            match f {
+                Ok(Frame::Padding(_)) => {}
+                Ok(Frame::Token(t)) => token = Some(t),
+                Ok(Frame::Handshake(_)) => has_handshake = true,
+                _ => {
+                    self.stats.refused += 1;
+                    return DatagramEvent::Dropped(DropReason::BadInitial);
+                }
+            }
+        }
+        if !has_handshake {
+            self.stats.refused += 1;
+            return DatagramEvent::Dropped(DropReason::BadInitial);
+        }
+        if !self.take_source_budget(now, remote) {
+            self.stats.rate_limited += 1;
+            return DatagramEvent::Dropped(DropReason::RateLimited);
+        }
+        let client_plain = header.flags & FLAG_PLAINTEXT != 0;
+        match (&self.config.security, client_plain) {
+            (Security::Encrypted(_), true) => {
+                return self.reject(
+                    remote,
+                    header.dcid,
+                    close_code::ENCRYPTION_REQUIRED,
+                    "the server requires encryption but the client runs in insecure plaintext mode",
+                );
+            }
+            (Security::InsecurePlaintext, false) => {
+                return self.reject(
+                    remote,
+                    header.dcid,
+                    close_code::PLAINTEXT_ONLY,
+                    "the server runs in insecure plaintext mode; the client requires encryption",
+                );
+            }
+            _ => {}
+        }
+        let now_ms = self.ms_since_epoch(now);
+        let window = self.config.handshake_timeout;
+        while self
+            .recent_handshakes
+            .front()
+            .is_some_and(|&t| now.saturating_duration_since(t) > window)
+        {
+            self.recent_handshakes.pop_front();
+        }
+        let token_ok = token.is_some_and(|t| {
+            self.retry.validate(
+                now_ms,
+                TOKEN_LIFETIME.as_millis() as u64,
+                remote,
+                header.dcid,
+                t,
+            )
+        });
+        let under_load = self.recent_handshakes.len() >= self.config.retry_threshold;
+        if under_load && !token_ok {
+            if token.is_some() {
+                self.stats.bad_tokens += 1;
+                return DatagramEvent::Dropped(DropReason::BadToken);
+            }
+            self.stats.retries_sent += 1;
+            let t = self.retry.issue(now_ms, remote, header.dcid);
+            return DatagramEvent::Respond(self.stateless(
+                PacketKind::Retry,
+                header.dcid,
+                Frame::Token(&t),
+                remote,
+            ));
+        }
+        if self.cids.len() >= self.config.max_connections {
+            return self.reject(
+                remote,
+                header.dcid,
+                close_code::SERVER_BUSY,
+                "the server is at its connection limit",
+            );
+        }
+        self.recent_handshakes.push_back(now);
         let cid = self.fresh_cid();
         let h = self.register(cid, Some((remote, header.dcid)));
         self.stats.accepted += 1;
-        let conn = Connection::server(self.config.clone(), cid, header.dcid, remote, now);
+        let mut seed = [0u8; 32];
+        self.rng.fill_bytes(&mut seed);
+        let conn = Connection::server(
+            self.config.clone(),
+            cid,
+            header.dcid,
+            remote,
+            now,
+            self.identity.as_ref(),
+            seed,
+            token_ok,
+        );
         DatagramEvent::New(h, Box::new(conn))
     }
 

@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod crypto;
 pub mod endpoint;
 pub mod range_set;
 pub mod wire;
@@ -21,4 +22,7 @@ pub use conn::{
     close_code, Connection, ConnectionError, ConnectionStats, Event, Message, SendError, Side,
     Transmit,
 };
-pub use endpoint::{ConnectionHandle, DatagramEvent, DropReason, Endpoint, EndpointStats};
+pub use crypto::{CryptoConfig, Identity, PublicKey, Security};
+pub use endpoint::{
+    ConnectionHandle, DatagramEvent, DropReason, Endpoint, EndpointStats, Response, Seed,
+};

@@ -54,7 +54,10 @@ fn random_loss_delay_and_jitter() {
             .with_jitter(ms(pick(seed, 5, 11)));
         retransmitted += run(seed, link, "random loss").0.retransmissions;
     }
-    assert!(retransmitted > 1000, "the loss really happened: {retransmitted}");
+    assert!(
+        retransmitted > 1000,
+        "the loss really happened: {retransmitted}"
+    );
 }
 
 #[test]

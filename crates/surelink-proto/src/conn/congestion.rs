@@ -60,7 +60,10 @@ impl NewReno {
 
     /// Packets were declared lost; the newest of them was sent at `largest_lost_sent`.
     pub fn on_congestion_event(&mut self, now: Instant, largest_lost_sent: Instant) {
-        if self.recovery_start.is_some_and(|start| largest_lost_sent <= start) {
+        if self
+            .recovery_start
+            .is_some_and(|start| largest_lost_sent <= start)
+        {
             return;
         }
         self.recovery_start = Some(now);

@@ -20,7 +20,9 @@
 //! graceful by default: everything queued is acknowledged before CLOSE is sent.
 
 mod congestion;
+mod handshake;
 mod pacer;
+mod protection;
 mod reassembly;
 mod received;
 mod rtt;
@@ -39,11 +41,15 @@ pub use reassembly::{Message, ReassemblyError, MAX_CHANNELS};
 pub use stats::ConnectionStats;
 
 use crate::config::{Config, MIN_DATAGRAM_SIZE};
+use crate::crypto::{Identity, PublicKey};
 use crate::wire::{
-    Frame, FrameIter, Header, MsgFrame, PacketKind, Reader, TransportParams, HEADER_MAX_LEN,
+    Frame, FrameIter, Header, MsgFrame, PacketKind, Reader, TransportParams, FLAG_PLAINTEXT,
+    HEADER_MAX_LEN,
 };
 use congestion::NewReno;
+use handshake::{Handshake, HandshakeFailure};
 use pacer::Pacer;
+use protection::{OpenError, Protection};
 use reassembly::{FragmentOutcome, Reassembly};
 use received::ReceivedPackets;
 use rtt::RttEstimator;
@@ -62,6 +68,18 @@ pub mod close_code {
     pub const MESSAGE_TOO_LARGE: u64 = 3;
     /// The application aborted the connection.
     pub const APPLICATION_ABORT: u64 = 4;
+    /// The handshake failed cryptographically (e.g. pre-shared key mismatch).
+    pub const HANDSHAKE_FAILED: u64 = 16;
+    /// The client's key is not on the server's allow-list.
+    pub const KEY_NOT_ALLOWED: u64 = 17;
+    /// The server's key is not the one the client expected.
+    pub const SERVER_KEY_MISMATCH: u64 = 18;
+    /// The server requires encryption; the client is in plaintext mode.
+    pub const ENCRYPTION_REQUIRED: u64 = 19;
+    /// The server is in plaintext mode; the client requires encryption.
+    pub const PLAINTEXT_ONLY: u64 = 20;
+    /// The server is at its connection limit.
+    pub const SERVER_BUSY: u64 = 21;
 }
 
 /// Which end of the connection this is.
@@ -94,6 +112,28 @@ pub enum ConnectionError {
     /// The application aborted the connection.
     #[error("connection aborted locally")]
     LocallyAborted,
+    /// The handshake failed (corrupt message, pre-shared key mismatch, …).
+    #[error("handshake failed: {0}")]
+    HandshakeFailed(String),
+    /// The server presented a different key than the one expected.
+    #[error("server key mismatch: expected {}, got {}", .expected.fingerprint(), .got.fingerprint())]
+    PeerKeyMismatch {
+        /// The key we were told to expect.
+        expected: PublicKey,
+        /// The key the server presented.
+        got: PublicKey,
+    },
+    /// (Server) the client's key is not on the allow-list.
+    #[error("client key {} is not on the allow-list", .0.fingerprint())]
+    PeerNotAllowed(PublicKey),
+    /// The peer refused the handshake.
+    #[error("the peer refused the connection: {reason} (code {code})")]
+    Rejected {
+        /// The refusal's CLOSE code (see `close_code`).
+        code: u64,
+        /// The peer's explanation.
+        reason: String,
+    },
 }
 
 /// Why a message could not be queued.
@@ -157,8 +197,8 @@ enum State {
 
 #[derive(Debug, Default)]
 struct Pending {
-    connect: bool,
-    accept: bool,
+    handshake: bool,
+    reject: Option<(u64, String)>,
     max_data: bool,
     close: Option<(u64, String)>,
     pong: Option<(u64, u64)>,
@@ -188,6 +228,15 @@ pub struct Connection {
     peer_max_data: u64,
     max_data_sent: u64,
     handshake_confirmed: bool,
+    handshake: Handshake,
+    handshake_out: Option<Vec<u8>>,
+    last_handshake_sent: Option<Instant>,
+    retry_token: Option<Vec<u8>>,
+    protection: Protection,
+    scratch: Vec<u8>,
+    validated: bool,
+    amp_received: u64,
+    amp_sent: u64,
     close_requested: bool,
     pending: Pending,
     loss_time: Option<Instant>,
@@ -202,6 +251,7 @@ pub struct Connection {
 }
 
 impl Connection {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         config: Arc<Config>,
         side: Side,
@@ -209,9 +259,32 @@ impl Connection {
         peer_cid: u64,
         remote: SocketAddr,
         now: Instant,
+        identity: Option<&Identity>,
+        seed: [u8; 32],
     ) -> Self {
         let mtu = config.max_datagram_size as u64;
-        Self {
+        let handshake = Handshake::new(&config.security, identity, side == Side::Client, seed);
+        let failure = handshake.as_ref().err().cloned();
+        let handshake = handshake.unwrap_or_else(|_| {
+            Handshake::new(
+                &crate::crypto::Security::InsecurePlaintext,
+                None,
+                true,
+                seed,
+            )
+            .expect("plaintext handshakes cannot fail to start")
+        });
+        let plaintext = handshake.is_plaintext();
+        let mut c = Self {
+            protection: Protection::new(plaintext),
+            handshake,
+            handshake_out: None,
+            last_handshake_sent: None,
+            retry_token: None,
+            scratch: Vec::new(),
+            validated: side == Side::Client,
+            amp_received: 0,
+            amp_sent: 0,
             rtt: RttEstimator::new(config.initial_rtt),
             cc: NewReno::new(mtu, config.initial_window_packets),
             pacer: Pacer::new(now, mtu),
@@ -242,31 +315,74 @@ impl Connection {
             events: VecDeque::new(),
             stats: ConnectionStats::default(),
             error: None,
+        };
+        if let Some(f) = failure {
+            c.enter_closed(Some(f.error));
         }
+        c
     }
 
     /// A client connection to `remote` whose packets carry `local_cid`. The config
-    /// must have been validated.
+    /// must have been validated. `seed` feeds the handshake's ephemeral keys.
     pub(crate) fn client(
         config: Arc<Config>,
         local_cid: u64,
         remote: SocketAddr,
         now: Instant,
+        identity: Option<&Identity>,
+        seed: [u8; 32],
     ) -> Self {
-        let mut c = Self::new(config, Side::Client, local_cid, 0, remote, now);
-        c.pending.connect = true;
+        let mut c = Self::new(
+            config,
+            Side::Client,
+            local_cid,
+            0,
+            remote,
+            now,
+            identity,
+            seed,
+        );
+        let params = c.local_params();
+        match c.handshake.client_hello(params) {
+            Ok(m) => {
+                c.handshake_out = Some(m);
+                c.pending.handshake = true;
+            }
+            Err(f) => c.enter_closed(Some(f.error)),
+        }
         c
     }
 
-    /// A server connection answering the client whose id is `client_cid`.
+    /// A server connection answering the client whose id is `client_cid`;
+    /// `validated` says the client's address was proven by a retry token.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn server(
         config: Arc<Config>,
         local_cid: u64,
         client_cid: u64,
         remote: SocketAddr,
         now: Instant,
+        identity: Option<&Identity>,
+        seed: [u8; 32],
+        validated: bool,
     ) -> Self {
-        Self::new(config, Side::Server, local_cid, client_cid, remote, now)
+        let mut c = Self::new(
+            config,
+            Side::Server,
+            local_cid,
+            client_cid,
+            remote,
+            now,
+            identity,
+            seed,
+        );
+        c.validated = validated;
+        c
+    }
+
+    /// The peer's authenticated static public key (encrypted mode, after the handshake).
+    pub fn peer_key(&self) -> Option<PublicKey> {
+        self.handshake.peer_key()
     }
 
     /// This side of the connection.
@@ -326,7 +442,12 @@ impl Connection {
     }
 
     fn idle_timeout(&self) -> Duration {
-        let local = self.config.idle_timeout;
+        let local = if self.side == Side::Server && self.state == State::Handshaking {
+            // Half-open connections are dropped sooner.
+            self.config.idle_timeout.min(self.config.handshake_timeout)
+        } else {
+            self.config.idle_timeout
+        };
         match self.peer_params {
             Some(p) if p.idle_timeout_ms > 0 => local.min(Duration::from_millis(p.idle_timeout_ms)),
             _ => local,
@@ -334,8 +455,9 @@ impl Connection {
     }
 
     fn peer_max_ack_delay(&self) -> Duration {
-        self.peer_params
-            .map_or(Duration::ZERO, |p| Duration::from_micros(p.max_ack_delay_us))
+        self.peer_params.map_or(Duration::ZERO, |p| {
+            Duration::from_micros(p.max_ack_delay_us)
+        })
     }
 
     // ----- application side -------------------------------------------------
@@ -433,6 +555,7 @@ impl Connection {
             payload_bytes_retransmitted: self.send_queue.retransmitted_bytes(),
             messages_acked: self.send_queue.messages_acked(),
             messages_delivered: self.reassembly.delivered(),
+            key_updates: self.protection.key_updates(),
             ..self.stats.clone()
         }
     }
@@ -440,8 +563,7 @@ impl Connection {
     // ----- state transitions --------------------------------------------------
 
     fn maybe_send_close(&mut self, now: Instant) {
-        if self.close_requested && self.state == State::Established && self.send_queue.is_empty()
-        {
+        if self.close_requested && self.state == State::Established && self.send_queue.is_empty() {
             self.state = State::CloseSent;
             self.pending.close = Some((close_code::NO_ERROR, String::new()));
             let _ = now;
@@ -470,7 +592,11 @@ impl Connection {
 
     /// Emits the Closed event once.
     fn finish(&mut self, error: Option<ConnectionError>) {
-        if self.error.is_none() && !self.events.iter().any(|e| matches!(e, Event::Closed { .. }))
+        if self.error.is_none()
+            && !self
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::Closed { .. }))
         {
             self.error.clone_from(&error);
             self.events.push_back(Event::Closed { error });
@@ -483,13 +609,18 @@ impl Connection {
     }
 
     fn protocol_violation(&mut self, now: Instant, code: u64, what: String) {
-        self.close_with_error(now, code, &what, ConnectionError::ProtocolViolation(what.clone()));
+        self.close_with_error(
+            now,
+            code,
+            &what,
+            ConnectionError::ProtocolViolation(what.clone()),
+        );
     }
 
     // ----- input ---------------------------------------------------------------
 
-    /// Handles one datagram from `remote`. Malformed or unexpected datagrams are
-    /// dropped and counted; they never panic and never corrupt state.
+    /// Handles one datagram from `remote`. Malformed, forged or unexpected
+    /// datagrams are dropped and counted; they never panic and never corrupt state.
     pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, datagram: &[u8]) {
         if self.state == State::Closed {
             return;
@@ -499,24 +630,214 @@ impl Connection {
             self.stats.malformed_packets += 1;
             return;
         };
-        let payload = &datagram[datagram.len() - r.remaining()..];
-        let expected_kind = match (self.side, header.kind) {
+        let header_len = datagram.len() - r.remaining();
+        let payload = &datagram[header_len..];
+        let ours = header.dcid == self.local_cid;
+        let routed = match (self.side, header.kind) {
             (Side::Server, PacketKind::Initial) => header.dcid == self.peer_cid,
-            (Side::Server, PacketKind::Data) => header.dcid == self.local_cid,
-            (Side::Client, PacketKind::Handshake) => header.dcid == self.local_cid,
-            (Side::Client, PacketKind::Data) => {
-                header.dcid == self.local_cid && self.state != State::Handshaking
-            }
+            (Side::Client, PacketKind::Retry) => ours,
+            (_, PacketKind::Handshake | PacketKind::Reject | PacketKind::Data) => ours,
             _ => false,
         };
-        if !expected_kind || remote != self.remote {
+        if !routed || remote != self.remote || payload.is_empty() {
             self.stats.malformed_packets += 1;
             return;
         }
+        if header.kind != PacketKind::Data {
+            self.on_handshake_packet(now, &header, payload, datagram.len());
+            return;
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        match self
+            .protection
+            .open(&header, &datagram[..header_len], payload, &mut scratch)
+        {
+            Ok(plain) => self.on_data_packet(now, &header, plain, datagram.len()),
+            Err(OpenError::Authentication) => self.stats.auth_failures += 1,
+            Err(OpenError::Replay) => self.stats.duplicate_packets += 1,
+            Err(OpenError::Mode) => self.stats.malformed_packets += 1,
+        }
+        self.scratch = scratch;
+    }
+
+    /// Handshake, Retry and Reject packets: unprotected, and allowed to carry
+    /// only HANDSHAKE, TOKEN (Initial, Retry), CLOSE (Reject) and PADDING.
+    fn on_handshake_packet(&mut self, now: Instant, header: &Header, payload: &[u8], size: usize) {
+        let mut message = None;
+        let mut token = None;
+        let mut close = None;
+        for f in FrameIter::new(payload) {
+            match f {
+                Ok(Frame::Padding(_)) => {}
+                Ok(Frame::Handshake(m)) if message.is_none() => message = Some(m),
+                Ok(Frame::Token(t)) if token.is_none() => token = Some(t),
+                Ok(Frame::Close { code, reason }) if close.is_none() => {
+                    close = Some((code, reason))
+                }
+                _ => {
+                    self.stats.malformed_packets += 1;
+                    return;
+                }
+            }
+        }
+        // A Reject may come from a peer in the other mode: that is its point.
+        if header.kind != PacketKind::Reject
+            && (header.flags & FLAG_PLAINTEXT != 0) != self.handshake.is_plaintext()
+        {
+            self.stats.malformed_packets += 1;
+            return;
+        }
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += size as u64;
+        if !self.validated {
+            self.amp_received += size as u64;
+        }
+        match (self.side, header.kind) {
+            (_, PacketKind::Reject) => {
+                if let Some((code, reason)) = close {
+                    if !self.handshake_confirmed
+                        || self.side == Side::Server && self.state == State::Handshaking
+                    {
+                        self.last_received = now;
+                        self.enter_closed(Some(ConnectionError::Rejected {
+                            code,
+                            reason: reason.to_owned(),
+                        }));
+                    }
+                }
+            }
+            (Side::Client, PacketKind::Retry) => {
+                if let Some(t) = token {
+                    if self.state == State::Handshaking && self.retry_token.is_none() {
+                        self.retry_token = Some(t.to_vec());
+                        self.pending.handshake = true;
+                    }
+                }
+            }
+            (Side::Server, PacketKind::Initial) => {
+                let Some(m) = message else { return };
+                self.last_received = now;
+                if self.state != State::Handshaking {
+                    return;
+                }
+                if self.handshake_out.is_some() {
+                    // Our answer was lost: send it again.
+                    self.pending.handshake = true;
+                    return;
+                }
+                match self
+                    .handshake
+                    .server_hello(m, self.local_cid, self.local_params())
+                {
+                    Ok((params, answer)) => {
+                        self.peer_params = Some(params);
+                        self.peer_max_data = params.receive_window;
+                        self.handshake_out = Some(answer);
+                        self.pending.handshake = true;
+                    }
+                    Err(f) => self.reject(f),
+                }
+            }
+            (Side::Server, PacketKind::Handshake) => {
+                let Some(m) = message else { return };
+                if self.state != State::Handshaking {
+                    // The client repeats its last message until it hears from us.
+                    self.pending.ping = true;
+                    return;
+                }
+                if self.handshake_out.is_none() {
+                    return;
+                }
+                self.last_received = now;
+                match self.handshake.server_finish(m) {
+                    Ok(()) => {
+                        self.install_keys(now);
+                        self.validated = true;
+                        self.handshake_confirmed = true;
+                        self.handshake_out = None;
+                        self.pending.handshake = false;
+                        self.pending.ping = true;
+                        self.state = State::Established;
+                        self.events.push_back(Event::Connected);
+                    }
+                    Err(f) => self.reject(f),
+                }
+            }
+            (Side::Client, PacketKind::Handshake) => {
+                let Some(m) = message else { return };
+                if self.state != State::Handshaking {
+                    return;
+                }
+                self.last_received = now;
+                match self.handshake.client_read_answer(m) {
+                    Ok((cid, params)) => {
+                        self.peer_cid = cid;
+                        self.peer_params = Some(params);
+                        self.peer_max_data = params.receive_window;
+                    }
+                    Err(f) => return self.reject(f),
+                }
+                match self.handshake.client_complete() {
+                    Ok(last) => {
+                        self.install_keys(now);
+                        self.handshake_out = Some(last);
+                        self.pending.handshake = true;
+                        self.pto_count = 0;
+                        self.state = State::Established;
+                        self.events.push_back(Event::Connected);
+                    }
+                    Err(f) => self.reject(f),
+                }
+            }
+            _ => self.stats.malformed_packets += 1,
+        }
+    }
+
+    fn install_keys(&mut self, now: Instant) {
+        if let Some(keys) = self.handshake.take_keys() {
+            let (bytes, after) = self
+                .handshake
+                .config()
+                .map_or((u64::MAX, Duration::MAX), |c| {
+                    (c.rekey_after_bytes, c.rekey_after)
+                });
+            self.protection.install(now, keys, bytes, after);
+        }
+    }
+
+    /// Refuses the handshake: tells the peer why, then closes.
+    fn reject(&mut self, f: HandshakeFailure) {
+        tracing::debug!(cid = self.local_cid, reason = %f.reason, "handshake refused");
+        self.send_queue.clear();
+        self.pending = Pending {
+            reject: Some((f.code, f.reason)),
+            ..Pending::default()
+        };
+        self.error = Some(f.error.clone());
+        self.events.push_back(Event::Closed {
+            error: Some(f.error),
+        });
+        self.state = State::Draining;
+    }
+
+    fn on_data_packet(&mut self, now: Instant, header: &Header, payload: &[u8], size: usize) {
         // Validate every frame before acting on any.
         let mut ack_eliciting = false;
         for f in FrameIter::new(payload) {
             match f {
+                Ok(
+                    Frame::Connect(_)
+                    | Frame::Accept { .. }
+                    | Frame::Handshake(_)
+                    | Frame::Token(_),
+                ) => {
+                    self.protocol_violation(
+                        now,
+                        close_code::PROTOCOL_VIOLATION,
+                        "handshake frame in a data packet".into(),
+                    );
+                    return;
+                }
                 Ok(f) => ack_eliciting |= f.is_ack_eliciting(),
                 Err(_) => {
                     self.stats.malformed_packets += 1;
@@ -529,10 +850,13 @@ impl Connection {
             return;
         }
         self.stats.packets_received += 1;
-        self.stats.bytes_received += datagram.len() as u64;
+        self.stats.bytes_received += size as u64;
         self.last_received = now;
-        if self.side == Side::Server && header.kind == PacketKind::Data {
+        if !self.handshake_confirmed && self.state != State::Handshaking {
+            // An authenticated packet from the server: it has our last message.
             self.handshake_confirmed = true;
+            self.handshake_out = None;
+            self.pending.handshake = false;
         }
         let fresh = self.received.on_packet(
             now,
@@ -556,58 +880,16 @@ impl Connection {
 
     fn handle_frame(&mut self, now: Instant, frame: Frame<'_>) {
         match frame {
-            Frame::Padding(_) => {}
             Frame::Ping { timestamp_us } => {
                 self.pending.pong = Some((timestamp_us, self.micros(now)));
             }
-            Frame::Pong { .. } => {}
             Frame::Ack(ack) => self.on_ack_frame(now, &ack),
             Frame::Msg(m) => self.on_msg(now, &m),
             Frame::Close { code, reason } => self.on_close_frame(now, code, reason),
             Frame::MaxData { max } => self.peer_max_data = self.peer_max_data.max(max),
-            Frame::Connect(params) => match self.side {
-                Side::Server => self.on_connect(params),
-                Side::Client => self.protocol_violation(
-                    now,
-                    close_code::PROTOCOL_VIOLATION,
-                    "CONNECT sent to a client".into(),
-                ),
-            },
-            Frame::Accept { cid, params } => match self.side {
-                Side::Client => self.on_accept(cid, params),
-                Side::Server => self.protocol_violation(
-                    now,
-                    close_code::PROTOCOL_VIOLATION,
-                    "ACCEPT sent to a server".into(),
-                ),
-            },
+            // Validated away by the caller, or without effect.
+            _ => {}
         }
-    }
-
-    fn on_connect(&mut self, params: TransportParams) {
-        if self.state == State::Handshaking {
-            self.peer_params = Some(params);
-            self.peer_max_data = params.receive_window;
-            self.state = State::Established;
-            self.events.push_back(Event::Connected);
-        }
-        if !self.handshake_confirmed {
-            // First CONNECT, or a retransmission because our ACCEPT was lost.
-            self.pending.accept = true;
-        }
-    }
-
-    fn on_accept(&mut self, cid: u64, params: TransportParams) {
-        if self.state != State::Handshaking {
-            return;
-        }
-        self.peer_cid = cid;
-        self.peer_params = Some(params);
-        self.peer_max_data = self.peer_max_data.max(params.receive_window);
-        self.pending.connect = false;
-        self.state = State::Established;
-        self.handshake_confirmed = true;
-        self.events.push_back(Event::Connected);
     }
 
     fn on_msg(&mut self, now: Instant, m: &MsgFrame<'_>) {
@@ -707,8 +989,6 @@ impl Connection {
                 match f {
                     SentFrame::Msg(frag) => self.send_queue.on_lost(frag),
                     SentFrame::MaxData => self.pending.max_data = true,
-                    SentFrame::Connect => self.pending.connect = self.state == State::Handshaking,
-                    SentFrame::Accept => self.pending.accept = !self.handshake_confirmed,
                     SentFrame::Close if self.state == State::CloseSent => {
                         self.pending.close = Some((close_code::NO_ERROR, String::new()));
                     }
@@ -739,12 +1019,19 @@ impl Connection {
         if self.loss_time.is_some() || self.is_closed() {
             return None;
         }
-        let awaiting_handshake = self.state == State::Handshaking && self.side == Side::Client;
-        if !self.sent.has_eliciting_in_flight() && !awaiting_handshake {
+        if !self.sent.has_eliciting_in_flight() {
             return None;
         }
         let last = self.sent.last_eliciting_sent().unwrap_or(self.epoch);
         Some(last + self.pto_duration())
+    }
+
+    /// Client: when to repeat the pending handshake message.
+    fn handshake_deadline(&self) -> Option<Instant> {
+        if self.side != Side::Client || self.is_closed() || self.handshake_out.is_none() {
+            return None;
+        }
+        Some(self.last_handshake_sent? + self.pto_duration())
     }
 
     fn keepalive_deadline(&self) -> Option<Instant> {
@@ -763,6 +1050,7 @@ impl Connection {
         [
             self.loss_time,
             self.pto_deadline(),
+            self.handshake_deadline(),
             self.received.ack_deadline(),
             Some(self.last_received + self.idle_timeout()),
             self.keepalive_deadline(),
@@ -799,12 +1087,11 @@ impl Connection {
             self.pto_count += 1;
             self.stats.probe_timeouts += 1;
             self.pending.probes = 2;
-            if self.state == State::Handshaking && self.side == Side::Client {
-                self.pending.connect = true;
-            }
-            if !self.handshake_confirmed && self.side == Side::Server {
-                self.pending.accept = true;
-            }
+        }
+        if self.handshake_deadline().is_some_and(|t| t <= now) {
+            self.pto_count += 1;
+            self.stats.probe_timeouts += 1;
+            self.pending.handshake = true;
         }
         if self.keepalive_deadline().is_some_and(|t| t <= now) {
             self.pending.ping = true;
@@ -819,32 +1106,115 @@ impl Connection {
         if self.state == State::Closed {
             return None;
         }
-        let mtu = self.config.max_datagram_size;
-        let kind = match (self.side, self.state) {
-            (Side::Client, State::Handshaking) => PacketKind::Initial,
-            (Side::Server, _) if self.pending.accept => PacketKind::Handshake,
-            (Side::Server, State::Handshaking) => return None,
-            _ => PacketKind::Data,
-        };
-        let dcid = if kind == PacketKind::Initial {
-            self.local_cid
+        if let Some((code, reason)) = self.pending.reject.take() {
+            self.write_reject(buf, code, &reason);
+            self.enter_closed(None);
+            return self.finish_transmit(buf);
+        }
+        if self.pending.handshake && self.handshake_out.is_some() {
+            if let Some(t) = self.write_handshake(now, buf) {
+                return Some(t);
+            }
+        }
+        if !self.protection.is_ready() || self.state == State::Handshaking {
+            return None;
+        }
+        self.write_data(now, buf)
+    }
+
+    fn plaintext_flag(&self) -> u8 {
+        if self.handshake.is_plaintext() {
+            FLAG_PLAINTEXT
         } else {
-            self.peer_cid
-        };
+            0
+        }
+    }
+
+    /// Counts a built datagram and hands it out.
+    fn finish_transmit(&mut self, buf: &[u8]) -> Option<Transmit> {
+        self.next_pn += 1;
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += buf.len() as u64;
+        if !self.validated {
+            self.amp_sent += buf.len() as u64;
+        }
+        Some(Transmit {
+            destination: self.remote,
+            size: buf.len(),
+        })
+    }
+
+    fn write_reject(&mut self, buf: &mut Vec<u8>, code: u64, reason: &str) {
+        Header {
+            kind: PacketKind::Reject,
+            flags: self.plaintext_flag(),
+            dcid: self.peer_cid,
+            pn: self.next_pn,
+        }
+        .encode(buf);
+        Frame::Close { code, reason }.encode(buf);
+    }
+
+    /// The pending handshake message: the client's Initial (m1, with the retry
+    /// token if any) or last message (m3), or the server's answer (m2).
+    fn write_handshake(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        let msg = self.handshake_out.as_ref()?;
+        let initial = self.side == Side::Client && self.state == State::Handshaking;
+        // Before the client's address is validated, send at most 3x what it sent.
+        let estimate = (msg.len() + 64) as u64;
+        if !self.validated && self.amp_sent + estimate > 3 * self.amp_received {
+            self.stats.amplification_blocked += 1;
+            self.pending.handshake = false;
+            return None;
+        }
+        Header {
+            kind: if initial {
+                PacketKind::Initial
+            } else {
+                PacketKind::Handshake
+            },
+            flags: self.plaintext_flag(),
+            dcid: if initial {
+                self.local_cid
+            } else {
+                self.peer_cid
+            },
+            pn: self.next_pn,
+        }
+        .encode(buf);
+        if initial {
+            if let Some(t) = &self.retry_token {
+                Frame::Token(t).encode(buf);
+            }
+        }
+        Frame::Handshake(msg).encode(buf);
+        if initial && buf.len() < MIN_DATAGRAM_SIZE {
+            Frame::Padding(MIN_DATAGRAM_SIZE - buf.len()).encode(buf);
+        }
+        self.pending.handshake = false;
+        self.last_handshake_sent = Some(now);
+        self.finish_transmit(buf)
+    }
+
+    fn write_data(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        let mtu = self.config.max_datagram_size - self.protection.overhead();
+        let flags = self.protection.send_flags(now);
         let pn = self.next_pn;
-        Header { kind, dcid, pn }.encode(buf);
+        Header {
+            kind: PacketKind::Data,
+            flags,
+            dcid: self.peer_cid,
+            pn,
+        }
+        .encode(buf);
         let header_len = buf.len();
         let mut frames: Vec<SentFrame> = Vec::new();
 
         let draining = self.state == State::Draining;
         let probe = self.pending.probes > 0;
         let congestion_ok = probe || self.sent.bytes_in_flight() + mtu as u64 <= self.cc.window();
-        let data_allowed = !draining
-            && self.state != State::Handshaking
-            && (self.side == Side::Client || self.handshake_confirmed);
-        let control_pending = self.pending.connect
-            || self.pending.accept
-            || self.pending.max_data
+        let data_allowed = !draining;
+        let control_pending = self.pending.max_data
             || self.pending.close.is_some()
             || self.pending.pong.is_some()
             || self.pending.ping
@@ -867,6 +1237,7 @@ impl Connection {
             || (eliciting_ok && self.received.has_unacked())
             || (draining && self.received.has_unacked());
         if !ack_now && !eliciting_ok {
+            buf.clear();
             return None;
         }
         if ack_now {
@@ -889,20 +1260,6 @@ impl Connection {
             }
         }
         if eliciting_ok && !draining {
-            if std::mem::take(&mut self.pending.connect) {
-                Frame::Connect(self.local_params()).encode(buf);
-                frames.push(SentFrame::Connect);
-                eliciting = true;
-            }
-            if std::mem::take(&mut self.pending.accept) {
-                Frame::Accept {
-                    cid: self.local_cid,
-                    params: self.local_params(),
-                }
-                .encode(buf);
-                frames.push(SentFrame::Accept);
-                eliciting = true;
-            }
             if std::mem::take(&mut self.pending.max_data) {
                 let max = self.reassembly.max_data();
                 self.max_data_sent = max;
@@ -920,10 +1277,11 @@ impl Connection {
                 eliciting = true;
             }
             if data_allowed {
-                while let Some(f) =
-                    self.send_queue
-                        .next_fragment(mtu - buf.len(), self.peer_max_data, MsgFrame::overhead)
-                {
+                while let Some(f) = self.send_queue.next_fragment(
+                    mtu - buf.len(),
+                    self.peer_max_data,
+                    MsgFrame::overhead,
+                ) {
                     Frame::Msg(MsgFrame {
                         channel: f.channel,
                         seq: f.seq,
@@ -952,31 +1310,23 @@ impl Connection {
             buf.clear();
             return None;
         }
-        if kind == PacketKind::Initial && buf.len() < MIN_DATAGRAM_SIZE {
-            Frame::Padding(MIN_DATAGRAM_SIZE - buf.len()).encode(buf);
-        }
-        debug_assert!(buf.len() <= mtu.max(MIN_DATAGRAM_SIZE) + HEADER_MAX_LEN);
-        self.next_pn += 1;
-        let size = buf.len();
-        self.stats.packets_sent += 1;
-        self.stats.bytes_sent += size as u64;
+        debug_assert!(buf.len() <= mtu + HEADER_MAX_LEN);
+        self.protection.seal(pn, buf, header_len);
+        let size = buf.len() as u64;
         if eliciting {
             self.last_eliciting_sent = now;
-            self.pacer.on_sent(size as u64);
+            self.pacer.on_sent(size);
             self.sent.on_sent(
                 pn,
                 SentPacket {
                     time: now,
-                    size: size as u64,
+                    size,
                     ack_eliciting: true,
                     frames,
                 },
             );
         }
-        Some(Transmit {
-            destination: self.remote,
-            size,
-        })
+        self.finish_transmit(buf)
     }
 }
 

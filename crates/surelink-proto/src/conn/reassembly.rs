@@ -174,7 +174,10 @@ impl Reassembly {
         // Release every complete message at the head of the channel.
         while let Some(head) = ch.pending.first_entry() {
             if *head.key() != ch.next_seq
-                || !head.get().have.contains_range(&(0..head.get().buf.len() as u64))
+                || !head
+                    .get()
+                    .have
+                    .contains_range(&(0..head.get().buf.len() as u64))
             {
                 break;
             }
@@ -210,17 +213,35 @@ mod tests {
         let mut r = Reassembly::new(1 << 20, 1 << 16);
         let m0 = b"hello world";
         let m1 = b"second";
-        assert_eq!(r.on_fragment(&frag(0, 1, m1, 0, 6)), Ok(FragmentOutcome::New));
-        assert_eq!(r.on_fragment(&frag(0, 0, m0, 6, 5)), Ok(FragmentOutcome::New));
+        assert_eq!(
+            r.on_fragment(&frag(0, 1, m1, 0, 6)),
+            Ok(FragmentOutcome::New)
+        );
+        assert_eq!(
+            r.on_fragment(&frag(0, 0, m0, 6, 5)),
+            Ok(FragmentOutcome::New)
+        );
         assert!(!r.has_ready());
-        assert_eq!(r.on_fragment(&frag(0, 0, m0, 6, 5)), Ok(FragmentOutcome::Duplicate));
-        assert_eq!(r.on_fragment(&frag(0, 0, m0, 0, 6)), Ok(FragmentOutcome::New));
+        assert_eq!(
+            r.on_fragment(&frag(0, 0, m0, 6, 5)),
+            Ok(FragmentOutcome::Duplicate)
+        );
+        assert_eq!(
+            r.on_fragment(&frag(0, 0, m0, 0, 6)),
+            Ok(FragmentOutcome::New)
+        );
         assert_eq!(r.pop().unwrap().data, &m0[..]);
         assert_eq!(r.pop().unwrap().data, &m1[..]);
         assert!(r.pop().is_none());
-        assert_eq!(r.on_fragment(&frag(0, 1, m1, 0, 6)), Ok(FragmentOutcome::Duplicate));
+        assert_eq!(
+            r.on_fragment(&frag(0, 1, m1, 0, 6)),
+            Ok(FragmentOutcome::Duplicate)
+        );
         // Channels are independent.
-        assert_eq!(r.on_fragment(&frag(9, 0, b"", 0, 0)), Ok(FragmentOutcome::New));
+        assert_eq!(
+            r.on_fragment(&frag(9, 0, b"", 0, 0)),
+            Ok(FragmentOutcome::New)
+        );
         assert_eq!(r.pop().unwrap().channel, 9);
     }
 
@@ -228,10 +249,16 @@ mod tests {
     fn flow_control_and_limits() {
         let mut r = Reassembly::new(100 + 2 * MESSAGE_CREDIT_OVERHEAD, 80);
         let big = [1u8; 90];
-        assert_eq!(r.on_fragment(&frag(0, 0, &big, 0, 10)), Err(ReassemblyError::TooLarge(90)));
+        assert_eq!(
+            r.on_fragment(&frag(0, 0, &big, 0, 10)),
+            Err(ReassemblyError::TooLarge(90))
+        );
         let m = [2u8; 60];
         r.on_fragment(&frag(0, 1, &m, 0, 10)).unwrap();
-        assert_eq!(r.on_fragment(&frag(0, 2, &m, 0, 10)), Err(ReassemblyError::FlowControl));
+        assert_eq!(
+            r.on_fragment(&frag(0, 2, &m, 0, 10)),
+            Err(ReassemblyError::FlowControl)
+        );
         let other = [3u8; 61];
         assert_eq!(
             r.on_fragment(&frag(0, 1, &other, 0, 10)),

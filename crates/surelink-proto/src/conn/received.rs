@@ -97,7 +97,6 @@ impl ReceivedPackets {
         // Keep `largest` itself so the next ACK still reports it.
         self.set.remove_below(largest);
     }
-
 }
 
 #[cfg(test)]

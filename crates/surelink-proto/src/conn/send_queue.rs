@@ -104,7 +104,6 @@ impl SendQueue {
         !self.retransmit.is_empty() || self.fresh_allowed(credit_limit)
     }
 
-
     fn fresh_allowed(&self, credit_limit: u64) -> bool {
         self.fresh.front().is_some_and(|q| {
             q.next_offset > 0
@@ -285,6 +284,8 @@ mod tests {
         q.push(0, Bytes::from(vec![0u8; 100]));
         assert!(q.next_fragment(1000, 50, no_overhead).is_none());
         assert!(!q.has_sendable(50));
-        assert!(q.next_fragment(1000, 100 + MESSAGE_CREDIT_OVERHEAD, no_overhead).is_some());
+        assert!(q
+            .next_fragment(1000, 100 + MESSAGE_CREDIT_OVERHEAD, no_overhead)
+            .is_some());
     }
 }

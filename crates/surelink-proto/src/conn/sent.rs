@@ -22,10 +22,6 @@ pub enum SentFrame {
     Msg(Fragment),
     /// A MAX_DATA credit update.
     MaxData,
-    /// The CONNECT request.
-    Connect,
-    /// The ACCEPT answer.
-    Accept,
     /// A CLOSE frame.
     Close,
     /// An ACK frame whose largest acknowledged number was this.
@@ -92,7 +88,6 @@ impl SentPackets {
         self.last_eliciting_sent
     }
 
-
     fn forget(&mut self, p: &SentPacket) {
         if p.ack_eliciting {
             self.bytes_in_flight -= p.size;
@@ -151,8 +146,6 @@ impl SentPackets {
         }
         (lost, next)
     }
-
-
 }
 
 #[cfg(test)]
@@ -182,10 +175,16 @@ mod tests {
         assert_eq!(out.rtt_sample, Some(16 * ms));
         let (lost, next) = s.detect_lost(t0 + 20 * ms, 100 * ms);
         // 0 and 1 are 3+ below 4; 2 and 3 wait for the timer.
-        assert_eq!(lost.iter().map(|(pn, _)| *pn).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(
+            lost.iter().map(|(pn, _)| *pn).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
         assert_eq!(next, Some(t0 + 2 * ms + 100 * ms));
         let (lost, _) = s.detect_lost(t0 + 103 * ms, 100 * ms);
-        assert_eq!(lost.iter().map(|(pn, _)| *pn).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(
+            lost.iter().map(|(pn, _)| *pn).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
         assert_eq!(s.bytes_in_flight(), 100);
         // Acking an old number again changes nothing.
         assert!(s.on_ack(t0, &[0..=4]).acked.is_empty());

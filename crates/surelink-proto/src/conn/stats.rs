@@ -44,6 +44,12 @@ pub struct ConnectionStats {
     pub duplicate_fragments: u64,
     /// Datagrams that failed to decode (dropped).
     pub malformed_packets: u64,
+    /// Packets that failed authentication (dropped silently).
+    pub auth_failures: u64,
+    /// Key updates performed (either direction).
+    pub key_updates: u64,
+    /// Handshake sends withheld by the 3x anti-amplification limit.
+    pub amplification_blocked: u64,
     /// Messages queued by the application.
     pub messages_sent: u64,
     /// Messages the peer acknowledged in full.

@@ -1,8 +1,8 @@
 //! Frames: the units of meaning inside a packet.
 //!
-//! Each frame starts with a varint type. Types 0x00–0x08 are defined in v1;
-//! 0x10–0x1f are reserved for path status, clock, checkpoint and handshake
-//! frames of later versions; anything else is rejected. [`FrameIter`] walks the
+//! Each frame starts with a varint type. Types 0x00–0x08, 0x10 (HANDSHAKE)
+//! and 0x11 (TOKEN) are defined in v1; 0x12–0x1f are reserved for path status,
+//! clock, checkpoint and resume frames of later versions; anything else is rejected. [`FrameIter`] walks the
 //! frames of a packet payload and yields an error (then stops) on malformed input.
 
 use std::ops::RangeInclusive;
@@ -18,6 +18,11 @@ const CLOSE: u64 = 0x05;
 const MAX_DATA: u64 = 0x06;
 const CONNECT: u64 = 0x07;
 const ACCEPT: u64 = 0x08;
+const HANDSHAKE: u64 = 0x10;
+const TOKEN: u64 = 0x11;
+
+/// Longest HANDSHAKE or TOKEN body accepted.
+pub const MAX_HANDSHAKE_LEN: usize = 4096;
 
 /// Most ACK ranges a decoder accepts in one frame (bounds the work of a hostile ACK).
 pub const MAX_ACK_RANGES: usize = 256;
@@ -61,13 +66,17 @@ pub enum Frame<'a> {
     },
     /// Client's connection request (in Initial packets).
     Connect(TransportParams),
-    /// Server's acceptance (in Handshake packets).
+    /// Server's acceptance (inside the server's handshake message).
     Accept {
         /// The connection id the client must put in every later packet.
         cid: u64,
         /// The server's transport parameters.
         params: TransportParams,
     },
+    /// A handshake message (Noise, or the plain parameters in plaintext mode).
+    Handshake(&'a [u8]),
+    /// A retry token (in Retry packets, and echoed in the client's next Initial).
+    Token(&'a [u8]),
 }
 
 /// An ACK frame: acknowledged packet numbers as descending inclusive ranges.
@@ -220,6 +229,16 @@ impl Frame<'_> {
                 out.extend_from_slice(&cid.to_be_bytes());
                 params.encode(out);
             }
+            Frame::Handshake(b) | Frame::Token(b) => {
+                let ty = if matches!(self, Frame::Handshake(_)) {
+                    HANDSHAKE
+                } else {
+                    TOKEN
+                };
+                varint::write(out, ty);
+                varint::write(out, b.len() as u64);
+                out.extend_from_slice(b);
+            }
         }
     }
 
@@ -308,7 +327,9 @@ impl AckFrame {
                 .checked_sub(gap)
                 .and_then(|v| v.checked_sub(2))
                 .ok_or(WireError::Invalid("ack gap"))?;
-            let start = end.checked_sub(len).ok_or(WireError::Invalid("ack range"))?;
+            let start = end
+                .checked_sub(len)
+                .ok_or(WireError::Invalid("ack range"))?;
             ranges.push(start..=end);
             prev_smallest = start;
         }
@@ -394,6 +415,17 @@ impl<'a> FrameIter<'a> {
                 cid: r.u64()?,
                 params: TransportParams::decode(r)?,
             },
+            HANDSHAKE | TOKEN => {
+                let b = r.len_prefixed()?;
+                if b.len() > MAX_HANDSHAKE_LEN {
+                    return Err(WireError::Invalid("handshake length"));
+                }
+                if ty == HANDSHAKE {
+                    Frame::Handshake(b)
+                } else {
+                    Frame::Token(b)
+                }
+            }
             other => return Err(WireError::UnknownFrame(other)),
         })
     }
@@ -465,6 +497,8 @@ mod tests {
         MaxData(u64),
         Connect(TransportParams),
         Accept(u64, TransportParams),
+        Handshake(Vec<u8>),
+        Token(Vec<u8>),
     }
 
     impl Owned {
@@ -495,6 +529,8 @@ mod tests {
                     cid: *cid,
                     params: *p,
                 },
+                Owned::Handshake(b) => Frame::Handshake(b),
+                Owned::Token(b) => Frame::Token(b),
             }
         }
     }
@@ -517,6 +553,8 @@ mod tests {
             v.clone().prop_map(Owned::MaxData),
             params().prop_map(Owned::Connect),
             (any::<u64>(), params()).prop_map(|(c, p)| Owned::Accept(c, p)),
+            proptest::collection::vec(any::<u8>(), 0..200).prop_map(Owned::Handshake),
+            proptest::collection::vec(any::<u8>(), 0..60).prop_map(Owned::Token),
         ]
     }
 
@@ -571,7 +609,8 @@ mod tests {
             (&[0x05, 0, 2, 0xff, 0xfe], "reason not utf8"),
             (&[0x07, 1, 1, 10], "missing params"),
             (&[0x07, 2, 1, 10, 1, 10], "duplicate params"),
-            (&[0x10], "reserved frame type"),
+            (&[0x12], "reserved frame type"),
+            (&[0x10, 5, 1, 2], "truncated handshake"),
             (&[0x3f], "unknown frame type"),
             (&[0x03, 5, 0, 0x41, 0x00, 0], "too many ranges"),
         ];

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! byte 0      version (1)
-//! byte 1      kind (low 4 bits) | flags (high 4 bits, must be zero in v1)
+//! byte 1      kind (low 4 bits) | flags (high 4 bits: key phase, plaintext)
 //! bytes 2..10 destination connection id, big-endian u64
 //! varint      packet number (never reused within a connection and direction)
 //! ```
@@ -15,6 +15,12 @@ pub const VERSION: u8 = 1;
 /// The largest encoded header: 10 fixed bytes plus an 8-byte varint.
 pub const HEADER_MAX_LEN: usize = 18;
 
+/// Header flag: the key phase of a protected packet (flips at each key update).
+pub const FLAG_KEY_PHASE: u8 = 0x1;
+/// Header flag: the connection runs in insecure plaintext mode.
+pub const FLAG_PLAINTEXT: u8 = 0x2;
+const KNOWN_FLAGS: u8 = FLAG_KEY_PHASE | FLAG_PLAINTEXT;
+
 /// What a packet is for; decides how an endpoint routes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PacketKind {
@@ -24,6 +30,10 @@ pub enum PacketKind {
     Handshake,
     /// Everything after the handshake: routed by destination connection id.
     Data,
+    /// Server's stateless answer to an Initial under load: carries a TOKEN.
+    Retry,
+    /// Handshake refusal (wrong key, not allowed, mode mismatch): carries CLOSE.
+    Reject,
 }
 
 impl PacketKind {
@@ -32,6 +42,8 @@ impl PacketKind {
             Self::Initial => 0,
             Self::Handshake => 1,
             Self::Data => 2,
+            Self::Retry => 3,
+            Self::Reject => 4,
         }
     }
 
@@ -40,7 +52,8 @@ impl PacketKind {
             0 => Ok(Self::Initial),
             1 => Ok(Self::Handshake),
             2 => Ok(Self::Data),
-            // 3 = Retry and 4 = stateless reset are reserved for packet protection.
+            3 => Ok(Self::Retry),
+            4 => Ok(Self::Reject),
             other => Err(WireError::UnknownPacketKind(other)),
         }
     }
@@ -51,6 +64,8 @@ impl PacketKind {
 pub struct Header {
     /// What the packet is for.
     pub kind: PacketKind,
+    /// `FLAG_*` bits.
+    pub flags: u8,
     /// The receiver's connection id (for Initial: the client's own id).
     pub dcid: u64,
     /// The packet number.
@@ -61,7 +76,7 @@ impl Header {
     /// Appends the encoded header to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.push(VERSION);
-        out.push(self.kind.to_bits());
+        out.push(self.kind.to_bits() | (self.flags & KNOWN_FLAGS) << 4);
         out.extend_from_slice(&self.dcid.to_be_bytes());
         varint::write(out, self.pn);
     }
@@ -83,13 +98,19 @@ impl Header {
             return Err(WireError::UnsupportedVersion(version));
         }
         let kind_flags = r.u8()?;
-        if kind_flags & 0xf0 != 0 {
+        let flags = kind_flags >> 4;
+        if flags & !KNOWN_FLAGS != 0 {
             return Err(WireError::Invalid("header flags"));
         }
         let kind = PacketKind::from_bits(kind_flags & 0x0f)?;
         let dcid = r.u64()?;
         let pn = r.varint()?;
-        Ok(Self { kind, dcid, pn })
+        Ok(Self {
+            kind,
+            flags,
+            dcid,
+            pn,
+        })
     }
 
     /// Reads just the routing fields (kind, connection id) without the packet number.
@@ -109,14 +130,16 @@ mod tests {
         prop_oneof![
             Just(PacketKind::Initial),
             Just(PacketKind::Handshake),
-            Just(PacketKind::Data)
+            Just(PacketKind::Data),
+            Just(PacketKind::Retry),
+            Just(PacketKind::Reject)
         ]
     }
 
     proptest! {
         #[test]
-        fn round_trip(kind in kind(), dcid: u64, pn in 0..=varint::MAX) {
-            let h = Header { kind, dcid, pn };
+        fn round_trip(kind in kind(), flags in 0u8..4, dcid: u64, pn in 0..=varint::MAX) {
+            let h = Header { kind, flags, dcid, pn };
             let mut buf = Vec::new();
             h.encode(&mut buf);
             prop_assert_eq!(buf.len(), h.len());
@@ -135,18 +158,33 @@ mod tests {
     #[test]
     fn rejects_bad_version_kind_flags() {
         let mut buf = Vec::new();
-        Header { kind: PacketKind::Data, dcid: 7, pn: 1 }.encode(&mut buf);
+        Header {
+            kind: PacketKind::Data,
+            flags: 0,
+            dcid: 7,
+            pn: 1,
+        }
+        .encode(&mut buf);
         let mut b = buf.clone();
         b[0] = 2;
-        assert_eq!(Header::decode(&mut Reader::new(&b)), Err(WireError::UnsupportedVersion(2)));
+        assert_eq!(
+            Header::decode(&mut Reader::new(&b)),
+            Err(WireError::UnsupportedVersion(2))
+        );
         let mut b = buf.clone();
         b[1] = 9;
-        assert_eq!(Header::decode(&mut Reader::new(&b)), Err(WireError::UnknownPacketKind(9)));
+        assert_eq!(
+            Header::decode(&mut Reader::new(&b)),
+            Err(WireError::UnknownPacketKind(9))
+        );
         let mut b = buf.clone();
-        b[1] |= 0x10;
+        b[1] |= 0x40;
         assert!(Header::decode(&mut Reader::new(&b)).is_err());
         for n in 0..buf.len() {
-            assert!(Header::decode(&mut Reader::new(&buf[..n])).is_err(), "prefix {n}");
+            assert!(
+                Header::decode(&mut Reader::new(&buf[..n])).is_err(),
+                "prefix {n}"
+            );
         }
     }
 }

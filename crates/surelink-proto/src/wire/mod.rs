@@ -10,7 +10,7 @@ mod header;
 pub mod varint;
 
 pub use frame::{AckFrame, Frame, FrameIter, MsgFrame, TransportParams};
-pub use header::{Header, PacketKind, HEADER_MAX_LEN, VERSION};
+pub use header::{Header, PacketKind, FLAG_KEY_PHASE, FLAG_PLAINTEXT, HEADER_MAX_LEN, VERSION};
 
 /// Why a datagram could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

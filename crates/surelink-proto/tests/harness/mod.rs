@@ -66,6 +66,9 @@ pub fn message(seq: u64, max_size: usize) -> Bytes {
     Bytes::from(v)
 }
 
+/// Datagrams recorded from (client, server).
+pub type Capture = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
 /// A two-party simulated network.
 pub struct Sim {
     pub now: Instant,
@@ -78,17 +81,30 @@ pub struct Sim {
     pub server: Option<Connection>,
     pub c2s: Link<Vec<u8>>,
     pub s2c: Link<Vec<u8>>,
+    /// When set, every datagram either side sends is recorded here (client's first).
+    pub capture: Option<Capture>,
     buf: Vec<u8>,
 }
 
 impl Sim {
     /// Builds the network; both directions use their own seeded link.
     pub fn new(config: Config, c2s: LinkConfig, s2c: LinkConfig, seed: u64) -> Self {
+        Self::with_configs(config.clone(), config, c2s, s2c, seed)
+    }
+
+    /// Builds the network with a different configuration per side.
+    pub fn with_configs(
+        client: Config,
+        server: Config,
+        c2s: LinkConfig,
+        s2c: LinkConfig,
+        seed: u64,
+    ) -> Self {
         let start = Instant::now();
         let client_addr: SocketAddr = "127.0.0.1:1001".parse().unwrap();
         let server_addr: SocketAddr = "127.0.0.1:1002".parse().unwrap();
-        let mut client_ep = Endpoint::new(config.clone(), seed ^ 0xc1, false).unwrap();
-        let server_ep = Endpoint::new(config, seed ^ 0x5e, true).unwrap();
+        let mut client_ep = Endpoint::new(client, seed ^ 0xc1, false).unwrap();
+        let server_ep = Endpoint::new(server, seed ^ 0x5e, true).unwrap();
         let (_, client) = client_ep.connect(start, server_addr);
         Self {
             now: start,
@@ -101,6 +117,7 @@ impl Sim {
             server: None,
             c2s: Link::new(c2s, seed.wrapping_mul(3), start).unwrap(),
             s2c: Link::new(s2c, seed.wrapping_mul(5).wrapping_add(1), start).unwrap(),
+            capture: None,
             buf: Vec::with_capacity(65536),
         }
     }
@@ -126,6 +143,10 @@ impl Sim {
                             s.handle_datagram(now, self.client_addr, &d);
                         }
                     }
+                    DatagramEvent::Respond(r) => {
+                        let size = r.data.len();
+                        self.s2c.send(now, size, r.data);
+                    }
                     _ => {}
                 }
             }
@@ -145,11 +166,17 @@ impl Sim {
             }
             while let Some(t) = self.client.poll_transmit(now, &mut self.buf) {
                 progressed = true;
+                if let Some((c, _)) = self.capture.as_mut() {
+                    c.push(self.buf[..t.size].to_vec());
+                }
                 self.c2s.send(now, t.size, self.buf[..t.size].to_vec());
             }
             if let Some(s) = self.server.as_mut() {
                 while let Some(t) = s.poll_transmit(now, &mut self.buf) {
                     progressed = true;
+                    if let Some((_, c)) = self.capture.as_mut() {
+                        c.push(self.buf[..t.size].to_vec());
+                    }
                     self.s2c.send(now, t.size, self.buf[..t.size].to_vec());
                 }
             }
@@ -186,6 +213,45 @@ impl Sim {
             _ => {
                 self.now = self.now.max(limit);
                 false
+            }
+        }
+    }
+
+    /// Runs until both sides report `Connected` or either reports `Closed`;
+    /// returns the events seen (client's, server's).
+    pub fn run_handshake(&mut self, limit: Duration) -> (Vec<Event>, Vec<Event>) {
+        let deadline = self.start + limit;
+        let (mut ce, mut se) = (Vec::new(), Vec::new());
+        loop {
+            while let Some(e) = self.client.poll_event() {
+                ce.push(e);
+            }
+            if let Some(s) = self.server.as_mut() {
+                while let Some(e) = s.poll_event() {
+                    se.push(e);
+                }
+            }
+            let done = |v: &Vec<Event>| v.iter().any(|e| matches!(e, Event::Closed { .. }));
+            let up = |v: &Vec<Event>| v.contains(&Event::Connected);
+            if (up(&ce) && up(&se)) || (done(&ce) && (done(&se) || self.server.is_none())) {
+                // Let the last handshake message settle.
+                for _ in 0..50 {
+                    if !self.step(self.now + Duration::from_millis(1)) {
+                        break;
+                    }
+                }
+                while let Some(e) = self.client.poll_event() {
+                    ce.push(e);
+                }
+                if let Some(s) = self.server.as_mut() {
+                    while let Some(e) = s.poll_event() {
+                        se.push(e);
+                    }
+                }
+                return (ce, se);
+            }
+            if !self.step(deadline) {
+                return (ce, se);
             }
         }
     }
@@ -262,7 +328,11 @@ impl Sim {
 /// Asserts exactly-once, in-order, intact delivery of all `n` messages and a
 /// graceful close on both sides.
 pub fn assert_exactly_once(out: &Outcome, n: u64, ctx: &str) {
-    assert!(out.corrupt.is_empty(), "{ctx}: corrupt messages {:?}", out.corrupt);
+    assert!(
+        out.corrupt.is_empty(),
+        "{ctx}: corrupt messages {:?}",
+        out.corrupt
+    );
     let expected: Vec<u64> = (0..n).collect();
     if out.delivered != expected {
         let dup = out.delivered.len() as i64 - n as i64;
@@ -277,7 +347,11 @@ pub fn assert_exactly_once(out: &Outcome, n: u64, ctx: &str) {
             out.elapsed
         );
     }
-    assert!(!out.stalled, "{ctx}: did not close within the limit ({:?})", out.elapsed);
+    assert!(
+        !out.stalled,
+        "{ctx}: did not close within the limit ({:?})",
+        out.elapsed
+    );
     assert_eq!(
         out.client_closed,
         Some(Event::Closed { error: None }),
