@@ -43,6 +43,13 @@ pub struct Config {
     pub source_handshake_burst: u32,
     /// Refill rate of the per-source handshake budget, per second (default 8).
     pub source_handshake_rate: u32,
+    /// Send a clock-sampling PING (heartbeat) at least this often (default 20 ms:
+    /// enough samples to track the peer's clock to a fraction of a millisecond,
+    /// at about 5 kB/s).
+    pub clock_interval: Duration,
+    /// Receiver: hold each message until its source time plus this delay, to
+    /// smooth jitter (like SRT's TSBPD). `None` delivers as soon as possible.
+    pub playout_delay: Option<Duration>,
     /// Encryption, keys and peer policy.
     pub security: Security,
 }
@@ -66,6 +73,8 @@ impl Default for Config {
             retry_threshold: 64,
             source_handshake_burst: 16,
             source_handshake_rate: 8,
+            clock_interval: Duration::from_millis(20),
+            playout_delay: None,
             security: Security::default(),
         }
     }
@@ -130,6 +139,7 @@ impl Config {
             (self.initial_rtt, "initial rtt"),
             (self.max_pto, "max pto"),
             (self.handshake_timeout, "handshake timeout"),
+            (self.clock_interval, "clock interval"),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));

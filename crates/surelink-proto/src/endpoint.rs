@@ -138,6 +138,7 @@ pub struct Endpoint {
     epoch: Option<Instant>,
     recent_handshakes: VecDeque<Instant>,
     sources: HashMap<SocketAddr, Bucket>,
+    clock: Option<(Instant, u64)>,
     by_cid: HashMap<u64, ConnectionHandle>,
     initials: HashMap<(SocketAddr, u64), ConnectionHandle>,
     cids: HashMap<ConnectionHandle, (u64, Option<(SocketAddr, u64)>)>,
@@ -171,6 +172,7 @@ impl Endpoint {
             epoch: None,
             recent_handshakes: VecDeque::new(),
             sources: HashMap::new(),
+            clock: None,
             by_cid: HashMap::new(),
             initials: HashMap::new(),
             cids: HashMap::new(),
@@ -182,6 +184,23 @@ impl Endpoint {
     /// The endpoint's configuration.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Sets the clock new connections report: it reads `clock_us` at `now`
+    /// (the runtime passes the wall clock in µs since the Unix epoch, so peers
+    /// can align to each other; without it, each connection's clock starts at 0).
+    pub fn set_clock(&mut self, now: Instant, clock_us: u64) {
+        self.clock = Some((now, clock_us));
+    }
+
+    fn clock_at(&self, now: Instant) -> Option<u64> {
+        self.clock.map(|(at, us)| {
+            if now >= at {
+                us.saturating_add(now.duration_since(at).as_micros() as u64)
+            } else {
+                us.saturating_sub(at.duration_since(now).as_micros() as u64)
+            }
+        })
     }
 
     /// This endpoint's identity (encrypted mode).
@@ -225,6 +244,7 @@ impl Endpoint {
         let h = self.register(cid, None);
         let mut seed = [0u8; 32];
         self.rng.fill_bytes(&mut seed);
+        let clock = self.clock_at(now);
         let conn = Connection::client(
             self.config.clone(),
             cid,
@@ -232,6 +252,7 @@ impl Endpoint {
             now,
             self.identity.as_ref(),
             seed,
+            clock,
         );
         (h, conn)
     }
@@ -425,7 +446,7 @@ impl Endpoint {
         self.stats.accepted += 1;
         let mut seed = [0u8; 32];
         self.rng.fill_bytes(&mut seed);
-        let conn = Connection::server(
+        let mut conn = Connection::server(
             self.config.clone(),
             cid,
             header.dcid,
@@ -435,6 +456,9 @@ impl Endpoint {
             seed,
             token_ok,
         );
+        if let Some(c) = self.clock_at(now) {
+            conn.set_clock(now, c);
+        }
         DatagramEvent::New(h, Box::new(conn))
     }
 

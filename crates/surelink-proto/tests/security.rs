@@ -201,7 +201,7 @@ fn capture_transfer(config: Config) -> Vec<Vec<u8>> {
     for i in 0..200u32 {
         let mut m = MARKER.to_vec();
         m.extend_from_slice(&i.to_be_bytes());
-        sim.client.send(0, Bytes::from(m)).unwrap();
+        sim.client.send(sim.now, 0, Bytes::from(m)).unwrap();
     }
     sim.client.close(sim.now);
     let deadline = sim.now + Duration::from_secs(60);
@@ -243,7 +243,7 @@ fn replayed_and_tampered_packets_change_nothing() {
     while sim.now < half {
         while seq < w.messages && seq < (sim.now - sim.start).as_millis() as u64 / 2 {
             sim.client
-                .send(0, harness::message(seq, w.max_size))
+                .send(sim.now, 0, harness::message(seq, w.max_size))
                 .unwrap();
             seq += 1;
         }
@@ -283,7 +283,7 @@ fn replayed_and_tampered_packets_change_nothing() {
     // A fresh packet the server has not seen: every single-bit change of it,
     // header or payload, is refused; the original is then accepted.
     sim.client
-        .send(0, harness::message(seq, w.max_size))
+        .send(sim.now, 0, harness::message(seq, w.max_size))
         .unwrap();
     seq += 1;
     let mut buf = Vec::new();
@@ -310,7 +310,7 @@ fn replayed_and_tampered_packets_change_nothing() {
     sim.capture = None;
     while seq < w.messages {
         sim.client
-            .send(0, harness::message(seq, w.max_size))
+            .send(sim.now, 0, harness::message(seq, w.max_size))
             .unwrap();
         seq += 1;
     }

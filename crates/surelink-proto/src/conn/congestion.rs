@@ -71,13 +71,6 @@ impl NewReno {
         self.ssthresh = self.window;
         self.acked_in_avoidance = 0;
     }
-
-    /// Every packet across more than a persistent-congestion period was lost:
-    /// collapse to the minimum window (RFC 9002 §7.6).
-    pub fn on_persistent_congestion(&mut self) {
-        self.window = self.min_window;
-        self.recovery_start = None;
-    }
 }
 
 #[cfg(test)]
@@ -106,7 +99,5 @@ mod tests {
             cc.on_ack(t2, 1000, false);
         }
         assert_eq!(cc.window(), 6_500);
-        cc.on_persistent_congestion();
-        assert_eq!(cc.window(), 2000);
     }
 }

@@ -36,15 +36,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hdrhistogram::Histogram;
 
-pub use reassembly::{Message, ReassemblyError, MAX_CHANNELS};
+pub use reassembly::{Message, ReassemblyError, SkippedRange, MAX_CHANNELS};
 pub use stats::ConnectionStats;
 
+use crate::clock::{ClockEstimate, ClockEstimator, ClockSample};
 use crate::config::{Config, MIN_DATAGRAM_SIZE};
 use crate::crypto::{Identity, PublicKey};
 use crate::wire::{
-    Frame, FrameIter, Header, MsgFrame, PacketKind, Reader, TransportParams, FLAG_PLAINTEXT,
-    HEADER_MAX_LEN,
+    Delivery, Frame, FrameIter, Header, MsgFrame, PacketKind, Reader, TransportParams,
+    FLAG_PLAINTEXT, HEADER_MAX_LEN,
 };
 use congestion::NewReno;
 use handshake::{Handshake, HandshakeFailure};
@@ -170,6 +172,18 @@ pub enum Event {
         /// What went wrong, if anything.
         error: Option<ConnectionError>,
     },
+    /// Messages `from..to` of `channel` will never be delivered: their deadline
+    /// passed (or, unreliable, they were lost).
+    Skipped {
+        /// The channel.
+        channel: u64,
+        /// First skipped sequence number.
+        from: u64,
+        /// One past the last skipped sequence number.
+        to: u64,
+    },
+    /// The peer's clock jumped; the clock estimate restarted.
+    ClockStep,
 }
 
 /// A datagram ready to be sent: the bytes are in the caller's buffer.
@@ -248,6 +262,20 @@ pub struct Connection {
     events: VecDeque<Event>,
     stats: ConnectionStats,
     error: Option<ConnectionError>,
+    /// Our clock (µs) at `epoch`: every timestamp we send is `wall_origin_us + µs since epoch`.
+    wall_origin_us: u64,
+    clock: ClockEstimator,
+    /// Offset (peer − ours, µs) assumed before the first clock sample.
+    provisional_offset_us: Option<f64>,
+    last_clock_ping: Option<Instant>,
+    /// Server: our clock when the client's first message arrived.
+    first_initial_us: Option<u64>,
+    /// A graceful close is reported once the playout queue is empty.
+    close_event_pending: bool,
+    /// Handshake messages sent (an RTT sample is taken only from an unrepeated one).
+    handshake_sends: u32,
+    channel_delivery: std::collections::HashMap<u64, Delivery>,
+    latency: Histogram<u64>,
 }
 
 impl Connection {
@@ -288,7 +316,20 @@ impl Connection {
             rtt: RttEstimator::new(config.initial_rtt),
             cc: NewReno::new(mtu, config.initial_window_packets),
             pacer: Pacer::new(now, mtu),
-            reassembly: Reassembly::new(config.receive_window, config.max_message_size as u64),
+            reassembly: Reassembly::new(
+                config.receive_window,
+                config.max_message_size as u64,
+                config.playout_delay.map(|d| d.as_micros() as u64),
+            ),
+            wall_origin_us: 0,
+            clock: ClockEstimator::new(),
+            provisional_offset_us: None,
+            last_clock_ping: None,
+            close_event_pending: false,
+            first_initial_us: None,
+            handshake_sends: 0,
+            channel_delivery: std::collections::HashMap::new(),
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
             max_data_sent: config.receive_window,
             config,
             side,
@@ -323,7 +364,9 @@ impl Connection {
     }
 
     /// A client connection to `remote` whose packets carry `local_cid`. The config
-    /// must have been validated. `seed` feeds the handshake's ephemeral keys.
+    /// must have been validated. `seed` feeds the handshake's ephemeral keys;
+    /// `clock_us` is what our clock reads at `now`, if set.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn client(
         config: Arc<Config>,
         local_cid: u64,
@@ -331,6 +374,7 @@ impl Connection {
         now: Instant,
         identity: Option<&Identity>,
         seed: [u8; 32],
+        clock_us: Option<u64>,
     ) -> Self {
         let mut c = Self::new(
             config,
@@ -342,6 +386,9 @@ impl Connection {
             identity,
             seed,
         );
+        if let Some(us) = clock_us {
+            c.set_clock(now, us);
+        }
         let params = c.local_params();
         match c.handshake.client_hello(params) {
             Ok(m) => {
@@ -424,12 +471,61 @@ impl Connection {
         now.saturating_duration_since(self.epoch).as_micros() as u64
     }
 
+    /// Our clock at `now`, µs.
+    fn clock_us(&self, now: Instant) -> u64 {
+        self.wall_origin_us.saturating_add(self.micros(now))
+    }
+
+    /// The instant at which our clock reads `us`.
+    fn instant_at(&self, us: u64) -> Instant {
+        self.epoch + Duration::from_micros(us.saturating_sub(self.wall_origin_us))
+    }
+
+    /// Sets our clock: it reads `clock_us` at `now` (for example the wall clock
+    /// in µs since the Unix epoch). Timestamps sent from then on use it; a
+    /// change after the handshake is a clock step for the peer.
+    pub fn set_clock(&mut self, now: Instant, clock_us: u64) {
+        self.wall_origin_us = clock_us.saturating_sub(self.micros(now));
+    }
+
+    /// What is known about the peer's clock, at `now`.
+    pub fn clock_estimate(&self, now: Instant) -> Option<ClockEstimate> {
+        self.clock.estimate(self.clock_us(now))
+    }
+
+    /// Converts a peer timestamp (µs on its clock) to ours.
+    fn peer_to_local(&self, now: Instant, peer_us: u64) -> u64 {
+        let offset = match self.clock.estimate(self.clock_us(now)) {
+            Some(e) => e.offset_us,
+            None => self.provisional_offset_us.unwrap_or(0.0),
+        };
+        (peer_us as f64 - offset).max(0.0) as u64
+    }
+
+    /// Provisional clock offset from the handshake: the peer's clock read
+    /// `peer_origin_us` when it started the connection, which was `one_way`
+    /// before our clock read `local_us` (client: it answered our first message
+    /// as it started; server: the client started as it sent its first message).
+    fn provisional_offset(&mut self, peer_origin_us: u64, local_us: u64) {
+        if self.clock.estimate(local_us).is_none() {
+            let one_way = self.rtt.smoothed().as_micros() as f64 / 2.0;
+            self.provisional_offset_us = Some(peer_origin_us as f64 - (local_us as f64 - one_way));
+        }
+    }
+
+    /// Sets how messages on `channel` are delivered (default: reliable).
+    /// Applies to messages queued from now on; both sides learn it per message.
+    pub fn set_channel_delivery(&mut self, channel: u64, delivery: Delivery) {
+        self.channel_delivery.insert(channel, delivery);
+    }
+
     fn local_params(&self) -> TransportParams {
         TransportParams {
             max_message_size: self.config.max_message_size as u64,
             receive_window: self.config.receive_window,
             idle_timeout_ms: self.config.idle_timeout.as_millis() as u64,
             max_ack_delay_us: self.config.max_ack_delay.as_micros() as u64,
+            clock_origin_us: self.wall_origin_us,
         }
     }
 
@@ -466,7 +562,9 @@ impl Connection {
     ///
     /// A message larger than the send buffer is accepted when the buffer is empty,
     /// so any message up to the maximum size can be sent.
-    pub fn send(&mut self, channel: u64, data: Bytes) -> Result<u64, SendError> {
+    /// `now` is the message's source time (its one-way latency and deadline
+    /// count from it).
+    pub fn send(&mut self, now: Instant, channel: u64, data: Bytes) -> Result<u64, SendError> {
         if self.is_closed() {
             return Err(SendError::Closed);
         }
@@ -486,7 +584,14 @@ impl Connection {
         }
         self.stats.messages_sent += 1;
         self.stats.payload_bytes_sent += data.len() as u64;
-        Ok(self.send_queue.push(channel, data))
+        let delivery = self
+            .channel_delivery
+            .get(&channel)
+            .copied()
+            .unwrap_or_default();
+        Ok(self
+            .send_queue
+            .push(channel, data, self.micros(now), delivery))
     }
 
     /// Bytes the application can still queue before `send` returns `Blocked`.
@@ -502,6 +607,7 @@ impl Connection {
     /// Takes the next message delivered in order.
     pub fn recv(&mut self) -> Option<Message> {
         let m = self.reassembly.pop()?;
+        self.latency.saturating_record(m.latency_us.max(1));
         if self.reassembly.max_data() - self.max_data_sent >= self.config.receive_window / 4 {
             self.pending.max_data = true;
         }
@@ -556,6 +662,14 @@ impl Connection {
             messages_acked: self.send_queue.messages_acked(),
             messages_delivered: self.reassembly.delivered(),
             key_updates: self.protection.key_updates(),
+            messages_skipped: self.reassembly.skipped(),
+            messages_late: self.reassembly.late(),
+            messages_abandoned: self.send_queue.messages_abandoned(),
+            latency_p50_us: self.latency.value_at_quantile(0.5),
+            latency_p99_us: self.latency.value_at_quantile(0.99),
+            latency_p999_us: self.latency.value_at_quantile(0.999),
+            latency_max_us: self.latency.max(),
+            clock: self.clock.estimate(self.clock_us(self.last_received)),
             ..self.stats.clone()
         }
     }
@@ -587,7 +701,13 @@ impl Connection {
     fn enter_draining(&mut self, now: Instant, error: Option<ConnectionError>) {
         self.state = State::Draining;
         self.drain_until = Some(now + self.drain_period());
-        self.finish(error);
+        if error.is_some() || self.reassembly.next_wake().is_none() {
+            self.finish(error);
+        } else {
+            // Messages still wait for their playout time: report the end once
+            // they are out.
+            self.close_event_pending = true;
+        }
     }
 
     /// Emits the Closed event once.
@@ -730,6 +850,7 @@ impl Connection {
                     .server_hello(m, self.local_cid, self.local_params())
                 {
                     Ok((params, answer)) => {
+                        self.first_initial_us = Some(self.clock_us(now));
                         self.peer_params = Some(params);
                         self.peer_max_data = params.receive_window;
                         self.handshake_out = Some(answer);
@@ -751,6 +872,10 @@ impl Connection {
                 self.last_received = now;
                 match self.handshake.server_finish(m) {
                     Ok(()) => {
+                        self.handshake_rtt_sample(now);
+                        if let (Some(p), Some(at)) = (self.peer_params, self.first_initial_us) {
+                            self.provisional_offset(p.clock_origin_us, at);
+                        }
                         self.install_keys(now);
                         self.validated = true;
                         self.handshake_confirmed = true;
@@ -771,6 +896,10 @@ impl Connection {
                 self.last_received = now;
                 match self.handshake.client_read_answer(m) {
                     Ok((cid, params)) => {
+                        self.handshake_rtt_sample(now);
+                        self.handshake_sends = 0;
+                        let local = self.clock_us(now);
+                        self.provisional_offset(params.clock_origin_us, local);
                         self.peer_cid = cid;
                         self.peer_params = Some(params);
                         self.peer_max_data = params.receive_window;
@@ -782,6 +911,7 @@ impl Connection {
                         self.install_keys(now);
                         self.handshake_out = Some(last);
                         self.pending.handshake = true;
+                        self.pending.ping = true;
                         self.pto_count = 0;
                         self.state = State::Established;
                         self.events.push_back(Event::Connected);
@@ -790,6 +920,14 @@ impl Connection {
                 }
             }
             _ => self.stats.malformed_packets += 1,
+        }
+    }
+
+    /// The answer to our only handshake message measures the round trip.
+    fn handshake_rtt_sample(&mut self, now: Instant) {
+        if let (1, Some(sent)) = (self.handshake_sends, self.last_handshake_sent) {
+            self.rtt
+                .update(now.saturating_duration_since(sent), Duration::ZERO);
         }
     }
 
@@ -875,13 +1013,42 @@ impl Connection {
                 return;
             }
         }
+        self.poll_delivery(now);
         self.maybe_send_close(now);
     }
 
     fn handle_frame(&mut self, now: Instant, frame: Frame<'_>) {
         match frame {
             Frame::Ping { timestamp_us } => {
-                self.pending.pong = Some((timestamp_us, self.micros(now)));
+                let local = self.clock_us(now);
+                self.pending.pong = Some((timestamp_us, local));
+                if self.clock.estimate(local).is_none() {
+                    // Until our own exchanges complete, the peer's PING (stamped
+                    // as it left) gives a provisional offset: assume it took half
+                    // the smallest round trip.
+                    let one_way = self.rtt.min().as_micros() as f64 / 2.0;
+                    self.provisional_offset_us =
+                        Some(timestamp_us as f64 - (local as f64 - one_way));
+                }
+            }
+            Frame::Pong {
+                echo_us,
+                recv_us,
+                send_us,
+            } => {
+                let sample = ClockSample {
+                    t1: echo_us,
+                    t2: recv_us,
+                    t3: send_us,
+                    t4: self.clock_us(now),
+                };
+                if self.clock.add(sample) {
+                    self.events.push_back(Event::ClockStep);
+                }
+            }
+            Frame::Skip { channel, up_to } => {
+                let now_us = self.clock_us(now);
+                self.reassembly.on_skip(channel, up_to, now_us);
             }
             Frame::Ack(ack) => self.on_ack_frame(now, &ack),
             Frame::Msg(m) => self.on_msg(now, &m),
@@ -896,7 +1063,10 @@ impl Connection {
         if self.is_closed() {
             return;
         }
-        match self.reassembly.on_fragment(m) {
+        let peer_origin = self.peer_params.map_or(0, |p| p.clock_origin_us);
+        let source = self.peer_to_local(now, peer_origin.saturating_add(m.timestamp_us));
+        let now_us = self.clock_us(now);
+        match self.reassembly.on_fragment(m, source, now_us) {
             Ok(FragmentOutcome::New) => {}
             Ok(FragmentOutcome::Duplicate) => self.stats.duplicate_fragments += 1,
             Err(e) => {
@@ -955,6 +1125,7 @@ impl Connection {
             for f in p.frames {
                 match f {
                     SentFrame::Msg(frag) => self.send_queue.on_acked(&frag),
+                    SentFrame::Skip { .. } => self.send_queue.on_skip_acked(),
                     SentFrame::Ack(largest) => self.received.on_ack_acked(largest),
                     SentFrame::Close if self.state == State::CloseSent => {
                         self.enter_closed(None);
@@ -978,12 +1149,10 @@ impl Connection {
 
     fn on_packets_lost(&mut self, now: Instant, lost: Vec<(u64, SentPacket)>) {
         let mut newest_lost_eliciting = None;
-        let mut oldest_lost_eliciting = None;
         for (_, p) in lost {
             self.stats.packets_lost += 1;
             if p.ack_eliciting {
                 newest_lost_eliciting = Some(p.time);
-                oldest_lost_eliciting.get_or_insert(p.time);
             }
             for f in p.frames {
                 match f {
@@ -992,18 +1161,15 @@ impl Connection {
                     SentFrame::Close if self.state == State::CloseSent => {
                         self.pending.close = Some((close_code::NO_ERROR, String::new()));
                     }
+                    SentFrame::Skip { channel, up_to } => {
+                        self.send_queue.on_skip_lost(channel, up_to)
+                    }
                     SentFrame::Close | SentFrame::Ack(_) | SentFrame::Ping => {}
                 }
             }
         }
-        if let (Some(oldest), Some(newest)) = (oldest_lost_eliciting, newest_lost_eliciting) {
+        if let Some(newest) = newest_lost_eliciting {
             self.cc.on_congestion_event(now, newest);
-            // Persistent congestion (RFC 9002 §7.6, simplified to one loss batch):
-            // everything sent over three probe timeouts was lost.
-            let period = (self.rtt.pto_base() + self.peer_max_ack_delay()) * 3;
-            if self.rtt.has_sample() && newest.saturating_duration_since(oldest) > period {
-                self.cc.on_persistent_congestion();
-            }
         }
     }
 
@@ -1045,7 +1211,8 @@ impl Connection {
             return None;
         }
         if self.state == State::Draining {
-            return self.drain_until;
+            let playout = self.reassembly.next_wake().map(|us| self.instant_at(us));
+            return [self.drain_until, playout].into_iter().flatten().min();
         }
         [
             self.loss_time,
@@ -1054,6 +1221,8 @@ impl Connection {
             self.received.ack_deadline(),
             Some(self.last_received + self.idle_timeout()),
             self.keepalive_deadline(),
+            self.clock_ping_deadline(),
+            self.reassembly.next_wake().map(|us| self.instant_at(us)),
             self.pacing_until,
         ]
         .into_iter()
@@ -1066,7 +1235,8 @@ impl Connection {
         match self.state {
             State::Closed => return,
             State::Draining => {
-                if self.drain_until.is_some_and(|t| t <= now) {
+                self.poll_delivery(now);
+                if self.drain_until.is_some_and(|t| t <= now) && !self.close_event_pending {
                     self.enter_closed(None);
                 }
                 return;
@@ -1074,8 +1244,11 @@ impl Connection {
             _ => {}
         }
         if now >= self.last_received + self.idle_timeout() {
+            // Our CLOSE went unanswered but everything we sent was acknowledged:
+            // that is a graceful end (the acknowledgement of the CLOSE was lost).
+            let error = (self.state != State::CloseSent).then_some(ConnectionError::TimedOut);
             self.send_queue.clear();
-            self.enter_closed(Some(ConnectionError::TimedOut));
+            self.enter_closed(error);
             return;
         }
         if self.pacing_until.is_some_and(|t| t <= now) {
@@ -1093,8 +1266,34 @@ impl Connection {
             self.stats.probe_timeouts += 1;
             self.pending.handshake = true;
         }
-        if self.keepalive_deadline().is_some_and(|t| t <= now) {
+        if self.keepalive_deadline().is_some_and(|t| t <= now)
+            || self.clock_ping_deadline().is_some_and(|t| t <= now)
+        {
             self.pending.ping = true;
+        }
+        self.poll_delivery(now);
+    }
+
+    fn clock_ping_deadline(&self) -> Option<Instant> {
+        if self.state != State::Established || self.pending.ping {
+            return None;
+        }
+        Some(self.last_clock_ping? + self.config.clock_interval)
+    }
+
+    /// Runs deadline skipping and playout, and reports what was skipped.
+    fn poll_delivery(&mut self, now: Instant) {
+        self.reassembly.poll(self.clock_us(now));
+        for s in self.reassembly.take_skips() {
+            self.events.push_back(Event::Skipped {
+                channel: s.channel,
+                from: s.from,
+                to: s.to,
+            });
+        }
+        if self.close_event_pending && self.reassembly.next_wake().is_none() {
+            self.close_event_pending = false;
+            self.finish(None);
         }
     }
 
@@ -1193,6 +1392,7 @@ impl Connection {
         }
         self.pending.handshake = false;
         self.last_handshake_sent = Some(now);
+        self.handshake_sends += 1;
         self.finish_transmit(buf)
     }
 
@@ -1271,32 +1471,38 @@ impl Connection {
                 Frame::Pong {
                     echo_us,
                     recv_us,
-                    send_us: self.micros(now),
+                    send_us: self.clock_us(now),
                 }
                 .encode(buf);
                 eliciting = true;
             }
             if data_allowed {
+                let now_us = self.micros(now);
+                let slack_us = (self.rtt.smoothed() / 2).as_micros() as u64;
+                while let Some((channel, up_to)) = self.send_queue.take_skip() {
+                    if mtu - buf.len() < 20 {
+                        self.send_queue.on_skip_lost(channel, up_to);
+                        break;
+                    }
+                    Frame::Skip { channel, up_to }.encode(buf);
+                    frames.push(SentFrame::Skip { channel, up_to });
+                    eliciting = true;
+                }
                 while let Some(f) = self.send_queue.next_fragment(
                     mtu - buf.len(),
                     self.peer_max_data,
-                    MsgFrame::overhead,
+                    now_us,
+                    slack_us,
                 ) {
-                    Frame::Msg(MsgFrame {
-                        channel: f.channel,
-                        seq: f.seq,
-                        msg_len: f.msg_len,
-                        offset: f.offset,
-                        data: &f.data,
-                    })
-                    .encode(buf);
+                    Frame::Msg(f.frame()).encode(buf);
                     frames.push(SentFrame::Msg(f));
                     eliciting = true;
                 }
             }
             if std::mem::take(&mut self.pending.ping) || (probe && !eliciting) {
+                self.last_clock_ping = Some(now);
                 Frame::Ping {
-                    timestamp_us: self.micros(now),
+                    timestamp_us: self.clock_us(now),
                 }
                 .encode(buf);
                 frames.push(SentFrame::Ping);

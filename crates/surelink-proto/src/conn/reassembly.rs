@@ -1,12 +1,19 @@
 //! The receiving side of message transfer: reassembly, ordering, exactly-once
-//! delivery and flow-control accounting.
+//! delivery, deadlines, playout and flow-control accounting.
 //!
 //! Fragments arrive in any order and any number of times. Each message is
 //! rebuilt in a buffer sized from its announced length; its arrived byte ranges
 //! are tracked so duplicates are recognised. Complete messages are released in
-//! sequence order per channel, once each. Every message held (partial or ready)
-//! is charged against the flow-control window; credit returns when the
-//! application takes the message.
+//! sequence order per channel, once each.
+//!
+//! Per message the caller supplies its source time on our clock (µs). A
+//! deadline message is never released after `source + deadline`: a late one is
+//! dropped, and a gap at the head of its channel is skipped when waiting longer
+//! would make the next message late too (or when the sender says it gave up,
+//! via SKIP). An unreliable channel skips a gap as soon as a later message is
+//! complete. With a playout delay L, each message is released at `source + L`.
+//! Every message held is charged against the flow-control window; credit
+//! returns when the application takes it or when it is skipped.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -14,7 +21,7 @@ use bytes::Bytes;
 
 use crate::config::MESSAGE_CREDIT_OVERHEAD;
 use crate::range_set::RangeSet;
-use crate::wire::MsgFrame;
+use crate::wire::{Delivery, MsgFrame};
 
 /// Most channels a peer may open (bounds per-channel state).
 pub const MAX_CHANNELS: usize = 1 << 16;
@@ -28,6 +35,10 @@ pub struct Message {
     pub seq: u64,
     /// The message bytes.
     pub data: Bytes,
+    /// When it was sent, on our clock (µs), as estimated from the peer's timestamp.
+    pub source_time_us: u64,
+    /// One-way latency from send to delivery, µs.
+    pub latency_us: u64,
 }
 
 /// What a fragment did.
@@ -35,8 +46,19 @@ pub struct Message {
 pub enum FragmentOutcome {
     /// It carried bytes not seen before.
     New,
-    /// Every byte of it had arrived before (or the message was already delivered).
+    /// Every byte of it had arrived before (or the message was already delivered or skipped).
     Duplicate,
+}
+
+/// A run of messages given up on: `from..to` on `channel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SkippedRange {
+    /// The channel.
+    pub channel: u64,
+    /// First skipped sequence number.
+    pub from: u64,
+    /// One past the last skipped sequence number.
+    pub to: u64,
 }
 
 /// Why a fragment breaks the protocol.
@@ -61,6 +83,21 @@ pub enum ReassemblyError {
 struct Partial {
     buf: Vec<u8>,
     have: RangeSet,
+    source_us: u64,
+    delivery: Delivery,
+}
+
+impl Partial {
+    fn complete(&self) -> bool {
+        self.have.contains_range(&(0..self.buf.len() as u64))
+    }
+
+    fn deadline_us(&self) -> Option<u64> {
+        match self.delivery {
+            Delivery::Deadline(d) => Some(self.source_us.saturating_add(d)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -74,27 +111,43 @@ struct Channel {
 #[derive(Debug)]
 pub struct Reassembly {
     channels: HashMap<u64, Channel>,
+    /// Released in order, waiting for their playout time.
+    playout: VecDeque<Message>,
     ready: VecDeque<Message>,
-    /// Credit charged for messages held (partial or ready).
+    /// Credit charged for messages held (partial, playout or ready).
     held: u64,
-    /// Credit returned by the application taking messages.
+    /// Credit returned by the application taking messages, or by skips.
     consumed: u64,
     window: u64,
     max_message: u64,
+    playout_delay_us: Option<u64>,
     delivered: u64,
+    skipped: u64,
+    late: u64,
+    skips: Vec<SkippedRange>,
+}
+
+fn cost(len: u64) -> u64 {
+    len + MESSAGE_CREDIT_OVERHEAD
 }
 
 impl Reassembly {
-    /// State for a connection with flow-control `window` and `max_message` size.
-    pub fn new(window: u64, max_message: u64) -> Self {
+    /// State for a connection with flow-control `window`, `max_message` size and
+    /// an optional playout delay.
+    pub fn new(window: u64, max_message: u64, playout_delay_us: Option<u64>) -> Self {
         Self {
             channels: HashMap::new(),
+            playout: VecDeque::new(),
             ready: VecDeque::new(),
             held: 0,
             consumed: 0,
             window,
             max_message,
+            playout_delay_us,
             delivered: 0,
+            skipped: 0,
+            late: 0,
+            skips: Vec::new(),
         }
     }
 
@@ -103,9 +156,24 @@ impl Reassembly {
         self.consumed + self.window
     }
 
-    /// Messages released to the ready queue so far.
+    /// Messages released to the application so far.
     pub fn delivered(&self) -> u64 {
         self.delivered
+    }
+
+    /// Messages skipped (never delivered) so far.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// Messages that completed after their deadline and were dropped.
+    pub fn late(&self) -> u64 {
+        self.late
+    }
+
+    /// Takes the ranges skipped since the last call.
+    pub fn take_skips(&mut self) -> Vec<SkippedRange> {
+        std::mem::take(&mut self.skips)
     }
 
     /// True if a message is waiting for the application.
@@ -116,14 +184,54 @@ impl Reassembly {
     /// Takes the next in-order message.
     pub fn pop(&mut self) -> Option<Message> {
         let m = self.ready.pop_front()?;
-        let cost = m.data.len() as u64 + MESSAGE_CREDIT_OVERHEAD;
-        self.held -= cost;
-        self.consumed += cost;
+        let c = cost(m.data.len() as u64);
+        self.held -= c;
+        self.consumed += c;
         Some(m)
     }
 
-    /// Handles one fragment.
-    pub fn on_fragment(&mut self, f: &MsgFrame<'_>) -> Result<FragmentOutcome, ReassemblyError> {
+    fn release(&mut self, now_us: u64, channel: u64, seq: u64, data: Vec<u8>, source_us: u64) {
+        let m = Message {
+            channel,
+            seq,
+            data: Bytes::from(data),
+            source_time_us: source_us,
+            latency_us: now_us.saturating_sub(source_us),
+        };
+        match self.playout_delay_us {
+            Some(l) if now_us < source_us.saturating_add(l) => self.playout.push_back(m),
+            _ => {
+                self.delivered += 1;
+                self.ready.push_back(m);
+            }
+        }
+    }
+
+    fn drop_message(&mut self, len: u64) {
+        let c = cost(len);
+        self.held -= c;
+        self.consumed += c;
+    }
+
+    fn note_skip(&mut self, channel: u64, from: u64, to: u64) {
+        if to <= from {
+            return;
+        }
+        self.skipped = self.skipped.saturating_add(to - from);
+        match self.skips.last_mut() {
+            Some(s) if s.channel == channel && s.to == from => s.to = to,
+            _ => self.skips.push(SkippedRange { channel, from, to }),
+        }
+    }
+
+    /// Handles one fragment whose message was sent at `source_us` (our clock),
+    /// arriving at `now_us`.
+    pub fn on_fragment(
+        &mut self,
+        f: &MsgFrame<'_>,
+        source_us: u64,
+        now_us: u64,
+    ) -> Result<FragmentOutcome, ReassemblyError> {
         if f.msg_len > self.max_message {
             return Err(ReassemblyError::TooLarge(f.msg_len));
         }
@@ -134,7 +242,6 @@ impl Reassembly {
         if f.seq < ch.next_seq {
             return Ok(FragmentOutcome::Duplicate);
         }
-        let whole = f.offset == 0 && f.data.len() as u64 == f.msg_len;
         let partial = match ch.pending.get_mut(&f.seq) {
             Some(p) => {
                 if p.buf.len() as u64 != f.msg_len {
@@ -143,25 +250,15 @@ impl Reassembly {
                 p
             }
             None => {
-                let cost = f.msg_len + MESSAGE_CREDIT_OVERHEAD;
-                if self.held + cost > self.window {
+                if self.held + cost(f.msg_len) > self.window {
                     return Err(ReassemblyError::FlowControl);
                 }
-                self.held += cost;
-                if whole && f.seq == ch.next_seq && ch.pending.is_empty() {
-                    // Fast path: an in-order, unfragmented message.
-                    ch.next_seq += 1;
-                    self.delivered += 1;
-                    self.ready.push_back(Message {
-                        channel: f.channel,
-                        seq: f.seq,
-                        data: Bytes::copy_from_slice(f.data),
-                    });
-                    return Ok(FragmentOutcome::New);
-                }
+                self.held += cost(f.msg_len);
                 ch.pending.entry(f.seq).or_insert(Partial {
                     buf: vec![0; f.msg_len as usize],
                     have: RangeSet::new(),
+                    source_us,
+                    delivery: f.delivery,
                 })
             }
         };
@@ -171,26 +268,152 @@ impl Reassembly {
             return Ok(FragmentOutcome::Duplicate);
         }
         partial.buf[f.offset as usize..end as usize].copy_from_slice(f.data);
-        // Release every complete message at the head of the channel.
-        while let Some(head) = ch.pending.first_entry() {
+        self.advance(f.channel, now_us);
+        Ok(FragmentOutcome::New)
+    }
+
+    /// The sender gave up on every message of `channel` below `up_to`.
+    pub fn on_skip(&mut self, channel: u64, up_to: u64, now_us: u64) {
+        if !self.channels.contains_key(&channel) {
+            if self.channels.len() >= MAX_CHANNELS {
+                return;
+            }
+            self.channels.insert(channel, Channel::default());
+        }
+        if up_to <= self.channels[&channel].next_seq {
+            return;
+        }
+        // Complete messages below `up_to` arrived in time: still deliver them.
+        self.advance_until(channel, now_us, Some(up_to));
+        let ch = self.channels.get_mut(&channel).expect("present");
+        let from = ch.next_seq;
+        let keys: Vec<u64> = ch.pending.range(..up_to).map(|(&k, _)| k).collect();
+        let lens: Vec<u64> = keys
+            .iter()
+            .filter_map(|k| ch.pending.remove(k))
+            .map(|p| p.buf.len() as u64)
+            .collect();
+        ch.next_seq = up_to;
+        for l in lens {
+            self.drop_message(l);
+        }
+        self.note_skip(channel, from, up_to);
+        self.advance(channel, now_us);
+    }
+
+    fn advance(&mut self, channel: u64, now_us: u64) {
+        self.advance_until(channel, now_us, None);
+    }
+
+    /// Releases (or drops, if late) the complete messages at the head of `channel`.
+    fn advance_until(&mut self, channel: u64, now_us: u64, limit: Option<u64>) {
+        loop {
+            let Some(ch) = self.channels.get_mut(&channel) else {
+                return;
+            };
+            let Some(head) = ch.pending.first_entry() else {
+                return;
+            };
             if *head.key() != ch.next_seq
-                || !head
-                    .get()
-                    .have
-                    .contains_range(&(0..head.get().buf.len() as u64))
+                || !head.get().complete()
+                || limit.is_some_and(|l| *head.key() >= l)
             {
-                break;
+                return;
             }
             let (seq, p) = head.remove_entry();
             ch.next_seq += 1;
-            self.delivered += 1;
-            self.ready.push_back(Message {
-                channel: f.channel,
-                seq,
-                data: Bytes::from(p.buf),
-            });
+            if p.deadline_us().is_some_and(|d| now_us > d) {
+                self.late += 1;
+                self.note_skip(channel, seq, seq + 1);
+                self.drop_message(p.buf.len() as u64);
+            } else {
+                self.release(now_us, channel, seq, p.buf, p.source_us);
+            }
         }
-        Ok(FragmentOutcome::New)
+    }
+
+    /// When the head of a deadline or unreliable channel must be given up:
+    /// `Some(time)` (µs, our clock) or `None` if it may wait.
+    fn head_give_up_at(ch: &Channel) -> Option<u64> {
+        let (&first_seq, first) = ch.pending.iter().next()?;
+        match first.delivery {
+            Delivery::Reliable => None,
+            Delivery::Unreliable => {
+                // Skip at once to a later complete message.
+                let later_complete = ch.pending.values().any(|p| p.complete());
+                (later_complete && (first_seq != ch.next_seq || !first.complete())).then_some(0)
+            }
+            Delivery::Deadline(d) => {
+                if first_seq == ch.next_seq {
+                    // The head itself is partial: give up at its own deadline.
+                    first.deadline_us().map(|t| t.saturating_add(1))
+                } else {
+                    // The head never arrived; it is older than `first`, so its
+                    // deadline is earlier. Give up early enough that `first`
+                    // is still delivered with a margin of d/8.
+                    Some(first.source_us.saturating_add(d - d / 8))
+                }
+            }
+        }
+    }
+
+    /// Runs deadline skipping and playout release at `now_us`.
+    pub fn poll(&mut self, now_us: u64) {
+        let due: Vec<u64> = self
+            .channels
+            .iter()
+            .filter(|(_, ch)| Self::head_give_up_at(ch).is_some_and(|t| now_us >= t))
+            .map(|(&c, _)| c)
+            .collect();
+        for channel in due {
+            // Give up on the head gap (or partial head), then release what follows.
+            for _ in 0..MAX_CHANNELS {
+                let Some(ch) = self.channels.get_mut(&channel) else {
+                    break;
+                };
+                if Self::head_give_up_at(ch).is_none_or(|t| now_us < t) {
+                    break;
+                }
+                let from = ch.next_seq;
+                let first = *ch.pending.keys().next().expect("pending");
+                // Either the head is partial (drop it) or missing (jump to `first`).
+                let to = if first == from { from + 1 } else { first };
+                let dropped = (first == from)
+                    .then(|| ch.pending.remove(&from))
+                    .flatten()
+                    .map(|p| p.buf.len() as u64);
+                ch.next_seq = to;
+                if let Some(l) = dropped {
+                    self.drop_message(l);
+                }
+                self.note_skip(channel, from, to);
+                self.advance(channel, now_us);
+            }
+        }
+        while self
+            .playout
+            .front()
+            .is_some_and(|m| now_us >= m.source_time_us + self.playout_delay_us.unwrap_or(0))
+        {
+            let mut m = self.playout.pop_front().expect("front");
+            m.latency_us = now_us.saturating_sub(m.source_time_us);
+            self.delivered += 1;
+            self.ready.push_back(m);
+        }
+    }
+
+    /// The next time (µs, our clock) `poll` has work, if any.
+    pub fn next_wake(&self) -> Option<u64> {
+        let skip = self
+            .channels
+            .values()
+            .filter_map(Self::head_give_up_at)
+            .min();
+        let play = self
+            .playout
+            .front()
+            .map(|m| m.source_time_us + self.playout_delay_us.unwrap_or(0));
+        skip.into_iter().chain(play).min()
     }
 }
 
@@ -198,48 +421,57 @@ impl Reassembly {
 mod tests {
     use super::*;
 
-    fn frag(channel: u64, seq: u64, msg: &[u8], off: usize, len: usize) -> MsgFrame<'_> {
+    fn frag<'a>(channel: u64, seq: u64, msg: &'a [u8], off: usize, len: usize) -> MsgFrame<'a> {
         MsgFrame {
             channel,
             seq,
             msg_len: msg.len() as u64,
             offset: off as u64,
+            timestamp_us: 0,
+            delivery: Delivery::Reliable,
             data: &msg[off..off + len],
+        }
+    }
+
+    fn deadline<'a>(seq: u64, msg: &'a [u8], d: u64) -> MsgFrame<'a> {
+        MsgFrame {
+            delivery: Delivery::Deadline(d),
+            ..frag(0, seq, msg, 0, msg.len())
         }
     }
 
     #[test]
     fn reorders_reassembles_and_dedups() {
-        let mut r = Reassembly::new(1 << 20, 1 << 16);
+        let mut r = Reassembly::new(1 << 20, 1 << 16, None);
         let m0 = b"hello world";
         let m1 = b"second";
         assert_eq!(
-            r.on_fragment(&frag(0, 1, m1, 0, 6)),
+            r.on_fragment(&frag(0, 1, m1, 0, 6), 0, 0),
             Ok(FragmentOutcome::New)
         );
         assert_eq!(
-            r.on_fragment(&frag(0, 0, m0, 6, 5)),
+            r.on_fragment(&frag(0, 0, m0, 6, 5), 0, 0),
             Ok(FragmentOutcome::New)
         );
         assert!(!r.has_ready());
         assert_eq!(
-            r.on_fragment(&frag(0, 0, m0, 6, 5)),
+            r.on_fragment(&frag(0, 0, m0, 6, 5), 0, 0),
             Ok(FragmentOutcome::Duplicate)
         );
         assert_eq!(
-            r.on_fragment(&frag(0, 0, m0, 0, 6)),
+            r.on_fragment(&frag(0, 0, m0, 0, 6), 0, 0),
             Ok(FragmentOutcome::New)
         );
         assert_eq!(r.pop().unwrap().data, &m0[..]);
         assert_eq!(r.pop().unwrap().data, &m1[..]);
         assert!(r.pop().is_none());
         assert_eq!(
-            r.on_fragment(&frag(0, 1, m1, 0, 6)),
+            r.on_fragment(&frag(0, 1, m1, 0, 6), 0, 0),
             Ok(FragmentOutcome::Duplicate)
         );
         // Channels are independent.
         assert_eq!(
-            r.on_fragment(&frag(9, 0, b"", 0, 0)),
+            r.on_fragment(&frag(9, 0, b"", 0, 0), 0, 0),
             Ok(FragmentOutcome::New)
         );
         assert_eq!(r.pop().unwrap().channel, 9);
@@ -247,26 +479,88 @@ mod tests {
 
     #[test]
     fn flow_control_and_limits() {
-        let mut r = Reassembly::new(100 + 2 * MESSAGE_CREDIT_OVERHEAD, 80);
+        let mut r = Reassembly::new(100 + 2 * MESSAGE_CREDIT_OVERHEAD, 80, None);
         let big = [1u8; 90];
         assert_eq!(
-            r.on_fragment(&frag(0, 0, &big, 0, 10)),
+            r.on_fragment(&frag(0, 0, &big, 0, 10), 0, 0),
             Err(ReassemblyError::TooLarge(90))
         );
         let m = [2u8; 60];
-        r.on_fragment(&frag(0, 1, &m, 0, 10)).unwrap();
+        r.on_fragment(&frag(0, 1, &m, 0, 10), 0, 0).unwrap();
         assert_eq!(
-            r.on_fragment(&frag(0, 2, &m, 0, 10)),
+            r.on_fragment(&frag(0, 2, &m, 0, 10), 0, 0),
             Err(ReassemblyError::FlowControl)
         );
         let other = [3u8; 61];
         assert_eq!(
-            r.on_fragment(&frag(0, 1, &other, 0, 10)),
+            r.on_fragment(&frag(0, 1, &other, 0, 10), 0, 0),
             Err(ReassemblyError::LengthMismatch)
         );
         let before = r.max_data();
-        r.on_fragment(&frag(0, 0, &m[..30], 0, 30)).unwrap();
+        r.on_fragment(&frag(0, 0, &m[..30], 0, 30), 0, 0).unwrap();
         r.pop().unwrap();
         assert_eq!(r.max_data(), before + 30 + MESSAGE_CREDIT_OVERHEAD);
+    }
+
+    #[test]
+    fn deadline_gap_is_skipped_in_time_and_late_messages_dropped() {
+        let mut r = Reassembly::new(1 << 20, 1 << 16, None);
+        // seq 0 missing; seq 1 sent at 1000 with deadline 800 arrives at 1100.
+        r.on_fragment(&deadline(1, b"one", 800), 1000, 1100)
+            .unwrap();
+        assert!(!r.has_ready());
+        let wake = r.next_wake().unwrap();
+        assert_eq!(wake, 1000 + 800 - 100);
+        r.poll(wake - 1);
+        assert!(!r.has_ready());
+        r.poll(wake);
+        let m = r.pop().unwrap();
+        assert_eq!((m.seq, m.latency_us), (1, 700));
+        assert_eq!(
+            r.take_skips(),
+            vec![SkippedRange {
+                channel: 0,
+                from: 0,
+                to: 1
+            }]
+        );
+        // seq 0 arriving now is a duplicate; seq 2 arriving after its deadline is dropped.
+        assert_eq!(
+            r.on_fragment(&deadline(0, b"zero", 800), 900, 1800),
+            Ok(FragmentOutcome::Duplicate)
+        );
+        r.on_fragment(&deadline(2, b"two", 800), 1000, 1801)
+            .unwrap();
+        assert!(r.pop().is_none());
+        assert_eq!((r.skipped(), r.late()), (2, 1));
+        // Credit came back for everything.
+        assert_eq!(r.max_data(), (1 << 20) + 2 * MESSAGE_CREDIT_OVERHEAD + 6);
+    }
+
+    #[test]
+    fn sender_skip_unblocks_a_reliable_wait() {
+        let mut r = Reassembly::new(1 << 20, 1 << 16, None);
+        r.on_fragment(&deadline(3, b"three", 10_000), 0, 10)
+            .unwrap();
+        r.on_skip(0, 3, 20);
+        assert_eq!(r.pop().unwrap().seq, 3);
+        assert_eq!(r.skipped(), 3);
+    }
+
+    #[test]
+    fn unreliable_skips_at_once_and_playout_waits() {
+        let mut r = Reassembly::new(1 << 20, 1 << 16, Some(500));
+        let m = MsgFrame {
+            delivery: Delivery::Unreliable,
+            ..frag(0, 2, b"x", 0, 1)
+        };
+        r.on_fragment(&m, 1000, 1050).unwrap();
+        r.poll(1050);
+        assert!(r.pop().is_none(), "held for playout");
+        assert_eq!(r.next_wake(), Some(1500));
+        r.poll(1500);
+        let got = r.pop().unwrap();
+        assert_eq!((got.seq, got.latency_us), (2, 500));
+        assert_eq!(r.skipped(), 2);
     }
 }

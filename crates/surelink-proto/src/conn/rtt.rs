@@ -77,11 +77,6 @@ impl RttEstimator {
         }
     }
 
-    /// True once a real sample arrived.
-    pub fn has_sample(&self) -> bool {
-        self.smoothed.is_some()
-    }
-
     /// Probe timeout before backoff and before adding the peer's max ack delay.
     pub fn pto_base(&self) -> Duration {
         self.smoothed() + (self.var * 4).max(GRANULARITY)
@@ -103,7 +98,6 @@ mod tests {
     #[test]
     fn converges_to_a_steady_rtt() {
         let mut r = RttEstimator::new(100 * MS);
-        assert!(!r.has_sample());
         for _ in 0..50 {
             r.update(20 * MS, Duration::ZERO);
         }

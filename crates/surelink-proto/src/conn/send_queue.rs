@@ -1,20 +1,26 @@
 //! The sending side of message transfer: queued messages, fragments in flight,
-//! and what must be retransmitted.
+//! what must be retransmitted, and what is abandoned.
 //!
-//! A message gets a per-channel sequence number when queued. Fragments are cut
-//! from the front of the queue as packets are built; each fragment in a packet
-//! is remembered by the packet ([`Fragment`]). When a packet is acknowledged,
-//! its fragments' byte ranges are marked acknowledged; when it is declared lost,
-//! the byte ranges not yet acknowledged go to the retransmission queue and are
-//! sent again in new packets (possibly split differently). A message leaves the
-//! queue once all its bytes are acknowledged.
+//! A message gets a per-channel sequence number and a source timestamp when
+//! queued. Fragments are cut from the front of the queue as packets are built;
+//! each fragment in a packet is remembered by the packet ([`Fragment`]). When a
+//! packet is acknowledged, its fragments' byte ranges are marked acknowledged;
+//! when it is declared lost, the byte ranges not yet acknowledged go to the
+//! retransmission queue and are sent again in new packets (possibly split
+//! differently). A message leaves the queue once all its bytes are acknowledged.
+//!
+//! Deadline messages are abandoned once a (re)transmission could no longer
+//! arrive in time, unreliable ones as soon as a fragment is lost; abandoning a
+//! message abandons everything before it on its channel, and a SKIP frame tells
+//! the receiver not to wait for them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use bytes::Bytes;
 
 use crate::config::MESSAGE_CREDIT_OVERHEAD;
 use crate::range_set::RangeSet;
+use crate::wire::{Delivery, MsgFrame};
 
 /// A piece of a message carried by one packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,45 +35,75 @@ pub struct Fragment {
     pub data: Bytes,
     /// Total length of the message.
     pub msg_len: u64,
+    /// Source time of the message, µs since the connection epoch.
+    pub timestamp_us: u64,
+    /// Delivery mode of the message.
+    pub delivery: Delivery,
 }
 
-#[derive(Debug)]
-struct Queued {
-    channel: u64,
-    seq: u64,
-    data: Bytes,
-    next_offset: usize,
+impl Fragment {
+    /// The frame carrying this fragment.
+    pub fn frame(&self) -> MsgFrame<'_> {
+        MsgFrame {
+            channel: self.channel,
+            seq: self.seq,
+            msg_len: self.msg_len,
+            offset: self.offset,
+            timestamp_us: self.timestamp_us,
+            delivery: self.delivery,
+            data: &self.data,
+        }
+    }
+
+    fn expired(&self, now_us: u64, slack_us: u64) -> bool {
+        match self.delivery {
+            Delivery::Deadline(d) => {
+                now_us.saturating_add(slack_us) > self.timestamp_us.saturating_add(d)
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Unacked {
-    len: u64,
     acked: RangeSet,
     data: Bytes,
+    timestamp_us: u64,
+    delivery: Delivery,
 }
 
 /// Messages waiting to be sent, in flight, or to be retransmitted.
 #[derive(Debug, Default)]
 pub struct SendQueue {
-    fresh: VecDeque<Queued>,
+    /// Messages with bytes never sent: (channel, seq, next offset).
+    fresh: VecDeque<(u64, u64, usize)>,
     retransmit: VecDeque<Fragment>,
-    unacked: HashMap<(u64, u64), Unacked>,
+    unacked: BTreeMap<(u64, u64), Unacked>,
     next_seq: HashMap<u64, u64>,
-    /// Payload bytes queued and not yet acknowledged.
+    /// SKIP frames to send: channel → first sequence still expected.
+    skips: BTreeMap<u64, u64>,
+    /// SKIP frames sent and not yet acknowledged.
+    skips_in_flight: u64,
+    /// Payload bytes queued and not yet acknowledged or abandoned.
     buffered: u64,
     /// Flow-control credit consumed by messages whose first byte was sent.
     credit_used: u64,
-    /// Messages fully acknowledged.
     messages_acked: u64,
-    /// Fragments re-sent after a loss.
+    messages_abandoned: u64,
     retransmitted: u64,
-    /// Payload bytes re-sent after a loss.
     retransmitted_bytes: u64,
 }
 
 impl SendQueue {
     /// Queues `data` on `channel`; returns its sequence number.
-    pub fn push(&mut self, channel: u64, data: Bytes) -> u64 {
+    pub fn push(
+        &mut self,
+        channel: u64,
+        data: Bytes,
+        timestamp_us: u64,
+        delivery: Delivery,
+    ) -> u64 {
         let seq_slot = self.next_seq.entry(channel).or_insert(0);
         let seq = *seq_slot;
         *seq_slot += 1;
@@ -75,17 +111,13 @@ impl SendQueue {
         self.unacked.insert(
             (channel, seq),
             Unacked {
-                len: data.len() as u64,
                 acked: RangeSet::new(),
-                data: data.clone(),
+                data,
+                timestamp_us,
+                delivery,
             },
         );
-        self.fresh.push_back(Queued {
-            channel,
-            seq,
-            data,
-            next_offset: 0,
-        });
+        self.fresh.push_back((channel, seq, 0));
         seq
     }
 
@@ -94,26 +126,34 @@ impl SendQueue {
         self.buffered
     }
 
-    /// True when every queued message is fully acknowledged.
+    /// True when every queued message is acknowledged (or abandoned) and every
+    /// SKIP was acknowledged too.
     pub fn is_empty(&self) -> bool {
-        self.unacked.is_empty()
+        self.unacked.is_empty() && self.skips.is_empty() && self.skips_in_flight == 0
     }
 
     /// True when something is ready to go out (ignoring congestion control).
     pub fn has_sendable(&self, credit_limit: u64) -> bool {
-        !self.retransmit.is_empty() || self.fresh_allowed(credit_limit)
+        !self.retransmit.is_empty() || !self.skips.is_empty() || self.fresh_allowed(credit_limit)
     }
 
     fn fresh_allowed(&self, credit_limit: u64) -> bool {
-        self.fresh.front().is_some_and(|q| {
-            q.next_offset > 0
-                || self.credit_used + q.data.len() as u64 + MESSAGE_CREDIT_OVERHEAD <= credit_limit
+        self.fresh.front().is_some_and(|&(ch, seq, next)| {
+            next > 0
+                || self.unacked.get(&(ch, seq)).is_none_or(|u| {
+                    self.credit_used + u.data.len() as u64 + MESSAGE_CREDIT_OVERHEAD <= credit_limit
+                })
         })
     }
 
     /// Messages fully acknowledged so far.
     pub fn messages_acked(&self) -> u64 {
         self.messages_acked
+    }
+
+    /// Messages given up on (deadline passed, or unreliable and lost).
+    pub fn messages_abandoned(&self) -> u64 {
+        self.messages_abandoned
     }
 
     /// Fragments queued for retransmission so far.
@@ -126,17 +166,58 @@ impl SendQueue {
         self.retransmitted_bytes
     }
 
-    /// Cuts the next fragment whose data fits in `max_data` bytes, given the
-    /// framing overhead function `overhead(fragment without data) -> bytes`.
+    /// Gives up on every message of `channel` up to and including `seq`.
+    pub fn abandon_through(&mut self, channel: u64, seq: u64) {
+        let keys: Vec<_> = self
+            .unacked
+            .range((channel, 0)..=(channel, seq))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            if let Some(u) = self.unacked.remove(&k) {
+                let acked: u64 = u.acked.iter().map(|r| r.end - r.start).sum();
+                self.buffered -= u.data.len() as u64 - acked;
+                self.messages_abandoned += 1;
+            }
+        }
+        self.fresh.retain(|&(ch, s, _)| ch != channel || s > seq);
+        let slot = self.skips.entry(channel).or_insert(0);
+        *slot = (*slot).max(seq + 1);
+    }
+
+    /// Takes a SKIP frame to send: (channel, first sequence still expected).
+    /// Report its fate with `on_skip_acked` or `on_skip_lost`.
+    pub fn take_skip(&mut self) -> Option<(u64, u64)> {
+        let s = self.skips.pop_first()?;
+        self.skips_in_flight += 1;
+        Some(s)
+    }
+
+    /// A SKIP frame was acknowledged.
+    pub fn on_skip_acked(&mut self) {
+        self.skips_in_flight = self.skips_in_flight.saturating_sub(1);
+    }
+
+    /// A SKIP frame was lost (or not sent after all): send it again, unless a
+    /// later one supersedes it.
+    pub fn on_skip_lost(&mut self, channel: u64, up_to: u64) {
+        self.on_skip_acked();
+        let slot = self.skips.entry(channel).or_insert(0);
+        *slot = (*slot).max(up_to);
+    }
+
+    /// Cuts the next fragment that fits in `space` bytes of frame.
     /// Retransmissions go first; new messages only start within `credit_limit`.
+    /// Deadline messages that could no longer arrive in time (now + `slack_us`
+    /// past their deadline) are abandoned instead.
     pub fn next_fragment(
         &mut self,
         space: usize,
         credit_limit: u64,
-        overhead: impl Fn(u64, u64, u64, u64, usize) -> usize,
+        now_us: u64,
+        slack_us: u64,
     ) -> Option<Fragment> {
         while let Some(mut f) = self.retransmit.pop_front() {
-            // Skip what was acknowledged since the loss was declared.
             let Some(u) = self.unacked.get(&(f.channel, f.seq)) else {
                 continue;
             };
@@ -144,52 +225,64 @@ impl SendQueue {
             if f.msg_len > 0 && u.acked.contains_range(&range) {
                 continue;
             }
-            let fixed = overhead(f.channel, f.seq, f.msg_len, f.offset, f.data.len());
+            if f.expired(now_us, slack_us) {
+                self.abandon_through(f.channel, f.seq);
+                continue;
+            }
+            let fixed = f.frame().overhead();
             if fixed >= space {
                 self.retransmit.push_front(f);
                 return None;
             }
             let fit = space - fixed;
             if f.data.len() > fit {
-                let rest = Fragment {
-                    channel: f.channel,
-                    seq: f.seq,
-                    offset: f.offset + fit as u64,
-                    data: f.data.slice(fit..),
-                    msg_len: f.msg_len,
-                };
+                let mut rest = f.clone();
+                rest.offset += fit as u64;
+                rest.data = f.data.slice(fit..);
                 f.data.truncate(fit);
                 self.retransmit.push_front(rest);
             }
             return Some(f);
         }
-        if !self.fresh_allowed(credit_limit) {
-            return None;
+        loop {
+            if !self.fresh_allowed(credit_limit) {
+                return None;
+            }
+            let &(channel, seq, next) = self.fresh.front()?;
+            let Some(u) = self.unacked.get(&(channel, seq)) else {
+                self.fresh.pop_front();
+                continue;
+            };
+            let mut f = Fragment {
+                channel,
+                seq,
+                offset: next as u64,
+                data: u.data.slice(next..),
+                msg_len: u.data.len() as u64,
+                timestamp_us: u.timestamp_us,
+                delivery: u.delivery,
+            };
+            if f.expired(now_us, slack_us) {
+                self.abandon_through(channel, seq);
+                continue;
+            }
+            let fixed = f.frame().overhead();
+            if fixed > space || (fixed == space && !f.data.is_empty()) {
+                return None;
+            }
+            let take = f.data.len().min(space - fixed);
+            f.data.truncate(take);
+            if next == 0 {
+                self.credit_used += f.msg_len + MESSAGE_CREDIT_OVERHEAD;
+            }
+            let next = next + take;
+            if next as u64 == f.msg_len {
+                self.fresh.pop_front();
+            } else if let Some(front) = self.fresh.front_mut() {
+                front.2 = next;
+            }
+            return Some(f);
         }
-        let q = self.fresh.front_mut()?;
-        let msg_len = q.data.len() as u64;
-        let offset = q.next_offset as u64;
-        let left = q.data.len() - q.next_offset;
-        let fixed = overhead(q.channel, q.seq, msg_len, offset, left);
-        if fixed >= space && left > 0 || fixed > space {
-            return None;
-        }
-        let take = left.min(space - fixed);
-        if q.next_offset == 0 {
-            self.credit_used += msg_len + MESSAGE_CREDIT_OVERHEAD;
-        }
-        let f = Fragment {
-            channel: q.channel,
-            seq: q.seq,
-            offset,
-            data: q.data.slice(q.next_offset..q.next_offset + take),
-            msg_len,
-        };
-        q.next_offset += take;
-        if q.next_offset == q.data.len() {
-            self.fresh.pop_front();
-        }
-        Some(f)
     }
 
     /// The packet carrying `f` was acknowledged.
@@ -200,32 +293,35 @@ impl SendQueue {
         };
         let newly = u.acked.insert(f.offset..f.offset + f.data.len() as u64);
         self.buffered -= newly;
-        if u.acked.contains_range(&(0..u.len)) {
+        if u.acked.contains_range(&(0..u.data.len() as u64)) {
             self.unacked.remove(&key);
             self.messages_acked += 1;
         }
     }
 
-    /// The packet carrying `f` was declared lost: queue its unacknowledged bytes again.
+    /// The packet carrying `f` was declared lost: queue its unacknowledged
+    /// bytes again, or give up on an unreliable message.
     pub fn on_lost(&mut self, f: Fragment) {
         let Some(u) = self.unacked.get(&(f.channel, f.seq)) else {
             return;
         };
+        if f.delivery == Delivery::Unreliable {
+            self.abandon_through(f.channel, f.seq);
+            return;
+        }
         if f.msg_len == 0 {
             self.retransmitted += 1;
             self.retransmit.push_back(f);
             return;
         }
-        for gap in u.acked.gaps_in(f.offset..f.offset + f.data.len() as u64) {
+        let gaps = u.acked.gaps_in(f.offset..f.offset + f.data.len() as u64);
+        for gap in gaps {
             self.retransmitted += 1;
             self.retransmitted_bytes += gap.end - gap.start;
-            self.retransmit.push_back(Fragment {
-                channel: f.channel,
-                seq: f.seq,
-                offset: gap.start,
-                data: u.data.slice(gap.start as usize..gap.end as usize),
-                msg_len: f.msg_len,
-            });
+            let mut r = f.clone();
+            r.offset = gap.start;
+            r.data = u.data.slice(gap.start as usize..gap.end as usize);
+            self.retransmit.push_back(r);
         }
     }
 
@@ -234,6 +330,8 @@ impl SendQueue {
         self.fresh.clear();
         self.retransmit.clear();
         self.unacked.clear();
+        self.skips.clear();
+        self.skips_in_flight = 0;
         self.buffered = 0;
     }
 }
@@ -242,36 +340,41 @@ impl SendQueue {
 mod tests {
     use super::*;
 
-    fn no_overhead(_: u64, _: u64, _: u64, _: u64, _: usize) -> usize {
-        1
+    fn push(q: &mut SendQueue, ch: u64, data: Bytes) -> u64 {
+        q.push(ch, data, 0, Delivery::Reliable)
+    }
+
+    fn next(q: &mut SendQueue, space: usize) -> Option<Fragment> {
+        q.next_fragment(space, u64::MAX, 0, 0)
     }
 
     #[test]
     fn fragments_acks_and_retransmits() {
         let mut q = SendQueue::default();
-        assert_eq!(q.push(0, Bytes::from(vec![7u8; 10])), 0);
-        assert_eq!(q.push(0, Bytes::from_static(b"xy")), 1);
-        assert_eq!(q.push(3, Bytes::new()), 0);
+        assert_eq!(push(&mut q, 0, Bytes::from(vec![7u8; 10])), 0);
+        assert_eq!(push(&mut q, 0, Bytes::from_static(b"xy")), 1);
+        assert_eq!(push(&mut q, 3, Bytes::new()), 0);
         assert_eq!(q.buffered(), 12);
-        let a = q.next_fragment(5, u64::MAX, no_overhead).unwrap();
-        let b = q.next_fragment(5, u64::MAX, no_overhead).unwrap();
-        let c = q.next_fragment(5, u64::MAX, no_overhead).unwrap();
+        // Frame overhead here is 7 bytes.
+        let a = next(&mut q, 11).unwrap();
+        let b = next(&mut q, 11).unwrap();
+        let c = next(&mut q, 11).unwrap();
         assert_eq!((a.offset, a.data.len()), (0, 4));
         assert_eq!((b.offset, b.data.len()), (4, 4));
         assert_eq!((c.offset, c.data.len(), c.seq), (8, 2, 0));
         q.on_acked(&a);
         q.on_lost(b.clone());
         // Retransmission comes first and is split to fit.
-        let r1 = q.next_fragment(3, u64::MAX, no_overhead).unwrap();
+        let r1 = next(&mut q, 9).unwrap();
         assert_eq!((r1.offset, r1.data.len()), (4, 2));
         q.on_acked(&r1);
         q.on_acked(&b); // late ack of the "lost" packet: counted once
-        let r2 = q.next_fragment(3, u64::MAX, no_overhead).unwrap();
+        let r2 = next(&mut q, 12).unwrap();
         assert_eq!(r2.seq, 1, "rest of the retransmission was acked, skipped");
         q.on_acked(&c);
         assert_eq!(q.messages_acked(), 1);
         q.on_acked(&r2);
-        let e = q.next_fragment(3, u64::MAX, no_overhead).unwrap();
+        let e = next(&mut q, 12).unwrap();
         assert_eq!((e.channel, e.msg_len), (3, 0));
         q.on_acked(&e);
         assert!(q.is_empty());
@@ -281,11 +384,41 @@ mod tests {
     #[test]
     fn flow_control_holds_new_messages() {
         let mut q = SendQueue::default();
-        q.push(0, Bytes::from(vec![0u8; 100]));
-        assert!(q.next_fragment(1000, 50, no_overhead).is_none());
+        push(&mut q, 0, Bytes::from(vec![0u8; 100]));
+        assert!(q.next_fragment(1000, 50, 0, 0).is_none());
         assert!(!q.has_sendable(50));
         assert!(q
-            .next_fragment(1000, 100 + MESSAGE_CREDIT_OVERHEAD, no_overhead)
+            .next_fragment(1000, 100 + MESSAGE_CREDIT_OVERHEAD, 0, 0)
             .is_some());
+    }
+
+    #[test]
+    fn expired_deadline_messages_are_abandoned_with_a_skip() {
+        let mut q = SendQueue::default();
+        for ts in [0, 10, 20, 1000] {
+            q.push(5, Bytes::from_static(b"abc"), ts, Delivery::Deadline(100));
+        }
+        let f0 = q.next_fragment(100, u64::MAX, 0, 0).unwrap();
+        q.on_lost(f0);
+        // At t=95 with 30 µs slack, seq 0 (deadline 100) can no longer make it,
+        // nor can seq 1 (110) or 2 (120) which were never sent.
+        let f = q.next_fragment(100, u64::MAX, 95, 30).unwrap();
+        assert_eq!(f.seq, 3);
+        assert_eq!(q.take_skip(), Some((5, 3)));
+        assert_eq!(q.messages_abandoned(), 3);
+        assert_eq!(q.buffered(), 3);
+    }
+
+    #[test]
+    fn lost_unreliable_messages_are_not_retransmitted() {
+        let mut q = SendQueue::default();
+        q.push(1, Bytes::from_static(b"once"), 0, Delivery::Unreliable);
+        let f = next(&mut q, 100).unwrap();
+        q.on_lost(f);
+        assert!(next(&mut q, 100).is_none());
+        assert_eq!(q.take_skip(), Some((1, 1)));
+        assert!(!q.is_empty(), "the SKIP is not acknowledged yet");
+        q.on_skip_acked();
+        assert!(q.is_empty());
     }
 }

@@ -28,6 +28,13 @@ pub enum SentFrame {
     Ack(u64),
     /// A PING.
     Ping,
+    /// A SKIP frame.
+    Skip {
+        /// The channel.
+        channel: u64,
+        /// First sequence number still expected.
+        up_to: u64,
+    },
 }
 
 /// A packet in flight.

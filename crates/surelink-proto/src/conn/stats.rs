@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
+use crate::clock::ClockEstimate;
+
 /// A snapshot of a connection's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct ConnectionStats {
     /// Smoothed round-trip time.
@@ -56,6 +58,22 @@ pub struct ConnectionStats {
     pub messages_acked: u64,
     /// Messages delivered in order to the application side.
     pub messages_delivered: u64,
+    /// Messages the receiver gave up on (deadline passed, or unreliable and lost).
+    pub messages_skipped: u64,
+    /// Of those, messages that arrived complete but after their deadline.
+    pub messages_late: u64,
+    /// Messages the sender gave up on (deadline passed, or unreliable and lost).
+    pub messages_abandoned: u64,
+    /// Median one-way latency of messages taken by the application, µs.
+    pub latency_p50_us: u64,
+    /// 99th percentile one-way latency, µs.
+    pub latency_p99_us: u64,
+    /// 99.9th percentile one-way latency, µs.
+    pub latency_p999_us: u64,
+    /// Largest one-way latency, µs.
+    pub latency_max_us: u64,
+    /// The peer clock estimate, if any sample was taken.
+    pub clock: Option<ClockEstimate>,
 }
 
 impl ConnectionStats {

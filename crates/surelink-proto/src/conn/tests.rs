@@ -112,11 +112,14 @@ fn handshake_transfer_and_graceful_close() {
     assert_eq!(events(p.server()), vec![Event::Connected]);
     for i in 0..100u8 {
         p.client
-            .send(0, Bytes::from(vec![i; i as usize * 50]))
+            .send(p.now, 0, Bytes::from(vec![i; i as usize * 50]))
             .unwrap();
     }
     p.client.close(p.now);
-    assert_eq!(p.client.send(0, Bytes::new()), Err(SendError::Closing));
+    assert_eq!(
+        p.client.send(p.now, 0, Bytes::new()),
+        Err(SendError::Closing)
+    );
     while !p.client.is_drained() {
         p.advance();
     }
@@ -139,7 +142,9 @@ fn handshake_transfer_and_graceful_close() {
 fn close_waits_for_acknowledgement() {
     let mut p = Pair::new(Config::default());
     p.flush();
-    p.client.send(0, Bytes::from_static(b"important")).unwrap();
+    p.client
+        .send(p.now, 0, Bytes::from_static(b"important"))
+        .unwrap();
     p.cut = true;
     p.flush();
     p.client.close(p.now);
@@ -198,13 +203,13 @@ fn oversized_messages_are_refused() {
         ..Config::default()
     });
     assert_eq!(
-        p.client.send(0, Bytes::from(vec![0; 1001])),
+        p.client.send(p.now, 0, Bytes::from(vec![0; 1001])),
         Err(SendError::TooLarge {
             size: 1001,
             max: 1000
         })
     );
-    p.client.send(0, Bytes::from(vec![0; 1000])).unwrap();
+    p.client.send(p.now, 0, Bytes::from(vec![0; 1000])).unwrap();
 }
 
 #[test]
@@ -213,20 +218,22 @@ fn send_buffer_pushes_back() {
         send_buffer: 10_000,
         ..Config::default()
     });
-    p.client.send(0, Bytes::from(vec![0; 20_000])).unwrap();
+    p.client
+        .send(p.now, 0, Bytes::from(vec![0; 20_000]))
+        .unwrap();
     assert_eq!(
-        p.client.send(0, Bytes::from(vec![0; 1])),
+        p.client.send(p.now, 0, Bytes::from(vec![0; 1])),
         Err(SendError::Blocked)
     );
     p.flush();
-    p.client.send(0, Bytes::from(vec![0; 1])).unwrap();
+    p.client.send(p.now, 0, Bytes::from(vec![0; 1])).unwrap();
 }
 
 #[test]
 fn garbage_and_forged_packets_change_nothing() {
     let mut p = Pair::new(Config::default());
     p.flush();
-    p.client.send(0, Bytes::from_static(b"a")).unwrap();
+    p.client.send(p.now, 0, Bytes::from_static(b"a")).unwrap();
     p.flush();
     let before = p.server().stats();
     let cid = p.server().local_cid();
@@ -269,7 +276,7 @@ fn garbage_and_forged_packets_change_nothing() {
     assert!(after.auth_failures >= before.auth_failures + 5);
     assert_eq!(after.packets_received, before.packets_received);
     assert!(!p.server().is_closed());
-    p.client.send(0, Bytes::from_static(b"b")).unwrap();
+    p.client.send(p.now, 0, Bytes::from_static(b"b")).unwrap();
     p.flush();
     assert_eq!(p.server().recv().unwrap().data, &b"a"[..]);
     assert_eq!(p.server().recv().unwrap().data, &b"b"[..]);
@@ -289,7 +296,9 @@ fn flow_control_violation_closes_with_error() {
     // The client's packet 1 is lost; the misbehaving "client" packet below reuses
     // its number so the server's ACK of it is plausible to the real client.
     p.cut = true;
-    p.client.send(0, Bytes::from_static(b"lost")).unwrap();
+    p.client
+        .send(p.now, 0, Bytes::from_static(b"lost"))
+        .unwrap();
     p.flush();
     p.cut = false;
     // Forge MSG frames beyond the window (a misbehaving peer).
@@ -309,6 +318,8 @@ fn flow_control_violation_closes_with_error() {
             seq: seq + 5,
             msg_len: 900,
             offset: 0,
+            timestamp_us: 0,
+            delivery: crate::wire::Delivery::Reliable,
             data: &data,
         })
         .encode(&mut pkt);
@@ -333,7 +344,9 @@ fn flow_control_violation_closes_with_error() {
 fn abort_tells_the_peer() {
     let mut p = Pair::new(Config::default());
     p.flush();
-    p.client.send(0, Bytes::from(vec![1; 100_000])).unwrap();
+    p.client
+        .send(p.now, 0, Bytes::from(vec![1; 100_000]))
+        .unwrap();
     p.client.abort(p.now, "bye");
     p.flush();
     assert_eq!(p.client.error(), Some(&ConnectionError::LocallyAborted));
@@ -366,9 +379,18 @@ fn keepalive_keeps_an_idle_connection_open() {
 fn channels_are_ordered_independently() {
     let mut p = Pair::new(Config::default());
     p.flush();
-    assert_eq!(p.client.send(1, Bytes::from_static(b"x")).unwrap(), 0);
-    assert_eq!(p.client.send(2, Bytes::from_static(b"y")).unwrap(), 0);
-    assert_eq!(p.client.send(1, Bytes::from_static(b"z")).unwrap(), 1);
+    assert_eq!(
+        p.client.send(p.now, 1, Bytes::from_static(b"x")).unwrap(),
+        0
+    );
+    assert_eq!(
+        p.client.send(p.now, 2, Bytes::from_static(b"y")).unwrap(),
+        0
+    );
+    assert_eq!(
+        p.client.send(p.now, 1, Bytes::from_static(b"z")).unwrap(),
+        1
+    );
     p.flush();
     let got: Vec<_> = std::iter::from_fn(|| p.server().recv())
         .map(|m| (m.channel, m.seq))

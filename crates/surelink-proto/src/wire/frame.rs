@@ -1,6 +1,6 @@
 //! Frames: the units of meaning inside a packet.
 //!
-//! Each frame starts with a varint type. Types 0x00–0x08, 0x10 (HANDSHAKE)
+//! Each frame starts with a varint type. Types 0x00–0x0b, 0x10 (HANDSHAKE)
 //! and 0x11 (TOKEN) are defined in v1; 0x12–0x1f are reserved for path status,
 //! clock, checkpoint and resume frames of later versions; anything else is rejected. [`FrameIter`] walks the
 //! frames of a packet payload and yields an error (then stops) on malformed input.
@@ -18,6 +18,9 @@ const CLOSE: u64 = 0x05;
 const MAX_DATA: u64 = 0x06;
 const CONNECT: u64 = 0x07;
 const ACCEPT: u64 = 0x08;
+const MSG_DEADLINE: u64 = 0x09;
+const MSG_UNRELIABLE: u64 = 0x0a;
+const SKIP: u64 = 0x0b;
 const HANDSHAKE: u64 = 0x10;
 const TOKEN: u64 = 0x11;
 
@@ -52,6 +55,14 @@ pub enum Frame<'a> {
     Ack(AckFrame),
     /// A fragment of an application message.
     Msg(MsgFrame<'a>),
+    /// The sender abandoned every message of `channel` below `up_to` (their
+    /// deadline passed): the receiver skips them.
+    Skip {
+        /// The channel.
+        channel: u64,
+        /// First sequence number still to be expected.
+        up_to: u64,
+    },
     /// Connection close with a reason.
     Close {
         /// 0 = graceful, otherwise an error code (see docs/PROTOCOL.md).
@@ -95,6 +106,19 @@ impl AckFrame {
     }
 }
 
+/// How a message is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Delivery {
+    /// Retransmitted until acknowledged; never skipped.
+    #[default]
+    Reliable,
+    /// Retransmitted only while it can still arrive within this many µs of its
+    /// source time; the receiver skips it rather than stall or deliver it late.
+    Deadline(u64),
+    /// Sent once; the receiver skips it if it does not arrive.
+    Unreliable,
+}
+
 /// A message fragment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MsgFrame<'a> {
@@ -106,6 +130,10 @@ pub struct MsgFrame<'a> {
     pub msg_len: u64,
     /// Offset of this fragment within the message.
     pub offset: u64,
+    /// Source time: µs since the sender's connection epoch when the message was sent.
+    pub timestamp_us: u64,
+    /// Delivery mode of the message.
+    pub delivery: Delivery,
     /// Fragment bytes.
     pub data: &'a [u8],
 }
@@ -121,6 +149,9 @@ pub struct TransportParams {
     pub idle_timeout_ms: u64,
     /// Longest the sender of these params delays an ACK, in µs.
     pub max_ack_delay_us: u64,
+    /// The sender's clock (µs) at its connection epoch: message timestamps are
+    /// relative to it.
+    pub clock_origin_us: u64,
 }
 
 // Parameter ids inside CONNECT/ACCEPT; unknown ids are skipped for forward compatibility.
@@ -128,6 +159,7 @@ const P_MAX_MESSAGE: u64 = 1;
 const P_WINDOW: u64 = 2;
 const P_IDLE: u64 = 3;
 const P_ACK_DELAY: u64 = 4;
+const P_CLOCK_ORIGIN: u64 = 5;
 const MAX_PARAMS: u64 = 64;
 
 impl TransportParams {
@@ -137,6 +169,7 @@ impl TransportParams {
             (P_WINDOW, self.receive_window),
             (P_IDLE, self.idle_timeout_ms),
             (P_ACK_DELAY, self.max_ack_delay_us),
+            (P_CLOCK_ORIGIN, self.clock_origin_us),
         ];
         varint::write(out, pairs.len() as u64);
         for (k, v) in pairs {
@@ -155,6 +188,7 @@ impl TransportParams {
             receive_window: 0,
             idle_timeout_ms: 0,
             max_ack_delay_us: 0,
+            clock_origin_us: 0,
         };
         let mut seen = 0u8;
         for _ in 0..n {
@@ -165,6 +199,7 @@ impl TransportParams {
                 P_WINDOW => (&mut p.receive_window, 2),
                 P_IDLE => (&mut p.idle_timeout_ms, 4),
                 P_ACK_DELAY => (&mut p.max_ack_delay_us, 8),
+                P_CLOCK_ORIGIN => (&mut p.clock_origin_us, 16),
                 _ => continue,
             };
             if seen & bit != 0 {
@@ -220,6 +255,11 @@ impl Frame<'_> {
                 varint::write(out, MAX_DATA);
                 varint::write(out, *max);
             }
+            Frame::Skip { channel, up_to } => {
+                varint::write(out, SKIP);
+                varint::write(out, *channel);
+                varint::write(out, *up_to);
+            }
             Frame::Connect(p) => {
                 varint::write(out, CONNECT);
                 p.encode(out);
@@ -262,22 +302,38 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
 }
 
 impl MsgFrame<'_> {
-    /// Bytes the frame needs before its data, for a fragment of `data_len` bytes.
-    pub fn overhead(channel: u64, seq: u64, msg_len: u64, offset: u64, data_len: usize) -> usize {
-        1 + varint::size(channel)
-            + varint::size(seq)
-            + varint::size(msg_len)
-            + varint::size(offset)
-            + varint::size(data_len as u64)
+    /// Bytes the frame needs before its data (computed with the current
+    /// `data` length, which bounds the length field of any shorter fragment).
+    pub fn overhead(&self) -> usize {
+        let deadline = match self.delivery {
+            Delivery::Deadline(d) => varint::size(d),
+            _ => 0,
+        };
+        1 + varint::size(self.channel)
+            + varint::size(self.seq)
+            + varint::size(self.msg_len)
+            + varint::size(self.offset)
+            + varint::size(self.timestamp_us)
+            + deadline
+            + varint::size(self.data.len() as u64)
     }
 
     /// Appends everything but the data (callers then append `data`).
     pub fn encode_header(&self, out: &mut Vec<u8>) {
-        varint::write(out, MSG);
+        let ty = match self.delivery {
+            Delivery::Reliable => MSG,
+            Delivery::Deadline(_) => MSG_DEADLINE,
+            Delivery::Unreliable => MSG_UNRELIABLE,
+        };
+        varint::write(out, ty);
         varint::write(out, self.channel);
         varint::write(out, self.seq);
         varint::write(out, self.msg_len);
         varint::write(out, self.offset);
+        varint::write(out, self.timestamp_us);
+        if let Delivery::Deadline(d) = self.delivery {
+            varint::write(out, d);
+        }
         varint::write(out, self.data.len() as u64);
     }
 }
@@ -376,11 +432,17 @@ impl<'a> FrameIter<'a> {
                 send_us: r.varint()?,
             },
             ACK => Frame::Ack(AckFrame::decode(r)?),
-            MSG => {
+            MSG | MSG_DEADLINE | MSG_UNRELIABLE => {
                 let channel = r.varint()?;
                 let seq = r.varint()?;
                 let msg_len = r.varint()?;
                 let offset = r.varint()?;
+                let timestamp_us = r.varint()?;
+                let delivery = match ty {
+                    MSG => Delivery::Reliable,
+                    MSG_DEADLINE => Delivery::Deadline(r.varint()?),
+                    _ => Delivery::Unreliable,
+                };
                 let data = r.len_prefixed()?;
                 let end = offset
                     .checked_add(data.len() as u64)
@@ -396,9 +458,15 @@ impl<'a> FrameIter<'a> {
                     seq,
                     msg_len,
                     offset,
+                    timestamp_us,
+                    delivery,
                     data,
                 })
             }
+            SKIP => Frame::Skip {
+                channel: r.varint()?,
+                up_to: r.varint()?,
+            },
             CLOSE => {
                 let code = r.varint()?;
                 let reason = r.len_prefixed()?;
@@ -455,12 +523,14 @@ mod tests {
             0..=varint::MAX,
             0..=varint::MAX,
             0..=varint::MAX,
+            0..=varint::MAX,
         )
-            .prop_map(|(a, b, c, d)| TransportParams {
+            .prop_map(|(a, b, c, d, e)| TransportParams {
                 max_message_size: a,
                 receive_window: b,
                 idle_timeout_ms: c,
                 max_ack_delay_us: d,
+                clock_origin_us: e,
             })
     }
 
@@ -492,7 +562,8 @@ mod tests {
         Ping(u64),
         Pong(u64, u64, u64),
         Ack(AckFrame),
-        Msg(u64, u64, u64, Vec<u8>),
+        Msg(u64, u64, u64, u64, Delivery, Vec<u8>),
+        Skip(u64, u64),
         Close(u64, String),
         MaxData(u64),
         Connect(TransportParams),
@@ -512,13 +583,19 @@ mod tests {
                     send_us: *c,
                 },
                 Owned::Ack(a) => Frame::Ack(a.clone()),
-                Owned::Msg(channel, seq, offset, data) => Frame::Msg(MsgFrame {
+                Owned::Msg(channel, seq, offset, ts, delivery, data) => Frame::Msg(MsgFrame {
                     channel: *channel,
                     seq: *seq,
                     msg_len: offset + data.len() as u64 + 3,
                     offset: *offset,
+                    timestamp_us: *ts,
+                    delivery: *delivery,
                     data,
                 }),
+                Owned::Skip(c, u) => Frame::Skip {
+                    channel: *c,
+                    up_to: *u,
+                },
                 Owned::Close(code, reason) => Frame::Close {
                     code: *code,
                     reason,
@@ -546,9 +623,16 @@ mod tests {
                 0u64..1 << 16,
                 v.clone(),
                 0u64..1 << 40,
+                v.clone(),
+                prop_oneof![
+                    Just(Delivery::Reliable),
+                    Just(Delivery::Unreliable),
+                    v.clone().prop_map(Delivery::Deadline)
+                ],
                 proptest::collection::vec(any::<u8>(), 1..300)
             )
-                .prop_map(|(c, s, o, d)| Owned::Msg(c, s, o, d)),
+                .prop_map(|(c, s, o, t, m, d)| Owned::Msg(c, s, o, t, m, d)),
+            (v.clone(), v.clone()).prop_map(|(c, u)| Owned::Skip(c, u)),
             (v.clone(), "\\PC{0,40}").prop_map(|(c, r)| Owned::Close(c, r)),
             v.clone().prop_map(Owned::MaxData),
             params().prop_map(Owned::Connect),
@@ -602,8 +686,12 @@ mod tests {
     #[test]
     fn malformed_frames_are_rejected() {
         let cases: &[(&[u8], &str)] = &[
-            (&[0x04, 0, 0, 5, 4, 2, 1, 2], "fragment beyond message end"),
-            (&[0x04, 0, 0, 5, 0, 0], "empty fragment"),
+            (
+                &[0x04, 0, 0, 5, 4, 0, 2, 1, 2],
+                "fragment beyond message end",
+            ),
+            (&[0x04, 0, 0, 5, 0, 0, 0], "empty fragment"),
+            (&[0x09, 0, 0, 5, 0, 0], "deadline missing"),
             (&[0x03, 5, 0, 0, 6], "first ack range below zero"),
             (&[0x03, 5, 0, 1, 0, 4, 0], "gap below zero"),
             (&[0x05, 0, 2, 0xff, 0xfe], "reason not utf8"),
@@ -630,7 +718,8 @@ mod tests {
                 max_message_size: 10,
                 receive_window: 20,
                 idle_timeout_ms: 0,
-                max_ack_delay_us: 0
+                max_ack_delay_us: 0,
+                clock_origin_us: 0,
             })]
         );
     }

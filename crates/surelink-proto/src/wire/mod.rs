@@ -9,7 +9,7 @@ mod frame;
 mod header;
 pub mod varint;
 
-pub use frame::{AckFrame, Frame, FrameIter, MsgFrame, TransportParams};
+pub use frame::{AckFrame, Delivery, Frame, FrameIter, MsgFrame, TransportParams};
 pub use header::{Header, PacketKind, FLAG_KEY_PHASE, FLAG_PLAINTEXT, HEADER_MAX_LEN, VERSION};
 
 /// Why a datagram could not be decoded.

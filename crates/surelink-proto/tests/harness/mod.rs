@@ -83,6 +83,9 @@ pub struct Sim {
     pub s2c: Link<Vec<u8>>,
     /// When set, every datagram either side sends is recorded here (client's first).
     pub capture: Option<Capture>,
+    /// The server's clock runs this many ppm fast (negative: slow): the server
+    /// sees time through `server_now`.
+    pub server_ppm: f64,
     buf: Vec<u8>,
 }
 
@@ -118,29 +121,44 @@ impl Sim {
             c2s: Link::new(c2s, seed.wrapping_mul(3), start).unwrap(),
             s2c: Link::new(s2c, seed.wrapping_mul(5).wrapping_add(1), start).unwrap(),
             capture: None,
+            server_ppm: 0.0,
             buf: Vec::with_capacity(65536),
         }
+    }
+
+    /// The server's view of the true instant `t`.
+    pub fn server_now(&self, t: Instant) -> Instant {
+        self.start + (t - self.start).mul_f64(1.0 + self.server_ppm * 1e-6)
+    }
+
+    /// The true instant at which the server's clock shows `t` (rounded up).
+    fn server_to_true(&self, t: Instant) -> Instant {
+        self.start
+            + t.saturating_duration_since(self.start)
+                .div_f64(1.0 + self.server_ppm * 1e-6)
+            + Duration::from_micros(1)
     }
 
     /// Moves every due datagram and timer at the current instant.
     pub fn pump(&mut self) {
         let now = self.now;
+        let snow = self.server_now(now);
         for _ in 0..10_000 {
             let mut progressed = false;
             while let Some(d) = self.c2s.poll_deliver(now) {
                 progressed = true;
-                match self.server_ep.handle(now, self.client_addr, &d) {
+                match self.server_ep.handle(snow, self.client_addr, &d) {
                     DatagramEvent::New(_, conn) => {
                         if self.server.is_none() {
                             self.server = Some(*conn);
                         }
                         if let Some(s) = self.server.as_mut() {
-                            s.handle_datagram(now, self.client_addr, &d);
+                            s.handle_datagram(snow, self.client_addr, &d);
                         }
                     }
                     DatagramEvent::Known(_) => {
                         if let Some(s) = self.server.as_mut() {
-                            s.handle_datagram(now, self.client_addr, &d);
+                            s.handle_datagram(snow, self.client_addr, &d);
                         }
                     }
                     DatagramEvent::Respond(r) => {
@@ -160,8 +178,8 @@ impl Sim {
                 self.client.handle_timeout(now);
             }
             if let Some(s) = self.server.as_mut() {
-                if s.poll_timeout().is_some_and(|t| t <= now) {
-                    s.handle_timeout(now);
+                if s.poll_timeout().is_some_and(|t| t <= snow) {
+                    s.handle_timeout(snow);
                 }
             }
             while let Some(t) = self.client.poll_transmit(now, &mut self.buf) {
@@ -172,7 +190,7 @@ impl Sim {
                 self.c2s.send(now, t.size, self.buf[..t.size].to_vec());
             }
             if let Some(s) = self.server.as_mut() {
-                while let Some(t) = s.poll_transmit(now, &mut self.buf) {
+                while let Some(t) = s.poll_transmit(snow, &mut self.buf) {
                     progressed = true;
                     if let Some((_, c)) = self.capture.as_mut() {
                         c.push(self.buf[..t.size].to_vec());
@@ -191,7 +209,10 @@ impl Sim {
     pub fn next_wake(&self) -> Option<Instant> {
         [
             self.client.poll_timeout(),
-            self.server.as_ref().and_then(Connection::poll_timeout),
+            self.server
+                .as_ref()
+                .and_then(Connection::poll_timeout)
+                .map(|t| self.server_to_true(t)),
             self.c2s.next_delivery(),
             self.s2c.next_delivery(),
         ]
@@ -271,7 +292,7 @@ impl Sim {
                 let msg = pending
                     .take()
                     .unwrap_or_else(|| message(next_seq, w.max_size));
-                match self.client.send(0, msg.clone()) {
+                match self.client.send(self.now, 0, msg.clone()) {
                     Ok(seq) => {
                         assert_eq!(seq, next_seq);
                         next_seq += 1;
@@ -319,6 +340,97 @@ impl Sim {
         }
         out.stalled = out.client_closed.is_none() || out.server_closed.is_none();
         out.elapsed = self.now - self.start;
+        out.client_stats = Some(self.client.stats());
+        out.server_stats = self.server.as_ref().map(Connection::stats);
+        out
+    }
+}
+
+/// One message delivered in a real-time run.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivered {
+    /// Sequence number.
+    pub seq: u64,
+    /// True send time, µs since the start.
+    pub sent_us: u64,
+    /// True delivery time (when the application took it), µs since the start.
+    pub delivered_us: u64,
+    /// The latency the receiver reported, µs.
+    pub reported_latency_us: u64,
+}
+
+/// Result of a real-time run.
+#[derive(Debug, Default)]
+pub struct RealtimeOutcome {
+    /// Messages as delivered, in order.
+    pub delivered: Vec<Delivered>,
+    /// Sequence numbers reported skipped by `Skipped` events.
+    pub skipped: Vec<u64>,
+    /// Receiver stats at the end.
+    pub server_stats: Option<surelink_proto::ConnectionStats>,
+    /// Sender stats at the end.
+    pub client_stats: Option<surelink_proto::ConnectionStats>,
+}
+
+impl Sim {
+    /// Sends `count` messages of `size` bytes every `interval` on channel 0 with
+    /// `delivery`, then closes; the receiver takes messages as soon as they are
+    /// released. Each message carries its true send time.
+    pub fn run_realtime(
+        &mut self,
+        count: u64,
+        size: usize,
+        interval: Duration,
+        delivery: surelink_proto::wire::Delivery,
+        limit: Duration,
+    ) -> RealtimeOutcome {
+        let mut out = RealtimeOutcome::default();
+        self.client.set_channel_delivery(0, delivery);
+        let deadline = self.start + limit;
+        let mut next = 0u64;
+        let mut next_at = self.start;
+        let mut closing = false;
+        while self.now < deadline {
+            while next < count && self.now >= next_at {
+                let mut m = vec![0u8; size.max(8)];
+                let sent = (self.now - self.start).as_micros() as u64;
+                m[..8].copy_from_slice(&sent.to_be_bytes());
+                self.client.send(self.now, 0, Bytes::from(m)).expect("send");
+                next += 1;
+                next_at += interval;
+            }
+            if next == count && !closing {
+                self.client.close(self.now);
+                closing = true;
+            }
+            let now_us = (self.now - self.start).as_micros() as u64;
+            if let Some(s) = self.server.as_mut() {
+                while let Some(m) = s.recv() {
+                    let mut t = [0u8; 8];
+                    t.copy_from_slice(&m.data[..8]);
+                    out.delivered.push(Delivered {
+                        seq: m.seq,
+                        sent_us: u64::from_be_bytes(t),
+                        delivered_us: now_us,
+                        reported_latency_us: m.latency_us,
+                    });
+                }
+                while let Some(ev) = s.poll_event() {
+                    if let Event::Skipped { from, to, .. } = ev {
+                        out.skipped.extend(from..to);
+                    }
+                }
+            }
+            if self.client.is_drained() && self.server.as_ref().is_some_and(Connection::is_drained)
+            {
+                break;
+            }
+            let app_wake = (next < count).then_some(next_at);
+            let limit = app_wake.map_or(deadline, |t| t.min(deadline));
+            if !self.step(limit) && app_wake.is_none() && self.next_wake().is_none() {
+                break;
+            }
+        }
         out.client_stats = Some(self.client.stats());
         out.server_stats = self.server.as_ref().map(Connection::stats);
         out
