@@ -43,10 +43,22 @@ pub struct Config {
     pub source_handshake_burst: u32,
     /// Refill rate of the per-source handshake budget, per second (default 8).
     pub source_handshake_rate: u32,
-    /// Send a clock-sampling PING (heartbeat) at least this often (default 20 ms:
-    /// enough samples to track the peer's clock to a fraction of a millisecond,
-    /// at about 5 kB/s).
-    pub clock_interval: Duration,
+    /// Heartbeat interval: a path on which nothing else was sent for this long
+    /// gets a PING (default 20 ms). Heartbeats feed the failure detector and
+    /// the clock estimate (each PING/PONG is a four-timestamp exchange); about
+    /// 5 kB/s per path.
+    pub heartbeat_interval: Duration,
+    /// Phi at which a path is declared down (default 8); at half of it the
+    /// path is suspect and backup mode fails over.
+    pub phi_threshold: f64,
+    /// Floor on the standard deviation of inter-arrival times used by the
+    /// failure detector (default 5 ms).
+    pub phi_min_std_dev: Duration,
+    /// A recovered primary path takes the data back after being healthy this
+    /// long (default 1 s).
+    pub failback_delay: Duration,
+    /// How several paths are used (default backup).
+    pub path_mode: crate::conn::PathMode,
     /// Receiver: hold each message until its source time plus this delay, to
     /// smooth jitter (like SRT's TSBPD). `None` delivers as soon as possible.
     pub playout_delay: Option<Duration>,
@@ -73,7 +85,11 @@ impl Default for Config {
             retry_threshold: 64,
             source_handshake_burst: 16,
             source_handshake_rate: 8,
-            clock_interval: Duration::from_millis(20),
+            heartbeat_interval: Duration::from_millis(20),
+            phi_threshold: 8.0,
+            phi_min_std_dev: Duration::from_millis(5),
+            failback_delay: Duration::from_secs(1),
+            path_mode: crate::conn::PathMode::Backup,
             playout_delay: None,
             security: Security::default(),
         }
@@ -92,7 +108,7 @@ pub const MAX_DATAGRAM_SIZE: usize = 65_507;
 pub const MAX_MESSAGE_SIZE: usize = 1 << 30;
 
 /// A setting that makes no sense.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// `max_datagram_size` outside 1200..=65507.
@@ -112,6 +128,9 @@ pub enum ConfigError {
     /// A duration that must be positive is zero.
     #[error("{0} must be greater than zero")]
     ZeroDuration(&'static str),
+    /// The phi threshold is not a positive finite number.
+    #[error("phi threshold {0} must be a positive number")]
+    PhiThreshold(f64),
     /// A count that must be positive is zero.
     #[error("{0} must be greater than zero")]
     ZeroCount(&'static str),
@@ -139,11 +158,15 @@ impl Config {
             (self.initial_rtt, "initial rtt"),
             (self.max_pto, "max pto"),
             (self.handshake_timeout, "handshake timeout"),
-            (self.clock_interval, "clock interval"),
+            (self.heartbeat_interval, "heartbeat interval"),
+            (self.phi_min_std_dev, "phi minimum standard deviation"),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
             }
+        }
+        if !(self.phi_threshold.is_finite() && self.phi_threshold > 0.0) {
+            return Err(ConfigError::PhiThreshold(self.phi_threshold));
         }
         for (n, name) in [
             (u64::from(self.ack_frequency), "ack frequency"),

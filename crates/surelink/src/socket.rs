@@ -16,7 +16,10 @@ pub(crate) fn bind_udp(addr: SocketAddr, buffer_size: usize) -> io::Result<std::
 }
 
 /// Raises the kernel buffers of an existing socket and makes it non-blocking.
-pub(crate) fn prepare_std(socket: std::net::UdpSocket, buffer_size: usize) -> io::Result<std::net::UdpSocket> {
+pub(crate) fn prepare_std(
+    socket: std::net::UdpSocket,
+    buffer_size: usize,
+) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::from(socket);
     configure(&socket, buffer_size);
     socket.set_nonblocking(true)?;

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use surelink_proto::{ConnectionError, ConnectionHandle, Event};
 use tokio::sync::Notify;
 
+use crate::handshake_event::HandshakeLog;
 use crate::EndpointConfig;
 
 /// State shared by an endpoint's driver and its handles.
@@ -96,6 +97,12 @@ pub(crate) struct State {
     pub(crate) accepting: bool,
     /// False once the driver task has stopped.
     pub(crate) driver_running: bool,
+    /// Outcomes of incoming connection attempts, for `Endpoint::next_handshake_event`.
+    pub(crate) handshakes: HandshakeLog,
+    /// Incoming connections that ended before their handshake completed.
+    pub(crate) handshakes_failed: u64,
+    /// Most connections held at once (live or draining).
+    pub(crate) peak_connections: usize,
 }
 
 impl State {
@@ -107,6 +114,9 @@ impl State {
             open: true,
             accepting,
             driver_running: true,
+            handshakes: HandshakeLog::default(),
+            handshakes_failed: 0,
+            peak_connections: 0,
         }
     }
 }
@@ -138,6 +148,8 @@ pub(crate) struct ConnState {
     pub(crate) closed: Option<Option<ConnectionError>>,
     /// The core endpoint has forgotten it (it was drained).
     pub(crate) forgotten: bool,
+    /// (Server side) its handshake outcome was recorded in the handshake log.
+    pub(crate) outcome_recorded: bool,
     snapshot: Snapshot,
 }
 
@@ -151,6 +163,7 @@ impl ConnState {
             connected: false,
             closed: None,
             forgotten: false,
+            outcome_recorded: false,
             snapshot: Snapshot::default(),
         }
     }

@@ -1,6 +1,14 @@
 //! Small helpers shared by the runtime's modules.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The wall clock in µs since the Unix epoch: the clock connections timestamp
+/// with, so that peers' clock estimates relate real times.
+pub(crate) fn wall_clock_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
 
 /// Formats a duration the way people write it: `300ms`, `10s`, `1.5s`, `250us`.
 pub(crate) fn display_duration(d: Duration) -> String {

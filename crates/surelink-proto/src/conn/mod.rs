@@ -22,6 +22,8 @@
 mod congestion;
 mod handshake;
 mod pacer;
+mod path;
+mod phi;
 mod protection;
 mod reassembly;
 mod received;
@@ -38,6 +40,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 
+pub use path::{PathAddr, PathId, PathState, PathStats};
 pub use reassembly::{Message, ReassemblyError, SkippedRange, MAX_CHANNELS};
 pub use stats::ConnectionStats;
 
@@ -48,15 +51,13 @@ use crate::wire::{
     Delivery, Frame, FrameIter, Header, MsgFrame, PacketKind, Reader, TransportParams,
     FLAG_PLAINTEXT, HEADER_MAX_LEN,
 };
-use congestion::NewReno;
 use handshake::{Handshake, HandshakeFailure};
-use pacer::Pacer;
+use path::Path;
 use protection::{OpenError, Protection};
 use reassembly::{FragmentOutcome, Reassembly};
 use received::ReceivedPackets;
-use rtt::RttEstimator;
 use send_queue::SendQueue;
-use sent::{SentFrame, SentPacket, SentPackets};
+use sent::{SentFrame, SentPacket};
 
 /// CLOSE codes (see docs/PROTOCOL.md).
 pub mod close_code {
@@ -114,6 +115,17 @@ pub enum ConnectionError {
     /// The application aborted the connection.
     #[error("connection aborted locally")]
     LocallyAborted,
+    /// The peer closed gracefully before everything we sent was acknowledged.
+    #[error(
+        "the peer closed the connection with {unacknowledged_bytes} bytes of ours unacknowledged"
+    )]
+    PeerClosedEarly {
+        /// Payload bytes we had queued that the peer did not acknowledge.
+        unacknowledged_bytes: u64,
+    },
+    /// Every path failed and none came back within the idle timeout.
+    #[error("connection lost: every path is down")]
+    ConnectionLost,
     /// The handshake failed (corrupt message, pre-shared key mismatch, …).
     #[error("handshake failed: {0}")]
     HandshakeFailed(String),
@@ -184,6 +196,36 @@ pub enum Event {
     },
     /// The peer's clock jumped; the clock estimate restarted.
     ClockStep,
+    /// A path was validated and can carry data.
+    PathUp(PathId),
+    /// A path went quiet beyond its usual pattern (phi above half the threshold).
+    PathSuspect(PathId),
+    /// A path was declared failed (phi above the threshold).
+    PathDown(PathId),
+    /// A failed path was heard from and re-validated.
+    PathRecovered(PathId),
+    /// Data moved from one path to another.
+    FailedOver {
+        /// The path given up.
+        from: PathId,
+        /// The path now carrying the data.
+        to: PathId,
+    },
+    /// Every path is down; the connection keeps probing until the idle timeout.
+    ConnectionLost,
+}
+
+/// How a connection with several paths uses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathMode {
+    /// All data on the best path; switch to a standby on failure, fail back
+    /// with hysteresis.
+    #[default]
+    Backup,
+    /// Every packet on every live path; the receiver drops duplicates.
+    Broadcast,
+    /// Stripe packets over the live paths by congestion window and RTT.
+    Balance,
 }
 
 /// A datagram ready to be sent: the bytes are in the caller's buffer.
@@ -191,6 +233,8 @@ pub enum Event {
 pub struct Transmit {
     /// Where to send it.
     pub destination: SocketAddr,
+    /// From which of the caller's local sockets (0 for single-socket use).
+    pub local: u16,
     /// How many bytes of the buffer to send.
     pub size: usize,
 }
@@ -215,9 +259,6 @@ struct Pending {
     reject: Option<(u64, String)>,
     max_data: bool,
     close: Option<(u64, String)>,
-    pong: Option<(u64, u64)>,
-    ping: bool,
-    probes: u8,
 }
 
 /// One connection's protocol state.
@@ -228,14 +269,17 @@ pub struct Connection {
     state: State,
     local_cid: u64,
     peer_cid: u64,
-    remote: SocketAddr,
+    paths: Vec<Path>,
+    /// The path carrying data (backup mode) and ACKs.
+    active: usize,
+    mode: PathMode,
+    /// Broadcast: copies of a packet's frames still to send on other paths.
+    copies: VecDeque<(usize, Vec<SentFrame>)>,
+    /// A small deterministic generator for probe jitter.
+    jitter_state: u64,
     epoch: Instant,
     next_pn: u64,
-    sent: SentPackets,
     received: ReceivedPackets,
-    rtt: RttEstimator,
-    cc: NewReno,
-    pacer: Pacer,
     send_queue: SendQueue,
     reassembly: Reassembly,
     peer_params: Option<TransportParams>,
@@ -253,11 +297,7 @@ pub struct Connection {
     amp_sent: u64,
     close_requested: bool,
     pending: Pending,
-    loss_time: Option<Instant>,
-    pto_count: u32,
     last_received: Instant,
-    last_eliciting_sent: Instant,
-    pacing_until: Option<Instant>,
     drain_until: Option<Instant>,
     events: VecDeque<Event>,
     stats: ConnectionStats,
@@ -267,13 +307,18 @@ pub struct Connection {
     clock: ClockEstimator,
     /// Offset (peer − ours, µs) assumed before the first clock sample.
     provisional_offset_us: Option<f64>,
-    last_clock_ping: Option<Instant>,
     /// Server: our clock when the client's first message arrived.
     first_initial_us: Option<u64>,
     /// A graceful close is reported once the playout queue is empty.
     close_event_pending: bool,
     /// Handshake messages sent (an RTT sample is taken only from an unrepeated one).
     handshake_sends: u32,
+    /// Every path is down (reported once).
+    connection_lost: bool,
+    /// `Event::Closed` was emitted (it is emitted exactly once).
+    close_reported: bool,
+    /// Broadcast: the frames of the last data packet, to copy to other paths.
+    last_frames: Option<Vec<SentFrame>>,
     channel_delivery: std::collections::HashMap<u64, Delivery>,
     latency: Histogram<u64>,
 }
@@ -290,7 +335,6 @@ impl Connection {
         identity: Option<&Identity>,
         seed: [u8; 32],
     ) -> Self {
-        let mtu = config.max_datagram_size as u64;
         let handshake = Handshake::new(&config.security, identity, side == Side::Client, seed);
         let failure = handshake.as_ref().err().cloned();
         let handshake = handshake.unwrap_or_else(|_| {
@@ -313,9 +357,16 @@ impl Connection {
             validated: side == Side::Client,
             amp_received: 0,
             amp_sent: 0,
-            rtt: RttEstimator::new(config.initial_rtt),
-            cc: NewReno::new(mtu, config.initial_window_packets),
-            pacer: Pacer::new(now, mtu),
+            paths: vec![Path::new(
+                PathAddr { local: 0, remote },
+                PathState::Active,
+                now,
+                &config,
+            )],
+            active: 0,
+            mode: config.path_mode,
+            copies: VecDeque::new(),
+            jitter_state: u64::from_le_bytes(seed[..8].try_into().unwrap_or([1; 8])) | 1,
             reassembly: Reassembly::new(
                 config.receive_window,
                 config.max_message_size as u64,
@@ -324,10 +375,12 @@ impl Connection {
             wall_origin_us: 0,
             clock: ClockEstimator::new(),
             provisional_offset_us: None,
-            last_clock_ping: None,
             close_event_pending: false,
             first_initial_us: None,
             handshake_sends: 0,
+            connection_lost: false,
+            close_reported: false,
+            last_frames: None,
             channel_delivery: std::collections::HashMap::new(),
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
             max_data_sent: config.receive_window,
@@ -336,10 +389,8 @@ impl Connection {
             state: State::Handshaking,
             local_cid,
             peer_cid,
-            remote,
             epoch: now,
             next_pn: 0,
-            sent: SentPackets::default(),
             received: ReceivedPackets::default(),
             send_queue: SendQueue::default(),
             peer_params: None,
@@ -347,11 +398,7 @@ impl Connection {
             handshake_confirmed: false,
             close_requested: false,
             pending: Pending::default(),
-            loss_time: None,
-            pto_count: 0,
             last_received: now,
-            last_eliciting_sent: now,
-            pacing_until: None,
             drain_until: None,
             events: VecDeque::new(),
             stats: ConnectionStats::default(),
@@ -437,9 +484,58 @@ impl Connection {
         self.side
     }
 
-    /// The peer's address.
+    /// The peer's address on the active path.
     pub fn remote(&self) -> SocketAddr {
-        self.remote
+        self.paths[self.active].addr.remote
+    }
+
+    fn ap(&self) -> &Path {
+        &self.paths[self.active]
+    }
+
+    /// Adds a path (client side): `local` names the caller's socket, `remote`
+    /// the peer address to reach through it. It is validated before use.
+    pub fn add_path(&mut self, now: Instant, addr: PathAddr) -> PathId {
+        if let Some(i) = self.paths.iter().position(|p| p.addr == addr) {
+            return PathId(i);
+        }
+        let mut p = Path::new(addr, PathState::Probing, now, &self.config);
+        // We chose this address ourselves: no amplification concern.
+        p.ever_validated = true;
+        self.paths.push(p);
+        let id = self.paths.len() - 1;
+        self.start_challenge(now, id);
+        PathId(id)
+    }
+
+    /// Stops using a path (its in-flight data is re-sent elsewhere).
+    pub fn remove_path(&mut self, now: Instant, id: PathId) {
+        if id.0 >= self.paths.len() || self.paths.len() == 1 {
+            return;
+        }
+        let lost = self.paths[id.0].sent.drain();
+        self.on_packets_lost(now, id.0, lost, false);
+        self.paths[id.0].state = PathState::Down;
+        self.paths[id.0].role = PathState::Down;
+        if self.active == id.0 {
+            if let Some(to) = self.best_standby() {
+                self.switch_active(now, to, false);
+            }
+        }
+    }
+
+    /// Sets how several paths are used.
+    pub fn set_path_mode(&mut self, mode: PathMode) {
+        self.mode = mode;
+    }
+
+    /// Per-path snapshots.
+    pub fn path_stats(&self, now: Instant) -> Vec<PathStats> {
+        self.paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p.stats(PathId(i), now))
+            .collect()
     }
 
     /// The connection id the peer puts in packets to us.
@@ -508,7 +604,7 @@ impl Connection {
     /// as it started; server: the client started as it sent its first message).
     fn provisional_offset(&mut self, peer_origin_us: u64, local_us: u64) {
         if self.clock.estimate(local_us).is_none() {
-            let one_way = self.rtt.smoothed().as_micros() as f64 / 2.0;
+            let one_way = self.ap().rtt.smoothed().as_micros() as f64 / 2.0;
             self.provisional_offset_us = Some(peer_origin_us as f64 - (local_us as f64 - one_way));
         }
     }
@@ -650,13 +746,14 @@ impl Connection {
     /// Current counters.
     pub fn stats(&self) -> ConnectionStats {
         ConnectionStats {
-            rtt: self.rtt.smoothed(),
-            rtt_var: self.rtt.var(),
-            latest_rtt: self.rtt.latest(),
-            min_rtt: self.rtt.min(),
-            cwnd: self.cc.window(),
-            ssthresh: self.cc.ssthresh(),
-            bytes_in_flight: self.sent.bytes_in_flight(),
+            rtt: self.ap().rtt.smoothed(),
+            rtt_var: self.ap().rtt.var(),
+            latest_rtt: self.ap().rtt.latest(),
+            min_rtt: self.ap().rtt.min(),
+            cwnd: self.ap().cc.window(),
+            ssthresh: self.ap().cc.ssthresh(),
+            bytes_in_flight: self.paths.iter().map(|p| p.sent.bytes_in_flight()).sum(),
+            paths: self.path_stats(self.last_received),
             retransmissions: self.send_queue.retransmitted(),
             payload_bytes_retransmitted: self.send_queue.retransmitted_bytes(),
             messages_acked: self.send_queue.messages_acked(),
@@ -685,7 +782,7 @@ impl Connection {
     }
 
     fn drain_period(&self) -> Duration {
-        (self.rtt.pto_base() * 3).min(self.config.idle_timeout)
+        (self.ap().rtt.pto_base() * 3).min(self.config.idle_timeout)
     }
 
     fn close_with_error(&mut self, now: Instant, code: u64, reason: &str, err: ConnectionError) {
@@ -712,12 +809,8 @@ impl Connection {
 
     /// Emits the Closed event once.
     fn finish(&mut self, error: Option<ConnectionError>) {
-        if self.error.is_none()
-            && !self
-                .events
-                .iter()
-                .any(|e| matches!(e, Event::Closed { .. }))
-        {
+        if !self.close_reported {
+            self.close_reported = true;
             self.error.clone_from(&error);
             self.events.push_back(Event::Closed { error });
         }
@@ -742,6 +835,12 @@ impl Connection {
     /// Handles one datagram from `remote`. Malformed, forged or unexpected
     /// datagrams are dropped and counted; they never panic and never corrupt state.
     pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, datagram: &[u8]) {
+        self.handle_datagram_on(now, PathAddr { local: 0, remote }, datagram);
+    }
+
+    /// Like `handle_datagram`, for a datagram that arrived on the caller's
+    /// local socket `addr.local` from `addr.remote` (several paths).
+    pub fn handle_datagram_on(&mut self, now: Instant, addr: PathAddr, datagram: &[u8]) {
         if self.state == State::Closed {
             return;
         }
@@ -759,11 +858,17 @@ impl Connection {
             (_, PacketKind::Handshake | PacketKind::Reject | PacketKind::Data) => ours,
             _ => false,
         };
-        if !routed || remote != self.remote || payload.is_empty() {
+        let path = self.paths.iter().position(|p| p.addr == addr);
+        if !routed || payload.is_empty() {
             self.stats.malformed_packets += 1;
             return;
         }
         if header.kind != PacketKind::Data {
+            // The handshake runs on the first path only.
+            if path != Some(0) {
+                self.stats.malformed_packets += 1;
+                return;
+            }
             self.on_handshake_packet(now, &header, payload, datagram.len());
             return;
         }
@@ -772,7 +877,11 @@ impl Connection {
             .protection
             .open(&header, &datagram[..header_len], payload, &mut scratch)
         {
-            Ok(plain) => self.on_data_packet(now, &header, plain, datagram.len()),
+            Ok(plain) => {
+                // Authenticated: a packet from a new address opens a path.
+                let path = path.unwrap_or_else(|| self.open_path(now, addr));
+                self.on_data_packet(now, path, &header, plain, datagram.len())
+            }
             Err(OpenError::Authentication) => self.stats.auth_failures += 1,
             Err(OpenError::Replay) => self.stats.duplicate_packets += 1,
             Err(OpenError::Mode) => self.stats.malformed_packets += 1,
@@ -863,7 +972,7 @@ impl Connection {
                 let Some(m) = message else { return };
                 if self.state != State::Handshaking {
                     // The client repeats its last message until it hears from us.
-                    self.pending.ping = true;
+                    self.paths[0].ping = true;
                     return;
                 }
                 if self.handshake_out.is_none() {
@@ -881,7 +990,7 @@ impl Connection {
                         self.handshake_confirmed = true;
                         self.handshake_out = None;
                         self.pending.handshake = false;
-                        self.pending.ping = true;
+                        self.paths[0].ping = true;
                         self.state = State::Established;
                         self.events.push_back(Event::Connected);
                     }
@@ -898,6 +1007,7 @@ impl Connection {
                     Ok((cid, params)) => {
                         self.handshake_rtt_sample(now);
                         self.handshake_sends = 0;
+                        self.paths[0].pto_count = 0;
                         let local = self.clock_us(now);
                         self.provisional_offset(params.clock_origin_us, local);
                         self.peer_cid = cid;
@@ -911,8 +1021,7 @@ impl Connection {
                         self.install_keys(now);
                         self.handshake_out = Some(last);
                         self.pending.handshake = true;
-                        self.pending.ping = true;
-                        self.pto_count = 0;
+                        self.paths[0].ping = true;
                         self.state = State::Established;
                         self.events.push_back(Event::Connected);
                     }
@@ -926,7 +1035,8 @@ impl Connection {
     /// The answer to our only handshake message measures the round trip.
     fn handshake_rtt_sample(&mut self, now: Instant) {
         if let (1, Some(sent)) = (self.handshake_sends, self.last_handshake_sent) {
-            self.rtt
+            self.paths[0]
+                .rtt
                 .update(now.saturating_duration_since(sent), Duration::ZERO);
         }
     }
@@ -951,14 +1061,18 @@ impl Connection {
             reject: Some((f.code, f.reason)),
             ..Pending::default()
         };
-        self.error = Some(f.error.clone());
-        self.events.push_back(Event::Closed {
-            error: Some(f.error),
-        });
+        self.finish(Some(f.error));
         self.state = State::Draining;
     }
 
-    fn on_data_packet(&mut self, now: Instant, header: &Header, payload: &[u8], size: usize) {
+    fn on_data_packet(
+        &mut self,
+        now: Instant,
+        path: usize,
+        header: &Header,
+        payload: &[u8],
+        size: usize,
+    ) {
         // Validate every frame before acting on any.
         let mut ack_eliciting = false;
         for f in FrameIter::new(payload) {
@@ -990,6 +1104,7 @@ impl Connection {
         self.stats.packets_received += 1;
         self.stats.bytes_received += size as u64;
         self.last_received = now;
+        self.on_path_heard(now, path, size);
         if !self.handshake_confirmed && self.state != State::Handshaking {
             // An authenticated packet from the server: it has our last message.
             self.handshake_confirmed = true;
@@ -1007,26 +1122,36 @@ impl Connection {
             self.stats.duplicate_packets += 1;
             return;
         }
+        let mut carries_data = false;
         for f in FrameIter::new(payload).flatten() {
-            self.handle_frame(now, f);
+            carries_data |= matches!(f, Frame::Msg(_));
+            self.handle_frame(now, path, f);
             if self.state == State::Closed {
                 return;
             }
+        }
+        if carries_data
+            && path != self.active
+            && self.paths[path].state.is_usable()
+            && self.mode == PathMode::Backup
+        {
+            // The peer moved its data to this path: follow it with our ACKs.
+            self.switch_active(now, path, false);
         }
         self.poll_delivery(now);
         self.maybe_send_close(now);
     }
 
-    fn handle_frame(&mut self, now: Instant, frame: Frame<'_>) {
+    fn handle_frame(&mut self, now: Instant, path: usize, frame: Frame<'_>) {
         match frame {
             Frame::Ping { timestamp_us } => {
                 let local = self.clock_us(now);
-                self.pending.pong = Some((timestamp_us, local));
+                self.paths[path].pong = Some((timestamp_us, local));
                 if self.clock.estimate(local).is_none() {
                     // Until our own exchanges complete, the peer's PING (stamped
                     // as it left) gives a provisional offset: assume it took half
                     // the smallest round trip.
-                    let one_way = self.rtt.min().as_micros() as f64 / 2.0;
+                    let one_way = self.paths[path].rtt.min().as_micros() as f64 / 2.0;
                     self.provisional_offset_us =
                         Some(timestamp_us as f64 - (local as f64 - one_way));
                 }
@@ -1050,10 +1175,12 @@ impl Connection {
                 let now_us = self.clock_us(now);
                 self.reassembly.on_skip(channel, up_to, now_us);
             }
-            Frame::Ack(ack) => self.on_ack_frame(now, &ack),
+            Frame::Ack(ack) => self.on_ack_frame(now, path, &ack),
             Frame::Msg(m) => self.on_msg(now, &m),
             Frame::Close { code, reason } => self.on_close_frame(now, code, reason),
             Frame::MaxData { max } => self.peer_max_data = self.peer_max_data.max(max),
+            Frame::PathChallenge(data) => self.paths[path].response = Some(data),
+            Frame::PathResponse(data) => self.on_path_response(now, data),
             // Validated away by the caller, or without effect.
             _ => {}
         }
@@ -1088,17 +1215,27 @@ impl Connection {
                 self.enter_draining(now, None);
             }
             _ => {
-                let error = (code != close_code::NO_ERROR).then(|| ConnectionError::PeerClosed {
-                    code,
-                    reason: reason.to_owned(),
-                });
+                let pending = self.send_queue.buffered();
+                let error = if code != close_code::NO_ERROR {
+                    Some(ConnectionError::PeerClosed {
+                        code,
+                        reason: reason.to_owned(),
+                    })
+                } else if !self.send_queue.is_empty() {
+                    // The peer is done, but what we queued was not all delivered.
+                    Some(ConnectionError::PeerClosedEarly {
+                        unacknowledged_bytes: pending,
+                    })
+                } else {
+                    None
+                };
                 self.send_queue.clear();
                 self.enter_draining(now, error);
             }
         }
     }
 
-    fn on_ack_frame(&mut self, now: Instant, ack: &crate::wire::AckFrame) {
+    fn on_ack_frame(&mut self, now: Instant, path: usize, ack: &crate::wire::AckFrame) {
         if ack.largest() >= self.next_pn {
             self.protocol_violation(
                 now,
@@ -1107,22 +1244,37 @@ impl Connection {
             );
             return;
         }
-        let in_flight_before = self.sent.bytes_in_flight();
-        let outcome = self.sent.on_ack(now, &ack.ranges);
-        if let Some(sample) = outcome.rtt_sample {
-            let delay = Duration::from_micros(ack.delay_us).min(self.peer_max_ack_delay());
-            self.rtt.update(sample, delay);
-        }
-        let app_limited = in_flight_before + self.config.max_datagram_size as u64
-            <= self.cc.window() / 2
-            && !self.send_queue.has_sendable(self.peer_max_data);
-        let mut any_eliciting = false;
-        for (_, p) in outcome.acked {
-            if p.ack_eliciting {
-                any_eliciting = true;
-                self.cc.on_ack(p.time, p.size, app_limited);
+        let ack_delay = Duration::from_micros(ack.delay_us).min(self.peer_max_ack_delay());
+        let sendable = self.send_queue.has_sendable(self.peer_max_data);
+        let mtu = self.config.max_datagram_size as u64;
+        // One packet-number space, loss judged per path: each path takes the
+        // acknowledgements of its own packets.
+        for i in 0..self.paths.len() {
+            let p = &mut self.paths[i];
+            let in_flight_before = p.sent.bytes_in_flight();
+            let outcome = p.sent.on_ack(now, &ack.ranges);
+            if outcome.acked.is_empty() {
+                continue;
             }
-            for f in p.frames {
+            if let Some(sample) = outcome.rtt_sample {
+                // The ACK's own delay applies to the path it came back on.
+                let delay = if i == path { ack_delay } else { Duration::ZERO };
+                p.rtt.update(sample, delay);
+            }
+            let app_limited = in_flight_before + mtu <= p.cc.window() / 2 && !sendable;
+            let mut any_eliciting = false;
+            let mut frames = Vec::new();
+            for (_, pkt) in outcome.acked {
+                if pkt.ack_eliciting {
+                    any_eliciting = true;
+                    p.cc.on_ack(pkt.time, pkt.size, app_limited);
+                }
+                frames.extend(pkt.frames);
+            }
+            if any_eliciting {
+                p.pto_count = 0;
+            }
+            for f in frames {
                 match f {
                     SentFrame::Msg(frag) => self.send_queue.on_acked(&frag),
                     SentFrame::Skip { .. } => self.send_queue.on_skip_acked(),
@@ -1133,24 +1285,31 @@ impl Connection {
                     _ => {}
                 }
             }
+            self.detect_lost(now, i);
         }
-        if any_eliciting {
-            self.pto_count = 0;
-        }
-        self.detect_lost(now);
         self.maybe_send_close(now);
     }
 
-    fn detect_lost(&mut self, now: Instant) {
-        let (lost, next) = self.sent.detect_lost(now, self.rtt.loss_delay());
-        self.loss_time = next;
-        self.on_packets_lost(now, lost);
+    fn detect_lost(&mut self, now: Instant, path: usize) {
+        let p = &mut self.paths[path];
+        let (lost, next) = p.sent.detect_lost(now, p.rtt.loss_delay());
+        p.loss_time = next;
+        self.on_packets_lost(now, path, lost, true);
     }
 
-    fn on_packets_lost(&mut self, now: Instant, lost: Vec<(u64, SentPacket)>) {
+    /// Re-queues what lost packets carried; `congestion` says the loss is a
+    /// congestion signal for the path (not so when a path is abandoned).
+    fn on_packets_lost(
+        &mut self,
+        now: Instant,
+        path: usize,
+        lost: Vec<(u64, SentPacket)>,
+        congestion: bool,
+    ) {
         let mut newest_lost_eliciting = None;
         for (_, p) in lost {
             self.stats.packets_lost += 1;
+            self.paths[path].packets_lost += 1;
             if p.ack_eliciting {
                 newest_lost_eliciting = Some(p.time);
             }
@@ -1168,28 +1327,272 @@ impl Connection {
                 }
             }
         }
-        if let Some(newest) = newest_lost_eliciting {
-            self.cc.on_congestion_event(now, newest);
+        if let (Some(newest), true) = (newest_lost_eliciting, congestion) {
+            self.paths[path].cc.on_congestion_event(now, newest);
         }
+    }
+
+    // ----- paths -------------------------------------------------------------------
+
+    /// An authenticated packet arrived from an unknown address: a new path
+    /// (the peer added one, or its address changed). Validate it before use.
+    fn open_path(&mut self, now: Instant, addr: PathAddr) -> usize {
+        let p = Path::new(addr, PathState::Probing, now, &self.config);
+        self.paths.push(p);
+        let id = self.paths.len() - 1;
+        self.start_challenge(now, id);
+        id
+    }
+
+    fn next_jitter(&mut self) -> u64 {
+        // xorshift64: deterministic per connection.
+        let mut x = self.jitter_state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.jitter_state = x;
+        x
+    }
+
+    fn start_challenge(&mut self, now: Instant, path: usize) {
+        let data = self.next_jitter();
+        self.paths[path].challenge = Some((data, now, None, 0));
+    }
+
+    fn on_path_response(&mut self, now: Instant, data: u64) {
+        let Some(i) = self
+            .paths
+            .iter()
+            .position(|p| p.challenge.is_some_and(|(d, ..)| d == data))
+        else {
+            return;
+        };
+        let recovered = self.paths[i].state == PathState::Recovering;
+        let p = &mut self.paths[i];
+        p.challenge = None;
+        p.down_backoff = 0;
+        p.ever_validated = true;
+        p.state = if p.role == PathState::Active {
+            PathState::Active
+        } else {
+            PathState::Standby
+        };
+        p.healthy_since = Some(now);
+        p.phi.reset(now);
+        let event = if recovered {
+            Event::PathRecovered(PathId(i))
+        } else {
+            Event::PathUp(PathId(i))
+        };
+        self.events.push_back(event);
+        if !self.ap().state.is_usable() {
+            self.switch_active(now, i, false);
+        }
+    }
+
+    /// A packet arrived on `path`: liveness, and recovery of a failed path.
+    fn on_path_heard(&mut self, now: Instant, path: usize, size: usize) {
+        let p = &mut self.paths[path];
+        p.packets_received += 1;
+        p.bytes_received += size as u64;
+        if !p.is_validated() {
+            p.unvalidated_received += size as u64;
+        }
+        p.last_heard = Some(now);
+        p.phi.heartbeat(now);
+        match p.state {
+            PathState::Suspect => {
+                p.state = p.role;
+                p.healthy_since = Some(now);
+            }
+            PathState::Down => {
+                p.state = PathState::Recovering;
+                self.start_challenge(now, path);
+            }
+            _ => {}
+        }
+    }
+
+    fn best_standby(&self) -> Option<usize> {
+        self.paths
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| *i != self.active && p.state.is_usable())
+            .min_by_key(|(i, p)| (p.rtt.smoothed(), *i))
+            .map(|(i, _)| i)
+    }
+
+    /// Moves data to path `to`. With `abandon`, the packets in flight on the
+    /// old path are declared lost at once and re-sent (paced) on the new one.
+    fn switch_active(&mut self, now: Instant, to: usize, abandon: bool) {
+        let from = self.active;
+        if from == to {
+            return;
+        }
+        self.active = to;
+        self.paths[to].state = PathState::Active;
+        self.paths[to].role = PathState::Active;
+        if self.paths[from].role == PathState::Active {
+            self.paths[from].role = PathState::Standby;
+        }
+        if self.paths[from].state == PathState::Active {
+            self.paths[from].state = PathState::Standby;
+        }
+        if abandon {
+            let lost = self.paths[from].sent.drain();
+            self.paths[from].loss_time = None;
+            self.on_packets_lost(now, from, lost, false);
+        }
+        self.events.push_back(Event::FailedOver {
+            from: PathId(from),
+            to: PathId(to),
+        });
+    }
+
+    /// The client in backup mode returns to its primary (first) path.
+    fn failback_possible(&self) -> bool {
+        self.active != 0 && self.mode == PathMode::Backup && self.side == Side::Client
+    }
+
+    fn suspect_threshold(&self) -> f64 {
+        self.config.phi_threshold / 2.0
+    }
+
+    /// Applies the failure detector to every path and fails over or back.
+    fn check_paths(&mut self, now: Instant) {
+        if self.state != State::Established && self.state != State::CloseSent {
+            return;
+        }
+        let (suspect, down) = (self.suspect_threshold(), self.config.phi_threshold);
+        for i in 0..self.paths.len() {
+            let p = &mut self.paths[i];
+            if p.last_heard.is_none() {
+                continue;
+            }
+            let phi = p.phi.phi(now);
+            match p.state {
+                PathState::Active | PathState::Standby if phi >= down => {
+                    p.state = PathState::Down;
+                    p.healthy_since = None;
+                    self.events.push_back(Event::PathDown(PathId(i)));
+                }
+                PathState::Active | PathState::Standby if phi >= suspect => {
+                    p.state = PathState::Suspect;
+                    p.healthy_since = None;
+                    self.events.push_back(Event::PathSuspect(PathId(i)));
+                }
+                PathState::Suspect if phi >= down => {
+                    p.state = PathState::Down;
+                    self.events.push_back(Event::PathDown(PathId(i)));
+                }
+                _ => {}
+            }
+        }
+        let all_down = self.paths.iter().all(|p| p.state == PathState::Down);
+        if all_down && !self.connection_lost {
+            self.connection_lost = true;
+            self.events.push_back(Event::ConnectionLost);
+        } else if !all_down {
+            self.connection_lost = false;
+        }
+        // Fail over from a suspect or failed active path.
+        if !self.ap().state.is_usable() {
+            if let Some(to) = self.best_standby() {
+                self.switch_active(now, to, true);
+            }
+        }
+        // Fail back to the primary once it has been healthy for a while.
+        let primary = &self.paths[0];
+        if self.failback_possible()
+            && primary.state.is_usable()
+            && primary
+                .healthy_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= self.config.failback_delay)
+        {
+            self.switch_active(now, 0, false);
+        }
+    }
+
+    /// When the failure detector must next look at the paths.
+    fn path_check_deadline(&self) -> Option<Instant> {
+        if self.state != State::Established && self.state != State::CloseSent {
+            return None;
+        }
+        let mut t = None::<Instant>;
+        let mut consider = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        for p in &self.paths {
+            if p.last_heard.is_none() {
+                continue;
+            }
+            match p.state {
+                PathState::Active | PathState::Standby => {
+                    consider(p.phi.crossing(self.suspect_threshold()))
+                }
+                PathState::Suspect => consider(p.phi.crossing(self.config.phi_threshold)),
+                _ => {}
+            }
+        }
+        let primary = &self.paths[0];
+        if self.failback_possible() && primary.state.is_usable() {
+            consider(
+                primary
+                    .healthy_since
+                    .map(|h| h + self.config.failback_delay),
+            );
+        }
+        t
+    }
+
+    /// When a heartbeat (or a challenge, or a down-path probe) is due on `path`.
+    fn heartbeat_deadline(&self, path: usize) -> Option<Instant> {
+        let p = &self.paths[path];
+        if self.state != State::Established && self.state != State::CloseSent {
+            return None;
+        }
+        if let Some((_, first, last, tries)) = p.challenge {
+            if !p.may_probe() {
+                return None;
+            }
+            return Some(match last {
+                None => first,
+                Some(l) => l + self.config.heartbeat_interval * (1 << tries.min(6)),
+            });
+        }
+        if p.ping {
+            return None;
+        }
+        let interval = match p.state {
+            PathState::Down => {
+                self.config.heartbeat_interval * (1 << p.down_backoff.min(10))
+                    + Duration::from_micros(p.down_backoff as u64 * 997 % 5000)
+            }
+            PathState::Probing | PathState::Recovering => return None,
+            _ => self.config.heartbeat_interval,
+        }
+        .min(self.config.max_pto.max(self.config.heartbeat_interval));
+        Some(p.last_ping.unwrap_or(p.last_eliciting_sent) + interval)
     }
 
     // ----- timers ----------------------------------------------------------------
 
-    fn pto_duration(&self) -> Duration {
-        let base = self.rtt.pto_base() + self.peer_max_ack_delay();
-        let backed_off = base.saturating_mul(1u32 << self.pto_count.min(16));
+    fn pto_duration(&self, path: usize) -> Duration {
+        let p = &self.paths[path];
+        let base = p.rtt.pto_base() + self.peer_max_ack_delay();
+        let backed_off = base.saturating_mul(1u32 << p.pto_count.min(16));
         backed_off.min(self.config.max_pto.max(base))
     }
 
-    fn pto_deadline(&self) -> Option<Instant> {
-        if self.loss_time.is_some() || self.is_closed() {
+    fn pto_deadline(&self, path: usize) -> Option<Instant> {
+        let p = &self.paths[path];
+        if p.loss_time.is_some() || self.is_closed() || !p.sent.has_eliciting_in_flight() {
             return None;
         }
-        if !self.sent.has_eliciting_in_flight() {
-            return None;
-        }
-        let last = self.sent.last_eliciting_sent().unwrap_or(self.epoch);
-        Some(last + self.pto_duration())
+        let last = p.sent.last_eliciting_sent().unwrap_or(self.epoch);
+        Some(last + self.pto_duration(path))
     }
 
     /// Client: when to repeat the pending handshake message.
@@ -1197,12 +1600,13 @@ impl Connection {
         if self.side != Side::Client || self.is_closed() || self.handshake_out.is_none() {
             return None;
         }
-        Some(self.last_handshake_sent? + self.pto_duration())
+        Some(self.last_handshake_sent? + self.pto_duration(0))
     }
 
     fn keepalive_deadline(&self) -> Option<Instant> {
-        (self.state == State::Established && !self.sent.has_eliciting_in_flight())
-            .then(|| self.last_eliciting_sent + self.config.keepalive_interval)
+        let p = self.ap();
+        (self.state == State::Established && !p.sent.has_eliciting_in_flight())
+            .then(|| p.last_eliciting_sent + self.config.keepalive_interval)
     }
 
     /// When `handle_timeout` must next be called, if ever.
@@ -1214,18 +1618,25 @@ impl Connection {
             let playout = self.reassembly.next_wake().map(|us| self.instant_at(us));
             return [self.drain_until, playout].into_iter().flatten().min();
         }
+        let per_path = (0..self.paths.len()).flat_map(|i| {
+            let p = &self.paths[i];
+            [
+                p.loss_time,
+                self.pto_deadline(i),
+                p.pacing_until,
+                self.heartbeat_deadline(i),
+            ]
+        });
         [
-            self.loss_time,
-            self.pto_deadline(),
             self.handshake_deadline(),
             self.received.ack_deadline(),
             Some(self.last_received + self.idle_timeout()),
             self.keepalive_deadline(),
-            self.clock_ping_deadline(),
+            self.path_check_deadline(),
             self.reassembly.next_wake().map(|us| self.instant_at(us)),
-            self.pacing_until,
         ]
         .into_iter()
+        .chain(per_path)
         .flatten()
         .min()
     }
@@ -1246,39 +1657,47 @@ impl Connection {
         if now >= self.last_received + self.idle_timeout() {
             // Our CLOSE went unanswered but everything we sent was acknowledged:
             // that is a graceful end (the acknowledgement of the CLOSE was lost).
-            let error = (self.state != State::CloseSent).then_some(ConnectionError::TimedOut);
+            let error = match self.state {
+                State::CloseSent => None,
+                _ if self.connection_lost => Some(ConnectionError::ConnectionLost),
+                _ => Some(ConnectionError::TimedOut),
+            };
             self.send_queue.clear();
             self.enter_closed(error);
             return;
         }
-        if self.pacing_until.is_some_and(|t| t <= now) {
-            self.pacing_until = None;
-        }
-        if self.loss_time.is_some_and(|t| t <= now) {
-            self.detect_lost(now);
-        } else if self.pto_deadline().is_some_and(|t| t <= now) {
-            self.pto_count += 1;
-            self.stats.probe_timeouts += 1;
-            self.pending.probes = 2;
+        for i in 0..self.paths.len() {
+            let p = &mut self.paths[i];
+            if p.pacing_until.is_some_and(|t| t <= now) {
+                p.pacing_until = None;
+            }
+            if p.loss_time.is_some_and(|t| t <= now) {
+                self.detect_lost(now, i);
+            } else if self.pto_deadline(i).is_some_and(|t| t <= now) {
+                let p = &mut self.paths[i];
+                p.pto_count += 1;
+                p.probes = 2;
+                self.stats.probe_timeouts += 1;
+            }
+            if self.heartbeat_deadline(i).is_some_and(|t| t <= now) {
+                let p = &mut self.paths[i];
+                p.ping = true;
+                if p.state == PathState::Down {
+                    p.down_backoff += 1;
+                }
+            }
         }
         if self.handshake_deadline().is_some_and(|t| t <= now) {
-            self.pto_count += 1;
+            self.paths[0].pto_count += 1;
             self.stats.probe_timeouts += 1;
             self.pending.handshake = true;
         }
-        if self.keepalive_deadline().is_some_and(|t| t <= now)
-            || self.clock_ping_deadline().is_some_and(|t| t <= now)
-        {
-            self.pending.ping = true;
+        if self.keepalive_deadline().is_some_and(|t| t <= now) {
+            let a = self.active;
+            self.paths[a].ping = true;
         }
+        self.check_paths(now);
         self.poll_delivery(now);
-    }
-
-    fn clock_ping_deadline(&self) -> Option<Instant> {
-        if self.state != State::Established || self.pending.ping {
-            return None;
-        }
-        Some(self.last_clock_ping? + self.config.clock_interval)
     }
 
     /// Runs deadline skipping and playout, and reports what was skipped.
@@ -1308,7 +1727,7 @@ impl Connection {
         if let Some((code, reason)) = self.pending.reject.take() {
             self.write_reject(buf, code, &reason);
             self.enter_closed(None);
-            return self.finish_transmit(buf);
+            return self.finish_transmit(buf, 0);
         }
         if self.pending.handshake && self.handshake_out.is_some() {
             if let Some(t) = self.write_handshake(now, buf) {
@@ -1318,7 +1737,75 @@ impl Connection {
         if !self.protection.is_ready() || self.state == State::Handshaking {
             return None;
         }
-        self.write_data(now, buf)
+        // Path validation: challenges and responses go on their own path.
+        for i in 0..self.paths.len() {
+            if let Some(t) = self.write_path_probe(now, buf, i) {
+                return Some(t);
+            }
+        }
+        // Broadcast copies of what was just sent on another path.
+        while let Some((path, frames)) = self.copies.pop_front() {
+            if self.paths[path].state.is_usable() {
+                if let Some(t) = self.write_packet(now, buf, path, Role::Copy(frames.clone())) {
+                    return Some(t);
+                }
+                // Paced: send this copy when the path's pacer allows.
+                self.copies.push_front((path, frames));
+                break;
+            }
+        }
+        // Data (and ACKs, control frames) on the data path(s).
+        for path in self.data_paths() {
+            if let Some(t) = self.write_packet(now, buf, path, Role::Data) {
+                if self.mode == PathMode::Broadcast {
+                    self.queue_copies(path);
+                }
+                return Some(t);
+            }
+        }
+        // Heartbeats, PONGs and probes on every path.
+        for i in 0..self.paths.len() {
+            let p = &self.paths[i];
+            if p.ping || p.pong.is_some() || p.probes > 0 {
+                if let Some(t) = self.write_packet(now, buf, i, Role::Heartbeat) {
+                    return Some(t);
+                }
+            }
+        }
+        None
+    }
+
+    /// Paths that may carry data now, in order of preference.
+    fn data_paths(&self) -> Vec<usize> {
+        match self.mode {
+            PathMode::Backup | PathMode::Broadcast => vec![self.active],
+            PathMode::Balance => {
+                // Stripe: the usable path with the most free window per RTT first.
+                let mut v: Vec<usize> = (0..self.paths.len())
+                    .filter(|&i| self.paths[i].state.is_usable())
+                    .collect();
+                if v.is_empty() {
+                    v.push(self.active);
+                }
+                v.sort_by_key(|&i| {
+                    let p = &self.paths[i];
+                    let free = p.cc.window().saturating_sub(p.sent.bytes_in_flight());
+                    std::cmp::Reverse(free * 1_000_000 / p.rtt.smoothed().as_micros().max(1) as u64)
+                });
+                v
+            }
+        }
+    }
+
+    fn queue_copies(&mut self, from: usize) {
+        let Some(frames) = self.last_frames.take().filter(|f| !f.is_empty()) else {
+            return;
+        };
+        for i in 0..self.paths.len() {
+            if i != from && self.paths[i].state.is_usable() {
+                self.copies.push_back((i, frames.clone()));
+            }
+        }
     }
 
     fn plaintext_flag(&self) -> u8 {
@@ -1329,16 +1816,23 @@ impl Connection {
         }
     }
 
-    /// Counts a built datagram and hands it out.
-    fn finish_transmit(&mut self, buf: &[u8]) -> Option<Transmit> {
+    /// Counts a built datagram and hands it out on `path`.
+    fn finish_transmit(&mut self, buf: &[u8], path: usize) -> Option<Transmit> {
         self.next_pn += 1;
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += buf.len() as u64;
         if !self.validated {
             self.amp_sent += buf.len() as u64;
         }
+        let p = &mut self.paths[path];
+        p.packets_sent += 1;
+        p.bytes_sent += buf.len() as u64;
+        if !p.is_validated() {
+            p.unvalidated_sent += buf.len() as u64;
+        }
         Some(Transmit {
-            destination: self.remote,
+            destination: p.addr.remote,
+            local: p.addr.local,
             size: buf.len(),
         })
     }
@@ -1393,11 +1887,10 @@ impl Connection {
         self.pending.handshake = false;
         self.last_handshake_sent = Some(now);
         self.handshake_sends += 1;
-        self.finish_transmit(buf)
+        self.finish_transmit(buf, 0)
     }
 
-    fn write_data(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
-        let mtu = self.config.max_datagram_size - self.protection.overhead();
+    fn begin_data_packet(&mut self, now: Instant, buf: &mut Vec<u8>) -> (u64, usize) {
         let flags = self.protection.send_flags(now);
         let pn = self.next_pn;
         Header {
@@ -1407,35 +1900,121 @@ impl Connection {
             pn,
         }
         .encode(buf);
-        let header_len = buf.len();
-        let mut frames: Vec<SentFrame> = Vec::new();
+        (pn, buf.len())
+    }
 
+    /// Seals a Data packet begun with `begin_data_packet` (`start` is its
+    /// packet number and header length) and records what it carries.
+    fn seal_and_finish(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        path: usize,
+        (pn, header_len): (u64, usize),
+        frames: Vec<SentFrame>,
+        eliciting: bool,
+    ) -> Option<Transmit> {
+        self.protection.seal(pn, buf, header_len);
+        let size = buf.len() as u64;
+        let p = &mut self.paths[path];
+        p.last_sent = Some(now);
+        if eliciting {
+            p.last_eliciting_sent = now;
+            p.pacer.on_sent(size);
+            p.sent.on_sent(
+                pn,
+                SentPacket {
+                    time: now,
+                    size,
+                    ack_eliciting: true,
+                    frames,
+                },
+            );
+        }
+        self.finish_transmit(buf, path)
+    }
+
+    /// PATH_CHALLENGE (repeated with backoff) and PATH_RESPONSE on `path`,
+    /// within its anti-amplification budget while it is unvalidated.
+    fn write_path_probe(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        path: usize,
+    ) -> Option<Transmit> {
+        let p = &self.paths[path];
+        let challenge_due = p
+            .challenge
+            .is_some_and(|(_, first, last, tries)| match last {
+                None => now >= first,
+                Some(l) => now >= l + self.config.heartbeat_interval * (1 << tries.min(6)),
+            });
+        if p.response.is_none() && !challenge_due {
+            return None;
+        }
+        if !p.may_probe() {
+            return None;
+        }
+        let (pn, header_len) = self.begin_data_packet(now, buf);
+        let p = &mut self.paths[path];
+        if let Some(data) = p.response.take() {
+            Frame::PathResponse(data).encode(buf);
+        }
+        if challenge_due {
+            if let Some((data, first, _, tries)) = p.challenge {
+                Frame::PathChallenge(data).encode(buf);
+                p.challenge = Some((data, first, Some(now), tries + 1));
+            }
+        }
+        self.seal_and_finish(now, buf, path, (pn, header_len), Vec::new(), false)
+    }
+
+    /// Builds one Data packet on `path`: a full data packet, a heartbeat
+    /// (PING/PONG/probe and a pending ACK), or a broadcast copy of `frames`.
+    fn write_packet(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        path: usize,
+        role: Role,
+    ) -> Option<Transmit> {
+        let overhead = self.protection.overhead();
+        // Broadcast copies are re-encoded with another packet number: keep room.
+        let margin = if self.mode == PathMode::Broadcast {
+            8
+        } else {
+            0
+        };
+        let mtu = self.config.max_datagram_size - overhead - margin;
+        let (pn, header_len) = self.begin_data_packet(now, buf);
+        let mut frames: Vec<SentFrame> = Vec::new();
         let draining = self.state == State::Draining;
-        let probe = self.pending.probes > 0;
-        let congestion_ok = probe || self.sent.bytes_in_flight() + mtu as u64 <= self.cc.window();
-        let data_allowed = !draining;
-        let control_pending = self.pending.max_data
-            || self.pending.close.is_some()
-            || self.pending.pong.is_some()
-            || self.pending.ping
+        let is_data = matches!(role, Role::Data);
+        let p = &self.paths[path];
+        let probe = p.probes > 0;
+        let congestion_ok = probe || p.sent.bytes_in_flight() + mtu as u64 <= p.cc.window();
+        let control_pending = is_data && (self.pending.max_data || self.pending.close.is_some())
+            || p.pong.is_some()
+            || p.ping
             || probe;
-        let data_pending = data_allowed && self.send_queue.has_sendable(self.peer_max_data);
-        let mut eliciting_ok = congestion_ok && (control_pending || data_pending);
+        let data_pending = is_data && !draining && self.send_queue.has_sendable(self.peer_max_data);
+        let mut eliciting_ok = match &role {
+            Role::Copy(_) => true,
+            _ => congestion_ok && (control_pending || data_pending),
+        };
         if eliciting_ok && !probe && self.pending.close.is_none() {
-            if let Some(t) = self.pacer.delay(
-                now,
-                mtu as u64,
-                self.cc.window(),
-                self.rtt.smoothed(),
-                mtu as u64,
-            ) {
-                self.pacing_until = Some(t);
+            let p = &mut self.paths[path];
+            let (window, srtt) = (p.cc.window(), p.rtt.smoothed());
+            if let Some(t) = p.pacer.delay(now, mtu as u64, window, srtt, mtu as u64) {
+                p.pacing_until = Some(t);
                 eliciting_ok = false;
             }
         }
-        let ack_now = self.received.wants_ack_now(now)
-            || (eliciting_ok && self.received.has_unacked())
-            || (draining && self.received.has_unacked());
+        let ack_path = path == self.active || self.mode == PathMode::Broadcast;
+        let ack_now = ack_path
+            && (self.received.wants_ack_now(now)
+                || (eliciting_ok && self.received.has_unacked())
+                || (draining && self.received.has_unacked()));
         if !ack_now && !eliciting_ok {
             buf.clear();
             return None;
@@ -1448,7 +2027,44 @@ impl Connection {
             }
         }
         let mut eliciting = false;
-        if eliciting_ok {
+        if let Role::Copy(copy) = role {
+            for f in copy {
+                match &f {
+                    SentFrame::Msg(frag) => Frame::Msg(frag.frame()).encode(buf),
+                    SentFrame::MaxData => Frame::MaxData {
+                        max: self.max_data_sent,
+                    }
+                    .encode(buf),
+                    SentFrame::Skip { channel, up_to } => Frame::Skip {
+                        channel: *channel,
+                        up_to: *up_to,
+                    }
+                    .encode(buf),
+                    SentFrame::Close => Frame::Close {
+                        code: close_code::NO_ERROR,
+                        reason: "",
+                    }
+                    .encode(buf),
+                    SentFrame::Ping => Frame::Ping {
+                        timestamp_us: self.clock_us(now),
+                    }
+                    .encode(buf),
+                    SentFrame::Ack(_) => continue,
+                }
+                if let SentFrame::Skip { .. } = f {
+                    // Each copy of a SKIP is tracked like the original.
+                    self.send_queue.on_skip_copy();
+                }
+                frames.push(f);
+                eliciting = true;
+            }
+            if buf.len() == header_len {
+                buf.clear();
+                return None;
+            }
+            return self.seal_and_finish(now, buf, path, (pn, header_len), frames, eliciting);
+        }
+        if eliciting_ok && is_data {
             if let Some((code, reason)) = self.pending.close.take() {
                 Frame::Close {
                     code,
@@ -1460,14 +2076,14 @@ impl Connection {
             }
         }
         if eliciting_ok && !draining {
-            if std::mem::take(&mut self.pending.max_data) {
+            if is_data && std::mem::take(&mut self.pending.max_data) {
                 let max = self.reassembly.max_data();
                 self.max_data_sent = max;
                 Frame::MaxData { max }.encode(buf);
                 frames.push(SentFrame::MaxData);
                 eliciting = true;
             }
-            if let Some((echo_us, recv_us)) = self.pending.pong.take() {
+            if let Some((echo_us, recv_us)) = self.paths[path].pong.take() {
                 Frame::Pong {
                     echo_us,
                     recv_us,
@@ -1476,9 +2092,9 @@ impl Connection {
                 .encode(buf);
                 eliciting = true;
             }
-            if data_allowed {
+            if is_data {
                 let now_us = self.micros(now);
-                let slack_us = (self.rtt.smoothed() / 2).as_micros() as u64;
+                let slack_us = (self.paths[path].rtt.smoothed() / 2).as_micros() as u64;
                 while let Some((channel, up_to)) = self.send_queue.take_skip() {
                     if mtu - buf.len() < 20 {
                         self.send_queue.on_skip_lost(channel, up_to);
@@ -1499,8 +2115,10 @@ impl Connection {
                     eliciting = true;
                 }
             }
-            if std::mem::take(&mut self.pending.ping) || (probe && !eliciting) {
-                self.last_clock_ping = Some(now);
+            let p = &mut self.paths[path];
+            let probe = p.probes > 0;
+            if std::mem::take(&mut p.ping) || (probe && !eliciting) {
+                p.last_ping = Some(now);
                 Frame::Ping {
                     timestamp_us: self.clock_us(now),
                 }
@@ -1508,32 +2126,38 @@ impl Connection {
                 frames.push(SentFrame::Ping);
                 eliciting = true;
             }
-            if probe {
-                self.pending.probes -= 1;
+            let p = &mut self.paths[path];
+            if p.probes > 0 {
+                p.probes -= 1;
             }
         }
         if buf.len() == header_len {
             buf.clear();
             return None;
         }
-        debug_assert!(buf.len() <= mtu + HEADER_MAX_LEN);
-        self.protection.seal(pn, buf, header_len);
-        let size = buf.len() as u64;
-        if eliciting {
-            self.last_eliciting_sent = now;
-            self.pacer.on_sent(size);
-            self.sent.on_sent(
-                pn,
-                SentPacket {
-                    time: now,
-                    size,
-                    ack_eliciting: true,
-                    frames,
-                },
+        debug_assert!(buf.len() <= mtu + margin + HEADER_MAX_LEN);
+        if self.mode == PathMode::Broadcast && is_data {
+            self.last_frames = Some(
+                frames
+                    .iter()
+                    .filter(|f| !matches!(f, SentFrame::Ack(_)))
+                    .cloned()
+                    .collect(),
             );
         }
-        self.finish_transmit(buf)
+        self.seal_and_finish(now, buf, path, (pn, header_len), frames, eliciting)
     }
+}
+
+/// What a Data packet is built for.
+#[derive(Debug)]
+enum Role {
+    /// Application data, control frames and ACKs on a data path.
+    Data,
+    /// Only liveness traffic for this path (PING, PONG, probe) and a pending ACK.
+    Heartbeat,
+    /// A broadcast copy of these frames.
+    Copy(Vec<SentFrame>),
 }
 
 #[cfg(test)]

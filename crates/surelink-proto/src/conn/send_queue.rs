@@ -193,6 +193,12 @@ impl SendQueue {
         Some(s)
     }
 
+    /// A copy of a SKIP frame was sent on another path (broadcast): it is
+    /// tracked like the original.
+    pub fn on_skip_copy(&mut self) {
+        self.skips_in_flight += 1;
+    }
+
     /// A SKIP frame was acknowledged.
     pub fn on_skip_acked(&mut self) {
         self.skips_in_flight = self.skips_in_flight.saturating_sub(1);

@@ -102,6 +102,13 @@ impl SentPackets {
         }
     }
 
+    /// Takes every packet in flight (the path is abandoned).
+    pub fn drain(&mut self) -> Vec<(u64, SentPacket)> {
+        self.bytes_in_flight = 0;
+        self.eliciting_in_flight = 0;
+        std::mem::take(&mut self.packets).into_iter().collect()
+    }
+
     /// Applies the ranges of an ACK frame, highest first.
     pub fn on_ack(&mut self, now: Instant, ranges: &[RangeInclusive<u64>]) -> AckOutcome {
         let mut out = AckOutcome::default();

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::PathStats;
 use crate::clock::ClockEstimate;
 
 /// A snapshot of a connection's counters.
@@ -74,6 +75,8 @@ pub struct ConnectionStats {
     pub latency_max_us: u64,
     /// The peer clock estimate, if any sample was taken.
     pub clock: Option<ClockEstimate>,
+    /// Per-path figures (RTT, state, phi, bytes, losses).
+    pub paths: Vec<PathStats>,
 }
 
 impl ConnectionStats {

@@ -169,10 +169,16 @@ fn idle_timeout_closes_with_error() {
     p.cut = true;
     p.server = None; // the server vanished
     let start = p.now;
+    let mut events = Vec::new();
     while !p.client.is_drained() {
         p.advance();
+        events.extend(std::iter::from_fn(|| p.client.poll_event()));
     }
-    assert_eq!(p.client.error(), Some(&ConnectionError::TimedOut));
+    // The failure detector declared the only path down long before the idle
+    // timeout ended the connection.
+    assert!(events.contains(&Event::PathDown(PathId(0))), "{events:?}");
+    assert!(events.contains(&Event::ConnectionLost));
+    assert_eq!(p.client.error(), Some(&ConnectionError::ConnectionLost));
     assert!(p.now - start >= Duration::from_secs(3));
     assert!(p.now - start < Duration::from_secs(5));
 }
@@ -396,4 +402,41 @@ fn channels_are_ordered_independently() {
         .map(|m| (m.channel, m.seq))
         .collect();
     assert_eq!(got, vec![(1, 0), (2, 0), (1, 1)]);
+}
+
+#[test]
+fn closed_is_reported_exactly_once_on_the_receiving_side() {
+    let mut p = Pair::new(Config::default());
+    p.flush();
+    p.client.send(p.now, 0, Bytes::from_static(b"x")).unwrap();
+    p.client.close(p.now);
+    let mut server_events = Vec::new();
+    while !(p.client.is_drained() && p.server().is_drained()) {
+        p.advance();
+        server_events.extend(events(p.server()));
+    }
+    let closes = server_events
+        .iter()
+        .filter(|e| matches!(e, Event::Closed { .. }))
+        .count();
+    assert_eq!(closes, 1, "{server_events:?}");
+}
+
+#[test]
+fn peer_closing_with_our_data_pending_is_an_error() {
+    let mut p = Pair::new(Config::default());
+    p.flush();
+    // The server queues a large message; the client closes at once.
+    let now = p.now;
+    p.server()
+        .send(now, 0, Bytes::from(vec![9; 1 << 20]))
+        .unwrap();
+    p.client.close(p.now);
+    while !p.server().is_closed() {
+        p.advance();
+    }
+    assert!(matches!(
+        p.server().error(),
+        Some(ConnectionError::PeerClosedEarly { .. })
+    ));
 }

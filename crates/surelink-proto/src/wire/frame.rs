@@ -1,8 +1,8 @@
 //! Frames: the units of meaning inside a packet.
 //!
-//! Each frame starts with a varint type. Types 0x00–0x0b, 0x10 (HANDSHAKE)
-//! and 0x11 (TOKEN) are defined in v1; 0x12–0x1f are reserved for path status,
-//! clock, checkpoint and resume frames of later versions; anything else is rejected. [`FrameIter`] walks the
+//! Each frame starts with a varint type. Types 0x00–0x0b and 0x10–0x13 are
+//! defined in v1; 0x14–0x1f are reserved for path status, checkpoint and resume
+//! frames of later versions; anything else is rejected. [`FrameIter`] walks the
 //! frames of a packet payload and yields an error (then stops) on malformed input.
 
 use std::ops::RangeInclusive;
@@ -23,6 +23,8 @@ const MSG_UNRELIABLE: u64 = 0x0a;
 const SKIP: u64 = 0x0b;
 const HANDSHAKE: u64 = 0x10;
 const TOKEN: u64 = 0x11;
+const PATH_CHALLENGE: u64 = 0x12;
+const PATH_RESPONSE: u64 = 0x13;
 
 /// Longest HANDSHAKE or TOKEN body accepted.
 pub const MAX_HANDSHAKE_LEN: usize = 4096;
@@ -88,6 +90,10 @@ pub enum Frame<'a> {
     Handshake(&'a [u8]),
     /// A retry token (in Retry packets, and echoed in the client's next Initial).
     Token(&'a [u8]),
+    /// Asks the peer to echo `data` on the path it arrived on (path validation).
+    PathChallenge(u64),
+    /// Echoes a PATH_CHALLENGE's data.
+    PathResponse(u64),
 }
 
 /// An ACK frame: acknowledged packet numbers as descending inclusive ranges.
@@ -268,6 +274,15 @@ impl Frame<'_> {
                 varint::write(out, ACCEPT);
                 out.extend_from_slice(&cid.to_be_bytes());
                 params.encode(out);
+            }
+            Frame::PathChallenge(d) | Frame::PathResponse(d) => {
+                let ty = if matches!(self, Frame::PathChallenge(_)) {
+                    PATH_CHALLENGE
+                } else {
+                    PATH_RESPONSE
+                };
+                varint::write(out, ty);
+                out.extend_from_slice(&d.to_be_bytes());
             }
             Frame::Handshake(b) | Frame::Token(b) => {
                 let ty = if matches!(self, Frame::Handshake(_)) {
@@ -483,6 +498,8 @@ impl<'a> FrameIter<'a> {
                 cid: r.u64()?,
                 params: TransportParams::decode(r)?,
             },
+            PATH_CHALLENGE => Frame::PathChallenge(r.u64()?),
+            PATH_RESPONSE => Frame::PathResponse(r.u64()?),
             HANDSHAKE | TOKEN => {
                 let b = r.len_prefixed()?;
                 if b.len() > MAX_HANDSHAKE_LEN {
@@ -570,6 +587,8 @@ mod tests {
         Accept(u64, TransportParams),
         Handshake(Vec<u8>),
         Token(Vec<u8>),
+        Challenge(u64),
+        Response(u64),
     }
 
     impl Owned {
@@ -608,6 +627,8 @@ mod tests {
                 },
                 Owned::Handshake(b) => Frame::Handshake(b),
                 Owned::Token(b) => Frame::Token(b),
+                Owned::Challenge(d) => Frame::PathChallenge(*d),
+                Owned::Response(d) => Frame::PathResponse(*d),
             }
         }
     }
@@ -639,6 +660,8 @@ mod tests {
             (any::<u64>(), params()).prop_map(|(c, p)| Owned::Accept(c, p)),
             proptest::collection::vec(any::<u8>(), 0..200).prop_map(Owned::Handshake),
             proptest::collection::vec(any::<u8>(), 0..60).prop_map(Owned::Token),
+            any::<u64>().prop_map(Owned::Challenge),
+            any::<u64>().prop_map(Owned::Response),
         ]
     }
 
@@ -697,7 +720,8 @@ mod tests {
             (&[0x05, 0, 2, 0xff, 0xfe], "reason not utf8"),
             (&[0x07, 1, 1, 10], "missing params"),
             (&[0x07, 2, 1, 10, 1, 10], "duplicate params"),
-            (&[0x12], "reserved frame type"),
+            (&[0x14], "reserved frame type"),
+            (&[0x12, 1, 2], "truncated challenge"),
             (&[0x10, 5, 1, 2], "truncated handshake"),
             (&[0x3f], "unknown frame type"),
             (&[0x03, 5, 0, 0x41, 0x00, 0], "too many ranges"),

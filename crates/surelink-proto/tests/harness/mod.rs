@@ -83,6 +83,8 @@ pub struct Sim {
     pub s2c: Link<Vec<u8>>,
     /// When set, every datagram either side sends is recorded here (client's first).
     pub capture: Option<Capture>,
+    /// Consecutive steps in which time could not advance (a stuck timer).
+    stuck: u64,
     /// The server's clock runs this many ppm fast (negative: slow): the server
     /// sees time through `server_now`.
     pub server_ppm: f64,
@@ -121,6 +123,7 @@ impl Sim {
             c2s: Link::new(c2s, seed.wrapping_mul(3), start).unwrap(),
             s2c: Link::new(s2c, seed.wrapping_mul(5).wrapping_add(1), start).unwrap(),
             capture: None,
+            stuck: 0,
             server_ppm: 0.0,
             buf: Vec::with_capacity(65536),
         }
@@ -224,7 +227,25 @@ impl Sim {
     /// Advances virtual time to the next due instant, but not past `limit`.
     /// Returns false when nothing is due before the limit.
     pub fn step(&mut self, limit: Instant) -> bool {
+        let before = self.now;
         self.pump();
+        if self.next_wake().is_some_and(|t| t <= before) {
+            self.stuck += 1;
+            assert!(
+                self.stuck < 100_000,
+                "no progress at {:?}: client timeout {:?}, server timeout {:?}",
+                before - self.start,
+                self.client
+                    .poll_timeout()
+                    .map(|t| t.saturating_duration_since(self.start)),
+                self.server
+                    .as_ref()
+                    .and_then(|s| s.poll_timeout())
+                    .map(|t| t.saturating_duration_since(self.start)),
+            );
+        } else {
+            self.stuck = 0;
+        }
         match self.next_wake() {
             Some(t) if t <= limit => {
                 self.now = self.now.max(t);

@@ -1,0 +1,120 @@
+//! The systems under test, each behind the same two small traits.
+//!
+//! A workload ([`crate::workload`]) only ever sees a [`Pair`]: a sending half
+//! ([`Tx`]) and a receiving half ([`Rx`]) of one connection, already
+//! established, possibly through an in-process [`Impairer`]. Each module here
+//! builds such a pair for one system:
+//!
+//! | module | what is measured |
+//! |---|---|
+//! | [`surelink`] | `surelink::Endpoint` / `Connection`, encrypted or plaintext |
+//! | [`quic`] | quinn 0.11: one bidirectional stream with length-prefixed messages, or QUIC datagrams |
+//! | [`kcp`] | `tokio_kcp` in stream mode with KCP's fast settings (nodelay, 10 ms interval, fast resend 2, no congestion window) |
+//! | [`tcp`] | tokio TCP with `TCP_NODELAY`, length-prefixed messages |
+//! | [`udp`] | raw UDP datagrams: no reliability at all |
+//! | [`srt`] | Debian's `srt-live-transmit` / `srt-file-transmit` as child processes |
+//!
+//! Everything binds 127.0.0.1 only.
+
+pub mod framed;
+pub mod kcp;
+pub mod quic;
+pub mod srt;
+pub mod surelink;
+pub mod tcp;
+pub mod udp;
+
+use std::any::Any;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use surelink::impair::{ImpairConfig, ImpairHandle, Impairer, LinkConfig};
+
+/// What a pair is tuned for; stream transports buffer differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Large messages, throughput.
+    Bulk,
+    /// Many tiny messages, message rate.
+    Small,
+    /// Paced messages that must go out at once, latency.
+    Realtime,
+}
+
+/// The sending half of a connection: whole messages.
+pub trait Tx: Send + 'static {
+    /// Queues (or sends) one message; waits while the transport pushes back.
+    fn send(&mut self, msg: Bytes) -> impl Future<Output = io::Result<()>> + Send;
+    /// Pushes out anything this half buffered itself.
+    fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// The receiving half of a connection.
+pub trait Rx: Send + 'static {
+    /// The next message (for byte-stream peers such as `srt-file-transmit`:
+    /// the next chunk of bytes); `None` when the connection ended.
+    fn recv(&mut self) -> impl Future<Output = io::Result<Option<Bytes>>> + Send;
+}
+
+/// Whether losing messages is part of a system's contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Every message arrives, in order, exactly once (or the run failed).
+    Reliable,
+    /// Messages may be lost (raw UDP, QUIC datagrams).
+    Unreliable,
+}
+
+/// One established connection, ready for a workload.
+pub struct Pair<T, R> {
+    /// The sending half.
+    pub tx: T,
+    /// The receiving half.
+    pub rx: R,
+    /// The impairer between the two, if the workload asked for one.
+    pub impairer: Option<ImpairHandle>,
+    /// Whatever must stay alive while the pair is used (endpoints,
+    /// listeners, child processes).
+    pub keep: Vec<Box<dyn Any + Send>>,
+}
+
+/// An impaired route: the link settings of each direction and the seed.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Applied to both directions, each with its own random decisions.
+    pub link: LinkConfig,
+    /// The impairer's seed (the same for every system).
+    pub seed: u64,
+}
+
+/// Puts an impairer in front of `server` if `route` asks for one and
+/// returns the address the client should talk to.
+pub fn wire(
+    server: SocketAddr,
+    route: Option<&Route>,
+) -> io::Result<(SocketAddr, Option<ImpairHandle>)> {
+    match route {
+        None => Ok((server, None)),
+        Some(route) => {
+            let config = ImpairConfig::new(loopback(0), server)
+                .with_both(route.link.clone())
+                .with_seed(route.seed);
+            let handle = Impairer::start(config)?;
+            Ok((handle.local_addr(), Some(handle)))
+        }
+    }
+}
+
+/// `127.0.0.1:port`.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A UDP port on 127.0.0.1 that was free a moment ago (for child processes
+/// that need a port number up front).
+pub fn free_udp_port() -> io::Result<u16> {
+    let socket = std::net::UdpSocket::bind(loopback(0))?;
+    Ok(socket.local_addr()?.port())
+}

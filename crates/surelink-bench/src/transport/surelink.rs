@@ -1,0 +1,56 @@
+//! surelink itself: `Endpoint::bind` / `Endpoint::client_with_config` /
+//! `connect` / `accept`, default settings except for the security mode.
+
+use std::io;
+
+use bytes::Bytes;
+use surelink::{Connection, Endpoint, EndpointConfig, ProtocolConfig, Security};
+
+use super::{loopback, wire, Pair, Route, Rx, Tx};
+
+/// Sends on channel 0 of a connection.
+pub struct SurelinkTx(Connection);
+
+impl Tx for SurelinkTx {
+    async fn send(&mut self, msg: Bytes) -> io::Result<()> {
+        self.0.send(msg).await.map(|_| ()).map_err(io::Error::other)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Receives from a connection.
+pub struct SurelinkRx(Connection);
+
+impl Rx for SurelinkRx {
+    async fn recv(&mut self) -> io::Result<Option<Bytes>> {
+        self.0.recv().await.map_err(io::Error::other)
+    }
+}
+
+/// The pair type of this system.
+pub type SurelinkPair = Pair<SurelinkTx, SurelinkRx>;
+
+/// A server endpoint and a client endpoint on 127.0.0.1, connected (through
+/// an impairer if `route` asks); encrypted unless `plaintext`.
+pub async fn open(plaintext: bool, route: Option<&Route>) -> io::Result<SurelinkPair> {
+    let mut protocol = ProtocolConfig::default();
+    if plaintext {
+        protocol.security = Security::InsecurePlaintext;
+    }
+    let config = EndpointConfig::default().with_protocol(protocol);
+    let server = Endpoint::bind(loopback(0), config.clone()).map_err(io::Error::other)?;
+    let client = Endpoint::client_with_config(loopback(0), config).map_err(io::Error::other)?;
+    let (to, impairer) = wire(server.local_addr(), route)?;
+    let (connected, accepted) = tokio::join!(client.connect(to), server.accept());
+    let tx = connected.map_err(io::Error::other)?;
+    let rx = accepted.ok_or_else(|| io::Error::other("server endpoint stopped"))?;
+    Ok(Pair {
+        tx: SurelinkTx(tx),
+        rx: SurelinkRx(rx),
+        impairer,
+        keep: vec![Box::new(server), Box::new(client)],
+    })
+}

@@ -1,0 +1,7 @@
+//! The subcommands, one module each.
+
+pub mod demo;
+pub mod impair;
+pub mod recv;
+pub mod send;
+pub mod time;

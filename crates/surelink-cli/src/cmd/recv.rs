@@ -1,0 +1,267 @@
+//! `surelink recv`: accept `surelink send` connections and write what arrives.
+//!
+//! Stream mode (`--out PATH|-`, stdout by default) writes the bytes of every
+//! message, in order, exactly. Senders are served one after another: the next
+//! connection is taken from the accept queue only when the previous one ended,
+//! so each sender's stream lands whole, in the order the connections arrived
+//! (a waiting sender is held back by flow control meanwhile).
+//!
+//! Datagram mode (`--to udp://HOST:PORT`) sends each message as one UDP
+//! datagram to that address. Senders are served concurrently; each one's
+//! datagrams leave in its message order.
+//!
+//! With `--once` the command exits after the first sender closed gracefully and
+//! all of its output was written (and, for a file, synced to disk): 0 if that
+//! connection ended gracefully, 1 if it failed. Without `--once` it serves
+//! senders until Ctrl-C or SIGTERM, and a failed sender is only logged.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use surelink::{Connection, Endpoint, EndpointConfig};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::UdpSocket;
+
+use crate::args::{parse_host_port, wildcard_for, HostPort};
+use crate::report::{spawn_reporter, stats_line, StatsArgs};
+
+/// Arguments of `surelink recv`.
+#[derive(Debug, Args)]
+pub struct RecvArgs {
+    /// Address to listen on, HOST:PORT (port 0 picks a free port; the address is printed on stderr).
+    #[arg(long, value_name = "ADDR", value_parser = parse_host_port)]
+    pub listen: HostPort,
+    /// Stream mode: write the received bytes to this file (created or truncated), or `-` for stdout (the default).
+    #[arg(long = "out", value_name = "PATH|-", conflicts_with = "to")]
+    pub output: Option<String>,
+    /// Datagram mode: send each received message as one UDP datagram to this address.
+    #[arg(long, value_name = "udp://HOST:PORT", value_parser = parse_host_port)]
+    pub to: Option<HostPort>,
+    /// Exit after the first sender has closed and its output is written.
+    #[arg(long)]
+    pub once: bool,
+    #[command(flatten)]
+    pub stats: StatsArgs,
+}
+
+/// Runs `surelink recv`.
+pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
+    let listen = args.listen.resolve().await?;
+    let sink = match &args.to {
+        Some(to) => {
+            let target = to.resolve().await?;
+            let socket = crate::net::bind_udp(wildcard_for(target))?;
+            Sink::Datagrams { socket, target }
+        }
+        None => match args.output.as_deref() {
+            None | Some("-") => Sink::Stream(Output::Stdout(tokio::io::stdout())),
+            Some(path) => {
+                let path = PathBuf::from(path);
+                let file = tokio::fs::File::create(&path)
+                    .await
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                Sink::Stream(Output::File(file, path))
+            }
+        },
+    };
+    let config = EndpointConfig::default();
+    let idle_timeout = config.protocol.idle_timeout;
+    let endpoint =
+        Endpoint::bind(listen, config).with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!("surelink recv: listening on {}", endpoint.local_addr());
+
+    let serve = async {
+        match sink {
+            Sink::Stream(out) => serve_stream(&endpoint, out, &args).await,
+            Sink::Datagrams { socket, target } => {
+                serve_datagrams(&endpoint, socket, target, &args).await
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        r = serve => r,
+        () = crate::shutdown::signal() => {
+            if args.once {
+                bail!("interrupted before a sender finished");
+            }
+            tracing::info!("stopping");
+            return Ok(());
+        }
+    };
+    // Let the last connections finish their close handshake (we acknowledge the
+    // sender's CLOSE while draining), so the sender's close completes too.
+    if tokio::time::timeout(idle_timeout, endpoint.wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still draining at exit");
+    }
+    let stats = endpoint.stats();
+    tracing::info!(
+        malformed = stats.protocol.malformed,
+        unknown_connection = stats.protocol.unknown_connection,
+        refused = stats.protocol.refused,
+        accepted = stats.protocol.accepted,
+        "datagrams dropped by the endpoint"
+    );
+    outcome
+}
+
+/// Where received messages go.
+enum Sink {
+    Stream(Output),
+    Datagrams {
+        socket: UdpSocket,
+        target: SocketAddr,
+    },
+}
+
+/// The byte-stream output.
+enum Output {
+    Stdout(tokio::io::Stdout),
+    File(tokio::fs::File, PathBuf),
+}
+
+impl Output {
+    fn writer(&mut self) -> &mut (dyn AsyncWrite + Unpin + Send) {
+        match self {
+            Output::Stdout(s) => s,
+            Output::File(f, _) => f,
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Output::Stdout(_) => "stdout".to_owned(),
+            Output::File(_, path) => path.display().to_string(),
+        }
+    }
+
+    /// Flushes, and for a file syncs it to disk.
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        let name = self.name();
+        self.writer()
+            .flush()
+            .await
+            .with_context(|| format!("cannot write {name}"))?;
+        if let Output::File(f, _) = self {
+            f.sync_all()
+                .await
+                .with_context(|| format!("cannot sync {name}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Serves senders one after another, writing their byte streams to `out`.
+async fn serve_stream(endpoint: &Endpoint, mut out: Output, args: &RecvArgs) -> anyhow::Result<()> {
+    while let Some(conn) = endpoint.accept().await {
+        let remote = conn.remote_addr();
+        tracing::info!(%remote, "sender connected");
+        let result = receive_stream(&conn, &mut out, args.stats.stats_interval).await;
+        out.finish().await?;
+        match result {
+            Ok(()) => {
+                tracing::info!(%remote, "sender finished");
+                if args.once {
+                    return Ok(());
+                }
+            }
+            Err(e) if args.once => return Err(e),
+            Err(e) => tracing::warn!(%remote, "sender failed: {e:#}"),
+        }
+    }
+    bail!("the endpoint stopped accepting connections")
+}
+
+/// Writes one connection's messages to `out` until it closes.
+async fn receive_stream(
+    conn: &Connection,
+    out: &mut Output,
+    stats_interval: Option<Duration>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let reporter = spawn_reporter(stats_interval, "recv", conn);
+    let name = out.name();
+    let result = async {
+        while let Some(data) = conn
+            .recv()
+            .await
+            .with_context(|| format!("the connection from {} failed", conn.remote_addr()))?
+        {
+            let w = out.writer();
+            w.write_all(&data)
+                .await
+                .with_context(|| format!("cannot write {name}"))?;
+            w.flush()
+                .await
+                .with_context(|| format!("cannot write {name}"))?;
+        }
+        Ok(())
+    }
+    .await;
+    drop(reporter);
+    if stats_interval.is_some() {
+        eprintln!("{}", stats_line("recv", conn, started));
+    }
+    result
+}
+
+/// Serves senders concurrently (or just the first with `--once`), forwarding
+/// each message as one datagram to `target`.
+async fn serve_datagrams(
+    endpoint: &Endpoint,
+    socket: UdpSocket,
+    target: SocketAddr,
+    args: &RecvArgs,
+) -> anyhow::Result<()> {
+    let socket = std::sync::Arc::new(socket);
+    let interval = args.stats.stats_interval;
+    while let Some(conn) = endpoint.accept().await {
+        let remote = conn.remote_addr();
+        tracing::info!(%remote, "sender connected");
+        if args.once {
+            return forward(conn, &socket, target, interval).await;
+        }
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            match forward(conn, &socket, target, interval).await {
+                Ok(()) => tracing::info!(%remote, "sender finished"),
+                Err(e) => tracing::warn!(%remote, "sender failed: {e:#}"),
+            }
+        });
+    }
+    bail!("the endpoint stopped accepting connections")
+}
+
+/// Sends one connection's messages as datagrams to `target` until it closes.
+async fn forward(
+    conn: Connection,
+    socket: &UdpSocket,
+    target: SocketAddr,
+    stats_interval: Option<Duration>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let reporter = spawn_reporter(stats_interval, "recv", &conn);
+    let result = async {
+        while let Some(data) = conn
+            .recv()
+            .await
+            .with_context(|| format!("the connection from {} failed", conn.remote_addr()))?
+        {
+            if let Err(e) = socket.send_to(&data, target).await {
+                tracing::warn!(%target, len = data.len(), error = %e, "cannot forward a datagram");
+            }
+        }
+        Ok(())
+    }
+    .await;
+    drop(reporter);
+    if stats_interval.is_some() {
+        eprintln!("{}", stats_line("recv", &conn, started));
+    }
+    result
+}

@@ -1,0 +1,181 @@
+//! `surelink send`: read a byte stream (or UDP datagrams) and send it to a
+//! `surelink recv` over one connection.
+//!
+//! Stream mode (`--in PATH|-`) reads the input and sends what each read returns
+//! (at most `--chunk` bytes) as one message, so the receiver reproduces the byte
+//! stream exactly while interactive input still goes out at once. Gateway mode
+//! (`--from udp://HOST:PORT`) turns each datagram received on that socket into
+//! one message, until Ctrl-C or SIGTERM. Either way the connection is then closed
+//! gracefully, and the command succeeds only once every byte was acknowledged.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use bytes::{BufMut, BytesMut};
+use clap::Args;
+use surelink::{Bytes, Connection, Endpoint, EndpointConfig};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::args::{parse_duration, parse_host_port, parse_size, wildcard_for, HostPort};
+use crate::report::{spawn_reporter, stats_line, StatsArgs};
+
+/// Arguments of `surelink send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The receiving peer (`surelink recv --listen`): HOST:PORT.
+    #[arg(long, value_name = "ADDR", value_parser = parse_host_port)]
+    pub to: HostPort,
+    /// Stream mode: read the bytes to send from this file, or `-` for stdin (the default).
+    #[arg(long = "in", value_name = "PATH|-", conflicts_with = "from")]
+    pub input: Option<String>,
+    /// Gateway mode: bind this UDP address and send each datagram received on it as
+    /// one message, until Ctrl-C or SIGTERM. Port 0 picks a free port (printed on stderr).
+    #[arg(long, value_name = "udp://HOST:PORT", value_parser = parse_host_port)]
+    pub from: Option<HostPort>,
+    /// Give up if the receiver has not answered within this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Largest message in stream mode, in bytes (e.g. 65536, 64KiB, 1MiB; at most 16MiB).
+    #[arg(long, value_name = "BYTES", default_value = "64KiB", value_parser = parse_size)]
+    pub chunk: usize,
+    /// Local address to send from (default: any address, any port).
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<SocketAddr>,
+    #[command(flatten)]
+    pub stats: StatsArgs,
+}
+
+/// Runs `surelink send`.
+pub async fn run(args: SendArgs) -> anyhow::Result<()> {
+    let config = EndpointConfig::default().with_connect_timeout(args.connect_timeout);
+    let max_chunk = config.protocol.max_message_size;
+    if args.chunk == 0 || args.chunk > max_chunk {
+        bail!(
+            "--chunk must be between 1 and {max_chunk} bytes, not {}",
+            args.chunk
+        );
+    }
+    let remote = args.to.resolve().await?;
+
+    // Open the input before connecting, so a bad path fails at once.
+    let source = match &args.from {
+        Some(from) => {
+            let addr = from.resolve().await?;
+            let socket = crate::net::bind_udp(addr)?;
+            let local = socket.local_addr()?;
+            eprintln!("surelink send: gateway listening on udp://{local}");
+            Source::Datagrams(socket)
+        }
+        None => match args.input.as_deref() {
+            None | Some("-") => Source::Stream(Box::new(tokio::io::stdin())),
+            Some(path) => {
+                let path = PathBuf::from(path);
+                let file = tokio::fs::File::open(&path)
+                    .await
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                Source::Stream(Box::new(file))
+            }
+        },
+    };
+
+    let bind = args.bind.unwrap_or_else(|| wildcard_for(remote));
+    let endpoint = Endpoint::client_with_config(bind, config)
+        .with_context(|| format!("cannot bind {bind}"))?;
+    let conn = endpoint
+        .connect(remote)
+        .await
+        .with_context(|| format!("cannot connect to {}", args.to))?;
+    tracing::info!(%remote, local = %endpoint.local_addr(), "connected");
+    let started = Instant::now();
+    let reporter = spawn_reporter(args.stats.stats_interval, "send", &conn);
+
+    match source {
+        Source::Stream(reader) => send_stream(&conn, reader, args.chunk).await?,
+        Source::Datagrams(socket) => send_datagrams(&conn, &socket).await?,
+    }
+    conn.close()
+        .await
+        .context("the transfer did not complete: not everything was acknowledged")?;
+    drop(reporter);
+    if args.stats.stats_interval.is_some() {
+        eprintln!("{}", stats_line("send", &conn, started));
+    }
+    let stats = conn.stats();
+    tracing::info!(
+        messages = stats.messages_acked,
+        bytes = stats.payload_bytes_sent,
+        elapsed = ?started.elapsed(),
+        "all data acknowledged; closed"
+    );
+    Ok(())
+}
+
+/// Where the data comes from.
+enum Source {
+    Stream(Box<dyn AsyncRead + Unpin + Send>),
+    Datagrams(tokio::net::UdpSocket),
+}
+
+/// Sends the byte stream until end of input.
+async fn send_stream(
+    conn: &Connection,
+    mut reader: Box<dyn AsyncRead + Unpin + Send>,
+    chunk: usize,
+) -> anyhow::Result<()> {
+    let mut buf = BytesMut::with_capacity(chunk);
+    loop {
+        buf.reserve(chunk);
+        let mut limited = (&mut buf).limit(chunk);
+        let read = tokio::select! {
+            read = reader.read_buf(&mut limited) => read.context("cannot read the input")?,
+            ended = conn.closed() => return Err(connection_ended(ended)),
+        };
+        if read == 0 {
+            return Ok(());
+        }
+        let message: Bytes = buf.split().freeze();
+        conn.send(message).await.context("cannot send")?;
+    }
+}
+
+/// Sends each datagram of `socket` as one message until Ctrl-C or SIGTERM.
+async fn send_datagrams(conn: &Connection, socket: &tokio::net::UdpSocket) -> anyhow::Result<()> {
+    let mut buf = vec![0u8; 65_536];
+    let stop = crate::shutdown::signal();
+    tokio::pin!(stop);
+    let mut count = 0u64;
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut stop => {
+                tracing::info!(datagrams = count, "stopping: closing the connection");
+                return Ok(());
+            }
+            ended = conn.closed() => return Err(connection_ended(ended)),
+            received = socket.recv_from(&mut buf) => {
+                let (n, from) = match received {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "gateway socket receive error");
+                        continue;
+                    }
+                };
+                tracing::trace!(%from, len = n, "datagram in");
+                conn.send(Bytes::copy_from_slice(&buf[..n])).await.context("cannot send")?;
+                count += 1;
+            }
+        }
+    }
+}
+
+/// The error for a connection that ended before the sender was done.
+fn connection_ended(error: Option<surelink::ConnectionError>) -> anyhow::Error {
+    match error {
+        Some(e) => {
+            anyhow::Error::new(e).context("the connection ended before the transfer completed")
+        }
+        None => anyhow::anyhow!("the receiver closed the connection before the transfer completed"),
+    }
+}

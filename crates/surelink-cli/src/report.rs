@@ -1,0 +1,82 @@
+//! `--stats-interval`: a JSON line of connection counters on stderr.
+
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde_json::json;
+use surelink::Connection;
+
+/// Options shared by the subcommands that run connections.
+#[derive(Debug, Clone, Args)]
+pub struct StatsArgs {
+    /// Print a JSON line of connection statistics on stderr this often (e.g. 1s, 500ms).
+    #[arg(long, value_name = "DURATION", value_parser = crate::args::parse_duration)]
+    pub stats_interval: Option<Duration>,
+}
+
+/// One JSON object (as a single line) describing `conn` now.
+pub fn stats_line(role: &str, conn: &Connection, started: Instant) -> String {
+    let s = conn.stats();
+    let clock = conn.clock_estimate();
+    json!({
+        "role": role,
+        "remote": conn.remote_addr().to_string(),
+        "elapsed_s": started.elapsed().as_secs_f64(),
+        "rtt_ms": s.rtt.as_secs_f64() * 1e3,
+        "min_rtt_ms": s.min_rtt.as_secs_f64() * 1e3,
+        "cwnd": s.cwnd,
+        "bytes_in_flight": s.bytes_in_flight,
+        "packets_sent": s.packets_sent,
+        "packets_received": s.packets_received,
+        "bytes_sent": s.bytes_sent,
+        "bytes_received": s.bytes_received,
+        "packets_lost": s.packets_lost,
+        "retransmissions": s.retransmissions,
+        "retransmission_rate": s.retransmission_rate(),
+        "probe_timeouts": s.probe_timeouts,
+        "duplicate_packets": s.duplicate_packets,
+        "duplicate_fragments": s.duplicate_fragments,
+        "malformed_packets": s.malformed_packets,
+        "messages_sent": s.messages_sent,
+        "messages_acked": s.messages_acked,
+        "messages_delivered": s.messages_delivered,
+        "unacked_bytes": conn.unacked_bytes(),
+        "clock_offset_us": clock.map(|c| c.offset_us),
+        "clock_error_bound_us": clock.map(|c| c.error_bound_us),
+        "clock_drift_ppm": clock.map(|c| c.drift_ppm),
+    })
+    .to_string()
+}
+
+/// Prints a stats line for `conn` every `interval` until the returned guard is dropped.
+pub fn spawn_reporter(
+    interval: Option<Duration>,
+    role: &'static str,
+    conn: &Connection,
+) -> Option<Reporter> {
+    let interval = interval?;
+    let conn = conn.clone();
+    let task = tokio::spawn(async move {
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            eprintln!("{}", stats_line(role, &conn, started));
+        }
+    });
+    Some(Reporter { task })
+}
+
+/// Stops the periodic report when dropped.
+#[derive(Debug)]
+pub struct Reporter {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

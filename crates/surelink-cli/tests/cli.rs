@@ -1,0 +1,522 @@
+//! End-to-end tests of the `surelink` binary over real UDP on loopback.
+//!
+//! Every process is spawned with its stderr read by a thread; addresses are
+//! learnt from the "listening on" lines (ports are chosen by binding port 0),
+//! and every wait is bounded: a process that does not finish in time is killed
+//! and the test fails with its stderr.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, RngCore, SeedableRng};
+use surelink::proto::wire::{Header, PacketKind};
+
+const BIN: &str = env!("CARGO_BIN_EXE_surelink");
+/// Bound on any one process's run (debug builds on a two-core machine).
+const PROCESS_LIMIT: Duration = Duration::from_secs(120);
+/// Bound on waiting for a process to print its address.
+const STARTUP_LIMIT: Duration = Duration::from_secs(30);
+
+/// A running `surelink` process.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, args: &[&str]) -> Self {
+        Self::spawn_with(name, args, Stdio::null(), Stdio::null())
+    }
+
+    fn spawn_with(name: &'static str, args: &[&str], stdin: Stdio, stdout: Stdio) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start surelink");
+        let (tx, lines) = channel();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let all = stderr.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                all.lock().unwrap().push_str(&line);
+                all.lock().unwrap().push('\n');
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            name,
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for a stderr line containing `marker` and returns what follows it.
+    fn wait_for_line(&mut self, marker: &str) -> String {
+        let deadline = Instant::now() + STARTUP_LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(pos) = line.find(marker) {
+                        return line[pos + marker.len()..].trim().to_owned();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "{}: no line with {marker:?}; stderr:\n{}",
+                        self.name,
+                        self.stderr()
+                    );
+                }
+            }
+        }
+    }
+
+    /// The address printed after "listening on ".
+    fn listening_addr(&mut self) -> SocketAddr {
+        let text = self.wait_for_line("listening on ");
+        let text = text.strip_prefix("udp://").unwrap_or(&text);
+        text.parse().expect("listening address")
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// Waits (bounded) for the process to exit.
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PROCESS_LIMIT;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "{}: still running after {PROCESS_LIMIT:?}; stderr:\n{}",
+                    self.name,
+                    self.stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for a successful exit.
+    fn wait_success(&mut self) {
+        let status = self.wait();
+        // Let the reader thread collect the last lines.
+        thread::sleep(Duration::from_millis(20));
+        assert!(
+            status.success(),
+            "{}: exited with {status}; stderr:\n{}",
+            self.name,
+            self.stderr()
+        );
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A loopback UDP socket with a large receive buffer, so that the test's own
+/// socket does not drop datagrams when this thread is descheduled for a while
+/// (only the path through surelink is under test).
+fn udp_with_big_buffer() -> UdpSocket {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+    socket.set_recv_buffer_size(8 << 20).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.into()
+}
+
+fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    SmallRng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+fn start_receiver(extra: &[&str]) -> (Proc, SocketAddr) {
+    let mut args = vec!["recv", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let mut recv = Proc::spawn("recv", &args);
+    let addr = recv.listening_addr();
+    (recv, addr)
+}
+
+#[test]
+fn a_file_arrives_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.bin");
+    let output = dir.path().join("out.bin");
+    let data = random_bytes(1, 10 << 20);
+    std::fs::write(&input, &data).unwrap();
+
+    let (mut recv, addr) = start_receiver(&["--out", output.to_str().unwrap(), "--once"]);
+    let mut send = Proc::spawn(
+        "send",
+        &[
+            "send",
+            "--to",
+            &addr.to_string(),
+            "--in",
+            input.to_str().unwrap(),
+            "--stats-interval",
+            "1s",
+        ],
+    );
+    send.wait_success();
+    recv.wait_success();
+    let got = std::fs::read(&output).unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "output differs from input");
+    // The final stats line is JSON.
+    let stats = send.stderr();
+    let last = stats
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .expect("a stats line");
+    assert!(
+        last.contains("\"messages_acked\"") && last.contains("\"retransmission_rate\""),
+        "{last}"
+    );
+}
+
+#[test]
+fn stdin_to_stdout_with_small_chunks() {
+    let data = random_bytes(2, 300_000);
+    let mut recv = Proc::spawn_with(
+        "recv",
+        &["recv", "--listen", "127.0.0.1:0", "--once"],
+        Stdio::null(),
+        Stdio::piped(),
+    );
+    let addr = recv.listening_addr();
+    let mut stdout = recv.child.stdout.take().unwrap();
+    let collector = thread::spawn(move || {
+        let mut out = Vec::new();
+        stdout.read_to_end(&mut out).unwrap();
+        out
+    });
+    let mut send = Proc::spawn_with(
+        "send",
+        &["send", "--to", &addr.to_string(), "--chunk", "1000"],
+        Stdio::piped(),
+        Stdio::null(),
+    );
+    let mut stdin = send.child.stdin.take().unwrap();
+    let input = data.clone();
+    let feeder = thread::spawn(move || {
+        stdin.write_all(&input).unwrap();
+        // Dropping stdin is the end of the stream.
+    });
+    feeder.join().unwrap();
+    send.wait_success();
+    recv.wait_success();
+    let got = collector.join().unwrap();
+    assert!(
+        got == data,
+        "stdout differs: {} of {} bytes",
+        got.len(),
+        data.len()
+    );
+}
+
+#[test]
+fn the_datagram_gateway_delivers_every_datagram() {
+    const N: u32 = 2_000;
+    let sink = udp_with_big_buffer();
+    sink.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+
+    let (mut recv, addr) = start_receiver(&[
+        "--to",
+        &format!("udp://{sink_addr}"),
+        "--once",
+        "--stats-interval",
+        "10s",
+    ]);
+    let mut send = Proc::spawn(
+        "send",
+        &[
+            "send",
+            "--to",
+            &addr.to_string(),
+            "--from",
+            "udp://127.0.0.1:0",
+            "--stats-interval",
+            "10s",
+        ],
+    );
+    let gateway = send.listening_addr();
+
+    let payload = |i: u32| -> Vec<u8> {
+        let len = 4 + (i as usize * 37) % 1_200;
+        let mut v = i.to_be_bytes().to_vec();
+        v.extend((4..len).map(|k| (k as u32 ^ i) as u8));
+        v
+    };
+    let source = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let fed = Arc::new(AtomicBool::new(false));
+    let fed_flag = fed.clone();
+    let feeder = thread::spawn(move || {
+        for i in 0..N {
+            source.send_to(&payload(i), gateway).unwrap();
+            if i % 20 == 19 {
+                // A moderate, bounded rate: at most 20 datagrams a millisecond.
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        fed_flag.store(true, Ordering::Relaxed);
+    });
+
+    // Collect until everything arrived, or nothing more arrived for a long
+    // while after the last datagram was fed in (bounded either way).
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + PROCESS_LIMIT;
+    let mut last_arrival = Instant::now();
+    while got.len() < N as usize && Instant::now() < deadline {
+        if fed.load(Ordering::Relaxed) && last_arrival.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        match sink.recv_from(&mut buf) {
+            Ok((n, _)) => {
+                got.push(buf[..n].to_vec());
+                last_arrival = Instant::now();
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("sink: {e}"),
+        }
+    }
+    feeder.join().unwrap();
+    send.terminate();
+    send.wait_success();
+    recv.wait_success();
+
+    if got.len() != N as usize {
+        let seen: HashSet<u32> = got
+            .iter()
+            .map(|d| u32::from_be_bytes(d[..4].try_into().unwrap()))
+            .collect();
+        let missing: Vec<u32> = (0..N).filter(|i| !seen.contains(i)).take(20).collect();
+        panic!(
+            "{} of {N} datagrams arrived; first missing: {missing:?}\nsend stderr:\n{}\nrecv stderr:\n{}",
+            got.len(),
+            send.stderr(),
+            recv.stderr()
+        );
+    }
+    let mut seen = HashSet::new();
+    for d in &got {
+        let i = u32::from_be_bytes(d[..4].try_into().unwrap());
+        assert!(seen.insert(i), "datagram {i} arrived twice");
+        assert!(*d == payload(i), "datagram {i} content differs");
+    }
+    assert_eq!(seen.len(), N as usize);
+    // In order: one connection, one sender socket, loopback.
+    let order: Vec<u32> = got
+        .iter()
+        .map(|d| u32::from_be_bytes(d[..4].try_into().unwrap()))
+        .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "datagrams out of order"
+    );
+}
+
+/// Random datagrams; most start with a well-formed surelink header (any kind,
+/// any flags, a random connection id) followed by random bytes.
+fn garbage(rng: &mut SmallRng) -> Vec<u8> {
+    const KINDS: [PacketKind; 5] = [
+        PacketKind::Initial,
+        PacketKind::Handshake,
+        PacketKind::Data,
+        PacketKind::Retry,
+        PacketKind::Reject,
+    ];
+    let mut out = Vec::new();
+    if rng.gen_bool(0.8) {
+        Header {
+            kind: KINDS[rng.gen_range(0..KINDS.len())],
+            flags: rng.gen_range(0..4),
+            dcid: rng.gen(),
+            pn: rng.gen_range(0..1 << 20),
+        }
+        .encode(&mut out);
+    }
+    // Initials must be padded to 1200 bytes to be looked at: often pad.
+    let len = if rng.gen_bool(0.3) {
+        1_200
+    } else {
+        rng.gen_range(0..1_500)
+    };
+    let start = out.len();
+    out.resize(start.max(len), 0);
+    rng.fill_bytes(&mut out[start..]);
+    out
+}
+
+#[test]
+fn garbage_thrown_at_the_receiver_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.bin");
+    let output = dir.path().join("out.bin");
+    let data = random_bytes(3, 10 << 20);
+    std::fs::write(&input, &data).unwrap();
+
+    let (mut recv, addr) = start_receiver(&["--out", output.to_str().unwrap(), "--once"]);
+    let done = Arc::new(AtomicBool::new(false));
+    let stop = done.clone();
+    let thrower = thread::spawn(move || {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut rng = SmallRng::seed_from_u64(4);
+        let mut sent = 0u32;
+        // Bounded in count and rate.
+        while !stop.load(Ordering::Relaxed) && sent < 50_000 {
+            let _ = socket.send_to(&garbage(&mut rng), addr);
+            sent += 1;
+            if sent % 10 == 0 {
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        sent
+    });
+    let mut send = Proc::spawn(
+        "send",
+        &[
+            "send",
+            "--to",
+            &addr.to_string(),
+            "--in",
+            input.to_str().unwrap(),
+        ],
+    );
+    send.wait_success();
+    done.store(true, Ordering::Relaxed);
+    let thrown = thrower.join().unwrap();
+    recv.wait_success();
+    assert!(thrown > 0);
+    // The receiver saw (and dropped) the garbage.
+    let stderr = recv.stderr();
+    let dropped: u64 = ["malformed=", "unknown_connection=", "refused="]
+        .iter()
+        .map(|key| {
+            let at = stderr
+                .find(key)
+                .unwrap_or_else(|| panic!("no {key} in stderr:\n{stderr}"));
+            let digits: String = stderr[at + key.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse::<u64>().unwrap()
+        })
+        .sum();
+    assert!(dropped > 0, "no garbage reached the receiver:\n{stderr}");
+    let got = std::fs::read(&output).unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "output differs from input");
+}
+
+#[test]
+fn an_unreachable_peer_fails_after_the_connect_timeout() {
+    // Bound but never read: nobody answers.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let mut send = Proc::spawn_with(
+        "send",
+        &["send", "--to", &addr, "--connect-timeout", "300ms"],
+        Stdio::piped(),
+        Stdio::null(),
+    );
+    let status = send.wait();
+    thread::sleep(Duration::from_millis(20));
+    assert_eq!(status.code(), Some(1), "stderr:\n{}", send.stderr());
+    let stderr = send.stderr();
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("surelink: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line expected:\n{stderr}");
+    let line = errors[0];
+    assert!(
+        line.contains(&format!("cannot connect to {addr}"))
+            && line.contains("no answer")
+            && line.contains("300ms"),
+        "unclear error: {line}"
+    );
+}
+
+#[test]
+fn bad_arguments_exit_with_status_one() {
+    for args in [
+        &["send"][..],
+        &["send", "--to", "127.0.0.1:1", "--chunk", "0"],
+        &["send", "--to", "127.0.0.1:1", "--connect-timeout", "soon"],
+        &[
+            "recv",
+            "--listen",
+            "127.0.0.1:0",
+            "--out",
+            "x",
+            "--to",
+            "udp://127.0.0.1:1",
+        ],
+        &[
+            "send",
+            "--to",
+            "127.0.0.1:1",
+            "--in",
+            "/nonexistent/surelink-test-input",
+        ],
+    ] {
+        let mut p = Proc::spawn("surelink", args);
+        let status = p.wait();
+        assert_eq!(status.code(), Some(1), "{args:?}: {status}\n{}", p.stderr());
+    }
+}

@@ -1,0 +1,325 @@
+//! [`Connection`]: the application's handle to one surelink connection.
+//!
+//! Every method locks the endpoint's shared state briefly, calls into the
+//! protocol core, and wakes the driver task, which does the I/O. Methods that
+//! must wait (a full send buffer, no message yet, a close in progress) sleep on
+//! the connection's `Notify` until the driver reports a change. Handles are
+//! cheap clones, so one task can send while another receives; dropping the last
+//! one aborts the connection if it is still open.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use surelink_proto::ConnectionHandle;
+use tokio::sync::Notify;
+
+use crate::error::{CloseError, ConnectError, RecvError, SendError};
+use crate::state::{ConnState, Shared};
+use crate::{ClockEstimate, ConnectionError, ConnectionStats, Delivery, Message, PublicKey};
+
+/// A reliable, ordered, message-oriented connection to a peer.
+///
+/// Messages are delivered whole, in order per channel, exactly once. Channels
+/// are independent ordered streams on one connection; [`send`](Connection::send)
+/// and [`recv`](Connection::recv) use channel 0.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<ConnectionInner>,
+}
+
+/// Owned by every clone of a [`Connection`]; dropping the last one aborts the connection.
+struct ConnectionInner {
+    shared: Arc<Shared>,
+    handle: ConnectionHandle,
+    notify: Arc<Notify>,
+    remote: SocketAddr,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("remote", &self.inner.remote)
+            .field("handle", &self.inner.handle.0)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        handle: ConnectionHandle,
+        notify: Arc<Notify>,
+        remote: SocketAddr,
+    ) -> Self {
+        Self {
+            inner: Arc::new(ConnectionInner {
+                shared,
+                handle,
+                notify,
+                remote,
+            }),
+        }
+    }
+
+    /// The peer's address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.inner.remote
+    }
+
+    /// The local address of the endpoint this connection runs on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.shared.local_addr
+    }
+
+    /// Sends `data` as one message on channel 0; see [`send_on`](Connection::send_on).
+    pub async fn send(&self, data: Bytes) -> Result<u64, SendError> {
+        self.send_on(0, data).await
+    }
+
+    /// Queues `data` as one message on `channel` and returns its sequence number
+    /// in that channel.
+    ///
+    /// Returns once the message is queued, not when it is delivered. While the
+    /// send buffer ([`ProtocolConfig::send_buffer`](crate::ProtocolConfig::send_buffer))
+    /// is full it waits for the peer to acknowledge data: this is the
+    /// back-pressure of a slow network or a slow reader. A message larger than
+    /// the buffer is accepted once the buffer is empty. Empty messages are allowed.
+    pub async fn send_on(&self, channel: u64, data: Bytes) -> Result<u64, SendError> {
+        // The message's source time is when the application handed it over, even
+        // if it then waits for buffer space: latency and deadlines count from here.
+        let source_time = Instant::now();
+        self.inner
+            .wait_for(Err(SendError::EndpointClosed), |cs| {
+                match cs.conn.send(source_time, channel, data.clone()) {
+                    Ok(seq) => Some(Ok(seq)),
+                    Err(surelink_proto::SendError::Blocked) => None,
+                    Err(surelink_proto::SendError::TooLarge { size, max }) => {
+                        Some(Err(SendError::TooLarge { size, max }))
+                    }
+                    Err(surelink_proto::SendError::Closing) => Some(Err(SendError::Closing)),
+                    Err(_) => Some(Err(match cs.conn.error() {
+                        Some(e) => SendError::ConnectionLost(e.clone()),
+                        None => SendError::Closed,
+                    })),
+                }
+            })
+            .await
+    }
+
+    /// Receives the next message's bytes; see [`recv_message`](Connection::recv_message).
+    pub async fn recv(&self) -> Result<Option<Bytes>, RecvError> {
+        Ok(self.recv_message().await?.map(|m| m.data))
+    }
+
+    /// Receives the next message, with its channel and sequence number.
+    ///
+    /// Returns `Ok(None)` once the connection was closed gracefully (by either
+    /// side) and every message was received. If the connection ended with an
+    /// error, the messages that had arrived complete are returned first, then
+    /// [`RecvError::ConnectionLost`].
+    pub async fn recv_message(&self) -> Result<Option<Message>, RecvError> {
+        self.inner
+            .wait_for(Err(RecvError::EndpointClosed), |cs| {
+                if let Some(m) = cs.conn.recv() {
+                    return Some(Ok(Some(m)));
+                }
+                match &cs.closed {
+                    None => None,
+                    Some(None) => Some(Ok(None)),
+                    Some(Some(e)) => Some(Err(RecvError::ConnectionLost(e.clone()))),
+                }
+            })
+            .await
+    }
+
+    /// Closes the connection gracefully and waits until it is done.
+    ///
+    /// No more messages can be sent. Everything already queued is still
+    /// delivered; once the peer has acknowledged every byte, the close handshake
+    /// runs. Returns `Ok` only after both completed. Fails if the connection ended
+    /// with an error first (for example the peer stopped answering for the idle
+    /// timeout), or if the peer closed while messages of ours were unacknowledged.
+    ///
+    /// This waits as long as the peer keeps acknowledging slowly; wrap it in
+    /// [`tokio::time::timeout`] to bound it.
+    pub async fn close(&self) -> Result<(), CloseError> {
+        {
+            let mut st = self.inner.shared.lock();
+            if let Some(cs) = st.conns.get_mut(&self.inner.handle) {
+                cs.conn.close(Instant::now());
+                cs.sync();
+            }
+        }
+        self.inner.shared.wake_driver.notify_one();
+        self.inner
+            .wait_for(Err(CloseError::EndpointClosed), |cs| match &cs.closed {
+                None => None,
+                Some(Some(e)) => Some(Err(CloseError::ConnectionLost(e.clone()))),
+                Some(None) => {
+                    let s = cs.conn.stats();
+                    let unacked = s.messages_sent.saturating_sub(s.messages_acked);
+                    Some(if unacked == 0 {
+                        Ok(())
+                    } else {
+                        Err(CloseError::Unacknowledged { unacked })
+                    })
+                }
+            })
+            .await
+    }
+
+    /// Ends the connection at once, dropping anything not yet delivered, and tells
+    /// the peer (which sees a [`ConnectionError::PeerClosed`]) why.
+    pub fn abort(&self, reason: &str) {
+        {
+            let mut st = self.inner.shared.lock();
+            if let Some(cs) = st.conns.get_mut(&self.inner.handle) {
+                cs.conn.abort(Instant::now(), reason);
+                cs.sync();
+            }
+        }
+        self.inner.shared.wake_driver.notify_one();
+    }
+
+    /// Waits until the connection has ended; `None` means it closed gracefully.
+    pub async fn closed(&self) -> Option<ConnectionError> {
+        self.inner
+            .wait_for(Some(ConnectionError::LocallyAborted), |cs| {
+                cs.closed.clone()
+            })
+            .await
+    }
+
+    /// True once the connection has ended (gracefully or not).
+    pub fn is_closed(&self) -> bool {
+        self.inner
+            .with(|cs| cs.closed.is_some() || cs.conn.is_closed())
+            .unwrap_or(true)
+    }
+
+    /// The peer's authenticated static public key, once the handshake has
+    /// completed (`None` in insecure plaintext mode).
+    pub fn peer_key(&self) -> Option<PublicKey> {
+        self.inner.with(|cs| cs.conn.peer_key()).flatten()
+    }
+
+    /// What is known about the peer's clock: offset from ours, error bound,
+    /// drift (from the timestamps piggybacked on heartbeats). `None` until the
+    /// first samples. Both clocks are wall clocks (µs since the Unix epoch).
+    pub fn clock_estimate(&self) -> Option<ClockEstimate> {
+        self.inner
+            .with(|cs| cs.conn.clock_estimate(Instant::now()))
+            .flatten()
+    }
+
+    /// Sets how messages sent on `channel` from now on are delivered: reliable
+    /// (the default), with a deadline, or unreliable. The peer learns it with
+    /// each message and skips what is late or lost instead of waiting for it.
+    pub fn set_channel_delivery(&self, channel: u64, delivery: Delivery) {
+        self.inner
+            .with(|cs| cs.conn.set_channel_delivery(channel, delivery));
+    }
+
+    /// Payload bytes queued and not yet acknowledged by the peer.
+    pub fn unacked_bytes(&self) -> u64 {
+        self.inner.with(|cs| cs.conn.unacked_bytes()).unwrap_or(0)
+    }
+
+    /// A snapshot of the connection's counters: round-trip time, congestion
+    /// window, packets and bytes, losses and retransmissions, messages.
+    pub fn stats(&self) -> ConnectionStats {
+        self.inner.with(|cs| cs.conn.stats()).unwrap_or_default()
+    }
+
+    /// Waits for the handshake (used by `Endpoint::connect`).
+    pub(crate) async fn wait_connected(&self) -> Result<(), ConnectError> {
+        let remote = self.inner.remote;
+        let idle = self.inner.shared.config.protocol.idle_timeout;
+        self.inner
+            .wait_for(Err(ConnectError::EndpointClosed), |cs| {
+                if cs.connected {
+                    return Some(Ok(()));
+                }
+                match &cs.closed {
+                    None => None,
+                    Some(Some(ConnectionError::TimedOut)) => Some(Err(ConnectError::TimedOut {
+                        remote,
+                        after: idle,
+                    })),
+                    Some(Some(e)) => Some(Err(ConnectError::Failed {
+                        remote,
+                        error: e.clone(),
+                    })),
+                    Some(None) => Some(Err(ConnectError::Failed {
+                        remote,
+                        error: ConnectionError::PeerClosed {
+                            code: 0,
+                            reason: "closed during the handshake".to_owned(),
+                        },
+                    })),
+                }
+            })
+            .await
+    }
+}
+
+impl ConnectionInner {
+    /// Runs `f` on the connection's state under the lock; `None` if it is gone.
+    fn with<T>(&self, f: impl FnOnce(&mut ConnState) -> T) -> Option<T> {
+        let mut st = self.shared.lock();
+        let cs = st.conns.get_mut(&self.handle)?;
+        let out = f(cs);
+        cs.sync();
+        Some(out)
+    }
+
+    /// Calls `check` under the lock until it returns `Some`, sleeping on the
+    /// connection's `Notify` in between. Returns `gone` if the connection or the
+    /// driver disappeared. Wakes the driver after a successful check, since the
+    /// check may have changed the core's state (a message queued or taken).
+    async fn wait_for<T>(&self, gone: T, mut check: impl FnMut(&mut ConnState) -> Option<T>) -> T {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.shared.lock();
+                let running = st.driver_running;
+                let Some(cs) = st.conns.get_mut(&self.handle) else {
+                    return gone;
+                };
+                if let Some(out) = check(cs) {
+                    cs.sync();
+                    drop(st);
+                    self.shared.wake_driver.notify_one();
+                    return out;
+                }
+                if !running {
+                    return gone;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for ConnectionInner {
+    fn drop(&mut self) {
+        {
+            let mut st = self.shared.lock();
+            if let Some(cs) = st.conns.get_mut(&self.handle) {
+                cs.has_handle = false;
+                if !cs.conn.is_closed() {
+                    tracing::debug!(remote = %self.remote, "last connection handle dropped: aborting");
+                    cs.conn
+                        .abort(Instant::now(), "the connection handle was dropped");
+                }
+                cs.sync();
+            }
+        }
+        self.shared.wake_driver.notify_one();
+    }
+}

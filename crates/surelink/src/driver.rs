@@ -1,0 +1,395 @@
+//! The driver task: the one place where an endpoint's socket, clock and timers
+//! meet the protocol core.
+//!
+//! One task per endpoint owns the UDP socket and runs rounds:
+//!
+//! 1. receive: drain the socket with `try_recv_from` until it would block (at
+//!    most [`RECV_BATCH`] datagrams per round, so sending is not starved);
+//! 2. under the lock: route each datagram through the core endpoint and feed it
+//!    to its connection, run every connection's due timers, collect datagrams
+//!    from `poll_transmit` into the outgoing queue (at most [`TRANSMIT_BUDGET`]
+//!    per round, round-robin over connections), take events, wake waiting
+//!    handles, queue accepted connections, forget drained ones;
+//! 3. without the lock: send the outgoing queue with `try_send_to`. A datagram
+//!    that would block stays queued and the driver waits for writability; no new
+//!    datagrams are taken from the core meanwhile, so the core's congestion
+//!    control sees the back-pressure. Datagrams are never dropped silently: only
+//!    a hard send error drops one, and it is logged and counted (the protocol
+//!    recovers it like a loss);
+//! 4. sleep until the earliest `poll_timeout`, socket readability (or
+//!    writability when blocked), or a wake-up from a handle. A round that hit a
+//!    batch limit yields to the scheduler and goes on at once instead.
+//!
+//! The task ends when no `Endpoint` handle is left and every connection has
+//! drained and lost its handles.
+
+use std::io;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use surelink_proto::{ConnectionHandle, DatagramEvent, Side};
+use tokio::net::UdpSocket;
+
+use crate::handshake_event::HandshakeEvent;
+use crate::state::{ConnState, IoCounters, Shared, State};
+
+/// Most datagrams read from the socket in one round.
+pub(crate) const RECV_BATCH: usize = 64;
+/// Most datagrams taken from the core in one round.
+pub(crate) const TRANSMIT_BUDGET: usize = 128;
+/// Receive buffer: the largest UDP payload.
+const RECV_BUFFER: usize = 65_536;
+/// Consecutive rounds with an already-expired timer and nothing else happening
+/// after which the driver sleeps a little instead of spinning.
+const STALL_ROUNDS: u32 = 3;
+/// How long it then sleeps (the timer wheel's resolution).
+const STALL_SLEEP: Duration = Duration::from_millis(1);
+/// Sleep used when no connection has a timer.
+const IDLE_SLEEP: Duration = Duration::from_secs(3600);
+
+/// Datagrams stored back to back in one buffer.
+#[derive(Debug, Default)]
+struct Datagrams {
+    bytes: Vec<u8>,
+    items: Vec<(SocketAddr, Range<usize>)>,
+    /// Index of the first item not yet sent (for the outgoing queue).
+    head: usize,
+}
+
+impl Datagrams {
+    fn push(&mut self, addr: SocketAddr, data: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(data);
+        self.items.push((addr, start..self.bytes.len()));
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.items.clear();
+        self.head = 0;
+    }
+
+    fn len(&self) -> usize {
+        self.items.len() - self.head
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
+        self.items[self.head..]
+            .iter()
+            .map(|(addr, r)| (*addr, &self.bytes[r.clone()]))
+    }
+}
+
+/// What a round under the lock decided.
+#[derive(Debug)]
+struct Round {
+    /// The earliest timer of any connection.
+    deadline: Option<Instant>,
+    /// The transmit budget ran out: more may be waiting.
+    more_to_send: bool,
+    /// Nothing is left to drive.
+    exit: bool,
+    /// The accept queue or the set of live connections changed.
+    endpoint_changed: bool,
+}
+
+/// Marks the driver as stopped however the task ends (return, panic, runtime
+/// shutdown), and wakes everyone waiting so they see it.
+struct StopGuard(Arc<Shared>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.driver_running = false;
+        for cs in st.conns.values() {
+            cs.notify.notify_waiters();
+        }
+        drop(st);
+        self.0.endpoint_changed.notify_waiters();
+        tracing::debug!(local = %self.0.local_addr, "endpoint driver stopped");
+    }
+}
+
+/// Runs an endpoint until nothing is left to drive.
+pub(crate) async fn run(shared: Arc<Shared>, socket: UdpSocket) {
+    let _stop = StopGuard(shared.clone());
+    let mut recv_buf = vec![0u8; RECV_BUFFER];
+    let mut received = Datagrams::default();
+    let mut outgoing = Datagrams::default();
+    let mut scratch = Vec::with_capacity(RECV_BUFFER);
+    let mut cursor = ConnectionHandle(0);
+    let mut stalled = 0u32;
+    let mut stall_logged = false;
+    loop {
+        // 1. Receive a batch.
+        received.clear();
+        let mut reads = 0;
+        while reads < RECV_BATCH {
+            reads += 1;
+            match socket.try_recv_from(&mut recv_buf) {
+                Ok((n, from)) => received.push(from, &recv_buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    IoCounters::add(&shared.io.recv_errors, 1);
+                    tracing::debug!(error = %e, "receive error");
+                }
+            }
+        }
+        let socket_busy = reads == RECV_BATCH;
+        if !received.is_empty() {
+            IoCounters::add(&shared.io.datagrams_received, received.len() as u64);
+            IoCounters::add(&shared.io.bytes_received, received.bytes.len() as u64);
+        }
+
+        // 2. Drive the core.
+        let now = Instant::now();
+        let before = outgoing.len();
+        let round = {
+            let mut st = shared.lock();
+            drive(
+                &mut st,
+                now,
+                &received,
+                &mut outgoing,
+                &mut scratch,
+                &mut cursor,
+            )
+        };
+        let produced = outgoing.len() > before;
+        if round.endpoint_changed {
+            shared.endpoint_changed.notify_waiters();
+        }
+
+        // 3. Send.
+        let blocked = flush(&socket, &mut outgoing, &shared);
+        if round.exit && outgoing.is_empty() {
+            return;
+        }
+        if !blocked && (socket_busy || round.more_to_send) {
+            tokio::task::yield_now().await;
+            continue;
+        }
+
+        // 4. Sleep.
+        let mut deadline = round.deadline.unwrap_or(now + IDLE_SLEEP);
+        if deadline <= now && received.is_empty() && !produced {
+            stalled += 1;
+            if stalled >= STALL_ROUNDS {
+                if !stall_logged {
+                    tracing::debug!("a connection timer stays expired; throttling the driver");
+                    stall_logged = true;
+                }
+                deadline = now + STALL_SLEEP;
+            }
+        } else {
+            stalled = 0;
+        }
+        tokio::select! {
+            r = socket.readable() => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "socket readiness error");
+                    tokio::time::sleep(STALL_SLEEP).await;
+                }
+            }
+            r = socket.writable(), if blocked => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "socket readiness error");
+                    tokio::time::sleep(STALL_SLEEP).await;
+                }
+            }
+            () = shared.wake_driver.notified() => {}
+            () = tokio::time::sleep_until(deadline.into()) => {}
+        }
+    }
+}
+
+/// One round of protocol work under the lock.
+fn drive(
+    st: &mut State,
+    now: Instant,
+    received: &Datagrams,
+    outgoing: &mut Datagrams,
+    scratch: &mut Vec<u8>,
+    cursor: &mut ConnectionHandle,
+) -> Round {
+    let State {
+        endpoint,
+        conns,
+        incoming,
+        open,
+        accepting,
+        handshakes,
+        handshakes_failed,
+        peak_connections,
+        ..
+    } = st;
+    let mut endpoint_changed = false;
+
+    // Datagrams still queued from last round mean the socket would block:
+    // take no new ones from the core until they are out.
+    let socket_blocked = !outgoing.is_empty();
+
+    // Route and feed datagrams.
+    for (from, data) in received.iter() {
+        match endpoint.handle(now, from, data) {
+            DatagramEvent::Known(h) => {
+                if let Some(cs) = conns.get_mut(&h) {
+                    cs.conn.handle_datagram(now, from, data);
+                }
+            }
+            DatagramEvent::New(h, conn) => {
+                let mut cs = ConnState::new(*conn, false);
+                cs.conn.handle_datagram(now, from, data);
+                if !*accepting {
+                    cs.conn
+                        .abort(now, "the endpoint is not accepting connections");
+                }
+                tracing::debug!(remote = %from, "incoming connection");
+                conns.insert(h, cs);
+            }
+            DatagramEvent::Respond(response) => {
+                // A stateless answer (Retry, Reject): small, sent as is.
+                if let Some(event) = HandshakeEvent::from_response(&response) {
+                    handshakes.push(event);
+                    endpoint_changed = true;
+                }
+                outgoing.push(response.destination, &response.data);
+            }
+            DatagramEvent::Dropped(reason) => {
+                tracing::trace!(remote = %from, ?reason, len = data.len(), "datagram dropped");
+            }
+            other => tracing::trace!(?other, "unhandled datagram event"),
+        }
+    }
+
+    *peak_connections = (*peak_connections).max(conns.len());
+
+    // Timers.
+    for cs in conns.values_mut() {
+        if cs.conn.poll_timeout().is_some_and(|t| t <= now) {
+            cs.conn.handle_timeout(now);
+        }
+    }
+
+    // Transmit, round-robin from the connection the budget last ran out on.
+    let mut more_to_send = false;
+    if !socket_blocked {
+        let order: Vec<ConnectionHandle> = conns
+            .range(*cursor..)
+            .chain(conns.range(..*cursor))
+            .map(|(h, _)| *h)
+            .collect();
+        let mut budget = TRANSMIT_BUDGET;
+        'conns: for h in order {
+            let Some(cs) = conns.get_mut(&h) else {
+                continue;
+            };
+            while let Some(t) = cs.conn.poll_transmit(now, scratch) {
+                outgoing.push(t.destination, &scratch[..t.size]);
+                budget -= 1;
+                if budget == 0 {
+                    *cursor = h;
+                    more_to_send = true;
+                    break 'conns;
+                }
+            }
+        }
+    }
+
+    // Events, the accept queue, drained connections.
+    let mut removable = Vec::new();
+    for (h, cs) in conns.iter_mut() {
+        let connected_now = cs.sync();
+        if cs.conn.side() == Side::Server && !cs.outcome_recorded {
+            let remote = cs.conn.remote();
+            if cs.connected && *accepting {
+                cs.outcome_recorded = true;
+                handshakes.push(HandshakeEvent::Accepted {
+                    remote,
+                    peer_key: cs.conn.peer_key(),
+                });
+                endpoint_changed = true;
+            } else if !cs.connected {
+                if let Some(closed) = &cs.closed {
+                    cs.outcome_recorded = true;
+                    *handshakes_failed += 1;
+                    if let Some(error) = closed {
+                        handshakes.push(HandshakeEvent::Failed {
+                            remote,
+                            error: error.clone(),
+                        });
+                        endpoint_changed = true;
+                    }
+                }
+            }
+        }
+        if connected_now && cs.conn.side() == Side::Server && !cs.has_handle {
+            if *accepting {
+                cs.queued = true;
+                incoming.push_back(*h);
+                endpoint_changed = true;
+            } else if !cs.conn.is_closed() {
+                cs.conn
+                    .abort(now, "the endpoint is not accepting connections");
+                cs.sync();
+            }
+        }
+        if cs.conn.is_drained() && !cs.forgotten {
+            endpoint.forget(*h);
+            cs.forgotten = true;
+            endpoint_changed = true;
+        }
+        if cs.is_removable() {
+            removable.push(*h);
+        }
+    }
+    for h in removable {
+        conns.remove(&h);
+    }
+
+    let deadline = conns.values().filter_map(|cs| cs.conn.poll_timeout()).min();
+    Round {
+        deadline,
+        more_to_send,
+        exit: !*open && conns.is_empty(),
+        endpoint_changed,
+    }
+}
+
+/// Sends the outgoing queue; returns true if the socket would block.
+fn flush(socket: &UdpSocket, outgoing: &mut Datagrams, shared: &Shared) -> bool {
+    let mut sent = 0u64;
+    let mut bytes = 0u64;
+    let mut blocked = false;
+    while outgoing.head < outgoing.items.len() {
+        let (dest, range) = outgoing.items[outgoing.head].clone();
+        match socket.try_send_to(&outgoing.bytes[range.clone()], dest) {
+            Ok(_) => {
+                sent += 1;
+                bytes += range.len() as u64;
+                outgoing.head += 1;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                blocked = true;
+                break;
+            }
+            Err(e) => {
+                IoCounters::add(&shared.io.send_errors, 1);
+                tracing::debug!(%dest, error = %e, "send failed; the datagram is lost and will be recovered like a loss");
+                outgoing.head += 1;
+            }
+        }
+    }
+    if outgoing.is_empty() {
+        outgoing.clear();
+    }
+    IoCounters::add(&shared.io.datagrams_sent, sent);
+    IoCounters::add(&shared.io.bytes_sent, bytes);
+    blocked
+}

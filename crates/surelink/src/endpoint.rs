@@ -1,0 +1,358 @@
+//! [`Endpoint`]: a UDP socket with its driver task, making and accepting connections.
+//!
+//! An endpoint is created inside a tokio runtime; it spawns one driver task
+//! (see the `driver` module) that owns the socket. Handles are cheap clones.
+//! When the last handle is dropped the endpoint stops accepting (connections
+//! waiting in the accept queue are aborted), while connections already handed
+//! out keep working; the driver ends when they have all drained.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::RngCore;
+use tokio::net::UdpSocket;
+
+use crate::connection::Connection;
+use crate::error::{BindError, ConnectError};
+use crate::handshake_event::HandshakeEvent;
+use crate::state::{ConnState, IoCounters, Shared, State};
+use crate::{driver, socket, EndpointConfig};
+
+/// Endpoint-wide counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointStats {
+    /// The protocol core's counters (malformed datagrams, unknown connections, …).
+    pub protocol: surelink_proto::EndpointStats,
+    /// Datagrams read from the socket.
+    pub datagrams_received: u64,
+    /// Bytes read from the socket.
+    pub bytes_received: u64,
+    /// Datagrams written to the socket.
+    pub datagrams_sent: u64,
+    /// Bytes written to the socket.
+    pub bytes_sent: u64,
+    /// Datagrams the operating system refused to send (lost, and recovered by the protocol).
+    pub send_errors: u64,
+    /// Errors reading from the socket.
+    pub recv_errors: u64,
+    /// Connections not yet drained.
+    pub connections: usize,
+    /// Most connections held at once since the endpoint started (live, or
+    /// drained and not yet released): what bounds the memory kept per peer.
+    pub peak_connections: usize,
+    /// Incoming connections that ended before their handshake completed
+    /// (refused, failed or abandoned); see [`Endpoint::next_handshake_event`].
+    pub handshakes_failed: u64,
+    /// Handshake events dropped because nobody took them and the queue
+    /// ([`HANDSHAKE_EVENT_CAPACITY`](crate::HANDSHAKE_EVENT_CAPACITY)) was full.
+    pub handshake_events_dropped: u64,
+}
+
+/// A surelink endpoint: one UDP socket, many connections.
+///
+/// Create a server with [`Endpoint::bind`] (it accepts connections) or a client
+/// with [`Endpoint::client`]; both can [`connect`](Endpoint::connect).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use surelink::{Endpoint, EndpointConfig};
+/// let server = Endpoint::bind("127.0.0.1:4433".parse()?, EndpointConfig::default())?;
+/// let client = Endpoint::client("127.0.0.1:0".parse()?)?;
+/// let conn = client.connect(server.local_addr()).await?;
+/// conn.send("hello".into()).await?;
+/// conn.close().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Endpoint {
+    inner: Arc<EndpointInner>,
+}
+
+/// Owned by every clone of an [`Endpoint`]; dropping the last one closes the endpoint.
+struct EndpointInner {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("local_addr", &self.inner.shared.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// A server endpoint on `addr`: it accepts incoming connections (see
+    /// [`accept`](Endpoint::accept)) and can also connect out.
+    ///
+    /// Must be called inside a tokio runtime. Port 0 picks a free port; see
+    /// [`local_addr`](Endpoint::local_addr).
+    pub fn bind(addr: SocketAddr, config: EndpointConfig) -> Result<Self, BindError> {
+        Self::create(addr, config, true)
+    }
+
+    /// A client endpoint on `addr` (typically `0.0.0.0:0` or `[::]:0`) with the
+    /// default configuration; it does not accept connections.
+    pub fn client(addr: SocketAddr) -> Result<Self, BindError> {
+        Self::client_with_config(addr, EndpointConfig::default())
+    }
+
+    /// A client endpoint on `addr` with `config`; it does not accept connections.
+    pub fn client_with_config(addr: SocketAddr, config: EndpointConfig) -> Result<Self, BindError> {
+        Self::create(addr, config, false)
+    }
+
+    /// An endpoint over a socket the caller created (already bound). It accepts
+    /// incoming connections if `accept` is true. The socket is made non-blocking
+    /// and its buffers are raised as `config` says.
+    pub fn from_std_socket(
+        socket: std::net::UdpSocket,
+        config: EndpointConfig,
+        accept: bool,
+    ) -> Result<Self, BindError> {
+        let addr = socket
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
+        let proto = new_core(&config, accept)?;
+        let socket = socket::prepare_std(socket, config.socket_buffer_size)
+            .map_err(|source| BindError::Io { addr, source })?;
+        Self::start(runtime, socket, proto, config, accept, addr)
+    }
+
+    fn create(addr: SocketAddr, config: EndpointConfig, accept: bool) -> Result<Self, BindError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
+        let proto = new_core(&config, accept)?;
+        let socket = socket::bind_udp(addr, config.socket_buffer_size)
+            .map_err(|source| BindError::Io { addr, source })?;
+        Self::start(runtime, socket, proto, config, accept, addr)
+    }
+
+    fn start(
+        runtime: tokio::runtime::Handle,
+        socket: std::net::UdpSocket,
+        proto: surelink_proto::Endpoint,
+        config: EndpointConfig,
+        accept: bool,
+        addr: SocketAddr,
+    ) -> Result<Self, BindError> {
+        let io_err = |source| BindError::Io { addr, source };
+        let local_addr = socket.local_addr().map_err(io_err)?;
+        let socket = {
+            let _entered = runtime.enter();
+            UdpSocket::from_std(socket).map_err(io_err)?
+        };
+        let shared = Arc::new(Shared::new(State::new(proto, accept), local_addr, config));
+        runtime.spawn(driver::run(shared.clone(), socket));
+        tracing::debug!(%local_addr, accept, "endpoint started");
+        Ok(Self {
+            inner: Arc::new(EndpointInner { shared }),
+        })
+    }
+
+    /// The address the socket is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.shared.local_addr
+    }
+
+    /// This endpoint's static public key, which peers authenticate it by
+    /// (`None` in insecure plaintext mode).
+    pub fn public_key(&self) -> Option<crate::PublicKey> {
+        self.inner
+            .shared
+            .lock()
+            .endpoint
+            .identity()
+            .map(|id| id.public())
+    }
+
+    /// The endpoint's settings.
+    pub fn config(&self) -> &EndpointConfig {
+        &self.inner.shared.config
+    }
+
+    /// Connects to `remote` and waits for the handshake to complete.
+    ///
+    /// Fails with [`ConnectError::TimedOut`] when the peer does not answer within
+    /// [`EndpointConfig::connect_timeout`], and with [`ConnectError::Failed`] when
+    /// it refuses or the connection dies during the handshake.
+    pub async fn connect(&self, remote: SocketAddr) -> Result<Connection, ConnectError> {
+        let shared = &self.inner.shared;
+        let timeout = shared.config.connect_timeout;
+        let conn = {
+            let mut st = shared.lock();
+            if !st.driver_running {
+                return Err(ConnectError::EndpointClosed);
+            }
+            let (handle, core) = st.endpoint.connect(Instant::now(), remote);
+            let cs = ConnState::new(core, true);
+            let notify = cs.notify.clone();
+            st.conns.insert(handle, cs);
+            Connection::new(shared.clone(), handle, notify, remote)
+        };
+        shared.wake_driver.notify_one();
+        tracing::debug!(%remote, "connecting");
+        match tokio::time::timeout(timeout, conn.wait_connected()).await {
+            Ok(Ok(())) => Ok(conn),
+            Ok(Err(e)) => Err(e),
+            // Dropping `conn` aborts the half-made connection.
+            Err(_) => Err(ConnectError::TimedOut {
+                remote,
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Waits for the next incoming connection.
+    ///
+    /// Returns `None` on a client endpoint (which does not accept), or once the
+    /// endpoint's driver has stopped.
+    pub async fn accept(&self) -> Option<Connection> {
+        let shared = &self.inner.shared;
+        loop {
+            let notified = shared.endpoint_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = shared.lock();
+                while let Some(handle) = st.incoming.pop_front() {
+                    if let Some(cs) = st.conns.get_mut(&handle) {
+                        cs.queued = false;
+                        cs.has_handle = true;
+                        let remote = cs.conn.remote();
+                        let notify = cs.notify.clone();
+                        drop(st);
+                        tracing::debug!(%remote, "connection accepted");
+                        return Some(Connection::new(shared.clone(), handle, notify, remote));
+                    }
+                }
+                if !st.accepting || !st.driver_running {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits for the outcome of the next incoming connection attempt: accepted
+    /// (with the client's key), failed during the handshake (not on the
+    /// allow-list, pre-shared key mismatch, the client refused our key, …) or
+    /// refused statelessly (security mode mismatch, connection limit).
+    ///
+    /// For logging and auditing; reading them is optional. The events are
+    /// kept in a bounded queue ([`HANDSHAKE_EVENT_CAPACITY`](crate::HANDSHAKE_EVENT_CAPACITY),
+    /// the oldest are dropped). Returns `None` on a client endpoint, or once
+    /// the endpoint's driver has stopped and every event was taken.
+    ///
+    /// ```no_run
+    /// # async fn demo(server: surelink::Endpoint) {
+    /// let log = server.clone();
+    /// tokio::spawn(async move {
+    ///     while let Some(event) = log.next_handshake_event().await {
+    ///         eprintln!("{event}");
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    pub async fn next_handshake_event(&self) -> Option<HandshakeEvent> {
+        let shared = &self.inner.shared;
+        loop {
+            let notified = shared.endpoint_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = shared.lock();
+                if let Some(event) = st.handshakes.pop() {
+                    return Some(event);
+                }
+                if !st.driver_running || !st.accepting {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until every connection of this endpoint has drained: closed, and
+    /// done answering the peer's last packets. Call it before exiting the
+    /// process after a close, so the peer's close completes too.
+    pub async fn wait_idle(&self) {
+        let shared = &self.inner.shared;
+        loop {
+            let notified = shared.endpoint_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = shared.lock();
+                if !st.driver_running || st.conns.values().all(|cs| cs.conn.is_drained()) {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Endpoint-wide counters.
+    pub fn stats(&self) -> EndpointStats {
+        let shared = &self.inner.shared;
+        let (protocol, connections, peak_connections, handshakes_failed, handshake_events_dropped) = {
+            let st = shared.lock();
+            let live = st.conns.values().filter(|cs| !cs.conn.is_drained()).count();
+            (
+                st.endpoint.stats().clone(),
+                live,
+                st.peak_connections,
+                st.handshakes_failed,
+                st.handshakes.dropped,
+            )
+        };
+        let io = &shared.io;
+        EndpointStats {
+            protocol,
+            datagrams_received: IoCounters::get(&io.datagrams_received),
+            bytes_received: IoCounters::get(&io.bytes_received),
+            datagrams_sent: IoCounters::get(&io.datagrams_sent),
+            bytes_sent: IoCounters::get(&io.bytes_sent),
+            send_errors: IoCounters::get(&io.send_errors),
+            recv_errors: IoCounters::get(&io.recv_errors),
+            connections,
+            peak_connections,
+            handshakes_failed,
+            handshake_events_dropped,
+        }
+    }
+}
+
+/// The core endpoint, seeded from the operating system's randomness.
+fn new_core(config: &EndpointConfig, accept: bool) -> Result<surelink_proto::Endpoint, BindError> {
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    let mut core = surelink_proto::Endpoint::new(config.protocol.clone(), seed, accept)?;
+    // Connections timestamp with the wall clock, so that peers' clock
+    // estimates relate real times.
+    core.set_clock(Instant::now(), crate::util::wall_clock_us());
+    Ok(core)
+}
+
+impl Drop for EndpointInner {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let mut st = self.shared.lock();
+        st.open = false;
+        st.accepting = false;
+        let queued: Vec<_> = st.incoming.drain(..).collect();
+        for handle in queued {
+            if let Some(cs) = st.conns.get_mut(&handle) {
+                cs.queued = false;
+                cs.conn.abort(now, "the endpoint was closed");
+                cs.sync();
+            }
+        }
+        drop(st);
+        self.shared.wake_driver.notify_one();
+        self.shared.endpoint_changed.notify_waiters();
+    }
+}

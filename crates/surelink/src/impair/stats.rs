@@ -1,0 +1,244 @@
+//! Counters of an impairer: [`ImpairStats`] and [`DirectionStats`], and the
+//! shared book they are read from.
+//!
+//! Each flow task keeps its own counters and copies them into the
+//! [`StatsBook`] after every event; the listener adds the counters only it
+//! sees (refused flows, full hand-over queues, listen-socket errors). When a
+//! flow ends, its counters move into a running total, so
+//! [`ImpairHandle::stats`](super::ImpairHandle::stats) is always the sum over
+//! every flow ever opened.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Mutex, MutexGuard};
+
+use surelink_netem::LinkStats;
+
+/// Counters of one direction (upstream: client → target, downstream:
+/// target → client), summed over all flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DirectionStats {
+    /// The impairment model's counters ([`LinkStats`]: sent, delivered,
+    /// dropped by reason, duplicated, reordered, bytes), summed over flows.
+    pub link: LinkStats,
+    /// Datagrams written to the outgoing socket (delivered by the model and
+    /// sent without error).
+    pub forwarded: u64,
+    /// Datagrams delivered by the model that the outgoing socket refused;
+    /// they are lost.
+    pub send_errors: u64,
+    /// Failed reads on the socket this direction receives from (for
+    /// example "connection refused" when nothing listens on the target).
+    pub recv_errors: u64,
+    /// Datagrams dropped before reaching the model because the impairer's
+    /// own buffers were full: the flow's hand-over queue (its task could not
+    /// keep up) or its limit of 65 536 datagrams in flight per direction.
+    pub dropped_backlog: u64,
+}
+
+impl DirectionStats {
+    /// Datagrams received in this direction: offered to the model or dropped
+    /// before it.
+    pub fn received(&self) -> u64 {
+        self.link.sent + self.dropped_backlog
+    }
+
+    /// Adds `other`'s counters to these.
+    pub(crate) fn add(&mut self, other: &DirectionStats) {
+        add_link_stats(&mut self.link, &other.link);
+        self.forwarded += other.forwarded;
+        self.send_errors += other.send_errors;
+        self.recv_errors += other.recv_errors;
+        self.dropped_backlog += other.dropped_backlog;
+    }
+}
+
+impl fmt::Display for DirectionStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} forwarded={} send_errors={} recv_errors={} dropped_backlog={}",
+            self.link, self.forwarded, self.send_errors, self.recv_errors, self.dropped_backlog
+        )
+    }
+}
+
+/// Sums two sets of link counters field by field.
+fn add_link_stats(total: &mut LinkStats, more: &LinkStats) {
+    total.sent += more.sent;
+    total.delivered += more.delivered;
+    total.dropped_loss += more.dropped_loss;
+    total.dropped_burst += more.dropped_burst;
+    total.dropped_cut += more.dropped_cut;
+    total.dropped_queue += more.dropped_queue;
+    total.duplicated += more.duplicated;
+    total.reordered += more.reordered;
+    total.bytes_in = total.bytes_in.saturating_add(more.bytes_in);
+    total.bytes_out = total.bytes_out.saturating_add(more.bytes_out);
+}
+
+/// Counters of an impairer since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ImpairStats {
+    /// Client → target.
+    pub upstream: DirectionStats,
+    /// Target → client.
+    pub downstream: DirectionStats,
+    /// Flows currently tracked.
+    pub flows_active: u64,
+    /// Flows opened since start (a client that returns after its flow
+    /// expired opens a new one).
+    pub flows_opened: u64,
+    /// Flows forgotten after their idle timeout.
+    pub flows_expired: u64,
+    /// Datagrams from new clients dropped because no flow could be opened
+    /// (the flow table was full, or the upstream socket could not be made).
+    pub flows_refused: u64,
+    /// Whether the on-demand cut is in force.
+    pub cut: bool,
+}
+
+impl fmt::Display for ImpairStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "flows: opened={} active={} expired={} refused={} cut={}",
+            self.flows_opened, self.flows_active, self.flows_expired, self.flows_refused, self.cut
+        )?;
+        writeln!(f, "upstream:   {}", self.upstream)?;
+        write!(f, "downstream: {}", self.downstream)
+    }
+}
+
+/// The counters of one flow, both directions.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FlowCounters {
+    pub(crate) upstream: DirectionStats,
+    pub(crate) downstream: DirectionStats,
+}
+
+impl FlowCounters {
+    fn add(&mut self, other: &FlowCounters) {
+        self.upstream.add(&other.upstream);
+        self.downstream.add(&other.downstream);
+    }
+}
+
+/// Where flows and the listener publish their counters.
+#[derive(Debug, Default)]
+pub(crate) struct StatsBook {
+    inner: Mutex<BookInner>,
+}
+
+#[derive(Debug, Default)]
+struct BookInner {
+    /// Latest counters of each live flow, by flow index.
+    live: HashMap<u64, FlowCounters>,
+    /// Counters of ended flows plus those kept by the listener.
+    retired: FlowCounters,
+    flows_opened: u64,
+    flows_expired: u64,
+    flows_refused: u64,
+}
+
+impl StatsBook {
+    fn lock(&self) -> MutexGuard<'_, BookInner> {
+        // A panic elsewhere while holding the lock leaves plain counters
+        // behind; they are still worth reading.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a new flow.
+    pub(crate) fn open_flow(&self, id: u64) {
+        let mut book = self.lock();
+        book.live.insert(id, FlowCounters::default());
+        book.flows_opened += 1;
+    }
+
+    /// Publishes the current counters of a live flow.
+    pub(crate) fn update_flow(&self, id: u64, counters: &FlowCounters) {
+        if let Some(slot) = self.lock().live.get_mut(&id) {
+            *slot = *counters;
+        }
+    }
+
+    /// Moves a flow's final counters into the running total.
+    pub(crate) fn close_flow(&self, id: u64, counters: &FlowCounters, expired: bool) {
+        let mut book = self.lock();
+        book.live.remove(&id);
+        book.retired.add(counters);
+        if expired {
+            book.flows_expired += 1;
+        }
+    }
+
+    /// Counts a datagram from a client no flow could be opened for.
+    pub(crate) fn refuse_flow(&self) {
+        self.lock().flows_refused += 1;
+    }
+
+    /// Counts an upstream datagram dropped at a full hand-over queue.
+    pub(crate) fn drop_backlog(&self) {
+        self.lock().retired.upstream.dropped_backlog += 1;
+    }
+
+    /// Counts a failed read on the listening socket.
+    pub(crate) fn listen_recv_error(&self) {
+        self.lock().retired.upstream.recv_errors += 1;
+    }
+
+    /// The sum over all flows, live and ended.
+    pub(crate) fn snapshot(&self, cut: bool) -> ImpairStats {
+        let book = self.lock();
+        let mut total = book.retired;
+        for counters in book.live.values() {
+            total.add(counters);
+        }
+        ImpairStats {
+            upstream: total.upstream,
+            downstream: total.downstream,
+            flows_active: book.live.len() as u64,
+            flows_opened: book.flows_opened,
+            flows_expired: book.flows_expired,
+            flows_refused: book.flows_refused,
+            cut,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_sums_live_and_retired() {
+        let book = StatsBook::default();
+        book.open_flow(0);
+        book.open_flow(1);
+        let mut a = FlowCounters::default();
+        a.upstream.link.sent = 3;
+        a.upstream.forwarded = 2;
+        a.downstream.link.bytes_out = 10;
+        book.update_flow(0, &a);
+        book.update_flow(1, &a);
+        book.update_flow(7, &a); // unknown flow: ignored
+        book.drop_backlog();
+        book.refuse_flow();
+        let s = book.snapshot(false);
+        assert_eq!(s.upstream.link.sent, 6);
+        assert_eq!(s.upstream.forwarded, 4);
+        assert_eq!(s.upstream.dropped_backlog, 1);
+        assert_eq!(s.upstream.received(), 7);
+        assert_eq!(s.downstream.link.bytes_out, 20);
+        assert_eq!((s.flows_active, s.flows_opened, s.flows_refused), (2, 2, 1));
+
+        book.close_flow(0, &a, true);
+        let s = book.snapshot(true);
+        assert_eq!(s.upstream.link.sent, 6, "closing keeps the counters");
+        assert_eq!((s.flows_active, s.flows_expired), (1, 1));
+        assert!(s.cut);
+        assert!(s.to_string().contains("forwarded=4"));
+    }
+}
