@@ -16,8 +16,12 @@ use tracing_subscriber::EnvFilter;
 
 mod args;
 mod cmd;
+mod delivery;
+mod keys;
 mod net;
+mod paths;
 mod report;
+mod security;
 mod shutdown;
 
 /// Reliable, low-latency messaging over UDP.
@@ -43,6 +47,8 @@ enum Command {
     Demo(cmd::demo::DemoArgs),
     /// A time reference service: `time serve` and `time query` (clock offset between hosts).
     Time(cmd::time::TimeArgs),
+    /// Make a key pair: the private key to a file (mode 0600), the public key on stdout.
+    Keygen(cmd::keygen::KeygenArgs),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +82,7 @@ fn main() -> ExitCode {
             Command::Impair(args) => cmd::impair::run(args).await,
             Command::Demo(args) => cmd::demo::run(args).await,
             Command::Time(args) => cmd::time::run(args).await,
+            Command::Keygen(args) => cmd::keygen::run(args).await,
         }
     });
     // A blocked stdin read must not hold the process open.

@@ -40,10 +40,20 @@ pub fn stats_line(role: &str, conn: &Connection, started: Instant) -> String {
         "messages_sent": s.messages_sent,
         "messages_acked": s.messages_acked,
         "messages_delivered": s.messages_delivered,
+        "messages_skipped": s.messages_skipped,
+        "messages_late": s.messages_late,
+        "messages_abandoned": s.messages_abandoned,
+        "latency_p50_us": s.latency_p50_us,
+        "latency_p99_us": s.latency_p99_us,
+        "latency_p999_us": s.latency_p999_us,
+        "latency_max_us": s.latency_max_us,
+        "playout_delay_ms": crate::delivery::playout_delay().map(|d| d.as_secs_f64() * 1e3),
         "unacked_bytes": conn.unacked_bytes(),
         "clock_offset_us": clock.map(|c| c.offset_us),
         "clock_error_bound_us": clock.map(|c| c.error_bound_us),
         "clock_drift_ppm": clock.map(|c| c.drift_ppm),
+        "clock_delay_us": clock.map(|c| c.delay_us),
+        "clock_samples": clock.map(|c| c.samples),
     })
     .to_string()
 }

@@ -138,16 +138,16 @@ pub fn announce_server(conn: &Connection, pinned: bool) {
     let remote = conn.remote_addr();
     match conn.peer_key() {
         Some(key) if pinned => eprintln!(
-            "surelink send: connected to {remote}, server key fingerprint {} (matches --peer-key)",
+            "surelink send: receiver {remote}: server key fingerprint {} (matches --peer-key)",
             key.fingerprint()
         ),
         Some(key) => eprintln!(
-            "surelink send: connected to {remote}, server key fingerprint {} \
+            "surelink send: receiver {remote}: server key fingerprint {} \
              (not verified: compare it with the receiver's, or pin it with --peer-key {key})",
             key.fingerprint()
         ),
         None => eprintln!(
-            "surelink send: connected to {remote} in insecure plaintext mode (not authenticated)"
+            "surelink send: receiver {remote}: insecure plaintext mode (not authenticated)"
         ),
     }
 }

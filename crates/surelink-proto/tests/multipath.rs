@@ -13,6 +13,9 @@ fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
 
+/// One path's links: (client→server, server→client).
+type LinkPair = (Link<Vec<u8>>, Link<Vec<u8>>);
+
 /// Two paths between one client and one server, each a pair of seeded links.
 struct Net {
     now: Instant,
@@ -21,8 +24,7 @@ struct Net {
     server_ep: Endpoint,
     client: Connection,
     server: Option<Connection>,
-    /// Per path: (client→server, server→client).
-    links: Vec<(Link<Vec<u8>>, Link<Vec<u8>>)>,
+    links: Vec<LinkPair>,
     client_addrs: Vec<SocketAddr>,
     server_addrs: Vec<SocketAddr>,
     buf: Vec<u8>,

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use surelink_proto::conn::{PathAddr, PathStats};
 use surelink_proto::ConnectionHandle;
 use tokio::sync::Notify;
 
@@ -160,7 +161,11 @@ impl Connection {
                 Some(Some(e)) => Some(Err(CloseError::ConnectionLost(e.clone()))),
                 Some(None) => {
                     let s = cs.conn.stats();
-                    let unacked = s.messages_sent.saturating_sub(s.messages_acked);
+                    // Messages given up on by their delivery mode (deadline
+                    // passed, unreliable and lost) are settled, not missing.
+                    let unacked = s
+                        .messages_sent
+                        .saturating_sub(s.messages_acked + s.messages_abandoned);
                     Some(if unacked == 0 {
                         Ok(())
                     } else {
@@ -213,6 +218,29 @@ impl Connection {
         self.inner
             .with(|cs| cs.conn.clock_estimate(Instant::now()))
             .flatten()
+    }
+
+    /// Adds a path to another address of the peer (for example the same
+    /// server reached through a second network, or a second `--listen`
+    /// address). It is validated with a challenge before use; the endpoint's
+    /// `protocol.path_mode` says how paths share the traffic (backup by
+    /// default: the first path carries the data, the others take over on
+    /// failure). Returns the path's index.
+    pub fn add_path(&self, remote: SocketAddr) -> Option<usize> {
+        let id = self.inner.with(|cs| {
+            cs.conn
+                .add_path(Instant::now(), PathAddr { local: 0, remote })
+                .0
+        });
+        self.inner.shared.wake_driver.notify_one();
+        id
+    }
+
+    /// Per-path figures: state, RTT, phi, bytes, losses.
+    pub fn path_stats(&self) -> Vec<PathStats> {
+        self.inner
+            .with(|cs| cs.conn.path_stats(Instant::now()))
+            .unwrap_or_default()
     }
 
     /// Sets how messages sent on `channel` from now on are delivered: reliable

@@ -1,7 +1,8 @@
 //! The driver task: the one place where an endpoint's socket, clock and timers
 //! meet the protocol core.
 //!
-//! One task per endpoint owns the UDP socket and runs rounds:
+//! One task per endpoint owns the endpoint's UDP sockets (one, or one per
+//! listening address for several paths) and runs rounds:
 //!
 //! 1. receive: drain the socket with `try_recv_from` until it would block (at
 //!    most [`RECV_BATCH`] datagrams per round, so sending is not starved);
@@ -23,12 +24,15 @@
 //! The task ends when no `Endpoint` handle is left and every connection has
 //! drained and lost its handles.
 
+use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use surelink_proto::conn::PathAddr;
 use surelink_proto::{ConnectionHandle, DatagramEvent, Side};
 use tokio::net::UdpSocket;
 
@@ -49,20 +53,21 @@ const STALL_SLEEP: Duration = Duration::from_millis(1);
 /// Sleep used when no connection has a timer.
 const IDLE_SLEEP: Duration = Duration::from_secs(3600);
 
-/// Datagrams stored back to back in one buffer.
+/// Datagrams stored back to back in one buffer, each with the index of the
+/// local socket it came in on or goes out of.
 #[derive(Debug, Default)]
 struct Datagrams {
     bytes: Vec<u8>,
-    items: Vec<(SocketAddr, Range<usize>)>,
+    items: Vec<(u16, SocketAddr, Range<usize>)>,
     /// Index of the first item not yet sent (for the outgoing queue).
     head: usize,
 }
 
 impl Datagrams {
-    fn push(&mut self, addr: SocketAddr, data: &[u8]) {
+    fn push(&mut self, local: u16, addr: SocketAddr, data: &[u8]) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(data);
-        self.items.push((addr, start..self.bytes.len()));
+        self.items.push((local, addr, start..self.bytes.len()));
     }
 
     fn clear(&mut self) {
@@ -79,10 +84,16 @@ impl Datagrams {
         self.len() == 0
     }
 
-    fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
-        self.items[self.head..]
-            .iter()
-            .map(|(addr, r)| (*addr, &self.bytes[r.clone()]))
+    fn iter(&self) -> impl Iterator<Item = (PathAddr, &[u8])> + '_ {
+        self.items[self.head..].iter().map(|(local, addr, r)| {
+            (
+                PathAddr {
+                    local: *local,
+                    remote: *addr,
+                },
+                &self.bytes[r.clone()],
+            )
+        })
     }
 }
 
@@ -117,7 +128,25 @@ impl Drop for StopGuard {
 }
 
 /// Runs an endpoint until nothing is left to drive.
-pub(crate) async fn run(shared: Arc<Shared>, socket: UdpSocket) {
+/// Waits until any of `sockets` is readable (or, with `write`, writable).
+async fn any_ready(sockets: &[UdpSocket], write: bool) -> io::Result<()> {
+    poll_fn(|cx| {
+        for s in sockets {
+            let r = if write {
+                s.poll_send_ready(cx)
+            } else {
+                s.poll_recv_ready(cx)
+            };
+            if let Poll::Ready(r) = r {
+                return Poll::Ready(r);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, sockets: Vec<UdpSocket>) {
     let _stop = StopGuard(shared.clone());
     let mut recv_buf = vec![0u8; RECV_BUFFER];
     let mut received = Datagrams::default();
@@ -130,14 +159,16 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: UdpSocket) {
         // 1. Receive a batch.
         received.clear();
         let mut reads = 0;
-        while reads < RECV_BATCH {
-            reads += 1;
-            match socket.try_recv_from(&mut recv_buf) {
-                Ok((n, from)) => received.push(from, &recv_buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    IoCounters::add(&shared.io.recv_errors, 1);
-                    tracing::debug!(error = %e, "receive error");
+        for (local, socket) in sockets.iter().enumerate() {
+            while reads < RECV_BATCH {
+                reads += 1;
+                match socket.try_recv_from(&mut recv_buf) {
+                    Ok((n, from)) => received.push(local as u16, from, &recv_buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        IoCounters::add(&shared.io.recv_errors, 1);
+                        tracing::debug!(error = %e, "receive error");
+                    }
                 }
             }
         }
@@ -167,7 +198,7 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: UdpSocket) {
         }
 
         // 3. Send.
-        let blocked = flush(&socket, &mut outgoing, &shared);
+        let blocked = flush(&sockets, &mut outgoing, &shared);
         if round.exit && outgoing.is_empty() {
             return;
         }
@@ -191,13 +222,13 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: UdpSocket) {
             stalled = 0;
         }
         tokio::select! {
-            r = socket.readable() => {
+            r = any_ready(&sockets, false) => {
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "socket readiness error");
                     tokio::time::sleep(STALL_SLEEP).await;
                 }
             }
-            r = socket.writable(), if blocked => {
+            r = any_ready(&sockets, true), if blocked => {
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "socket readiness error");
                     tokio::time::sleep(STALL_SLEEP).await;
@@ -236,16 +267,17 @@ fn drive(
     let socket_blocked = !outgoing.is_empty();
 
     // Route and feed datagrams.
-    for (from, data) in received.iter() {
+    for (path, data) in received.iter() {
+        let from = path.remote;
         match endpoint.handle(now, from, data) {
             DatagramEvent::Known(h) => {
                 if let Some(cs) = conns.get_mut(&h) {
-                    cs.conn.handle_datagram(now, from, data);
+                    cs.conn.handle_datagram_on(now, path, data);
                 }
             }
             DatagramEvent::New(h, conn) => {
                 let mut cs = ConnState::new(*conn, false);
-                cs.conn.handle_datagram(now, from, data);
+                cs.conn.handle_datagram_on(now, path, data);
                 if !*accepting {
                     cs.conn
                         .abort(now, "the endpoint is not accepting connections");
@@ -259,7 +291,7 @@ fn drive(
                     handshakes.push(event);
                     endpoint_changed = true;
                 }
-                outgoing.push(response.destination, &response.data);
+                outgoing.push(path.local, response.destination, &response.data);
             }
             DatagramEvent::Dropped(reason) => {
                 tracing::trace!(remote = %from, ?reason, len = data.len(), "datagram dropped");
@@ -291,7 +323,7 @@ fn drive(
                 continue;
             };
             while let Some(t) = cs.conn.poll_transmit(now, scratch) {
-                outgoing.push(t.destination, &scratch[..t.size]);
+                outgoing.push(t.local, t.destination, &scratch[..t.size]);
                 budget -= 1;
                 if budget == 0 {
                     *cursor = h;
@@ -363,12 +395,13 @@ fn drive(
 }
 
 /// Sends the outgoing queue; returns true if the socket would block.
-fn flush(socket: &UdpSocket, outgoing: &mut Datagrams, shared: &Shared) -> bool {
+fn flush(sockets: &[UdpSocket], outgoing: &mut Datagrams, shared: &Shared) -> bool {
     let mut sent = 0u64;
     let mut bytes = 0u64;
     let mut blocked = false;
     while outgoing.head < outgoing.items.len() {
-        let (dest, range) = outgoing.items[outgoing.head].clone();
+        let (local, dest, range) = outgoing.items[outgoing.head].clone();
+        let socket = &sockets[usize::from(local).min(sockets.len() - 1)];
         match socket.try_send_to(&outgoing.bytes[range.clone()], dest) {
             Ok(_) => {
                 sent += 1;

@@ -123,6 +123,22 @@ impl Endpoint {
         Self::start(runtime, socket, proto, config, accept, addr)
     }
 
+    /// A server endpoint listening on several addresses at once (one socket
+    /// each): a connection can then have one path per address (see
+    /// `Connection::add_path` on the client side). The first address is the
+    /// endpoint's [`local_addr`](Endpoint::local_addr).
+    pub fn bind_many(addrs: &[SocketAddr], config: EndpointConfig) -> Result<Self, BindError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
+        let proto = new_core(&config, true)?;
+        let mut sockets = Vec::new();
+        for &addr in addrs {
+            let socket = socket::bind_udp(addr, config.socket_buffer_size)
+                .map_err(|source| BindError::Io { addr, source })?;
+            sockets.push((socket, addr));
+        }
+        Self::start_many(runtime, sockets, proto, config, true)
+    }
+
     fn create(addr: SocketAddr, config: EndpointConfig, accept: bool) -> Result<Self, BindError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
         let proto = new_core(&config, accept)?;
@@ -139,23 +155,41 @@ impl Endpoint {
         accept: bool,
         addr: SocketAddr,
     ) -> Result<Self, BindError> {
-        let io_err = |source| BindError::Io { addr, source };
-        let local_addr = socket.local_addr().map_err(io_err)?;
-        let socket = {
+        Self::start_many(runtime, vec![(socket, addr)], proto, config, accept)
+    }
+
+    fn start_many(
+        runtime: tokio::runtime::Handle,
+        sockets: Vec<(std::net::UdpSocket, SocketAddr)>,
+        proto: surelink_proto::Endpoint,
+        config: EndpointConfig,
+        accept: bool,
+    ) -> Result<Self, BindError> {
+        let mut local_addrs = Vec::new();
+        let mut tokio_sockets = Vec::new();
+        for (socket, addr) in sockets {
+            let io_err = |source| BindError::Io { addr, source };
+            local_addrs.push(socket.local_addr().map_err(io_err)?);
             let _entered = runtime.enter();
-            UdpSocket::from_std(socket).map_err(io_err)?
-        };
-        let shared = Arc::new(Shared::new(State::new(proto, accept), local_addr, config));
-        runtime.spawn(driver::run(shared.clone(), socket));
+            tokio_sockets.push(UdpSocket::from_std(socket).map_err(io_err)?);
+        }
+        let local_addr = local_addrs[0];
+        let shared = Arc::new(Shared::new(State::new(proto, accept), local_addrs, config));
+        runtime.spawn(driver::run(shared.clone(), tokio_sockets));
         tracing::debug!(%local_addr, accept, "endpoint started");
         Ok(Self {
             inner: Arc::new(EndpointInner { shared }),
         })
     }
 
-    /// The address the socket is bound to.
+    /// The address the (first) socket is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.shared.local_addr
+    }
+
+    /// The addresses of every socket of the endpoint (see [`bind_many`](Endpoint::bind_many)).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.shared.local_addrs.clone()
     }
 
     /// This endpoint's static public key, which peers authenticate it by

@@ -115,6 +115,13 @@ impl fmt::Display for HandshakeEvent {
                     error @ (ConnectionError::PeerNotAllowed(_)
                     | ConnectionError::HandshakeFailed(_)),
             } => write!(f, "refused connection from {remote}: {error}"),
+            Self::Failed {
+                remote,
+                error: ConnectionError::Rejected { code, reason },
+            } => write!(
+                f,
+                "the client at {remote} refused the connection: {reason} (code {code})"
+            ),
             Self::Failed { remote, error } => write!(
                 f,
                 "connection attempt from {remote} failed during the handshake: {error}"

@@ -48,6 +48,7 @@ mod util;
 pub use bytes::Bytes;
 pub use surelink_proto as proto;
 pub use surelink_proto::clock::ClockEstimate;
+pub use surelink_proto::conn::{PathMode, PathStats};
 pub use surelink_proto::wire::Delivery;
 pub use surelink_proto::{
     Config as ProtocolConfig, ConfigError, ConnectionError, ConnectionStats, CryptoConfig,

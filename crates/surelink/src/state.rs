@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) endpoint_changed: Notify,
     /// The socket's local address.
     pub(crate) local_addr: SocketAddr,
+    /// Every socket's address, by the index the core's paths use.
+    pub(crate) local_addrs: Vec<SocketAddr>,
     /// The endpoint's settings.
     pub(crate) config: EndpointConfig,
     /// Socket counters, updated by the driver without the lock.
@@ -43,12 +45,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(state: State, local_addr: SocketAddr, config: EndpointConfig) -> Self {
+    pub(crate) fn new(state: State, local_addrs: Vec<SocketAddr>, config: EndpointConfig) -> Self {
+        let local_addr = local_addrs[0];
         Self {
             state: Mutex::new(state),
             wake_driver: Notify::new(),
             endpoint_changed: Notify::new(),
             local_addr,
+            local_addrs,
             config,
             io: IoCounters::default(),
         }

@@ -8,8 +8,8 @@
 
 use std::io;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{Mode, Rx, Tx};
 
@@ -66,34 +66,50 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Tx for FramedTx<W> {
 }
 
 /// Reads length-prefixed messages from `R`.
+///
+/// [`Rx::recv`] is cancel-safe: bytes are only taken from the reader into
+/// an internal buffer, and a message only leaves it whole, so a workload
+/// may wrap `recv` in a timeout.
 pub struct FramedRx<R> {
-    reader: BufReader<R>,
+    reader: R,
+    buf: BytesMut,
 }
 
 impl<R: AsyncRead + Unpin + Send + 'static> FramedRx<R> {
-    /// Wraps a reader (with a 64 KiB read buffer).
+    /// Wraps a reader.
     pub fn new(reader: R) -> Self {
         Self {
-            reader: BufReader::with_capacity(STAGE, reader),
+            reader,
+            buf: BytesMut::with_capacity(2 * STAGE),
         }
     }
 }
 
 impl<R: AsyncRead + Unpin + Send + 'static> Rx for FramedRx<R> {
     async fn recv(&mut self) -> io::Result<Option<Bytes>> {
-        let len = match self.reader.read_u32_le().await {
-            Ok(len) => len as usize,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if len > MAX_FRAME {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("frame of {len} bytes"),
-            ));
+        loop {
+            if self.buf.len() >= 4 {
+                let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                    as usize;
+                if len > MAX_FRAME {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("frame of {len} bytes"),
+                    ));
+                }
+                if self.buf.len() >= 4 + len {
+                    self.buf.advance(4);
+                    return Ok(Some(self.buf.split_to(len).freeze()));
+                }
+                self.buf.reserve(4 + len - self.buf.len());
+            }
+            if self.buf.capacity() - self.buf.len() < STAGE / 4 {
+                self.buf.reserve(STAGE);
+            }
+            if self.reader.read_buf(&mut self.buf).await? == 0 {
+                // End of stream (a partial frame at the end is dropped).
+                return Ok(None);
+            }
         }
-        let mut buf = vec![0; len];
-        self.reader.read_exact(&mut buf).await?;
-        Ok(Some(Bytes::from(buf)))
     }
 }

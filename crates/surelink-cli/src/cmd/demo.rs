@@ -487,7 +487,7 @@ impl Progress {
         let period = if tty {
             Duration::from_millis(100)
         } else {
-            Duration::from_millis(100)
+            Duration::from_secs(1)
         };
         let display = bar.clone();
         let task = tokio::spawn(async move {
@@ -503,9 +503,11 @@ impl Progress {
                 let line = {
                     let t = shared.tally();
                     format!(
-                        "cwnd {} inflight {} unacked {} rtt {:?} lost {} delivered {}  retransmissions {}  latency p50 {:.1} ms  p99 {:.1} ms{}",
-                        stats.cwnd, stats.bytes_in_flight, conn.unacked_bytes(), stats.rtt, stats.packets_lost, t.delivered,
+                        "delivered {}  retransmissions {}  cwnd {:.1} KB  unacked {:.1} KB  latency p50 {:.1} ms  p99 {:.1} ms{}",
+                        t.delivered,
                         stats.retransmissions,
+                        stats.cwnd as f64 / 1e3,
+                        conn.unacked_bytes() as f64 / 1e3,
                         t.quantile_ms(0.5),
                         t.quantile_ms(0.99),
                         if draining { "  (draining)" } else { "" }

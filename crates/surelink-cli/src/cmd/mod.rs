@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod impair;
+pub mod keygen;
 pub mod recv;
 pub mod send;
 pub mod time;

@@ -14,6 +14,12 @@
 //! all of its output was written (and, for a file, synced to disk): 0 if that
 //! connection ended gracefully, 1 if it failed. Without `--once` it serves
 //! senders until Ctrl-C or SIGTERM, and a failed sender is only logged.
+//!
+//! Every connection attempt is reported on stderr: accepted ones with the
+//! sender's key fingerprint, refused ones (not on `--allow`, pre-shared key or
+//! security mode mismatch) with the reason. A refused attempt never reaches
+//! the accept queue, so with `--once` it is not "the first sender": the
+//! receiver keeps waiting for one it accepts.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,9 +37,14 @@ use crate::report::{spawn_reporter, stats_line, StatsArgs};
 /// Arguments of `surelink recv`.
 #[derive(Debug, Args)]
 pub struct RecvArgs {
-    /// Address to listen on, HOST:PORT (port 0 picks a free port; the address is printed on stderr).
-    #[arg(long, value_name = "ADDR", value_parser = parse_host_port)]
-    pub listen: HostPort,
+    /// Address to listen on, HOST:PORT (port 0 picks a free port; the address is
+    /// printed on stderr). Repeat to listen on several addresses: each can be a
+    /// path of the same connection (`send --to A --to B`).
+    #[arg(long, value_name = "ADDR", value_parser = parse_host_port, required = true)]
+    pub listen: Vec<HostPort>,
+    /// How several paths are used (the sender's choice governs its data).
+    #[arg(long, value_enum, default_value = "backup")]
+    pub mode: crate::paths::ModeArg,
     /// Stream mode: write the received bytes to this file (created or truncated), or `-` for stdout (the default).
     #[arg(long = "out", value_name = "PATH|-", conflicts_with = "to")]
     pub output: Option<String>,
@@ -44,12 +55,21 @@ pub struct RecvArgs {
     #[arg(long)]
     pub once: bool,
     #[command(flatten)]
+    pub playout: crate::delivery::PlayoutArgs,
+    #[command(flatten)]
     pub stats: StatsArgs,
+    #[command(flatten)]
+    pub security: crate::security::RecvSecurityArgs,
 }
 
 /// Runs `surelink recv`.
 pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
-    let listen = args.listen.resolve().await?;
+    // Keys first: a bad key file fails before the output file is truncated.
+    let security = args.security.security()?;
+    let mut listen = Vec::new();
+    for l in &args.listen {
+        listen.push(l.resolve().await?);
+    }
     let sink = match &args.to {
         Some(to) => {
             let target = to.resolve().await?;
@@ -67,11 +87,18 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
             }
         },
     };
-    let config = EndpointConfig::default();
+    let mut config = EndpointConfig::default();
+    args.playout.apply(&mut config.protocol);
+    config.protocol.security = security;
     let idle_timeout = config.protocol.idle_timeout;
-    let endpoint =
-        Endpoint::bind(listen, config).with_context(|| format!("cannot listen on {listen}"))?;
-    eprintln!("surelink recv: listening on {}", endpoint.local_addr());
+    config.protocol.path_mode = args.mode.into();
+    let endpoint = Endpoint::bind_many(&listen, config)
+        .with_context(|| format!("cannot listen on {listen:?}"))?;
+    for addr in endpoint.local_addrs() {
+        eprintln!("surelink recv: listening on {addr}");
+    }
+    crate::security::announce_receiver(&endpoint);
+    crate::security::spawn_handshake_log(&endpoint);
 
     let serve = async {
         match sink {

@@ -24,9 +24,13 @@ use crate::report::{spawn_reporter, stats_line, StatsArgs};
 /// Arguments of `surelink send`.
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// The receiving peer (`surelink recv --listen`): HOST:PORT.
-    #[arg(long, value_name = "ADDR", value_parser = parse_host_port)]
-    pub to: HostPort,
+    /// The receiving peer (`surelink recv --listen`): HOST:PORT. Repeat for
+    /// more paths to the same receiver (the first is the primary).
+    #[arg(long, value_name = "ADDR", value_parser = parse_host_port, required = true)]
+    pub to: Vec<HostPort>,
+    /// How several `--to` paths are used.
+    #[arg(long, value_enum, default_value = "backup")]
+    pub mode: crate::paths::ModeArg,
     /// Stream mode: read the bytes to send from this file, or `-` for stdin (the default).
     #[arg(long = "in", value_name = "PATH|-", conflicts_with = "from")]
     pub input: Option<String>,
@@ -44,12 +48,17 @@ pub struct SendArgs {
     #[arg(long, value_name = "ADDR")]
     pub bind: Option<SocketAddr>,
     #[command(flatten)]
+    pub delivery: crate::delivery::DeliveryArgs,
+    #[command(flatten)]
     pub stats: StatsArgs,
+    #[command(flatten)]
+    pub security: crate::security::SendSecurityArgs,
 }
 
 /// Runs `surelink send`.
 pub async fn run(args: SendArgs) -> anyhow::Result<()> {
-    let config = EndpointConfig::default().with_connect_timeout(args.connect_timeout);
+    let mut config = EndpointConfig::default().with_connect_timeout(args.connect_timeout);
+    config.protocol.security = args.security.security()?;
     let max_chunk = config.protocol.max_message_size;
     if args.chunk == 0 || args.chunk > max_chunk {
         bail!(
@@ -57,7 +66,12 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
             args.chunk
         );
     }
-    let remote = args.to.resolve().await?;
+    let remote = args.to[0].resolve().await?;
+    let mut extra_paths = Vec::new();
+    for to in &args.to[1..] {
+        extra_paths.push(to.resolve().await?);
+    }
+    config.protocol.path_mode = args.mode.into();
 
     // Open the input before connecting, so a bad path fails at once.
     let source = match &args.from {
@@ -86,18 +100,29 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
     let conn = endpoint
         .connect(remote)
         .await
-        .with_context(|| format!("cannot connect to {}", args.to))?;
+        .map_err(|e| crate::security::connect_error(&args.to[0], e))?;
+    for addr in extra_paths {
+        conn.add_path(addr);
+        tracing::info!(%addr, "path added");
+    }
     tracing::info!(%remote, local = %endpoint.local_addr(), "connected");
+    args.delivery.apply(&conn);
+    crate::security::announce_server(&conn, args.security.peer_key.is_some());
     let started = Instant::now();
     let reporter = spawn_reporter(args.stats.stats_interval, "send", &conn);
 
-    match source {
-        Source::Stream(reader) => send_stream(&conn, reader, args.chunk).await?,
-        Source::Datagrams(socket) => send_datagrams(&conn, &socket).await?,
-    }
-    conn.close()
-        .await
-        .context("the transfer did not complete: not everything was acknowledged")?;
+    let transfer = async {
+        match source {
+            Source::Stream(reader) => send_stream(&conn, reader, args.chunk).await?,
+            Source::Datagrams(socket) => send_datagrams(&conn, &socket).await?,
+        }
+        conn.close()
+            .await
+            .context("the transfer did not complete: not everything was acknowledged")
+    };
+    // A receiver that refuses us after our side of the handshake completed
+    // (allow-list, pre-shared key) ends the transfer: say so plainly.
+    crate::security::explain_refusal(&conn, transfer.await).await?;
     drop(reporter);
     if args.stats.stats_interval.is_some() {
         eprintln!("{}", stats_line("send", &conn, started));
