@@ -18,6 +18,7 @@ pub struct StatsArgs {
 pub fn stats_line(role: &str, conn: &Connection, started: Instant) -> String {
     let s = conn.stats();
     let clock = conn.clock_estimate();
+    let paths: Vec<serde_json::Value> = s.paths.iter().map(path_json).collect();
     json!({
         "role": role,
         "remote": conn.remote_addr().to_string(),
@@ -54,6 +55,7 @@ pub fn stats_line(role: &str, conn: &Connection, started: Instant) -> String {
         "clock_drift_ppm": clock.map(|c| c.drift_ppm),
         "clock_delay_us": clock.map(|c| c.delay_us),
         "clock_samples": clock.map(|c| c.samples),
+        "paths": paths,
     })
     .to_string()
 }
@@ -89,4 +91,21 @@ impl Drop for Reporter {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// One path's figures, for the `paths` array of the stats line.
+fn path_json(p: &surelink::PathStats) -> serde_json::Value {
+    json!({
+        "id": p.id.0,
+        "remote": p.addr.remote.to_string(),
+        "state": format!("{:?}", p.state),
+        "rtt_ms": p.rtt.as_secs_f64() * 1e3,
+        "phi": p.phi,
+        "cwnd": p.cwnd,
+        "packets_sent": p.packets_sent,
+        "packets_received": p.packets_received,
+        "bytes_sent": p.bytes_sent,
+        "bytes_received": p.bytes_received,
+        "packets_lost": p.packets_lost,
+    })
 }

@@ -41,6 +41,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 
 pub use path::{PathAddr, PathId, PathState, PathStats};
+pub use phi::phi_trade_off;
 pub use reassembly::{Message, ReassemblyError, SkippedRange, MAX_CHANNELS};
 pub use stats::ConnectionStats;
 

@@ -117,6 +117,52 @@ impl PhiDetector {
     }
 }
 
+/// Measures the detector's trade-off on a simulated path: heartbeats every
+/// `interval` plus an exponentially distributed queueing delay of mean
+/// `jitter` (a heavy enough tail to make false suspicions possible), `beats`
+/// of them. Returns
+/// (false suspicions per hour: gaps in which phi reached `threshold` although
+/// the next heartbeat came, mean time from the last heartbeat to phi reaching
+/// `threshold` — the detection time of a failure right after a heartbeat).
+/// The minimum standard deviation is the default configuration's.
+pub fn phi_trade_off(
+    interval: Duration,
+    jitter: Duration,
+    threshold: f64,
+    beats: u32,
+    start: Instant,
+) -> (f64, Duration) {
+    let min_std = crate::Config::default().phi_min_std_dev;
+    let mut d = PhiDetector::new(min_std, interval);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut t = start;
+    let (mut false_positives, mut detect_sum) = (0u32, Duration::ZERO);
+    let mut delay = Duration::ZERO;
+    for _ in 0..beats {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // Arrival = send time + exponential delay; keep FIFO order.
+        let u = ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let new_delay = jitter.mul_f64(-u.ln());
+        let next = (t + interval + new_delay).max(t + interval.saturating_sub(delay));
+        delay = new_delay;
+        if let Some(cross) = d.crossing(threshold) {
+            if cross < next {
+                false_positives += 1;
+            }
+            detect_sum += cross.saturating_duration_since(t);
+        }
+        d.heartbeat(next);
+        t = next;
+    }
+    let hours = t.duration_since(start).as_secs_f64() / 3600.0;
+    (
+        f64::from(false_positives) / hours.max(1e-9),
+        detect_sum / beats.max(1),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +187,22 @@ mod tests {
         );
         assert!(d.phi(cross) >= 8.0 - 1e-6);
         assert!(d.phi(cross - MS) < 8.0);
+    }
+
+    #[test]
+    fn higher_thresholds_trade_detection_time_for_fewer_false_suspicions() {
+        let t0 = Instant::now();
+        let rows: Vec<_> = [2.0, 4.0, 8.0]
+            .iter()
+            .map(|&th| phi_trade_off(20 * MS, 5 * MS, th, 20_000, t0))
+            .collect();
+        for w in rows.windows(2) {
+            assert!(w[1].0 <= w[0].0, "false positives must not grow: {rows:?}");
+            assert!(w[1].1 > w[0].1, "detection must take longer: {rows:?}");
+        }
+        // At the default suspicion level (4) a path with 5 ms of mean
+        // queueing jitter is suspected within a few heartbeat intervals.
+        assert!(rows[1].1 < 100 * MS, "{rows:?}");
     }
 
     #[test]
