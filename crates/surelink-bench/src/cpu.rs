@@ -22,7 +22,8 @@ pub fn seconds(scope: Scope) -> f64 {
     };
     match getrusage(who) {
         Ok(usage) => {
-            let micros = usage.user_time().num_microseconds() + usage.system_time().num_microseconds();
+            let micros =
+                usage.user_time().num_microseconds() + usage.system_time().num_microseconds();
             micros as f64 / 1e6
         }
         // getrusage cannot fail for these arguments on Linux.

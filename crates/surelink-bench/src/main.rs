@@ -1,1 +1,396 @@
-fn main() {}
+//! `surelink-bench`: surelink side by side with quinn, KCP, SRT, TCP and raw
+//! UDP, in one run, on the same workloads, over 127.0.0.1.
+//!
+//! ```text
+//! surelink-bench [--systems LIST] [--workloads bulk,small,realtime] [--runs N]
+//!                [--bulk-mib N] [--small-secs S] [--rt-secs S] [--losses 0,2,10]
+//!                [--json PATH] [--plot PATH.svg] [--install-peers] [--quick]
+//! ```
+//!
+//! The markdown tables go to stdout, progress to stderr. See
+//! `docs/BENCHMARKS.md` for what each workload does and the figures.
+
+#![forbid(unsafe_code)]
+
+mod cpu;
+mod plot;
+mod report;
+mod run;
+mod system;
+mod transport;
+mod workload;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use hdrhistogram::Histogram;
+
+use report::{Machine, Peer, Report, Row, RtGroup, Settings, Status};
+use system::{System, Workload};
+use transport::Route;
+use workload::{RtParams, SMALL_MESSAGE};
+
+/// Compare surelink with quinn, KCP, SRT, TCP and raw UDP on 127.0.0.1.
+#[derive(Debug, Parser)]
+#[command(name = "surelink-bench", version)]
+struct Args {
+    /// Systems to measure (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "surelink,surelink-plaintext,quinn,quinn-datagram,kcp,srt,tcp,udp"
+    )]
+    systems: Vec<System>,
+    /// Workloads to run (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "bulk,small,realtime"
+    )]
+    workloads: Vec<Workload>,
+    /// Bulk transfer size in MiB [default: 256; 4 with --quick].
+    #[arg(long)]
+    bulk_mib: Option<u64>,
+    /// Small-message window in seconds [default: 5; 0.5 with --quick].
+    #[arg(long)]
+    small_secs: Option<f64>,
+    /// Real-time sending time in seconds [default: 30; 1 with --quick].
+    #[arg(long)]
+    rt_secs: Option<f64>,
+    /// Real-time loss rates in percent, each direction (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "0,2,10")]
+    losses: Vec<f64>,
+    /// One-way delay of the impairer, each way, in ms.
+    #[arg(long, default_value_t = 10.0)]
+    delay_ms: f64,
+    /// Jitter of the impairer, each way, in ms.
+    #[arg(long, default_value_t = 1.0)]
+    jitter_ms: f64,
+    /// Real-time message rate per second.
+    #[arg(long, default_value_t = 1000)]
+    rt_rate: u32,
+    /// Real-time message size in bytes (at least 16).
+    #[arg(long, default_value_t = 200)]
+    rt_size: usize,
+    /// Runs of every figure; tables show medians [default: 3; 1 with --quick].
+    #[arg(long)]
+    runs: Option<u32>,
+    /// Seed of the impairers (the same for every system).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Small sizes and one run: a few seconds per system.
+    #[arg(long)]
+    quick: bool,
+    /// Write every run, the medians, ratios and targets as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the latency-distribution plot (SVG) here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Install missing peers (`apt-get install -y srt-tools`) instead of
+    /// reporting them as not available.
+    #[arg(long)]
+    install_peers: bool,
+}
+
+fn main() -> ExitCode {
+    match main_inner() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("surelink-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn settings(args: &Args) -> anyhow::Result<Settings> {
+    let q = args.quick;
+    let settings = Settings {
+        bulk_mib: args.bulk_mib.unwrap_or(if q { 4 } else { 256 }),
+        small_secs: args.small_secs.unwrap_or(if q { 0.5 } else { 5.0 }),
+        small_size: SMALL_MESSAGE,
+        rt_secs: args.rt_secs.unwrap_or(if q { 1.0 } else { 30.0 }),
+        rt_rate: args.rt_rate,
+        rt_size: args.rt_size,
+        delay_ms: args.delay_ms,
+        jitter_ms: args.jitter_ms,
+        losses_percent: args.losses.clone(),
+        seed: args.seed,
+        runs: args.runs.unwrap_or(if q { 1 } else { 3 }),
+        quick: q,
+    };
+    if settings.bulk_mib == 0 || settings.bulk_mib > 64 << 10 {
+        bail!("--bulk-mib must be between 1 and 65536");
+    }
+    for (v, name) in [
+        (settings.small_secs, "--small-secs"),
+        (settings.rt_secs, "--rt-secs"),
+    ] {
+        if !(v.is_finite() && v > 0.0 && v <= 3600.0) {
+            bail!("{name} must be between 0 and 3600 seconds");
+        }
+    }
+    if settings.runs == 0 || settings.runs > 100 {
+        bail!("--runs must be between 1 and 100");
+    }
+    if settings.rt_rate == 0 || settings.rt_rate > 100_000 {
+        bail!("--rt-rate must be between 1 and 100000");
+    }
+    if settings.rt_size < 16 || settings.rt_size > 1200 {
+        bail!("--rt-size must be between 16 and 1200 bytes");
+    }
+    for &loss in &settings.losses_percent {
+        if !(0.0..=100.0).contains(&loss) {
+            bail!("--losses must be percentages between 0 and 100");
+        }
+    }
+    if !(settings.delay_ms >= 0.0 && settings.jitter_ms >= 0.0) {
+        bail!("--delay-ms and --jitter-ms must not be negative");
+    }
+    Ok(settings)
+}
+
+fn route(settings: &Settings, loss: f64) -> anyhow::Result<Route> {
+    let spec = format!(
+        "delay={}us,jitter={}us,loss={loss}%",
+        (settings.delay_ms * 1000.0).round(),
+        (settings.jitter_ms * 1000.0).round()
+    );
+    let link = spec
+        .parse()
+        .map_err(|e| anyhow::anyhow!("impairment {spec}: {e}"))?;
+    Ok(Route {
+        link,
+        seed: settings.seed,
+    })
+}
+
+/// The row of `system` in `workload`, empty with a reason if it cannot run.
+fn make_row<T>(system: System, workload: Workload, peers: &[Peer]) -> Row<T> {
+    if let Some(why) = system.not_applicable(workload) {
+        return Row::without(system, Status::NotApplicable, why);
+    }
+    match peers.iter().find(|p| p.system == system && !p.available) {
+        Some(peer) => Row::without(system, Status::NotAvailable, peer.detail.clone()),
+        None => Row::new(system),
+    }
+}
+
+fn main_inner() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let settings = settings(&args)?;
+    let mut systems = args.systems.clone();
+    systems.sort();
+    systems.dedup();
+    let mut workloads = args.workloads.clone();
+    workloads.dedup();
+    let wants = |w: Workload| workloads.contains(&w);
+
+    // Which systems can run here.
+    let mut peers = Vec::new();
+    for &system in &systems {
+        let (available, detail) = match system {
+            System::Srt => match transport::srt::ensure(args.install_peers) {
+                Ok(version) => (true, version),
+                Err(why) => (false, why),
+            },
+            System::Surelink | System::SurelinkPlaintext => {
+                (true, "surelink (this workspace), default settings".into())
+            }
+            System::Quinn | System::QuinnDatagram => (true, "quinn 0.11, rustls + ring".into()),
+            System::Kcp => (true, "tokio_kcp 0.9, fast mode".into()),
+            System::Tcp => (true, "tokio TCP, TCP_NODELAY".into()),
+            System::Udp => (true, "tokio UDP".into()),
+        };
+        peers.push(Peer {
+            system,
+            available,
+            detail,
+        });
+    }
+    let mut bulk: Vec<_> = if wants(Workload::Bulk) {
+        systems
+            .iter()
+            .map(|&s| make_row(s, Workload::Bulk, &peers))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut small: Vec<_> = if wants(Workload::Small) {
+        systems
+            .iter()
+            .map(|&s| make_row(s, Workload::Small, &peers))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut realtime: Vec<RtGroup> = if wants(Workload::Realtime) {
+        settings
+            .losses_percent
+            .iter()
+            .map(|&loss| RtGroup {
+                loss_percent: loss,
+                rows: systems
+                    .iter()
+                    .map(|&s| make_row(s, Workload::Realtime, &peers))
+                    .collect(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+
+    let bulk_bytes = settings.bulk_mib << 20;
+    // Even a slow peer moves 4 MiB/s; anything slower is reported as a failure.
+    let bulk_limit = Duration::from_secs((settings.bulk_mib / 4).max(30));
+    let small_window = Duration::from_secs_f64(settings.small_secs);
+    let rt_params = RtParams {
+        rate: settings.rt_rate,
+        size: settings.rt_size,
+        secs: settings.rt_secs,
+    };
+    let rtt = Duration::from_secs_f64(2.0 * settings.delay_ms / 1000.0);
+
+    // Runs are the outer loop, so background noise spreads over every system.
+    for run in 1..=settings.runs {
+        let tag = format!("[run {run}/{}]", settings.runs);
+        for row in bulk.iter_mut().filter(|r| r.status == Status::Ok) {
+            match run::bulk(row.system, bulk_bytes, bulk_limit) {
+                Ok(r) => {
+                    eprintln!(
+                        "{tag} bulk {}: {:.1} MiB/s, {:.2} CPU s",
+                        row.system, r.mib_per_s, r.cpu_s
+                    );
+                    row.runs.push(r);
+                }
+                Err(e) => {
+                    eprintln!("{tag} bulk {}: failed: {e}", row.system);
+                    row.errors.push(e.to_string());
+                }
+            }
+        }
+        for row in small.iter_mut().filter(|r| r.status == Status::Ok) {
+            match run::small(row.system, small_window) {
+                Ok(r) => {
+                    eprintln!("{tag} small {}: {:.0} msgs/s", row.system, r.msgs_per_s);
+                    row.runs.push(r);
+                }
+                Err(e) => {
+                    eprintln!("{tag} small {}: failed: {e}", row.system);
+                    row.errors.push(e.to_string());
+                }
+            }
+        }
+        for group in &mut realtime {
+            let route = route(&settings, group.loss_percent)?;
+            for row in group.rows.iter_mut().filter(|r| r.status == Status::Ok) {
+                match run::realtime(row.system, &rt_params, &route, rtt) {
+                    Ok(r) => {
+                        eprintln!(
+                            "{tag} realtime {}% {}: lost {}, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+                            group.loss_percent, row.system, r.lost, r.p50_ms, r.p99_ms, r.p999_ms
+                        );
+                        row.runs.push(r);
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "{tag} realtime {}% {}: failed: {e}",
+                            group.loss_percent, row.system
+                        );
+                        row.errors.push(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    bulk.iter_mut().for_each(Row::finish);
+    small.iter_mut().for_each(Row::finish);
+    for group in &mut realtime {
+        group.rows.iter_mut().for_each(Row::finish);
+    }
+
+    let mut plot_written = None;
+    if let Some(path) = &args.plot {
+        let group = realtime
+            .iter()
+            .find(|g| (g.loss_percent - 2.0).abs() < 1e-9)
+            .or_else(|| realtime.iter().find(|g| g.loss_percent > 0.0))
+            .or_else(|| realtime.first());
+        match group {
+            None => eprintln!("surelink-bench: no real-time figures, no plot"),
+            Some(group) => {
+                let merged: Vec<(String, Histogram<u64>)> = group
+                    .rows
+                    .iter()
+                    .filter_map(|row| {
+                        let mut runs = row.runs.iter().filter_map(|r| r.histogram.as_ref());
+                        let mut merged = runs.next()?.clone();
+                        for h in runs {
+                            // Same bounds everywhere, so adding cannot fail.
+                            let _ = merged.add(h);
+                        }
+                        Some((row.system.to_string(), merged))
+                    })
+                    .collect();
+                let curves: Vec<plot::Curve<'_>> = merged
+                    .iter()
+                    .map(|(label, histogram)| plot::Curve {
+                        label: label.clone(),
+                        histogram,
+                    })
+                    .collect();
+                let title = format!(
+                    "One-way latency, {} msg/s × {} B, {} ms ± {} ms each way, {}% loss each way ({} run{} merged)",
+                    settings.rt_rate,
+                    settings.rt_size,
+                    settings.delay_ms,
+                    settings.jitter_ms,
+                    group.loss_percent,
+                    settings.runs,
+                    if settings.runs == 1 { "" } else { "s" }
+                );
+                plot::latency(path, &title, &curves)
+                    .map_err(|e| anyhow::anyhow!(e))
+                    .with_context(|| format!("writing the plot {}", path.display()))?;
+                plot_written = Some(path.display().to_string());
+            }
+        }
+    }
+
+    let command = std::iter::once("surelink-bench".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut report = Report {
+        command,
+        settings,
+        machine: Machine {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            profile: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+        },
+        systems: peers,
+        bulk,
+        small,
+        realtime,
+        ratios: Default::default(),
+        targets: Vec::new(),
+        plot: plot_written,
+    };
+    report.evaluate();
+    print!("{}", report.markdown());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::system::System;
+use crate::transport::Diagnostics;
 use crate::workload::{BulkRun, RtRun, SmallRun};
 
 /// Whether a row has figures.
@@ -100,6 +101,25 @@ fn med_u64<T>(runs: &[T], f: impl Fn(&T) -> u64) -> u64 {
     med(runs, |r| f(r) as f64).round() as u64
 }
 
+/// Key-by-key medians of the runs' sender counters (`None` if no run has any).
+fn median_diagnostics<'a>(
+    runs: impl Iterator<Item = Option<&'a Diagnostics>>,
+) -> Option<Diagnostics> {
+    let runs: Vec<&Diagnostics> = runs.flatten().collect();
+    let first = runs.first()?;
+    Some(
+        first
+            .keys()
+            .map(|&k| {
+                (
+                    k,
+                    median(runs.iter().filter_map(|d| d.get(k).copied()).collect()),
+                )
+            })
+            .collect(),
+    )
+}
+
 /// Something that has a field-by-field median.
 pub trait Median: Sized {
     /// The median of `runs` (not empty).
@@ -116,6 +136,7 @@ impl Median for BulkRun {
             cpu_s: med(runs, |r| r.cpu_s),
             cpu_s_per_mib: med(runs, |r| r.cpu_s_per_mib),
             delivered_fraction: med(runs, |r| r.delivered_fraction),
+            sender: median_diagnostics(runs.iter().map(|r| r.sender.as_ref())),
         }
     }
 }
@@ -127,6 +148,7 @@ impl Median for SmallRun {
             messages: med_u64(runs, |r| r.messages),
             secs: med(runs, |r| r.secs),
             msgs_per_s: med(runs, |r| r.msgs_per_s),
+            sender: median_diagnostics(runs.iter().map(|r| r.sender.as_ref())),
         }
     }
 }
@@ -145,6 +167,7 @@ impl Median for RtRun {
             wire_bytes: med_u64(runs, |r| r.wire_bytes),
             payload_bytes: med_u64(runs, |r| r.payload_bytes),
             wire_per_payload: med(runs, |r| r.wire_per_payload),
+            sender: median_diagnostics(runs.iter().map(|r| r.sender.as_ref())),
             histogram: None,
         }
     }
@@ -298,9 +321,10 @@ impl Report {
                     ratios
                         .bulk_throughput
                         .insert(row.system.to_string(), mine.mib_per_s / peer.mib_per_s);
-                    ratios
-                        .bulk_cpu_per_mib
-                        .insert(row.system.to_string(), peer.cpu_s_per_mib / mine.cpu_s_per_mib);
+                    ratios.bulk_cpu_per_mib.insert(
+                        row.system.to_string(),
+                        peer.cpu_s_per_mib / mine.cpu_s_per_mib,
+                    );
                 }
             }
         }
@@ -398,11 +422,7 @@ impl Report {
                     met: Some(worst_lost == 0),
                 });
                 let median = row.median.as_ref().expect("finished row");
-                let worst_p99 = row
-                    .runs
-                    .iter()
-                    .map(|r| r.p99_ms)
-                    .fold(f64::NAN, f64::max);
+                let worst_p99 = row.runs.iter().map(|r| r.p99_ms).fold(f64::NAN, f64::max);
                 targets.push(Target {
                     id: "realtime_p99_bound",
                     required: format!(
@@ -452,7 +472,10 @@ impl Report {
             }
             None => {
                 for (id, required) in [
-                    ("realtime_zero_loss", "real time at 2% loss: zero lost".to_owned()),
+                    (
+                        "realtime_zero_loss",
+                        "real time at 2% loss: zero lost".to_owned(),
+                    ),
                     (
                         "realtime_p99_bound",
                         format!("real time at 2% loss: p99 ≤ {bound} ms"),
@@ -575,7 +598,10 @@ impl Report {
                 out,
                 "| system | sent | delivered | lost | dup | p50 ms | p99 ms | p99.9 ms | max ms | wire B / payload B | p99 vs surelink |"
             );
-            let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(
+                out,
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            );
             let key = loss_key(group.loss_percent);
             for row in &group.rows {
                 match &row.median {

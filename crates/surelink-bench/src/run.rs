@@ -58,7 +58,9 @@ pub fn bulk(system: System, bytes: u64, limit: Duration) -> io::Result<BulkRun> 
                 let pair = quic::open_stream(mode, None).await?;
                 workload::bulk(pair, bytes, delivery, limit).await
             }
-            System::Kcp => workload::bulk(kcp::open(mode, None).await?, bytes, delivery, limit).await,
+            System::Kcp => {
+                workload::bulk(kcp::open(mode, None).await?, bytes, delivery, limit).await
+            }
             System::Tcp => workload::bulk(tcp::open(mode).await?, bytes, delivery, limit).await,
             System::Udp => workload::bulk(udp::open(None).await?, bytes, delivery, limit).await,
             System::Srt => srt::bulk(bytes, limit).await,

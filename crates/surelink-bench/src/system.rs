@@ -42,18 +42,6 @@ pub enum Workload {
 }
 
 impl System {
-    /// Every system, in table order.
-    pub const ALL: [System; 8] = [
-        System::Surelink,
-        System::SurelinkPlaintext,
-        System::Quinn,
-        System::QuinnDatagram,
-        System::Kcp,
-        System::Srt,
-        System::Tcp,
-        System::Udp,
-    ];
-
     /// The name used on the command line, in tables and in the JSON.
     pub fn name(self) -> &'static str {
         match self {
@@ -91,7 +79,10 @@ impl System {
 
     /// A reliable peer surelink's real-time targets compare against.
     pub fn is_reliable_peer(self) -> bool {
-        matches!(self, System::Quinn | System::Kcp | System::Srt | System::Tcp)
+        matches!(
+            self,
+            System::Quinn | System::Kcp | System::Srt | System::Tcp
+        )
     }
 }
 

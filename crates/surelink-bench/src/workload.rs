@@ -15,7 +15,7 @@ use serde::Serialize;
 use surelink::impair::ImpairStats;
 
 use crate::cpu;
-use crate::transport::{Delivery, Pair, Rx, Tx};
+use crate::transport::{Delivery, Diagnostics, Pair, Rx, Tx};
 
 /// One bulk transfer.
 #[derive(Debug, Clone, Serialize)]
@@ -34,6 +34,9 @@ pub struct BulkRun {
     pub cpu_s_per_mib: f64,
     /// `received / bytes` (below 1 only for raw UDP).
     pub delivered_fraction: f64,
+    /// The sender's own counters, where the system exposes them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<Diagnostics>,
 }
 
 impl BulkRun {
@@ -49,6 +52,7 @@ impl BulkRun {
             cpu_s,
             cpu_s_per_mib: if mib > 0.0 { cpu_s / mib } else { f64::NAN },
             delivered_fraction: received as f64 / bytes.max(1) as f64,
+            sender: None,
         }
     }
 }
@@ -120,6 +124,7 @@ pub async fn bulk<T: Tx, R: Rx>(
     sender_done.store(true, Ordering::Release);
     let (received, last, rx) = receiver.await.map_err(io::Error::other)??;
     let cpu_s = cpu::seconds(cpu::Scope::Process) - cpu_before;
+    let sender = tx.diagnostics();
     drop((tx, rx, impairer, keep));
     if delivery == Delivery::Reliable && received < bytes {
         return Err(io::Error::new(
@@ -127,7 +132,10 @@ pub async fn bulk<T: Tx, R: Rx>(
             format!("{received} of {bytes} bytes arrived within {limit:?}"),
         ));
     }
-    Ok(BulkRun::new(bytes, received, last - start, cpu_s))
+    Ok(BulkRun {
+        sender,
+        ..BulkRun::new(bytes, received, last - start, cpu_s)
+    })
 }
 
 /// One small-message run.
@@ -141,6 +149,9 @@ pub struct SmallRun {
     pub secs: f64,
     /// Messages received per second.
     pub msgs_per_s: f64,
+    /// The sender's own counters, where the system exposes them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<Diagnostics>,
 }
 
 /// Size of each small message.
@@ -177,6 +188,7 @@ pub async fn small<T: Tx, R: Rx>(pair: Pair<T, R>, window: Duration) -> io::Resu
         }
     }
     let (messages, rx) = receiver.await.map_err(io::Error::other)??;
+    let sender = tx.diagnostics();
     drop((tx, rx, impairer, keep));
     let secs = window.as_secs_f64();
     Ok(SmallRun {
@@ -184,6 +196,7 @@ pub async fn small<T: Tx, R: Rx>(pair: Pair<T, R>, window: Duration) -> io::Resu
         messages,
         secs,
         msgs_per_s: messages as f64 / secs,
+        sender,
     })
 }
 
@@ -224,6 +237,9 @@ pub struct RtRun {
     pub payload_bytes: u64,
     /// `wire_bytes / payload_bytes`.
     pub wire_per_payload: f64,
+    /// The sender's own counters, where the system exposes them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<Diagnostics>,
     /// The latencies (µs), for the plot.
     #[serde(skip)]
     pub histogram: Option<Histogram<u64>>,
@@ -331,6 +347,7 @@ pub async fn realtime<T: Tx, R: Rx>(
     sender_done.store(true, Ordering::Release);
     let (delivered, duplicated, histogram, rx) = receiver.await.map_err(io::Error::other)??;
     let after = impairer.as_ref().map(|i| i.stats());
+    let sender = tx.diagnostics();
     drop((tx, rx, impairer, keep));
     let wire = match (before, after) {
         (Some(b), Some(a)) => wire_bytes(&a).saturating_sub(wire_bytes(&b)),
@@ -361,6 +378,7 @@ pub async fn realtime<T: Tx, R: Rx>(
         wire_bytes: wire,
         payload_bytes: payload,
         wire_per_payload: wire as f64 / payload.max(1) as f64,
+        sender,
         histogram: Some(histogram),
     })
 }

@@ -13,10 +13,12 @@
 //! person can compare them (the receiver prints its own key when it starts).
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use surelink::{
-    ConnectError, Connection, ConnectionError, CryptoConfig, Endpoint, PublicKey, Security,
+    ConnectError, Connection, ConnectionError, CryptoConfig, Endpoint, HandshakeEvent, PublicKey,
+    Security,
 };
 
 use crate::keys::{parse_psk, parse_public_key, read_allow_list, read_identity, PskSource};
@@ -113,21 +115,41 @@ pub fn announce_receiver(endpoint: &Endpoint) {
     }
 }
 
+/// Most refusal lines printed per second; a flood of refused handshakes
+/// (e.g. from spoofed addresses) is summarised instead of flooding the log.
+const REFUSAL_LINES_PER_SECOND: u32 = 20;
+
 /// Prints every handshake outcome of the receiver's endpoint on stderr:
-/// accepted connections with the sender's fingerprint, and refusals.
+/// accepted connections with the sender's fingerprint, and refusals (at most
+/// [`REFUSAL_LINES_PER_SECOND`]; the rest are counted in a summary line).
 pub fn spawn_handshake_log(endpoint: &Endpoint) {
     let endpoint = endpoint.clone();
     tokio::spawn(async move {
+        let mut window = Instant::now();
+        let mut shown = 0u32;
+        let mut hidden = 0u64;
         let mut dropped = 0;
         while let Some(event) = endpoint.next_handshake_event().await {
-            let now_dropped = endpoint.stats().handshake_events_dropped;
-            if now_dropped > dropped {
-                eprintln!(
-                    "surelink recv: ({} handshake events not shown: too many at once)",
-                    now_dropped - dropped
-                );
-                dropped = now_dropped;
+            if window.elapsed() >= Duration::from_secs(1) {
+                window = Instant::now();
+                shown = 0;
             }
+            let now_dropped = endpoint.stats().handshake_events_dropped;
+            hidden += now_dropped - dropped;
+            dropped = now_dropped;
+            if matches!(event, HandshakeEvent::Accepted { .. }) {
+                eprintln!("surelink recv: {event}");
+                continue;
+            }
+            if shown >= REFUSAL_LINES_PER_SECOND {
+                hidden += 1;
+                continue;
+            }
+            if hidden > 0 {
+                eprintln!("surelink recv: ({hidden} more refused connection attempts not shown)");
+                hidden = 0;
+            }
+            shown += 1;
             eprintln!("surelink recv: {event}");
         }
     });

@@ -256,7 +256,7 @@ proptest! {
         let mut last = None;
         while let Some(at) = link.next_delivery() {
             let d = link.poll_delivery(at).unwrap();
-            prop_assert!(last.map_or(true, |l| l <= d.at));
+            prop_assert!(last.is_none_or(|l| l <= d.at));
             last = Some(d.at);
         }
         let stats = *link.stats();

@@ -213,6 +213,12 @@ impl Endpoint {
     /// Fails with [`ConnectError::TimedOut`] when the peer does not answer within
     /// [`EndpointConfig::connect_timeout`], and with [`ConnectError::Failed`] when
     /// it refuses or the connection dies during the handshake.
+    ///
+    /// A refusal the server can only make after our last handshake message
+    /// (our key is not on its allow-list, a pre-shared key mismatch) arrives
+    /// after this returned: the connection then ends with
+    /// [`ConnectionError::Rejected`](crate::ConnectionError::Rejected), which
+    /// the next `send`, `recv`, `close` or `closed` reports.
     pub async fn connect(&self, remote: SocketAddr) -> Result<Connection, ConnectError> {
         let shared = &self.inner.shared;
         let timeout = shared.config.connect_timeout;

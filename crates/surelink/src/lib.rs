@@ -41,6 +41,7 @@ mod endpoint;
 mod error;
 mod handshake_event;
 pub mod impair;
+pub mod session;
 mod socket;
 mod state;
 mod util;

@@ -11,7 +11,7 @@ use std::io;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{Mode, Rx, Tx};
+use super::{Diagnostics, Mode, Rx, Tx};
 
 /// Size at which staged frames are written out.
 const STAGE: usize = 64 << 10;
@@ -23,6 +23,7 @@ pub struct FramedTx<W> {
     writer: W,
     staged: BytesMut,
     mode: Mode,
+    diagnostics: Option<Box<dyn Fn() -> Diagnostics + Send>>,
 }
 
 impl<W: AsyncWrite + Unpin + Send + 'static> FramedTx<W> {
@@ -32,7 +33,14 @@ impl<W: AsyncWrite + Unpin + Send + 'static> FramedTx<W> {
             writer,
             staged: BytesMut::with_capacity(STAGE + 1024),
             mode,
+            diagnostics: None,
         }
+    }
+
+    /// Where [`Tx::diagnostics`] comes from.
+    pub fn with_diagnostics(mut self, f: impl Fn() -> Diagnostics + Send + 'static) -> Self {
+        self.diagnostics = Some(Box::new(f));
+        self
     }
 
     async fn write_staged(&mut self) -> io::Result<()> {
@@ -62,6 +70,10 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Tx for FramedTx<W> {
     async fn flush(&mut self) -> io::Result<()> {
         self.write_staged().await?;
         self.writer.flush().await
+    }
+
+    fn diagnostics(&self) -> Option<Diagnostics> {
+        self.diagnostics.as_ref().map(|f| f())
     }
 }
 

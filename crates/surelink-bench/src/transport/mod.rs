@@ -29,8 +29,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 
+use ::surelink::impair::{ImpairConfig, ImpairHandle, Impairer, LinkConfig};
 use bytes::Bytes;
-use surelink::impair::{ImpairConfig, ImpairHandle, Impairer, LinkConfig};
 
 /// What a pair is tuned for; stream transports buffer differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +49,15 @@ pub trait Tx: Send + 'static {
     fn send(&mut self, msg: Bytes) -> impl Future<Output = io::Result<()>> + Send;
     /// Pushes out anything this half buffered itself.
     fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    /// The sending connection's own counters (losses, retransmissions,
+    /// RTT), for systems that expose them; read at the end of a run.
+    fn diagnostics(&self) -> Option<Diagnostics> {
+        None
+    }
 }
+
+/// Named counters of a sending connection.
+pub type Diagnostics = std::collections::BTreeMap<&'static str, f64>;
 
 /// The receiving half of a connection.
 pub trait Rx: Send + 'static {

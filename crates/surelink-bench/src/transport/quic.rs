@@ -18,7 +18,7 @@ use bytes::Bytes;
 use quinn::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::framed::{FramedRx, FramedTx};
-use super::{loopback, udp, wire, Mode, Pair, Route, Rx, Tx};
+use super::{loopback, udp, wire, Diagnostics, Mode, Pair, Route, Rx, Tx};
 
 /// A connected quinn client and server, with the handshake done.
 struct Connected {
@@ -35,8 +35,8 @@ fn endpoint(server: Option<quinn::ServerConfig>) -> io::Result<quinn::Endpoint> 
 }
 
 async fn connect(route: Option<&Route>) -> io::Result<Connected> {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).map_err(io::Error::other)?;
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .map_err(io::Error::other)?;
     let cert = CertificateDer::from(certified.cert.der().to_vec());
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
         certified.signing_key.serialize_der(),
@@ -76,7 +76,8 @@ pub type StreamPair = Pair<FramedTx<quinn::SendStream>, FramedRx<quinn::RecvStre
 pub async fn open_stream(mode: Mode, route: Option<&Route>) -> io::Result<StreamPair> {
     let c = connect(route).await?;
     let (send, client_recv) = c.client.open_bi().await.map_err(io::Error::other)?;
-    let mut tx = FramedTx::new(send, mode);
+    let conn = c.client.clone();
+    let mut tx = FramedTx::new(send, mode).with_diagnostics(move || stats(&conn));
     // A stream exists for the peer only once data was sent on it.
     tx.send(Bytes::from_static(b"hello")).await?;
     tx.flush().await?;
@@ -99,16 +100,37 @@ pub async fn open_stream(mode: Mode, route: Option<&Route>) -> io::Result<Stream
     })
 }
 
+/// The client connection's counters.
+fn stats(conn: &quinn::Connection) -> Diagnostics {
+    let s = conn.stats();
+    Diagnostics::from([
+        ("rtt_ms", s.path.rtt.as_secs_f64() * 1000.0),
+        ("cwnd_bytes", s.path.cwnd as f64),
+        ("packets_sent", s.path.sent_packets as f64),
+        ("packets_lost", s.path.lost_packets as f64),
+        ("congestion_events", s.path.congestion_events as f64),
+        ("udp_tx_datagrams", s.udp_tx.datagrams as f64),
+        ("udp_tx_syscalls", s.udp_tx.ios as f64),
+    ])
+}
+
 /// Sends QUIC datagrams.
 pub struct DatagramTx(quinn::Connection);
 
 impl Tx for DatagramTx {
     async fn send(&mut self, msg: Bytes) -> io::Result<()> {
-        self.0.send_datagram_wait(msg).await.map_err(io::Error::other)
+        self.0
+            .send_datagram_wait(msg)
+            .await
+            .map_err(io::Error::other)
     }
 
     async fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+
+    fn diagnostics(&self) -> Option<Diagnostics> {
+        Some(stats(&self.0))
     }
 }
 

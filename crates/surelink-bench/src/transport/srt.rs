@@ -79,8 +79,8 @@ pub fn ensure(install: bool) -> Result<String, String> {
         .arg("-version")
         .output()
         .map_err(|e| format!("{LIVE} -version: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     Ok(text
         .lines()
         .find(|l| l.contains("SRT Library version"))
@@ -150,7 +150,12 @@ pub async fn open_live(
         if started.elapsed() > Duration::from_secs(10) {
             return Err(io::Error::other("SRT live: no data through within 10 s"));
         }
-        tx.send(Bytes::from_static(b"probe")).await?;
+        match tx.send(Bytes::from_static(b"probe")).await {
+            // The sending tool may not listen yet: the kernel reports the
+            // ICMP port-unreachable of an earlier probe on this send.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+            other => other?,
+        }
         if let Ok(got) = tokio::time::timeout(Duration::from_millis(20), rx.recv()).await {
             got?;
             break;
@@ -201,8 +206,11 @@ pub async fn bulk(bytes: u64, limit: Duration) -> io::Result<BulkRun> {
     // The receiver names its output after the sender's file: make that
     // name a FIFO so the bytes come to the harness instead of a disk.
     let fifo = out_dir.join("payload.bin");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR)
-        .map_err(io::Error::from)?;
+    nix::unistd::mkfifo(
+        &fifo,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .map_err(io::Error::from)?;
     let mut pipe = tokio::net::unix::pipe::OpenOptions::new()
         .read_write(true)
         .open_receiver(&fifo)?;

@@ -6,7 +6,7 @@ use std::io;
 use bytes::Bytes;
 use surelink::{Connection, Endpoint, EndpointConfig, ProtocolConfig, Security};
 
-use super::{loopback, wire, Pair, Route, Rx, Tx};
+use super::{loopback, wire, Diagnostics, Pair, Route, Rx, Tx};
 
 /// Sends on channel 0 of a connection.
 pub struct SurelinkTx(Connection);
@@ -18,6 +18,22 @@ impl Tx for SurelinkTx {
 
     async fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+
+    fn diagnostics(&self) -> Option<Diagnostics> {
+        let s = self.0.stats();
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        Some(Diagnostics::from([
+            ("rtt_ms", ms(s.rtt)),
+            ("min_rtt_ms", ms(s.min_rtt)),
+            ("cwnd_bytes", s.cwnd as f64),
+            ("packets_sent", s.packets_sent as f64),
+            ("packets_received", s.packets_received as f64),
+            ("packets_lost", s.packets_lost as f64),
+            ("retransmissions", s.retransmissions as f64),
+            ("probe_timeouts", s.probe_timeouts as f64),
+            ("retransmission_rate", s.retransmission_rate()),
+        ]))
     }
 }
 

@@ -109,7 +109,9 @@ impl DemoArgs {
                 }
                 for item in &items {
                     if item.matches('=').count() != 1 || item.contains(',') {
-                        bail!("invalid link option `{item}`: give single values (or use --link SPEC)");
+                        bail!(
+                            "invalid link option `{item}`: give single values (or use --link SPEC)"
+                        );
                     }
                 }
                 items.join(",")
@@ -312,7 +314,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .with_seed(args.seed),
     )
     .context("cannot start the impaired link")?;
-    let sender = Endpoint::client_with_config(loopback, config).context("cannot bind the sender")?;
+    let sender =
+        Endpoint::client_with_config(loopback, config).context("cannot bind the sender")?;
     let accepting = {
         let receiver = receiver.clone();
         tokio::spawn(async move { receiver.accept().await })
@@ -573,8 +576,10 @@ impl Report<'_> {
                 .push(format!("{} messages delivered twice", t.duplicated));
         }
         if t.out_of_order > 0 {
-            self.problems
-                .push(format!("{} messages delivered out of order", t.out_of_order));
+            self.problems.push(format!(
+                "{} messages delivered out of order",
+                t.out_of_order
+            ));
         }
         if t.corrupted > 0 {
             self.problems
@@ -677,7 +682,11 @@ impl Report<'_> {
             self.args.size,
             self.delivery()
         );
-        let _ = writeln!(o, "  link, each way:  {}  (seed {})", self.link, self.args.seed);
+        let _ = writeln!(
+            o,
+            "  link, each way:  {}  (seed {})",
+            self.link, self.args.seed
+        );
         let _ = writeln!(o);
         let _ = writeln!(
             o,

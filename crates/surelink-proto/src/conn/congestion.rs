@@ -1,11 +1,26 @@
-//! NewReno congestion control (RFC 9002 §7) over bytes in flight.
+//! NewReno congestion control (RFC 9002 §7) over bytes in flight, with a
+//! delivery-rate floor.
 //!
 //! Slow start doubles the window each round trip, congestion avoidance adds one
 //! datagram per window acknowledged, and a loss halves the window once per
 //! recovery period (losses of packets sent before the period began are not
 //! punished twice). The window does not grow while the sender is app-limited.
+//!
+//! Random loss is not congestion: on a lossy path NewReno alone collapses to a
+//! few packets and a real-time stream queues up behind it without bound. So
+//! the window never falls below twice the bandwidth-delay product actually
+//! achieved recently (the maximum delivery rate over the last ten round trips
+//! times the minimum RTT), as in BBR. Where a bottleneck limits the rate this
+//! floor is at most one BDP of queue; where loss is random, the sender keeps
+//! the rate it had.
 
-use std::time::Instant;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Delivery-rate samples kept (one per round trip).
+const RATE_WINDOW: usize = 10;
+/// The floor is this many bandwidth-delay products.
+const FLOOR_GAIN: u64 = 2;
 
 /// NewReno state.
 #[derive(Debug, Clone)]
@@ -16,6 +31,11 @@ pub struct NewReno {
     acked_in_avoidance: u64,
     mss: u64,
     min_window: u64,
+    /// Current delivery-rate measurement: (start, bytes acknowledged since).
+    sample: Option<(Instant, u64)>,
+    /// Recent delivery rates, bytes per second (one per round trip).
+    rates: VecDeque<u64>,
+    min_rtt: Duration,
 }
 
 impl NewReno {
@@ -28,12 +48,44 @@ impl NewReno {
             acked_in_avoidance: 0,
             mss,
             min_window: 2 * mss,
+            sample: None,
+            rates: VecDeque::new(),
+            min_rtt: Duration::MAX,
         }
     }
 
-    /// Current congestion window in bytes.
+    /// Current congestion window in bytes: NewReno's, but at least twice the
+    /// recent bandwidth-delay product.
     pub fn window(&self) -> u64 {
-        self.window
+        self.window.max(self.floor())
+    }
+
+    fn floor(&self) -> u64 {
+        let Some(&rate) = self.rates.iter().max() else {
+            return self.min_window;
+        };
+        if self.min_rtt == Duration::MAX {
+            return self.min_window;
+        }
+        let bdp = (u128::from(rate) * self.min_rtt.as_micros() / 1_000_000) as u64;
+        (FLOOR_GAIN * bdp).max(self.min_window)
+    }
+
+    /// Feeds the delivery-rate estimate: `bytes` were acknowledged at `now`
+    /// on a path whose smallest RTT is `min_rtt`.
+    pub fn on_delivered(&mut self, now: Instant, bytes: u64, min_rtt: Duration) {
+        self.min_rtt = self.min_rtt.min(min_rtt.max(Duration::from_micros(100)));
+        let (start, acked) = self.sample.get_or_insert((now, 0));
+        *acked += bytes;
+        let elapsed = now.saturating_duration_since(*start);
+        if elapsed >= self.min_rtt.max(Duration::from_millis(1)) {
+            let rate = (u128::from(*acked) * 1_000_000 / elapsed.as_micros().max(1)) as u64;
+            self.rates.push_back(rate);
+            if self.rates.len() > RATE_WINDOW {
+                self.rates.pop_front();
+            }
+            self.sample = Some((now, 0));
+        }
     }
 
     /// Slow-start threshold in bytes (`u64::MAX` until the first loss).
@@ -99,5 +151,24 @@ mod tests {
             cc.on_ack(t2, 1000, false);
         }
         assert_eq!(cc.window(), 6_500);
+    }
+
+    #[test]
+    fn the_window_keeps_twice_the_delivered_bdp_through_random_loss() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis(1);
+        let mut cc = NewReno::new(1000, 10);
+        // 1 MB/s delivered on a 20 ms path: BDP 20 kB.
+        for i in 0..100u32 {
+            cc.on_delivered(t0 + ms * i, 1000, 20 * ms);
+        }
+        for i in 0..10u32 {
+            cc.on_congestion_event(t0 + 100 * ms + 30 * ms * i, t0 + 100 * ms + 30 * ms * i);
+        }
+        let w = cc.window();
+        assert!(
+            (40_000..=42_000).contains(&w),
+            "2 x BDP despite ten halvings: {w}"
+        );
     }
 }

@@ -164,7 +164,7 @@ impl Handshake {
             Some(Ok(Frame::Connect(p))) => p,
             _ => {
                 return Err(HandshakeFailure::failed(
-                    "first handshake message lacks CONNECT",
+                    "first handshake message unreadable (pre-shared key on one side only?)",
                 ))
             }
         };

@@ -318,6 +318,8 @@ pub struct Connection {
     connection_lost: bool,
     /// `Event::Closed` was emitted (it is emitted exactly once).
     close_reported: bool,
+    /// We refused the handshake with this code and reason.
+    rejected: Option<(u64, String)>,
     /// Broadcast: the frames of the last data packet, to copy to other paths.
     last_frames: Option<Vec<SentFrame>>,
     channel_delivery: std::collections::HashMap<u64, Delivery>,
@@ -381,6 +383,7 @@ impl Connection {
             handshake_sends: 0,
             connection_lost: false,
             close_reported: false,
+            rejected: None,
             last_frames: None,
             channel_delivery: std::collections::HashMap::new(),
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
@@ -845,6 +848,14 @@ impl Connection {
         if self.state == State::Closed {
             return;
         }
+        if let Some(rejection) = &self.rejected {
+            // We refused this peer: answer anything more from it (at most one
+            // small Reject per datagram received) with the refusal again.
+            if self.state == State::Draining && self.paths[0].addr == addr {
+                self.pending.reject = Some(rejection.clone());
+            }
+            return;
+        }
         let mut r = Reader::new(datagram);
         let Ok(header) = Header::decode(&mut r) else {
             self.stats.malformed_packets += 1;
@@ -1058,6 +1069,7 @@ impl Connection {
     fn reject(&mut self, f: HandshakeFailure) {
         tracing::debug!(cid = self.local_cid, reason = %f.reason, "handshake refused");
         self.send_queue.clear();
+        self.rejected = Some((f.code, f.reason.clone()));
         self.pending = Pending {
             reject: Some((f.code, f.reason)),
             ..Pending::default()
@@ -1265,10 +1277,12 @@ impl Connection {
             let app_limited = in_flight_before + mtu <= p.cc.window() / 2 && !sendable;
             let mut any_eliciting = false;
             let mut frames = Vec::new();
+            let min_rtt = p.rtt.min();
             for (_, pkt) in outcome.acked {
                 if pkt.ack_eliciting {
                     any_eliciting = true;
                     p.cc.on_ack(pkt.time, pkt.size, app_limited);
+                    p.cc.on_delivered(now, pkt.size, min_rtt);
                 }
                 frames.extend(pkt.frames);
             }
@@ -1727,7 +1741,9 @@ impl Connection {
         }
         if let Some((code, reason)) = self.pending.reject.take() {
             self.write_reject(buf, code, &reason);
-            self.enter_closed(None);
+            // Linger, so a peer whose copy of the Reject was lost hears it
+            // again when it retransmits (see `handle_datagram_on`).
+            self.drain_until = Some(now + self.drain_period());
             return self.finish_transmit(buf, 0);
         }
         if self.pending.handshake && self.handshake_out.is_some() {

@@ -440,3 +440,74 @@ fn peer_closing_with_our_data_pending_is_an_error() {
         Some(ConnectionError::PeerClosedEarly { .. })
     ));
 }
+
+#[test]
+fn a_lost_reject_is_repeated_when_the_client_retransmits() {
+    use crate::crypto::{CryptoConfig, Identity, Security};
+    let with = |id: u8, allow: Option<Vec<crate::crypto::PublicKey>>| Config {
+        security: Security::Encrypted(CryptoConfig {
+            identity: Some(Identity::from_private([id; 32])),
+            allow,
+            ..CryptoConfig::default()
+        }),
+        ..Config::default()
+    };
+    let now = Instant::now();
+    let c_addr: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+    let s_addr: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+    let mut client_ep = Endpoint::new(with(1, None), 1, false).unwrap();
+    let other = Identity::from_private([9; 32]).public();
+    let mut server_ep = Endpoint::new(with(2, Some(vec![other])), 2, true).unwrap();
+    let (_, mut client) = client_ep.connect(now, s_addr);
+    let mut server: Option<Connection> = None;
+    let mut buf = Vec::new();
+    let mut dropped_reject = false;
+    let mut t = now;
+    for _ in 0..2000 {
+        while let Some(x) = client.poll_transmit(t, &mut buf) {
+            let d = buf[..x.size].to_vec();
+            if let DatagramEvent::New(_, c) = server_ep.handle(t, c_addr, &d) {
+                server = Some(*c);
+            }
+            if let Some(s) = server.as_mut() {
+                s.handle_datagram(t, c_addr, &d);
+            }
+        }
+        if let Some(s) = server.as_mut() {
+            while let Some(x) = s.poll_transmit(t, &mut buf) {
+                let d = buf[..x.size].to_vec();
+                let is_reject = d[1] & 0x0f == 4;
+                if is_reject && !dropped_reject {
+                    dropped_reject = true; // the first Reject is lost
+                    continue;
+                }
+                client.handle_datagram(t, s_addr, &d);
+            }
+        }
+        if client.is_closed() {
+            break;
+        }
+        t += Duration::from_millis(5);
+        client.handle_timeout(t);
+        if let Some(s) = server.as_mut() {
+            s.handle_timeout(t);
+        }
+    }
+    assert!(dropped_reject);
+    assert!(
+        matches!(
+            client.error(),
+            Some(ConnectionError::Rejected {
+                code: close_code::KEY_NOT_ALLOWED,
+                ..
+            })
+        ),
+        "{:?}",
+        client.error()
+    );
+    assert!(
+        t - now < Duration::from_secs(2),
+        "refused promptly: {:?}",
+        t - now
+    );
+}

@@ -1,0 +1,741 @@
+//! [`DurableReceiver`]: the receiving side of a durable session.
+//!
+//! Driven like this: [`open`](DurableReceiver::open) the journal with the
+//! application's [`DurableSink`] (the sink is restored to the checkpointed
+//! position: bytes written after the last checkpoint are cut off); for each
+//! accepted connection, [`read_hello`] then [`accept`](DurableReceiver::accept)
+//! (WATERMARK, or REFUSE with the reason), then
+//! [`serve`](DurableReceiver::serve) until the session completes or the
+//! connection fails. A new connection for the same session can take over at
+//! any time: drop the `serve` future (it is cancel-safe), `accept` the new
+//! one and `serve` it.
+//!
+//! Each checkpoint flushes the sink (and syncs it under
+//! [`Durability::Always`]), then writes *one* journal record with the
+//! watermarks and the sink's position, commits it, and tells the sender
+//! with a CHECKPOINT message. Under [`Durability::Interval`] the sink is
+//! synced right before each interval fsync of the journal.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use surelink_journal::{CheckpointStore, Durability, FsStorage, JournalMetrics, SessionRecord, Storage};
+
+use super::record::{Meta, ReceiverMeta};
+use super::sink::DurableSink;
+use super::wire::{self, Control, Hello, Progress, SessionId, CONTROL_CHANNEL};
+use super::{blocking, send_control, ResumeMismatch, SessionError, SessionOptions};
+use crate::{Connection, Endpoint, Message};
+
+/// Reason given to a sender that does not speak the session protocol.
+const NOT_A_SESSION: &str =
+    "this receiver keeps durable state: the sender must use it too (surelink send --state DIR)";
+
+/// Reads the first message of a connection, which must be a HELLO, within
+/// `timeout`. A connection whose first message is anything else is aborted
+/// with a reason the sender sees.
+pub async fn read_hello(conn: &Connection, timeout: Duration) -> Result<Hello, SessionError> {
+    let received = match tokio::time::timeout(timeout, conn.recv_message()).await {
+        Ok(received) => received,
+        Err(_) => {
+            conn.abort("no session HELLO");
+            return Err(SessionError::NotASession(format!(
+                "the sender sent no session HELLO within {timeout:?}"
+            )));
+        }
+    };
+    let m = match received {
+        Ok(Some(m)) => m,
+        Ok(None) => return Err(SessionError::ConnectionClosed),
+        Err(e) => return Err(e.into()),
+    };
+    if m.channel != CONTROL_CHANNEL {
+        conn.abort(NOT_A_SESSION);
+        return Err(SessionError::NotASession(format!(
+            "the sender did not start a session (its first message came on channel {}): \
+             it must run with durable state too (surelink send --state DIR)",
+            m.channel
+        )));
+    }
+    match Control::decode(&m.data) {
+        Ok(Control::Hello(hello)) => Ok(hello),
+        Ok(other) => {
+            conn.abort("expected HELLO");
+            Err(SessionError::Protocol(format!(
+                "expected HELLO, got {}",
+                other.name()
+            )))
+        }
+        Err(e) => {
+            conn.abort("malformed HELLO");
+            Err(e.into())
+        }
+    }
+}
+
+/// What [`DurableReceiver::accept`] decided.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Accepted {
+    /// The session.
+    pub session_id: SessionId,
+    /// A session this receiver had not seen (else a resumption).
+    pub new_session: bool,
+    /// The watermark sent back: per channel, the next id expected.
+    pub next: BTreeMap<u64, u64>,
+    /// The sink's position.
+    pub position: u64,
+    /// The session was already complete.
+    pub complete: bool,
+}
+
+/// Counters of a [`DurableReceiver`] since it was opened.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ReceiverStats {
+    /// Messages written to the sink.
+    pub messages_delivered: u64,
+    /// Bytes written to the sink.
+    pub bytes_delivered: u64,
+    /// Messages dropped because the watermark covered them (re-sent after a
+    /// crash).
+    pub duplicates_dropped: u64,
+    /// Checkpoints written (journal records of watermarks + sink position).
+    pub checkpoints: u64,
+    /// Sink fsyncs.
+    pub sink_syncs: u64,
+    /// Sessions started.
+    pub sessions_started: u64,
+    /// Connections that resumed a known session.
+    pub resumes: u64,
+    /// Senders refused.
+    pub refused: u64,
+}
+
+/// What happened while [`DurableReceiver::run`] served an endpoint.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ReceiverEvent {
+    /// A sender's HELLO was accepted; its connection now serves the session
+    /// (replacing the previous one, if any).
+    Accepted {
+        /// The sender's address.
+        remote: SocketAddr,
+        /// What was decided.
+        accepted: Accepted,
+    },
+    /// A sender was refused, or did not start a session.
+    Refused {
+        /// The sender's address.
+        remote: SocketAddr,
+        /// Why.
+        error: SessionError,
+    },
+    /// The connection serving the session ended before the session was
+    /// settled; the receiver waits for the sender to come back.
+    ConnectionEnded {
+        /// The sender's address.
+        remote: SocketAddr,
+        /// How it ended.
+        error: SessionError,
+    },
+}
+
+/// Errors after which [`DurableReceiver::run`] cannot go on: the local
+/// state or output failed.
+fn is_fatal(e: &SessionError) -> bool {
+    matches!(
+        e,
+        SessionError::Journal(_)
+            | SessionError::Sink { .. }
+            | SessionError::State(_)
+            | SessionError::EndpointClosed
+    )
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One step of [`DurableReceiver::run`].
+enum Step {
+    Hello(Option<(Connection, Result<Hello, SessionError>)>),
+    Served(Result<(), SessionError>),
+    Lingered,
+}
+
+#[derive(Debug)]
+struct RxSession {
+    id: [u8; 16],
+    token: [u8; 32],
+    meta: ReceiverMeta,
+}
+
+/// The receiving side of a durable session. See the [module docs](self).
+#[derive(Debug)]
+pub struct DurableReceiver<K: DurableSink, S: Storage + Send = FsStorage> {
+    store: CheckpointStore<S>,
+    sink: K,
+    options: SessionOptions,
+    session: Option<RxSession>,
+    /// END received, waiting for the messages it announces.
+    pending_end: Option<BTreeMap<u64, u64>>,
+    /// When the oldest message not yet checkpointed was delivered.
+    dirty_since: Option<Instant>,
+    /// The sink has data that was not synced.
+    sink_unsynced: bool,
+    /// The last checkpoint was told to the sender.
+    announced: bool,
+    stats: ReceiverStats,
+}
+
+impl<K: DurableSink> DurableReceiver<K, FsStorage> {
+    /// [`open`](Self::open) with the journal in directory `dir` (created if
+    /// missing).
+    pub fn open_dir(
+        dir: impl AsRef<Path>,
+        sink: K,
+        options: SessionOptions,
+    ) -> Result<Self, SessionError> {
+        let dir = dir.as_ref();
+        let storage = FsStorage::open(dir).map_err(|e| {
+            SessionError::State(format!("cannot open state directory {}: {e}", dir.display()))
+        })?;
+        Self::open(storage, sink, options)
+    }
+}
+
+impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
+    /// Opens the journal on `storage`, recovers the session (if any) and
+    /// restores `sink` to its checkpointed position. A sink with no session
+    /// in the journal is left alone until a first session starts (then it is
+    /// restored to position 0).
+    pub fn open(storage: S, mut sink: K, options: SessionOptions) -> Result<Self, SessionError> {
+        let journal_options = options.journal_options();
+        let store = blocking(|| CheckpointStore::open(storage, journal_options))?;
+        let session = match store.session() {
+            None => None,
+            Some(record) => match Meta::decode(&record.peer) {
+                Ok(Meta::Receiver(meta)) => Some(RxSession {
+                    id: record.session_id,
+                    token: record.resume_token,
+                    meta,
+                }),
+                Ok(Meta::Sender(_)) => {
+                    return Err(SessionError::State(
+                        "this state belongs to a sender, not a receiver".into(),
+                    ))
+                }
+                Err(e) => return Err(SessionError::State(format!("bad session record: {e}"))),
+            },
+        };
+        if let Some(s) = &session {
+            let position = s.meta.position;
+            blocking(|| sink.restore(position)).map_err(|e| {
+                SessionError::sink("cannot restore the output to its checkpoint", e)
+            })?;
+        }
+        Ok(DurableReceiver {
+            store,
+            sink,
+            options,
+            session,
+            pending_end: None,
+            dirty_since: None,
+            sink_unsynced: false,
+            announced: true,
+            stats: ReceiverStats::default(),
+        })
+    }
+
+    /// The current (or last) session.
+    pub fn session_id(&self) -> Option<SessionId> {
+        self.session.as_ref().map(|s| SessionId(s.id))
+    }
+
+    /// True if the current session is complete.
+    pub fn is_complete(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.meta.ended)
+    }
+
+    /// Messages of `channel` delivered in this session (the next id expected).
+    pub fn delivered(&self, channel: u64) -> u64 {
+        self.session
+            .as_ref()
+            .and_then(|s| s.meta.next.get(&channel).copied())
+            .unwrap_or(0)
+    }
+
+    /// Messages delivered in this session, all channels.
+    pub fn delivered_total(&self) -> u64 {
+        self.session
+            .as_ref()
+            .map_or(0, |s| s.meta.next.values().sum())
+    }
+
+    /// The sink.
+    pub fn sink(&self) -> &K {
+        &self.sink
+    }
+
+    /// Gives the sink back.
+    pub fn into_sink(self) -> K {
+        self.sink
+    }
+
+    /// Counters since [`open`](Self::open).
+    pub fn stats(&self) -> ReceiverStats {
+        self.stats.clone()
+    }
+
+    /// The journal's counters (commits, fsyncs, bytes, compactions).
+    pub fn journal_metrics(&self) -> JournalMetrics {
+        self.store.metrics()
+    }
+
+    /// Decides on a sender's HELLO: resume a known session (the token must
+    /// match and the outbox must fit the watermark), start a new one (when
+    /// none is in progress, and the sender starts from message 0), or refuse
+    /// — then the sender gets a REFUSE with the reason, and this returns
+    /// [`SessionError::Mismatch`]. On success the state is checkpointed and
+    /// the watermark sent back.
+    pub async fn accept(
+        &mut self,
+        conn: &Connection,
+        hello: Hello,
+    ) -> Result<Accepted, SessionError> {
+        let new_session = match self.decide(&hello) {
+            Ok(new) => new,
+            Err(mismatch) => {
+                self.stats.refused += 1;
+                refuse(conn, &mismatch.to_string()).await;
+                return Err(SessionError::Mismatch(mismatch));
+            }
+        };
+        if new_session {
+            let position = match &self.session {
+                Some(previous) => previous.meta.position,
+                None => {
+                    let sink = &mut self.sink;
+                    blocking(|| sink.restore(0))
+                        .map_err(|e| SessionError::sink("cannot truncate the output", e))?;
+                    0
+                }
+            };
+            self.session = Some(RxSession {
+                id: hello.session_id.0,
+                token: hello.resume_token,
+                meta: ReceiverMeta {
+                    ended: false,
+                    position,
+                    next: BTreeMap::new(),
+                },
+            });
+            self.stats.sessions_started += 1;
+            self.dirty_since.get_or_insert_with(Instant::now);
+        } else {
+            self.stats.resumes += 1;
+        }
+        self.pending_end = None;
+        self.checkpoint(false)?;
+        let session = self.session.as_ref().expect("accepted a session");
+        let progress = Progress {
+            ended: session.meta.ended,
+            next: session.meta.next.clone(),
+        };
+        let accepted = Accepted {
+            session_id: hello.session_id,
+            new_session,
+            next: progress.next.clone(),
+            position: self.sink.position(),
+            complete: progress.ended,
+        };
+        send_control(conn, &Control::Watermark(progress)).await?;
+        self.announced = true;
+        Ok(accepted)
+    }
+
+    fn decide(&self, hello: &Hello) -> Result<bool, ResumeMismatch> {
+        match &self.session {
+            Some(s) if s.id == hello.session_id.0 => {
+                if s.token != hello.resume_token {
+                    return Err(ResumeMismatch::TokenMismatch {
+                        session: hello.session_id,
+                    });
+                }
+                let channels: std::collections::BTreeSet<u64> = s
+                    .meta
+                    .next
+                    .keys()
+                    .copied()
+                    .chain(hello.channels.iter().map(|c| c.channel))
+                    .collect();
+                for channel in channels {
+                    let expects = s.meta.next.get(&channel).copied().unwrap_or(0);
+                    let theirs = hello.channel(channel);
+                    if expects < theirs.first_pending {
+                        return Err(ResumeMismatch::ReceiverLostState {
+                            channel,
+                            expects,
+                            oldest_unconfirmed: theirs.first_pending,
+                        });
+                    }
+                    if expects > theirs.next {
+                        return Err(ResumeMismatch::SenderLostState {
+                            channel,
+                            delivered: expects,
+                            sender_next: theirs.next,
+                        });
+                    }
+                }
+                Ok(false)
+            }
+            Some(s) if !s.meta.ended => Err(ResumeMismatch::OtherSessionInProgress {
+                current: SessionId(s.id),
+                delivered: s.meta.next.values().sum(),
+                offered: hello.session_id,
+            }),
+            _ => {
+                if let Some(c) = hello.channels.iter().find(|c| c.first_pending > 0) {
+                    return Err(ResumeMismatch::ReceiverLostState {
+                        channel: c.channel,
+                        expects: 0,
+                        oldest_unconfirmed: c.first_pending,
+                    });
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// Delivers the connection's messages to the sink, checkpointing as it
+    /// goes, until the session is complete and the sender closed the
+    /// connection (`Ok`), or the connection fails. Cancel-safe: the state is
+    /// consistent at every await point, so a new connection may take over
+    /// by dropping this future.
+    pub async fn serve(&mut self, conn: &Connection) -> Result<(), SessionError> {
+        if self.session.is_none() {
+            return Err(SessionError::NotAttached);
+        }
+        loop {
+            if !self.announced {
+                self.announce(conn).await?;
+            }
+            let deadline = self.next_deadline();
+            let received = tokio::select! {
+                biased;
+                m = conn.recv_message() => m,
+                () = tokio::time::sleep_until(
+                    deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)).into()
+                ), if deadline.is_some() => {
+                    self.on_timer()?;
+                    continue;
+                }
+            };
+            match received {
+                Ok(Some(m)) => self.on_message(m)?,
+                Ok(None) => {
+                    self.checkpoint(false)?;
+                    return if self.is_complete() {
+                        Ok(())
+                    } else {
+                        Err(SessionError::ConnectionClosed)
+                    };
+                }
+                Err(e) => {
+                    self.checkpoint(false)?;
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// Serves sessions on `endpoint` until the current one is complete and
+    /// settled: the sender closed the connection after the final
+    /// CHECKPOINT, or (if that connection was lost, or the session was
+    /// complete already) no sender came back within
+    /// [`SessionOptions::linger`]. Senders are accepted concurrently: a
+    /// HELLO for the current session takes over from the connection serving
+    /// it (a restarted sender), and every decision is reported to
+    /// `on_event`. Returns `Err` only when the journal, the sink or the
+    /// endpoint fails; a misbehaving or refused sender is reported and
+    /// disconnected.
+    pub async fn run(
+        &mut self,
+        endpoint: &Endpoint,
+        mut on_event: impl FnMut(ReceiverEvent),
+    ) -> Result<(), SessionError> {
+        let (tx, mut hellos) = tokio::sync::mpsc::channel(16);
+        let acceptor = {
+            let endpoint = endpoint.clone();
+            let timeout = self.options.handshake_timeout;
+            tokio::spawn(async move {
+                while let Some(conn) = endpoint.accept().await {
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let hello = read_hello(&conn, timeout).await;
+                        let _ = tx.send((conn, hello)).await;
+                    });
+                }
+            })
+        };
+        let _acceptor = AbortOnDrop(acceptor);
+        let mut current: Option<Connection> = None;
+        loop {
+            let linger = self.options.linger;
+            let step = match &current {
+                Some(conn) => tokio::select! {
+                    h = hellos.recv() => Step::Hello(h),
+                    r = self.serve(conn) => Step::Served(r),
+                },
+                None if self.is_complete() => tokio::select! {
+                    h = hellos.recv() => Step::Hello(h),
+                    () = tokio::time::sleep(linger) => Step::Lingered,
+                },
+                None => Step::Hello(hellos.recv().await),
+            };
+            match step {
+                Step::Lingered => return Ok(()),
+                Step::Hello(None) => return Err(SessionError::EndpointClosed),
+                Step::Hello(Some((conn, Err(error)))) => on_event(ReceiverEvent::Refused {
+                    remote: conn.remote_addr(),
+                    error,
+                }),
+                Step::Hello(Some((conn, Ok(hello)))) => match self.accept(&conn, hello).await {
+                    Ok(accepted) => {
+                        if let Some(old) = current.replace(conn.clone()) {
+                            old.abort("replaced by a newer connection of the session");
+                        }
+                        on_event(ReceiverEvent::Accepted {
+                            remote: conn.remote_addr(),
+                            accepted,
+                        });
+                    }
+                    Err(e) if is_fatal(&e) => return Err(e),
+                    Err(error) => on_event(ReceiverEvent::Refused {
+                        remote: conn.remote_addr(),
+                        error,
+                    }),
+                },
+                Step::Served(Ok(())) => return Ok(()),
+                Step::Served(Err(e)) if is_fatal(&e) => return Err(e),
+                Step::Served(Err(error)) => {
+                    let conn = current.take().expect("served a connection");
+                    if !error.is_connection() {
+                        conn.abort(&error.to_string());
+                    }
+                    on_event(ReceiverEvent::ConnectionEnded {
+                        remote: conn.remote_addr(),
+                        error,
+                    });
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let checkpoint = self
+            .dirty_since
+            .map(|since| since + self.options.checkpoint_interval);
+        let sync = self.store.journal().next_sync_at(Instant::now());
+        match (checkpoint, sync) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_timer(&mut self) -> Result<(), SessionError> {
+        let now = Instant::now();
+        if self
+            .dirty_since
+            .is_some_and(|since| since + self.options.checkpoint_interval <= now)
+        {
+            self.checkpoint(false)?;
+        }
+        self.interval_sync(now)
+    }
+
+    fn on_message(&mut self, m: Message) -> Result<(), SessionError> {
+        if m.channel == CONTROL_CHANNEL {
+            return match Control::decode(&m.data)? {
+                Control::End(counts) => {
+                    self.pending_end = Some(counts);
+                    self.check_end()
+                }
+                other => Err(SessionError::Protocol(format!(
+                    "unexpected {} from the sender",
+                    other.name()
+                ))),
+            };
+        }
+        let session = self.session.as_mut().expect("serving a session");
+        let (id, data) = wire::split_data(&m.data)?;
+        let next = session.meta.next.entry(m.channel).or_insert(0);
+        if id < *next {
+            self.stats.duplicates_dropped += 1;
+            return Ok(());
+        }
+        if session.meta.ended {
+            return Err(SessionError::Protocol(format!(
+                "message {id} of channel {} after the end of the session",
+                m.channel
+            )));
+        }
+        if id > *next {
+            return Err(SessionError::Protocol(format!(
+                "message {id} of channel {} arrived, but {} was expected",
+                m.channel, *next
+            )));
+        }
+        self.sink
+            .write(m.channel, &data)
+            .map_err(|e| SessionError::sink("cannot write the output", e))?;
+        *next += 1;
+        self.stats.messages_delivered += 1;
+        self.stats.bytes_delivered += data.len() as u64;
+        let now = Instant::now();
+        let since = *self.dirty_since.get_or_insert(now);
+        if self.pending_end.is_some() {
+            self.check_end()?;
+        }
+        if since + self.options.checkpoint_interval <= now {
+            self.checkpoint(false)?;
+        }
+        Ok(())
+    }
+
+    /// Completes the session once everything END announced was delivered.
+    fn check_end(&mut self) -> Result<(), SessionError> {
+        let (Some(end), Some(session)) = (&self.pending_end, &mut self.session) else {
+            return Ok(());
+        };
+        for (&channel, &next) in &session.meta.next {
+            let announced = end.get(&channel).copied().unwrap_or(0);
+            if next > announced {
+                return Err(SessionError::Protocol(format!(
+                    "END announces {announced} messages on channel {channel}, but {next} arrived"
+                )));
+            }
+        }
+        let done = end
+            .iter()
+            .all(|(c, &n)| session.meta.next.get(c).copied().unwrap_or(0) >= n);
+        if done {
+            session.meta.ended = true;
+            self.pending_end = None;
+            self.checkpoint(true)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint if anything changed since the last one (always
+    /// when `sync`): sink flushed (and synced under `Always` or `sync`), one
+    /// journal record with the watermarks and the sink position, committed
+    /// (fsynced when `sync`).
+    fn checkpoint(&mut self, sync: bool) -> Result<(), SessionError> {
+        if self.dirty_since.is_none() && !sync {
+            return Ok(());
+        }
+        let Some(session) = self.session.as_mut() else {
+            return Ok(());
+        };
+        let sync_sink = sync || self.options.durability == Durability::Always;
+        let sink = &mut self.sink;
+        let store = &mut self.store;
+        let stats = &mut self.stats;
+        let sink_unsynced = &mut self.sink_unsynced;
+        blocking(|| -> Result<(), SessionError> {
+            sink.flush()
+                .map_err(|e| SessionError::sink("cannot write the output", e))?;
+            if sync_sink {
+                sink.sync()
+                    .map_err(|e| SessionError::sink("cannot sync the output", e))?;
+                stats.sink_syncs += 1;
+                *sink_unsynced = false;
+            } else {
+                *sink_unsynced = true;
+            }
+            session.meta.position = sink.position();
+            store.set_session(SessionRecord {
+                session_id: session.id,
+                resume_token: session.token,
+                peer: Meta::Receiver(session.meta.clone()).encode(),
+            })?;
+            if sync {
+                store.sync()?;
+            } else {
+                store.commit()?;
+            }
+            if store.journal().should_compact() {
+                store.compact()?;
+            }
+            Ok(())
+        })?;
+        self.stats.checkpoints += 1;
+        self.dirty_since = None;
+        self.announced = false;
+        self.interval_sync(Instant::now())
+    }
+
+    /// Under [`Durability::Interval`]: when the journal's fsync is due, sync
+    /// the sink first, then the journal.
+    fn interval_sync(&mut self, now: Instant) -> Result<(), SessionError> {
+        if !self
+            .store
+            .journal()
+            .next_sync_at(now)
+            .is_some_and(|t| t <= now)
+        {
+            return Ok(());
+        }
+        let sink = &mut self.sink;
+        let store = &mut self.store;
+        let stats = &mut self.stats;
+        let sink_unsynced = &mut self.sink_unsynced;
+        blocking(|| -> Result<(), SessionError> {
+            if *sink_unsynced {
+                sink.sync()
+                    .map_err(|e| SessionError::sink("cannot sync the output", e))?;
+                stats.sink_syncs += 1;
+                *sink_unsynced = false;
+            }
+            store.tick(now)?;
+            Ok(())
+        })
+    }
+
+    /// Tells the sender about the last checkpoint.
+    async fn announce(&mut self, conn: &Connection) -> Result<(), SessionError> {
+        let Some(session) = &self.session else {
+            return Ok(());
+        };
+        let progress = Progress {
+            ended: session.meta.ended,
+            next: session.meta.next.clone(),
+        };
+        send_control(conn, &Control::Checkpoint(progress)).await?;
+        self.announced = true;
+        Ok(())
+    }
+}
+
+/// Sends REFUSE and closes the connection in the background (bounded), so
+/// the sender gets the reason.
+async fn refuse(conn: &Connection, reason: &str) {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        send_control(conn, &Control::Refuse(reason.to_owned())),
+    )
+    .await;
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
+    });
+}

@@ -1,0 +1,654 @@
+//! [`DurableSender`]: the sending side of a durable session.
+//!
+//! Driven like this: [`open`](DurableSender::open) the journal (which
+//! creates the session on first use, or recovers it), look at
+//! [`resume_cursor`](DurableSender::resume_cursor) to know where the
+//! application's input stands, [`attach`](DurableSender::attach) a
+//! connection (HELLO, WATERMARK, re-sending what the receiver lacks), then
+//! [`send`](DurableSender::send) / [`send_batch`](DurableSender::send_batch)
+//! new messages and [`finish`](DurableSender::finish). When the connection
+//! fails ([`SessionError::is_connection`]), attach a new one and carry on:
+//! the outbox is re-sent from the receiver's watermark.
+//!
+//! Every message is pushed to the journal and committed (at least handed to
+//! the OS) before it is sent, with its *cursor*: an application value,
+//! non-decreasing in send order, that says where the input stands after
+//! this message (for a file, the byte offset after its bytes). The cursor
+//! is how a restarted application knows where to continue reading.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use bytes::Bytes;
+use rand::RngCore as _;
+use surelink_journal::{CheckpointStore, FsStorage, JournalMetrics, SessionRecord, Storage};
+
+use super::record::{Meta, SenderMeta};
+use super::wire::{self, ChannelResume, Control, Hello, Progress, SessionId, CONTROL_CHANNEL};
+use super::{
+    blocking, send_control, ResumeMismatch, SessionError, SessionOptions, MAINTENANCE_INTERVAL,
+};
+use crate::{Connection, Message, RecvError};
+
+/// Journal bytes of a pushed message besides the application's data
+/// (record tag, channel, seq, cursor).
+const PUSH_OVERHEAD: usize = 1 + 8 + 8 + 8;
+
+/// One message for [`DurableSender::send_batch`].
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Its channel (any but [`CONTROL_CHANNEL`]).
+    pub channel: u64,
+    /// Its bytes.
+    pub data: Bytes,
+    /// Where the application's input stands after this message.
+    pub cursor: u64,
+}
+
+/// What [`DurableSender::attach`] found.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Resumed {
+    /// The receiver's watermark: per channel, the next id it expects.
+    pub receiver_next: BTreeMap<u64, u64>,
+    /// Messages released from the outbox because the watermark covers them.
+    pub released: u64,
+    /// Messages re-sent from the outbox.
+    pub resent: u64,
+    /// The receiver says the session is complete.
+    pub complete: bool,
+}
+
+/// Counters of a [`DurableSender`] since it was opened.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct SenderStats {
+    /// New messages pushed and sent.
+    pub messages_sent: u64,
+    /// Messages re-sent from the outbox after an attach.
+    pub messages_resent: u64,
+    /// Messages released by the receiver's checkpoints or watermark.
+    pub messages_confirmed: u64,
+    /// CHECKPOINT messages received.
+    pub checkpoints_received: u64,
+    /// Connections attached.
+    pub attaches: u64,
+}
+
+/// Peer liveness: the connection's received-packet count and when it last
+/// changed.
+#[derive(Debug)]
+struct Liveness {
+    packets: u64,
+    since: Instant,
+}
+
+/// The sending side of a durable session. See the [module docs](self).
+#[derive(Debug)]
+pub struct DurableSender<S: Storage + Send = FsStorage> {
+    store: CheckpointStore<S>,
+    options: SessionOptions,
+    session_id: [u8; 16],
+    resume_token: [u8; 32],
+    meta: SenderMeta,
+    /// Channel → id of the next new message.
+    next_id: BTreeMap<u64, u64>,
+    conn: Option<Connection>,
+    live: Liveness,
+    /// A CHECKPOINT with `ended` arrived on the current connection.
+    end_confirmed: bool,
+    stats: SenderStats,
+}
+
+impl DurableSender<FsStorage> {
+    /// [`open`](Self::open) with the journal in directory `dir` (created if
+    /// missing).
+    pub fn open_dir(
+        dir: impl AsRef<Path>,
+        label: &str,
+        options: SessionOptions,
+    ) -> Result<Self, SessionError> {
+        let dir = dir.as_ref();
+        let storage = FsStorage::open(dir).map_err(|e| {
+            SessionError::State(format!("cannot open state directory {}: {e}", dir.display()))
+        })?;
+        Self::open(storage, label, options)
+    }
+}
+
+impl<S: Storage + Send> DurableSender<S> {
+    /// Opens the journal on `storage` and recovers the session, or starts a
+    /// new one (random id and resume token, made durable at once).
+    ///
+    /// `label` describes what this session sends (e.g. the input file's
+    /// path, size and modification time); resuming with another label is
+    /// [`SessionError::LabelMismatch`].
+    pub fn open(storage: S, label: &str, options: SessionOptions) -> Result<Self, SessionError> {
+        let journal_options = options.journal_options();
+        let mut store = blocking(|| CheckpointStore::open(storage, journal_options))?;
+        let (session_id, resume_token, meta) = match store.session() {
+            Some(record) => match Meta::decode(&record.peer) {
+                Ok(Meta::Sender(meta)) => (record.session_id, record.resume_token, meta),
+                Ok(Meta::Receiver(_)) => {
+                    return Err(SessionError::State(
+                        "this state belongs to a receiver, not a sender".into(),
+                    ))
+                }
+                Err(e) => return Err(SessionError::State(format!("bad session record: {e}"))),
+            },
+            None => {
+                if store.outbox().channels().next().is_some() {
+                    return Err(SessionError::State(
+                        "the journal holds messages but no session".into(),
+                    ));
+                }
+                let mut session_id = [0u8; 16];
+                let mut resume_token = [0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut session_id);
+                rand::rngs::OsRng.fill_bytes(&mut resume_token);
+                let meta = SenderMeta {
+                    complete: false,
+                    confirmed_cursor: 0,
+                    label: label.as_bytes().to_vec(),
+                };
+                store.set_session(SessionRecord {
+                    session_id,
+                    resume_token,
+                    peer: Meta::Sender(meta.clone()).encode(),
+                })?;
+                blocking(|| store.sync())?;
+                tracing::debug!(session = %SessionId(session_id), "new session");
+                (session_id, resume_token, meta)
+            }
+        };
+        if meta.label != label.as_bytes() {
+            return Err(SessionError::LabelMismatch {
+                stored: String::from_utf8_lossy(&meta.label).into_owned(),
+                requested: label.to_owned(),
+                complete: meta.complete,
+            });
+        }
+        let next_id = store
+            .outbox()
+            .channels()
+            .filter_map(|c| Some((c, store.outbox().high_seq(c)? + 1)))
+            .collect();
+        Ok(DurableSender {
+            store,
+            options,
+            session_id,
+            resume_token,
+            meta,
+            next_id,
+            conn: None,
+            live: Liveness {
+                packets: 0,
+                since: Instant::now(),
+            },
+            end_confirmed: false,
+            stats: SenderStats::default(),
+        })
+    }
+
+    /// The session's id.
+    pub fn session_id(&self) -> SessionId {
+        SessionId(self.session_id)
+    }
+
+    /// True once the receiver confirmed the END: nothing more to do.
+    pub fn is_complete(&self) -> bool {
+        self.meta.complete
+    }
+
+    /// Where the application's input stands: the highest cursor of any
+    /// message ever queued in this session (0 if none). Continue reading
+    /// the input from here after a restart.
+    pub fn resume_cursor(&self) -> u64 {
+        self.store
+            .outbox()
+            .pending()
+            .map(|e| payload_cursor(&e.payload))
+            .fold(self.meta.confirmed_cursor, u64::max)
+    }
+
+    /// The id the next new message on `channel` gets.
+    pub fn next_id(&self, channel: u64) -> u64 {
+        self.next_id.get(&channel).copied().unwrap_or(0)
+    }
+
+    /// Messages in the outbox (sent or not, not yet confirmed).
+    pub fn unconfirmed(&self) -> usize {
+        self.store.outbox().len()
+    }
+
+    /// Payload bytes in the outbox.
+    pub fn unconfirmed_bytes(&self) -> usize {
+        self.store.outbox().bytes()
+    }
+
+    /// The attached connection.
+    pub fn connection(&self) -> Option<&Connection> {
+        self.conn.as_ref()
+    }
+
+    /// Counters since [`open`](Self::open).
+    pub fn stats(&self) -> SenderStats {
+        self.stats.clone()
+    }
+
+    /// The journal's counters (commits, fsyncs, bytes, compactions).
+    pub fn journal_metrics(&self) -> JournalMetrics {
+        self.store.metrics()
+    }
+
+    /// Attaches a connection: sends HELLO, waits for the receiver's
+    /// WATERMARK (or REFUSE), releases what the watermark covers and re-sends
+    /// the rest of the outbox. A previously attached connection is aborted.
+    pub async fn attach(&mut self, conn: Connection) -> Result<Resumed, SessionError> {
+        if let Some(old) = self.conn.take() {
+            if !old.is_closed() {
+                old.abort("replaced by a new connection");
+            }
+        }
+        self.conn = Some(conn.clone());
+        self.live = Liveness {
+            packets: conn.stats().packets_received,
+            since: Instant::now(),
+        };
+        self.end_confirmed = false;
+        self.stats.attaches += 1;
+        let result = self.handshake(&conn).await;
+        if let Err(e) = &result {
+            if !e.is_connection() {
+                conn.abort(&e.to_string());
+            }
+            self.conn = None;
+        }
+        result
+    }
+
+    fn hello(&self) -> Hello {
+        let channels = self
+            .next_id
+            .iter()
+            .map(|(&channel, &next)| ChannelResume {
+                channel,
+                first_pending: self.first_pending(channel),
+                next,
+            })
+            .collect();
+        Hello {
+            session_id: SessionId(self.session_id),
+            resume_token: self.resume_token,
+            channels,
+        }
+    }
+
+    /// The lowest id of `channel` not confirmed by the receiver.
+    fn first_pending(&self, channel: u64) -> u64 {
+        self.store
+            .outbox()
+            .pending_on(channel)
+            .next()
+            .map_or(self.next_id(channel), |e| e.seq)
+    }
+
+    async fn handshake(&mut self, conn: &Connection) -> Result<Resumed, SessionError> {
+        send_control(conn, &Control::Hello(self.hello())).await?;
+        let deadline = Instant::now() + self.options.handshake_timeout;
+        let progress = loop {
+            let received = tokio::select! {
+                m = conn.recv_message() => m,
+                () = tokio::time::sleep(MAINTENANCE_INTERVAL) => {
+                    self.maintain(conn)?;
+                    if Instant::now() >= deadline {
+                        conn.abort("no answer to HELLO");
+                        return Err(SessionError::HandshakeTimeout(self.options.handshake_timeout));
+                    }
+                    continue;
+                }
+            };
+            let m = control_message(received)?;
+            match Control::decode(&m.data)? {
+                Control::Watermark(p) => break p,
+                Control::Refuse(reason) => return Err(SessionError::RefusedByPeer(reason)),
+                other => {
+                    return Err(SessionError::Protocol(format!(
+                        "expected WATERMARK in answer to HELLO, got {}",
+                        other.name()
+                    )))
+                }
+            }
+        };
+        self.check_watermark(&progress)?;
+        let before = self.stats.messages_confirmed;
+        self.apply_progress(&progress)?;
+        let released = self.stats.messages_confirmed - before;
+        if progress.ended {
+            self.mark_complete()?;
+            return Ok(Resumed {
+                receiver_next: progress.next,
+                released,
+                resent: 0,
+                complete: true,
+            });
+        }
+        // Everything still in the outbox is at or above the watermark:
+        // re-send it in the order it was first queued.
+        let resend: Vec<(u64, Bytes)> = self
+            .store
+            .outbox()
+            .pending()
+            .map(|e| {
+                let data = e.payload.get(8..).unwrap_or_default();
+                (e.channel, wire::data_message(e.seq, data))
+            })
+            .collect();
+        let resent = resend.len() as u64;
+        for (channel, msg) in resend {
+            self.send_wire(conn, channel, msg).await?;
+            self.stats.messages_resent += 1;
+        }
+        Ok(Resumed {
+            receiver_next: progress.next,
+            released,
+            resent,
+            complete: false,
+        })
+    }
+
+    /// Checks the receiver's watermark against the outbox.
+    fn check_watermark(&self, progress: &Progress) -> Result<(), SessionError> {
+        let channels: std::collections::BTreeSet<u64> = self
+            .next_id
+            .keys()
+            .chain(progress.next.keys())
+            .copied()
+            .collect();
+        for channel in channels {
+            let expects = progress.next.get(&channel).copied().unwrap_or(0);
+            let oldest = self.first_pending(channel);
+            let next = self.next_id(channel);
+            if expects < oldest {
+                return Err(SessionError::Mismatch(ResumeMismatch::ReceiverLostState {
+                    channel,
+                    expects,
+                    oldest_unconfirmed: oldest,
+                }));
+            }
+            if expects > next {
+                return Err(SessionError::Mismatch(ResumeMismatch::SenderLostState {
+                    channel,
+                    delivered: expects,
+                    sender_next: next,
+                }));
+            }
+            if progress.ended && expects != next {
+                return Err(SessionError::Protocol(format!(
+                    "the receiver ended the session at message {expects} of channel {channel}, \
+                     but the sender has messages up to {next}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases every message below the receiver's `progress`: first the
+    /// session record with the new confirmed cursor, then the confirmations
+    /// (so a log that kept a confirmation also kept the cursor).
+    fn apply_progress(&mut self, progress: &Progress) -> Result<(), SessionError> {
+        let mut cursor = self.meta.confirmed_cursor;
+        for (&channel, &next) in &progress.next {
+            if next > self.next_id(channel) {
+                return Err(SessionError::Protocol(format!(
+                    "the receiver confirmed message {} of channel {channel}, which was never sent",
+                    next - 1
+                )));
+            }
+            cursor = self
+                .store
+                .outbox()
+                .pending_on(channel)
+                .take_while(|e| e.seq < next)
+                .map(|e| payload_cursor(&e.payload))
+                .fold(cursor, u64::max);
+        }
+        if cursor > self.meta.confirmed_cursor {
+            self.meta.confirmed_cursor = cursor;
+            self.write_record()?;
+        }
+        for (&channel, &next) in &progress.next {
+            if next > 0 {
+                let released = self.store.confirm(channel, next - 1)?;
+                self.stats.messages_confirmed += released as u64;
+            }
+        }
+        if self.store.journal().should_compact() {
+            let store = &mut self.store;
+            blocking(|| store.compact())?;
+        }
+        Ok(())
+    }
+
+    fn write_record(&mut self) -> Result<(), SessionError> {
+        self.store.set_session(SessionRecord {
+            session_id: self.session_id,
+            resume_token: self.resume_token,
+            peer: Meta::Sender(self.meta.clone()).encode(),
+        })?;
+        Ok(())
+    }
+
+    fn mark_complete(&mut self) -> Result<(), SessionError> {
+        if !self.meta.complete {
+            self.meta.complete = true;
+            self.write_record()?;
+        }
+        let store = &mut self.store;
+        blocking(|| store.sync())?;
+        Ok(())
+    }
+
+    /// Sends one message: see [`send_batch`](Self::send_batch). Returns its id.
+    pub async fn send(
+        &mut self,
+        channel: u64,
+        data: Bytes,
+        cursor: u64,
+    ) -> Result<u64, SessionError> {
+        let id = self.next_id(channel);
+        self.send_batch(vec![Outgoing {
+            channel,
+            data,
+            cursor,
+        }])
+        .await?;
+        Ok(id)
+    }
+
+    /// Queues messages: waits while the outbox is over
+    /// [`SessionOptions::max_unconfirmed_bytes`], gives each message the
+    /// next id of its channel, pushes them all to the journal and commits
+    /// once (group commit), then sends them. Returns once they are handed to
+    /// the connection.
+    ///
+    /// The batch is queued all at once or not at all: an error while
+    /// waiting for the outbox to drain queues nothing; once queued, the
+    /// messages belong to the outbox, and if the connection fails while they
+    /// are sent, attaching a new connection re-sends them. After any error,
+    /// [`resume_cursor`](Self::resume_cursor) says where the input stands:
+    /// continue reading from there, never from a position of your own.
+    pub async fn send_batch(&mut self, batch: Vec<Outgoing>) -> Result<(), SessionError> {
+        if self.meta.complete {
+            return Err(SessionError::Complete);
+        }
+        let conn = self.conn.clone().ok_or(SessionError::NotAttached)?;
+        let max = self.options.journal.max_record_len as usize - PUSH_OVERHEAD;
+        let mut bytes = 0;
+        for item in &batch {
+            if item.channel >= CONTROL_CHANNEL {
+                return Err(SessionError::ReservedChannel(item.channel));
+            }
+            if item.data.len() > max {
+                return Err(SessionError::TooLarge {
+                    size: item.data.len(),
+                    max,
+                });
+            }
+            bytes += item.data.len() + 8;
+        }
+        while !self.store.outbox().is_empty()
+            && self.store.outbox().bytes() + bytes > self.options.max_unconfirmed_bytes
+        {
+            self.next_control(&conn).await?;
+        }
+        let store = &mut self.store;
+        let next_id = &mut self.next_id;
+        let wire = blocking(|| -> Result<Vec<(u64, Bytes)>, SessionError> {
+            let mut wire = Vec::with_capacity(batch.len());
+            let mut payload = Vec::new();
+            for item in &batch {
+                let id = next_id.entry(item.channel).or_insert(0);
+                payload.clear();
+                payload.extend_from_slice(&item.cursor.to_le_bytes());
+                payload.extend_from_slice(&item.data);
+                store.push(item.channel, *id, &payload)?;
+                wire.push((item.channel, wire::data_message(*id, &item.data)));
+                *id += 1;
+            }
+            store.commit()?;
+            let now = Instant::now();
+            if store.journal().next_sync_at(now).is_some_and(|t| t <= now) {
+                store.tick(now)?;
+            }
+            Ok(wire)
+        })?;
+        for (channel, msg) in wire {
+            self.send_wire(&conn, channel, msg).await?;
+            self.stats.messages_sent += 1;
+        }
+        Ok(())
+    }
+
+    /// Ends the session: sends END, waits for the receiver's final
+    /// CHECKPOINT, marks the session complete in the journal (fsynced), and
+    /// closes the connection gracefully (bounded by
+    /// [`SessionOptions::close_timeout`]).
+    pub async fn finish(&mut self) -> Result<(), SessionError> {
+        let conn = self.conn.clone().ok_or(SessionError::NotAttached)?;
+        if !self.meta.complete {
+            let end = Control::End(self.next_id.clone()).encode();
+            self.send_wire(&conn, CONTROL_CHANNEL, end).await?;
+            while !self.end_confirmed {
+                self.next_control(&conn).await?;
+            }
+            self.mark_complete()?;
+        }
+        match tokio::time::timeout(self.options.close_timeout, conn.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "close after the session completed"),
+            Err(_) => tracing::debug!("close after the session completed timed out"),
+        }
+        self.conn = None;
+        Ok(())
+    }
+
+    /// Sends one message on the connection, handling the receiver's control
+    /// messages and checking liveness while the send buffer is full.
+    async fn send_wire(
+        &mut self,
+        conn: &Connection,
+        channel: u64,
+        msg: Bytes,
+    ) -> Result<(), SessionError> {
+        loop {
+            tokio::select! {
+                biased;
+                m = conn.recv_message() => self.on_message(m)?,
+                sent = conn.send_on(channel, msg.clone()) => {
+                    sent?;
+                    return Ok(());
+                }
+                () = tokio::time::sleep(MAINTENANCE_INTERVAL) => self.maintain(conn)?,
+            }
+        }
+    }
+
+    /// Waits for the next control message (or a liveness failure).
+    async fn next_control(&mut self, conn: &Connection) -> Result<(), SessionError> {
+        loop {
+            tokio::select! {
+                m = conn.recv_message() => return self.on_message(m),
+                () = tokio::time::sleep(MAINTENANCE_INTERVAL) => self.maintain(conn)?,
+            }
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        received: Result<Option<Message>, RecvError>,
+    ) -> Result<(), SessionError> {
+        let m = control_message(received)?;
+        match Control::decode(&m.data)? {
+            Control::Checkpoint(p) => {
+                self.stats.checkpoints_received += 1;
+                self.apply_progress(&p)?;
+                if p.ended {
+                    self.end_confirmed = true;
+                }
+                Ok(())
+            }
+            Control::Refuse(reason) => Err(SessionError::RefusedByPeer(reason)),
+            other => Err(SessionError::Protocol(format!(
+                "unexpected {} from the receiver",
+                other.name()
+            ))),
+        }
+    }
+
+    /// Liveness and the journal's interval fsync.
+    fn maintain(&mut self, conn: &Connection) -> Result<(), SessionError> {
+        let now = Instant::now();
+        if self
+            .store
+            .journal()
+            .next_sync_at(now)
+            .is_some_and(|t| t <= now)
+        {
+            let store = &mut self.store;
+            blocking(|| store.tick(now))?;
+        }
+        let packets = conn.stats().packets_received;
+        if packets != self.live.packets {
+            self.live = Liveness {
+                packets,
+                since: now,
+            };
+        } else if now.saturating_duration_since(self.live.since) >= self.options.peer_timeout {
+            conn.abort("no packet from the peer");
+            return Err(SessionError::PeerUnresponsive(self.options.peer_timeout));
+        }
+        Ok(())
+    }
+}
+
+/// A received message that must be a control message.
+fn control_message(received: Result<Option<Message>, RecvError>) -> Result<Message, SessionError> {
+    match received {
+        Ok(Some(m)) if m.channel == CONTROL_CHANNEL => Ok(m),
+        Ok(Some(m)) => Err(SessionError::Protocol(format!(
+            "the receiver sent data on channel {}",
+            m.channel
+        ))),
+        Ok(None) => Err(SessionError::ConnectionClosed),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The cursor in front of an outbox payload.
+fn payload_cursor(payload: &[u8]) -> u64 {
+    payload
+        .get(..8)
+        .map_or(0, |c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+}

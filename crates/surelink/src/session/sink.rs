@@ -1,0 +1,172 @@
+//! [`DurableSink`]: where a [`DurableReceiver`](super::DurableReceiver)
+//! puts the messages it delivers, and [`FileSink`], an append-only file.
+//!
+//! "Exactly once" at the receiver means: the effect of a message (bytes in a
+//! file, a row in a table) and the watermark that says it was delivered are
+//! made durable *together*. The receiver records the sink's
+//! [`position`](DurableSink::position) in the same journal record as the
+//! watermarks; after a crash it calls [`restore`](DurableSink::restore) with
+//! the recorded position, which must undo whatever was written after it (a
+//! file is truncated). Messages after the checkpoint are then delivered again,
+//! once.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// The receiver's output, with a position that can be restored.
+///
+/// The order of calls at a checkpoint is [`flush`](Self::flush), then (when
+/// the durability policy asks for it) [`sync`](Self::sync), then the journal
+/// record with [`position`](Self::position) is written. A sink that cannot
+/// undo writes (a socket) gives at-least-once delivery after a crash, not
+/// exactly-once.
+pub trait DurableSink: Send {
+    /// Delivers one message's bytes (received on `channel`).
+    fn write(&mut self, channel: u64, data: &[u8]) -> io::Result<()>;
+    /// Hands everything written to the OS (a process crash must not lose it
+    /// from here on).
+    fn flush(&mut self) -> io::Result<()>;
+    /// Makes everything written durable on stable storage (`fsync`).
+    fn sync(&mut self) -> io::Result<()>;
+    /// Where the sink stands: recorded with the watermarks at each
+    /// checkpoint. For a file, its length.
+    fn position(&self) -> u64;
+    /// Goes back to a recorded position, undoing everything written after
+    /// it. Called when the receiver opens its state and when a first session
+    /// starts (position 0). An error if the sink is *behind* `position` (it
+    /// lost data the checkpoint covers).
+    fn restore(&mut self, position: u64) -> io::Result<()>;
+}
+
+/// A file that messages are appended to; its length is the position.
+///
+/// Opening does not truncate: the receiver restores it to the checkpointed
+/// length (cutting off bytes written after the last checkpoint) or, for a
+/// first session, to zero.
+#[derive(Debug)]
+pub struct FileSink {
+    file: File,
+    path: PathBuf,
+    /// Bytes written to the file.
+    written: u64,
+    /// Bytes accepted but not yet written.
+    buffer: Vec<u8>,
+}
+
+/// Bytes collected before a write to the file.
+const FILE_BUFFER: usize = 1 << 20;
+
+impl FileSink {
+    /// Opens (or creates) `path` without truncating it.
+    pub fn open(path: impl AsRef<Path>) -> io::Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        let written = file.seek(SeekFrom::End(0))?;
+        Ok(FileSink {
+            file,
+            path,
+            written,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write_buffer(&mut self) -> io::Result<()> {
+        if !self.buffer.is_empty() {
+            self.file.write_all(&self.buffer)?;
+            self.written += self.buffer.len() as u64;
+            self.buffer.clear();
+        }
+        Ok(())
+    }
+}
+
+impl DurableSink for FileSink {
+    fn write(&mut self, _channel: u64, data: &[u8]) -> io::Result<()> {
+        if self.buffer.len() + data.len() > FILE_BUFFER {
+            self.write_buffer()?;
+        }
+        if data.len() >= FILE_BUFFER {
+            self.file.write_all(data)?;
+            self.written += data.len() as u64;
+        } else {
+            self.buffer.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.write_buffer()
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.write_buffer()?;
+        self.file.sync_data()
+    }
+
+    fn position(&self) -> u64 {
+        self.written + self.buffer.len() as u64
+    }
+
+    fn restore(&mut self, position: u64) -> io::Result<()> {
+        self.buffer.clear();
+        let len = self.file.metadata()?.len();
+        if len < position {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is {len} bytes, shorter than the {position} bytes its checkpoint \
+                     covers: it was modified, or lost writes in a power failure",
+                    self.path.display()
+                ),
+            ));
+        }
+        if len > position {
+            self.file.set_len(position)?;
+        }
+        self.file.seek(SeekFrom::Start(position))?;
+        self.written = position;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_sink_appends_and_restores() {
+        let dir = std::env::temp_dir().join(format!("surelink-filesink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out");
+        std::fs::write(&path, b"old contents").unwrap();
+        let mut sink = FileSink::open(&path).unwrap();
+        assert_eq!(sink.position(), 12);
+        sink.restore(0).unwrap();
+        sink.write(0, b"hello ").unwrap();
+        sink.write(0, b"world").unwrap();
+        assert_eq!(sink.position(), 11);
+        sink.flush().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello world");
+        drop(sink);
+
+        let mut sink = FileSink::open(&path).unwrap();
+        sink.restore(5).unwrap();
+        sink.write(0, b"!").unwrap();
+        sink.sync().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello!");
+        let err = sink.restore(100).unwrap_err();
+        assert!(err.to_string().contains("shorter than"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,490 @@
+//! Durable sessions over real loopback connections, with the journals in
+//! [`MemStorage`] and the receiver's output in a [`MemSink`] that models
+//! what a crash keeps: the sender, the receiver or both are "killed" (their
+//! tasks aborted, buffered journal records and unflushed output dropped; for
+//! a power loss, everything unsynced dropped too) at seeded random moments,
+//! and restarted from their storage. The output must end up exactly the
+//! input. Bounded: a few hundred KiB per run, every wait has a deadline.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use surelink_journal::CrashMode;
+
+use super::*;
+use crate::{Endpoint, EndpointConfig};
+
+/// Bound on one whole scenario.
+const SCENARIO_LIMIT: Duration = Duration::from_secs(60);
+
+/// The "file" behind a [`MemSink`]: what the OS holds, and how much of it
+/// is synced.
+#[derive(Debug, Clone, Default)]
+struct MemFile(Arc<Mutex<FileState>>);
+
+#[derive(Debug, Default)]
+struct FileState {
+    data: Vec<u8>,
+    synced: usize,
+}
+
+impl MemFile {
+    fn contents(&self) -> Vec<u8> {
+        self.0.lock().unwrap().data.clone()
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().data.len()
+    }
+
+    /// A power loss: only synced bytes stay.
+    fn power_loss(&self) {
+        let mut f = self.0.lock().unwrap();
+        let synced = f.synced;
+        f.data.truncate(synced);
+    }
+}
+
+/// A sink with a process-side buffer (lost in a crash) in front of a
+/// [`MemFile`].
+#[derive(Debug)]
+struct MemSink {
+    file: MemFile,
+    buffer: Vec<u8>,
+}
+
+impl MemSink {
+    fn new(file: &MemFile) -> Self {
+        MemSink {
+            file: file.clone(),
+            buffer: Vec::new(),
+        }
+    }
+}
+
+impl DurableSink for MemSink {
+    fn write(&mut self, _channel: u64, data: &[u8]) -> std::io::Result<()> {
+        self.buffer.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file
+            .0
+            .lock()
+            .unwrap()
+            .data
+            .extend_from_slice(&self.buffer);
+        self.buffer.clear();
+        Ok(())
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.flush()?;
+        let mut f = self.file.0.lock().unwrap();
+        f.synced = f.data.len();
+        Ok(())
+    }
+
+    fn position(&self) -> u64 {
+        (self.file.len() + self.buffer.len()) as u64
+    }
+
+    fn restore(&mut self, position: u64) -> std::io::Result<()> {
+        self.buffer.clear();
+        let mut f = self.file.0.lock().unwrap();
+        let position = position as usize;
+        if f.data.len() < position {
+            return Err(std::io::Error::other("sink shorter than its checkpoint"));
+        }
+        f.data.truncate(position);
+        f.synced = f.synced.min(position);
+        Ok(())
+    }
+}
+
+/// Message `i` of the input: its length and bytes derive from `i`, so a
+/// duplicate or a gap changes the output.
+fn message(i: u64) -> Vec<u8> {
+    let len = (i.wrapping_mul(7919) % 1500 + 1) as usize;
+    (0..len)
+        .map(|k| (i as usize * 31 + k * 7 + (k >> 8)) as u8)
+        .collect()
+}
+
+fn expected(count: u64) -> Vec<u8> {
+    (0..count).flat_map(message).collect()
+}
+
+fn options(durability: Durability) -> SessionOptions {
+    let mut options = SessionOptions::default();
+    // A small outbox paces the sender by the receiver's checkpoints, so
+    // crashes land mid-transfer.
+    options.max_unconfirmed_bytes = 64 << 10;
+    options
+        .with_durability(durability)
+        .with_checkpoint_interval(Duration::from_millis(5))
+        .with_peer_timeout(Duration::from_millis(500))
+        .with_linger(Duration::from_millis(500))
+}
+
+/// Runs a receiver on `server` until its session is complete.
+async fn receiver(
+    server: Endpoint,
+    storage: MemStorage,
+    file: MemFile,
+    options: SessionOptions,
+) -> Result<(), SessionError> {
+    let mut rx = DurableReceiver::open(storage, MemSink::new(&file), options)?;
+    rx.run(&server, |_| {}).await
+}
+
+/// One sender incarnation: opens the journal, connects, resumes, sends from
+/// the resume cursor (cursor = number of messages read) in small batches,
+/// and finishes. Runs until killed (its task aborted) or done.
+async fn sender(
+    storage: MemStorage,
+    server: std::net::SocketAddr,
+    count: u64,
+    options: SessionOptions,
+) -> Result<(), SessionError> {
+    let mut tx = DurableSender::open(storage, "test input", options)?;
+    if tx.is_complete() {
+        return Ok(());
+    }
+    let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("client endpoint");
+    let mut next = tx.resume_cursor();
+    loop {
+        let conn = match client.connect(server).await {
+            Ok(conn) => conn,
+            Err(_) => continue,
+        };
+        match tx.attach(conn).await {
+            Ok(_) => {}
+            Err(e) if e.is_connection() => continue,
+            Err(e) => return Err(e),
+        }
+        let result = async {
+            while next < count {
+                let batch: Vec<Outgoing> = (next..count.min(next + 4))
+                    .map(|i| Outgoing {
+                        channel: 0,
+                        data: Bytes::from(message(i)),
+                        cursor: i + 1,
+                    })
+                    .collect();
+                // After a failure, the batch may or may not be queued:
+                // the resume cursor says where the input stands.
+                let sent = tx.send_batch(batch).await;
+                next = tx.resume_cursor();
+                sent?;
+            }
+            tx.finish().await
+        }
+        .await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_connection() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Who dies in a crash.
+#[derive(Debug, Clone, Copy)]
+enum Victim {
+    Sender,
+    Receiver,
+    Both,
+}
+
+/// A transfer of `count` messages with `crashes` crashes at random moments;
+/// `power_loss` also drops everything unsynced from storage and output.
+async fn scenario(seed: u64, count: u64, crashes: usize, durability: Durability, power_loss: bool) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let options = options(durability);
+    let server = Endpoint::bind("127.0.0.1:0".parse().unwrap(), EndpointConfig::default())
+        .expect("server endpoint");
+    let addr = server.local_addr();
+    let mut tx_storage = MemStorage::new();
+    let mut rx_storage = MemStorage::new();
+    let file = MemFile::default();
+
+    let spawn_rx = |storage: &MemStorage| {
+        tokio::spawn(receiver(
+            server.clone(),
+            storage.clone(),
+            file.clone(),
+            options.clone(),
+        ))
+    };
+    let spawn_tx =
+        |storage: &MemStorage| tokio::spawn(sender(storage.clone(), addr, count, options.clone()));
+    let mut rx_task = spawn_rx(&rx_storage);
+    let mut tx_task = spawn_tx(&tx_storage);
+
+    let total = expected(count).len();
+    let mut crashed = 0;
+    while crashed < crashes {
+        // Crash at a random moment while data flows: once the output grew
+        // by a random amount since the last restart, plus a random delay.
+        let start = file.len();
+        let grow = rng.gen_range(1..=total / (2 * crashes));
+        let deadline = tokio::time::Instant::now() + SCENARIO_LIMIT;
+        while file.len() < (start + grow).min(total) && !tx_task.is_finished() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no progress (seed {seed})"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if tx_task.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..5))).await;
+        crashed += 1;
+        let crash = crashed;
+        let victim = match rng.gen_range(0..3) {
+            0 => Victim::Sender,
+            1 => Victim::Receiver,
+            _ => Victim::Both,
+        };
+        if matches!(victim, Victim::Sender | Victim::Both) {
+            tx_task.abort();
+            let _ = (&mut tx_task).await;
+            if power_loss {
+                tx_storage.crash(CrashMode::DropUnsynced);
+            }
+        }
+        if matches!(victim, Victim::Receiver | Victim::Both) {
+            rx_task.abort();
+            let _ = (&mut rx_task).await;
+            if power_loss {
+                rx_storage.crash(CrashMode::DropUnsynced);
+                file.power_loss();
+            }
+        }
+        let delivered = file.len();
+        tracing::debug!(crash, ?victim, delivered, "crash");
+        if matches!(victim, Victim::Receiver | Victim::Both) {
+            rx_task = spawn_rx(&rx_storage);
+        }
+        if matches!(victim, Victim::Sender | Victim::Both) {
+            tx_task = spawn_tx(&tx_storage);
+        }
+    }
+    assert!(crashed >= crashes / 2, "only {crashed} crashes (seed {seed})");
+    let sent = tokio::time::timeout(SCENARIO_LIMIT, &mut tx_task)
+        .await
+        .expect("the sender finishes in time")
+        .expect("sender task");
+    sent.expect("the sender completes the session");
+    let received = tokio::time::timeout(SCENARIO_LIMIT, &mut rx_task)
+        .await
+        .expect("the receiver finishes in time")
+        .expect("receiver task");
+    received.expect("the receiver completes the session");
+    let got = file.contents();
+    let want = expected(count);
+    assert_eq!(got.len(), want.len(), "output length (seed {seed})");
+    assert!(got == want, "output differs from input (seed {seed})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_crashes_of_either_side_lose_and_repeat_nothing() {
+    for seed in 0..3 {
+        let durability = [
+            Durability::None,
+            Durability::Interval(Duration::from_millis(10)),
+            Durability::Always,
+        ][seed as usize];
+        scenario(seed, 3000, 10, durability, false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_loss_with_always_durability_loses_and_repeats_nothing() {
+    for seed in 10..12 {
+        scenario(seed, 2000, 8, Durability::Always, true).await;
+    }
+}
+
+/// Starts a session and lets the receiver checkpoint part of it; returns
+/// the storages and the sender (still attached).
+async fn half_done(
+    server: &Endpoint,
+    file: &MemFile,
+) -> (MemStorage, MemStorage, DurableSender<MemStorage>, tokio::task::JoinHandle<()>) {
+    let options = options(Durability::Always);
+    let tx_storage = MemStorage::new();
+    let rx_storage = MemStorage::new();
+    let rx_task = {
+        let (server, storage, file, options) =
+            (server.clone(), rx_storage.clone(), file.clone(), options.clone());
+        tokio::spawn(async move {
+            let _ = receiver(server, storage, file, options).await;
+        })
+    };
+    let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut tx = DurableSender::open(tx_storage.clone(), "x", options).unwrap();
+    tx.attach(client.connect(server.local_addr()).await.unwrap())
+        .await
+        .unwrap();
+    for i in 0..50 {
+        tx.send(0, Bytes::from(message(i)), i + 1).await.unwrap();
+    }
+    // Wait (bounded) until the receiver confirmed some of it.
+    for _ in 0..1000 {
+        if tx.unconfirmed() < 50 {
+            break;
+        }
+        tx.send(0, Bytes::from(message(tx.next_id(0))), tx.next_id(0) + 1)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(tx.unconfirmed() < 50, "the receiver confirms");
+    // The confirmations ride on the next commit.
+    let i = tx.next_id(0);
+    tx.send(0, Bytes::from(message(i)), i + 1).await.unwrap();
+    (tx_storage, rx_storage, tx, rx_task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_lost_its_state_is_reported_on_both_sides() {
+    let server = Endpoint::bind("127.0.0.1:0".parse().unwrap(), EndpointConfig::default()).unwrap();
+    let file = MemFile::default();
+    let (tx_storage, _rx_storage, tx, rx_task) = half_done(&server, &file).await;
+    let oldest = tx.next_id(0) - tx.unconfirmed() as u64;
+    drop(tx);
+    rx_task.abort();
+    let _ = rx_task.await;
+
+    // The receiver restarts with an empty state directory.
+    let options = options(Durability::Always);
+    let mut rx = DurableReceiver::open(MemStorage::new(), MemSink::new(&file), options.clone())
+        .unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let rx_task = {
+        let (server, events) = (server.clone(), events.clone());
+        tokio::spawn(async move {
+            let _ = rx
+                .run(&server, |e| events.lock().unwrap().push(format!("{e:?}")))
+                .await;
+        })
+    };
+    let mut tx = DurableSender::open(tx_storage, "x", options).unwrap();
+    let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let err = tx
+        .attach(client.connect(server.local_addr()).await.unwrap())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!(
+            "receiver lost its state: it expects message 0 on channel 0 but the sender's \
+             oldest unconfirmed message is {oldest}"
+        )),
+        "{text}"
+    );
+    assert!(!err.is_connection());
+    let events = events.lock().unwrap().join("\n");
+    assert!(events.contains("ReceiverLostState"), "{events}");
+    rx_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_that_lost_its_state_is_reported_on_both_sides() {
+    let server = Endpoint::bind("127.0.0.1:0".parse().unwrap(), EndpointConfig::default()).unwrap();
+    let file = MemFile::default();
+    let (_tx_storage, _rx_storage, tx, rx_task) = half_done(&server, &file).await;
+    drop(tx);
+    // The sender restarts with an empty state directory: a new session.
+    let mut tx = DurableSender::open(MemStorage::new(), "x", options(Durability::Always)).unwrap();
+    let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let err = tx
+        .attach(client.connect(server.local_addr()).await.unwrap())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("the receiver is in the middle of session")
+            && text.contains("if the sender lost its state"),
+        "{text}"
+    );
+    rx_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_resume_token_is_refused() {
+    let server = Endpoint::bind("127.0.0.1:0".parse().unwrap(), EndpointConfig::default()).unwrap();
+    let file = MemFile::default();
+    let (tx_storage, _rx_storage, tx, rx_task) = half_done(&server, &file).await;
+    drop(tx);
+    // Rewrite the sender's session record with another token.
+    let mut store =
+        surelink_journal::CheckpointStore::open(tx_storage.clone(), JournalOptions::default())
+            .unwrap();
+    let mut record = store.session().unwrap().clone();
+    record.resume_token = [0x55; 32];
+    store.set_session(record).unwrap();
+    store.sync().unwrap();
+    drop(store);
+    let mut tx = DurableSender::open(tx_storage, "x", options(Durability::Always)).unwrap();
+    let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let err = tx
+        .attach(client.connect(server.local_addr()).await.unwrap())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("wrong resume token"), "{err}");
+    rx_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_connection_is_not_a_session() {
+    let server = Endpoint::bind("127.0.0.1:0".parse().unwrap(), EndpointConfig::default()).unwrap();
+    let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = client.connect(server.local_addr()).await.unwrap();
+    conn.send(Bytes::from_static(b"plain data")).await.unwrap();
+    let accepted = server.accept().await.unwrap();
+    let err = read_hello(&accepted, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("did not start a session"),
+        "{err}"
+    );
+    // The plain sender learns why.
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .unwrap();
+    assert!(
+        format!("{ended:?}").contains("durable state"),
+        "{ended:?}"
+    );
+}
+
+#[test]
+fn the_sender_refuses_other_input_and_remembers_completion() {
+    let storage = MemStorage::new();
+    let tx = DurableSender::open(storage.clone(), "a.bin", SessionOptions::default()).unwrap();
+    let id = tx.session_id();
+    assert!(!tx.is_complete());
+    assert_eq!(tx.resume_cursor(), 0);
+    drop(tx);
+    let err = DurableSender::open(storage.clone(), "b.bin", SessionOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("an unfinished session"), "{err}");
+    let tx = DurableSender::open(storage.clone(), "a.bin", SessionOptions::default()).unwrap();
+    assert_eq!(tx.session_id(), id, "same session after reopening");
+    // A sender's state is not a receiver's.
+    let err = DurableReceiver::open(
+        storage,
+        MemSink::new(&MemFile::default()),
+        SessionOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("belongs to a sender"), "{err}");
+}
