@@ -23,6 +23,7 @@ mod paths;
 mod report;
 mod security;
 mod shutdown;
+mod state;
 
 /// Reliable, low-latency messaging over UDP.
 #[derive(Debug, Parser)]

@@ -262,11 +262,7 @@ fn delay_is_base_plus_uniform_jitter() {
     );
     let mean = delays.iter().sum::<Duration>() / n as u32;
     let expected = base + jitter / 2;
-    let error = if mean > expected {
-        mean - expected
-    } else {
-        expected - mean
-    };
+    let error = mean.abs_diff(expected);
     assert!(error < 50 * US, "mean {mean:?}");
 }
 

@@ -16,14 +16,15 @@ use super::framed::{FramedRx, FramedTx};
 use super::{loopback, udp, wire, Mode, Pair, Route, Rx, Tx};
 
 fn config(mode: Mode) -> KcpConfig {
-    let mut config = KcpConfig::default();
-    config.mtu = 1400;
-    config.nodelay = KcpNoDelayConfig::fastest();
-    config.wnd_size = (1024, 1024);
-    config.stream = true;
-    config.flush_write = mode == Mode::Realtime;
-    config.flush_acks_input = mode == Mode::Realtime;
-    config
+    KcpConfig {
+        mtu: 1400,
+        nodelay: KcpNoDelayConfig::fastest(),
+        wnd_size: (1024, 1024),
+        stream: true,
+        flush_write: mode == Mode::Realtime,
+        flush_acks_input: mode == Mode::Realtime,
+        ..KcpConfig::default()
+    }
 }
 
 /// The pair type of this system.

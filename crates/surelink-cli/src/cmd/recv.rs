@@ -60,6 +60,8 @@ pub struct RecvArgs {
     pub stats: StatsArgs,
     #[command(flatten)]
     pub security: crate::security::RecvSecurityArgs,
+    #[command(flatten)]
+    pub state: crate::state::RecvStateArgs,
 }
 
 /// Runs `surelink recv`.
@@ -69,6 +71,9 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
     let mut listen = Vec::new();
     for l in &args.listen {
         listen.push(l.resolve().await?);
+    }
+    if let Some(dir) = args.state.common.state.clone() {
+        return crate::state::recv::run(&args, &dir, listen, security).await;
     }
     let sink = match &args.to {
         Some(to) => {
@@ -214,11 +219,13 @@ async fn receive_stream(
     let reporter = spawn_reporter(stats_interval, "recv", conn);
     let name = out.name();
     let result = async {
-        while let Some(data) = conn
-            .recv()
+        while let Some(msg) = conn
+            .recv_message()
             .await
             .with_context(|| format!("the connection from {} failed", conn.remote_addr()))?
         {
+            crate::state::refuse_session(conn, &msg)?;
+            let data = msg.data;
             let w = out.writer();
             w.write_all(&data)
                 .await
@@ -274,11 +281,13 @@ async fn forward(
     let started = Instant::now();
     let reporter = spawn_reporter(stats_interval, "recv", &conn);
     let result = async {
-        while let Some(data) = conn
-            .recv()
+        while let Some(msg) = conn
+            .recv_message()
             .await
             .with_context(|| format!("the connection from {} failed", conn.remote_addr()))?
         {
+            crate::state::refuse_session(&conn, &msg)?;
+            let data = msg.data;
             if let Err(e) = socket.send_to(&data, target).await {
                 tracing::warn!(%target, len = data.len(), error = %e, "cannot forward a datagram");
             }

@@ -53,6 +53,8 @@ pub struct SendArgs {
     pub stats: StatsArgs,
     #[command(flatten)]
     pub security: crate::security::SendSecurityArgs,
+    #[command(flatten)]
+    pub state: crate::state::SendStateArgs,
 }
 
 /// Runs `surelink send`.
@@ -72,6 +74,9 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
         extra_paths.push(to.resolve().await?);
     }
     config.protocol.path_mode = args.mode.into();
+    if let Some(dir) = args.state.common.state.clone() {
+        return crate::state::send::run(&args, &dir, config, remote, extra_paths).await;
+    }
 
     // Open the input before connecting, so a bad path fails at once.
     let source = match &args.from {

@@ -36,24 +36,23 @@
 //! use surelink::{Bytes, Endpoint, EndpointConfig};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! // Receiver: one session into out.bin, state in ./rx-state.
+//! // Receiver: one session into out.bin, state in ./rx-state; `run` accepts
+//! // senders (a restarted one takes over) until the session is complete.
 //! let server = Endpoint::bind("127.0.0.1:7000".parse()?, EndpointConfig::default())?;
 //! let mut rx = DurableReceiver::open_dir("rx-state", FileSink::open("out.bin")?, SessionOptions::default())?;
-//! tokio::spawn(async move {
-//!     while let Some(conn) = server.accept().await {
-//!         let Ok(hello) = surelink::session::read_hello(&conn, std::time::Duration::from_secs(5)).await else { continue };
-//!         if rx.accept(&conn, hello).await.is_ok() && rx.serve(&conn).await.is_ok() {
-//!             break; // complete
-//!         }
-//!     }
-//! });
+//! tokio::spawn(async move { rx.run(&server, |event| eprintln!("{event:?}")).await });
 //!
-//! // Sender: state in ./tx-state; `cursor` says where the input stands after each message.
+//! // Sender: state in ./tx-state. The cursor says where the input stands
+//! // after each message; after a restart, continue from `resume_cursor()`.
 //! let mut tx = DurableSender::open_dir("tx-state", "my input", SessionOptions::default())?;
-//! let client = Endpoint::client("0.0.0.0:0".parse()?)?;
-//! tx.attach(client.connect("127.0.0.1:7000".parse()?).await?).await?;
-//! tx.send(0, Bytes::from_static(b"hello"), 5).await?;
-//! tx.finish().await?;
+//! if !tx.is_complete() {
+//!     let client = Endpoint::client("0.0.0.0:0".parse()?)?;
+//!     tx.attach(client.connect("127.0.0.1:7000".parse()?).await?).await?;
+//!     if tx.resume_cursor() < 5 {
+//!         tx.send(0, Bytes::from_static(b"hello"), 5).await?;
+//!     }
+//!     tx.finish().await?;
+//! }
 //! # Ok(()) }
 //! ```
 //!
@@ -74,7 +73,9 @@ pub use error::{ResumeMismatch, SessionError};
 pub use receiver::{read_hello, Accepted, DurableReceiver, ReceiverEvent, ReceiverStats};
 pub use sender::{DurableSender, Outgoing, Resumed, SenderStats};
 pub use sink::{DurableSink, FileSink};
-pub use surelink_journal::{Durability, FsStorage, JournalOptions, MemStorage, Storage};
+pub use surelink_journal::{
+    Durability, FsStorage, JournalMetrics, JournalOptions, MemStorage, Storage,
+};
 pub use wire::{
     ChannelResume, Hello, Progress, SessionId, CONTROL_CHANNEL, DATA_HEADER_LEN,
     SESSION_PROTOCOL_VERSION,
@@ -151,6 +152,12 @@ impl SessionOptions {
         self
     }
 
+    /// These options with another outbox limit.
+    pub fn with_max_unconfirmed_bytes(mut self, bytes: usize) -> Self {
+        self.max_unconfirmed_bytes = bytes;
+        self
+    }
+
     /// These options with another linger time.
     pub fn with_linger(mut self, linger: Duration) -> Self {
         self.linger = linger;
@@ -181,10 +188,7 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Sends a control message.
-async fn send_control(
-    conn: &crate::Connection,
-    msg: &wire::Control,
-) -> Result<(), SessionError> {
+async fn send_control(conn: &crate::Connection, msg: &wire::Control) -> Result<(), SessionError> {
     conn.send_on(CONTROL_CHANNEL, msg.encode()).await?;
     Ok(())
 }

@@ -21,7 +21,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use surelink_journal::{CheckpointStore, Durability, FsStorage, JournalMetrics, SessionRecord, Storage};
+use surelink_journal::{
+    CheckpointStore, Durability, FsStorage, JournalMetrics, SessionRecord, Storage,
+};
 
 use super::record::{Meta, ReceiverMeta};
 use super::sink::DurableSink;
@@ -178,7 +180,9 @@ struct RxSession {
     meta: ReceiverMeta,
 }
 
-/// The receiving side of a durable session. See the [module docs](self).
+/// The receiving side of a durable session. See the [`session`](crate::session)
+/// module docs and `docs/CHECKPOINTS.md`: open, then `run` (or `read_hello`,
+/// `accept`, `serve`).
 #[derive(Debug)]
 pub struct DurableReceiver<K: DurableSink, S: Storage + Send = FsStorage> {
     store: CheckpointStore<S>,
@@ -206,7 +210,10 @@ impl<K: DurableSink> DurableReceiver<K, FsStorage> {
     ) -> Result<Self, SessionError> {
         let dir = dir.as_ref();
         let storage = FsStorage::open(dir).map_err(|e| {
-            SessionError::State(format!("cannot open state directory {}: {e}", dir.display()))
+            SessionError::State(format!(
+                "cannot open state directory {}: {e}",
+                dir.display()
+            ))
         })?;
         Self::open(storage, sink, options)
     }
@@ -687,11 +694,11 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
     /// Under [`Durability::Interval`]: when the journal's fsync is due, sync
     /// the sink first, then the journal.
     fn interval_sync(&mut self, now: Instant) -> Result<(), SessionError> {
-        if !self
+        if self
             .store
             .journal()
             .next_sync_at(now)
-            .is_some_and(|t| t <= now)
+            .is_none_or(|t| t > now)
         {
             return Ok(());
         }

@@ -84,7 +84,8 @@ struct Liveness {
     since: Instant,
 }
 
-/// The sending side of a durable session. See the [module docs](self).
+/// The sending side of a durable session. See the [`session`](crate::session)
+/// module docs and `docs/CHECKPOINTS.md`: open, `attach`, `send_batch`, `finish`.
 #[derive(Debug)]
 pub struct DurableSender<S: Storage + Send = FsStorage> {
     store: CheckpointStore<S>,
@@ -111,7 +112,10 @@ impl DurableSender<FsStorage> {
     ) -> Result<Self, SessionError> {
         let dir = dir.as_ref();
         let storage = FsStorage::open(dir).map_err(|e| {
-            SessionError::State(format!("cannot open state directory {}: {e}", dir.display()))
+            SessionError::State(format!(
+                "cannot open state directory {}: {e}",
+                dir.display()
+            ))
         })?;
         Self::open(storage, label, options)
     }
@@ -323,7 +327,9 @@ impl<S: Storage + Send> DurableSender<S> {
         };
         self.check_watermark(&progress)?;
         let before = self.stats.messages_confirmed;
-        self.apply_progress(&progress)?;
+        // No compaction here: it would hold up the re-sending below; the
+        // next CHECKPOINT compacts.
+        self.apply_progress(&progress, false)?;
         let released = self.stats.messages_confirmed - before;
         if progress.ended {
             self.mark_complete()?;
@@ -396,8 +402,9 @@ impl<S: Storage + Send> DurableSender<S> {
 
     /// Releases every message below the receiver's `progress`: first the
     /// session record with the new confirmed cursor, then the confirmations
-    /// (so a log that kept a confirmation also kept the cursor).
-    fn apply_progress(&mut self, progress: &Progress) -> Result<(), SessionError> {
+    /// (so a log that kept a confirmation also kept the cursor). Compacts
+    /// the journal afterwards if `compact` and it is worth it.
+    fn apply_progress(&mut self, progress: &Progress, compact: bool) -> Result<(), SessionError> {
         let mut cursor = self.meta.confirmed_cursor;
         for (&channel, &next) in &progress.next {
             if next > self.next_id(channel) {
@@ -424,7 +431,7 @@ impl<S: Storage + Send> DurableSender<S> {
                 self.stats.messages_confirmed += released as u64;
             }
         }
-        if self.store.journal().should_compact() {
+        if compact && self.store.journal().should_compact() {
             let store = &mut self.store;
             blocking(|| store.compact())?;
         }
@@ -562,6 +569,10 @@ impl<S: Storage + Send> DurableSender<S> {
         channel: u64,
         msg: Bytes,
     ) -> Result<(), SessionError> {
+        // Queuing a message rarely waits, so a burst (a batch, a re-sent
+        // outbox) would otherwise keep this worker thread from the tasks that
+        // move the data (the driver, a receiver in the same process).
+        tokio::task::yield_now().await;
         loop {
             tokio::select! {
                 biased;
@@ -593,7 +604,7 @@ impl<S: Storage + Send> DurableSender<S> {
         match Control::decode(&m.data)? {
             Control::Checkpoint(p) => {
                 self.stats.checkpoints_received += 1;
-                self.apply_progress(&p)?;
+                self.apply_progress(&p, true)?;
                 if p.ended {
                     self.end_confirmed = true;
                 }

@@ -1,0 +1,147 @@
+//! `--state DIR`: durable sessions for `send --in FILE` and `recv --out FILE`.
+//!
+//! With `--state`, both commands keep a checkpoint journal in DIR
+//! ([`surelink::session`]): the sender its outbox of messages the receiver has
+//! not confirmed as checkpointed (with the input offset after each), the
+//! receiver its watermark together with the output file's length. Killed
+//! (even `kill -9`) and restarted with the same arguments, the sender
+//! continues from where the receiver is and the receiver continues the same
+//! output file: it ends byte-identical to the input, nothing lost or
+//! repeated. Without `--state` nothing changes.
+//!
+//! The protocol and the on-disk state are described in `docs/CHECKPOINTS.md`.
+
+pub mod recv;
+pub mod send;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, ValueEnum};
+use surelink::session::{Durability, SessionOptions};
+
+use crate::args::parse_duration;
+
+/// When checkpoints are fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum DurabilityArg {
+    /// Never fsync: the OS writes back when it likes (survives kill -9, not a power loss).
+    None,
+    /// fsync every --durability-interval (a power loss loses at most about that much).
+    #[default]
+    Interval,
+    /// fsync every checkpoint before confirming it (survives a power loss).
+    Always,
+}
+
+/// The options `send` and `recv` share.
+#[derive(Debug, Clone, Args)]
+pub struct StateArgs {
+    /// Keep a durable session in this directory: killed and restarted with the same
+    /// arguments, the transfer resumes where it stopped, nothing lost or repeated.
+    /// The other side must use --state too. Needs `--in FILE` (send) or `--out FILE` (recv).
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// With --state: when checkpoints are fsynced. Every policy survives kill -9; the
+    /// policy decides what survives a power loss.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "POLICY",
+        default_value = "interval",
+        requires = "state"
+    )]
+    pub durability: DurabilityArg,
+    /// With --state --durability interval: how often to fsync.
+    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_duration, requires = "state")]
+    pub durability_interval: Duration,
+}
+
+/// `send`'s state options.
+#[derive(Debug, Clone, Args)]
+pub struct SendStateArgs {
+    #[command(flatten)]
+    pub common: StateArgs,
+    /// With --state: most input bytes sent and not yet confirmed as checkpointed by the
+    /// receiver (the outbox, kept in memory and in the journal); reading waits beyond it.
+    #[arg(long, value_name = "BYTES", default_value = "32MiB", value_parser = crate::args::parse_size, requires = "state")]
+    pub max_unconfirmed: usize,
+}
+
+/// `recv`'s state options.
+#[derive(Debug, Clone, Args)]
+pub struct RecvStateArgs {
+    #[command(flatten)]
+    pub common: StateArgs,
+    /// With --state: the longest a received message waits before it is checkpointed and
+    /// confirmed to the sender (the checkpoint interval C).
+    #[arg(long, value_name = "DURATION", default_value = "20ms", value_parser = parse_duration, requires = "state")]
+    pub checkpoint_interval: Duration,
+}
+
+impl StateArgs {
+    /// The session options these flags ask for.
+    pub fn session_options(&self) -> anyhow::Result<SessionOptions> {
+        let durability = match self.durability {
+            DurabilityArg::None => Durability::None,
+            DurabilityArg::Always => Durability::Always,
+            DurabilityArg::Interval => {
+                if self.durability_interval.is_zero() {
+                    bail!("--durability-interval must be positive (or use --durability always)");
+                }
+                Durability::Interval(self.durability_interval)
+            }
+        };
+        Ok(SessionOptions::default().with_durability(durability))
+    }
+}
+
+impl SendStateArgs {
+    /// The session options these flags ask for.
+    pub fn session_options(&self) -> anyhow::Result<SessionOptions> {
+        if self.max_unconfirmed == 0 {
+            bail!("--max-unconfirmed must be positive");
+        }
+        Ok(self
+            .common
+            .session_options()?
+            .with_max_unconfirmed_bytes(self.max_unconfirmed))
+    }
+}
+
+impl RecvStateArgs {
+    /// The session options these flags ask for.
+    pub fn session_options(&self) -> anyhow::Result<SessionOptions> {
+        if self.checkpoint_interval.is_zero() {
+            bail!("--checkpoint-interval must be positive");
+        }
+        Ok(self
+            .common
+            .session_options()?
+            .with_checkpoint_interval(self.checkpoint_interval))
+    }
+}
+
+/// For a receiver *without* `--state`: a sender that runs with `--state`
+/// opens with a session message on the control channel. Writing it (or the
+/// data messages' id headers) to the output would corrupt it, so the
+/// connection is refused with a reason both sides print.
+pub fn refuse_session(conn: &surelink::Connection, msg: &surelink::Message) -> anyhow::Result<()> {
+    if msg.channel == surelink::session::CONTROL_CHANNEL {
+        conn.abort("this receiver runs without --state: start it with --state DIR too");
+        bail!(
+            "the sender from {} runs with --state: this receiver must use --state DIR too",
+            conn.remote_addr()
+        );
+    }
+    Ok(())
+}
+
+/// A summary of journal counters for the final lines.
+fn journal_summary(m: &surelink::session::JournalMetrics) -> String {
+    format!(
+        "{} commits, {} fsyncs, {} compactions, {} journal bytes written",
+        m.commits, m.fsyncs, m.compactions, m.bytes_written
+    )
+}

@@ -1,0 +1,290 @@
+//! `--state` when the two sides' states do not fit together, and misuse:
+//! a receiver or a sender that lost its state directory is refused with a
+//! clear line on both sides (never silently restarted from zero); a side
+//! with `--state` and one without refuse each other; `--state` with stdin
+//! or datagram mode is a usage error. Every wait is bounded.
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rand::{RngCore, SeedableRng};
+
+const BIN: &str = env!("CARGO_BIN_EXE_surelink");
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A process whose stderr is collected.
+struct Proc {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start surelink");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let all = stderr.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut all = all.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        Proc { child, stderr }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until stderr contains `text`.
+    fn wait_for(&self, text: &str) {
+        let deadline = Instant::now() + LIMIT;
+        while !self.stderr().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in:\n{}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits (bounded) for the exit.
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                thread::sleep(Duration::from_millis(50));
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running:\n{}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_addr() -> String {
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A session interrupted halfway: the sender killed once the receiver has
+/// at least 1 MiB. Returns (receiver, receiver args, sender args).
+fn interrupted(dir: &Path) -> (Proc, Vec<String>, Vec<String>) {
+    let mut data = vec![0u8; 4 << 20];
+    rand::rngs::SmallRng::seed_from_u64(9).fill_bytes(&mut data);
+    std::fs::write(dir.join("in.bin"), &data).unwrap();
+    let addr = free_addr();
+    let recv_args: Vec<String> = [
+        "recv",
+        "--listen",
+        &addr,
+        "--out",
+        s(&dir.join("out.bin")),
+        "--state",
+        s(&dir.join("rs")),
+        "--once",
+    ]
+    .map(String::from)
+    .to_vec();
+    let send_args: Vec<String> = [
+        "send",
+        "--to",
+        &addr,
+        "--in",
+        s(&dir.join("in.bin")),
+        "--state",
+        s(&dir.join("ss")),
+        "--max-unconfirmed",
+        "64KiB",
+        "--chunk",
+        "16KiB",
+    ]
+    .map(String::from)
+    .to_vec();
+    let recv = Proc::spawn(&recv_args.iter().map(String::as_str).collect::<Vec<_>>());
+    recv.wait_for("listening on");
+    let mut send = Proc::spawn(&send_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let deadline = Instant::now() + LIMIT;
+    while std::fs::metadata(dir.join("out.bin")).map_or(0, |m| m.len()) < 1 << 20 {
+        assert!(Instant::now() < deadline, "no progress:\n{}", recv.stderr());
+        thread::sleep(Duration::from_millis(1));
+    }
+    send.kill();
+    (recv, recv_args, send_args)
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn a_receiver_that_lost_its_state_is_refused_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut recv, recv_args, send_args) = interrupted(dir.path());
+    recv.kill();
+    let out_len = std::fs::metadata(dir.path().join("out.bin")).unwrap().len();
+    std::fs::remove_dir_all(dir.path().join("rs")).unwrap();
+
+    let recv = Proc::spawn(&args(&recv_args));
+    recv.wait_for("listening on");
+    let mut send = Proc::spawn(&args(&send_args));
+    let status = send.wait();
+    assert_eq!(status.code(), Some(1), "{}", send.stderr());
+    let expected = "receiver lost its state: it expects message 0 on channel 0 \
+                    but the sender's oldest unconfirmed message is ";
+    assert!(send.stderr().contains(expected), "{}", send.stderr());
+    recv.wait_for("refused a sender from");
+    assert!(recv.stderr().contains(expected), "{}", recv.stderr());
+    // Nothing was started over: the output is as it was.
+    assert_eq!(
+        std::fs::metadata(dir.path().join("out.bin")).unwrap().len(),
+        out_len
+    );
+}
+
+#[test]
+fn a_sender_that_lost_its_state_is_refused_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let (recv, _recv_args, send_args) = interrupted(dir.path());
+    std::fs::remove_dir_all(dir.path().join("ss")).unwrap();
+
+    let mut send = Proc::spawn(&args(&send_args));
+    let status = send.wait();
+    assert_eq!(status.code(), Some(1), "{}", send.stderr());
+    let expected = "the receiver is in the middle of session";
+    assert!(
+        send.stderr().contains(expected)
+            && send
+                .stderr()
+                .contains("if the sender lost its state, restart it with its original state"),
+        "{}",
+        send.stderr()
+    );
+    recv.wait_for("refused a sender from");
+    assert!(recv.stderr().contains(expected), "{}", recv.stderr());
+}
+
+#[test]
+fn state_on_one_side_only_is_refused_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.bin"), b"some bytes").unwrap();
+    let input = dir.path().join("in.bin");
+    let out = dir.path().join("out.bin");
+
+    // The sender keeps state, the receiver does not.
+    let addr = free_addr();
+    let mut recv = Proc::spawn(&["recv", "--listen", &addr, "--out", s(&out), "--once"]);
+    recv.wait_for("listening on");
+    let mut send = Proc::spawn(&[
+        "send",
+        "--to",
+        &addr,
+        "--in",
+        s(&input),
+        "--state",
+        s(&dir.path().join("ss")),
+    ]);
+    assert_eq!(send.wait().code(), Some(1), "{}", send.stderr());
+    assert!(
+        send.stderr()
+            .contains("this receiver runs without --state: start it with --state DIR too"),
+        "{}",
+        send.stderr()
+    );
+    assert_eq!(recv.wait().code(), Some(1), "{}", recv.stderr());
+    assert!(
+        recv.stderr()
+            .contains("runs with --state: this receiver must use --state DIR too"),
+        "{}",
+        recv.stderr()
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"", "nothing written");
+
+    // The receiver keeps state, the sender does not. (The refusal comes
+    // with the first message; a sender whose whole input is acknowledged
+    // by the transport before that would not hear of it, so the input is
+    // large enough to be still in flight.)
+    let mut data = vec![0u8; 8 << 20];
+    rand::rngs::SmallRng::seed_from_u64(3).fill_bytes(&mut data);
+    std::fs::write(&input, &data).unwrap();
+    let addr = free_addr();
+    let recv = Proc::spawn(&[
+        "recv",
+        "--listen",
+        &addr,
+        "--out",
+        s(&out),
+        "--state",
+        s(&dir.path().join("rs")),
+        "--once",
+    ]);
+    recv.wait_for("listening on");
+    let mut send = Proc::spawn(&["send", "--to", &addr, "--in", s(&input)]);
+    assert_eq!(send.wait().code(), Some(1), "{}", send.stderr());
+    assert!(
+        send.stderr()
+            .contains("the sender must use it too (surelink send --state DIR)"),
+        "{}",
+        send.stderr()
+    );
+    recv.wait_for("did not start a session");
+}
+
+#[test]
+fn state_needs_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("st");
+    let mut send = Proc::spawn(&["send", "--to", "127.0.0.1:9", "--state", s(&state)]);
+    assert_eq!(send.wait().code(), Some(1));
+    assert!(
+        send.stderr().contains("--state needs --in FILE"),
+        "{}",
+        send.stderr()
+    );
+    let mut recv = Proc::spawn(&["recv", "--listen", "127.0.0.1:0", "--state", s(&state)]);
+    assert_eq!(recv.wait().code(), Some(1));
+    assert!(
+        recv.stderr().contains("--state needs --out FILE"),
+        "{}",
+        recv.stderr()
+    );
+    let mut send = Proc::spawn(&["send", "--to", "127.0.0.1:9", "--durability", "always"]);
+    assert_eq!(send.wait().code(), Some(1), "--durability needs --state");
+}
