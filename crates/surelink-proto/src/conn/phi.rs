@@ -10,6 +10,7 @@
 //! late packet. The normal CDF uses the logistic approximation also used by
 //! Akka and Cassandra.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,9 @@ pub struct PhiDetector {
     min_std_ms: f64,
     /// Assumed mean before two arrivals were seen, ms.
     initial_ms: f64,
+    /// `crossing` results since the last arrival, by threshold: the timer code
+    /// asks on every poll, and the answer only changes when a packet arrives.
+    crossings: [Cell<Option<(f64, Instant)>>; 2],
 }
 
 impl PhiDetector {
@@ -39,6 +43,7 @@ impl PhiDetector {
             last: None,
             min_std_ms: min_std.as_secs_f64() * 1e3,
             initial_ms: initial.as_secs_f64() * 1e3,
+            crossings: Default::default(),
         }
     }
 
@@ -56,6 +61,13 @@ impl PhiDetector {
             }
         }
         self.last = Some(now);
+        self.forget_crossings();
+    }
+
+    fn forget_crossings(&self) {
+        for c in &self.crossings {
+            c.set(None);
+        }
     }
 
     /// Forgets the history (a path that came back starts afresh).
@@ -64,6 +76,7 @@ impl PhiDetector {
         self.sum = 0.0;
         self.sum_sq = 0.0;
         self.last = Some(now);
+        self.forget_crossings();
     }
 
     fn mean_std(&self) -> (f64, f64) {
@@ -100,6 +113,21 @@ impl PhiDetector {
 
     /// When φ will reach `threshold` if nothing arrives.
     pub fn crossing(&self, threshold: f64) -> Option<Instant> {
+        if let Some(t) = self
+            .crossings
+            .iter()
+            .find_map(|c| c.get().filter(|(th, _)| *th == threshold).map(|(_, t)| t))
+        {
+            return Some(t);
+        }
+        let t = self.compute_crossing(threshold)?;
+        if let Some(free) = self.crossings.iter().find(|c| c.get().is_none()) {
+            free.set(Some((threshold, t)));
+        }
+        Some(t)
+    }
+
+    fn compute_crossing(&self, threshold: f64) -> Option<Instant> {
         let last = self.last?;
         let (mean, std) = self.mean_std();
         // φ is increasing in the gap: bisect between the mean and a far bound.
