@@ -2,8 +2,9 @@
 //! UDP, in one run, on the same workloads, over 127.0.0.1.
 //!
 //! ```text
-//! surelink-bench [--systems LIST] [--workloads bulk,small,realtime] [--runs N]
-//!                [--bulk-mib N] [--small-secs S] [--rt-secs S] [--losses 0,2,10]
+//! surelink-bench [--systems LIST] [--workloads bulk,small,realtime,failover,deadline]
+//!                [--runs N] [--bulk-mib N] [--small-secs S] [--rt-secs S] [--losses 0,2,10]
+//!                [--failover-secs S] [--cut-at S] [--cut-secs S] [--deadline-rtts N]
 //!                [--json PATH] [--plot PATH.svg] [--install-peers] [--quick]
 //! ```
 //!
@@ -13,6 +14,8 @@
 #![forbid(unsafe_code)]
 
 mod cpu;
+mod deadline;
+mod failover;
 mod plot;
 mod report;
 mod run;
@@ -28,6 +31,8 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use hdrhistogram::Histogram;
 
+use deadline::DeadlineGroup;
+use failover::{FailoverParams, FailoverRow};
 use report::{Machine, Peer, Report, Row, RtGroup, Settings, Status};
 use system::{System, Workload};
 use transport::Route;
@@ -42,7 +47,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "surelink,surelink-plaintext,quinn,quinn-datagram,kcp,srt,tcp,udp"
+        default_value = "surelink,surelink-plaintext,surelink-deadline,quinn,quinn-datagram,kcp,srt,tcp,udp"
     )]
     systems: Vec<System>,
     /// Workloads to run (comma-separated).
@@ -50,7 +55,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "bulk,small,realtime"
+        default_value = "bulk,small,realtime,failover,deadline"
     )]
     workloads: Vec<Workload>,
     /// Bulk transfer size in MiB [default: 256; 4 with --quick].
@@ -65,6 +70,20 @@ struct Args {
     /// Real-time loss rates in percent, each direction (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "0,2,10")]
     losses: Vec<f64>,
+    /// Failover: sending time in seconds [default: 10; 2 with --quick].
+    #[arg(long)]
+    failover_secs: Option<f64>,
+    /// Failover: when the primary path is cut, seconds after the first
+    /// message [default: 4; 0.6 with --quick].
+    #[arg(long)]
+    cut_at: Option<f64>,
+    /// Failover: how long the primary path stays cut, in seconds
+    /// [default: 2; 0.6 with --quick].
+    #[arg(long)]
+    cut_secs: Option<f64>,
+    /// Deadline workload: surelink's deadline and SRT's latency, in RTTs.
+    #[arg(long, default_value_t = 3)]
+    deadline_rtts: u32,
     /// One-way delay of the impairer, each way, in ms.
     #[arg(long, default_value_t = 10.0)]
     delay_ms: f64,
@@ -120,6 +139,16 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         delay_ms: args.delay_ms,
         jitter_ms: args.jitter_ms,
         losses_percent: args.losses.clone(),
+        failover: FailoverParams {
+            stream: RtParams {
+                rate: args.rt_rate,
+                size: args.rt_size,
+                secs: args.failover_secs.unwrap_or(if q { 2.0 } else { 10.0 }),
+            },
+            cut_at_secs: args.cut_at.unwrap_or(if q { 0.6 } else { 4.0 }),
+            cut_secs: args.cut_secs.unwrap_or(if q { 0.6 } else { 2.0 }),
+        },
+        deadline_rtts: args.deadline_rtts,
         seed: args.seed,
         runs: args.runs.unwrap_or(if q { 1 } else { 3 }),
         quick: q,
@@ -130,10 +159,19 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
     for (v, name) in [
         (settings.small_secs, "--small-secs"),
         (settings.rt_secs, "--rt-secs"),
+        (settings.failover.stream.secs, "--failover-secs"),
+        (settings.failover.cut_secs, "--cut-secs"),
     ] {
         if !(v.is_finite() && v > 0.0 && v <= 3600.0) {
             bail!("{name} must be between 0 and 3600 seconds");
         }
+    }
+    let f = &settings.failover;
+    if !(f.cut_at_secs >= 0.2 && f.cut_at_secs + f.cut_secs < f.stream.secs) {
+        bail!("--cut-at must be at least 0.2 s, and the cut must end before --failover-secs");
+    }
+    if settings.deadline_rtts == 0 || settings.deadline_rtts > 100 {
+        bail!("--deadline-rtts must be between 1 and 100");
     }
     if settings.runs == 0 || settings.runs > 100 {
         bail!("--runs must be between 1 and 100");
@@ -202,6 +240,10 @@ fn main_inner() -> anyhow::Result<()> {
             System::Surelink | System::SurelinkPlaintext => {
                 (true, "surelink (this workspace), default settings".into())
             }
+            System::SurelinkDeadline => (
+                true,
+                "surelink (this workspace), deadline delivery on its channel".into(),
+            ),
             System::Quinn | System::QuinnDatagram => (true, "quinn 0.11, rustls + ring".into()),
             System::Kcp => (true, "tokio_kcp 0.9, fast mode".into()),
             System::Tcp => (true, "tokio TCP, TCP_NODELAY".into()),
@@ -238,6 +280,35 @@ fn main_inner() -> anyhow::Result<()> {
                 rows: systems
                     .iter()
                     .map(|&s| make_row(s, Workload::Realtime, &peers))
+                    .collect(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+
+    let mut failover: Vec<FailoverRow> = if wants(Workload::Failover) {
+        systems
+            .iter()
+            .flat_map(|&s| failover::rows(s, || make_row(s, Workload::Failover, &peers)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let deadline_rtt = Duration::from_secs_f64(2.0 * settings.delay_ms / 1000.0);
+    let deadline_at = deadline::deadline_for(deadline_rtt, settings.deadline_rtts);
+    // Only the two systems this workload compares get rows.
+    let mut deadline: Vec<DeadlineGroup> = if wants(Workload::Deadline) {
+        settings
+            .losses_percent
+            .iter()
+            .map(|&loss| DeadlineGroup {
+                loss_percent: loss,
+                deadline_ms: deadline_at.as_secs_f64() * 1000.0,
+                rows: systems
+                    .iter()
+                    .filter(|s| s.not_applicable(Workload::Deadline).is_none())
+                    .map(|&s| make_row(s, Workload::Deadline, &peers))
                     .collect(),
             })
             .collect()
@@ -307,9 +378,54 @@ fn main_inner() -> anyhow::Result<()> {
                 }
             }
         }
+        let clean = route(&settings, 0.0)?;
+        for entry in failover.iter_mut().filter(|r| r.row.status == Status::Ok) {
+            let row = &mut entry.row;
+            match failover::run(row.system, entry.paths, &settings.failover, &clean, rtt) {
+                Ok(r) => {
+                    eprintln!(
+                        "{tag} failover {} ({:?}): suspect {:.1} ms, resume {:.1} ms, max gap {:.1} ms, lost {}, dup {}",
+                        row.system, entry.paths, r.suspect_ms, r.resume_ms, r.max_gap_ms, r.stream.lost, r.stream.duplicated
+                    );
+                    row.runs.push(r);
+                }
+                Err(e) => {
+                    eprintln!(
+                        "{tag} failover {} ({:?}): failed: {e}",
+                        row.system, entry.paths
+                    );
+                    row.errors.push(e.to_string());
+                }
+            }
+        }
+        for group in &mut deadline {
+            let route = route(&settings, group.loss_percent)?;
+            for row in group.rows.iter_mut().filter(|r| r.status == Status::Ok) {
+                match deadline::run(row.system, &rt_params, &route, deadline_at) {
+                    Ok(r) => {
+                        eprintln!(
+                            "{tag} deadline {}% {}: skipped {} of {}, p50 {:.2} ms, p99 {:.2} ms",
+                            group.loss_percent, row.system, r.lost, r.sent, r.p50_ms, r.p99_ms
+                        );
+                        row.runs.push(r);
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "{tag} deadline {}% {}: failed: {e}",
+                            group.loss_percent, row.system
+                        );
+                        row.errors.push(e.to_string());
+                    }
+                }
+            }
+        }
     }
 
     bulk.iter_mut().for_each(Row::finish);
+    failover.iter_mut().for_each(|r| r.row.finish());
+    for group in &mut deadline {
+        group.rows.iter_mut().for_each(Row::finish);
+    }
     small.iter_mut().for_each(Row::finish);
     for group in &mut realtime {
         group.rows.iter_mut().for_each(Row::finish);
@@ -382,6 +498,8 @@ fn main_inner() -> anyhow::Result<()> {
         bulk,
         small,
         realtime,
+        failover,
+        deadline,
         ratios: Default::default(),
         targets: Vec::new(),
         plot: plot_written,

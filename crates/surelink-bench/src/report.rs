@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::deadline::DeadlineGroup;
+use crate::failover::{FailoverParams, FailoverRow};
 use crate::system::System;
 use crate::transport::Diagnostics;
 use crate::workload::{BulkRun, RtRun, SmallRun};
@@ -26,7 +28,7 @@ pub enum Status {
 }
 
 impl Status {
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Status::Ok => "ok",
             Status::NotAvailable => "not available",
@@ -93,16 +95,16 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-fn med<T>(runs: &[T], f: impl Fn(&T) -> f64) -> f64 {
+pub(crate) fn med<T>(runs: &[T], f: impl Fn(&T) -> f64) -> f64 {
     median(runs.iter().map(f).collect())
 }
 
-fn med_u64<T>(runs: &[T], f: impl Fn(&T) -> u64) -> u64 {
+pub(crate) fn med_u64<T>(runs: &[T], f: impl Fn(&T) -> u64) -> u64 {
     med(runs, |r| f(r) as f64).round() as u64
 }
 
 /// Key-by-key medians of the runs' sender counters (`None` if no run has any).
-fn median_diagnostics<'a>(
+pub(crate) fn median_diagnostics<'a>(
     runs: impl Iterator<Item = Option<&'a Diagnostics>>,
 ) -> Option<Diagnostics> {
     let runs: Vec<&Diagnostics> = runs.flatten().collect();
@@ -168,6 +170,7 @@ impl Median for RtRun {
             payload_bytes: med_u64(runs, |r| r.payload_bytes),
             wire_per_payload: med(runs, |r| r.wire_per_payload),
             sender: median_diagnostics(runs.iter().map(|r| r.sender.as_ref())),
+            receiver: median_diagnostics(runs.iter().map(|r| r.receiver.as_ref())),
             histogram: None,
         }
     }
@@ -232,6 +235,10 @@ pub struct Settings {
     pub losses_percent: Vec<f64>,
     /// The impairer's seed.
     pub seed: u64,
+    /// The failover workload's stream and cut.
+    pub failover: FailoverParams,
+    /// The deadline workload's deadline (and SRT latency), in RTTs.
+    pub deadline_rtts: u32,
     /// Runs per figure.
     pub runs: u32,
     /// Whether `--quick` was given.
@@ -275,6 +282,10 @@ pub struct Report {
     pub small: Vec<Row<SmallRun>>,
     /// Real-time groups, one per loss rate.
     pub realtime: Vec<RtGroup>,
+    /// Failover rows (surelink twice: backup and broadcast).
+    pub failover: Vec<FailoverRow>,
+    /// Deadline groups, one per loss rate.
+    pub deadline: Vec<DeadlineGroup>,
     /// surelink's figure over each peer's (bulk MiB/s, small msgs/s) and
     /// each peer's p99 / p99.9 over surelink's (real time), from medians.
     pub ratios: Ratios,
@@ -637,6 +648,9 @@ impl Report {
             out.push('\n');
         }
 
+        out.push_str(&crate::failover::markdown(&self.failover, s, &runs));
+        out.push_str(&crate::deadline::markdown(&self.deadline, s, &runs));
+
         if !self.targets.is_empty() {
             let _ = writeln!(out, "## Targets (surelink, encrypted)\n");
             let _ = writeln!(out, "| target | measured | met |");
@@ -658,7 +672,7 @@ impl Report {
     }
 }
 
-fn why<T>(row: &Row<T>) -> String {
+pub(crate) fn why<T>(row: &Row<T>) -> String {
     let mut text = row.status.label().to_owned();
     if let Some(note) = &row.note {
         let _ = write!(text, ": {note}");

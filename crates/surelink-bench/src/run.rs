@@ -13,7 +13,7 @@ use crate::workload::{self, BulkRun, RtParams, RtRun, SmallRun};
 
 /// Builds a runtime, runs `f` on it bounded by `limit`, and tears the
 /// runtime down (waiting at most 2 s for its tasks).
-fn isolated<T, F, Fut>(limit: Duration, f: F) -> io::Result<T>
+pub(crate) fn isolated<T, F, Fut>(limit: Duration, f: F) -> io::Result<T>
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = io::Result<T>>,
@@ -64,7 +64,7 @@ pub fn bulk(system: System, bytes: u64, limit: Duration) -> io::Result<BulkRun> 
             System::Tcp => workload::bulk(tcp::open(mode).await?, bytes, delivery, limit).await,
             System::Udp => workload::bulk(udp::open(None).await?, bytes, delivery, limit).await,
             System::Srt => srt::bulk(bytes, limit).await,
-            System::QuinnDatagram => Err(not_applicable(system)),
+            System::QuinnDatagram | System::SurelinkDeadline => Err(not_applicable(system)),
         }
     })
 }
@@ -87,7 +87,7 @@ pub fn small(system: System, window: Duration) -> io::Result<SmallRun> {
                 let lifetime = window + Duration::from_secs(30);
                 workload::small(srt::open_live(None, latency, lifetime).await?, window).await
             }
-            System::QuinnDatagram => Err(not_applicable(system)),
+            System::QuinnDatagram | System::SurelinkDeadline => Err(not_applicable(system)),
         }
     })
 }
@@ -126,7 +126,7 @@ pub fn realtime(
                 let pair = srt::open_live(r, latency, lifetime).await?;
                 workload::realtime(pair, params, delivery).await
             }
-            System::Tcp => Err(not_applicable(system)),
+            System::Tcp | System::SurelinkDeadline => Err(not_applicable(system)),
         }
     })
 }

@@ -15,6 +15,9 @@ pub enum System {
     Surelink,
     /// surelink with `Security::InsecurePlaintext`: the cost of encryption.
     SurelinkPlaintext,
+    /// surelink with `Delivery::Deadline(3 × RTT)` on its channel: deadline
+    /// workload only.
+    SurelinkDeadline,
     /// quinn: one bidirectional stream, length-prefixed messages.
     Quinn,
     /// quinn: QUIC datagrams (unreliable), real-time workload only.
@@ -39,6 +42,12 @@ pub enum Workload {
     Small,
     /// 1000 msg/s of 200 bytes through the impairer.
     Realtime,
+    /// The real-time stream over two impaired paths, the primary cut
+    /// mid-run (single path for peers without multipath).
+    Failover,
+    /// The real-time stream with a deadline of 3 × RTT: surelink's deadline
+    /// mode against SRT live at the same latency.
+    Deadline,
 }
 
 impl System {
@@ -47,6 +56,7 @@ impl System {
         match self {
             System::Surelink => "surelink",
             System::SurelinkPlaintext => "surelink-plaintext",
+            System::SurelinkDeadline => "surelink-deadline",
             System::Quinn => "quinn",
             System::QuinnDatagram => "quinn-datagram",
             System::Kcp => "kcp",
@@ -59,7 +69,7 @@ impl System {
     /// Whether the system promises to deliver every message.
     pub fn delivery(self) -> Delivery {
         match self {
-            System::Udp | System::QuinnDatagram => Delivery::Unreliable,
+            System::Udp | System::QuinnDatagram | System::SurelinkDeadline => Delivery::Unreliable,
             _ => Delivery::Reliable,
         }
     }
@@ -70,8 +80,21 @@ impl System {
             (System::QuinnDatagram, Workload::Bulk | Workload::Small) => {
                 Some("unreliable datagrams: real-time workload only")
             }
-            (System::Tcp, Workload::Realtime) => {
+            (System::Tcp, Workload::Realtime | Workload::Failover) => {
                 Some("the impairer forwards UDP only, so TCP cannot cross it")
+            }
+            (System::SurelinkDeadline, Workload::Deadline) | (System::Srt, Workload::Deadline) => {
+                None
+            }
+            (System::SurelinkDeadline, _) => Some("deadline workload only"),
+            (_, Workload::Deadline) => {
+                Some("the deadline workload compares surelink's deadline mode with SRT live")
+            }
+            (System::SurelinkPlaintext, Workload::Failover) => {
+                Some("failover is measured with the default (encrypted) configuration")
+            }
+            (System::QuinnDatagram, Workload::Failover) => {
+                Some("unreliable: the failover comparison uses quinn's reliable stream")
             }
             _ => None,
         }

@@ -1,5 +1,6 @@
-//! The three workloads, generic over any [`Pair`]: bulk transfer, small
-//! messages, and paced real-time messages through an impairer.
+//! The three basic workloads, generic over any [`Pair`]: bulk transfer,
+//! small messages, and paced real-time messages through an impairer (whose
+//! paced stream, [`paced`], the failover and deadline workloads reuse).
 //!
 //! Every loop here is bounded: by a byte or message count, and by a time
 //! limit that ends the run with an error instead of hanging.
@@ -240,36 +241,61 @@ pub struct RtRun {
     /// The sender's own counters, where the system exposes them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sender: Option<Diagnostics>,
+    /// The receiver's own counters, where the system exposes them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receiver: Option<Diagnostics>,
     /// The latencies (µs), for the plot.
     #[serde(skip)]
     pub histogram: Option<Histogram<u64>>,
 }
 
-fn wire_bytes(stats: &ImpairStats) -> u64 {
+/// UDP payload bytes both directions of an impairer were offered so far.
+pub fn wire_bytes(stats: &ImpairStats) -> u64 {
     stats.upstream.link.bytes_in + stats.downstream.link.bytes_in
 }
 
-/// Sends `rate` messages per second of `size` bytes for `secs` through the
-/// pair's impairer, each carrying its sequence number and send time, and
-/// measures one-way latency (same process, same clock), loss and
-/// duplicates. After the sender stops, the receiver waits for stragglers:
-/// until everything arrived, or nothing arrived for 2 s (0.5 s for an
-/// unreliable system), or 10 s at most.
-pub async fn realtime<T: Tx, R: Rx>(
-    pair: Pair<T, R>,
+/// One message as the receiving application got it (first copy only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// The message's sequence number.
+    pub seq: u64,
+    /// When it was sent, ns after the stream's base instant.
+    pub sent_ns: u64,
+    /// When it was received, ns after the stream's base instant.
+    pub recv_ns: u64,
+}
+
+/// What one paced stream produced, before any figure is derived from it.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    /// Messages sent.
+    pub sent: u64,
+    /// Distinct messages received, in the order they arrived.
+    pub arrivals: Vec<Arrival>,
+    /// Messages received more than once (extra copies).
+    pub duplicated: u64,
+    /// The sender's own counters, where the system exposes them.
+    pub sender: Option<Diagnostics>,
+    /// The receiver's own counters, where the system exposes them.
+    pub receiver: Option<Diagnostics>,
+}
+
+/// The paced stream at the heart of the real-time workloads: sends `rate`
+/// messages per second of `size` bytes for `secs` from `tx` to `rx`, each
+/// carrying its sequence number and its send time (ns after `base`, one
+/// clock for both ends), and records every arrival. After the sender stops,
+/// the receiver waits for stragglers: until everything arrived, or nothing
+/// arrived for 2 s (0.5 s for an unreliable system), or 10 s at most.
+/// Returns the two halves, so the caller decides when to close them.
+pub async fn paced<T: Tx, R: Rx>(
+    mut tx: T,
+    mut rx: R,
     params: &RtParams,
     delivery: Delivery,
-) -> io::Result<RtRun> {
-    let Pair {
-        mut tx,
-        mut rx,
-        impairer,
-        keep,
-    } = pair;
+    base: Instant,
+) -> io::Result<(Trace, T, R)> {
     let total = (f64::from(params.rate) * params.secs).round() as u64;
     let size = params.size.max(16);
-    let before = impairer.as_ref().map(|i| i.stats());
-    let base = Instant::now();
     let sender_done = Arc::new(AtomicBool::new(false));
     let idle = match delivery {
         Delivery::Reliable => Duration::from_secs(2),
@@ -280,14 +306,12 @@ pub async fn realtime<T: Tx, R: Rx>(
 
     let done = Arc::clone(&sender_done);
     let receiver = tokio::spawn(async move {
-        let mut histogram =
-            Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).map_err(io::Error::other)?;
         let mut seen = vec![false; total as usize];
-        let mut delivered = 0u64;
+        let mut arrivals = Vec::with_capacity(total as usize);
         let mut duplicated = 0u64;
         let mut last_arrival = Instant::now();
         let mut done_at: Option<Instant> = None;
-        while delivered < total && Instant::now() < hard_deadline {
+        while (arrivals.len() as u64) < total && Instant::now() < hard_deadline {
             match tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
                 Ok(Ok(Some(msg))) => {
                     let now = Instant::now();
@@ -305,10 +329,11 @@ pub async fn realtime<T: Tx, R: Rx>(
                         continue;
                     }
                     *slot = true;
-                    delivered += 1;
-                    let now_ns = now.duration_since(base).as_nanos() as u64;
-                    let micros = now_ns.saturating_sub(sent_ns) / 1000;
-                    histogram.saturating_record(micros.max(1));
+                    arrivals.push(Arrival {
+                        seq,
+                        sent_ns,
+                        recv_ns: now.duration_since(base).as_nanos() as u64,
+                    });
                 }
                 Ok(Ok(None)) => break,
                 Ok(Err(e)) => return Err(e),
@@ -324,10 +349,13 @@ pub async fn realtime<T: Tx, R: Rx>(
                 }
             }
         }
-        Ok((delivered, duplicated, histogram, rx))
+        Ok((arrivals, duplicated, rx))
     });
 
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(params.rate)));
+    let mut ticker = tokio::time::interval_at(
+        base.into(),
+        Duration::from_secs_f64(1.0 / f64::from(params.rate)),
+    );
     let mut sent = 0u64;
     let mut buf = BytesMut::with_capacity(size * 64);
     while sent < total && Instant::now() < hard_deadline {
@@ -345,40 +373,81 @@ pub async fn realtime<T: Tx, R: Rx>(
     }
     tx.flush().await?;
     sender_done.store(true, Ordering::Release);
-    let (delivered, duplicated, histogram, rx) = receiver.await.map_err(io::Error::other)??;
+    let (arrivals, duplicated, rx) = receiver.await.map_err(io::Error::other)??;
+    let trace = Trace {
+        sent,
+        arrivals,
+        duplicated,
+        sender: tx.diagnostics(),
+        receiver: rx.diagnostics(),
+    };
+    Ok((trace, tx, rx))
+}
+
+impl RtRun {
+    /// The figures of a trace: `wire_bytes` is what the impaired links
+    /// were offered during the run, `size` the message size.
+    pub fn from_trace(trace: Trace, size: usize, wire_bytes: u64) -> io::Result<Self> {
+        let mut histogram =
+            Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).map_err(io::Error::other)?;
+        for a in &trace.arrivals {
+            let micros = a.recv_ns.saturating_sub(a.sent_ns) / 1000;
+            histogram.saturating_record(micros.max(1));
+        }
+        let delivered = trace.arrivals.len() as u64;
+        let payload = trace.sent * size as u64;
+        let ms = |v: u64| v as f64 / 1000.0;
+        let pct = |q: f64| {
+            if histogram.is_empty() {
+                f64::NAN
+            } else {
+                ms(histogram.value_at_quantile(q))
+            }
+        };
+        Ok(RtRun {
+            sent: trace.sent,
+            delivered,
+            lost: trace.sent - delivered.min(trace.sent),
+            duplicated: trace.duplicated,
+            p50_ms: pct(0.5),
+            p99_ms: pct(0.99),
+            p999_ms: pct(0.999),
+            max_ms: if histogram.is_empty() {
+                f64::NAN
+            } else {
+                ms(histogram.max())
+            },
+            wire_bytes,
+            payload_bytes: payload,
+            wire_per_payload: wire_bytes as f64 / payload.max(1) as f64,
+            sender: trace.sender,
+            receiver: trace.receiver,
+            histogram: Some(histogram),
+        })
+    }
+}
+
+/// Sends `rate` messages per second of `size` bytes for `secs` through the
+/// pair's impairer (see [`paced`]) and measures one-way latency (same
+/// process, same clock), loss, duplicates and the bytes on the wire.
+pub async fn realtime<T: Tx, R: Rx>(
+    pair: Pair<T, R>,
+    params: &RtParams,
+    delivery: Delivery,
+) -> io::Result<RtRun> {
+    let Pair {
+        tx,
+        rx,
+        impairer,
+        keep,
+    } = pair;
+    let before = impairer.as_ref().map(|i| i.stats());
+    let (trace, tx, rx) = paced(tx, rx, params, delivery, Instant::now()).await?;
     let after = impairer.as_ref().map(|i| i.stats());
-    let sender = tx.diagnostics();
     drop((tx, rx, impairer, keep));
     let wire = match (before, after) {
         (Some(b), Some(a)) => wire_bytes(&a).saturating_sub(wire_bytes(&b)),
         _ => 0,
     };
-    let payload = sent * size as u64;
-    let ms = |v: u64| v as f64 / 1000.0;
-    let pct = |q: f64| {
-        if histogram.is_empty() {
-            f64::NAN
-        } else {
-            ms(histogram.value_at_quantile(q))
-        }
-    };
-    Ok(RtRun {
-        sent,
-        delivered,
-        lost: sent - delivered.min(sent),
-        duplicated,
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
-        p999_ms: pct(0.999),
-        max_ms: if histogram.is_empty() {
-            f64::NAN
-        } else {
-            ms(histogram.max())
-        },
-        wire_bytes: wire,
-        payload_bytes: payload,
-        wire_per_payload: wire as f64 / payload.max(1) as f64,
-        sender,
-        histogram: Some(histogram),
-    })
+    RtRun::from_trace(trace, params.size.max(16), wire)
 }

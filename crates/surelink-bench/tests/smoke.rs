@@ -1,7 +1,8 @@
-//! End to end: the harness in `--quick` mode for surelink, TCP and raw UDP
-//! (the systems that need nothing from outside), checking the shape of the
-//! JSON and that a plot was written. No figure is asserted on: benchmarks
-//! are not tests.
+//! End to end: the harness in `--quick` mode for surelink (also its
+//! deadline variant), TCP and raw UDP (the systems that need nothing from
+//! outside), every workload, checking the shape of the JSON and that a plot
+//! was written. No figure is asserted on, only behaviour (surelink loses
+//! nothing): benchmarks are not tests.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -62,7 +63,7 @@ fn quick_run_writes_tables_json_and_plot() {
         &[
             "--quick",
             "--systems",
-            "surelink,tcp,udp",
+            "surelink,surelink-deadline,tcp,udp",
             "--bulk-mib",
             "2",
             "--small-secs",
@@ -76,7 +77,7 @@ fn quick_run_writes_tables_json_and_plot() {
             "--plot",
             plot.to_str().unwrap(),
         ],
-        Duration::from_secs(120),
+        Duration::from_secs(240),
     );
     assert!(
         ok,
@@ -84,7 +85,14 @@ fn quick_run_writes_tables_json_and_plot() {
     );
 
     // Markdown tables on stdout.
-    for heading in ["## Bulk", "## Small messages", "## Real time", "## Targets"] {
+    for heading in [
+        "## Bulk",
+        "## Small messages",
+        "## Real time",
+        "## Failover",
+        "## Deadline",
+        "## Targets",
+    ] {
         assert!(stdout.contains(heading), "no {heading:?} in\n{stdout}");
     }
 
@@ -93,7 +101,7 @@ fn quick_run_writes_tables_json_and_plot() {
     assert_eq!(report["settings"]["runs"], 1);
     assert_eq!(report["settings"]["bulk_mib"], 2);
     assert_number(&report["machine"]["cpus"], "machine.cpus");
-    assert_eq!(rows(&report["systems"], "systems").len(), 3);
+    assert_eq!(rows(&report["systems"], "systems").len(), 4);
 
     let bulk = rows(&report["bulk"], "bulk");
     for system in ["surelink", "tcp", "udp"] {
@@ -154,6 +162,68 @@ fn quick_run_writes_tables_json_and_plot() {
         }
         // surelink is reliable: nothing lost.
         assert_eq!(row(group_rows, "surelink")["median"]["lost"], 0);
+    }
+
+    // Failover: surelink in both modes, UDP on one path, TCP not applicable.
+    let failover = rows(&report["failover"], "failover");
+    let modes: Vec<_> = failover
+        .iter()
+        .map(|r| (r["system"].as_str().unwrap(), r["paths"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        modes,
+        [
+            ("surelink", "backup"),
+            ("surelink", "broadcast"),
+            ("tcp", "single"),
+            ("udp", "single")
+        ]
+    );
+    for r in failover {
+        assert!(r["multipath"].is_string(), "{r}");
+        if r["system"] == "tcp" {
+            assert_eq!(r["status"], "not_applicable");
+            continue;
+        }
+        assert_eq!(r["status"], "ok", "failover: {r}");
+        let m = &r["median"];
+        for field in [
+            "resume_ms",
+            "max_gap_ms",
+            "cut_latency_max_ms",
+            "wire_per_payload_before",
+            "extra_bytes",
+            "window_secs",
+        ] {
+            assert_number(&m[field], field);
+        }
+        assert_number(&m["stream"]["p99_ms"], "stream.p99_ms");
+        assert_eq!(m["stream"]["sent"], 2000);
+        if r["system"] == "surelink" {
+            // The cut is seen, and surelink delivers everything exactly once.
+            assert_number(&m["suspect_ms"], "suspect_ms");
+            assert_number(&m["down_ms"], "down_ms");
+            assert_eq!(m["stream"]["lost"], 0, "{r}");
+            assert_eq!(m["stream"]["duplicated"], 0, "{r}");
+        }
+    }
+    assert_number(&failover[0]["median"]["failed_over_ms"], "failed_over_ms");
+
+    // Deadline: only the deadline variant (SRT was not selected).
+    let deadline = rows(&report["deadline"], "deadline");
+    assert_eq!(deadline.len(), 2);
+    for group in deadline {
+        assert_number(&group["deadline_ms"], "deadline_ms");
+        let group_rows = rows(&group["rows"], "rows");
+        assert_eq!(group_rows.len(), 1);
+        let r = row(group_rows, "surelink-deadline");
+        assert_eq!(r["status"], "ok", "deadline: {r}");
+        let m = &r["median"];
+        for field in ["delivered", "lost", "p50_ms", "p99_ms", "p999_ms", "max_ms"] {
+            assert_number(&m[field], field);
+        }
+        assert_number(&m["receiver"]["messages_skipped"], "messages_skipped");
+        assert_eq!(m["sent"], 500);
     }
 
     let ratios = &report["ratios"];

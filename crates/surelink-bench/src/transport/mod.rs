@@ -64,6 +64,11 @@ pub trait Rx: Send + 'static {
     /// The next message (for byte-stream peers such as `srt-file-transmit`:
     /// the next chunk of bytes); `None` when the connection ended.
     fn recv(&mut self) -> impl Future<Output = io::Result<Option<Bytes>>> + Send;
+    /// The receiving connection's own counters (skipped or late messages),
+    /// for systems that expose them; read at the end of a run.
+    fn diagnostics(&self) -> Option<Diagnostics> {
+        None
+    }
 }
 
 /// Whether losing messages is part of a system's contract.

@@ -27,7 +27,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
 use super::udp::{UdpRx, UdpTx};
-use super::{free_udp_port, loopback, wire, Pair, Route, Rx, Tx};
+use super::{free_udp_port, loopback, wire, Diagnostics, Pair, Route, Rx, Tx};
 use crate::cpu;
 use crate::workload::BulkRun;
 
@@ -115,21 +115,41 @@ pub async fn open_live(
     latency: Duration,
     lifetime: Duration,
 ) -> io::Result<LivePair> {
+    open_live_with_stats(route, latency, lifetime, None).await
+}
+
+/// Packets between two statistics lines of the receiving tool.
+const STATS_EVERY: u32 = 100;
+
+/// [`open_live`], and with `stats`, the receiving tool writes its cumulative
+/// counters as JSON lines into that file every [`STATS_EVERY`] packets
+/// (read them with [`receiver_stats`]).
+pub async fn open_live_with_stats(
+    route: Option<&Route>,
+    latency: Duration,
+    lifetime: Duration,
+    stats: Option<&Path>,
+) -> io::Result<LivePair> {
     let mut rx = UdpRx::bind(loopback(0))?;
     let out_port = rx.local_addr()?.port();
     let srt_port = free_udp_port()?;
     let in_port = free_udp_port()?;
     let latency_ms = latency.as_millis();
     let timeout = format!("-t:{}", lifetime.as_secs().max(1));
-    let receiver = spawn(
-        LIVE,
-        &[
-            "-a:no".into(),
-            timeout.clone(),
-            format!("srt://127.0.0.1:{srt_port}?mode=listener&latency={latency_ms}"),
-            format!("udp://127.0.0.1:{out_port}"),
-        ],
-    )?;
+    let mut args = vec!["-a:no".to_owned(), timeout.clone()];
+    if let Some(file) = stats {
+        args.extend([
+            format!("-s:{STATS_EVERY}"),
+            "-pf:json".to_owned(),
+            "-f".to_owned(),
+            format!("-statsout:{}", file.display()),
+        ]);
+    }
+    args.extend([
+        format!("srt://127.0.0.1:{srt_port}?mode=listener&latency={latency_ms}"),
+        format!("udp://127.0.0.1:{out_port}"),
+    ]);
+    let receiver = spawn(LIVE, &args)?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (to, impairer) = wire(loopback(srt_port), route)?;
     let sender = spawn(
@@ -171,6 +191,28 @@ pub async fn open_live(
         impairer,
         keep: vec![Box::new(receiver), Box::new(sender)],
     })
+}
+
+/// The receiving tool's own counters from the last line of its statistics
+/// file (see [`open_live_with_stats`]): packets received, lost (gaps it
+/// saw), dropped as too late to play (TSBPD), and arrived after their time.
+/// Cumulative since the connection started, so they include the set-up
+/// probes, and they miss the last (< [`STATS_EVERY`]) packets of a run.
+pub fn receiver_stats(file: &Path) -> Option<Diagnostics> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))?;
+    let value: serde_json::Value = serde_json::from_str(last).ok()?;
+    let recv = value.get("recv")?;
+    let field = |name: &str| recv.get(name).and_then(serde_json::Value::as_f64);
+    Some(Diagnostics::from([
+        ("srt_recv_packets", field("packets")?),
+        ("srt_recv_lost", field("packetsLost")?),
+        ("srt_recv_dropped_too_late", field("packetsDropped")?),
+        ("srt_recv_belated", field("packetsBelated")?),
+    ]))
 }
 
 /// Makes a file of `bytes` bytes in `dir`.

@@ -9,7 +9,10 @@ use surelink::{Connection, Endpoint, EndpointConfig, ProtocolConfig, Security};
 use super::{loopback, wire, Diagnostics, Pair, Route, Rx, Tx};
 
 /// Sends on channel 0 of a connection.
-pub struct SurelinkTx(Connection);
+pub struct SurelinkTx(
+    /// The sending connection.
+    pub Connection,
+);
 
 impl Tx for SurelinkTx {
     async fn send(&mut self, msg: Bytes) -> io::Result<()> {
@@ -38,11 +41,23 @@ impl Tx for SurelinkTx {
 }
 
 /// Receives from a connection.
-pub struct SurelinkRx(Connection);
+pub struct SurelinkRx(
+    /// The receiving connection.
+    pub Connection,
+);
 
 impl Rx for SurelinkRx {
     async fn recv(&mut self) -> io::Result<Option<Bytes>> {
         self.0.recv().await.map_err(io::Error::other)
+    }
+
+    fn diagnostics(&self) -> Option<Diagnostics> {
+        let s = self.0.stats();
+        Some(Diagnostics::from([
+            ("messages_delivered", s.messages_delivered as f64),
+            ("messages_skipped", s.messages_skipped as f64),
+            ("messages_late", s.messages_late as f64),
+        ]))
     }
 }
 
