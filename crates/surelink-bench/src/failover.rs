@@ -85,9 +85,16 @@ pub struct FailoverRun {
     pub failed_over_ms: f64,
     /// Cut → first delivery of a message sent after the cut, ms.
     pub resume_ms: f64,
-    /// Largest time between two consecutive deliveries, ms: the stall the
-    /// application saw.
+    /// Largest time between two consecutive deliveries, the later one in the
+    /// switchover window, ms: the stall the application saw around the cut
+    /// (a stall elsewhere, say from a busy machine, is not counted here but
+    /// shows in the stream's maximum latency).
     pub max_gap_ms: f64,
+    /// When that gap ended, ms after the cut.
+    pub max_gap_at_ms: f64,
+    /// Payload bytes the sender re-sent in the switchover window, by its
+    /// own counter (surelink only, NaN otherwise).
+    pub resent_payload_bytes: f64,
     /// Largest one-way latency of the messages sent from one RTT before the
     /// cut until the path came back (in flight at the cut or sent during it), ms.
     pub cut_latency_max_ms: f64,
@@ -124,6 +131,8 @@ impl Median for FailoverRun {
             failed_over_ms: med(runs, |r| r.failed_over_ms),
             resume_ms: med(runs, |r| r.resume_ms),
             max_gap_ms: med(runs, |r| r.max_gap_ms),
+            max_gap_at_ms: med(runs, |r| r.max_gap_at_ms),
+            resent_payload_bytes: med(runs, |r| r.resent_payload_bytes),
             cut_latency_max_ms: med(runs, |r| r.cut_latency_max_ms),
             wire_per_payload_before: med(runs, |r| r.wire_per_payload_before),
             extra_bytes: med(runs, |r| r.extra_bytes),
@@ -308,6 +317,9 @@ struct Cut {
     restored: Instant,
     /// End of the switchover window.
     after: (Instant, u64),
+    /// The sender's re-sent payload bytes at the cut and at the end of the
+    /// window (surelink).
+    resent: Option<(u64, u64)>,
 }
 
 /// The first instants, after `cut`, at which the sender's primary path was
@@ -376,11 +388,18 @@ async fn measure<T: Tx, R: Rx>(
     let steady = Duration::from_secs(1).min(Duration::from_secs_f64(params.cut_at_secs / 2.0));
 
     let links = Arc::clone(&impairers);
+    let counter = watch.clone();
     let cutter = tokio::spawn(async move {
+        let resent = || {
+            counter
+                .as_ref()
+                .map(|c| c.stats().payload_bytes_retransmitted)
+        };
         tokio::time::sleep_until((cut_at - steady).into()).await;
         let before = wire_now(&links);
         tokio::time::sleep_until(cut_at.into()).await;
         let cut = wire_now(&links);
+        let resent_at_cut = resent();
         links[0].set_cut(true);
         tokio::time::sleep_until(restore_at.into()).await;
         links[0].set_cut(false);
@@ -392,6 +411,7 @@ async fn measure<T: Tx, R: Rx>(
             cut,
             restored,
             after,
+            resent: resent_at_cut.zip(resent()),
         }
     });
     let watcher = watch.map(|conn| {
@@ -432,12 +452,16 @@ async fn measure<T: Tx, R: Rx>(
         .iter()
         .find(|a| a.sent_ns >= cut_ns)
         .map_or(f64::NAN, |a| (a.recv_ns - cut_ns) as f64 / 1e6);
-    let max_gap_ms = trace
+    let window_ns = cut_ns..=ns(cut.after.0);
+    let max_gap = trace
         .arrivals
         .windows(2)
-        .map(|w| w[1].recv_ns.saturating_sub(w[0].recv_ns))
-        .max()
-        .map_or(f64::NAN, |g| g as f64 / 1e6);
+        .filter(|w| window_ns.contains(&w[1].recv_ns))
+        .map(|w| (w[1].recv_ns.saturating_sub(w[0].recv_ns), w[1].recv_ns))
+        .max();
+    let (max_gap_ms, max_gap_at_ms) = max_gap.map_or((f64::NAN, f64::NAN), |(gap, at)| {
+        (gap as f64 / 1e6, (at as f64 - cut_ns as f64) / 1e6)
+    });
     let affected_from = cut_ns.saturating_sub(rtt.as_nanos() as u64);
     let cut_latency_max_ms = trace
         .arrivals
@@ -462,6 +486,10 @@ async fn measure<T: Tx, R: Rx>(
         failed_over_ms: ms_since_cut(detection.failed_over),
         resume_ms,
         max_gap_ms,
+        max_gap_at_ms,
+        resent_payload_bytes: cut.resent.map_or(f64::NAN, |(at_cut, after)| {
+            after.saturating_sub(at_cut) as f64
+        }),
         cut_latency_max_ms,
         wire_per_payload_before: steady_bytes / steady_payload.max(1.0),
         extra_bytes,
@@ -478,7 +506,17 @@ fn ms(v: f64) -> String {
     }
 }
 
-/// The failover table in markdown.
+/// A byte count, or a dash.
+fn bytes(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.0}")
+    } else {
+        "—".to_owned()
+    }
+}
+
+/// The failover tables in markdown: detection and recovery, then latency
+/// and bytes.
 pub fn markdown(rows: &[FailoverRow], s: &Settings, runs: &str) -> String {
     let mut out = String::new();
     if rows.is_empty() {
@@ -492,22 +530,17 @@ pub fn markdown(rows: &[FailoverRow], s: &Settings, runs: &str) -> String {
     );
     let _ = writeln!(
         out,
-        "| system | paths | fails over? | suspect ms | down ms | failed over ms | resume ms | max gap ms | lost | dup | p50 ms | p99 ms | max latency at cut ms | wire B / payload B before cut | extra bytes in switchover |"
+        "| system | paths | fails over? | suspect ms | down ms | failed over ms | resume ms | max gap ms | lost | dup |"
     );
-    let _ = writeln!(
-        out,
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    );
+    let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let row = &r.row;
+        let head = format!("| {} | {} | {} |", row.system, r.paths.label(), r.multipath);
         match &row.median {
             Some(m) => {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.0} |",
-                    row.system,
-                    r.paths.label(),
-                    r.multipath,
+                    "{head} {} | {} | {} | {} | {} | {} | {} |",
                     ms(m.suspect_ms),
                     ms(m.down_ms),
                     ms(m.failed_over_ms),
@@ -515,22 +548,38 @@ pub fn markdown(rows: &[FailoverRow], s: &Settings, runs: &str) -> String {
                     ms(m.max_gap_ms),
                     m.stream.lost,
                     m.stream.duplicated,
-                    ms(m.stream.p50_ms),
-                    ms(m.stream.p99_ms),
-                    ms(m.cut_latency_max_ms),
-                    m.wire_per_payload_before,
-                    m.extra_bytes
                 );
             }
             None => {
+                let _ = writeln!(out, "{head} {} |||||| ", why(row));
+            }
+        }
+    }
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "| system | paths | p50 ms | p99 ms | max ms | max latency at cut ms | wire B / payload B before cut | extra wire bytes in switchover | re-sent payload bytes |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let row = &r.row;
+        let head = format!("| {} | {} |", row.system, r.paths.label());
+        match &row.median {
+            Some(m) => {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} |||||||||||| ",
-                    row.system,
-                    r.paths.label(),
-                    r.multipath,
-                    why(row)
+                    "{head} {} | {} | {} | {} | {:.2} | {} | {} |",
+                    ms(m.stream.p50_ms),
+                    ms(m.stream.p99_ms),
+                    ms(m.stream.max_ms),
+                    ms(m.cut_latency_max_ms),
+                    m.wire_per_payload_before,
+                    bytes(m.extra_bytes),
+                    bytes(m.resent_payload_bytes),
                 );
+            }
+            None => {
+                let _ = writeln!(out, "{head} {} |||||||", why(row));
             }
         }
     }
