@@ -34,11 +34,6 @@ pub struct DeadlineGroup {
     pub rows: Vec<Row<RtRun>>,
 }
 
-/// The deadline for a path with this RTT.
-pub fn deadline_for(rtt: Duration, rtts: u32) -> Duration {
-    rtt * rtts
-}
-
 /// One deadline run of `system` through an impairer with `route`.
 pub fn run(
     system: System,

@@ -195,12 +195,13 @@ pub fn run(
     isolated(secs + Duration::from_secs(60), move || async move {
         let r = Some(route);
         match (system, paths) {
-            (System::Surelink, Paths::Backup) => {
-                let (pair, watch) = two_paths(PathMode::Backup, route).await?;
-                measure(pair, paths, Some(watch), params, delivery, rtt).await
-            }
-            (System::Surelink, Paths::Broadcast) => {
-                let (pair, watch) = two_paths(PathMode::Broadcast, route).await?;
+            (System::Surelink, Paths::Backup | Paths::Broadcast) => {
+                let mode = if paths == Paths::Backup {
+                    PathMode::Backup
+                } else {
+                    PathMode::Broadcast
+                };
+                let (pair, watch) = two_paths(mode, route).await?;
                 measure(pair, paths, Some(watch), params, delivery, rtt).await
             }
             (System::Quinn, Paths::Single) => {

@@ -295,8 +295,8 @@ fn main_inner() -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
-    let deadline_rtt = Duration::from_secs_f64(2.0 * settings.delay_ms / 1000.0);
-    let deadline_at = deadline::deadline_for(deadline_rtt, settings.deadline_rtts);
+    let rtt = Duration::from_secs_f64(2.0 * settings.delay_ms / 1000.0);
+    let deadline_at = rtt * settings.deadline_rtts;
     // Only the two systems this workload compares get rows.
     let mut deadline: Vec<DeadlineGroup> = if wants(Workload::Deadline) {
         settings
@@ -325,7 +325,6 @@ fn main_inner() -> anyhow::Result<()> {
         size: settings.rt_size,
         secs: settings.rt_secs,
     };
-    let rtt = Duration::from_secs_f64(2.0 * settings.delay_ms / 1000.0);
 
     // Runs are the outer loop, so background noise spreads over every system.
     for run in 1..=settings.runs {
