@@ -236,6 +236,12 @@ impl Proc {
         String::from_utf8_lossy(&self.wait_success_bytes()).into_owned()
     }
 
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends the signal `name` (for example "TERM", "USR1").
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
@@ -259,8 +265,7 @@ fn finished<T>(h: &Option<thread::JoinHandle<T>>) -> bool {
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            self.kill();
         }
     }
 }
