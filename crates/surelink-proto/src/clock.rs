@@ -16,11 +16,13 @@
 //! within 100 µs: half a second while the drift is unknown (assumed within
 //! ±100 ppm), growing to four seconds as the drift estimate sharpens.
 //!
-//! **Drift.** The frequency difference between the clocks is a least-squares
-//! slope over the best (lowest-delay) sample of each successive window of
-//! eight, with outlier rejection: after a first fit, points whose residual
-//! exceeds three robust standard deviations (1.4826 × the median absolute
-//! residual) are dropped and the line is fitted again. The slope's standard
+//! **Drift.** The frequency difference between the clocks is a weighted
+//! least-squares slope over the best (lowest-delay) sample of each successive
+//! window of eight. A point's error is at most half its queueing delay, so its
+//! weight is 1 / (delay above the best point's + 300 µs)². Outliers are
+//! rejected: after a first fit, points whose weighted residual exceeds three
+//! robust standard deviations (1.4826 × the median absolute weighted residual)
+//! are dropped and the line is fitted again. The slope's standard
 //! error comes from the residual scatter of that fit. A fit needs three seconds
 //! of history; it is used to correct samples as soon as its uncertainty (4
 //! standard errors + 1 ppm) is below the ±100 ppm assumed without it, and it is
@@ -71,6 +73,8 @@ const DRIFT_FLOOR_PPM: f64 = 1.0;
 /// Assumed bound on the frequency difference while the drift is not measured
 /// more precisely than this (ppm).
 const DEFAULT_DISPERSION_PPM: f64 = 100.0;
+/// A window minimum's error scale is its delay above the best one plus this, µs.
+const WEIGHT_FLOOR_US: f64 = 300.0;
 /// Residuals beyond this many robust standard deviations are outliers.
 const OUTLIER_SIGMAS: f64 = 3.0;
 /// Timestamps are whole microseconds: rounding on both sides, µs.
@@ -196,31 +200,33 @@ fn median(v: &mut [f64]) -> f64 {
     *v.select_nth_unstable_by(mid, f64::total_cmp).1
 }
 
-/// Least-squares line through `(x, y)` points: (slope, intercept, residual
-/// sum of squares, Σ(x − x̄)²), or None for fewer than three points or no spread.
-fn fit(points: impl Iterator<Item = (f64, f64)> + Clone) -> Option<(f64, f64, f64, f64)> {
-    let (mut n, mut sx, mut sy) = (0.0, 0.0, 0.0);
-    for (x, y) in points.clone() {
+/// Weighted least-squares line through `(x, y, weight)` points: (slope,
+/// intercept, weighted residual sum of squares, weighted Σ(x − x̄)², points),
+/// or None for fewer than three points or no spread.
+fn fit(points: impl Iterator<Item = (f64, f64, f64)> + Clone) -> Option<(f64, f64, f64, f64, f64)> {
+    let (mut n, mut sw, mut sx, mut sy) = (0.0, 0.0, 0.0, 0.0);
+    for (x, y, w) in points.clone() {
         n += 1.0;
-        sx += x;
-        sy += y;
+        sw += w;
+        sx += w * x;
+        sy += w * y;
     }
-    if n < 3.0 {
+    if n < 3.0 || sw <= 0.0 {
         return None;
     }
-    let (mx, my) = (sx / n, sy / n);
+    let (mx, my) = (sx / sw, sy / sw);
     let (mut sxx, mut sxy, mut syy) = (0.0, 0.0, 0.0);
-    for (x, y) in points {
-        sxx += (x - mx) * (x - mx);
-        sxy += (x - mx) * (y - my);
-        syy += (y - my) * (y - my);
+    for (x, y, w) in points {
+        sxx += w * (x - mx) * (x - mx);
+        sxy += w * (x - mx) * (y - my);
+        syy += w * (y - my) * (y - my);
     }
     if sxx <= 0.0 {
         return None;
     }
     let slope = sxy / sxx;
     let rss = (syy - slope * sxy).max(0.0);
-    Some((slope, my - slope * mx, rss, sxx))
+    Some((slope, my - slope * mx, rss, sxx, n))
 }
 
 impl ClockEstimator {
@@ -236,26 +242,36 @@ impl ClockEstimator {
         if self.minima.len() < MIN_DRIFT_POINTS || last.t - first.t < MIN_DRIFT_SPAN_US {
             return None;
         }
-        // Relative to the first point: absolute clocks do not fit in f64 squares.
+        // Relative to the first point: absolute clocks do not fit in f64
+        // squares. A point's error is at most its queueing delay over the
+        // best one's / 2: weight by the inverse square of that excess.
         let (x0, y0) = (first.t, first.offset);
-        let xy = |p: &Point| (p.t - x0, p.offset - y0);
-        let (slope, icept, _, _) = fit(self.minima.iter().map(xy))?;
+        let best = self
+            .minima
+            .iter()
+            .map(|p| p.delay)
+            .fold(f64::INFINITY, f64::min);
+        let xyw = |p: &Point| {
+            let sigma = p.delay - best + WEIGHT_FLOOR_US;
+            (p.t - x0, p.offset - y0, 1.0 / (sigma * sigma))
+        };
+        let (slope, icept, _, _, _) = fit(self.minima.iter().map(xyw))?;
+        // Residuals in units of each point's own scale.
         let residual = |p: &Point| {
-            let (x, y) = xy(p);
-            y - (icept + slope * x)
+            let (x, y, w) = xyw(p);
+            (y - (icept + slope * x)) * w.sqrt()
         };
         self.scratch.clear();
         self.scratch
             .extend(self.minima.iter().map(|p| residual(p).abs()));
-        let limit = (OUTLIER_SIGMAS * 1.4826 * median(&mut self.scratch)).max(ROUNDING_US);
+        let limit = OUTLIER_SIGMAS * 1.4826 * median(&mut self.scratch);
         let kept = self
             .minima
             .iter()
             .filter(|p| residual(p).abs() <= limit)
-            .map(xy);
-        let n = kept.clone().count();
-        let (slope, _, rss, sxx) = fit(kept)?;
-        let se = (rss / (n as f64 - 2.0).max(1.0) / sxx).sqrt();
+            .map(xyw);
+        let (slope, _, rss, sxx, n) = fit(kept)?;
+        let se = (rss / (n - 2.0).max(1.0) / sxx).sqrt();
         Some(Drift {
             ppm: slope * 1e6,
             se_ppm: se * 1e6,
@@ -456,6 +472,48 @@ mod tests {
         }
         let est = e.estimate(21_000_000).unwrap();
         assert!((est.drift_ppm - 100.0).abs() < 5.0, "{est:?}");
+    }
+
+    #[test]
+    fn the_bound_covers_heavy_jitter_and_extrapolation() {
+        // 200 µs each way plus up to 5 ms of queueing each way, 80 ppm fast:
+        // the best samples have a small delay, so the bound is tight, and a
+        // drift taken from noise would soon leave it behind.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut queueing = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % 5_000
+        };
+        let (offset, ppm) = (3_000.0, 80.0);
+        let truth = |t: u64| offset + ppm * t as f64 / 1e6;
+        let mut e = ClockEstimator::new();
+        let mut t1 = 1_000_000;
+        for _ in 0..1_000 {
+            e.add(exchange(
+                t1,
+                offset,
+                ppm,
+                200 + queueing(),
+                200 + queueing(),
+            ));
+            let est = e.estimate(t1 + 20_000).unwrap();
+            assert!(
+                (est.offset_us - truth(t1 + 20_000)).abs() <= est.error_bound_us,
+                "{est:?}"
+            );
+            if est.drift_ppm != 0.0 {
+                assert!((est.drift_ppm - ppm).abs() <= 20.0, "{est:?}");
+            }
+            t1 += 20_000;
+        }
+        // No samples for up to a minute: the bound grows with the drift's uncertainty.
+        for later in [1_000_000, 10_000_000, 60_000_000] {
+            let est = e.estimate(t1 + later).unwrap();
+            let err = (est.offset_us - truth(t1 + later)).abs();
+            assert!(err <= est.error_bound_us, "{later}: {err} {est:?}");
+        }
     }
 
     #[test]
