@@ -52,22 +52,34 @@ pub fn run(args: &[&str]) -> Finished {
 impl Proc {
     /// Starts `surelink ARGS` at log level info, stdin closed.
     pub fn spawn(name: &str, args: &[&str]) -> Self {
-        Self::start(name, args, Stdio::null(), Some("info"))
+        Self::start(name, args, Stdio::null(), Some("info"), None)
     }
 
     /// Starts `surelink ARGS` at log level info with the given stdin (take a
     /// piped one with [`Proc::child`]).
     pub fn spawn_with(name: &str, args: &[&str], stdin: Stdio) -> Self {
-        Self::start(name, args, stdin, Some("info"))
+        Self::start(name, args, stdin, Some("info"), None)
     }
 
     /// Starts `surelink ARGS` with its default log level (`RUST_LOG` unset),
     /// stdin closed.
     pub fn spawn_default_log(name: &str, args: &[&str]) -> Self {
-        Self::start(name, args, Stdio::null(), None)
+        Self::start(name, args, Stdio::null(), None, None)
     }
 
-    fn start(name: &str, args: &[&str], stdin: Stdio, log: Option<&str>) -> Self {
+    /// Like [`Proc::spawn_default_log`], and every stderr line is also
+    /// appended to `shared` as "[name] line" (one log for many processes).
+    pub fn spawn_logged(name: &str, args: &[&str], shared: &Arc<Mutex<String>>) -> Self {
+        Self::start(name, args, Stdio::null(), None, Some(shared.clone()))
+    }
+
+    fn start(
+        name: &str,
+        args: &[&str],
+        stdin: Stdio,
+        log: Option<&str>,
+        shared: Option<Arc<Mutex<String>>>,
+    ) -> Self {
         let mut command = Command::new(BIN);
         command
             .args(args)
@@ -83,6 +95,7 @@ impl Proc {
         let stderr = Arc::new(Mutex::new(String::new()));
         let pipe = child.stderr.take().expect("stderr");
         let all = stderr.clone();
+        let tag = name.to_owned();
         let stderr_reader = thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
@@ -90,6 +103,10 @@ impl Proc {
                     let mut all = all.lock().expect("lock");
                     all.push_str(&line);
                     all.push('\n');
+                }
+                if let Some(shared) = &shared {
+                    let mut shared = shared.lock().expect("lock");
+                    shared.push_str(&format!("[{tag}] {line}\n"));
                 }
                 let _ = tx.send(line);
             }
@@ -120,29 +137,48 @@ impl Proc {
         self.stderr.lock().expect("lock").clone()
     }
 
-    /// True while the process has not exited.
-    pub fn is_running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
     }
 
-    /// Waits (bounded) for a stderr line containing `marker` and returns it.
-    pub fn wait_for_line(&mut self, marker: &str) -> String {
-        let deadline = Instant::now() + STARTUP_LIMIT;
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.exited().is_none()
+    }
+
+    /// The next stderr line not yet taken, waiting at most `limit`.
+    pub fn next_line(&mut self, limit: Duration) -> Option<String> {
+        self.lines.recv_timeout(limit).ok()
+    }
+
+    /// Waits at most `limit` for a stderr line containing `marker` and
+    /// returns it; None if none came in time or the process closed its stderr.
+    pub fn find_line(&mut self, marker: &str, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(marker) => return line,
+                Ok(line) if line.contains(marker) => return Some(line),
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.child.kill();
-                    panic!(
-                        "{}: no line with {marker:?}; stderr:\n{}",
-                        self.name,
-                        self.stderr()
-                    );
+                    return None
                 }
             }
         }
+    }
+
+    /// Waits (bounded) for a stderr line containing `marker` and returns it;
+    /// fails the test (with the process's stderr) if none comes.
+    pub fn wait_for_line(&mut self, marker: &str) -> String {
+        self.find_line(marker, STARTUP_LIMIT).unwrap_or_else(|| {
+            self.kill();
+            panic!(
+                "{}: no line with {marker:?}; stderr:\n{}",
+                self.name,
+                self.stderr()
+            )
+        })
     }
 
     /// The address printed after `marker` (an optional `udp://` is dropped,
