@@ -264,7 +264,9 @@ impl ClockEstimator {
         self.scratch.clear();
         self.scratch
             .extend(self.minima.iter().map(|p| residual(p).abs()));
-        let limit = OUTLIER_SIGMAS * 1.4826 * median(&mut self.scratch);
+        // (Never below timestamp rounding at the best point's scale.)
+        let limit = (OUTLIER_SIGMAS * 1.4826 * median(&mut self.scratch))
+            .max(ROUNDING_US / WEIGHT_FLOOR_US);
         let kept = self
             .minima
             .iter()

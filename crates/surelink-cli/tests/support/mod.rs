@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// The `surelink` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_surelink");
 /// Bound on any one process's run (debug builds on a two-core machine).
 pub const PROCESS_LIMIT: Duration = Duration::from_secs(120);
