@@ -5,156 +5,21 @@
 //! and every wait is bounded: a process that does not finish in time is killed
 //! and the test fails with its stderr.
 
+mod support;
+
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
+use support::{Proc, PROCESS_LIMIT};
 use surelink::proto::wire::{Header, PacketKind};
-
-const BIN: &str = env!("CARGO_BIN_EXE_surelink");
-/// Bound on any one process's run (debug builds on a two-core machine).
-const PROCESS_LIMIT: Duration = Duration::from_secs(120);
-/// Bound on waiting for a process to print its address.
-const STARTUP_LIMIT: Duration = Duration::from_secs(30);
-
-/// A running `surelink` process.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    lines: Receiver<String>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, args: &[&str]) -> Self {
-        Self::spawn_with(name, args, Stdio::null(), Stdio::null())
-    }
-
-    fn spawn_with(name: &'static str, args: &[&str], stdin: Stdio, stdout: Stdio) -> Self {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(stdin)
-            .stdout(stdout)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start surelink");
-        let (tx, lines) = channel();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().unwrap();
-        let all = stderr.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                all.lock().unwrap().push_str(&line);
-                all.lock().unwrap().push('\n');
-                let _ = tx.send(line);
-            }
-        });
-        Self {
-            name,
-            child,
-            lines,
-            stderr,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Waits for a stderr line containing `marker` and returns what follows it.
-    fn wait_for_line(&mut self, marker: &str) -> String {
-        let deadline = Instant::now() + STARTUP_LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(pos) = line.find(marker) {
-                        return line[pos + marker.len()..].trim().to_owned();
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.child.kill();
-                    panic!(
-                        "{}: no line with {marker:?}; stderr:\n{}",
-                        self.name,
-                        self.stderr()
-                    );
-                }
-            }
-        }
-    }
-
-    /// The address printed after "listening on ".
-    fn listening_addr(&mut self) -> SocketAddr {
-        let text = self.wait_for_line("listening on ");
-        let text = text.strip_prefix("udp://").unwrap_or(&text);
-        text.parse().expect("listening address")
-    }
-
-    fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-
-    /// Waits (bounded) for the process to exit.
-    fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + PROCESS_LIMIT;
-        loop {
-            if let Some(status) = self.try_wait() {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "{}: still running after {PROCESS_LIMIT:?}; stderr:\n{}",
-                    self.name,
-                    self.stderr()
-                );
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Waits for a successful exit.
-    fn wait_success(&mut self) {
-        let status = self.wait();
-        // Let the reader thread collect the last lines.
-        thread::sleep(Duration::from_millis(20));
-        assert!(
-            status.success(),
-            "{}: exited with {status}; stderr:\n{}",
-            self.name,
-            self.stderr()
-        );
-    }
-
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// A loopback UDP socket with a large receive buffer, so that the test's own
 /// socket does not drop datagrams when this thread is descheduled for a while
@@ -225,26 +90,14 @@ fn a_file_arrives_byte_identical() {
 #[test]
 fn stdin_to_stdout_with_small_chunks() {
     let data = random_bytes(2, 300_000);
-    let mut recv = Proc::spawn_with(
-        "recv",
-        &["recv", "--listen", "127.0.0.1:0", "--once"],
-        Stdio::null(),
-        Stdio::piped(),
-    );
+    let mut recv = Proc::spawn("recv", &["recv", "--listen", "127.0.0.1:0", "--once"]);
     let addr = recv.listening_addr();
-    let mut stdout = recv.child.stdout.take().unwrap();
-    let collector = thread::spawn(move || {
-        let mut out = Vec::new();
-        stdout.read_to_end(&mut out).unwrap();
-        out
-    });
     let mut send = Proc::spawn_with(
         "send",
         &["send", "--to", &addr.to_string(), "--chunk", "1000"],
         Stdio::piped(),
-        Stdio::null(),
     );
-    let mut stdin = send.child.stdin.take().unwrap();
+    let mut stdin = send.child().stdin.take().unwrap();
     let input = data.clone();
     let feeder = thread::spawn(move || {
         stdin.write_all(&input).unwrap();
@@ -252,8 +105,7 @@ fn stdin_to_stdout_with_small_chunks() {
     });
     feeder.join().unwrap();
     send.wait_success();
-    recv.wait_success();
-    let got = collector.join().unwrap();
+    let got = recv.wait_success_bytes();
     assert!(
         got == data,
         "stdout differs: {} of {} bytes",
@@ -472,10 +324,8 @@ fn an_unreachable_peer_fails_after_the_connect_timeout() {
         "send",
         &["send", "--to", &addr, "--connect-timeout", "300ms"],
         Stdio::piped(),
-        Stdio::null(),
     );
-    let status = send.wait();
-    thread::sleep(Duration::from_millis(20));
+    let (status, _) = send.wait();
     assert_eq!(status.code(), Some(1), "stderr:\n{}", send.stderr());
     let stderr = send.stderr();
     let errors: Vec<&str> = stderr
@@ -516,7 +366,7 @@ fn bad_arguments_exit_with_status_one() {
         ],
     ] {
         let mut p = Proc::spawn("surelink", args);
-        let status = p.wait();
+        let (status, _) = p.wait();
         assert_eq!(status.code(), Some(1), "{args:?}: {status}\n{}", p.stderr());
     }
 }

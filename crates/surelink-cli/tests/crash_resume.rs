@@ -15,19 +15,18 @@
 //! of its start-up (opening its journal, connecting, resuming). Every wait is
 //! bounded; nothing asserts on timing.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
+use support::Proc;
 
-const BIN: &str = env!("CARGO_BIN_EXE_surelink");
 /// Size of the transferred file.
 const FILE_SIZE: usize = 3 << 20;
 /// Kills per test.
@@ -45,72 +44,6 @@ enum Victims {
     Both,
     /// One of the three, at random each time.
     Any,
-}
-
-/// A running process whose stderr goes to a shared log.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(name: String, args: &[String], log: &Arc<Mutex<String>>) -> Self {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start surelink");
-        let (tx, lines) = channel();
-        let pipe = child.stderr.take().expect("stderr");
-        let log = log.clone();
-        let tag = name.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                {
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&format!("[{tag}] {line}\n"));
-                }
-                let _ = tx.send(line);
-            }
-        });
-        Proc { name, child, lines }
-    }
-
-    /// Waits (bounded) for a stderr line containing `marker`; returns it.
-    fn wait_line(&mut self, marker: &str, log: &Arc<Mutex<String>>) -> String {
-        let deadline = Instant::now() + WAIT_LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(marker) => return line,
-                Ok(_) => {}
-                Err(_) => panic!(
-                    "{}: no line with {marker:?}\n{}",
-                    self.name,
-                    log.lock().unwrap()
-                ),
-            }
-        }
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-
-    /// SIGKILL, then reap.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// A free UDP port on loopback (the receiver must keep its address across
@@ -142,24 +75,24 @@ struct Scenario {
 impl Scenario {
     fn start_recv(&mut self) -> Proc {
         self.incarnations += 1;
-        let mut p = Proc::spawn(
-            format!("recv#{}", self.incarnations),
-            &self.recv_args,
-            &self.log,
-        );
+        let mut p = self.spawn(&format!("recv#{}", self.incarnations), &self.recv_args);
         // Printed after the state was opened and the output cut back to
         // its checkpoint.
-        p.wait_line("listening on", &self.log);
+        if p.find_line("listening on", WAIT_LIMIT).is_none() {
+            self.fail("the receiver did not listen");
+        }
         p
     }
 
     fn start_send(&mut self) -> Proc {
         self.incarnations += 1;
-        Proc::spawn(
-            format!("send#{}", self.incarnations),
-            &self.send_args,
-            &self.log,
-        )
+        self.spawn(&format!("send#{}", self.incarnations), &self.send_args)
+    }
+
+    /// Starts `surelink ARGS`, its stderr going to the scenario's log.
+    fn spawn(&self, name: &str, args: &[String]) -> Proc {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proc::spawn_logged(name, &args, &self.log)
     }
 
     /// Waits (bounded) until a sender resumed (or started) its session;
@@ -167,16 +100,16 @@ impl Scenario {
     fn wait_attached(&self, send: &mut Proc) -> bool {
         let deadline = Instant::now() + WAIT_LIMIT;
         loop {
-            match send.lines.recv_timeout(Duration::from_millis(10)) {
-                Ok(line)
+            match send.next_line(Duration::from_millis(10)) {
+                Some(line)
                     if line.contains(" resumed: ")
                         || line.contains("the receiver accepted it")
                         || line.contains("the receiver has it complete") =>
                 {
                     return true
                 }
-                Ok(_) => {}
-                Err(_) => {
+                Some(_) => {}
+                None => {
                     if send.exited().is_some() {
                         return false;
                     }
@@ -215,30 +148,22 @@ fn run(seed: u64, victims: Victims, loss: Option<&str>, durability: &str) {
     let _impair;
     let target = match loss {
         Some(loss) => {
-            let mut impair = Proc::spawn(
-                "impair".into(),
+            let mut impair = Proc::spawn_logged(
+                "impair",
                 &[
-                    "impair".into(),
-                    "--listen".into(),
-                    "127.0.0.1:0".into(),
-                    "--target".into(),
-                    listen.to_string(),
-                    "--loss".into(),
-                    loss.into(),
-                    "--seed".into(),
-                    seed.to_string(),
+                    "impair",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--target",
+                    &listen.to_string(),
+                    "--loss",
+                    loss,
+                    "--seed",
+                    &seed.to_string(),
                 ],
                 &log,
             );
-            let line = impair.wait_line("listening on ", &log);
-            let addr = line
-                .split("listening on ")
-                .nth(1)
-                .unwrap()
-                .split([',', ' '])
-                .next()
-                .unwrap()
-                .to_owned();
+            let addr = impair.addr_after("listening on ").to_string();
             _impair = Some(impair);
             addr
         }

@@ -2,16 +2,14 @@
 //! loopback, the `--json` counters on exit, the control port, SIGUSR1 and
 //! SIGTERM, and argument errors. Bounded in time: every wait has a deadline.
 
-use std::io::{BufRead, BufReader, Read};
+mod support;
+
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_surelink");
+use support::{run, Proc};
 
 /// A UDP echo server on a thread; it stops when the test process ends.
 fn echo_server() -> SocketAddr {
@@ -26,94 +24,34 @@ fn echo_server() -> SocketAddr {
     addr
 }
 
-/// A running `surelink impair`, killed if the test ends early.
+/// A running `surelink impair` (killed if the test ends early) and the
+/// addresses it announced.
 struct Impair {
-    child: Child,
-    stderr: mpsc::Receiver<String>,
+    proc: Proc,
     listen: SocketAddr,
     control: Option<SocketAddr>,
 }
 
 impl Impair {
     fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .arg("impair")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn surelink impair");
-        let (tx, stderr) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                eprintln!("[impair] {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut impair = Self {
-            child,
-            stderr,
-            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
-            control: None,
-        };
-        let wants_control = args.contains(&"--control");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while impair.listen.port() == 0 || (wants_control && impair.control.is_none()) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = impair
-                .stderr
-                .recv_timeout(left)
-                .expect("impair announces its addresses");
-            if let Some(rest) = line.strip_prefix("surelink impair: listening on ") {
-                let addr = rest.split(',').next().unwrap();
-                impair.listen = addr.parse().unwrap();
-            }
-            if let Some(rest) = line.strip_prefix("surelink impair: control on ") {
-                impair.control = Some(rest.trim().parse().unwrap());
-            }
+        let mut all = vec!["impair"];
+        all.extend_from_slice(args);
+        let mut proc = Proc::spawn_default_log("impair", &all);
+        let listen = proc.addr_after("listening on ");
+        let control = args
+            .contains(&"--control")
+            .then(|| proc.addr_after("control on "));
+        Self {
+            proc,
+            listen,
+            control,
         }
-        impair
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("sh")
-            .args(["-c", &format!("kill -{name} {}", self.child.id())])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name}");
     }
 
     /// Waits (bounded) for the process to exit; returns success and stdout.
-    fn wait(mut self, limit: Duration) -> (bool, String) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let mut out = String::new();
-                self.child
-                    .stdout
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut out)
-                    .unwrap();
-                return (status.success(), out);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "surelink impair did not exit in {limit:?}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Impair {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn wait(mut self) -> (bool, String) {
+        let (status, stdout) = self.proc.wait();
+        (status.success(), stdout)
     }
 }
 
@@ -173,7 +111,7 @@ fn forwards_and_prints_json_counters_on_exit() {
         "--json",
     ]);
     let received = exchange(impair.listen, 0, 300) as u64;
-    let (ok, stdout) = impair.wait(Duration::from_secs(30));
+    let (ok, stdout) = impair.wait();
     assert!(ok, "exit status");
     let stats: Value = serde_json::from_str(stdout.trim()).expect("one JSON object on stdout");
     let (up, down) = (&stats["upstream"], &stats["downstream"]);
@@ -227,15 +165,15 @@ fn control_port_sigusr1_and_sigterm() {
             thread::sleep(Duration::from_millis(20));
         }
     };
-    impair.signal("USR1");
+    impair.proc.signal("USR1");
     cut_state(true);
     assert_eq!(exchange(impair.listen, 20, 5), 0, "cut by SIGUSR1");
-    impair.signal("USR1");
+    impair.proc.signal("USR1");
     cut_state(false);
 
     // SIGTERM stops it cleanly, with the counters on stdout.
-    impair.signal("TERM");
-    let (ok, stdout) = impair.wait(Duration::from_secs(30));
+    impair.proc.signal("TERM");
+    let (ok, stdout) = impair.wait();
     assert!(ok, "exit status after SIGTERM");
     let stats: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(stats["upstream"]["sent"], 25);
@@ -255,21 +193,11 @@ fn text_counters_go_to_stderr() {
         "1s",
     ]);
     assert_eq!(exchange(impair.listen, 0, 5), 5);
-    let stderr_lines = {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut lines = Vec::new();
-        while let Ok(line) = impair
-            .stderr
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            lines.push(line);
-        }
-        lines
-    };
-    let (ok, stdout) = impair.wait(Duration::from_secs(10));
-    assert!(ok);
+    let mut proc = impair.proc;
+    let (status, stdout) = proc.wait();
+    assert!(status.success());
     assert_eq!(stdout, "", "nothing on stdout without --json");
-    let text = stderr_lines.join("\n");
+    let text = proc.stderr();
     assert!(text.contains("stopped after"), "{text}");
     assert!(
         text.contains("upstream:") && text.contains("forwarded=5"),
@@ -279,16 +207,10 @@ fn text_counters_go_to_stderr() {
 
 /// Runs `surelink impair` with bad arguments: returns (success, stderr).
 fn run_bad(args: &[&str]) -> (bool, String) {
-    let output = Command::new(BIN)
-        .arg("impair")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let mut all = vec!["impair"];
+    all.extend_from_slice(args);
+    let done = run(&all);
+    (done.status.success(), done.stderr)
 }
 
 #[test]

@@ -7,147 +7,19 @@
 //! Every wait is bounded; a process that does not finish in time is killed
 //! and the test fails with its stderr. Nothing asserts on timing.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
+use support::{run, Finished, Proc, PROCESS_LIMIT};
 use surelink::{Identity, PublicKey};
-
-const BIN: &str = env!("CARGO_BIN_EXE_surelink");
-/// Bound on any one process's run (debug builds on a two-core machine).
-const PROCESS_LIMIT: Duration = Duration::from_secs(60);
-/// Bound on waiting for a line on a process's stderr.
-const LINE_LIMIT: Duration = Duration::from_secs(20);
-
-/// A running `surelink` process whose stderr is collected by a thread.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: Receiver<String>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Proc {
-    fn spawn(name: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start surelink");
-        let (tx, lines) = channel();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().unwrap();
-        let all = stderr.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                {
-                    let mut all = all.lock().unwrap();
-                    all.push_str(&line);
-                    all.push('\n');
-                }
-                let _ = tx.send(line);
-            }
-        });
-        Self {
-            name: name.to_owned(),
-            child,
-            lines,
-            stderr,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Waits for a stderr line containing `marker` and returns the line.
-    fn wait_for_line(&mut self, marker: &str) -> String {
-        let deadline = Instant::now() + LINE_LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(marker) => return line,
-                Ok(_) => {}
-                Err(_) => {
-                    let _ = self.child.kill();
-                    panic!(
-                        "{}: no line with {marker:?}; stderr:\n{}",
-                        self.name,
-                        self.stderr()
-                    );
-                }
-            }
-        }
-    }
-
-    /// The address printed after "listening on ".
-    fn listening_addr(&mut self) -> SocketAddr {
-        let line = self.wait_for_line("listening on ");
-        let text = line.split("listening on ").nth(1).unwrap().trim();
-        text.parse().expect("listening address")
-    }
-
-    /// Waits (bounded) for the process to exit; returns its status and all of its stderr.
-    fn wait(&mut self) -> (ExitStatus, String) {
-        let deadline = Instant::now() + PROCESS_LIMIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                // Let the reader thread collect the last lines.
-                let until = Instant::now() + Duration::from_secs(5);
-                while self.lines.recv_timeout(Duration::from_millis(50)).is_ok()
-                    && Instant::now() < until
-                {}
-                return (status, self.stderr());
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "{}: still running after {PROCESS_LIMIT:?}; stderr:\n{}",
-                    self.name,
-                    self.stderr()
-                );
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("cannot run surelink")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 temporary path")
@@ -168,8 +40,8 @@ fn set_mode(p: &Path, mode: u32) {
 /// Runs `keygen --out path` and returns the printed public key and fingerprint.
 fn keygen(path: &Path) -> (PublicKey, String) {
     let out = run(&["keygen", "--out", path_str(path)]);
-    assert!(out.status.success(), "keygen: {}", text(&out.stderr));
-    parse_keygen_output(&text(&out.stdout))
+    assert!(out.status.success(), "keygen: {}", out.stderr);
+    parse_keygen_output(&out.stdout)
 }
 
 fn parse_keygen_output(stdout: &str) -> (PublicKey, String) {
@@ -201,17 +73,13 @@ fn keygen_writes_a_private_file_and_prints_its_public_key() {
 
     // `--show` prints the same lines for the existing file.
     let out = run(&["keygen", "--show", path_str(&path)]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(parse_keygen_output(&text(&out.stdout)), (key, fingerprint));
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(parse_keygen_output(&out.stdout), (key, fingerprint));
 
     // No overwrite without --force; the key is untouched.
     let out = run(&["keygen", "--out", path_str(&path)]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("already exists"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(out.stderr.contains("already exists"), "{}", out.stderr);
     assert!(out.stdout.is_empty());
     assert_eq!(std::fs::read_to_string(&path).unwrap(), contents);
 
@@ -219,8 +87,8 @@ fn keygen_writes_a_private_file_and_prints_its_public_key() {
     #[cfg(unix)]
     set_mode(&path, 0o644);
     let out = run(&["keygen", "--out", path_str(&path), "--force"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let (new_key, _) = parse_keygen_output(&text(&out.stdout));
+    assert!(out.status.success(), "{}", out.stderr);
+    let (new_key, _) = parse_keygen_output(&out.stdout);
     assert_ne!(new_key, key);
     let identity = Identity::from_file_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(identity.public(), new_key);
@@ -242,7 +110,7 @@ fn key_files_others_can_read_are_refused() {
     ] {
         let out = run(&args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
-        let err = text(&out.stderr);
+        let err = out.stderr;
         assert!(
             err.contains("accessible by group or others") && err.contains("chmod 600"),
             "{args:?}: {err}"
@@ -255,11 +123,7 @@ fn key_files_others_can_read_are_refused() {
     let at = format!("@{}", path_str(&psk));
     let out = run(&["send", "--to", "127.0.0.1:9", "--psk", &at]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("chmod 600"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(out.stderr.contains("chmod 600"), "{}", out.stderr);
 }
 
 #[test]
@@ -305,11 +169,11 @@ fn bad_key_material_is_a_clear_usage_error() {
         (&short_psk, "64 hex digits"),
         (&plaintext_with_key, "cannot be used with"),
     ] {
-        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
         assert!(
-            text(&out.stderr).contains(expected),
+            out.stderr.contains(expected),
             "expected {expected:?} in {}",
-            text(&out.stderr)
+            out.stderr
         );
     }
 }
@@ -410,7 +274,7 @@ fn run_case(keys: &Keys, case: Case<'_>) {
     .collect();
     recv_args.extend(case.recv_args);
     let recv_args: Vec<&str> = recv_args.iter().map(String::as_str).collect();
-    let mut recv = Proc::spawn(&format!("{} recv", case.name), &recv_args);
+    let mut recv = Proc::spawn_default_log(&format!("{} recv", case.name), &recv_args);
     let addr = recv.listening_addr().to_string();
     let sender = |extra: &[String]| -> Vec<String> {
         let mut args: Vec<String> = [
@@ -432,7 +296,8 @@ fn run_case(keys: &Keys, case: Case<'_>) {
     // The refused sender: exit 1, its message, promptly (not the connect timeout).
     let bad = sender(&case.bad_send_args);
     let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
-    let (status, stderr) = Proc::spawn(&format!("{} bad send", case.name), &bad).wait();
+    let Finished { status, stderr, .. } =
+        Proc::spawn_default_log(&format!("{} bad send", case.name), &bad).wait_all();
     assert_eq!(status.code(), Some(1), "{}: {stderr}", case.name);
     for part in &case.send_error {
         assert!(
@@ -467,9 +332,14 @@ fn run_case(keys: &Keys, case: Case<'_>) {
     // An acceptable sender is then served, and `--once` ends the receiver.
     let good = sender(&case.good_send_args);
     let good: Vec<&str> = good.iter().map(String::as_str).collect();
-    let (status, stderr) = Proc::spawn(&format!("{} good send", case.name), &good).wait();
+    let Finished { status, stderr, .. } =
+        Proc::spawn_default_log(&format!("{} good send", case.name), &good).wait_all();
     assert!(status.success(), "{}: good sender: {stderr}", case.name);
-    let (status, recv_stderr) = recv.wait();
+    let Finished {
+        status,
+        stderr: recv_stderr,
+        ..
+    } = recv.wait_all();
     assert!(status.success(), "{}: receiver: {recv_stderr}", case.name);
     assert!(
         std::fs::read(&out).unwrap() == keys.data,
@@ -491,7 +361,7 @@ fn strings(items: &[&str]) -> Vec<String> {
 fn right_keys_connect_and_both_sides_print_fingerprints() {
     let keys = Keys::new();
     let out = keys.output("right.out");
-    let mut recv = Proc::spawn(
+    let mut recv = Proc::spawn_default_log(
         "recv",
         &[
             "recv",
@@ -516,7 +386,11 @@ fn right_keys_connect_and_both_sides_print_fingerprints() {
             && line.contains(&keys.server_pub.fingerprint()),
         "{line}"
     );
-    let (status, send_stderr) = Proc::spawn(
+    let Finished {
+        status,
+        stderr: send_stderr,
+        ..
+    } = Proc::spawn_default_log(
         "send",
         &[
             "send",
@@ -532,7 +406,7 @@ fn right_keys_connect_and_both_sides_print_fingerprints() {
             &"5a".repeat(32),
         ],
     )
-    .wait();
+    .wait_all();
     assert!(status.success(), "{send_stderr}");
     assert!(
         send_stderr.contains(&format!(
@@ -541,7 +415,11 @@ fn right_keys_connect_and_both_sides_print_fingerprints() {
         )),
         "{send_stderr}"
     );
-    let (status, recv_stderr) = recv.wait();
+    let Finished {
+        status,
+        stderr: recv_stderr,
+        ..
+    } = recv.wait_all();
     assert!(status.success(), "{recv_stderr}");
     let accepted = recv_stderr
         .lines()
@@ -561,7 +439,7 @@ fn right_keys_connect_and_both_sides_print_fingerprints() {
 fn without_keys_each_side_sees_the_others_fingerprint() {
     let keys = Keys::new();
     let out = keys.output("tofu.out");
-    let mut recv = Proc::spawn(
+    let mut recv = Proc::spawn_default_log(
         "recv",
         &[
             "recv",
@@ -574,11 +452,15 @@ fn without_keys_each_side_sees_the_others_fingerprint() {
     );
     let addr = recv.listening_addr().to_string();
     let announced = recv.wait_for_line("public key ");
-    let (status, send_stderr) = Proc::spawn(
+    let Finished {
+        status,
+        stderr: send_stderr,
+        ..
+    } = Proc::spawn_default_log(
         "send",
         &["send", "--to", &addr, "--in", path_str(&keys.input)],
     )
-    .wait();
+    .wait_all();
     assert!(status.success(), "{send_stderr}");
     // The sender's line names the fingerprint the receiver announced, and how to pin it.
     let line = send_stderr
@@ -594,7 +476,11 @@ fn without_keys_each_side_sees_the_others_fingerprint() {
         .unwrap();
     assert!(announced.contains(fingerprint), "{announced} / {line}");
     assert!(line.contains("--peer-key"), "{line}");
-    let (status, recv_stderr) = recv.wait();
+    let Finished {
+        status,
+        stderr: recv_stderr,
+        ..
+    } = recv.wait_all();
     assert!(status.success(), "{recv_stderr}");
     assert!(
         recv_stderr.contains(", peer key fingerprint "),
@@ -734,7 +620,7 @@ fn plaintext_mode_warns_on_every_run() {
         "100ms",
     ]);
     assert_eq!(out.status.code(), Some(1));
-    let err = text(&out.stderr);
+    let err = out.stderr;
     assert!(err.contains("WARNING: --insecure-plaintext"), "{err}");
     assert!(
         err.contains("encryption and authentication are OFF"),
@@ -832,15 +718,15 @@ fn transfer_through_relay(extra: &[&str]) -> (u64, u64) {
         path_str(&output),
     ];
     recv_args.extend_from_slice(extra);
-    let mut recv = Proc::spawn("recv", &recv_args);
+    let mut recv = Proc::spawn_default_log("recv", &recv_args);
     let server = recv.listening_addr();
     let relay = Relay::start(server, MARKER);
     let relay_addr = relay.addr.to_string();
     let mut send_args = vec!["send", "--to", &relay_addr, "--in", path_str(&input)];
     send_args.extend_from_slice(extra);
-    let (status, stderr) = Proc::spawn("send", &send_args).wait();
+    let Finished { status, stderr, .. } = Proc::spawn_default_log("send", &send_args).wait_all();
     assert!(status.success(), "send: {stderr}");
-    let (status, stderr) = recv.wait();
+    let Finished { status, stderr, .. } = recv.wait_all();
     assert!(status.success(), "recv: {stderr}");
     assert!(std::fs::read(&output).unwrap() == data, "output differs");
     relay.finish()

@@ -4,92 +4,15 @@
 //! with `--state` and one without refuse each other; `--state` with stdin
 //! or datagram mode is a usage error. Every wait is bounded.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::UdpSocket;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
-
-const BIN: &str = env!("CARGO_BIN_EXE_surelink");
-const LIMIT: Duration = Duration::from_secs(60);
-
-/// A process whose stderr is collected.
-struct Proc {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start surelink");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().unwrap();
-        let all = stderr.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut all = all.lock().unwrap();
-                all.push_str(&line);
-                all.push('\n');
-            }
-        });
-        Proc { child, stderr }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Waits (bounded) until stderr contains `text`.
-    fn wait_for(&self, text: &str) {
-        let deadline = Instant::now() + LIMIT;
-        while !self.stderr().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "no {text:?} in:\n{}",
-                self.stderr()
-            );
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Waits (bounded) for the exit.
-    fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                thread::sleep(Duration::from_millis(50));
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running:\n{}",
-                self.stderr()
-            );
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use support::{Proc, PROCESS_LIMIT};
 
 fn free_addr() -> String {
     let port = UdpSocket::bind("127.0.0.1:0")
@@ -138,10 +61,16 @@ fn interrupted(dir: &Path) -> (Proc, Vec<String>, Vec<String>) {
     ]
     .map(String::from)
     .to_vec();
-    let recv = Proc::spawn(&recv_args.iter().map(String::as_str).collect::<Vec<_>>());
-    recv.wait_for("listening on");
-    let mut send = Proc::spawn(&send_args.iter().map(String::as_str).collect::<Vec<_>>());
-    let deadline = Instant::now() + LIMIT;
+    let mut recv = Proc::spawn_default_log(
+        "recv",
+        &recv_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    recv.wait_for_line("listening on");
+    let mut send = Proc::spawn_default_log(
+        "send",
+        &send_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let deadline = Instant::now() + PROCESS_LIMIT;
     while std::fs::metadata(dir.join("out.bin")).map_or(0, |m| m.len()) < 1 << 20 {
         assert!(Instant::now() < deadline, "no progress:\n{}", recv.stderr());
         thread::sleep(Duration::from_millis(1));
@@ -162,15 +91,15 @@ fn a_receiver_that_lost_its_state_is_refused_on_both_sides() {
     let out_len = std::fs::metadata(dir.path().join("out.bin")).unwrap().len();
     std::fs::remove_dir_all(dir.path().join("rs")).unwrap();
 
-    let recv = Proc::spawn(&args(&recv_args));
-    recv.wait_for("listening on");
-    let mut send = Proc::spawn(&args(&send_args));
-    let status = send.wait();
+    let mut recv = Proc::spawn_default_log("recv", &args(&recv_args));
+    recv.wait_for_line("listening on");
+    let mut send = Proc::spawn_default_log("send", &args(&send_args));
+    let (status, _) = send.wait();
     assert_eq!(status.code(), Some(1), "{}", send.stderr());
     let expected = "receiver lost its state: it expects message 0 on channel 0 \
                     but the sender's oldest unconfirmed message is ";
     assert!(send.stderr().contains(expected), "{}", send.stderr());
-    recv.wait_for("refused a sender from");
+    recv.wait_for_line("refused a sender from");
     assert!(recv.stderr().contains(expected), "{}", recv.stderr());
     // Nothing was started over: the output is as it was.
     assert_eq!(
@@ -182,11 +111,11 @@ fn a_receiver_that_lost_its_state_is_refused_on_both_sides() {
 #[test]
 fn a_sender_that_lost_its_state_is_refused_on_both_sides() {
     let dir = tempfile::tempdir().unwrap();
-    let (recv, _recv_args, send_args) = interrupted(dir.path());
+    let (mut recv, _recv_args, send_args) = interrupted(dir.path());
     std::fs::remove_dir_all(dir.path().join("ss")).unwrap();
 
-    let mut send = Proc::spawn(&args(&send_args));
-    let status = send.wait();
+    let mut send = Proc::spawn_default_log("send", &args(&send_args));
+    let (status, _) = send.wait();
     assert_eq!(status.code(), Some(1), "{}", send.stderr());
     let expected = "the receiver is in the middle of session";
     assert!(
@@ -197,7 +126,7 @@ fn a_sender_that_lost_its_state_is_refused_on_both_sides() {
         "{}",
         send.stderr()
     );
-    recv.wait_for("refused a sender from");
+    recv.wait_for_line("refused a sender from");
     assert!(recv.stderr().contains(expected), "{}", recv.stderr());
 }
 
@@ -210,25 +139,31 @@ fn state_on_one_side_only_is_refused_on_both_sides() {
 
     // The sender keeps state, the receiver does not.
     let addr = free_addr();
-    let mut recv = Proc::spawn(&["recv", "--listen", &addr, "--out", s(&out), "--once"]);
-    recv.wait_for("listening on");
-    let mut send = Proc::spawn(&[
+    let mut recv = Proc::spawn_default_log(
+        "recv",
+        &["recv", "--listen", &addr, "--out", s(&out), "--once"],
+    );
+    recv.wait_for_line("listening on");
+    let mut send = Proc::spawn_default_log(
         "send",
-        "--to",
-        &addr,
-        "--in",
-        s(&input),
-        "--state",
-        s(&dir.path().join("ss")),
-    ]);
-    assert_eq!(send.wait().code(), Some(1), "{}", send.stderr());
+        &[
+            "send",
+            "--to",
+            &addr,
+            "--in",
+            s(&input),
+            "--state",
+            s(&dir.path().join("ss")),
+        ],
+    );
+    assert_eq!(send.wait().0.code(), Some(1), "{}", send.stderr());
     assert!(
         send.stderr()
             .contains("this receiver runs without --state: start it with --state DIR too"),
         "{}",
         send.stderr()
     );
-    assert_eq!(recv.wait().code(), Some(1), "{}", recv.stderr());
+    assert_eq!(recv.wait().0.code(), Some(1), "{}", recv.stderr());
     assert!(
         recv.stderr()
             .contains("runs with --state: this receiver must use --state DIR too"),
@@ -245,46 +180,58 @@ fn state_on_one_side_only_is_refused_on_both_sides() {
     rand::rngs::SmallRng::seed_from_u64(3).fill_bytes(&mut data);
     std::fs::write(&input, &data).unwrap();
     let addr = free_addr();
-    let recv = Proc::spawn(&[
+    let mut recv = Proc::spawn_default_log(
         "recv",
-        "--listen",
-        &addr,
-        "--out",
-        s(&out),
-        "--state",
-        s(&dir.path().join("rs")),
-        "--once",
-    ]);
-    recv.wait_for("listening on");
-    let mut send = Proc::spawn(&["send", "--to", &addr, "--in", s(&input)]);
-    assert_eq!(send.wait().code(), Some(1), "{}", send.stderr());
+        &[
+            "recv",
+            "--listen",
+            &addr,
+            "--out",
+            s(&out),
+            "--state",
+            s(&dir.path().join("rs")),
+            "--once",
+        ],
+    );
+    recv.wait_for_line("listening on");
+    let mut send = Proc::spawn_default_log("send", &["send", "--to", &addr, "--in", s(&input)]);
+    assert_eq!(send.wait().0.code(), Some(1), "{}", send.stderr());
     assert!(
         send.stderr()
             .contains("the sender must use it too (surelink send --state DIR)"),
         "{}",
         send.stderr()
     );
-    recv.wait_for("did not start a session");
+    recv.wait_for_line("did not start a session");
 }
 
 #[test]
 fn state_needs_files() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("st");
-    let mut send = Proc::spawn(&["send", "--to", "127.0.0.1:9", "--state", s(&state)]);
-    assert_eq!(send.wait().code(), Some(1));
+    let mut send = Proc::spawn_default_log(
+        "send",
+        &["send", "--to", "127.0.0.1:9", "--state", s(&state)],
+    );
+    assert_eq!(send.wait().0.code(), Some(1));
     assert!(
         send.stderr().contains("--state needs --in FILE"),
         "{}",
         send.stderr()
     );
-    let mut recv = Proc::spawn(&["recv", "--listen", "127.0.0.1:0", "--state", s(&state)]);
-    assert_eq!(recv.wait().code(), Some(1));
+    let mut recv = Proc::spawn_default_log(
+        "recv",
+        &["recv", "--listen", "127.0.0.1:0", "--state", s(&state)],
+    );
+    assert_eq!(recv.wait().0.code(), Some(1));
     assert!(
         recv.stderr().contains("--state needs --out FILE"),
         "{}",
         recv.stderr()
     );
-    let mut send = Proc::spawn(&["send", "--to", "127.0.0.1:9", "--durability", "always"]);
-    assert_eq!(send.wait().code(), Some(1), "--durability needs --state");
+    let mut send = Proc::spawn_default_log(
+        "send",
+        &["send", "--to", "127.0.0.1:9", "--durability", "always"],
+    );
+    assert_eq!(send.wait().0.code(), Some(1), "--durability needs --state");
 }

@@ -3,15 +3,36 @@
 //! Every PING carries the sender's clock (t1); the PONG returns t1 with the
 //! peer's receive (t2) and send (t3) times; the PONG's arrival is t4. Each
 //! exchange gives an offset sample θ = ((t2−t1)+(t3−t4))/2 (peer clock minus
-//! ours) and a round-trip delay δ = (t4−t1)−(t3−t2). As in NTP's clock filter
-//! (Mills), the sample with the lowest delay among the last eight is the best
-//! estimate of the offset: it was least disturbed by queueing. Its error is at
-//! most δ/2 (the unknown path asymmetry), plus the drift accumulated since it
-//! was taken (dispersion). The recent samples whose delay is at most the
-//! median (but within 1 ms of the best) are averaged: the lower half is least
-//! disturbed by queueing, and averaging shrinks the share of symmetric jitter. The frequency difference (drift) between the clocks is
-//! the least-squares slope over the best sample of each successive window of
-//! eight; once known, samples are corrected along it and four seconds are used.
+//! ours) and a round-trip delay δ = (t4−t1)−(t3−t2). Whatever the split of δ
+//! between the two directions, a sample's error is at most δ/2 (the unknown
+//! path asymmetry): that is the hard part of the error bound.
+//!
+//! **Offset.** As in NTP's clock filter (Mills), the samples least disturbed by
+//! queueing are the ones with the lowest delay. The recent samples whose delay
+//! is at most the median (but within 1 ms of the best, and always those within
+//! 250 µs of it) are averaged: averaging shrinks the share of symmetric jitter.
+//! Each is corrected along the measured drift to the present. The span of
+//! samples averaged is chosen so that the drift's uncertainty × the span stays
+//! within 100 µs: half a second while the drift is unknown (assumed within
+//! ±100 ppm), growing to four seconds as the drift estimate sharpens.
+//!
+//! **Drift.** The frequency difference between the clocks is a weighted
+//! least-squares slope over the best (lowest-delay) sample of each successive
+//! window of eight. A point's error is at most half its queueing delay, so its
+//! weight is 1 / (delay above the best point's + 300 µs)². Outliers are
+//! rejected: after a first fit, points whose weighted residual exceeds three
+//! robust standard deviations (1.4826 × the median absolute weighted residual)
+//! are dropped and the line is fitted again. The slope's standard
+//! error comes from the residual scatter of that fit. A fit needs three seconds
+//! of history; it is used to correct samples as soon as its uncertainty (4
+//! standard errors + 1 ppm) is below the ±100 ppm assumed without it, and it is
+//! reported (`drift_ppm`, otherwise 0) once the standard error is at most 5 ppm.
+//!
+//! **Error bound.** The bound is the mean δ/2 of the averaged samples, plus the
+//! drift's uncertainty (4 standard errors + 1 ppm once used, 100 ppm before)
+//! times the mean time elapsed since those samples were taken, plus 2 µs of
+//! timestamp rounding. Between samples the estimate is extrapolated along the
+//! drift and the bound grows by the drift's uncertainty × the time since.
 //!
 //! A peer clock step (a sample far outside the current estimate, repeated) is
 //! detected: the filter restarts instead of averaging across the step.
@@ -26,21 +47,38 @@ use std::collections::VecDeque;
 const FILTER_LEN: usize = 8;
 /// Most samples kept.
 const MAX_SAMPLES: usize = 512;
-/// Span of samples the estimate rests on before the drift is known (µs): short,
-/// so an unknown drift cannot bias it much.
-const SHORT_SPAN_US: u64 = 500_000;
-/// Span once the drift is known (older samples are drift-corrected).
-const LONG_SPAN_US: u64 = 4_000_000;
+/// Shortest span of samples the estimate rests on, µs.
+const SHORT_SPAN_US: f64 = 500_000.0;
+/// Longest span (older samples are drift-corrected).
+const LONG_SPAN_US: f64 = 4_000_000.0;
+/// The span is chosen so that the drift's uncertainty × the span stays within
+/// this (µs): at most 50 µs of bias on average.
+const SPAN_BIAS_US: f64 = 100.0;
 /// Samples whose delay is within this of the best one are always averaged, µs.
 const GOOD_MARGIN_US: f64 = 250.0;
 /// Samples more than this above the best one are never averaged (queueing), µs.
 const BAD_MARGIN_US: f64 = 1_000.0;
-/// Filtered offsets kept for the drift regression.
+/// Window minima kept for the drift regression.
 const DRIFT_LEN: usize = 256;
+/// Fewest window minima a drift fit rests on.
+const MIN_DRIFT_POINTS: usize = 8;
 /// Span of history needed before the drift is measured, µs.
 const MIN_DRIFT_SPAN_US: f64 = 3_000_000.0;
-/// Assumed worst-case frequency error when no drift is measured yet (ppm).
+/// The drift is reported once its standard error is at most this (ppm).
+const REPORT_DRIFT_SE_PPM: f64 = 5.0;
+/// The drift's uncertainty is this many standard errors...
+const DRIFT_SE_FACTOR: f64 = 4.0;
+/// ...plus this (ppm).
+const DRIFT_FLOOR_PPM: f64 = 1.0;
+/// Assumed bound on the frequency difference while the drift is not measured
+/// more precisely than this (ppm).
 const DEFAULT_DISPERSION_PPM: f64 = 100.0;
+/// A window minimum's error scale is its delay above the best one plus this, µs.
+const WEIGHT_FLOOR_US: f64 = 300.0;
+/// Residuals beyond this many robust standard deviations are outliers.
+const OUTLIER_SIGMAS: f64 = 3.0;
+/// Timestamps are whole microseconds: rounding on both sides, µs.
+const ROUNDING_US: f64 = 2.0;
 /// Consecutive outliers that make a step.
 const STEP_OUTLIERS: u32 = 3;
 /// A sample whose offset differs from the estimate by more than this many
@@ -80,9 +118,10 @@ pub struct ClockEstimate {
     pub offset_us: f64,
     /// Bound on |true offset − `offset_us`|, µs.
     pub error_bound_us: f64,
-    /// Peer clock frequency minus ours, parts per million.
+    /// Peer clock frequency minus ours, parts per million (0 until measured
+    /// precisely enough).
     pub drift_ppm: f64,
-    /// Round-trip delay of the sample the estimate rests on, µs.
+    /// Round-trip delay of the best sample the estimate rests on, µs.
     pub delay_us: f64,
     /// Samples taken since the last restart.
     pub samples: u64,
@@ -90,19 +129,104 @@ pub struct ClockEstimate {
     pub steps: u64,
 }
 
+/// A sample as the filter keeps it.
+#[derive(Debug, Clone, Copy)]
+struct Point {
+    /// Our clock at the middle of the exchange, µs.
+    t: f64,
+    /// θ, µs.
+    offset: f64,
+    /// δ, µs.
+    delay: f64,
+}
+
+impl From<ClockSample> for Point {
+    fn from(s: ClockSample) -> Self {
+        Self {
+            t: (s.t1 as f64 + s.t4 as f64) / 2.0,
+            offset: s.offset(),
+            delay: s.delay(),
+        }
+    }
+}
+
+/// A measured drift.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Drift {
+    /// Slope, ppm.
+    ppm: f64,
+    /// Its standard error, ppm.
+    se_ppm: f64,
+}
+
+/// The estimate as of the newest sample.
+#[derive(Debug, Clone, Copy)]
+struct Cached {
+    /// Our clock at the newest sample (t4), µs.
+    at: u64,
+    estimate: ClockEstimate,
+    /// The drift the estimate is extrapolated along (measured, even if not
+    /// yet precise enough to report), ppm.
+    drift_ppm: f64,
+    /// Bound on the error of `drift_ppm`, ppm.
+    drift_error_ppm: f64,
+}
+
 /// The estimator state.
 #[derive(Debug, Clone, Default)]
 pub struct ClockEstimator {
-    filter: VecDeque<(u64, ClockSample)>,
+    points: VecDeque<Point>,
     /// Best sample of the current window of `FILTER_LEN`, and the window's size so far.
-    window: Option<ClockSample>,
+    window: Option<Point>,
     window_len: usize,
-    history: VecDeque<(f64, f64)>,
-    /// The estimate as of the newest sample: (our clock then, estimate).
-    cached: Option<(u64, ClockEstimate)>,
+    /// The best sample of each past window, oldest first.
+    minima: VecDeque<Point>,
+    /// The drift, once measured.
+    drift: Option<Drift>,
+    cached: Option<Cached>,
+    /// Reused buffer for medians.
+    scratch: Vec<f64>,
     samples: u64,
     steps: u64,
     outliers: u32,
+}
+
+/// The median of `v` (reordered), 0 if empty.
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mid = (v.len() - 1) / 2;
+    *v.select_nth_unstable_by(mid, f64::total_cmp).1
+}
+
+/// Weighted least-squares line through `(x, y, weight)` points: (slope,
+/// intercept, weighted residual sum of squares, weighted Σ(x − x̄)², points),
+/// or None for fewer than three points or no spread.
+fn fit(points: impl Iterator<Item = (f64, f64, f64)> + Clone) -> Option<(f64, f64, f64, f64, f64)> {
+    let (mut n, mut sw, mut sx, mut sy) = (0.0, 0.0, 0.0, 0.0);
+    for (x, y, w) in points.clone() {
+        n += 1.0;
+        sw += w;
+        sx += w * x;
+        sy += w * y;
+    }
+    if n < 3.0 || sw <= 0.0 {
+        return None;
+    }
+    let (mx, my) = (sx / sw, sy / sw);
+    let (mut sxx, mut sxy, mut syy) = (0.0, 0.0, 0.0);
+    for (x, y, w) in points {
+        sxx += w * (x - mx) * (x - mx);
+        sxy += w * (x - mx) * (y - my);
+        syy += w * (y - my) * (y - my);
+    }
+    if sxx <= 0.0 {
+        return None;
+    }
+    let slope = sxy / sxx;
+    let rss = (syy - slope * sxy).max(0.0);
+    Some((slope, my - slope * mx, rss, sxx, n))
 }
 
 impl ClockEstimator {
@@ -111,42 +235,49 @@ impl ClockEstimator {
         Self::default()
     }
 
-    /// The samples the estimate rests on: the last second (four once the
-    /// drift is known), and at least the last eight.
-    fn window(&self, drift: Option<f64>) -> Vec<&ClockSample> {
-        let span = if drift.is_some() {
-            LONG_SPAN_US
-        } else {
-            SHORT_SPAN_US
-        };
-        let newest = self.filter.back().map_or(0, |(t, _)| *t);
-        let n = self.filter.len();
-        self.filter
-            .iter()
-            .enumerate()
-            .filter(|(i, (t, _))| n - i <= FILTER_LEN || newest.saturating_sub(*t) <= span)
-            .map(|(_, (_, s))| s)
-            .collect()
-    }
-
-    /// Drift estimate from the filtered history: least-squares slope, ppm.
-    fn drift_ppm(&self) -> Option<f64> {
-        if self.history.len() < 3 {
+    /// Fits the drift over the window minima, rejecting outliers; None until
+    /// the history is long enough.
+    fn fit_drift(&mut self) -> Option<Drift> {
+        let (first, last) = (self.minima.front()?, self.minima.back()?);
+        if self.minima.len() < MIN_DRIFT_POINTS || last.t - first.t < MIN_DRIFT_SPAN_US {
             return None;
         }
-        let n = self.history.len() as f64;
-        let (mx, my) = self
-            .history
+        // Relative to the first point: absolute clocks do not fit in f64
+        // squares. A point's error is at most its queueing delay over the
+        // best one's / 2: weight by the inverse square of that excess.
+        let (x0, y0) = (first.t, first.offset);
+        let best = self
+            .minima
             .iter()
-            .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
-        let (mut sxy, mut sxx) = (0.0, 0.0);
-        for (x, y) in &self.history {
-            sxy += (x - mx) * (y - my);
-            sxx += (x - mx) * (x - mx);
-        }
-        // Only a long span gives a slope precise enough to extrapolate with.
-        (sxx > 0.0 && self.history.back()?.0 - self.history.front()?.0 >= MIN_DRIFT_SPAN_US)
-            .then(|| sxy / sxx * 1e6)
+            .map(|p| p.delay)
+            .fold(f64::INFINITY, f64::min);
+        let xyw = |p: &Point| {
+            let sigma = p.delay - best + WEIGHT_FLOOR_US;
+            (p.t - x0, p.offset - y0, 1.0 / (sigma * sigma))
+        };
+        let (slope, icept, _, _, _) = fit(self.minima.iter().map(xyw))?;
+        // Residuals in units of each point's own scale.
+        let residual = |p: &Point| {
+            let (x, y, w) = xyw(p);
+            (y - (icept + slope * x)) * w.sqrt()
+        };
+        self.scratch.clear();
+        self.scratch
+            .extend(self.minima.iter().map(|p| residual(p).abs()));
+        // (Never below timestamp rounding at the best point's scale.)
+        let limit = (OUTLIER_SIGMAS * 1.4826 * median(&mut self.scratch))
+            .max(ROUNDING_US / WEIGHT_FLOOR_US);
+        let kept = self
+            .minima
+            .iter()
+            .filter(|p| residual(p).abs() <= limit)
+            .map(xyw);
+        let (slope, _, rss, sxx, n) = fit(kept)?;
+        let se = (rss / (n - 2.0).max(1.0) / sxx).sqrt();
+        Some(Drift {
+            ppm: slope * 1e6,
+            se_ppm: se * 1e6,
+        })
     }
 
     /// Adds a sample; `now` is our clock (µs) when it was taken (t4).
@@ -164,14 +295,11 @@ impl ClockEstimator {
                     return false;
                 }
                 // Consistent outliers: the peer's clock stepped.
-                self.filter.clear();
-                self.history.clear();
-                self.window = None;
-                self.window_len = 0;
-                self.cached = None;
-                self.samples = 0;
-                self.steps += 1;
-                self.outliers = 0;
+                *self = Self {
+                    steps: self.steps + 1,
+                    scratch: std::mem::take(&mut self.scratch),
+                    ..Self::default()
+                };
                 self.push(s);
                 return true;
             }
@@ -183,81 +311,93 @@ impl ClockEstimator {
 
     fn push(&mut self, s: ClockSample) {
         self.samples += 1;
-        self.filter.push_back((s.t4, s));
-        if self.filter.len() > MAX_SAMPLES {
-            self.filter.pop_front();
+        let p = Point::from(s);
+        self.points.push_back(p);
+        if self.points.len() > MAX_SAMPLES {
+            self.points.pop_front();
         }
-        self.update_drift_history(s);
-        // The estimate changes only with a sample: compute it once, here.
-        self.cached = self.compute(s.t4).map(|e| (s.t4, e));
-    }
-
-    fn update_drift_history(&mut self, s: ClockSample) {
-        if self.window.is_none_or(|w| s.delay() < w.delay()) {
-            self.window = Some(s);
+        if self.window.is_none_or(|w| p.delay < w.delay) {
+            self.window = Some(p);
         }
         self.window_len += 1;
         if self.window_len == FILTER_LEN {
             if let Some(best) = self.window.take() {
-                self.history.push_back((best.t4 as f64, best.offset()));
-                if self.history.len() > DRIFT_LEN {
-                    self.history.pop_front();
+                self.minima.push_back(best);
+                if self.minima.len() > DRIFT_LEN {
+                    self.minima.pop_front();
                 }
             }
             self.window_len = 0;
+            self.drift = self.fit_drift();
         }
+        // The estimate changes only with a sample: compute it once, here.
+        self.cached = self.compute(s.t4);
     }
 
     /// The estimate at our clock time `now_us`, if any sample was taken.
     pub fn estimate(&self, now_us: u64) -> Option<ClockEstimate> {
-        let (at, e) = self.cached?;
-        let age = now_us.saturating_sub(at) as f64;
-        let dispersion_ppm = if e.drift_ppm == 0.0 {
-            DEFAULT_DISPERSION_PPM
-        } else {
-            5.0
-        };
+        let c = self.cached?;
+        let age = now_us.saturating_sub(c.at) as f64;
+        let e = c.estimate;
         Some(ClockEstimate {
-            offset_us: e.offset_us + e.drift_ppm * age / 1e6,
-            error_bound_us: e.error_bound_us + age * dispersion_ppm / 1e6,
+            offset_us: e.offset_us + c.drift_ppm * age / 1e6,
+            error_bound_us: e.error_bound_us + age * c.drift_error_ppm / 1e6,
             ..e
         })
     }
 
     /// Computes the estimate at our clock time `now_us` from the samples.
-    fn compute(&self, now_us: u64) -> Option<ClockEstimate> {
-        let drift = self.drift_ppm();
-        let window = self.window(drift);
-        let best = *window
-            .iter()
-            .min_by(|a, b| a.delay().total_cmp(&b.delay()))?;
-        let mut delays: Vec<f64> = window.iter().map(|s| s.delay()).collect();
-        delays.sort_by(f64::total_cmp);
-        let limit = delays[(delays.len() - 1) / 2]
-            .min(best.delay() + BAD_MARGIN_US)
-            .max(best.delay() + GOOD_MARGIN_US);
-        let at_now = |s: &ClockSample| {
-            let age = now_us.saturating_sub(s.t4) as f64;
-            s.offset() + drift.unwrap_or(0.0) * age / 1e6
-        };
-        // Average the lower half by delay (drift-corrected to now).
-        let (sum, n) = window
-            .iter()
-            .filter(|s| s.delay() <= limit)
-            .fold((0.0, 0.0), |(sum, n), s| (sum + at_now(s), n + 1.0));
-        let offset = sum / n;
-        let age = now_us.saturating_sub(best.t4) as f64;
-        let dispersion = match drift {
-            Some(_) => age * 5.0 / 1e6,
-            None => age * DEFAULT_DISPERSION_PPM / 1e6,
-        };
-        Some(ClockEstimate {
-            offset_us: offset,
-            error_bound_us: best.delay() / 2.0 + dispersion,
-            drift_ppm: drift.unwrap_or(0.0),
-            delay_us: best.delay(),
-            samples: self.samples,
-            steps: self.steps,
+    fn compute(&mut self, now_us: u64) -> Option<Cached> {
+        // A measured drift is used once its uncertainty is below the default
+        // assumption; the span grows as the uncertainty shrinks.
+        let (drift_ppm, drift_error_ppm) = self
+            .drift
+            .map(|d| (d.ppm, DRIFT_SE_FACTOR * d.se_ppm + DRIFT_FLOOR_PPM))
+            .filter(|(_, err)| *err < DEFAULT_DISPERSION_PPM)
+            .unwrap_or((0.0, DEFAULT_DISPERSION_PPM));
+        let span = (SPAN_BIAS_US * 1e6 / drift_error_ppm).clamp(SHORT_SPAN_US, LONG_SPAN_US);
+        let reported = self
+            .drift
+            .filter(|d| d.se_ppm <= REPORT_DRIFT_SE_PPM)
+            .map_or(0.0, |d| d.ppm);
+        // The samples of the last span, and at least the last `FILTER_LEN`.
+        let newest = self.points.back()?.t;
+        let first = self
+            .points
+            .partition_point(|p| newest - p.t > span)
+            .min(self.points.len().saturating_sub(FILTER_LEN));
+        let recent = self.points.range(first..);
+        let best = recent
+            .clone()
+            .map(|p| p.delay)
+            .fold(f64::INFINITY, f64::min);
+        self.scratch.clear();
+        self.scratch.extend(recent.clone().map(|p| p.delay));
+        let limit = median(&mut self.scratch)
+            .min(best + BAD_MARGIN_US)
+            .max(best + GOOD_MARGIN_US);
+        // Average the lower half by delay, drift-corrected to now.
+        let now = now_us as f64;
+        let (mut n, mut offset, mut asymmetry, mut age) = (0.0, 0.0, 0.0, 0.0);
+        for p in recent.filter(|p| p.delay <= limit) {
+            let a = (now - p.t).max(0.0);
+            n += 1.0;
+            offset += p.offset + drift_ppm * a / 1e6;
+            asymmetry += p.delay / 2.0;
+            age += a;
+        }
+        Some(Cached {
+            at: now_us,
+            estimate: ClockEstimate {
+                offset_us: offset / n,
+                error_bound_us: asymmetry / n + drift_error_ppm * age / n / 1e6 + ROUNDING_US,
+                drift_ppm: reported,
+                delay_us: best,
+                samples: self.samples,
+                steps: self.steps,
+            },
+            drift_ppm,
+            drift_error_ppm,
         })
     }
 }
@@ -334,6 +474,48 @@ mod tests {
         }
         let est = e.estimate(21_000_000).unwrap();
         assert!((est.drift_ppm - 100.0).abs() < 5.0, "{est:?}");
+    }
+
+    #[test]
+    fn the_bound_covers_heavy_jitter_and_extrapolation() {
+        // 200 µs each way plus up to 5 ms of queueing each way, 80 ppm fast:
+        // the best samples have a small delay, so the bound is tight, and a
+        // drift taken from noise would soon leave it behind.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut queueing = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % 5_000
+        };
+        let (offset, ppm) = (3_000.0, 80.0);
+        let truth = |t: u64| offset + ppm * t as f64 / 1e6;
+        let mut e = ClockEstimator::new();
+        let mut t1 = 1_000_000;
+        for _ in 0..1_000 {
+            e.add(exchange(
+                t1,
+                offset,
+                ppm,
+                200 + queueing(),
+                200 + queueing(),
+            ));
+            let est = e.estimate(t1 + 20_000).unwrap();
+            assert!(
+                (est.offset_us - truth(t1 + 20_000)).abs() <= est.error_bound_us,
+                "{est:?}"
+            );
+            if est.drift_ppm != 0.0 {
+                assert!((est.drift_ppm - ppm).abs() <= 20.0, "{est:?}");
+            }
+            t1 += 20_000;
+        }
+        // No samples for up to a minute: the bound grows with the drift's uncertainty.
+        for later in [1_000_000, 10_000_000, 60_000_000] {
+            let est = e.estimate(t1 + later).unwrap();
+            let err = (est.offset_us - truth(t1 + later)).abs();
+            assert!(err <= est.error_bound_us, "{later}: {err} {est:?}");
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! Running `surelink` processes from the tests of `demo`, `time` and the
-//! delivery options: stderr is read by a thread (addresses are learnt from
-//! the "listening on" / "serving on" lines), stdout can be captured, and every
-//! wait is bounded: a process that does not finish in time is killed and the
-//! test fails with its stderr.
+//! Running `surelink` processes from the integration tests: the one bounded
+//! spawn / wait / kill helper. Stderr is read by a thread (addresses are
+//! learnt from the "listening on" / "serving on" lines) and kept, stdout is
+//! captured, and every wait is bounded: a process that does not finish in
+//! time is killed and the test fails with its stderr. A process still running
+//! when its `Proc` is dropped is killed.
 
 #![allow(dead_code)]
 
@@ -14,42 +15,89 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// The `surelink` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_surelink");
 /// Bound on any one process's run (debug builds on a two-core machine).
 pub const PROCESS_LIMIT: Duration = Duration::from_secs(120);
 /// Bound on waiting for a process to print a line.
 pub const STARTUP_LIMIT: Duration = Duration::from_secs(30);
+/// Bound on collecting the last stderr lines of a process that exited.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 /// A running `surelink` process.
 pub struct Proc {
-    name: &'static str,
+    name: String,
     child: Child,
     lines: Receiver<String>,
     stderr: Arc<Mutex<String>>,
-    stdout: Option<thread::JoinHandle<String>>,
+    stderr_reader: Option<thread::JoinHandle<()>>,
+    stdout: Option<thread::JoinHandle<Vec<u8>>>,
+}
+
+/// What a finished process left.
+#[derive(Debug)]
+pub struct Finished {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Its stdout (lossily decoded).
+    pub stdout: String,
+    /// Its stderr.
+    pub stderr: String,
+}
+
+/// Runs `surelink ARGS` to completion (bounded) with the default log level.
+pub fn run(args: &[&str]) -> Finished {
+    Proc::spawn_default_log(args.first().copied().unwrap_or("surelink"), args).wait_all()
 }
 
 impl Proc {
-    /// Starts `surelink ARGS` with stdout captured and stdin closed.
-    pub fn spawn(name: &'static str, args: &[&str]) -> Self {
-        Self::spawn_with(name, args, Stdio::null())
+    /// Starts `surelink ARGS` at log level info, stdin closed.
+    pub fn spawn(name: &str, args: &[&str]) -> Self {
+        Self::start(name, args, Stdio::null(), Some("info"), None)
     }
 
-    /// Starts `surelink ARGS` with the given stdin and stdout captured.
-    pub fn spawn_with(name: &'static str, args: &[&str], stdin: Stdio) -> Self {
-        let mut child = Command::new(BIN)
+    /// Starts `surelink ARGS` at log level info with the given stdin (take a
+    /// piped one with [`Proc::child`]).
+    pub fn spawn_with(name: &str, args: &[&str], stdin: Stdio) -> Self {
+        Self::start(name, args, stdin, Some("info"), None)
+    }
+
+    /// Starts `surelink ARGS` with its default log level (`RUST_LOG` unset),
+    /// stdin closed.
+    pub fn spawn_default_log(name: &str, args: &[&str]) -> Self {
+        Self::start(name, args, Stdio::null(), None, None)
+    }
+
+    /// Like [`Proc::spawn_default_log`], and every stderr line is also
+    /// appended to `shared` as "[name] line" (one log for many processes).
+    pub fn spawn_logged(name: &str, args: &[&str], shared: &Arc<Mutex<String>>) -> Self {
+        Self::start(name, args, Stdio::null(), None, Some(shared.clone()))
+    }
+
+    fn start(
+        name: &str,
+        args: &[&str],
+        stdin: Stdio,
+        log: Option<&str>,
+        shared: Option<Arc<Mutex<String>>>,
+    ) -> Self {
+        let mut command = Command::new(BIN);
+        command
             .args(args)
-            .env("RUST_LOG", "info")
             .stdin(stdin)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start surelink");
+            .stderr(Stdio::piped());
+        match log {
+            Some(level) => command.env("RUST_LOG", level),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let mut child = command.spawn().expect("cannot start surelink");
         let (tx, lines) = channel();
         let stderr = Arc::new(Mutex::new(String::new()));
         let pipe = child.stderr.take().expect("stderr");
         let all = stderr.clone();
-        thread::spawn(move || {
+        let tag = name.to_owned();
+        let stderr_reader = thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
                 {
@@ -57,67 +105,102 @@ impl Proc {
                     all.push_str(&line);
                     all.push('\n');
                 }
+                if let Some(shared) = &shared {
+                    let mut shared = shared.lock().expect("lock");
+                    shared.push_str(&format!("[{tag}] {line}\n"));
+                }
                 let _ = tx.send(line);
             }
         });
         let mut out = child.stdout.take().expect("stdout");
         let stdout = thread::spawn(move || {
-            let mut text = String::new();
-            let _ = out.read_to_string(&mut text);
-            text
+            let mut bytes = Vec::new();
+            let _ = out.read_to_end(&mut bytes);
+            bytes
         });
         Self {
-            name,
+            name: name.to_owned(),
             child,
             lines,
             stderr,
+            stderr_reader: Some(stderr_reader),
             stdout: Some(stdout),
         }
     }
 
+    /// The child process (to take a piped stdin, or for its id).
     pub fn child(&mut self) -> &mut Child {
         &mut self.child
     }
 
+    /// Everything the process wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().expect("lock").clone()
     }
 
-    /// Waits for a stderr line containing `marker` and returns what follows it.
-    pub fn wait_for_line(&mut self, marker: &str) -> String {
-        let deadline = Instant::now() + STARTUP_LIMIT;
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.exited().is_none()
+    }
+
+    /// The next stderr line not yet taken, waiting at most `limit`.
+    pub fn next_line(&mut self, limit: Duration) -> Option<String> {
+        self.lines.recv_timeout(limit).ok()
+    }
+
+    /// Waits at most `limit` for a stderr line containing `marker` and
+    /// returns it; None if none came in time or the process closed its stderr.
+    pub fn find_line(&mut self, marker: &str, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(pos) = line.find(marker) {
-                        return line[pos + marker.len()..].trim().to_owned();
-                    }
-                }
+                Ok(line) if line.contains(marker) => return Some(line),
+                Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.child.kill();
-                    panic!(
-                        "{}: no line with {marker:?}; stderr:\n{}",
-                        self.name,
-                        self.stderr()
-                    );
+                    return None
                 }
             }
         }
     }
 
+    /// Waits (bounded) for a stderr line containing `marker` and returns it;
+    /// fails the test (with the process's stderr) if none comes.
+    pub fn wait_for_line(&mut self, marker: &str) -> String {
+        self.find_line(marker, STARTUP_LIMIT).unwrap_or_else(|| {
+            self.kill();
+            panic!(
+                "{}: no line with {marker:?}; stderr:\n{}",
+                self.name,
+                self.stderr()
+            )
+        })
+    }
+
     /// The address printed after `marker` (an optional `udp://` is dropped,
     /// as is anything after the address).
     pub fn addr_after(&mut self, marker: &str) -> SocketAddr {
-        let text = self.wait_for_line(marker);
-        let text = text.strip_prefix("udp://").unwrap_or(&text);
+        let line = self.wait_for_line(marker);
+        let text = line.split(marker).nth(1).unwrap_or("").trim();
+        let text = text.strip_prefix("udp://").unwrap_or(text);
         let text = text.split([' ', ',']).next().unwrap_or("");
         text.parse()
             .unwrap_or_else(|_| panic!("{}: no address in {text:?}", self.name))
     }
 
-    /// Waits (bounded) for the process to exit; returns its status and stdout.
-    pub fn wait(&mut self) -> (ExitStatus, String) {
+    /// The address printed after "listening on ".
+    pub fn listening_addr(&mut self) -> SocketAddr {
+        self.addr_after("listening on ")
+    }
+
+    /// Waits (bounded) for the process to exit; returns its status and raw
+    /// stdout. All of its stderr is collected by then.
+    pub fn wait_bytes(&mut self) -> (ExitStatus, Vec<u8>) {
         let deadline = Instant::now() + PROCESS_LIMIT;
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -134,43 +217,92 @@ impl Proc {
             }
             thread::sleep(Duration::from_millis(10));
         };
-        let stdout = self
-            .stdout
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default();
-        // Let the reader thread collect the last stderr lines.
-        thread::sleep(Duration::from_millis(50));
+        // The pipes close when the process is gone (unless it left children
+        // holding them): let the readers finish, within a bound.
+        let until = Instant::now() + DRAIN_LIMIT;
+        while !(finished(&self.stderr_reader) && finished(&self.stdout)) && Instant::now() < until {
+            thread::sleep(Duration::from_millis(5));
+        }
+        if finished(&self.stderr_reader) {
+            if let Some(h) = self.stderr_reader.take() {
+                let _ = h.join();
+            }
+        }
+        let stdout = match self.stdout.take() {
+            Some(h) if h.is_finished() => h.join().unwrap_or_default(),
+            other => {
+                self.stdout = other;
+                Vec::new()
+            }
+        };
         (status, stdout)
     }
 
-    /// Waits for a successful exit; returns stdout.
-    pub fn wait_success(&mut self) -> String {
+    /// Waits (bounded) for the process to exit; returns its status, stdout
+    /// and stderr.
+    pub fn wait_all(&mut self) -> Finished {
         let (status, stdout) = self.wait();
+        Finished {
+            status,
+            stdout,
+            stderr: self.stderr(),
+        }
+    }
+
+    /// Waits (bounded) for the process to exit; returns its status and stdout.
+    pub fn wait(&mut self) -> (ExitStatus, String) {
+        let (status, stdout) = self.wait_bytes();
+        (status, String::from_utf8_lossy(&stdout).into_owned())
+    }
+
+    /// Waits for a successful exit; returns raw stdout.
+    pub fn wait_success_bytes(&mut self) -> Vec<u8> {
+        let (status, stdout) = self.wait_bytes();
         assert!(
             status.success(),
-            "{}: exited with {status}; stdout:\n{stdout}\nstderr:\n{}",
+            "{}: exited with {status}; stdout:\n{}\nstderr:\n{}",
             self.name,
+            String::from_utf8_lossy(&stdout),
             self.stderr()
         );
         stdout
     }
 
-    /// Sends SIGTERM.
-    pub fn terminate(&self) {
+    /// Waits for a successful exit; returns stdout.
+    pub fn wait_success(&mut self) -> String {
+        String::from_utf8_lossy(&self.wait_success_bytes()).into_owned()
+    }
+
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends the signal `name` (for example "TERM", "USR1").
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("kill");
-        assert!(status.success());
+        assert!(status.success(), "kill -{name}");
     }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+}
+
+/// True if the reader thread `h` is gone or done.
+fn finished<T>(h: &Option<thread::JoinHandle<T>>) -> bool {
+    h.as_ref().is_none_or(thread::JoinHandle::is_finished)
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            self.kill();
         }
     }
 }

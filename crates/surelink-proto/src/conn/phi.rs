@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 
 /// Inter-arrival samples kept.
 const WINDOW: usize = 200;
+/// Coefficients of the logistic approximation of the normal tail:
+/// P(X > y) ≈ e / (1 + e) with e = exp(−y(A + B y²)).
+const A: f64 = 1.5976;
+const B: f64 = 0.070_566;
 
 /// Suspicion of one path.
 #[derive(Debug, Clone)]
@@ -93,7 +97,7 @@ impl PhiDetector {
     fn phi_after(&self, elapsed_ms: f64) -> f64 {
         let (mean, std) = self.mean_std();
         let y = (elapsed_ms - mean) / std;
-        let e = (-y * (1.5976 + 0.070_566 * y * y)).exp();
+        let e = (-y * (A + B * y * y)).exp();
         // P(gap > elapsed) = 1 - F(y); computed stably for both tails.
         let p_later = if elapsed_ms > mean {
             e / (1.0 + e)
@@ -130,18 +134,18 @@ impl PhiDetector {
     fn compute_crossing(&self, threshold: f64) -> Option<Instant> {
         let last = self.last?;
         let (mean, std) = self.mean_std();
-        // φ is increasing in the gap: bisect between the mean and a far bound.
-        let (mut lo, mut hi) = (0.0f64, mean + 60.0 * std);
-        for _ in 0..40 {
-            let mid = (lo + hi) / 2.0;
-            if self.phi_after(mid) >= threshold {
-                hi = mid;
-            } else {
-                lo = mid;
-            }
-        }
+        // φ(gap) = threshold ⇔ P(later) = p = 10^-threshold. With the logistic
+        // approximation, P(later) = e / (1 + e), e = exp(−y(A + B y²)) and
+        // y = (gap − mean) / std, so y is the one real root of the monotone
+        // cubic B y³ + A y + ln(p / (1 − p)) = 0 (Cardano's formula).
+        let p = 10f64.powf(-threshold.min(300.0));
+        let ln_odds = p.ln() - (-p).ln_1p();
+        let (a, q) = (A / B, ln_odds / B);
+        let d = (q * q / 4.0 + a * a * a / 27.0).sqrt();
+        let y = (-q / 2.0 + d).cbrt() + (-q / 2.0 - d).cbrt();
+        let gap_ms = (mean + y * std).max(0.0);
         // Round up, so that φ at the returned instant really is at the threshold.
-        Some(last + Duration::from_secs_f64(hi / 1e3) + Duration::from_micros(1))
+        Some(last + Duration::from_secs_f64(gap_ms / 1e3) + Duration::from_micros(1))
     }
 }
 
@@ -215,6 +219,26 @@ mod tests {
         );
         assert!(d.phi(cross) >= 8.0 - 1e-6);
         assert!(d.phi(cross - MS) < 8.0);
+    }
+
+    #[test]
+    fn crossing_is_where_phi_reaches_the_threshold() {
+        let t0 = Instant::now();
+        for (interval_ms, jitter) in [(10u32, 0u32), (20, 3), (5, 11)] {
+            let mut d = PhiDetector::new(MS, 10 * MS);
+            let mut t = t0;
+            for i in 0..100u32 {
+                t += MS * interval_ms
+                    + Duration::from_micros(u64::from((i * 7919) % (jitter * 1000 + 1)));
+                d.heartbeat(t);
+            }
+            for threshold in [0.5, 1.0, 2.0, 4.0, 8.0, 12.0, 30.0] {
+                let cross = d.crossing(threshold).unwrap();
+                assert!(d.phi(cross) >= threshold, "{threshold}: {}", d.phi(cross));
+                let before = cross - Duration::from_micros(3);
+                assert!(d.phi(before) < threshold, "{threshold}: {}", d.phi(before));
+            }
+        }
     }
 
     #[test]
