@@ -308,8 +308,8 @@ fn backup_fails_over_within_three_heartbeats_and_an_rtt() {
     eprintln!("worst cut-to-delivery gap over 200 seeds: {worst:?}");
 }
 
-/// Broadcast mode, the primary cut mid-stream: exactly-once delivery and no
-/// latency above the backup path's own, for each seed.
+/// Broadcast mode, the primary cut mid-stream: exactly-once delivery, no
+/// latency above the backup path's own and no payload re-sent, for each seed.
 fn broadcast_has_no_gap_when_a_path_dies(seeds: Range<u64>) {
     for seed in seeds {
         let config = Config {
@@ -325,6 +325,13 @@ fn broadcast_has_no_gap_when_a_path_dies(seeds: Range<u64>) {
             }
         });
         assert_exactly_once(&d, 1000, &format!("seed {seed}"));
+        // Every packet lost with the cut path has a copy on the live one:
+        // failing over re-sends nothing.
+        assert_eq!(
+            net.client.stats().payload_bytes_retransmitted,
+            0,
+            "seed {seed}: payload re-sent on failover in broadcast mode"
+        );
         for &(seq, sent, delivered) in &d[400..] {
             let latency = Duration::from_micros(delivered - sent);
             // The backup path's own one-way latency (15 ms + 1 ms jitter), nothing

@@ -1510,10 +1510,14 @@ impl Connection {
         } else if !all_down {
             self.connection_lost = false;
         }
-        // Fail over from a suspect or failed active path.
+        // Fail over from a suspect or failed active path. In backup mode its
+        // packets in flight are re-sent on the new path at once; in broadcast
+        // mode each of them has a copy in flight on the other paths, tracked
+        // (and re-sent if lost) there, so re-sending would only duplicate.
         if !self.ap().state.is_usable() {
             if let Some(to) = self.best_standby() {
-                self.switch_active(now, to, true);
+                let abandon = self.mode != PathMode::Broadcast;
+                self.switch_active(now, to, abandon);
             }
         }
         // Fail back to the primary once it has been healthy for a while.
