@@ -1,10 +1,11 @@
-//! `--stats-interval`: a JSON line of connection counters on stderr.
+//! `--stats-interval`: a JSON line of connection counters on stderr; and the
+//! connection's events (path failures, failover, clock steps) in the log.
 
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::json;
-use surelink::Connection;
+use surelink::{Connection, ConnectionEvent, PathId};
 
 /// Options shared by the subcommands that run connections.
 #[derive(Debug, Clone, Args)]
@@ -60,36 +61,88 @@ pub fn stats_line(role: &str, conn: &Connection, started: Instant) -> String {
     .to_string()
 }
 
-/// Prints a stats line for `conn` every `interval` until the returned guard is dropped.
+/// Logs `conn`'s events (path changes, failover, skipped messages, clock
+/// steps) and, with an `interval`, prints a stats line that often, until the
+/// returned guard is dropped.
 pub fn spawn_reporter(
     interval: Option<Duration>,
     role: &'static str,
     conn: &Connection,
-) -> Option<Reporter> {
-    let interval = interval?;
-    let conn = conn.clone();
-    let task = tokio::spawn(async move {
-        let started = Instant::now();
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
+) -> Reporter {
+    let mut tasks = vec![tokio::spawn(log_events(conn.clone()))];
+    if let Some(interval) = interval {
+        let conn = conn.clone();
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
-            eprintln!("{}", stats_line(role, &conn, started));
-        }
-    });
-    Some(Reporter { task })
+            loop {
+                tick.tick().await;
+                eprintln!("{}", stats_line(role, &conn, started));
+            }
+        }));
+    }
+    Reporter { tasks }
 }
 
-/// Stops the periodic report when dropped.
+/// Logs each event of `conn` until it ends: path failures and recoveries at
+/// `warn` (visible by default, so a recovery is seen wherever the failure
+/// was), new paths at `info`, skipped messages at `debug` (they are counted
+/// in the stats).
+async fn log_events(conn: Connection) {
+    let remote_of = |id: PathId| {
+        conn.path_stats()
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.addr.remote.to_string())
+            .unwrap_or_default()
+    };
+    while let Some(event) = conn.next_event().await {
+        match event {
+            ConnectionEvent::PathUp(id) => {
+                tracing::info!(path = id.0, remote = remote_of(id), "path up")
+            }
+            ConnectionEvent::PathSuspect(id) => {
+                tracing::warn!(path = id.0, remote = remote_of(id), "path suspect")
+            }
+            ConnectionEvent::PathDown(id) => {
+                tracing::warn!(path = id.0, remote = remote_of(id), "path down")
+            }
+            ConnectionEvent::PathRecovered(id) => {
+                tracing::warn!(path = id.0, remote = remote_of(id), "path recovered")
+            }
+            ConnectionEvent::FailedOver { from, to } => tracing::warn!(
+                from = from.0,
+                to = to.0,
+                remote = remote_of(to),
+                "data moved to another path"
+            ),
+            ConnectionEvent::ConnectionLost => {
+                tracing::warn!("every path is down; probing until the idle timeout")
+            }
+            ConnectionEvent::ClockStep => {
+                tracing::warn!("the peer's clock stepped; clock estimate restarted")
+            }
+            ConnectionEvent::Skipped { channel, from, to } => {
+                tracing::debug!(channel, from, to, "messages skipped past their deadline")
+            }
+            other => tracing::trace!(?other, "connection event"),
+        }
+    }
+}
+
+/// Stops the event log and the periodic report when dropped.
 #[derive(Debug)]
 pub struct Reporter {
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Reporter {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 

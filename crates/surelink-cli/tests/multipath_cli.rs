@@ -1,6 +1,7 @@
 //! The CLI over two paths: `send --to A --to B` through two `surelink impair`
 //! links to `recv --listen A --listen B`; the primary link is cut for 1.5 s in
-//! the middle of the transfer and restored. The output must be byte-identical.
+//! the middle of the transfer and restored. The output must be byte-identical,
+//! and the sender's log reports the failover.
 
 mod support;
 
@@ -89,4 +90,12 @@ fn a_file_crosses_a_primary_link_cut_byte_identical() {
     let got = std::fs::read(&output).unwrap();
     assert_eq!(got.len(), data.len());
     assert!(got == data, "output differs from input");
+    // The sender's log tells what happened to the primary.
+    let log = send.stderr();
+    for line in ["path suspect", "data moved to another path", "path down"] {
+        assert!(
+            log.contains(line),
+            "no {line:?} in the sender's log:\n{log}"
+        );
+    }
 }

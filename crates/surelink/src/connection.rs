@@ -19,7 +19,9 @@ use tokio::sync::Notify;
 
 use crate::error::{CloseError, ConnectError, RecvError, SendError};
 use crate::state::{ConnState, Shared};
-use crate::{ClockEstimate, ConnectionError, ConnectionStats, Delivery, Message, PublicKey};
+use crate::{
+    ClockEstimate, ConnectionError, ConnectionEvent, ConnectionStats, Delivery, Message, PublicKey,
+};
 
 /// A reliable, ordered, message-oriented connection to a peer.
 ///
@@ -249,6 +251,33 @@ impl Connection {
     pub fn set_channel_delivery(&self, channel: u64, delivery: Delivery) {
         self.inner
             .with(|cs| cs.conn.set_channel_delivery(channel, delivery));
+    }
+
+    /// Waits for the connection's next event: the handshake completed
+    /// (`Connected`), a path validated, suspected, failed or recovered
+    /// (`PathUp`, `PathSuspect`, `PathDown`, `PathRecovered`), data moved to
+    /// another path (`FailedOver`), every path down (`ConnectionLost`),
+    /// messages skipped past their deadline (`Skipped`), a step of the peer's
+    /// clock (`ClockStep`), and finally `Closed`. Returns `None` once the
+    /// connection has ended and every event was taken.
+    ///
+    /// Events wait in a queue of [`EVENT_CAPACITY`](crate::EVENT_CAPACITY);
+    /// if nobody takes them, the oldest are dropped and counted
+    /// ([`events_dropped`](Connection::events_dropped)). One task should take
+    /// them: each event goes to one caller.
+    pub async fn next_event(&self) -> Option<ConnectionEvent> {
+        self.inner
+            .wait_for(None, |cs| match cs.events.pop_front() {
+                Some(e) => Some(Some(e)),
+                None => cs.closed.is_some().then_some(None),
+            })
+            .await
+    }
+
+    /// Events dropped because the queue behind
+    /// [`next_event`](Connection::next_event) was full.
+    pub fn events_dropped(&self) -> u64 {
+        self.inner.with(|cs| cs.events_dropped).unwrap_or(0)
     }
 
     /// Payload bytes queued and not yet acknowledged by the peer.

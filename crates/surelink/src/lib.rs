@@ -49,8 +49,9 @@ mod util;
 pub use bytes::Bytes;
 pub use surelink_proto as proto;
 pub use surelink_proto::clock::ClockEstimate;
-pub use surelink_proto::conn::{PathMode, PathStats};
+pub use surelink_proto::conn::{PathId, PathMode, PathState, PathStats};
 pub use surelink_proto::wire::Delivery;
+pub use surelink_proto::Event as ConnectionEvent;
 pub use surelink_proto::{
     Config as ProtocolConfig, ConfigError, ConnectionError, ConnectionStats, CryptoConfig,
     Identity, Message, PublicKey, Security,
@@ -61,3 +62,4 @@ pub use connection::Connection;
 pub use endpoint::{Endpoint, EndpointStats};
 pub use error::{BindError, CloseError, ConnectError, RecvError, SendError};
 pub use handshake_event::{HandshakeEvent, HANDSHAKE_EVENT_CAPACITY};
+pub use state::EVENT_CAPACITY;

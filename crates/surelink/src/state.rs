@@ -26,6 +26,10 @@ use tokio::sync::Notify;
 use crate::handshake_event::HandshakeLog;
 use crate::EndpointConfig;
 
+/// Most events a connection keeps for [`crate::Connection::next_event`]; when
+/// nobody takes them, the oldest are dropped beyond this (and counted).
+pub const EVENT_CAPACITY: usize = 1024;
+
 /// State shared by an endpoint's driver and its handles.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -129,6 +133,7 @@ impl State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Snapshot {
     has_message: bool,
+    events_total: u64,
     send_capacity: usize,
     connected: bool,
     closed: bool,
@@ -148,6 +153,12 @@ pub(crate) struct ConnState {
     pub(crate) queued: bool,
     /// The handshake completed (`Event::Connected` was seen).
     pub(crate) connected: bool,
+    /// The core's events, oldest first, for [`crate::Connection::next_event`].
+    pub(crate) events: VecDeque<Event>,
+    /// Events dropped (the oldest first) because nobody took them.
+    pub(crate) events_dropped: u64,
+    /// Events queued since the connection began.
+    events_total: u64,
     /// `Some` once `Event::Closed` was seen: `Some(None)` means gracefully.
     pub(crate) closed: Option<Option<ConnectionError>>,
     /// The core endpoint has forgotten it (it was drained).
@@ -165,6 +176,9 @@ impl ConnState {
             has_handle,
             queued: false,
             connected: false,
+            events: VecDeque::new(),
+            events_dropped: 0,
+            events_total: 0,
             closed: None,
             forgotten: false,
             outcome_recorded: false,
@@ -178,28 +192,36 @@ impl ConnState {
     pub(crate) fn sync(&mut self) -> bool {
         let mut connected_now = false;
         while let Some(event) = self.conn.poll_event() {
-            match event {
+            match &event {
                 Event::Connected => {
                     connected_now = !self.connected;
                     self.connected = true;
                 }
                 Event::Closed { error } => {
                     // The first Closed event is the one that counts.
-                    if self.closed.is_none() {
-                        tracing::debug!(
-                            cid = self.conn.local_cid(),
-                            remote = %self.conn.remote(),
-                            error = ?error,
-                            "connection closed"
-                        );
-                        self.closed = Some(error);
+                    if self.closed.is_some() {
+                        continue;
                     }
+                    tracing::debug!(
+                        cid = self.conn.local_cid(),
+                        remote = %self.conn.remote(),
+                        error = ?error,
+                        "connection closed"
+                    );
+                    self.closed = Some(error.clone());
                 }
                 other => tracing::trace!(?other, "connection event"),
             }
+            if self.events.len() == EVENT_CAPACITY {
+                self.events.pop_front();
+                self.events_dropped += 1;
+            }
+            self.events.push_back(event);
+            self.events_total += 1;
         }
         let snapshot = Snapshot {
             has_message: self.conn.has_message(),
+            events_total: self.events_total,
             send_capacity: self.conn.send_capacity(),
             connected: self.connected,
             closed: self.closed.is_some(),

@@ -1,12 +1,13 @@
 //! Real sockets, two paths: a transfer across two `surelink impair` links, the
-//! primary cut mid-transfer and later restored; the output is byte-identical.
+//! primary cut mid-transfer and later restored; the output is byte-identical
+//! and the connection's event stream tells the story.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use surelink::impair::{ImpairConfig, Impairer, LinkConfig};
-use surelink::{Endpoint, EndpointConfig, PathMode};
+use surelink::{ConnectionEvent, Endpoint, EndpointConfig, PathId, PathMode};
 
 fn any() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -42,6 +43,16 @@ async fn transfer_with_cut(mode: PathMode) {
     let client = Endpoint::client_with_config(any(), config).unwrap();
     let conn = client.connect(primary.local_addr()).await.unwrap();
     conn.add_path(backup.local_addr()).expect("path added");
+    let events = tokio::spawn({
+        let conn = conn.clone();
+        async move {
+            let mut events = Vec::new();
+            while let Some(e) = conn.next_event().await {
+                events.push(e);
+            }
+            events
+        }
+    });
     // 256 chunks over about 1.3 s; the primary is cut for about 0.6 s of it.
     for (i, chunk) in payload.chunks(16 << 10).enumerate() {
         if i == 64 {
@@ -67,6 +78,26 @@ async fn transfer_with_cut(mode: PathMode) {
     assert!(got == expected, "output differs");
     // The backup carried data.
     assert!(stats[1].bytes_sent > 100_000, "{stats:?}");
+    // The events: the backup validated, the primary suspected, the data moved
+    // over, and a graceful end that closes the stream.
+    let events = tokio::time::timeout(Duration::from_secs(10), events)
+        .await
+        .expect("the event stream ends with the connection")
+        .unwrap();
+    let position = |wanted: &ConnectionEvent| events.iter().position(|e| e == wanted);
+    let up = position(&ConnectionEvent::PathUp(PathId(1))).expect("PathUp(1)");
+    let suspect = position(&ConnectionEvent::PathSuspect(PathId(0))).expect("PathSuspect(0)");
+    let moved = position(&ConnectionEvent::FailedOver {
+        from: PathId(0),
+        to: PathId(1),
+    })
+    .expect("FailedOver 0 -> 1");
+    assert!(up < suspect && suspect <= moved, "{events:?}");
+    assert_eq!(
+        events.last(),
+        Some(&ConnectionEvent::Closed { error: None }),
+        "{events:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
