@@ -10,11 +10,9 @@
 //! the same kind of impairer with the same cut, and the figures show what a
 //! cut does to them. TCP cannot cross the impairer.
 //!
-//! Detection is read from the sender's `Connection::path_stats`, polled every
-//! millisecond from the cut on (the runtime does not hand the core's path
-//! events to the application): the first snapshot in which the primary path
-//! is suspect (the core's `PathSuspect` event), down (`PathDown`), and in
-//! which another path carries the data (`FailedOver`).
+//! Detection is read from the sender's events (`Connection::next_event`):
+//! the arrival, after the cut, of the primary path's `PathSuspect`,
+//! `PathDown`, and `FailedOver` away from it.
 
 use std::any::Any;
 use std::fmt::Write as _;
@@ -24,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use surelink::impair::ImpairHandle;
-use surelink::proto::conn::PathState;
-use surelink::{Connection, Endpoint, EndpointConfig, PathMode, ProtocolConfig};
+use surelink::{
+    Connection, ConnectionEvent, Endpoint, EndpointConfig, PathId, PathMode, ProtocolConfig,
+};
 
 use crate::report::{med, why, Median, Row, Settings};
 use crate::run::isolated;
@@ -332,29 +331,33 @@ struct Detection {
     failed_over: Option<Instant>,
 }
 
-/// Polls `conn`'s paths every millisecond from `from` until `until` or until
-/// every transition was seen.
+/// Takes `conn`'s events until `until` (or until the primary was seen down
+/// and the data moved off it), noting when each transition of the primary
+/// path arrived after `from` (the cut).
 async fn watch_paths(conn: Connection, from: Instant, until: Instant) -> Detection {
-    tokio::time::sleep_until(from.into()).await;
+    let primary = PathId(0);
     let mut seen = Detection::default();
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    while Instant::now() < until && seen.failed_over.is_none() | seen.down.is_none() {
-        tick.tick().await;
-        let now = Instant::now();
-        let paths = conn.path_stats();
-        let Some(primary) = paths.first() else {
+    while seen.failed_over.is_none() || seen.down.is_none() {
+        let Ok(Some(event)) = tokio::time::timeout_at(until.into(), conn.next_event()).await
+        else {
             break;
         };
-        if matches!(primary.state, PathState::Suspect | PathState::Down) {
-            seen.suspect.get_or_insert(now);
+        let now = Instant::now();
+        if now < from {
+            continue;
         }
-        if primary.state == PathState::Down {
-            seen.down.get_or_insert(now);
-        }
-        if paths[1..].iter().any(|p| p.state == PathState::Active)
-            && primary.state != PathState::Active
-        {
-            seen.failed_over.get_or_insert(now);
+        match event {
+            ConnectionEvent::PathSuspect(p) if p == primary => {
+                seen.suspect.get_or_insert(now);
+            }
+            ConnectionEvent::PathDown(p) if p == primary => {
+                seen.suspect.get_or_insert(now);
+                seen.down.get_or_insert(now);
+            }
+            ConnectionEvent::FailedOver { from: p, .. } if p == primary => {
+                seen.failed_over.get_or_insert(now);
+            }
+            _ => {}
         }
     }
     seen
