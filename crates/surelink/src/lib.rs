@@ -42,6 +42,7 @@ mod error;
 mod handshake_event;
 pub mod impair;
 pub mod session;
+pub mod sim;
 mod socket;
 mod state;
 mod util;
