@@ -644,4 +644,48 @@ mod tests {
         assert_eq!(stats.sent_after_crash, 1);
         assert_eq!(stats.links.delivered, 1);
     }
+
+    /// Found by the crash simulation: an aborted connection's CLOSE waited
+    /// for room in the congestion window, so with the window full it left
+    /// only after an ACK came back (never, if the peer had vanished).
+    #[tokio::test(start_paused = true)]
+    async fn an_abort_leaves_at_once_even_with_a_full_congestion_window() {
+        use crate::{Endpoint, EndpointConfig};
+        let network = SimNetwork::new(1);
+        network.set_default_link("delay=20ms".parse().unwrap());
+        let (s, c): (SocketAddr, SocketAddr) =
+            ("10.0.0.1:1".parse().unwrap(), "10.0.0.2:1".parse().unwrap());
+        let server = Endpoint::simulated(&network, s, EndpointConfig::default(), true, 1).unwrap();
+        let client = Endpoint::simulated(&network, c, EndpointConfig::default(), false, 2).unwrap();
+        let conn = client.connect(s).await.unwrap();
+        let accepted = server.accept().await.unwrap();
+        conn.send(Bytes::from(vec![0u8; 4 << 20])).await.unwrap();
+        let mut full = false;
+        for _ in 0..10_000 {
+            let stats = conn.stats();
+            if stats.bytes_in_flight + 1500 > stats.cwnd {
+                full = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        }
+        assert!(full, "the congestion window fills");
+        let sent = network.link_stats(c, s).unwrap().sent;
+        let at = tokio::time::Instant::now();
+        conn.abort("bye");
+        // Let the driver run, without letting time pass.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(at, tokio::time::Instant::now());
+        assert!(
+            network.link_stats(c, s).unwrap().sent > sent,
+            "the CLOSE left"
+        );
+        let closed = accepted.closed().await;
+        assert!(
+            matches!(closed, Some(crate::ConnectionError::PeerClosed { .. })),
+            "{closed:?}"
+        );
+    }
 }
