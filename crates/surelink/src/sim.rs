@@ -489,16 +489,16 @@ impl DatagramIo for SimSocket {
     fn try_recv_from(&self, _local: usize, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         let now = crate::util::now();
         let mut net = self.lock();
-        if net.host(self.addr, self.id).is_none() {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
         if net
             .host(self.addr, self.id)
             .is_some_and(|h| h.inbox.is_empty())
         {
             net.deliver(self.addr, now);
         }
-        let host = net.host(self.addr, self.id).expect("checked above");
+        // Crashed, or nothing due: would block.
+        let Some(host) = net.host(self.addr, self.id) else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
         let Some((from, data)) = host.inbox.pop_front() else {
             return Err(io::ErrorKind::WouldBlock.into());
         };

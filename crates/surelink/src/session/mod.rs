@@ -108,6 +108,11 @@ pub struct SessionOptions {
     /// to come back when the session is complete but the sender may not
     /// know it yet (the connection was lost after the final CHECKPOINT, or
     /// the receiver restarted after completing). Default 10 s.
+    ///
+    /// Keep it well above the sender's [`peer_timeout`](Self::peer_timeout)
+    /// plus a connection handshake: a sender still attached to a receiver
+    /// that crashed needs that long to notice and reach the restarted one,
+    /// and a receiver that gives up first leaves it retrying for ever.
     pub linger: Duration,
     /// Journal settings other than the durability (segment size, compaction
     /// threshold); `durability` above overrides the one in here.

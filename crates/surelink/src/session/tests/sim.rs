@@ -70,6 +70,7 @@ async fn run(seed: u64, durability: Durability, power_loss: bool, victims: Victi
             durability,
             power_loss,
             victims,
+            early_crashes: true,
         },
     )
     .await;
@@ -171,6 +172,7 @@ async fn a_seed_replays_identically() {
                 durability: Durability::Interval(Duration::from_millis(10)),
                 power_loss: false,
                 victims: Victims::Any,
+                early_crashes: true,
             },
         )
         .await;
@@ -178,4 +180,132 @@ async fn a_seed_replays_identically() {
         runs.push(digest(&outcome, &network));
     }
     assert_eq!(runs[0], runs[1], "the same seed gave different runs");
+}
+
+/// Found by seed 20803 (of an earlier crash schedule): the sender restarted
+/// after the receiver completed the session but before it heard so; the
+/// receiver accepted its HELLO and crashed before its WATERMARK left. The
+/// sender, attached to a dead peer, needs its peer timeout plus a
+/// reconnection to reach the restarted receiver, which, having nothing
+/// left to receive, only lingers for `linger`: with a linger no longer than
+/// the peer timeout (the tests had 500 ms for both), it gave up first and
+/// the sender never completed. Steps forced by hooks, not by chance.
+#[tokio::test(start_paused = true)]
+async fn a_sender_cut_off_from_a_completed_receiver_comes_back_in_time() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use super::{
+        expected, options, receiver, sender, sim_client_addr, DurableSender, MemFile, MemStorage,
+        ReceiverEvent,
+    };
+
+    const COUNT: u64 = 100;
+    let seed = 20_803;
+    let network = SimNetwork::new(seed);
+    network.set_default_link("delay=5ms".parse().unwrap());
+    let net = Net::Sim(network.clone());
+    let server = net.server_addr();
+    let options = options(Durability::Always).with_seed(seed);
+    let (tx_storage, rx_storage, file) = (MemStorage::new(), MemStorage::new(), MemFile::default());
+
+    // The first sender sends everything; it is killed once the receiver has
+    // written it all (the session is complete there), before the final
+    // CHECKPOINT, one link delay away, reaches it.
+    let rx0 = tokio::spawn(receiver(
+        net.server(seed, 0),
+        rx_storage.clone(),
+        file.clone(),
+        options.clone(),
+        |_| {},
+    ));
+    let tx0 = tokio::spawn(sender(
+        tx_storage.clone(),
+        net.client(seed, 0),
+        server,
+        COUNT,
+        options.clone(),
+    ));
+    let total = expected(COUNT).len();
+    for _ in 0..60_000 {
+        if file.len() == total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(file.len(), total, "the receiver wrote everything");
+    net.crash(sim_client_addr(0));
+    tx0.abort();
+    let _ = tx0.await;
+    let reopened = DurableSender::open(tx_storage.clone(), "test input", options.clone()).unwrap();
+    assert!(
+        !reopened.is_complete(),
+        "the sender did not hear of the end"
+    );
+    drop(reopened);
+
+    // The restarted sender's HELLO is accepted, and the receiver dies at
+    // that very moment: its WATERMARK never leaves.
+    let accepted = Arc::new(AtomicU64::new(0));
+    let hook = {
+        let (network, accepted) = (network.clone(), accepted.clone());
+        move |event: ReceiverEvent| {
+            if matches!(event, ReceiverEvent::Accepted { .. })
+                && accepted.fetch_add(1, Ordering::SeqCst) == 0
+            {
+                network.crash(server);
+            }
+        }
+    };
+    // The first receiver is replaced by one that crashes on its first
+    // HELLO (same storage: the session is complete in it).
+    rx0.abort();
+    let _ = rx0.await;
+    network.crash(server);
+    let rx1 = tokio::spawn(receiver(
+        net.server(seed, 1),
+        rx_storage.clone(),
+        file.clone(),
+        options.clone(),
+        hook,
+    ));
+    let tx1 = tokio::spawn(sender(
+        tx_storage.clone(),
+        net.client(seed, 1),
+        server,
+        COUNT,
+        options.clone(),
+    ));
+    for _ in 0..60_000 {
+        if accepted.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "the HELLO was accepted");
+    rx1.abort();
+    let _ = rx1.await;
+
+    // The receiver restarts at once; the sender must still reach it.
+    let rx2 = tokio::spawn(receiver(
+        net.server(seed, 2),
+        rx_storage.clone(),
+        file.clone(),
+        options.clone(),
+        |_| {},
+    ));
+    tokio::time::timeout(Duration::from_secs(60), tx1)
+        .await
+        .expect("the sender finishes in time")
+        .expect("sender task")
+        .expect("the sender completes the session");
+    tokio::time::timeout(Duration::from_secs(60), rx2)
+        .await
+        .expect("the receiver finishes in time")
+        .expect("receiver task")
+        .expect("the receiver settles the session");
+    assert!(
+        file.contents() == expected(COUNT),
+        "output differs from input"
+    );
 }
