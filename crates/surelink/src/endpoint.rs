@@ -1,7 +1,8 @@
 //! [`Endpoint`]: a UDP socket with its driver task, making and accepting connections.
 //!
 //! An endpoint is created inside a tokio runtime; it spawns one driver task
-//! (see the `driver` module) that owns the socket. Handles are cheap clones.
+//! (see the `driver` module) that owns the socket (a UDP socket, or a host
+//! on a [`SimNetwork`](crate::sim::SimNetwork) for [`Endpoint::simulated`]). Handles are cheap clones.
 //! When the last handle is dropped the endpoint stops accepting (connections
 //! waiting in the accept queue are aborted), while connections already handed
 //! out keep working; the driver ends when they have all drained.

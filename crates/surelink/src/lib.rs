@@ -29,6 +29,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! To test an application over surelink deterministically, on virtual time and
+//! without sockets, run its endpoints on a simulated network: see [`sim`].
+//!
 //! See `docs/RUNTIME.md` in the repository for how the driver works and why.
 
 #![forbid(unsafe_code)]

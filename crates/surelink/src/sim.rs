@@ -7,9 +7,9 @@
 //! — created on first use with the network's link configuration
 //! ([`SimNetwork::set_default_link`], or per direction
 //! [`SimNetwork::set_link`]) and a seed derived from the network's seed and
-//! the two addresses. [`Endpoint::simulated`] creates an endpoint on the
-//! network: the same endpoint, connections and durable sessions as over UDP,
-//! only the datagrams go through the links.
+//! the two addresses. [`Endpoint::simulated`](crate::Endpoint::simulated)
+//! creates an endpoint on the network: the same endpoint, connections and
+//! durable sessions as over UDP, only the datagrams go through the links.
 //!
 //! Time is tokio's clock. Under `#[tokio::test(start_paused = true)]` (a
 //! current-thread runtime with a paused clock, tokio's `test-util` feature)
