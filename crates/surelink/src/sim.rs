@@ -645,6 +645,52 @@ mod tests {
         assert_eq!(stats.links.delivered, 1);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn links_are_configured_per_direction_and_can_be_cut() {
+        let network = SimNetwork::new(5);
+        let a = network.bind("10.0.0.1:1".parse().unwrap(), 0).unwrap();
+        let b = network.bind("10.0.0.2:1".parse().unwrap(), 0).unwrap();
+        let (a_addr, b_addr) = (a.local_addr(), b.local_addr());
+        let invalid = LinkConfig::clean().with_loss(2.0);
+        assert!(network.try_set_default_link(invalid.clone()).is_err());
+        assert!(network.set_link(a_addr, b_addr, invalid).is_err());
+        // a → b loses everything; b → a is clean.
+        network
+            .set_link(a_addr, b_addr, LinkConfig::clean().with_loss(1.0))
+            .unwrap();
+        let mut buf = [0u8; 8];
+        for _ in 0..10 {
+            a.try_send_to(0, b"x", b_addr).unwrap();
+            b.try_send_to(0, b"y", a_addr).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(b.try_recv_from(0, &mut buf).is_err());
+        let mut got = 0;
+        while a.try_recv_from(0, &mut buf).is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, 10);
+        assert_eq!(network.link_stats(a_addr, b_addr).unwrap().dropped_loss, 10);
+        // A cut drops both ways, and applies to links made later too.
+        network.set_cut(true);
+        b.try_send_to(0, b"y", a_addr).unwrap();
+        let c: SocketAddr = "10.0.0.3:1".parse().unwrap();
+        b.try_send_to(0, b"z", c).unwrap();
+        assert_eq!(network.link_stats(b_addr, a_addr).unwrap().dropped_cut, 1);
+        assert_eq!(network.link_stats(b_addr, c).unwrap().dropped_cut, 1);
+        network.set_cut(false);
+        // Nobody at `c`: lost on arrival.
+        b.try_send_to(0, b"z", c).unwrap();
+        let small = network.bind(c, 4).unwrap();
+        assert_eq!(network.stats().undeliverable, 1);
+        // A full receive buffer (4 bytes here) drops what arrives.
+        b.try_send_to(0, b"abc", c).unwrap();
+        b.try_send_to(0, b"def", c).unwrap();
+        assert_eq!(small.try_recv_from(0, &mut buf).unwrap(), (3, b_addr));
+        assert!(small.try_recv_from(0, &mut buf).is_err());
+        assert_eq!(network.stats().overflowed, 1);
+    }
+
     /// Found by the crash simulation: an aborted connection's CLOSE waited
     /// for room in the congestion window, so with the window full it left
     /// only after an ACK came back (never, if the peer had vanished).
