@@ -1,10 +1,13 @@
-//! Durable sessions over real loopback connections, with the journals in
-//! [`MemStorage`] and the receiver's output in a [`MemSink`] that models
-//! what a crash keeps: the sender, the receiver or both are "killed" (their
-//! tasks aborted, buffered journal records and unflushed output dropped; for
-//! a power loss, everything unsynced dropped too) at seeded random moments,
-//! and restarted from their storage. The output must end up exactly the
-//! input. Bounded: a few hundred KiB per run, every wait has a deadline.
+//! Durable sessions across crashes, with the journals in [`MemStorage`] and
+//! the receiver's output in a [`MemSink`] that models what a crash keeps:
+//! the sender, the receiver or both are "killed" (their tasks aborted,
+//! buffered journal records and unflushed output dropped; for a power loss,
+//! everything unsynced dropped too) at seeded random moments, and restarted
+//! from their storage. The output must end up exactly the input. The
+//! scenario ([`scenario`]) runs over real loopback connections here (a few
+//! seeds, in real time) and on the simulated network in [`mod@sim`]
+//! (hundreds of seeds, on virtual time). Bounded: a few hundred KiB per
+//! run, every wait has a deadline.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
