@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use surelink_netem::LinkConfig;
+use surelink_netem::{GilbertElliott, LinkConfig};
 
 use super::{scenario, Durability, Net, Outcome, Scenario, SimNetwork, Victim, Victims};
 
@@ -33,8 +33,9 @@ fn sim_seeds() -> u64 {
 }
 
 /// The network of seed `seed`: 0–5 % loss, 1–30 ms one-way delay with up
-/// to a third of it as jitter, sometimes reordering and duplication; the
-/// same in both directions.
+/// to a third of it as jitter, sometimes reordering, duplication, burst
+/// loss (Gilbert: bursts of 2–5 datagrams on average) and a flapping link
+/// (down 20–200 ms every 1–3 s); the same in both directions.
 fn network(seed: u64) -> SimNetwork {
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x5151_5151);
     let delay = Duration::from_micros(rng.gen_range(1_000..30_000));
@@ -50,6 +51,14 @@ fn network(seed: u64) -> SimNetwork {
     }
     if rng.gen_bool(0.3) {
         link = link.with_duplicate(rng.gen_range(0.0..0.01));
+    }
+    if rng.gen_bool(0.2) {
+        let burst = GilbertElliott::gilbert(rng.gen_range(0.001..0.01), rng.gen_range(0.2..0.5));
+        link = link.with_burst(burst);
+    }
+    if rng.gen_bool(0.2) {
+        let period = Duration::from_millis(rng.gen_range(1_000..3_000));
+        link = link.with_flap(period, Duration::from_millis(rng.gen_range(20..200)));
     }
     let network = SimNetwork::new(seed);
     network
