@@ -10,7 +10,6 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use surelink_proto::conn::{PathAddr, PathStats};
@@ -93,7 +92,7 @@ impl Connection {
     pub async fn send_on(&self, channel: u64, data: Bytes) -> Result<u64, SendError> {
         // The message's source time is when the application handed it over, even
         // if it then waits for buffer space: latency and deadlines count from here.
-        let source_time = Instant::now();
+        let source_time = crate::util::now();
         self.inner
             .wait_for(Err(SendError::EndpointClosed), |cs| {
                 match cs.conn.send(source_time, channel, data.clone()) {
@@ -152,7 +151,7 @@ impl Connection {
         {
             let mut st = self.inner.shared.lock();
             if let Some(cs) = st.conns.get_mut(&self.inner.handle) {
-                cs.conn.close(Instant::now());
+                cs.conn.close(crate::util::now());
                 cs.sync();
             }
         }
@@ -184,7 +183,7 @@ impl Connection {
         {
             let mut st = self.inner.shared.lock();
             if let Some(cs) = st.conns.get_mut(&self.inner.handle) {
-                cs.conn.abort(Instant::now(), reason);
+                cs.conn.abort(crate::util::now(), reason);
                 cs.sync();
             }
         }
@@ -218,7 +217,7 @@ impl Connection {
     /// first samples. Both clocks are wall clocks (µs since the Unix epoch).
     pub fn clock_estimate(&self) -> Option<ClockEstimate> {
         self.inner
-            .with(|cs| cs.conn.clock_estimate(Instant::now()))
+            .with(|cs| cs.conn.clock_estimate(crate::util::now()))
             .flatten()
     }
 
@@ -231,7 +230,7 @@ impl Connection {
     pub fn add_path(&self, remote: SocketAddr) -> Option<usize> {
         let id = self.inner.with(|cs| {
             cs.conn
-                .add_path(Instant::now(), PathAddr { local: 0, remote })
+                .add_path(crate::util::now(), PathAddr { local: 0, remote })
                 .0
         });
         self.inner.shared.wake_driver.notify_one();
@@ -241,7 +240,7 @@ impl Connection {
     /// Per-path figures: state, RTT, phi, bytes, losses.
     pub fn path_stats(&self) -> Vec<PathStats> {
         self.inner
-            .with(|cs| cs.conn.path_stats(Instant::now()))
+            .with(|cs| cs.conn.path_stats(crate::util::now()))
             .unwrap_or_default()
     }
 
@@ -372,7 +371,7 @@ impl Drop for ConnectionInner {
                 if !cs.conn.is_closed() {
                     tracing::debug!(remote = %self.remote, "last connection handle dropped: aborting");
                     cs.conn
-                        .abort(Instant::now(), "the connection handle was dropped");
+                        .abort(crate::util::now(), "the connection handle was dropped");
                 }
                 cs.sync();
             }

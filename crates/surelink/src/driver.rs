@@ -1,8 +1,11 @@
 //! The driver task: the one place where an endpoint's socket, clock and timers
 //! meet the protocol core.
 //!
-//! One task per endpoint owns the endpoint's UDP sockets (one, or one per
-//! listening address for several paths) and runs rounds:
+//! One task per endpoint owns the endpoint's sockets (one, or one per
+//! listening address for several paths) and runs rounds. The sockets are a
+//! [`DatagramIo`]: real UDP sockets, or a simulated network's (`crate::sim`);
+//! the driver is generic over it, so the UDP path pays nothing for the
+//! abstraction.
 //!
 //! 1. receive: drain the socket with `try_recv_from` until it would block (at
 //!    most [`RECV_BATCH`] datagrams per round, so sending is not starved);
@@ -29,14 +32,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use surelink_proto::conn::PathAddr;
 use surelink_proto::{ConnectionHandle, DatagramEvent, Side};
-use tokio::net::UdpSocket;
 
 use crate::handshake_event::HandshakeEvent;
+use crate::socket::DatagramIo;
 use crate::state::{ConnState, IoCounters, Shared, State};
 
 /// Most datagrams read from the socket in one round.
@@ -127,26 +129,20 @@ impl Drop for StopGuard {
     }
 }
 
-/// Runs an endpoint until nothing is left to drive.
-/// Waits until any of `sockets` is readable (or, with `write`, writable).
-async fn any_ready(sockets: &[UdpSocket], write: bool) -> io::Result<()> {
+/// Waits until any socket of `io` is readable (or, with `write`, writable).
+async fn any_ready<T: DatagramIo>(io: &T, write: bool) -> io::Result<()> {
     poll_fn(|cx| {
-        for s in sockets {
-            let r = if write {
-                s.poll_send_ready(cx)
-            } else {
-                s.poll_recv_ready(cx)
-            };
-            if let Poll::Ready(r) = r {
-                return Poll::Ready(r);
-            }
+        if write {
+            io.poll_send_ready(cx)
+        } else {
+            io.poll_recv_ready(cx)
         }
-        Poll::Pending
     })
     .await
 }
 
-pub(crate) async fn run(shared: Arc<Shared>, sockets: Vec<UdpSocket>) {
+/// Runs an endpoint until nothing is left to drive.
+pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, sockets: T) {
     let _stop = StopGuard(shared.clone());
     let mut recv_buf = vec![0u8; RECV_BUFFER];
     let mut received = Datagrams::default();
@@ -159,10 +155,10 @@ pub(crate) async fn run(shared: Arc<Shared>, sockets: Vec<UdpSocket>) {
         // 1. Receive a batch.
         received.clear();
         let mut reads = 0;
-        for (local, socket) in sockets.iter().enumerate() {
+        for local in 0..sockets.sockets() {
             while reads < RECV_BATCH {
                 reads += 1;
-                match socket.try_recv_from(&mut recv_buf) {
+                match sockets.try_recv_from(local, &mut recv_buf) {
                     Ok((n, from)) => received.push(local as u16, from, &recv_buf[..n]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => {
@@ -179,7 +175,7 @@ pub(crate) async fn run(shared: Arc<Shared>, sockets: Vec<UdpSocket>) {
         }
 
         // 2. Drive the core.
-        let now = Instant::now();
+        let now = crate::util::now();
         let before = outgoing.len();
         let round = {
             let mut st = shared.lock();
@@ -221,7 +217,9 @@ pub(crate) async fn run(shared: Arc<Shared>, sockets: Vec<UdpSocket>) {
         } else {
             stalled = 0;
         }
+        // Biased: a fixed polling order keeps simulated runs deterministic.
         tokio::select! {
+            biased;
             r = any_ready(&sockets, false) => {
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "socket readiness error");
@@ -395,14 +393,13 @@ fn drive(
 }
 
 /// Sends the outgoing queue; returns true if the socket would block.
-fn flush(sockets: &[UdpSocket], outgoing: &mut Datagrams, shared: &Shared) -> bool {
+fn flush<T: DatagramIo>(sockets: &T, outgoing: &mut Datagrams, shared: &Shared) -> bool {
     let mut sent = 0u64;
     let mut bytes = 0u64;
     let mut blocked = false;
     while outgoing.head < outgoing.items.len() {
         let (local, dest, range) = outgoing.items[outgoing.head].clone();
-        let socket = &sockets[usize::from(local).min(sockets.len() - 1)];
-        match socket.try_send_to(&outgoing.bytes[range.clone()], dest) {
+        match sockets.try_send_to(usize::from(local), &outgoing.bytes[range.clone()], dest) {
             Ok(_) => {
                 sent += 1;
                 bytes += range.len() as u64;

@@ -1,7 +1,8 @@
 //! [`Endpoint`]: a UDP socket with its driver task, making and accepting connections.
 //!
 //! An endpoint is created inside a tokio runtime; it spawns one driver task
-//! (see the `driver` module) that owns the socket. Handles are cheap clones.
+//! (see the `driver` module) that owns the socket (a UDP socket, or a host
+//! on a [`SimNetwork`](crate::sim::SimNetwork) for [`Endpoint::simulated`]). Handles are cheap clones.
 //! When the last handle is dropped the endpoint stops accepting (connections
 //! waiting in the accept queue are aborted), while connections already handed
 //! out keep working; the driver ends when they have all drained.
@@ -9,7 +10,6 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use rand::RngCore;
 use tokio::net::UdpSocket;
@@ -17,6 +17,7 @@ use tokio::net::UdpSocket;
 use crate::connection::Connection;
 use crate::error::{BindError, ConnectError};
 use crate::handshake_event::HandshakeEvent;
+use crate::socket::{DatagramIo, UdpIo};
 use crate::state::{ConnState, IoCounters, Shared, State};
 use crate::{driver, socket, EndpointConfig};
 
@@ -117,7 +118,7 @@ impl Endpoint {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
-        let proto = new_core(&config, accept)?;
+        let proto = os_core(&config, accept)?;
         let socket = socket::prepare_std(socket, config.socket_buffer_size)
             .map_err(|source| BindError::Io { addr, source })?;
         Self::start(runtime, socket, proto, config, accept, addr)
@@ -129,7 +130,7 @@ impl Endpoint {
     /// endpoint's [`local_addr`](Endpoint::local_addr).
     pub fn bind_many(addrs: &[SocketAddr], config: EndpointConfig) -> Result<Self, BindError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
-        let proto = new_core(&config, true)?;
+        let proto = os_core(&config, true)?;
         let mut sockets = Vec::new();
         for &addr in addrs {
             let socket = socket::bind_udp(addr, config.socket_buffer_size)
@@ -141,7 +142,7 @@ impl Endpoint {
 
     fn create(addr: SocketAddr, config: EndpointConfig, accept: bool) -> Result<Self, BindError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
-        let proto = new_core(&config, accept)?;
+        let proto = os_core(&config, accept)?;
         let socket = socket::bind_udp(addr, config.socket_buffer_size)
             .map_err(|source| BindError::Io { addr, source })?;
         Self::start(runtime, socket, proto, config, accept, addr)
@@ -173,13 +174,71 @@ impl Endpoint {
             let _entered = runtime.enter();
             tokio_sockets.push(UdpSocket::from_std(socket).map_err(io_err)?);
         }
+        Ok(Self::launch(
+            &runtime,
+            UdpIo(tokio_sockets),
+            local_addrs,
+            proto,
+            config,
+            accept,
+        ))
+    }
+
+    /// Spawns the driver over `io`, whose sockets have `local_addrs`.
+    fn launch<T: DatagramIo>(
+        runtime: &tokio::runtime::Handle,
+        io: T,
+        local_addrs: Vec<SocketAddr>,
+        proto: surelink_proto::Endpoint,
+        config: EndpointConfig,
+        accept: bool,
+    ) -> Self {
         let local_addr = local_addrs[0];
         let shared = Arc::new(Shared::new(State::new(proto, accept), local_addrs, config));
-        runtime.spawn(driver::run(shared.clone(), tokio_sockets));
+        runtime.spawn(driver::run(shared.clone(), io));
         tracing::debug!(%local_addr, accept, "endpoint started");
-        Ok(Self {
+        Self {
             inner: Arc::new(EndpointInner { shared }),
-        })
+        }
+    }
+
+    /// An endpoint on the simulated network `network`, at `addr`: the same
+    /// endpoint as [`bind`](Endpoint::bind) (with `accept`) or
+    /// [`client_with_config`](Endpoint::client_with_config), but its
+    /// datagrams travel through `network`'s seeded links instead of UDP
+    /// sockets, on tokio's clock. `seed` replaces the operating system's
+    /// randomness (connection ids, keys): with the same seeds, the same
+    /// application code and a paused clock, a run is reproducible. See
+    /// [`sim`](crate::sim).
+    ///
+    /// `addr` needs a specific IP (it is what peers see); port 0 picks a free
+    /// port. Fails with [`BindError::Io`] if the address is taken (until the
+    /// endpoint holding it has stopped, or [`SimNetwork::crash`](crate::sim::SimNetwork::crash)
+    /// freed it) or unspecified, and [`BindError::NoRuntime`] outside a
+    /// tokio runtime.
+    pub fn simulated(
+        network: &crate::sim::SimNetwork,
+        addr: SocketAddr,
+        config: EndpointConfig,
+        accept: bool,
+        seed: u64,
+    ) -> Result<Self, BindError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
+        let _entered = runtime.enter();
+        let now = crate::util::now();
+        let proto = new_core(&config, accept, seed, now, network.wall_clock_us(now))?;
+        let socket = network
+            .bind(addr, config.socket_buffer_size)
+            .map_err(|source| BindError::Io { addr, source })?;
+        let local = socket.local_addr();
+        Ok(Self::launch(
+            &runtime,
+            socket,
+            vec![local],
+            proto,
+            config,
+            accept,
+        ))
     }
 
     /// The address the (first) socket is bound to.
@@ -227,7 +286,7 @@ impl Endpoint {
             if !st.driver_running {
                 return Err(ConnectError::EndpointClosed);
             }
-            let (handle, core) = st.endpoint.connect(Instant::now(), remote);
+            let (handle, core) = st.endpoint.connect(crate::util::now(), remote);
             let cs = ConnState::new(core, true);
             let notify = cs.notify.clone();
             st.conns.insert(handle, cs);
@@ -366,20 +425,38 @@ impl Endpoint {
     }
 }
 
-/// The core endpoint, seeded from the operating system's randomness.
-fn new_core(config: &EndpointConfig, accept: bool) -> Result<surelink_proto::Endpoint, BindError> {
+/// The core endpoint for a real socket: seeded from the operating system's
+/// randomness, on the wall clock.
+fn os_core(config: &EndpointConfig, accept: bool) -> Result<surelink_proto::Endpoint, BindError> {
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
+    new_core(
+        config,
+        accept,
+        seed,
+        crate::util::now(),
+        crate::util::wall_clock_us(),
+    )
+}
+
+/// The core endpoint, seeded with `seed`, its connections timestamping with
+/// a wall clock that reads `clock_us` at `now` (so that peers' clock
+/// estimates relate real times).
+fn new_core(
+    config: &EndpointConfig,
+    accept: bool,
+    seed: impl Into<surelink_proto::Seed>,
+    now: std::time::Instant,
+    clock_us: u64,
+) -> Result<surelink_proto::Endpoint, BindError> {
     let mut core = surelink_proto::Endpoint::new(config.protocol.clone(), seed, accept)?;
-    // Connections timestamp with the wall clock, so that peers' clock
-    // estimates relate real times.
-    core.set_clock(Instant::now(), crate::util::wall_clock_us());
+    core.set_clock(now, clock_us);
     Ok(core)
 }
 
 impl Drop for EndpointInner {
     fn drop(&mut self) {
-        let now = Instant::now();
+        let now = crate::util::now();
         let mut st = self.shared.lock();
         st.open = false;
         st.accepting = false;

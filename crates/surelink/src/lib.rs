@@ -29,6 +29,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! To test an application over surelink deterministically, on virtual time and
+//! without sockets, run its endpoints on a simulated network: see [`sim`].
+//!
 //! See `docs/RUNTIME.md` in the repository for how the driver works and why.
 
 #![forbid(unsafe_code)]
@@ -42,6 +45,7 @@ mod error;
 mod handshake_event;
 pub mod impair;
 pub mod session;
+pub mod sim;
 mod socket;
 mod state;
 mod util;

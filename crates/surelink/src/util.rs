@@ -1,6 +1,14 @@
 //! Small helpers shared by the runtime's modules.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The runtime's clock: tokio's, as a std instant. Every time the runtime
+/// and the session layer read goes through here, so that a test on a paused
+/// tokio clock (`start_paused`, and the [`sim`](crate::sim) network) runs on
+/// virtual time. Outside a runtime it is the system's monotonic clock.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
 
 /// The wall clock in µs since the Unix epoch: the clock connections timestamp
 /// with, so that peers' clock estimates relate real times.

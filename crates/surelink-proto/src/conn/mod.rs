@@ -2013,7 +2013,11 @@ impl Connection {
         let is_data = matches!(role, Role::Data);
         let p = &self.paths[path];
         let probe = p.probes > 0;
-        let congestion_ok = probe || p.sent.bytes_in_flight() + mtu as u64 <= p.cc.window();
+        // A CLOSE is one small last packet: it leaves whatever the window
+        // (else it would wait for an ACK, which a vanished peer never sends).
+        let closing = is_data && self.pending.close.is_some();
+        let congestion_ok =
+            probe || closing || p.sent.bytes_in_flight() + mtu as u64 <= p.cc.window();
         let control_pending = is_data && (self.pending.max_data || self.pending.close.is_some())
             || p.pong.is_some()
             || p.ping

@@ -45,9 +45,7 @@ pub(crate) const ERROR_BACKOFF: Duration = Duration::from_millis(10);
 
 /// The current time on tokio's clock, as a std instant (the netem links take
 /// std instants).
-pub(crate) fn clock_now() -> Instant {
-    tokio::time::Instant::now().into_std()
-}
+pub(crate) use crate::util::now as clock_now;
 
 /// Whether a read error concerns a single earlier datagram (an ICMP error
 /// reported on a later call) rather than the socket itself.

@@ -108,10 +108,21 @@ pub struct SessionOptions {
     /// to come back when the session is complete but the sender may not
     /// know it yet (the connection was lost after the final CHECKPOINT, or
     /// the receiver restarted after completing). Default 10 s.
+    ///
+    /// Keep it well above the sender's [`peer_timeout`](Self::peer_timeout)
+    /// plus a connection handshake: a sender still attached to a receiver
+    /// that crashed needs that long to notice and reach the restarted one,
+    /// and a receiver that gives up first leaves it retrying for ever.
     pub linger: Duration,
     /// Journal settings other than the durability (segment size, compaction
     /// threshold); `durability` above overrides the one in here.
     pub journal: JournalOptions,
+    /// Sender: where a new session's id and resume token come from: `None`
+    /// (the default) for the operating system's randomness, `Some(seed)` for
+    /// a seeded generator — for reproducible simulations
+    /// ([`sim`](crate::sim)) only, since the token is what keeps another
+    /// sender from taking the session over.
+    pub seed: Option<u64>,
 }
 
 impl Default for SessionOptions {
@@ -129,6 +140,7 @@ impl Default for SessionOptions {
                 max_record_len: (16 << 20) + 64,
                 ..JournalOptions::default()
             },
+            seed: None,
         }
     }
 }
@@ -161,6 +173,13 @@ impl SessionOptions {
     /// These options with another linger time.
     pub fn with_linger(mut self, linger: Duration) -> Self {
         self.linger = linger;
+        self
+    }
+
+    /// These options with a seeded session id and token (see
+    /// [`seed`](Self::seed)).
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
         self
     }
 

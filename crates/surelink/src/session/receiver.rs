@@ -346,7 +346,7 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
                 },
             });
             self.stats.sessions_started += 1;
-            self.dirty_since.get_or_insert_with(Instant::now);
+            self.dirty_since.get_or_insert_with(crate::util::now);
         } else {
             self.stats.resumes += 1;
         }
@@ -440,7 +440,7 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
                 biased;
                 m = conn.recv_message() => m,
                 () = tokio::time::sleep_until(
-                    deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)).into()
+                    deadline.unwrap_or_else(|| crate::util::now() + Duration::from_secs(3600)).into()
                 ), if deadline.is_some() => {
                     self.on_timer()?;
                     continue;
@@ -498,11 +498,15 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
         loop {
             let linger = self.options.linger;
             let step = match &current {
+                // Biased (here and below): a fixed polling order keeps
+                // simulated runs reproducible; a new HELLO goes first.
                 Some(conn) => tokio::select! {
+                    biased;
                     h = hellos.recv() => Step::Hello(h),
                     r = self.serve(conn) => Step::Served(r),
                 },
                 None if self.is_complete() => tokio::select! {
+                    biased;
                     h = hellos.recv() => Step::Hello(h),
                     () = tokio::time::sleep(linger) => Step::Lingered,
                 },
@@ -551,7 +555,7 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
         let checkpoint = self
             .dirty_since
             .map(|since| since + self.options.checkpoint_interval);
-        let sync = self.store.journal().next_sync_at(Instant::now());
+        let sync = self.store.journal().next_sync_at(crate::util::now());
         match (checkpoint, sync) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -559,7 +563,7 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
     }
 
     fn on_timer(&mut self) -> Result<(), SessionError> {
-        let now = Instant::now();
+        let now = crate::util::now();
         if self
             .dirty_since
             .is_some_and(|since| since + self.options.checkpoint_interval <= now)
@@ -607,7 +611,7 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
         *next += 1;
         self.stats.messages_delivered += 1;
         self.stats.bytes_delivered += data.len() as u64;
-        let now = Instant::now();
+        let now = crate::util::now();
         let since = *self.dirty_since.get_or_insert(now);
         if self.pending_end.is_some() {
             self.check_end()?;
@@ -688,7 +692,7 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
         self.stats.checkpoints += 1;
         self.dirty_since = None;
         self.announced = false;
-        self.interval_sync(Instant::now())
+        self.interval_sync(crate::util::now())
     }
 
     /// Under [`Durability::Interval`]: when the journal's fsync is due, sync

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use bytes::Bytes;
-use rand::RngCore as _;
+use rand::{RngCore as _, SeedableRng as _};
 use surelink_journal::{CheckpointStore, FsStorage, JournalMetrics, SessionRecord, Storage};
 
 use super::record::{Meta, SenderMeta};
@@ -149,8 +149,17 @@ impl<S: Storage + Send> DurableSender<S> {
                 }
                 let mut session_id = [0u8; 16];
                 let mut resume_token = [0u8; 32];
-                rand::rngs::OsRng.fill_bytes(&mut session_id);
-                rand::rngs::OsRng.fill_bytes(&mut resume_token);
+                match options.seed {
+                    Some(seed) => {
+                        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+                        rng.fill_bytes(&mut session_id);
+                        rng.fill_bytes(&mut resume_token);
+                    }
+                    None => {
+                        rand::rngs::OsRng.fill_bytes(&mut session_id);
+                        rand::rngs::OsRng.fill_bytes(&mut resume_token);
+                    }
+                }
                 let meta = SenderMeta {
                     complete: false,
                     confirmed_cursor: 0,
@@ -188,7 +197,7 @@ impl<S: Storage + Send> DurableSender<S> {
             conn: None,
             live: Liveness {
                 packets: 0,
-                since: Instant::now(),
+                since: crate::util::now(),
             },
             end_confirmed: false,
             stats: SenderStats::default(),
@@ -258,7 +267,7 @@ impl<S: Storage + Send> DurableSender<S> {
         self.conn = Some(conn.clone());
         self.live = Liveness {
             packets: conn.stats().packets_received,
-            since: Instant::now(),
+            since: crate::util::now(),
         };
         self.end_confirmed = false;
         self.stats.attaches += 1;
@@ -300,13 +309,14 @@ impl<S: Storage + Send> DurableSender<S> {
 
     async fn handshake(&mut self, conn: &Connection) -> Result<Resumed, SessionError> {
         send_control(conn, &Control::Hello(self.hello())).await?;
-        let deadline = Instant::now() + self.options.handshake_timeout;
+        let deadline = crate::util::now() + self.options.handshake_timeout;
         let progress = loop {
             let received = tokio::select! {
+                biased;
                 m = conn.recv_message() => m,
                 () = tokio::time::sleep(MAINTENANCE_INTERVAL) => {
                     self.maintain(conn)?;
-                    if Instant::now() >= deadline {
+                    if crate::util::now() >= deadline {
                         conn.abort("no answer to HELLO");
                         return Err(SessionError::HandshakeTimeout(self.options.handshake_timeout));
                     }
@@ -525,7 +535,7 @@ impl<S: Storage + Send> DurableSender<S> {
                 *id += 1;
             }
             store.commit()?;
-            let now = Instant::now();
+            let now = crate::util::now();
             if store.journal().next_sync_at(now).is_some_and(|t| t <= now) {
                 store.tick(now)?;
             }
@@ -590,6 +600,7 @@ impl<S: Storage + Send> DurableSender<S> {
     async fn next_control(&mut self, conn: &Connection) -> Result<(), SessionError> {
         loop {
             tokio::select! {
+                biased;
                 m = conn.recv_message() => return self.on_message(m),
                 () = tokio::time::sleep(MAINTENANCE_INTERVAL) => self.maintain(conn)?,
             }
@@ -620,7 +631,7 @@ impl<S: Storage + Send> DurableSender<S> {
 
     /// Liveness and the journal's interval fsync.
     fn maintain(&mut self, conn: &Connection) -> Result<(), SessionError> {
-        let now = Instant::now();
+        let now = crate::util::now();
         if self
             .store
             .journal()

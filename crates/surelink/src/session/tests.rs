@@ -1,11 +1,15 @@
-//! Durable sessions over real loopback connections, with the journals in
-//! [`MemStorage`] and the receiver's output in a [`MemSink`] that models
-//! what a crash keeps: the sender, the receiver or both are "killed" (their
-//! tasks aborted, buffered journal records and unflushed output dropped; for
-//! a power loss, everything unsynced dropped too) at seeded random moments,
-//! and restarted from their storage. The output must end up exactly the
-//! input. Bounded: a few hundred KiB per run, every wait has a deadline.
+//! Durable sessions across crashes, with the journals in [`MemStorage`] and
+//! the receiver's output in a [`MemSink`] that models what a crash keeps:
+//! the sender, the receiver or both are "killed" (their tasks aborted,
+//! buffered journal records and unflushed output dropped; for a power loss,
+//! everything unsynced dropped too) at seeded random moments, and restarted
+//! from their storage. The output must end up exactly the input. The
+//! scenario ([`scenario`]) runs over real loopback connections here (a few
+//! seeds, in real time) and on the simulated network in [`mod@sim`]
+//! (hundreds of seeds, on virtual time). Bounded: a few hundred KiB per
+//! run, every wait has a deadline.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +19,10 @@ use rand::{Rng, SeedableRng};
 use surelink_journal::CrashMode;
 
 use super::*;
+use crate::sim::SimNetwork;
 use crate::{Endpoint, EndpointConfig};
+
+mod sim;
 
 /// Bound on one whole scenario.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(60);
@@ -127,18 +134,97 @@ fn options(durability: Durability) -> SessionOptions {
         .with_durability(durability)
         .with_checkpoint_interval(Duration::from_millis(5))
         .with_peer_timeout(Duration::from_millis(500))
-        .with_linger(Duration::from_millis(500))
+        // Above the peer timeout plus a reconnection: a sender still attached
+        // to a receiver that crashed after completing needs that long to
+        // come back to the restarted one (simulation seed 20803 of an
+        // earlier crash schedule, with 500 ms; see
+        // `sim::a_sender_cut_off_from_a_completed_receiver_comes_back_in_time`).
+        .with_linger(Duration::from_secs(3))
 }
 
-/// Runs a receiver on `server` until its session is complete.
+/// Where a scenario runs.
+#[derive(Debug, Clone)]
+enum Net {
+    /// Real UDP over loopback, in real time: one server endpoint serves every
+    /// receiver incarnation, and a crash aborts the tasks only.
+    Loopback(Endpoint),
+    /// The simulated network, on tokio's (paused) clock: each incarnation
+    /// binds its own endpoint, and a crash takes its host down at once, so
+    /// the peer hears nothing more (no close), as after `kill -9`.
+    Sim(SimNetwork),
+}
+
+/// The receiver's address on the simulated network.
+const SIM_SERVER: &str = "10.0.0.1:7000";
+
+impl Net {
+    fn server_addr(&self) -> SocketAddr {
+        match self {
+            Net::Loopback(server) => server.local_addr(),
+            Net::Sim(_) => SIM_SERVER.parse().unwrap(),
+        }
+    }
+
+    /// The endpoint of receiver incarnation `incarnation`.
+    fn server(&self, seed: u64, incarnation: u64) -> Endpoint {
+        match self {
+            Net::Loopback(server) => server.clone(),
+            Net::Sim(network) => Endpoint::simulated(
+                network,
+                self.server_addr(),
+                EndpointConfig::default(),
+                true,
+                endpoint_seed(seed, incarnation, 0),
+            )
+            .expect("the crashed receiver's address is free"),
+        }
+    }
+
+    /// The endpoint of sender incarnation `incarnation`.
+    fn client(&self, seed: u64, incarnation: u64) -> Endpoint {
+        match self {
+            Net::Loopback(_) => Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap(),
+            Net::Sim(network) => Endpoint::simulated(
+                network,
+                sim_client_addr(incarnation),
+                EndpointConfig::default(),
+                false,
+                endpoint_seed(seed, incarnation, 1),
+            )
+            .expect("a fresh client address"),
+        }
+    }
+
+    /// Takes the host at `addr` down (simulation only; over loopback the
+    /// aborted tasks' connections end as they are dropped).
+    fn crash(&self, addr: SocketAddr) {
+        if let Net::Sim(network) = self {
+            network.crash(addr);
+        }
+    }
+}
+
+/// Each sender incarnation gets its own port, as a restarted process would.
+fn sim_client_addr(incarnation: u64) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 2], 10_000 + incarnation as u16))
+}
+
+fn endpoint_seed(seed: u64, incarnation: u64, side: u64) -> u64 {
+    seed.wrapping_mul(1_000_003)
+        .wrapping_add(incarnation * 2 + side)
+}
+
+/// Runs a receiver until its session is complete, telling `on_event` what
+/// happens.
 async fn receiver(
     server: Endpoint,
     storage: MemStorage,
     file: MemFile,
     options: SessionOptions,
+    on_event: impl FnMut(ReceiverEvent),
 ) -> Result<(), SessionError> {
     let mut rx = DurableReceiver::open(storage, MemSink::new(&file), options)?;
-    rx.run(&server, |_| {}).await
+    rx.run(&server, on_event).await
 }
 
 /// One sender incarnation: opens the journal, connects, resumes, sends from
@@ -146,7 +232,8 @@ async fn receiver(
 /// and finishes. Runs until killed (its task aborted) or done.
 async fn sender(
     storage: MemStorage,
-    server: std::net::SocketAddr,
+    client: Endpoint,
+    server: SocketAddr,
     count: u64,
     options: SessionOptions,
 ) -> Result<(), SessionError> {
@@ -154,7 +241,6 @@ async fn sender(
     if tx.is_complete() {
         return Ok(());
     }
-    let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("client endpoint");
     let mut next = tx.resume_cursor();
     loop {
         let conn = match client.connect(server).await {
@@ -193,117 +279,205 @@ async fn sender(
 }
 
 /// Who dies in a crash.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Victim {
     Sender,
     Receiver,
     Both,
 }
 
-/// A transfer of `count` messages with `crashes` crashes at random moments;
-/// `power_loss` also drops everything unsynced from storage and output.
-async fn scenario(seed: u64, count: u64, crashes: usize, durability: Durability, power_loss: bool) {
+/// Who a scenario's crashes hit.
+#[derive(Debug, Clone, Copy)]
+enum Victims {
+    /// Always this side (or both).
+    Only(Victim),
+    /// A seeded random choice per crash.
+    Any,
+}
+
+/// A transfer of `count` messages with `crashes` crashes at seeded random
+/// moments; `power_loss` also drops everything unsynced from storage and
+/// output.
+#[derive(Debug, Clone, Copy)]
+struct Scenario {
+    seed: u64,
+    count: u64,
+    crashes: usize,
+    durability: Durability,
+    power_loss: bool,
+    victims: Victims,
+    /// One crash in three comes at a random moment up to
+    /// [`EARLY_CRASH_WINDOW`] after the last restart, whether data flows or
+    /// not (while the journal is recovered, the connection made, the
+    /// outbox re-sent), unless the output grew by its random amount first;
+    /// the others wait for the output to grow.
+    early_crashes: bool,
+}
+
+/// How soon after a restart an early crash may come.
+const EARLY_CRASH_WINDOW: Duration = Duration::from_millis(50);
+
+/// What happened in a scenario: the crashes (who, when in the scenario's
+/// time, how much output there was) and when it completed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Outcome {
+    crashes: Vec<(Victim, Duration, usize)>,
+    completed_after: Duration,
+}
+
+/// Runs `sc` on `net` and checks that the output is exactly the input and
+/// both sides complete the session.
+async fn scenario(net: &Net, sc: Scenario) -> Outcome {
+    let seed = sc.seed;
     let mut rng = SmallRng::seed_from_u64(seed);
-    let options = options(durability);
-    let server = Endpoint::bind("127.0.0.1:0".parse().unwrap(), EndpointConfig::default())
-        .expect("server endpoint");
-    let addr = server.local_addr();
+    let options = options(sc.durability).with_seed(seed);
+    let started = tokio::time::Instant::now();
+    let addr = net.server_addr();
     let mut tx_storage = MemStorage::new();
     let mut rx_storage = MemStorage::new();
     let file = MemFile::default();
+    let (mut rx_incarnation, mut tx_incarnation) = (0, 0);
 
-    let spawn_rx = |storage: &MemStorage| {
+    let spawn_rx = |storage: &MemStorage, incarnation: u64| {
         tokio::spawn(receiver(
-            server.clone(),
+            net.server(seed, incarnation),
             storage.clone(),
             file.clone(),
             options.clone(),
+            |_| {},
         ))
     };
-    let spawn_tx =
-        |storage: &MemStorage| tokio::spawn(sender(storage.clone(), addr, count, options.clone()));
-    let mut rx_task = spawn_rx(&rx_storage);
-    let mut tx_task = spawn_tx(&tx_storage);
+    let spawn_tx = |storage: &MemStorage, incarnation: u64| {
+        tokio::spawn(sender(
+            storage.clone(),
+            net.client(seed, incarnation),
+            addr,
+            sc.count,
+            options.clone(),
+        ))
+    };
+    let mut rx_task = spawn_rx(&rx_storage, rx_incarnation);
+    let mut tx_task = spawn_tx(&tx_storage, tx_incarnation);
 
-    let total = expected(count).len();
-    let mut crashed = 0;
-    while crashed < crashes {
+    let total = expected(sc.count).len();
+    let mut crashes = Vec::new();
+    while crashes.len() < sc.crashes {
         // Crash at a random moment while data flows: once the output grew
-        // by a random amount since the last restart, plus a random delay.
+        // by a random amount since the last restart, plus a random delay;
+        // or, for an early crash, at a random moment soon after the restart
+        // (unless the output grew by that amount first).
         let start = file.len();
-        let grow = rng.gen_range(1..=total / (2 * crashes));
-        let deadline = tokio::time::Instant::now() + SCENARIO_LIMIT;
+        let grow = rng.gen_range(1..=total / (2 * sc.crashes));
+        let early = sc.early_crashes && rng.gen_ratio(1, 3);
+        let now = tokio::time::Instant::now();
+        let deadline = now + SCENARIO_LIMIT;
+        let early_deadline = now + EARLY_CRASH_WINDOW.mul_f64(rng.gen_range(0.0..1.0));
         while file.len() < (start + grow).min(total) && !tx_task.is_finished() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no progress (seed {seed})"
-            );
+            let now = tokio::time::Instant::now();
+            if early && now >= early_deadline {
+                break;
+            }
+            assert!(now < deadline, "no progress (seed {seed})");
             tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if !early {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..5))).await;
         }
         if tx_task.is_finished() {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..5))).await;
-        crashed += 1;
-        let crash = crashed;
-        let victim = match rng.gen_range(0..3) {
-            0 => Victim::Sender,
-            1 => Victim::Receiver,
-            _ => Victim::Both,
+        let victim = match sc.victims {
+            Victims::Only(victim) => victim,
+            Victims::Any => [Victim::Sender, Victim::Receiver, Victim::Both][rng.gen_range(0..3)],
         };
-        if matches!(victim, Victim::Sender | Victim::Both) {
+        let sender_dies = matches!(victim, Victim::Sender | Victim::Both);
+        let receiver_dies = matches!(victim, Victim::Receiver | Victim::Both);
+        if sender_dies {
+            net.crash(sim_client_addr(tx_incarnation));
             tx_task.abort();
             let _ = (&mut tx_task).await;
-            if power_loss {
+            if sc.power_loss {
                 tx_storage.crash(CrashMode::DropUnsynced);
             }
         }
-        if matches!(victim, Victim::Receiver | Victim::Both) {
+        if receiver_dies {
+            net.crash(addr);
             rx_task.abort();
             let _ = (&mut rx_task).await;
-            if power_loss {
+            if sc.power_loss {
                 rx_storage.crash(CrashMode::DropUnsynced);
                 file.power_loss();
             }
         }
         let delivered = file.len();
-        tracing::debug!(crash, ?victim, delivered, "crash");
-        if matches!(victim, Victim::Receiver | Victim::Both) {
-            rx_task = spawn_rx(&rx_storage);
+        tracing::debug!(crash = crashes.len() + 1, ?victim, delivered, "crash");
+        crashes.push((victim, started.elapsed(), delivered));
+        if receiver_dies {
+            rx_incarnation += 1;
+            rx_task = spawn_rx(&rx_storage, rx_incarnation);
         }
-        if matches!(victim, Victim::Sender | Victim::Both) {
-            tx_task = spawn_tx(&tx_storage);
+        if sender_dies {
+            tx_incarnation += 1;
+            tx_task = spawn_tx(&tx_storage, tx_incarnation);
         }
     }
     assert!(
-        crashed >= crashes / 2,
-        "only {crashed} crashes (seed {seed})"
+        crashes.len() >= sc.crashes / 2,
+        "only {} crashes (seed {seed})",
+        crashes.len()
     );
     let sent = tokio::time::timeout(SCENARIO_LIMIT, &mut tx_task)
         .await
-        .expect("the sender finishes in time")
+        .unwrap_or_else(|_| panic!("the sender finishes in time (seed {seed})"))
         .expect("sender task");
-    sent.expect("the sender completes the session");
+    if let Err(e) = sent {
+        panic!("the sender completes the session (seed {seed}): {e}");
+    }
     let received = tokio::time::timeout(SCENARIO_LIMIT, &mut rx_task)
         .await
-        .expect("the receiver finishes in time")
+        .unwrap_or_else(|_| panic!("the receiver finishes in time (seed {seed})"))
         .expect("receiver task");
-    received.expect("the receiver completes the session");
+    if let Err(e) = received {
+        panic!("the receiver completes the session (seed {seed}): {e}");
+    }
     let got = file.contents();
-    let want = expected(count);
+    let want = expected(sc.count);
     assert_eq!(got.len(), want.len(), "output length (seed {seed})");
     assert!(got == want, "output differs from input (seed {seed})");
+    Outcome {
+        crashes,
+        completed_after: started.elapsed(),
+    }
+}
+
+/// The durability policy of seed `seed`: each in turn.
+fn durability(seed: u64) -> Durability {
+    [
+        Durability::None,
+        Durability::Interval(Duration::from_millis(10)),
+        Durability::Always,
+    ][seed as usize % 3]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_crashes_of_either_side_lose_and_repeat_nothing() {
+    let server = Endpoint::bind("127.0.0.1:0".parse().unwrap(), EndpointConfig::default())
+        .expect("server endpoint");
+    let net = Net::Loopback(server);
     for seed in 0..seeds(3) {
-        let durability = [
-            Durability::None,
-            Durability::Interval(Duration::from_millis(10)),
-            Durability::Always,
-        ][seed as usize % 3];
-        scenario(seed, 3000, 10, durability, false).await;
+        scenario(
+            &net,
+            Scenario {
+                seed,
+                count: 3000,
+                crashes: 10,
+                durability: durability(seed),
+                power_loss: false,
+                victims: Victims::Any,
+                early_crashes: false,
+            },
+        )
+        .await;
     }
 }
 
@@ -318,8 +492,23 @@ fn seeds(default: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_loss_with_always_durability_loses_and_repeats_nothing() {
+    let server = Endpoint::bind("127.0.0.1:0".parse().unwrap(), EndpointConfig::default())
+        .expect("server endpoint");
+    let net = Net::Loopback(server);
     for seed in 1000..1000 + seeds(2) {
-        scenario(seed, 2000, 8, Durability::Always, true).await;
+        scenario(
+            &net,
+            Scenario {
+                seed,
+                count: 2000,
+                crashes: 8,
+                durability: Durability::Always,
+                power_loss: true,
+                victims: Victims::Any,
+                early_crashes: false,
+            },
+        )
+        .await;
     }
 }
 
@@ -345,7 +534,7 @@ async fn half_done(
             options.clone(),
         );
         tokio::spawn(async move {
-            let _ = receiver(server, storage, file, options).await;
+            let _ = receiver(server, storage, file, options, |_| {}).await;
         })
     };
     let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
