@@ -2,8 +2,9 @@
 //! UDP, in one run, on the same workloads, over 127.0.0.1.
 //!
 //! ```text
-//! surelink-bench [--systems LIST] [--workloads bulk,small,realtime] [--runs N]
+//! surelink-bench [--systems LIST] [--workloads bulk,small,realtime,durable] [--runs N]
 //!                [--bulk-mib N] [--small-secs S] [--rt-secs S] [--losses 0,2,10]
+//!                [--durable-mib N]
 //!                [--json PATH] [--plot PATH.svg] [--install-peers] [--quick]
 //! ```
 //!
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod cpu;
+mod durable;
 mod plot;
 mod report;
 mod run;
@@ -50,7 +52,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "bulk,small,realtime"
+        default_value = "bulk,small,realtime,durable"
     )]
     workloads: Vec<Workload>,
     /// Bulk transfer size in MiB [default: 256; 4 with --quick].
@@ -62,6 +64,9 @@ struct Args {
     /// Real-time sending time in seconds [default: 30; 1 with --quick].
     #[arg(long)]
     rt_secs: Option<f64>,
+    /// Durable-session transfer size in MiB [default: 64; 16 with --quick].
+    #[arg(long)]
+    durable_mib: Option<u64>,
     /// Real-time loss rates in percent, each direction (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "0,2,10")]
     losses: Vec<f64>,
@@ -115,6 +120,7 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         small_secs: args.small_secs.unwrap_or(if q { 0.5 } else { 5.0 }),
         small_size: SMALL_MESSAGE,
         rt_secs: args.rt_secs.unwrap_or(if q { 1.0 } else { 30.0 }),
+        durable_mib: args.durable_mib.unwrap_or(if q { 16 } else { 64 }),
         rt_rate: args.rt_rate,
         rt_size: args.rt_size,
         delay_ms: args.delay_ms,
@@ -126,6 +132,9 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
     };
     if settings.bulk_mib == 0 || settings.bulk_mib > 64 << 10 {
         bail!("--bulk-mib must be between 1 and 65536");
+    }
+    if settings.durable_mib < 2 || settings.durable_mib > 4 << 10 {
+        bail!("--durable-mib must be between 2 and 4096");
     }
     for (v, name) in [
         (settings.small_secs, "--small-secs"),
@@ -245,6 +254,9 @@ fn main_inner() -> anyhow::Result<()> {
         Vec::new()
     };
 
+    let mut durable =
+        wants(Workload::Durable).then(|| durable::DurableReport::new(settings.durable_mib));
+
     let bulk_bytes = settings.bulk_mib << 20;
     // Even a slow peer moves 4 MiB/s; anything slower is reported as a failure.
     let bulk_limit = Duration::from_secs((settings.bulk_mib / 4).max(30));
@@ -306,6 +318,9 @@ fn main_inner() -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+        if let Some(durable) = &mut durable {
+            durable.run(&tag);
         }
     }
 
@@ -382,6 +397,10 @@ fn main_inner() -> anyhow::Result<()> {
         bulk,
         small,
         realtime,
+        durable: durable.map(|mut d| {
+            d.finish();
+            d
+        }),
         ratios: Default::default(),
         targets: Vec::new(),
         plot: plot_written,

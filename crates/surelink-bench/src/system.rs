@@ -39,6 +39,9 @@ pub enum Workload {
     Small,
     /// 1000 msg/s of 200 bytes through the impairer.
     Realtime,
+    /// Durable sessions (`--state`): throughput per durability policy and
+    /// restart → resumed delivery (surelink only; see `durable`).
+    Durable,
 }
 
 impl System {
