@@ -290,20 +290,27 @@ impl<S: Storage> Journal<S> {
     /// buffer is written through first; if that fails, the error is returned
     /// and the record is not added.
     pub fn append(&mut self, data: &[u8]) -> Result<RecordId, JournalError> {
+        self.append_parts(&[data])
+    }
+
+    /// Like [`append`](Self::append), for a record whose data is the
+    /// concatenation of `parts` (saves the caller a copy into one buffer).
+    pub fn append_parts(&mut self, parts: &[&[u8]]) -> Result<RecordId, JournalError> {
         self.check_poisoned()?;
-        if data.len() > self.options.max_record_len as usize {
+        let data_len: usize = parts.iter().map(|p| p.len()).sum();
+        if data_len > self.options.max_record_len as usize {
             return Err(JournalError::RecordTooLarge {
-                len: data.len(),
+                len: data_len,
                 max: self.options.max_record_len,
             });
         }
-        let len = frame_len(data.len());
+        let len = frame_len(data_len);
         if !self.pending.is_empty() && self.pending.len() + len > self.options.write_buffer {
             self.flush()?;
         }
         let id = self.next_id;
         self.next_id += 1;
-        encode_frame(id, data, &mut self.pending);
+        encode_frame(id, parts, &mut self.pending);
         self.pending_frames.push_back((id, len));
         self.live.insert(id, len as u64);
         self.live_bytes += len as u64;
