@@ -140,8 +140,9 @@ fn encrypted(id: u8) -> Config {
 }
 
 /// Connects, moves some data, then replaces the server with a fresh endpoint
-/// built from `restarted` (a process restart: same address, no connections).
-fn connected_then_server_restarts(client: Config, server: Config, restarted: Config) -> Side {
+/// built from `restarted` (a process restart: same address, no connections);
+/// `closing` makes the client close gracefully right before.
+fn restart_server(client: Config, server: Config, restarted: Config, closing: bool) -> Side {
     let mut now = Instant::now();
     let mut c = Side::new(addr(CLIENT), client, 1, false);
     let mut s = Side::new(addr(SERVER), server, 2, true);
@@ -158,11 +159,13 @@ fn connected_then_server_restarts(client: Config, server: Config, restarted: Con
     assert!(s.conns.values_mut().any(|sc| sc.recv().is_some()));
 
     let mut s = Side::new(addr(SERVER), restarted, 3, true);
-    c.conns
-        .get_mut(&h)
-        .unwrap()
-        .send(now, 0, Bytes::from_static(b"after the crash"))
-        .unwrap();
+    let conn = c.conns.get_mut(&h).unwrap();
+    if closing {
+        conn.close(now);
+    } else {
+        conn.send(now, 0, Bytes::from_static(b"after the crash"))
+            .unwrap();
+    }
     run(&mut c, &mut s, &mut now, 20);
     assert!(s.conns.is_empty(), "the restarted server keeps no state");
     c
@@ -171,13 +174,25 @@ fn connected_then_server_restarts(client: Config, server: Config, restarted: Con
 #[test]
 fn restarted_server_with_the_same_secret_resets_the_client() {
     let secret = Some([7; 32]);
-    let c = connected_then_server_restarts(plaintext(secret), plaintext(secret), plaintext(secret));
+    let c = restart_server(
+        plaintext(secret),
+        plaintext(secret),
+        plaintext(secret),
+        false,
+    );
     assert_eq!(c.closed_with(), vec![Some(ConnectionError::Reset)]);
 }
 
 #[test]
+fn a_reset_answering_a_graceful_close_ends_it_gracefully() {
+    let c = restart_server(encrypted(1), encrypted(2), encrypted(2), true);
+    assert_eq!(c.closed_with(), vec![None]);
+    assert!(c.conns.values().all(Connection::is_closed));
+}
+
+#[test]
 fn restarted_server_with_the_same_static_key_resets_the_client() {
-    let c = connected_then_server_restarts(encrypted(1), encrypted(2), encrypted(2));
+    let c = restart_server(encrypted(1), encrypted(2), encrypted(2), false);
     assert_eq!(c.closed_with(), vec![Some(ConnectionError::Reset)]);
 }
 
@@ -185,10 +200,11 @@ fn restarted_server_with_the_same_static_key_resets_the_client() {
 fn a_reset_from_another_key_is_ignored() {
     // A different secret (e.g. a random one: no persistent state) cannot
     // produce the token: the client keeps its connection (and will time out).
-    let c = connected_then_server_restarts(
+    let c = restart_server(
         plaintext(Some([7; 32])),
         plaintext(Some([7; 32])),
         plaintext(Some([8; 32])),
+        false,
     );
     assert!(c.closed_with().is_empty(), "{:?}", c.events);
     let conn = c.conns.values().next().unwrap();

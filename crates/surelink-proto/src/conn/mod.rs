@@ -925,7 +925,10 @@ impl Connection {
 
     /// A stateless Reset: closes the connection at once if it carries the
     /// peer's reset token and came from one of our paths; anything else is
-    /// counted and ignored.
+    /// counted and ignored. A connection already ending is not made an error
+    /// by it: after our graceful CLOSE (sent only once everything was
+    /// acknowledged) it ends gracefully, as at an unanswered CLOSE's idle
+    /// timeout; a draining one drains on.
     fn on_reset(&mut self, known_path: bool, payload: &[u8]) {
         let mut frames = FrameIter::new(payload);
         let valid = match (frames.next(), frames.next(), &self.peer_reset_token) {
@@ -939,9 +942,14 @@ impl Connection {
             return;
         }
         tracing::debug!(cid = self.local_cid, "stateless reset by the peer");
+        let error = match self.state {
+            State::Draining => return,
+            State::CloseSent => None,
+            _ => Some(ConnectionError::Reset),
+        };
         self.send_queue.clear();
         self.pending = Pending::default();
-        self.enter_closed(Some(ConnectionError::Reset));
+        self.enter_closed(error);
     }
 
     /// Handshake, Retry and Reject packets: unprotected, and allowed to carry
