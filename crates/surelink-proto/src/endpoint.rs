@@ -135,8 +135,9 @@ pub struct EndpointStats {
     pub bad_tokens: u64,
     /// Stateless Resets sent for unknown connection ids.
     pub resets_sent: u64,
-    /// Packets for unknown connection ids left unanswered by the Reset rate
-    /// limit, by their size, or because they were Resets themselves.
+    /// Data packets for unknown connection ids left unanswered because of
+    /// the Reset rate limit or their size (Resets themselves are never
+    /// answered and count as `unknown_connection` only).
     pub resets_suppressed: u64,
 }
 
