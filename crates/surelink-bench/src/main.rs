@@ -2,9 +2,10 @@
 //! UDP, in one run, on the same workloads, over 127.0.0.1.
 //!
 //! ```text
-//! surelink-bench [--systems LIST] [--workloads bulk,small,realtime,failover,deadline]
+//! surelink-bench [--systems LIST] [--workloads bulk,small,realtime,failover,deadline,durable]
 //!                [--runs N] [--bulk-mib N] [--small-secs S] [--rt-secs S] [--losses 0,2,10]
 //!                [--failover-secs S] [--cut-at S] [--cut-secs S] [--deadline-rtts N]
+//!                [--durable-mib N]
 //!                [--json PATH] [--plot PATH.svg] [--install-peers] [--quick]
 //! ```
 //!
@@ -15,6 +16,7 @@
 
 mod cpu;
 mod deadline;
+mod durable;
 mod failover;
 mod plot;
 mod report;
@@ -55,7 +57,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "bulk,small,realtime,failover,deadline"
+        default_value = "bulk,small,realtime,failover,deadline,durable"
     )]
     workloads: Vec<Workload>,
     /// Bulk transfer size in MiB [default: 256; 4 with --quick].
@@ -67,6 +69,9 @@ struct Args {
     /// Real-time sending time in seconds [default: 30; 1 with --quick].
     #[arg(long)]
     rt_secs: Option<f64>,
+    /// Durable-session transfer size in MiB [default: 64; 16 with --quick].
+    #[arg(long)]
+    durable_mib: Option<u64>,
     /// Real-time loss rates in percent, each direction (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "0,2,10")]
     losses: Vec<f64>,
@@ -134,6 +139,7 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         small_secs: args.small_secs.unwrap_or(if q { 0.5 } else { 5.0 }),
         small_size: SMALL_MESSAGE,
         rt_secs: args.rt_secs.unwrap_or(if q { 1.0 } else { 30.0 }),
+        durable_mib: args.durable_mib.unwrap_or(if q { 16 } else { 64 }),
         rt_rate: args.rt_rate,
         rt_size: args.rt_size,
         delay_ms: args.delay_ms,
@@ -155,6 +161,9 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
     };
     if settings.bulk_mib == 0 || settings.bulk_mib > 64 << 10 {
         bail!("--bulk-mib must be between 1 and 65536");
+    }
+    if settings.durable_mib < 2 || settings.durable_mib > 4 << 10 {
+        bail!("--durable-mib must be between 2 and 4096");
     }
     for (v, name) in [
         (settings.small_secs, "--small-secs"),
@@ -315,6 +324,8 @@ fn main_inner() -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    let mut durable =
+        wants(Workload::Durable).then(|| durable::DurableReport::new(settings.durable_mib));
 
     let bulk_bytes = settings.bulk_mib << 20;
     // Even a slow peer moves 4 MiB/s; anything slower is reported as a failure.
@@ -418,6 +429,9 @@ fn main_inner() -> anyhow::Result<()> {
                 }
             }
         }
+        if let Some(durable) = &mut durable {
+            durable.run(&tag);
+        }
     }
 
     bulk.iter_mut().for_each(Row::finish);
@@ -499,6 +513,10 @@ fn main_inner() -> anyhow::Result<()> {
         realtime,
         failover,
         deadline,
+        durable: durable.map(|mut d| {
+            d.finish();
+            d
+        }),
         ratios: Default::default(),
         targets: Vec::new(),
         plot: plot_written,

@@ -223,6 +223,8 @@ pub struct Settings {
     pub small_size: usize,
     /// Real-time sending time, seconds.
     pub rt_secs: f64,
+    /// Durable-session transfer size, MiB.
+    pub durable_mib: u64,
     /// Real-time rate, messages per second.
     pub rt_rate: u32,
     /// Real-time message size, bytes.
@@ -286,6 +288,9 @@ pub struct Report {
     pub failover: Vec<FailoverRow>,
     /// Deadline groups, one per loss rate.
     pub deadline: Vec<DeadlineGroup>,
+    /// Durable sessions, if that workload ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub durable: Option<crate::durable::DurableReport>,
     /// surelink's figure over each peer's (bulk MiB/s, small msgs/s) and
     /// each peer's p99 / p99.9 over surelink's (real time), from medians.
     pub ratios: Ratios,
@@ -507,6 +512,9 @@ impl Report {
             }
         }
         targets.push(self.throughput_target("small_vs_quinn", System::Quinn, 1.5, true));
+        if let Some(durable) = &self.durable {
+            targets.extend(durable.targets());
+        }
         targets
     }
 
@@ -650,6 +658,9 @@ impl Report {
 
         out.push_str(&crate::failover::markdown(&self.failover, s, &runs));
         out.push_str(&crate::deadline::markdown(&self.deadline, s, &runs));
+        if let Some(durable) = &self.durable {
+            out.push_str(&durable.markdown(&runs));
+        }
 
         if !self.targets.is_empty() {
             let _ = writeln!(out, "## Targets (surelink, encrypted)\n");

@@ -48,6 +48,9 @@ pub enum Workload {
     /// The real-time stream with a deadline of 3 × RTT: surelink's deadline
     /// mode against SRT live at the same latency.
     Deadline,
+    /// Durable sessions (`--state`): throughput per durability policy and
+    /// restart → resumed delivery (surelink only; see `durable`).
+    Durable,
 }
 
 impl System {

@@ -70,6 +70,8 @@ fn quick_run_writes_tables_json_and_plot() {
             "0.3",
             "--rt-secs",
             "0.5",
+            "--durable-mib",
+            "8",
             "--losses",
             "0,2",
             "--json",
@@ -243,8 +245,22 @@ fn quick_run_writes_tables_json_and_plot() {
             "realtime_zero_loss",
             "realtime_p99_bound",
             "realtime_beats_reliable_peers",
-            "small_vs_quinn"
+            "small_vs_quinn",
+            "durable_interval_ratio",
+            "durable_always_ratio",
+            "durable_restart_to_delivery"
         ]
+    );
+    // Durable sessions: the throughput part runs in process; the restart
+    // part needs the `surelink` binary and may report an error instead.
+    let durable = &report["durable"];
+    assert_eq!(durable["mib"], 8);
+    for field in ["interval_ratio", "always_ratio", "none_ratio"] {
+        assert_number(&durable["median"][field], field);
+    }
+    assert_number(
+        &durable["median"]["in_memory"]["mb_per_s"],
+        "in-memory MB/s",
     );
     for t in targets {
         assert!(t["required"].is_string() && t["measured"].is_string());

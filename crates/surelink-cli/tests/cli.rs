@@ -225,12 +225,13 @@ fn the_datagram_gateway_delivers_every_datagram() {
 /// Random datagrams; most start with a well-formed surelink header (any kind,
 /// any flags, a random connection id) followed by random bytes.
 fn garbage(rng: &mut SmallRng) -> Vec<u8> {
-    const KINDS: [PacketKind; 5] = [
+    const KINDS: [PacketKind; 6] = [
         PacketKind::Initial,
         PacketKind::Handshake,
         PacketKind::Data,
         PacketKind::Retry,
         PacketKind::Reject,
+        PacketKind::Reset,
     ];
     let mut out = Vec::new();
     if rng.gen_bool(0.8) {

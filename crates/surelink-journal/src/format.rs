@@ -133,19 +133,24 @@ pub fn frame_len(data_len: usize) -> usize {
     FRAME_HEADER_LEN + ID_LEN + data_len
 }
 
-/// Appends the frame of record `id` with `data` to `out`.
+/// Appends the frame of record `id`, whose data is the concatenation of
+/// `parts`, to `out`.
 ///
-/// The caller guarantees `ID_LEN + data.len() <= MAX_PAYLOAD_LEN`.
-pub fn encode_frame(id: u64, data: &[u8], out: &mut Vec<u8>) {
-    let payload_len = ID_LEN + data.len();
+/// The caller guarantees `ID_LEN + data length <= MAX_PAYLOAD_LEN`.
+pub fn encode_frame(id: u64, parts: &[&[u8]], out: &mut Vec<u8>) {
+    let payload_len = ID_LEN + parts.iter().map(|p| p.len()).sum::<usize>();
     debug_assert!(payload_len <= MAX_PAYLOAD_LEN as usize);
     let id_bytes = id.to_le_bytes();
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&id_bytes), data);
+    let crc = parts.iter().fold(crc32c::crc32c(&id_bytes), |crc, p| {
+        crc32c::crc32c_append(crc, p)
+    });
     out.reserve(FRAME_HEADER_LEN + payload_len);
     out.extend_from_slice(&(payload_len as u32).to_le_bytes());
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(&id_bytes);
-    out.extend_from_slice(data);
+    for p in parts {
+        out.extend_from_slice(p);
+    }
 }
 
 /// A record frame decoded in place.
@@ -380,7 +385,7 @@ mod tests {
         .encode()
         .to_vec();
         for (id, data) in records {
-            encode_frame(*id, data, &mut out);
+            encode_frame(*id, &[data], &mut out);
         }
         out
     }
@@ -499,7 +504,7 @@ mod tests {
         #[test]
         fn frame_round_trip(id in any::<u64>(), data in proptest::collection::vec(any::<u8>(), 0..300)) {
             let mut out = Vec::new();
-            encode_frame(id, &data, &mut out);
+            encode_frame(id, &[&data], &mut out);
             prop_assert_eq!(out.len(), frame_len(data.len()));
             let frame = decode_frame(&out).unwrap();
             prop_assert_eq!(frame.id, id);

@@ -56,6 +56,18 @@
 //! segments (the tmp file is deleted on open) or the compacted segment, which
 //! supersedes everything below it (leftovers are deleted on open): both open
 //! to the same live state.
+//!
+//! Compaction copies, so most garbage is reclaimed without it: whenever
+//! every record written so far is durable (after an fsync of the active
+//! segment; under [`Durability::None`], once written), the oldest sealed
+//! segments in which every record is dead are removed, oldest first, each
+//! removal followed by a directory fsync. A record is only ever made dead
+//! by a later one, so the records that made them dead are in the log and
+//! durable: whatever removals a crash keeps, the log opens to the same live
+//! state. In a log used as a FIFO (an outbox whose messages are confirmed in
+//! order) this reclaims everything, and [`should_compact`](Journal::should_compact)
+//! counts only garbage that live records have pinned for longer than a
+//! segment of writes.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -125,8 +137,9 @@ pub struct JournalOptions {
     /// Buffered bytes above which `append` writes the buffer through
     /// (unsynced) before buffering more. Default 1 MiB.
     pub write_buffer: usize,
-    /// [`Journal::should_compact`] says yes once dead records take more
-    /// bytes than live ones and at least this many. Default 4 MiB.
+    /// [`Journal::should_compact`] says yes once dead records in the
+    /// segments older than the newest sealed one take more bytes than live
+    /// ones and at least this many. Default 4 MiB.
     pub compact_min_garbage: u64,
 }
 
@@ -277,20 +290,27 @@ impl<S: Storage> Journal<S> {
     /// buffer is written through first; if that fails, the error is returned
     /// and the record is not added.
     pub fn append(&mut self, data: &[u8]) -> Result<RecordId, JournalError> {
+        self.append_parts(&[data])
+    }
+
+    /// Like [`append`](Self::append), for a record whose data is the
+    /// concatenation of `parts` (saves the caller a copy into one buffer).
+    pub fn append_parts(&mut self, parts: &[&[u8]]) -> Result<RecordId, JournalError> {
         self.check_poisoned()?;
-        if data.len() > self.options.max_record_len as usize {
+        let data_len: usize = parts.iter().map(|p| p.len()).sum();
+        if data_len > self.options.max_record_len as usize {
             return Err(JournalError::RecordTooLarge {
-                len: data.len(),
+                len: data_len,
                 max: self.options.max_record_len,
             });
         }
-        let len = frame_len(data.len());
+        let len = frame_len(data_len);
         if !self.pending.is_empty() && self.pending.len() + len > self.options.write_buffer {
             self.flush()?;
         }
         let id = self.next_id;
         self.next_id += 1;
-        encode_frame(id, data, &mut self.pending);
+        encode_frame(id, parts, &mut self.pending);
         self.pending_frames.push_back((id, len));
         self.live.insert(id, len as u64);
         self.live_bytes += len as u64;
@@ -313,6 +333,7 @@ impl<S: Storage> Journal<S> {
         if had_records {
             self.metrics.commits += 1;
         }
+        self.drop_dead_segments()?;
         Ok(self.durable_id())
     }
 
@@ -324,6 +345,7 @@ impl<S: Storage> Journal<S> {
         if self.active_dirty {
             self.sync_active()?;
         }
+        self.drop_dead_segments()?;
         Ok(self.durable_id())
     }
 
@@ -346,6 +368,7 @@ impl<S: Storage> Journal<S> {
         }
         self.sync_active()?;
         self.last_sync = Some(now);
+        self.drop_dead_segments()?;
         Ok(true)
     }
 
@@ -452,6 +475,37 @@ impl<S: Storage> Journal<S> {
         Ok(())
     }
 
+    /// Removes the oldest sealed segments whose records, and those of every
+    /// segment before them, are all dead (see the [module docs](self#compaction)),
+    /// if every record written is durable (under [`Durability::None`]:
+    /// written). A removal that fails leaves that segment and the later ones
+    /// in the log, which is harmless; a failed directory fsync poisons.
+    fn drop_dead_segments(&mut self) -> Result<(), JournalError> {
+        let safe = self.pending_frames.is_empty()
+            && (self.options.durability == Durability::None || !self.active_dirty);
+        if !safe {
+            return Ok(());
+        }
+        // Segment `n` can go if no live record is below the next one's base id.
+        while self.segments.len() > 1 {
+            let bound = self.segments[1].base_id;
+            if self.live.range(..bound).next().is_some() {
+                break;
+            }
+            let name = self.segments[0].name.clone();
+            if self.storage.remove(&name).is_err() {
+                break;
+            }
+            let segment = self.segments.remove(0);
+            self.total_bytes -= segment.len.saturating_sub(HEADER_LEN as u64);
+            self.metrics.segments_dropped += 1;
+            if let Err(e) = self.sync_dir() {
+                return Err(self.poison(e));
+            }
+        }
+        Ok(())
+    }
+
     /// Seals the active segment (fsync) and starts the next one. Sealing
     /// always fsyncs, whatever the policy: a sealed segment must never end
     /// torn, or a later segment could hold records that follow lost ones.
@@ -481,6 +535,7 @@ impl<S: Storage> Journal<S> {
             name,
             len: HEADER_LEN as u64,
             records: 0,
+            base_id,
         });
         self.active_dirty = true;
         self.metrics.segments_created += 1;
@@ -526,6 +581,7 @@ impl<S: Storage> Journal<S> {
                 name: name.clone(),
                 len: bytes,
                 records,
+                base_id: self.next_id,
             }],
         );
         self.total_bytes = self.live_bytes;
@@ -616,11 +672,35 @@ impl<S: Storage> Journal<S> {
         Ok(())
     }
 
-    /// True when compaction is worth it: dead records take more bytes than
-    /// live ones, and at least [`JournalOptions::compact_min_garbage`].
+    /// True when compaction is worth it: dead records in the segments
+    /// older than the newest sealed one take more bytes than live ones, and
+    /// at least [`JournalOptions::compact_min_garbage`]. That is garbage
+    /// pinned by live records that outlived at least a whole segment of
+    /// writes: removing whole dead segments cannot reclaim it. Garbage in
+    /// the active and the newest sealed segment is left alone (in a FIFO
+    /// log their live records die soon and the segments go without
+    /// copying), so the log holds at most about two segments of it.
     pub fn should_compact(&self) -> bool {
-        let garbage = self.garbage_bytes();
+        let garbage = self.pinned_garbage_bytes();
         garbage >= self.options.compact_min_garbage && garbage > self.live_bytes
+    }
+
+    /// Frame bytes of dead records in the segments before the newest sealed one.
+    fn pinned_garbage_bytes(&self) -> u64 {
+        let n = self.segments.len();
+        if n < 3 {
+            return 0;
+        }
+        let old = &self.segments[..n - 2];
+        // The newest sealed segment is not the compacted one (that is always
+        // the first), so its base id bounds the ids of every older record.
+        let bound = self.segments[n - 2].base_id;
+        let frames: u64 = old
+            .iter()
+            .map(|s| s.len.saturating_sub(HEADER_LEN as u64))
+            .sum();
+        let live: u64 = self.live.range(..bound).map(|(_, len)| len).sum();
+        frames.saturating_sub(live)
     }
 
     /// Frame bytes of dead records still in the log or the buffer.
@@ -997,6 +1077,7 @@ mod tests {
     fn should_compact_threshold() {
         let opts = JournalOptions {
             compact_min_garbage: 100,
+            segment_size: 200,
             ..options(Durability::Always)
         };
         let (mut journal, _) = Journal::open(MemStorage::new(), opts).unwrap();
@@ -1006,9 +1087,59 @@ mod tests {
             let id = journal.append(&[1; 10]).unwrap();
             journal.mark_dead(id);
         }
+        // Garbage in the active (or newest sealed) segment does not count.
+        assert!(!journal.should_compact());
+        for _ in 0..20 {
+            let id = journal.append(&[1; 10]).unwrap();
+            journal.mark_dead(id);
+            journal.commit().unwrap();
+        }
+        assert!(journal.metrics().segments > 1);
+        // `keep` holds the first segment back: only compaction reclaims.
+        assert_eq!(journal.metrics().segments_dropped, 0);
         assert!(journal.should_compact());
         journal.compact().unwrap();
         assert!(!journal.should_compact());
         assert!(journal.is_live(keep));
+    }
+
+    #[test]
+    fn fully_dead_old_segments_are_dropped_without_copying() {
+        for durability in [
+            Durability::None,
+            Durability::Interval(std::time::Duration::from_millis(1)),
+            Durability::Always,
+        ] {
+            let opts = JournalOptions {
+                segment_size: 200,
+                ..options(durability)
+            };
+            let (mut journal, _) = Journal::open(MemStorage::new(), opts.clone()).unwrap();
+            // A FIFO: each record dies once two later ones exist.
+            let mut live = std::collections::VecDeque::new();
+            for i in 0..100u8 {
+                live.push_back(journal.append(&[i; 20]).unwrap());
+                if live.len() > 2 {
+                    journal.mark_dead(live.pop_front().unwrap());
+                }
+                journal.commit().unwrap();
+                journal.tick(Instant::now()).unwrap();
+            }
+            journal.sync().unwrap();
+            let m = journal.metrics();
+            assert!(m.segments_dropped > 0, "{durability:?}: {m:?}");
+            assert!(m.segments <= 3, "{durability:?}: {m:?}");
+            assert_eq!(m.compactions, 0);
+            assert!(!journal.should_compact());
+            // Reopening finds exactly the live records (the rest are dead and
+            // may or may not still be in the log).
+            let storage = journal.into_storage();
+            let (_, records) = Journal::open(storage, opts).unwrap();
+            let ids: Vec<RecordId> = records.iter().map(|r| r.id).collect();
+            for id in &live {
+                assert!(ids.contains(id), "{durability:?}: {id:?} lost");
+            }
+            assert!(records.len() < 100);
+        }
     }
 }

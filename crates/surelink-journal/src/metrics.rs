@@ -111,6 +111,9 @@ pub struct JournalMetrics {
     pub compactions: u64,
     /// Segments created since open (rollover and compaction).
     pub segments_created: u64,
+    /// Old segments removed since open because every record in them (and
+    /// in every segment before them) was dead: reclaimed without copying.
+    pub segments_dropped: u64,
     /// Records currently live (not yet declared dead by the layer above).
     pub records_live: u64,
     /// Frame bytes of the live records.

@@ -65,6 +65,10 @@ pub(crate) struct SegmentState {
     pub len: u64,
     /// Records in the file.
     pub records: u64,
+    /// The header's base id: in a segment that is not compacted, every
+    /// record has an id at least this, and every record of an earlier
+    /// segment a lower one.
+    pub base_id: u64,
 }
 
 /// Everything `Journal::open` needs.
@@ -122,6 +126,7 @@ pub(crate) fn recover<S: Storage>(storage: &mut S) -> Result<Recovered, JournalE
                 name,
                 len: HEADER_LEN as u64,
                 records: 0,
+                base_id: 1,
             }],
             records: Vec::new(),
             next_id: 1,
@@ -196,6 +201,7 @@ pub(crate) fn recover<S: Storage>(storage: &mut S) -> Result<Recovered, JournalE
             next_id = next_id.max(last.id + 1);
         }
         let mut len = scan.valid_len as u64;
+        let base_id = scan.header.map_or(next_id, |h| h.base_id);
         match scan.header {
             Some(header) => next_id = next_id.max(header.base_id),
             None => {
@@ -233,6 +239,7 @@ pub(crate) fn recover<S: Storage>(storage: &mut S) -> Result<Recovered, JournalE
             name,
             len,
             records: scan.records.len() as u64,
+            base_id,
         });
     }
 

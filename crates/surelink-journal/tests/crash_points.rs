@@ -54,7 +54,7 @@ fn setup() -> MemStorage {
         })
         .unwrap();
     for seq in 1..=30u64 {
-        store.push(seq % 3, seq, &[seq as u8; 12]).unwrap();
+        store.push(seq % 3, seq, [seq as u8; 12]).unwrap();
         store.set_watermark(7, seq).unwrap();
         if seq % 5 == 0 {
             store.confirm(seq % 3, seq - 2).unwrap();
@@ -118,7 +118,7 @@ fn crash_at_every_point_of_a_commit() {
     // The changes one commit carries: enough to roll segments over.
     let change = |store: &mut CheckpointStore<MemStorage>, states: &mut Vec<State>| {
         for seq in 31..=45u64 {
-            store.push(seq % 3, seq, &[seq as u8; 12]).unwrap();
+            store.push(seq % 3, seq, [seq as u8; 12]).unwrap();
             states.push(state(store));
             if seq % 4 == 0 {
                 store.confirm(seq % 3, seq - 1).unwrap();

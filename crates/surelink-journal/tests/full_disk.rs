@@ -108,7 +108,7 @@ fn compaction_on_a_full_disk_keeps_the_old_segments() {
     let mut storage = MemStorage::new();
     let mut store = CheckpointStore::open(storage.clone(), options()).unwrap();
     for seq in 1..=20 {
-        store.push(1, seq, &[seq as u8; 8]).unwrap();
+        store.push(1, seq, [seq as u8; 8]).unwrap();
     }
     store.confirm(1, 10).unwrap();
     store.commit().unwrap();

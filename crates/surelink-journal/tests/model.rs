@@ -259,7 +259,7 @@ impl Harness {
                 let payload = vec![(seq as u8) ^ (channel as u8); len];
                 let p = payload.clone();
                 self.change(
-                    |s| s.push(channel, seq, &p),
+                    |s| s.push(channel, seq, p.as_slice()),
                     |m| m.pending.push((channel, seq, payload)),
                 );
             }

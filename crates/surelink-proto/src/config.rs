@@ -64,6 +64,13 @@ pub struct Config {
     pub playout_delay: Option<Duration>,
     /// Encryption, keys and peer policy.
     pub security: Security,
+    /// Secret the endpoint's stateless reset tokens derive from (HKDF), so
+    /// that a restarted process holding the same secret can reset the
+    /// connections of its previous life (see `crypto::ResetKey`). `None`
+    /// derives them from the configured identity's static key in encrypted
+    /// mode, else from a random secret (then, after a restart, peers notice
+    /// the lost connection only at their idle timeout).
+    pub reset_secret: Option<[u8; 32]>,
 }
 
 impl Default for Config {
@@ -92,6 +99,7 @@ impl Default for Config {
             path_mode: crate::conn::PathMode::Backup,
             playout_delay: None,
             security: Security::default(),
+            reset_secret: None,
         }
     }
 }

@@ -15,6 +15,14 @@
 //! answers with a stateless Retry token (HMAC of address, id and time) and only
 //! a client that echoes it gets state; the number of connections is capped; and
 //! every stateless answer is smaller than the Initial that caused it.
+//!
+//! A Data packet for a connection id the endpoint does not know (the
+//! connection belonged to a previous run of this process) is answered with a
+//! stateless Reset carrying that id's reset token (`crypto::ResetKey`), so the
+//! peer closes its side within one round trip instead of at its idle timeout.
+//! Resets are rate-limited endpoint-wide, always smaller than the packet that
+//! caused them, and never sent in answer to a Reset (a Reset for an unknown id
+//! is dropped), so they cannot amplify or loop.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -26,13 +34,19 @@ use rand_chacha::ChaCha20Rng;
 
 use crate::config::{Config, ConfigError, MIN_DATAGRAM_SIZE};
 use crate::conn::{close_code, Connection};
-use crate::crypto::{Identity, RetryTokens, Security};
+use crate::crypto::{Identity, ResetKey, RetryTokens, Security, RESET_TOKEN_LEN};
 use crate::wire::{Frame, FrameIter, Header, PacketKind, Reader, FLAG_PLAINTEXT};
 
 /// How long a retry token stays valid.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(10);
 /// Most source addresses whose handshake budget is remembered.
 const MAX_TRACKED_SOURCES: usize = 4096;
+/// Stateless resets an endpoint sends in a burst, endpoint-wide …
+const RESET_BURST: f64 = 16.0;
+/// … refilled at this rate per second.
+const RESET_RATE: f64 = 64.0;
+/// Size of a Reset packet: header (10 bytes, packet number 0) and one TOKEN frame.
+pub const RESET_PACKET_LEN: usize = 11 + 2 + RESET_TOKEN_LEN;
 
 /// 32 bytes of seed for an endpoint's generator (connection ids, ephemeral
 /// keys, identities, retry secret). The runtime draws it from the OS; tests
@@ -119,6 +133,20 @@ pub struct EndpointStats {
     pub rate_limited: u64,
     /// Initials with an invalid retry token.
     pub bad_tokens: u64,
+    /// Stateless Resets sent for unknown connection ids.
+    pub resets_sent: u64,
+    /// Data packets for unknown connection ids left unanswered because of
+    /// the Reset rate limit or their size (Resets themselves are never
+    /// answered and count as `unknown_connection` only).
+    pub resets_suppressed: u64,
+}
+
+/// The ids a connection is known by.
+#[derive(Debug, Clone, Copy)]
+struct Cids {
+    local: u64,
+    peer: Option<u64>,
+    initial: Option<(SocketAddr, u64)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -135,13 +163,17 @@ pub struct Endpoint {
     accept: bool,
     identity: Option<Identity>,
     retry: RetryTokens,
+    reset_key: ResetKey,
+    reset_budget: Option<Bucket>,
     epoch: Option<Instant>,
     recent_handshakes: VecDeque<Instant>,
     sources: HashMap<SocketAddr, Bucket>,
     clock: Option<(Instant, u64)>,
     by_cid: HashMap<u64, ConnectionHandle>,
+    /// Peer connection ids (what Resets are addressed to).
+    by_peer_cid: HashMap<u64, ConnectionHandle>,
     initials: HashMap<(SocketAddr, u64), ConnectionHandle>,
-    cids: HashMap<ConnectionHandle, (u64, Option<(SocketAddr, u64)>)>,
+    cids: HashMap<ConnectionHandle, Cids>,
     next_handle: u64,
     stats: EndpointStats,
 }
@@ -163,17 +195,27 @@ impl Endpoint {
         };
         let mut secret = [0u8; 32];
         rng.fill_bytes(&mut secret);
+        let reset_key = match (&config.reset_secret, &config.security) {
+            (Some(s), _) => ResetKey::from_secret(s),
+            (None, Security::Encrypted(c)) if c.identity.is_some() => {
+                ResetKey::from_identity(identity.as_ref().expect("configured identity"))
+            }
+            _ => ResetKey::random(&mut rng),
+        };
         Ok(Self {
             config: Arc::new(config),
             rng,
             accept,
             identity,
             retry: RetryTokens::new(secret),
+            reset_key,
+            reset_budget: None,
             epoch: None,
             recent_handshakes: VecDeque::new(),
             sources: HashMap::new(),
             clock: None,
             by_cid: HashMap::new(),
+            by_peer_cid: HashMap::new(),
             initials: HashMap::new(),
             cids: HashMap::new(),
             next_handle: 0,
@@ -231,11 +273,36 @@ impl Endpoint {
         let h = ConnectionHandle(self.next_handle);
         self.next_handle += 1;
         self.by_cid.insert(cid, h);
+        let peer = initial.map(|(_, client_cid)| client_cid);
         if let Some(key) = initial {
             self.initials.insert(key, h);
+            self.by_peer_cid.insert(key.1, h);
         }
-        self.cids.insert(h, (cid, initial));
+        self.cids.insert(
+            h,
+            Cids {
+                local: cid,
+                peer,
+                initial,
+            },
+        );
         h
+    }
+
+    /// Tells the endpoint the connection id the peer of `h` issued (a client
+    /// learns it in the handshake: `Connection::peer_cid`), so that the
+    /// peer's stateless Resets reach `h`. The runtime calls it once `h` is
+    /// connected; for accepted connections it is known from the start.
+    pub fn set_peer_cid(&mut self, h: ConnectionHandle, peer_cid: u64) {
+        let Some(ids) = self.cids.get_mut(&h) else {
+            return;
+        };
+        if let Some(old) = ids.peer.replace(peer_cid) {
+            if self.by_peer_cid.get(&old) == Some(&h) {
+                self.by_peer_cid.remove(&old);
+            }
+        }
+        self.by_peer_cid.insert(peer_cid, h);
     }
 
     /// Starts a connection to `remote`.
@@ -248,6 +315,7 @@ impl Endpoint {
         let conn = Connection::client(
             self.config.clone(),
             cid,
+            self.reset_key.token(cid),
             remote,
             now,
             self.identity.as_ref(),
@@ -264,8 +332,9 @@ impl Endpoint {
             self.stats.malformed += 1;
             return DatagramEvent::Dropped(DropReason::Malformed);
         };
-        if header.kind != PacketKind::Initial {
-            return match self.by_cid.get(&header.dcid) {
+        if header.kind == PacketKind::Reset {
+            // Addressed to the id the peer issued; never answered.
+            return match self.by_peer_cid.get(&header.dcid) {
                 Some(&h) => DatagramEvent::Known(h),
                 None => {
                     self.stats.unknown_connection += 1;
@@ -273,10 +342,52 @@ impl Endpoint {
                 }
             };
         }
+        if header.kind != PacketKind::Initial {
+            return match self.by_cid.get(&header.dcid) {
+                Some(&h) => DatagramEvent::Known(h),
+                None => {
+                    self.stats.unknown_connection += 1;
+                    if header.kind == PacketKind::Data {
+                        self.stateless_reset(now, remote, header.dcid, datagram.len())
+                    } else {
+                        DatagramEvent::Dropped(DropReason::UnknownConnection)
+                    }
+                }
+            };
+        }
         if let Some(&h) = self.initials.get(&(remote, header.dcid)) {
             return DatagramEvent::Known(h);
         }
         self.handle_new_initial(now, remote, datagram, &header, r.remaining())
+    }
+
+    /// Answers a Data packet of `len` bytes for the unknown id `cid` with a
+    /// Reset, if it is larger than the Reset and the rate limit allows.
+    fn stateless_reset(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        cid: u64,
+        len: usize,
+    ) -> DatagramEvent {
+        let budget = self.reset_budget.get_or_insert(Bucket {
+            tokens: RESET_BURST,
+            last: now,
+        });
+        budget.tokens = (budget.tokens
+            + now.saturating_duration_since(budget.last).as_secs_f64() * RESET_RATE)
+            .min(RESET_BURST);
+        budget.last = now;
+        if len <= RESET_PACKET_LEN || budget.tokens < 1.0 {
+            self.stats.resets_suppressed += 1;
+            return DatagramEvent::Dropped(DropReason::UnknownConnection);
+        }
+        budget.tokens -= 1.0;
+        self.stats.resets_sent += 1;
+        let token = self.reset_key.token(cid);
+        let response = self.stateless(PacketKind::Reset, cid, Frame::Token(&token), remote);
+        debug_assert_eq!(response.data.len(), RESET_PACKET_LEN);
+        DatagramEvent::Respond(response)
     }
 
     fn ms_since_epoch(&mut self, now: Instant) -> u64 {
@@ -449,6 +560,7 @@ impl Endpoint {
         let mut conn = Connection::server(
             self.config.clone(),
             cid,
+            self.reset_key.token(cid),
             header.dcid,
             remote,
             now,
@@ -464,10 +576,15 @@ impl Endpoint {
 
     /// Forgets a connection that is drained (or abandoned).
     pub fn forget(&mut self, h: ConnectionHandle) {
-        if let Some((cid, initial)) = self.cids.remove(&h) {
-            self.by_cid.remove(&cid);
-            if let Some(key) = initial {
+        if let Some(ids) = self.cids.remove(&h) {
+            self.by_cid.remove(&ids.local);
+            if let Some(key) = ids.initial {
                 self.initials.remove(&key);
+            }
+            if let Some(peer) = ids.peer {
+                if self.by_peer_cid.get(&peer) == Some(&h) {
+                    self.by_peer_cid.remove(&peer);
+                }
             }
         }
     }

@@ -26,4 +26,5 @@ pub use conn::{
 pub use crypto::{CryptoConfig, Identity, PublicKey, Security};
 pub use endpoint::{
     ConnectionHandle, DatagramEvent, DropReason, Endpoint, EndpointStats, Response, Seed,
+    RESET_PACKET_LEN,
 };

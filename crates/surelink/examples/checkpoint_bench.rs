@@ -1,11 +1,13 @@
-//! Figures for durable sessions (`docs/CHECKPOINTS.md`): what checkpoints
-//! cost and how fast a restarted side resumes.
+//! The detailed breakdown behind the durable-session figures of the
+//! benchmark harness (`surelink-bench --workloads durable`, which measures
+//! the throughput ratios, fsyncs per second and real `kill -9` restarts of
+//! the CLI; see docs/CHECKPOINTS.md): where the time and CPU go.
 //!
 //! ```text
 //! cargo run --release -p surelink --example checkpoint_bench [-- MIB [RUNS]]
 //! ```
 //!
-//! On loopback, in one process (except the receiver of the kill -9 figure):
+//! On loopback, in one process:
 //!
 //! 1. **Throughput** of a MIB-MiB (default 64) transfer in 64 KiB messages,
 //!    median of RUNS (default 3): a plain connection (nothing durable, the
@@ -14,27 +16,19 @@
 //!    both journals in memory (`MemStorage`, the session protocol's own
 //!    cost); and with journals and output on disk (`FsStorage`, `FileSink`)
 //!    under each durability policy. For each: MB/s, the ratio to the
-//!    baseline, and fsyncs per second (both journals and the output file).
-//! 2. **Sender restart → first resumed delivery**: halfway through a
-//!    transfer the sender is dropped as a crash would (its task aborted: its
-//!    uncommitted journal buffer is lost, its connection gone), then a new
-//!    one opens the journal from disk, connects, resumes; the time until the
-//!    receiver's sink gets the first resumed message, with the parts (journal
-//!    recovery, connect, HELLO → WATERMARK). Median of 5.
-//! 3. **Receiver kill -9 → first resumed delivery**: the receiver runs as a
-//!    child process (this example, re-executed) and is killed with SIGKILL
-//!    halfway; the time from starting its replacement to its first resumed
-//!    delivery (printed by the child). This includes the sender noticing the
-//!    silence of the dead receiver (`peer_timeout`, 1 s by default). Median
-//!    of 5.
+//!    baseline, fsyncs per second, checkpoints, C = T/N and CPU s/GiB.
+//! 2. **Sender restart → first resumed delivery**, in phases: halfway through
+//!    a transfer the sender is dropped as a crash would (its task aborted:
+//!    its uncommitted journal buffer is lost, its connection gone), then a
+//!    new one opens the journal from disk, connects, resumes; the time until
+//!    the receiver's sink gets the first resumed message, with the parts
+//!    (journal recovery, connect, HELLO → WATERMARK). Median of 5.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
 use surelink::session::{
@@ -61,9 +55,6 @@ const BATCH: usize = 16;
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--child-recv") {
-        return child_receiver(args[1].parse()?, Path::new(&args[2]), Path::new(&args[3])).await;
-    }
     let mib: usize = args.first().map_or(Ok(64), |a| a.parse())?;
     let runs: usize = args.get(1).map_or(Ok(3), |a| a.parse())?;
     let mut data = vec![0u8; mib << 20];
@@ -132,22 +123,6 @@ async fn main() -> Result<()> {
         );
     }
 
-    println!("\n## Receiver kill -9 → first resumed delivery (durability interval 50ms), 5 runs\n");
-    let mut kills = Vec::new();
-    for _ in 0..5 {
-        kills.push(receiver_kill(data.clone(), &dir).await?);
-    }
-    kills.sort_by_key(|k| k.0);
-    let (total, ready) = kills[kills.len() / 2];
-    println!(
-        "median {:.1} ms (min {:.1}, max {:.1}); the new receiver was listening after {:.1} ms \
-         (journal recovery, output truncated to its checkpoint); the rest is the sender \
-         noticing the dead receiver (peer_timeout 1 s) and resuming",
-        ms(total),
-        ms(kills[0].0),
-        ms(kills[kills.len() - 1].0),
-        ms(ready),
-    );
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
@@ -540,88 +515,4 @@ fn dir_size(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
-}
-
-/// The receiver as a child process: prints `listening` once its state is
-/// open and `first-write NANOS` (Unix time) at its first delivery.
-async fn child_receiver(addr: SocketAddr, state: &Path, out: &Path) -> Result<()> {
-    let policy = Durability::Interval(Duration::from_millis(50));
-    let first_write = Arc::new(Mutex::new(None));
-    let sink = TimedFileSink {
-        file: FileSink::open(out)?,
-        first_write: first_write.clone(),
-        position: Arc::new(AtomicU64::new(0)),
-    };
-    let mut rx = DurableReceiver::open_dir(state, sink, options(policy))?;
-    let endpoint = Endpoint::bind(addr, EndpointConfig::default())?;
-    println!("listening");
-    let watcher = tokio::spawn(async move {
-        loop {
-            if first_write.lock().unwrap().is_some() {
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-                println!("first-write {}", now.as_nanos());
-                return;
-            }
-            tokio::time::sleep(Duration::from_micros(100)).await;
-        }
-    });
-    rx.run(&endpoint, |_| {}).await?;
-    let _ = watcher.await;
-    endpoint.wait_idle().await;
-    Ok(())
-}
-
-/// Kills the receiver (a child process) halfway and times the first
-/// resumed delivery of its replacement. Returns (total, time to listening).
-async fn receiver_kill(data: Bytes, dir: &Path) -> Result<(Duration, Duration)> {
-    let run_dir = fresh_dir(dir)?;
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let out = run_dir.join("out.bin");
-    let exe = std::env::current_exe()?;
-    let spawn = || {
-        Command::new(&exe)
-            .args(["--child-recv", &addr.to_string()])
-            .arg(run_dir.join("rx"))
-            .arg(&out)
-            .stdout(Stdio::piped())
-            .spawn()
-    };
-    let mut child = spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    lines.next().ok_or("child")??;
-    let policy = Durability::Interval(Duration::from_millis(50));
-    let sender = {
-        let (data, tx_dir) = (data.clone(), run_dir.join("tx"));
-        tokio::spawn(async move {
-            let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-            let mut tx = DurableSender::open_dir(&tx_dir, "bench", options(policy))?;
-            run_sender(&mut tx, &client, addr, &data).await
-        })
-    };
-    while std::fs::metadata(&out).map_or(0, |m| m.len()) < data.len() as u64 / 2 {
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
-    child.kill()?;
-    child.wait()?;
-    let t0 = SystemTime::now();
-    let mut child = spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let result = tokio::task::spawn_blocking(move || -> Option<(Duration, Duration)> {
-        let first = lines.next()?.ok()?;
-        assert_eq!(first, "listening");
-        let ready = t0.elapsed().ok()?;
-        let line = lines.next()?.ok()?;
-        let nanos: u64 = line.strip_prefix("first-write ")?.parse().ok()?;
-        let at = UNIX_EPOCH + Duration::from_nanos(nanos);
-        Some((at.duration_since(t0).ok()?, ready))
-    })
-    .await?
-    .ok_or("no resumed delivery")?;
-    sender.await??;
-    child.wait()?;
-    std::fs::remove_dir_all(&run_dir)?;
-    Ok(result)
 }

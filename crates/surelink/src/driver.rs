@@ -284,7 +284,7 @@ fn drive(
                 conns.insert(h, cs);
             }
             DatagramEvent::Respond(response) => {
-                // A stateless answer (Retry, Reject): small, sent as is.
+                // A stateless answer (Retry, Reject, Reset): small, sent as is.
                 if let Some(event) = HandshakeEvent::from_response(&response) {
                     handshakes.push(event);
                     endpoint_changed = true;
@@ -336,6 +336,10 @@ fn drive(
     let mut removable = Vec::new();
     for (h, cs) in conns.iter_mut() {
         let connected_now = cs.sync();
+        if connected_now {
+            // The peer's stateless Resets are addressed to the id it issued.
+            endpoint.set_peer_cid(*h, cs.conn.peer_cid());
+        }
         if cs.conn.side() == Side::Server && !cs.outcome_recorded {
             let remote = cs.conn.remote();
             if cs.connected && *accepting {

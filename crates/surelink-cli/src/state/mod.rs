@@ -17,7 +17,7 @@ pub mod send;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use surelink::session::{Durability, SessionOptions};
 
@@ -121,6 +121,18 @@ impl RecvStateArgs {
             .session_options()?
             .with_checkpoint_interval(self.checkpoint_interval))
     }
+}
+
+/// The stateless reset secret kept in the state directory `dir` (created on
+/// first use), so that after a restart this side can reset the connections of
+/// its previous life and the peer reconnects at once.
+pub fn reset_secret(dir: &std::path::Path) -> anyhow::Result<[u8; 32]> {
+    surelink::session::reset_secret(dir).with_context(|| {
+        format!(
+            "cannot read or create the reset secret in {}",
+            dir.display()
+        )
+    })
 }
 
 /// For a receiver *without* `--state`: a sender that runs with `--state`

@@ -61,6 +61,7 @@ pub async fn run(
     args.playout.apply(&mut config.protocol);
     config.protocol.security = security;
     config.protocol.path_mode = args.mode.into();
+    config.protocol.reset_secret = Some(super::reset_secret(dir)?);
     let idle_timeout = config.protocol.idle_timeout;
     let endpoint = Endpoint::bind_many(&listen, config)
         .with_context(|| format!("cannot listen on {listen:?}"))?;

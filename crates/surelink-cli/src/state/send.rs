@@ -9,8 +9,9 @@
 //! receiver confirmed are never read again and bytes still in the outbox are
 //! re-sent from the journal, not from the file.
 //!
-//! When the connection fails (the receiver was killed: no packet for a
-//! second; or the connection was lost), the sender connects again and resumes
+//! When the connection fails (the receiver was killed: its restarted process
+//! answers with a stateless reset, or, if it does not come back, no packet
+//! for a second; or the connection was lost), the sender connects again and resumes
 //! the session. It gives up when a connection cannot be made within
 //! `--connect-timeout`, or after [`MAX_FAILED_ATTEMPTS`] connections in a row
 //! that failed before the session could resume; then a restart with the same
@@ -18,7 +19,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use bytes::{BufMut as _, BytesMut};
@@ -37,12 +38,16 @@ const BATCH_BYTES: usize = 1 << 20;
 
 /// Connections in a row that may fail before the session resumes.
 const MAX_FAILED_ATTEMPTS: u32 = 3;
+/// Pause before connecting again after the n-th failed attempt in a row: n × this.
+/// (A connection that resumed and then failed — e.g. reset by a restarted
+/// receiver — is replaced at once.)
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Runs `surelink send --state DIR` (stream mode from a file).
 pub async fn run(
     args: &SendArgs,
     dir: &Path,
-    config: EndpointConfig,
+    mut config: EndpointConfig,
     remote: SocketAddr,
     extra_paths: Vec<SocketAddr>,
 ) -> anyhow::Result<()> {
@@ -111,6 +116,7 @@ pub async fn run(
         );
     }
 
+    config.protocol.reset_secret = Some(super::reset_secret(dir)?);
     let bind = args.bind.unwrap_or_else(|| wildcard_for(remote));
     let endpoint = Endpoint::client_with_config(bind, config)
         .with_context(|| format!("cannot bind {bind}"))?;
@@ -138,6 +144,7 @@ pub async fn run(
             Err(e) if e.is_connection() && !refused(&e) && failed + 1 < MAX_FAILED_ATTEMPTS => {
                 failed += 1;
                 eprintln!("surelink send: {e}; connecting again");
+                tokio::time::sleep(RETRY_BACKOFF * failed).await;
                 continue;
             }
             Err(e) => {

@@ -157,17 +157,23 @@ impl<S: Storage> CheckpointStore<S> {
 
     /// Queues message `seq` of `channel` in the outbox. `seq` must be above
     /// [`Outbox::high_seq`] of the channel.
-    pub fn push(&mut self, channel: u64, seq: u64, payload: &[u8]) -> Result<(), JournalError> {
+    /// The payload is moved into the outbox (pass a `Vec` to avoid a copy).
+    pub fn push(
+        &mut self,
+        channel: u64,
+        seq: u64,
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<(), JournalError> {
         self.outbox.check_push(channel, seq)?;
-        let mut data = Vec::new();
-        record::encode_push(&mut data, channel, seq, payload);
-        let id = self.journal.append(&data)?;
+        let payload = payload.into();
+        let header = record::push_header(channel, seq);
+        let id = self.journal.append_parts(&[&header, &payload])?;
         self.outbox.apply_push(
             id,
             OutboxEntry {
                 channel,
                 seq,
-                payload: payload.to_vec(),
+                payload,
             },
         );
         Ok(())

@@ -82,11 +82,21 @@ fn u64_at(buf: &[u8], at: usize) -> u64 {
 
 /// Encodes a PUSH record without building a [`CheckpointRecord`].
 pub(crate) fn encode_push(out: &mut Vec<u8>, channel: u64, seq: u64, payload: &[u8]) {
-    out.reserve(17 + payload.len());
-    out.push(TAG_PUSH);
-    out.extend_from_slice(&channel.to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
+    out.reserve(PUSH_HEADER_LEN + payload.len());
+    out.extend_from_slice(&push_header(channel, seq));
     out.extend_from_slice(payload);
+}
+
+/// Length of a PUSH record before its payload.
+pub(crate) const PUSH_HEADER_LEN: usize = 17;
+
+/// The bytes of a PUSH record before its payload.
+pub(crate) fn push_header(channel: u64, seq: u64) -> [u8; PUSH_HEADER_LEN] {
+    let mut h = [0u8; PUSH_HEADER_LEN];
+    h[0] = TAG_PUSH;
+    h[1..9].copy_from_slice(&channel.to_le_bytes());
+    h[9..].copy_from_slice(&seq.to_le_bytes());
+    h
 }
 
 impl CheckpointRecord {

@@ -142,7 +142,7 @@ fn compaction_keeps_exactly_the_state() {
     };
     let mut store = CheckpointStore::open(storage.clone(), options.clone()).unwrap();
     for seq in 1..=200u64 {
-        store.push(seq % 3, seq, &seq.to_le_bytes()).unwrap();
+        store.push(seq % 3, seq, seq.to_le_bytes()).unwrap();
         store.set_watermark(9, seq).unwrap();
         if seq % 10 == 0 {
             store.confirm(seq % 3, seq - 5).unwrap();

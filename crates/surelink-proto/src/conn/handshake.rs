@@ -3,18 +3,20 @@
 //! ```text
 //! client                                   server
 //!   Initial   [TOKEN] HANDSHAKE(m1 ⊃ CONNECT) PADDING  →
-//!             ←  Handshake  HANDSHAKE(m2 ⊃ ACCEPT)
-//!   Handshake HANDSHAKE(m3)                          →
+//!             ←  Handshake  HANDSHAKE(m2 ⊃ ACCEPT TOKEN)
+//!   Handshake HANDSHAKE(m3 ⊃ TOKEN)                  →
 //! ```
 //!
 //! In encrypted mode m1..m3 are the Noise `XX` messages and CONNECT / ACCEPT
-//! ride in their payloads (authenticated; ACCEPT also encrypted). In plaintext
+//! ride in their payloads (authenticated; ACCEPT also encrypted). The TOKEN
+//! frames of m2 and m3 carry each side's stateless reset token for the
+//! connection id it issued (encrypted in Noise mode; see `crypto::ResetKey`). In plaintext
 //! mode the messages are the payloads themselves. The client checks the
 //! server's static key against the expected one after m2; the server checks the
 //! client's against its allow-list after m3. Failures carry a CLOSE code and a
 //! human-readable reason for a Reject packet.
 
-use crate::crypto::{CryptoConfig, Identity, NoiseHandshake, PublicKey, Security};
+use crate::crypto::{CryptoConfig, Identity, NoiseHandshake, PublicKey, Security, RESET_TOKEN_LEN};
 use crate::wire::{Frame, FrameIter, TransportParams};
 
 use super::{close_code, ConnectionError};
@@ -57,10 +59,25 @@ pub struct Handshake {
     keys: Option<([u8; 32], [u8; 32])>,
 }
 
-fn encode(frame: &Frame<'_>) -> Vec<u8> {
+/// A stateless reset token.
+pub type ResetToken = [u8; RESET_TOKEN_LEN];
+
+fn encode(frames: &[Frame<'_>]) -> Vec<u8> {
     let mut v = Vec::new();
-    frame.encode(&mut v);
+    for f in frames {
+        f.encode(&mut v);
+    }
     v
+}
+
+/// The reset token among the frames following the first of a handshake payload.
+fn reset_token<'a>(
+    frames: impl Iterator<Item = Result<Frame<'a>, crate::wire::WireError>>,
+) -> Option<ResetToken> {
+    frames.filter_map(Result::ok).find_map(|f| match f {
+        Frame::Token(t) => t.try_into().ok(),
+        _ => None,
+    })
 }
 
 impl Handshake {
@@ -148,16 +165,17 @@ impl Handshake {
 
     /// Client: the first message, carrying our parameters.
     pub fn client_hello(&mut self, params: TransportParams) -> Result<Vec<u8>, HandshakeFailure> {
-        self.write(&encode(&Frame::Connect(params)))
+        self.write(&encode(&[Frame::Connect(params)]))
     }
 
     /// Server: reads the first message; returns the client's parameters and
-    /// the answer carrying ours and our connection id.
+    /// the answer carrying ours, our connection id and its reset token.
     pub fn server_hello(
         &mut self,
         msg: &[u8],
         cid: u64,
         params: TransportParams,
+        reset: &ResetToken,
     ) -> Result<(TransportParams, Vec<u8>), HandshakeFailure> {
         let payload = self.read(msg)?;
         let theirs = match FrameIter::new(&payload).next() {
@@ -168,24 +186,30 @@ impl Handshake {
                 ))
             }
         };
-        let answer = self.write(&encode(&Frame::Accept { cid, params }))?;
+        let answer = self.write(&encode(&[
+            Frame::Accept { cid, params },
+            Frame::Token(reset),
+        ]))?;
         Ok((theirs, answer))
     }
 
-    /// Client: reads the server's answer; returns its connection id and parameters.
+    /// Client: reads the server's answer; returns its connection id,
+    /// parameters and reset token (if it sent one).
     pub fn client_read_answer(
         &mut self,
         msg: &[u8],
-    ) -> Result<(u64, TransportParams), HandshakeFailure> {
+    ) -> Result<(u64, TransportParams, Option<ResetToken>), HandshakeFailure> {
         let payload = self.read(msg)?;
-        match FrameIter::new(&payload).next() {
-            Some(Ok(Frame::Accept { cid, params })) => Ok((cid, params)),
+        let mut frames = FrameIter::new(&payload);
+        match frames.next() {
+            Some(Ok(Frame::Accept { cid, params })) => Ok((cid, params, reset_token(frames))),
             _ => Err(HandshakeFailure::failed("server answer lacks ACCEPT")),
         }
     }
 
-    /// Client: checks the server's key and writes the last message.
-    pub fn client_complete(&mut self) -> Result<Vec<u8>, HandshakeFailure> {
+    /// Client: checks the server's key and writes the last message, carrying
+    /// our reset token.
+    pub fn client_complete(&mut self, reset: &ResetToken) -> Result<Vec<u8>, HandshakeFailure> {
         if let (Some(expected), Some(got)) = (
             self.config.as_ref().and_then(|c| c.peer_key),
             self.noise_peer(),
@@ -202,14 +226,16 @@ impl Handshake {
                 });
             }
         }
-        let last = self.write(&[])?;
+        let last = self.write(&encode(&[Frame::Token(reset)]))?;
         self.finish();
         Ok(last)
     }
 
-    /// Server: reads the last message and checks the client's key.
-    pub fn server_finish(&mut self, msg: &[u8]) -> Result<(), HandshakeFailure> {
-        self.read(msg)?;
+    /// Server: reads the last message and checks the client's key; returns
+    /// the client's reset token (if it sent one).
+    pub fn server_finish(&mut self, msg: &[u8]) -> Result<Option<ResetToken>, HandshakeFailure> {
+        let payload = self.read(msg)?;
+        let reset = reset_token(FrameIter::new(&payload));
         self.finish();
         if let (Some(allow), Some(got)) = (
             self.config.as_ref().and_then(|c| c.allow.as_ref()),
@@ -226,6 +252,6 @@ impl Handshake {
                 });
             }
         }
-        Ok(())
+        Ok(reset)
     }
 }

@@ -47,12 +47,12 @@ pub use stats::ConnectionStats;
 
 use crate::clock::{ClockEstimate, ClockEstimator, ClockSample};
 use crate::config::{Config, MIN_DATAGRAM_SIZE};
-use crate::crypto::{Identity, PublicKey};
+use crate::crypto::{token_matches, Identity, PublicKey};
 use crate::wire::{
     Delivery, Frame, FrameIter, Header, MsgFrame, PacketKind, Reader, TransportParams,
     FLAG_PLAINTEXT, HEADER_MAX_LEN,
 };
-use handshake::{Handshake, HandshakeFailure};
+use handshake::{Handshake, HandshakeFailure, ResetToken};
 use path::Path;
 use protection::{OpenError, Protection};
 use reassembly::{FragmentOutcome, Reassembly};
@@ -141,6 +141,10 @@ pub enum ConnectionError {
     /// (Server) the client's key is not on the allow-list.
     #[error("client key {} is not on the allow-list", .0.fingerprint())]
     PeerNotAllowed(PublicKey),
+    /// The peer answered with a valid stateless Reset: it no longer knows
+    /// this connection (typically its process restarted).
+    #[error("the peer reset the connection: it no longer knows it (restarted?)")]
+    Reset,
     /// The peer refused the handshake.
     #[error("the peer refused the connection: {reason} (code {code})")]
     Rejected {
@@ -270,6 +274,10 @@ pub struct Connection {
     state: State,
     local_cid: u64,
     peer_cid: u64,
+    /// Our stateless reset token for `local_cid`, sent in the handshake.
+    reset_token: ResetToken,
+    /// The peer's reset token for `peer_cid`, learned in the handshake.
+    peer_reset_token: Option<ResetToken>,
     paths: Vec<Path>,
     /// The path carrying data (backup mode) and ACKs.
     active: usize,
@@ -331,7 +339,7 @@ impl Connection {
     fn new(
         config: Arc<Config>,
         side: Side,
-        local_cid: u64,
+        (local_cid, reset_token): (u64, ResetToken),
         peer_cid: u64,
         remote: SocketAddr,
         now: Instant,
@@ -393,6 +401,8 @@ impl Connection {
             state: State::Handshaking,
             local_cid,
             peer_cid,
+            reset_token,
+            peer_reset_token: None,
             epoch: now,
             next_pn: 0,
             received: ReceivedPackets::default(),
@@ -421,6 +431,7 @@ impl Connection {
     pub(crate) fn client(
         config: Arc<Config>,
         local_cid: u64,
+        reset_token: ResetToken,
         remote: SocketAddr,
         now: Instant,
         identity: Option<&Identity>,
@@ -430,7 +441,7 @@ impl Connection {
         let mut c = Self::new(
             config,
             Side::Client,
-            local_cid,
+            (local_cid, reset_token),
             0,
             remote,
             now,
@@ -457,6 +468,7 @@ impl Connection {
     pub(crate) fn server(
         config: Arc<Config>,
         local_cid: u64,
+        reset_token: ResetToken,
         client_cid: u64,
         remote: SocketAddr,
         now: Instant,
@@ -467,7 +479,7 @@ impl Connection {
         let mut c = Self::new(
             config,
             Side::Server,
-            local_cid,
+            (local_cid, reset_token),
             client_cid,
             remote,
             now,
@@ -545,6 +557,12 @@ impl Connection {
     /// The connection id the peer puts in packets to us.
     pub fn local_cid(&self) -> u64 {
         self.local_cid
+    }
+
+    /// The connection id we put in packets to the peer (a client learns it
+    /// in the handshake; 0 until then).
+    pub fn peer_cid(&self) -> u64 {
+        self.peer_cid
     }
 
     /// True once the handshake completed and until the connection ends.
@@ -871,6 +889,10 @@ impl Connection {
             _ => false,
         };
         let path = self.paths.iter().position(|p| p.addr == addr);
+        if header.kind == PacketKind::Reset && header.dcid == self.peer_cid {
+            self.on_reset(path.is_some(), payload);
+            return;
+        }
         if !routed || payload.is_empty() {
             self.stats.malformed_packets += 1;
             return;
@@ -899,6 +921,35 @@ impl Connection {
             Err(OpenError::Mode) => self.stats.malformed_packets += 1,
         }
         self.scratch = scratch;
+    }
+
+    /// A stateless Reset: closes the connection at once if it carries the
+    /// peer's reset token and came from one of our paths; anything else is
+    /// counted and ignored. A connection already ending is not made an error
+    /// by it: after our graceful CLOSE (sent only once everything was
+    /// acknowledged) it ends gracefully, as at an unanswered CLOSE's idle
+    /// timeout; a draining one drains on.
+    fn on_reset(&mut self, known_path: bool, payload: &[u8]) {
+        let mut frames = FrameIter::new(payload);
+        let valid = match (frames.next(), frames.next(), &self.peer_reset_token) {
+            (Some(Ok(Frame::Token(t))), None, Some(expected)) => {
+                known_path && token_matches(expected, t)
+            }
+            _ => false,
+        };
+        if !valid {
+            self.stats.bad_resets += 1;
+            return;
+        }
+        tracing::debug!(cid = self.local_cid, "stateless reset by the peer");
+        let error = match self.state {
+            State::Draining => return,
+            State::CloseSent => None,
+            _ => Some(ConnectionError::Reset),
+        };
+        self.send_queue.clear();
+        self.pending = Pending::default();
+        self.enter_closed(error);
     }
 
     /// Handshake, Retry and Reject packets: unprotected, and allowed to carry
@@ -966,10 +1017,12 @@ impl Connection {
                     self.pending.handshake = true;
                     return;
                 }
-                match self
-                    .handshake
-                    .server_hello(m, self.local_cid, self.local_params())
-                {
+                match self.handshake.server_hello(
+                    m,
+                    self.local_cid,
+                    self.local_params(),
+                    &self.reset_token,
+                ) {
                     Ok((params, answer)) => {
                         self.first_initial_us = Some(self.clock_us(now));
                         self.peer_params = Some(params);
@@ -992,7 +1045,8 @@ impl Connection {
                 }
                 self.last_received = now;
                 match self.handshake.server_finish(m) {
-                    Ok(()) => {
+                    Ok(reset) => {
+                        self.peer_reset_token = reset;
                         self.handshake_rtt_sample(now);
                         if let (Some(p), Some(at)) = (self.peer_params, self.first_initial_us) {
                             self.provisional_offset(p.clock_origin_us, at);
@@ -1016,7 +1070,8 @@ impl Connection {
                 }
                 self.last_received = now;
                 match self.handshake.client_read_answer(m) {
-                    Ok((cid, params)) => {
+                    Ok((cid, params, reset)) => {
+                        self.peer_reset_token = reset;
                         self.handshake_rtt_sample(now);
                         self.handshake_sends = 0;
                         self.paths[0].pto_count = 0;
@@ -1028,7 +1083,7 @@ impl Connection {
                     }
                     Err(f) => return self.reject(f),
                 }
-                match self.handshake.client_complete() {
+                match self.handshake.client_complete(&self.reset_token) {
                     Ok(last) => {
                         self.install_keys(now);
                         self.handshake_out = Some(last);

@@ -49,6 +49,8 @@ pub struct ConnectionStats {
     pub malformed_packets: u64,
     /// Packets that failed authentication (dropped silently).
     pub auth_failures: u64,
+    /// Reset packets for this connection whose token did not match (forged or stale); ignored.
+    pub bad_resets: u64,
     /// Key updates performed (either direction).
     pub key_updates: u64,
     /// Handshake sends withheld by the 3x anti-amplification limit.

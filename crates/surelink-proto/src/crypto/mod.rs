@@ -1,5 +1,5 @@
-//! Security: identities, the Noise handshake, packet protection, anti-replay
-//! and stateless retry tokens.
+//! Security: identities, the Noise handshake, packet protection, anti-replay,
+//! stateless retry tokens and stateless reset tokens.
 //!
 //! surelink is encrypted and authenticated by default. Each endpoint has a
 //! static X25519 identity ([`Identity`]); connections run the Noise `XX`
@@ -15,12 +15,15 @@ mod keys;
 mod noise;
 mod packet;
 mod replay;
+mod reset;
 mod retry;
 
 pub use keys::{Identity, KeyError, PublicKey, KEY_LEN};
 pub(crate) use noise::NoiseHandshake;
 pub use packet::{PacketKey, TAG_LEN};
 pub use replay::ReplayWindow;
+pub(crate) use reset::token_matches;
+pub use reset::{ResetKey, RESET_TOKEN_LEN};
 pub use retry::{RetryTokens, TOKEN_LEN};
 
 use std::time::Duration;

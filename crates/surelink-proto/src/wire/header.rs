@@ -34,6 +34,11 @@ pub enum PacketKind {
     Retry,
     /// Handshake refusal (wrong key, not allowed, mode mismatch): carries CLOSE.
     Reject,
+    /// Stateless reset: the answer of an endpoint that does not know the
+    /// connection id a Data packet was sent to. Carries one TOKEN, the reset
+    /// token the peer learned in the handshake; routed by the peer's
+    /// connection id the unknown packet named.
+    Reset,
 }
 
 impl PacketKind {
@@ -44,6 +49,7 @@ impl PacketKind {
             Self::Data => 2,
             Self::Retry => 3,
             Self::Reject => 4,
+            Self::Reset => 5,
         }
     }
 
@@ -54,6 +60,7 @@ impl PacketKind {
             2 => Ok(Self::Data),
             3 => Ok(Self::Retry),
             4 => Ok(Self::Reject),
+            5 => Ok(Self::Reset),
             other => Err(WireError::UnknownPacketKind(other)),
         }
     }
@@ -132,7 +139,8 @@ mod tests {
             Just(PacketKind::Handshake),
             Just(PacketKind::Data),
             Just(PacketKind::Retry),
-            Just(PacketKind::Reject)
+            Just(PacketKind::Reject),
+            Just(PacketKind::Reset)
         ]
     }
 

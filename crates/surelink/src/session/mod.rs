@@ -63,6 +63,7 @@
 mod error;
 mod receiver;
 mod record;
+mod secret;
 mod sender;
 mod sink;
 pub mod wire;
@@ -71,6 +72,7 @@ use std::time::Duration;
 
 pub use error::{ResumeMismatch, SessionError};
 pub use receiver::{read_hello, Accepted, DurableReceiver, ReceiverEvent, ReceiverStats};
+pub use secret::{reset_secret, RESET_SECRET_FILE};
 pub use sender::{DurableSender, Outgoing, Resumed, SenderStats};
 pub use sink::{DurableSink, FileSink};
 pub use surelink_journal::{

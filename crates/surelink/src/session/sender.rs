@@ -524,13 +524,14 @@ impl<S: Storage + Send> DurableSender<S> {
         let next_id = &mut self.next_id;
         let wire = blocking(|| -> Result<Vec<(u64, Bytes)>, SessionError> {
             let mut wire = Vec::with_capacity(batch.len());
-            let mut payload = Vec::new();
             for item in &batch {
                 let id = next_id.entry(item.channel).or_insert(0);
-                payload.clear();
+                // Moved into the outbox: one copy of the bytes there, one
+                // into the journal's buffer, one for the wire.
+                let mut payload = Vec::with_capacity(8 + item.data.len());
                 payload.extend_from_slice(&item.cursor.to_le_bytes());
                 payload.extend_from_slice(&item.data);
-                store.push(item.channel, *id, &payload)?;
+                store.push(item.channel, *id, payload)?;
                 wire.push((item.channel, wire::data_message(*id, &item.data)));
                 *id += 1;
             }
