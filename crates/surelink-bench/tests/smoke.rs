@@ -255,13 +255,19 @@ fn quick_run_writes_tables_json_and_plot() {
     // part needs the `surelink` binary and may report an error instead.
     let durable = &report["durable"];
     assert_eq!(durable["mib"], 8);
-    for field in ["interval_ratio", "always_ratio", "none_ratio"] {
+    for field in [
+        "interval_ratio",
+        "always_ratio",
+        "none_ratio",
+        "interval_vs_file",
+        "always_vs_file",
+        "none_vs_file",
+    ] {
         assert_number(&durable["median"][field], field);
     }
-    assert_number(
-        &durable["median"]["in_memory"]["mb_per_s"],
-        "in-memory MB/s",
-    );
+    for baseline in ["in_memory", "plain_file"] {
+        assert_number(&durable["median"][baseline]["mb_per_s"], baseline);
+    }
     for t in targets {
         assert!(t["required"].is_string() && t["measured"].is_string());
         assert!(t["met"].is_boolean() || t["met"].is_null());
