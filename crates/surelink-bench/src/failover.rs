@@ -338,8 +338,7 @@ async fn watch_paths(conn: Connection, from: Instant, until: Instant) -> Detecti
     let primary = PathId(0);
     let mut seen = Detection::default();
     while seen.failed_over.is_none() || seen.down.is_none() {
-        let Ok(Some(event)) = tokio::time::timeout_at(until.into(), conn.next_event()).await
-        else {
+        let Ok(Some(event)) = tokio::time::timeout_at(until.into(), conn.next_event()).await else {
             break;
         };
         let now = Instant::now();

@@ -7,15 +7,18 @@
 //! the driver is generic over it, so the UDP path pays nothing for the
 //! abstraction.
 //!
-//! 1. receive: drain the socket with `try_recv_from` until it would block (at
-//!    most [`RECV_BATCH`] datagrams per round, so sending is not starved);
+//! 1. receive: drain the sockets with `try_recv` (several datagrams per call
+//!    when the backend batches) until they would block, stopping once a round
+//!    has [`RECV_BATCH`] datagrams or calls, so sending is not starved;
 //! 2. under the lock: route each datagram through the core endpoint and feed it
 //!    to its connection, run every connection's due timers, collect datagrams
 //!    from `poll_transmit` into the outgoing queue (at most [`TRANSMIT_BUDGET`]
 //!    per round, round-robin over connections), take events, wake waiting
 //!    handles, queue accepted connections, forget drained ones;
-//! 3. without the lock: send the outgoing queue with `try_send_to`. A datagram
-//!    that would block stays queued and the driver waits for writability; no new
+//! 3. without the lock: send the outgoing queue with `try_send`, each run of
+//!    consecutive datagrams with the same socket, destination and size (the
+//!    last may be shorter) in one call, up to the backend's
+//!    [`max_segments`](DatagramIo::max_segments). A run that would block stays queued and the driver waits for writability; no new
 //!    datagrams are taken from the core meanwhile, so the core's congestion
 //!    control sees the back-pressure. Datagrams are never dropped silently: only
 //!    a hard send error drops one, and it is logged and counted (the protocol
@@ -38,15 +41,15 @@ use surelink_proto::conn::PathAddr;
 use surelink_proto::{ConnectionHandle, DatagramEvent, Side};
 
 use crate::handshake_event::HandshakeEvent;
-use crate::socket::DatagramIo;
+use crate::socket::{DatagramIo, MAX_SEND_BYTES};
 use crate::state::{ConnState, IoCounters, Shared, State};
 
-/// Most datagrams read from the socket in one round.
+/// A round stops receiving once it has this many datagrams or made this many
+/// receive calls (one call may bring more than one datagram: with GRO and
+/// `recvmmsg`, up to 16 buffers of 64 KiB).
 pub(crate) const RECV_BATCH: usize = 64;
 /// Most datagrams taken from the core in one round.
 pub(crate) const TRANSMIT_BUDGET: usize = 128;
-/// Receive buffer: the largest UDP payload.
-const RECV_BUFFER: usize = 65_536;
 /// Consecutive rounds with an already-expired timer and nothing else happening
 /// after which the driver sleeps a little instead of spinning.
 const STALL_ROUNDS: u32 = 3;
@@ -84,6 +87,36 @@ impl Datagrams {
 
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// How many queued datagrams from `head` on can go out in one call of at
+    /// most `max` datagrams: the same socket and destination, the size of the
+    /// first, except that the last may be shorter, [`MAX_SEND_BYTES`] in all.
+    /// At least one whenever the queue is not empty.
+    fn run(&self, max: usize) -> usize {
+        let Some((local, dest, first)) = self.items.get(self.head) else {
+            return 0;
+        };
+        let size = first.len();
+        let mut count = 1;
+        let mut total = size;
+        for (l, d, r) in &self.items[self.head + 1..] {
+            if count >= max
+                || size == 0
+                || l != local
+                || d != dest
+                || r.len() > size
+                || total + r.len() > MAX_SEND_BYTES
+            {
+                break;
+            }
+            count += 1;
+            total += r.len();
+            if r.len() < size {
+                break;
+            }
+        }
+        count
     }
 
     fn iter(&self) -> impl Iterator<Item = (PathAddr, &[u8])> + '_ {
@@ -142,33 +175,18 @@ async fn any_ready<T: DatagramIo>(io: &T, write: bool) -> io::Result<()> {
 }
 
 /// Runs an endpoint until nothing is left to drive.
-pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, sockets: T) {
+pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T) {
     let _stop = StopGuard(shared.clone());
-    let mut recv_buf = vec![0u8; RECV_BUFFER];
     let mut received = Datagrams::default();
     let mut outgoing = Datagrams::default();
-    let mut scratch = Vec::with_capacity(RECV_BUFFER);
+    let mut scratch = Vec::with_capacity(MAX_SEND_BYTES);
     let mut cursor = ConnectionHandle(0);
     let mut stalled = 0u32;
     let mut stall_logged = false;
     loop {
         // 1. Receive a batch.
         received.clear();
-        let mut reads = 0;
-        for local in 0..sockets.sockets() {
-            while reads < RECV_BATCH {
-                reads += 1;
-                match sockets.try_recv_from(local, &mut recv_buf) {
-                    Ok((n, from)) => received.push(local as u16, from, &recv_buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        IoCounters::add(&shared.io.recv_errors, 1);
-                        tracing::debug!(error = %e, "receive error");
-                    }
-                }
-            }
-        }
-        let socket_busy = reads == RECV_BATCH;
+        let socket_busy = receive(&mut sockets, &mut received, &shared);
         if !received.is_empty() {
             IoCounters::add(&shared.io.datagrams_received, received.len() as u64);
             IoCounters::add(&shared.io.bytes_received, received.bytes.len() as u64);
@@ -392,27 +410,67 @@ fn drive(
     }
 }
 
-/// Sends the outgoing queue; returns true if the socket would block.
+/// Reads a round's batch from every socket into `received` (cleared by the
+/// caller); returns true if it stopped at the round's limit rather than
+/// because the sockets would block.
+fn receive<T: DatagramIo>(sockets: &mut T, received: &mut Datagrams, shared: &Shared) -> bool {
+    let mut calls = 0;
+    let mut reads = 0u64;
+    for local in 0..sockets.sockets() {
+        while calls < RECV_BATCH && received.len() < RECV_BATCH {
+            calls += 1;
+            let tag = local as u16;
+            match sockets.try_recv(local, |from, data| received.push(tag, from, data)) {
+                Ok(_) => reads += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    IoCounters::add(&shared.io.recv_errors, 1);
+                    tracing::debug!(error = %e, "receive error");
+                }
+            }
+        }
+    }
+    IoCounters::add(&shared.io.recv_calls, reads);
+    calls == RECV_BATCH || received.len() >= RECV_BATCH
+}
+
+/// Sends the outgoing queue, a run of datagrams per call; returns true if the
+/// socket would block.
+///
+/// Bounded: every pass either takes a run off the queue, stops, or retries
+/// after the backend lowered `max_segments` below the run's length (which
+/// can only happen a few times, as it never rises).
 fn flush<T: DatagramIo>(sockets: &T, outgoing: &mut Datagrams, shared: &Shared) -> bool {
     let mut sent = 0u64;
     let mut bytes = 0u64;
+    let mut calls = 0u64;
     let mut blocked = false;
     while outgoing.head < outgoing.items.len() {
-        let (local, dest, range) = outgoing.items[outgoing.head].clone();
-        match sockets.try_send_to(usize::from(local), &outgoing.bytes[range.clone()], dest) {
-            Ok(_) => {
-                sent += 1;
-                bytes += range.len() as u64;
-                outgoing.head += 1;
+        let (local, dest, first) = outgoing.items[outgoing.head].clone();
+        let local = usize::from(local);
+        let count = outgoing.run(sockets.max_segments(local));
+        let end = outgoing.items[outgoing.head + count - 1].2.end;
+        let data = &outgoing.bytes[first.start..end];
+        match sockets.try_send(local, dest, data, first.len()) {
+            Ok(()) => {
+                sent += count as u64;
+                bytes += data.len() as u64;
+                calls += 1;
+                outgoing.head += count;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 blocked = true;
                 break;
             }
+            Err(e) if count > 1 && sockets.max_segments(local) < count => {
+                // The kernel refused segmentation offload (EIO on some
+                // devices); send the run again in smaller pieces.
+                tracing::debug!(%dest, error = %e, count, "batched send refused; sending smaller batches");
+            }
             Err(e) => {
-                IoCounters::add(&shared.io.send_errors, 1);
-                tracing::debug!(%dest, error = %e, "send failed; the datagram is lost and will be recovered like a loss");
-                outgoing.head += 1;
+                IoCounters::add(&shared.io.send_errors, count as u64);
+                tracing::debug!(%dest, error = %e, count, "send failed; the datagrams are lost and will be recovered like a loss");
+                outgoing.head += count;
             }
         }
     }
@@ -421,5 +479,6 @@ fn flush<T: DatagramIo>(sockets: &T, outgoing: &mut Datagrams, shared: &Shared) 
     }
     IoCounters::add(&shared.io.datagrams_sent, sent);
     IoCounters::add(&shared.io.bytes_sent, bytes);
+    IoCounters::add(&shared.io.send_calls, calls);
     blocked
 }

@@ -320,3 +320,61 @@ async fn peers_learn_each_others_keys() {
     })
     .await;
 }
+
+/// Sends 8 MiB from a client to a server endpoint, both made with `config`,
+/// checks that it arrives byte for byte, and returns both endpoints' stats.
+async fn bulk_transfer(
+    config: EndpointConfig,
+) -> (surelink::EndpointStats, surelink::EndpointStats) {
+    let (server_ep, client_ep, client, server) = pair(config).await;
+    let count = 128;
+    let len = 64 << 10;
+    let receiver = tokio::spawn(async move { recv_all(&server).await });
+    for i in 0..count {
+        client.send(message(i, len)).await.unwrap();
+    }
+    client.close().await.expect("graceful close");
+    let got = receiver.await.unwrap();
+    assert_eq!(got.len(), count);
+    for (i, m) in got.iter().enumerate() {
+        assert!(m.data == message(i, len), "message {i}");
+    }
+    (client_ep.stats(), server_ep.stats())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_transfer_with_batched_io_sends_many_datagrams_per_call() {
+    bounded(async {
+        let (client, server) = bulk_transfer(EndpointConfig::default()).await;
+        assert!(client.datagrams_sent > 5_000, "{client:?}");
+        assert!(client.send_calls > 0 && client.recv_calls > 0, "{client:?}");
+        assert!(server.recv_calls > 0, "{server:?}");
+        if cfg!(target_os = "linux") {
+            // UDP GSO: runs of datagrams in one sendmsg; GRO and recvmmsg:
+            // many datagrams in one receive call.
+            assert!(
+                client.datagrams_sent > client.send_calls,
+                "no send carried more than one datagram: {client:?}"
+            );
+            assert!(
+                server.datagrams_received > server.recv_calls,
+                "no receive brought more than one datagram: {server:?}"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_transfer_without_batched_io_makes_one_call_per_datagram() {
+    bounded(async {
+        let config = EndpointConfig::default().with_batched_io(false);
+        let (client, server) = bulk_transfer(config).await;
+        assert!(client.datagrams_sent > 5_000, "{client:?}");
+        assert_eq!(client.send_calls, client.datagrams_sent, "{client:?}");
+        assert_eq!(client.recv_calls, client.datagrams_received, "{client:?}");
+        assert_eq!(server.send_calls, server.datagrams_sent, "{server:?}");
+        assert_eq!(server.recv_calls, server.datagrams_received, "{server:?}");
+    })
+    .await;
+}
