@@ -186,7 +186,7 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T) {
     loop {
         // 1. Receive a batch.
         received.clear();
-        let socket_busy = receive(&mut sockets, &mut received, &shared);
+        let socket_busy = receive(&mut sockets, &mut received, &shared.io);
         if !received.is_empty() {
             IoCounters::add(&shared.io.datagrams_received, received.len() as u64);
             IoCounters::add(&shared.io.bytes_received, received.bytes.len() as u64);
@@ -212,7 +212,7 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T) {
         }
 
         // 3. Send.
-        let blocked = flush(&sockets, &mut outgoing, &shared);
+        let blocked = flush(&sockets, &mut outgoing, &shared.io);
         if round.exit && outgoing.is_empty() {
             return;
         }
@@ -413,7 +413,7 @@ fn drive(
 /// Reads a round's batch from every socket into `received` (cleared by the
 /// caller); returns true if it stopped at the round's limit rather than
 /// because the sockets would block.
-fn receive<T: DatagramIo>(sockets: &mut T, received: &mut Datagrams, shared: &Shared) -> bool {
+fn receive<T: DatagramIo>(sockets: &mut T, received: &mut Datagrams, io: &IoCounters) -> bool {
     let mut calls = 0;
     let mut reads = 0u64;
     for local in 0..sockets.sockets() {
@@ -424,13 +424,13 @@ fn receive<T: DatagramIo>(sockets: &mut T, received: &mut Datagrams, shared: &Sh
                 Ok(_) => reads += 1,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    IoCounters::add(&shared.io.recv_errors, 1);
+                    IoCounters::add(&io.recv_errors, 1);
                     tracing::debug!(error = %e, "receive error");
                 }
             }
         }
     }
-    IoCounters::add(&shared.io.recv_calls, reads);
+    IoCounters::add(&io.recv_calls, reads);
     calls == RECV_BATCH || received.len() >= RECV_BATCH
 }
 
@@ -440,7 +440,7 @@ fn receive<T: DatagramIo>(sockets: &mut T, received: &mut Datagrams, shared: &Sh
 /// Bounded: every pass either takes a run off the queue, stops, or retries
 /// after the backend lowered `max_segments` below the run's length (which
 /// can only happen a few times, as it never rises).
-fn flush<T: DatagramIo>(sockets: &T, outgoing: &mut Datagrams, shared: &Shared) -> bool {
+fn flush<T: DatagramIo>(sockets: &T, outgoing: &mut Datagrams, io: &IoCounters) -> bool {
     let mut sent = 0u64;
     let mut bytes = 0u64;
     let mut calls = 0u64;
@@ -468,7 +468,7 @@ fn flush<T: DatagramIo>(sockets: &T, outgoing: &mut Datagrams, shared: &Shared) 
                 tracing::debug!(%dest, error = %e, count, "batched send refused; sending smaller batches");
             }
             Err(e) => {
-                IoCounters::add(&shared.io.send_errors, count as u64);
+                IoCounters::add(&io.send_errors, count as u64);
                 tracing::debug!(%dest, error = %e, count, "send failed; the datagrams are lost and will be recovered like a loss");
                 outgoing.head += count;
             }
@@ -477,8 +477,130 @@ fn flush<T: DatagramIo>(sockets: &T, outgoing: &mut Datagrams, shared: &Shared) 
     if outgoing.is_empty() {
         outgoing.clear();
     }
-    IoCounters::add(&shared.io.datagrams_sent, sent);
-    IoCounters::add(&shared.io.bytes_sent, bytes);
-    IoCounters::add(&shared.io.send_calls, calls);
+    IoCounters::add(&io.datagrams_sent, sent);
+    IoCounters::add(&io.bytes_sent, bytes);
+    IoCounters::add(&io.send_calls, calls);
     blocked
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// A queue of datagrams of the given sizes (filled with their index), to
+    /// the given ports, all from socket 0.
+    fn queue(datagrams: &[(u16, usize)]) -> Datagrams {
+        let mut q = Datagrams::default();
+        for (i, &(port, len)) in datagrams.iter().enumerate() {
+            q.push(0, addr(port), &vec![i as u8; len]);
+        }
+        q
+    }
+
+    #[test]
+    fn runs_group_equal_sizes_to_one_destination_and_may_end_shorter() {
+        let q = queue(&[(1, 100), (1, 100), (1, 100), (1, 40), (1, 100)]);
+        assert_eq!(q.run(64), 4, "the shorter datagram ends the run");
+        assert_eq!(q.run(2), 2, "at most max_segments");
+        assert_eq!(q.run(1), 1);
+        assert_eq!(
+            queue(&[(1, 100), (2, 100)]).run(64),
+            1,
+            "another destination"
+        );
+        assert_eq!(queue(&[(1, 100), (1, 200)]).run(64), 1, "a larger one");
+        assert_eq!(queue(&[(1, 0), (1, 0)]).run(64), 1, "empty datagrams");
+        let mut other_socket = queue(&[(1, 100)]);
+        other_socket.push(1, addr(1), &[0; 100]);
+        assert_eq!(other_socket.run(64), 1, "another local socket");
+        let big = queue(&[(1, 30_000), (1, 30_000), (1, 30_000)]);
+        assert_eq!(big.run(64), 2, "at most MAX_SEND_BYTES in all");
+        assert_eq!(Datagrams::default().run(64), 0);
+    }
+
+    /// A backend that records every send and refuses segmentation offload
+    /// once (like `EIO` from a device without it), then sends one at a time.
+    #[derive(Default)]
+    struct RefusesGso {
+        max: Mutex<usize>,
+        sent: Mutex<Vec<(SocketAddr, Vec<u8>, usize)>>,
+    }
+
+    impl DatagramIo for RefusesGso {
+        fn sockets(&self) -> usize {
+            1
+        }
+
+        fn max_segments(&self, _local: usize) -> usize {
+            *self.max.lock().unwrap()
+        }
+
+        fn try_send(
+            &self,
+            _local: usize,
+            dest: SocketAddr,
+            data: &[u8],
+            segment: usize,
+        ) -> io::Result<()> {
+            if data.len() > segment {
+                *self.max.lock().unwrap() = 1;
+                return Err(io::Error::other("segmentation offload refused"));
+            }
+            self.sent
+                .lock()
+                .unwrap()
+                .push((dest, data.to_vec(), segment));
+            Ok(())
+        }
+
+        fn try_recv(
+            &mut self,
+            _local: usize,
+            _sink: impl FnMut(SocketAddr, &[u8]),
+        ) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+
+        fn poll_recv_ready(
+            &self,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Pending
+        }
+
+        fn poll_send_ready(
+            &self,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_refused_batch_is_sent_again_one_datagram_at_a_time() {
+        let io = RefusesGso {
+            max: Mutex::new(64),
+            ..RefusesGso::default()
+        };
+        let counters = IoCounters::default();
+        let mut q = queue(&[(1, 100), (1, 100), (1, 60), (2, 100)]);
+        assert!(!flush(&io, &mut q, &counters));
+        assert!(q.is_empty());
+        let sent = io.sent.into_inner().unwrap();
+        let expected: Vec<_> = [(1, 100), (1, 100), (1, 60), (2, 100)]
+            .iter()
+            .enumerate()
+            .map(|(i, &(port, len))| (addr(port), vec![i as u8; len], len))
+            .collect();
+        assert_eq!(sent, expected, "every datagram, in order, one per call");
+        assert_eq!(IoCounters::get(&counters.datagrams_sent), 4);
+        assert_eq!(IoCounters::get(&counters.send_calls), 4);
+        assert_eq!(IoCounters::get(&counters.send_errors), 0);
+    }
 }
