@@ -293,7 +293,7 @@ async fn two_paths(
     }
     let watch = tx.clone();
     let setup = Setup {
-        tx: SurelinkTx(tx),
+        tx: SurelinkTx(tx, client.clone()),
         rx: SurelinkRx(rx),
         impairers: primary.into_iter().chain(backup).collect(),
         keep: vec![Box::new(server), Box::new(client)],

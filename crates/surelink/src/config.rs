@@ -1,6 +1,6 @@
 //! Settings of an [`Endpoint`](crate::Endpoint): the protocol core's
 //! [`ProtocolConfig`] plus what only the runtime knows about (connect timeout,
-//! socket buffer sizes).
+//! socket buffer sizes, batched I/O).
 //!
 //! ```
 //! use std::time::Duration;
@@ -36,6 +36,14 @@ pub struct EndpointConfig {
     /// The kernel may grant less (on Linux, up to `net.core.rmem_max` /
     /// `net.core.wmem_max`); a refusal is logged, not an error.
     pub socket_buffer_size: usize,
+    /// Send and receive several datagrams per system call where the
+    /// operating system allows it (default on): on Linux UDP GSO for runs of
+    /// equal-size datagrams to one destination, GRO and `recvmmsg` on
+    /// receive (through the `quinn-udp` crate). If the kernel refuses
+    /// segmentation offload the endpoint falls back to one datagram per
+    /// call by itself; off, it always makes one call per datagram. The
+    /// simulated network ignores it.
+    pub batched_io: bool,
 }
 
 impl Default for EndpointConfig {
@@ -44,6 +52,7 @@ impl Default for EndpointConfig {
             protocol: ProtocolConfig::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             socket_buffer_size: DEFAULT_SOCKET_BUFFER_SIZE,
+            batched_io: true,
         }
     }
 }
@@ -64,6 +73,12 @@ impl EndpointConfig {
     /// Sets the requested socket buffer size.
     pub fn with_socket_buffer_size(mut self, bytes: usize) -> Self {
         self.socket_buffer_size = bytes;
+        self
+    }
+
+    /// Turns batched I/O (GSO/GRO, `recvmmsg`) on or off.
+    pub fn with_batched_io(mut self, batched: bool) -> Self {
+        self.batched_io = batched;
         self
     }
 }

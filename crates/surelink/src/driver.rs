@@ -7,15 +7,18 @@
 //! the driver is generic over it, so the UDP path pays nothing for the
 //! abstraction.
 //!
-//! 1. receive: drain the socket with `try_recv_from` until it would block (at
-//!    most [`RECV_BATCH`] datagrams per round, so sending is not starved);
+//! 1. receive: drain the sockets with `try_recv` (several datagrams per call
+//!    when the backend batches) until they would block, stopping once a round
+//!    has [`RECV_BATCH`] datagrams or calls, so sending is not starved;
 //! 2. under the lock: route each datagram through the core endpoint and feed it
 //!    to its connection, run every connection's due timers, collect datagrams
 //!    from `poll_transmit` into the outgoing queue (at most [`TRANSMIT_BUDGET`]
 //!    per round, round-robin over connections), take events, wake waiting
 //!    handles, queue accepted connections, forget drained ones;
-//! 3. without the lock: send the outgoing queue with `try_send_to`. A datagram
-//!    that would block stays queued and the driver waits for writability; no new
+//! 3. without the lock: send the outgoing queue with `try_send`, each run of
+//!    consecutive datagrams with the same socket, destination and size (the
+//!    last may be shorter) in one call, up to the backend's
+//!    [`max_segments`](DatagramIo::max_segments). A run that would block stays queued and the driver waits for writability; no new
 //!    datagrams are taken from the core meanwhile, so the core's congestion
 //!    control sees the back-pressure. Datagrams are never dropped silently: only
 //!    a hard send error drops one, and it is logged and counted (the protocol
@@ -38,15 +41,15 @@ use surelink_proto::conn::PathAddr;
 use surelink_proto::{ConnectionHandle, DatagramEvent, Side};
 
 use crate::handshake_event::HandshakeEvent;
-use crate::socket::DatagramIo;
+use crate::socket::{DatagramIo, MAX_SEND_BYTES};
 use crate::state::{ConnState, IoCounters, Shared, State};
 
-/// Most datagrams read from the socket in one round.
+/// A round stops receiving once it has this many datagrams or made this many
+/// receive calls (one call may bring more than one datagram: with GRO and
+/// `recvmmsg`, up to 16 buffers of 64 KiB).
 pub(crate) const RECV_BATCH: usize = 64;
 /// Most datagrams taken from the core in one round.
 pub(crate) const TRANSMIT_BUDGET: usize = 128;
-/// Receive buffer: the largest UDP payload.
-const RECV_BUFFER: usize = 65_536;
 /// Consecutive rounds with an already-expired timer and nothing else happening
 /// after which the driver sleeps a little instead of spinning.
 const STALL_ROUNDS: u32 = 3;
@@ -84,6 +87,36 @@ impl Datagrams {
 
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// How many queued datagrams from `head` on can go out in one call of at
+    /// most `max` datagrams: the same socket and destination, the size of the
+    /// first, except that the last may be shorter, [`MAX_SEND_BYTES`] in all.
+    /// At least one whenever the queue is not empty.
+    fn run(&self, max: usize) -> usize {
+        let Some((local, dest, first)) = self.items.get(self.head) else {
+            return 0;
+        };
+        let size = first.len();
+        let mut count = 1;
+        let mut total = size;
+        for (l, d, r) in &self.items[self.head + 1..] {
+            if count >= max
+                || size == 0
+                || l != local
+                || d != dest
+                || r.len() > size
+                || total + r.len() > MAX_SEND_BYTES
+            {
+                break;
+            }
+            count += 1;
+            total += r.len();
+            if r.len() < size {
+                break;
+            }
+        }
+        count
     }
 
     fn iter(&self) -> impl Iterator<Item = (PathAddr, &[u8])> + '_ {
@@ -142,33 +175,18 @@ async fn any_ready<T: DatagramIo>(io: &T, write: bool) -> io::Result<()> {
 }
 
 /// Runs an endpoint until nothing is left to drive.
-pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, sockets: T) {
+pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T) {
     let _stop = StopGuard(shared.clone());
-    let mut recv_buf = vec![0u8; RECV_BUFFER];
     let mut received = Datagrams::default();
     let mut outgoing = Datagrams::default();
-    let mut scratch = Vec::with_capacity(RECV_BUFFER);
+    let mut scratch = Vec::with_capacity(MAX_SEND_BYTES);
     let mut cursor = ConnectionHandle(0);
     let mut stalled = 0u32;
     let mut stall_logged = false;
     loop {
         // 1. Receive a batch.
         received.clear();
-        let mut reads = 0;
-        for local in 0..sockets.sockets() {
-            while reads < RECV_BATCH {
-                reads += 1;
-                match sockets.try_recv_from(local, &mut recv_buf) {
-                    Ok((n, from)) => received.push(local as u16, from, &recv_buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        IoCounters::add(&shared.io.recv_errors, 1);
-                        tracing::debug!(error = %e, "receive error");
-                    }
-                }
-            }
-        }
-        let socket_busy = reads == RECV_BATCH;
+        let socket_busy = receive(&mut sockets, &mut received, &shared.io);
         if !received.is_empty() {
             IoCounters::add(&shared.io.datagrams_received, received.len() as u64);
             IoCounters::add(&shared.io.bytes_received, received.bytes.len() as u64);
@@ -194,7 +212,7 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, sockets: T) {
         }
 
         // 3. Send.
-        let blocked = flush(&sockets, &mut outgoing, &shared);
+        let blocked = flush(&sockets, &mut outgoing, &shared.io);
         if round.exit && outgoing.is_empty() {
             return;
         }
@@ -396,34 +414,197 @@ fn drive(
     }
 }
 
-/// Sends the outgoing queue; returns true if the socket would block.
-fn flush<T: DatagramIo>(sockets: &T, outgoing: &mut Datagrams, shared: &Shared) -> bool {
+/// Reads a round's batch from every socket into `received` (cleared by the
+/// caller); returns true if it stopped at the round's limit rather than
+/// because the sockets would block.
+fn receive<T: DatagramIo>(sockets: &mut T, received: &mut Datagrams, io: &IoCounters) -> bool {
+    let mut calls = 0;
+    let mut reads = 0u64;
+    for local in 0..sockets.sockets() {
+        while calls < RECV_BATCH && received.len() < RECV_BATCH {
+            calls += 1;
+            let tag = local as u16;
+            match sockets.try_recv(local, |from, data| received.push(tag, from, data)) {
+                Ok(_) => reads += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    IoCounters::add(&io.recv_errors, 1);
+                    tracing::debug!(error = %e, "receive error");
+                }
+            }
+        }
+    }
+    IoCounters::add(&io.recv_calls, reads);
+    calls == RECV_BATCH || received.len() >= RECV_BATCH
+}
+
+/// Sends the outgoing queue, a run of datagrams per call; returns true if the
+/// socket would block.
+///
+/// Bounded: every pass either takes a run off the queue, stops, or retries
+/// after the backend lowered `max_segments` below the run's length (which
+/// can only happen a few times, as it never rises).
+fn flush<T: DatagramIo>(sockets: &T, outgoing: &mut Datagrams, io: &IoCounters) -> bool {
     let mut sent = 0u64;
     let mut bytes = 0u64;
+    let mut calls = 0u64;
     let mut blocked = false;
     while outgoing.head < outgoing.items.len() {
-        let (local, dest, range) = outgoing.items[outgoing.head].clone();
-        match sockets.try_send_to(usize::from(local), &outgoing.bytes[range.clone()], dest) {
-            Ok(_) => {
-                sent += 1;
-                bytes += range.len() as u64;
-                outgoing.head += 1;
+        let (local, dest, first) = outgoing.items[outgoing.head].clone();
+        let local = usize::from(local);
+        let count = outgoing.run(sockets.max_segments(local));
+        let end = outgoing.items[outgoing.head + count - 1].2.end;
+        let data = &outgoing.bytes[first.start..end];
+        match sockets.try_send(local, dest, data, first.len()) {
+            Ok(()) => {
+                sent += count as u64;
+                bytes += data.len() as u64;
+                calls += 1;
+                outgoing.head += count;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 blocked = true;
                 break;
             }
+            Err(e) if count > 1 && sockets.max_segments(local) < count => {
+                // The kernel refused segmentation offload (EIO on some
+                // devices); send the run again in smaller pieces.
+                tracing::debug!(%dest, error = %e, count, "batched send refused; sending smaller batches");
+            }
             Err(e) => {
-                IoCounters::add(&shared.io.send_errors, 1);
-                tracing::debug!(%dest, error = %e, "send failed; the datagram is lost and will be recovered like a loss");
-                outgoing.head += 1;
+                IoCounters::add(&io.send_errors, count as u64);
+                tracing::debug!(%dest, error = %e, count, "send failed; the datagrams are lost and will be recovered like a loss");
+                outgoing.head += count;
             }
         }
     }
     if outgoing.is_empty() {
         outgoing.clear();
     }
-    IoCounters::add(&shared.io.datagrams_sent, sent);
-    IoCounters::add(&shared.io.bytes_sent, bytes);
+    IoCounters::add(&io.datagrams_sent, sent);
+    IoCounters::add(&io.bytes_sent, bytes);
+    IoCounters::add(&io.send_calls, calls);
     blocked
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// A queue of datagrams of the given sizes (filled with their index), to
+    /// the given ports, all from socket 0.
+    fn queue(datagrams: &[(u16, usize)]) -> Datagrams {
+        let mut q = Datagrams::default();
+        for (i, &(port, len)) in datagrams.iter().enumerate() {
+            q.push(0, addr(port), &vec![i as u8; len]);
+        }
+        q
+    }
+
+    #[test]
+    fn runs_group_equal_sizes_to_one_destination_and_may_end_shorter() {
+        let q = queue(&[(1, 100), (1, 100), (1, 100), (1, 40), (1, 100)]);
+        assert_eq!(q.run(64), 4, "the shorter datagram ends the run");
+        assert_eq!(q.run(2), 2, "at most max_segments");
+        assert_eq!(q.run(1), 1);
+        assert_eq!(
+            queue(&[(1, 100), (2, 100)]).run(64),
+            1,
+            "another destination"
+        );
+        assert_eq!(queue(&[(1, 100), (1, 200)]).run(64), 1, "a larger one");
+        assert_eq!(queue(&[(1, 0), (1, 0)]).run(64), 1, "empty datagrams");
+        let mut other_socket = queue(&[(1, 100)]);
+        other_socket.push(1, addr(1), &[0; 100]);
+        assert_eq!(other_socket.run(64), 1, "another local socket");
+        let big = queue(&[(1, 30_000), (1, 30_000), (1, 30_000)]);
+        assert_eq!(big.run(64), 2, "at most MAX_SEND_BYTES in all");
+        assert_eq!(Datagrams::default().run(64), 0);
+    }
+
+    /// A backend that records every send and refuses segmentation offload
+    /// once (like `EIO` from a device without it), then sends one at a time.
+    #[derive(Default)]
+    struct RefusesGso {
+        max: Mutex<usize>,
+        sent: Mutex<Vec<(SocketAddr, Vec<u8>, usize)>>,
+    }
+
+    impl DatagramIo for RefusesGso {
+        fn sockets(&self) -> usize {
+            1
+        }
+
+        fn max_segments(&self, _local: usize) -> usize {
+            *self.max.lock().unwrap()
+        }
+
+        fn try_send(
+            &self,
+            _local: usize,
+            dest: SocketAddr,
+            data: &[u8],
+            segment: usize,
+        ) -> io::Result<()> {
+            if data.len() > segment {
+                *self.max.lock().unwrap() = 1;
+                return Err(io::Error::other("segmentation offload refused"));
+            }
+            self.sent
+                .lock()
+                .unwrap()
+                .push((dest, data.to_vec(), segment));
+            Ok(())
+        }
+
+        fn try_recv(
+            &mut self,
+            _local: usize,
+            _sink: impl FnMut(SocketAddr, &[u8]),
+        ) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+
+        fn poll_recv_ready(
+            &self,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Pending
+        }
+
+        fn poll_send_ready(
+            &self,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_refused_batch_is_sent_again_one_datagram_at_a_time() {
+        let io = RefusesGso {
+            max: Mutex::new(64),
+            ..RefusesGso::default()
+        };
+        let counters = IoCounters::default();
+        let mut q = queue(&[(1, 100), (1, 100), (1, 60), (2, 100)]);
+        assert!(!flush(&io, &mut q, &counters));
+        assert!(q.is_empty());
+        let sent = io.sent.into_inner().unwrap();
+        let expected: Vec<_> = [(1, 100), (1, 100), (1, 60), (2, 100)]
+            .iter()
+            .enumerate()
+            .map(|(i, &(port, len))| (addr(port), vec![i as u8; len], len))
+            .collect();
+        assert_eq!(sent, expected, "every datagram, in order, one per call");
+        assert_eq!(IoCounters::get(&counters.datagrams_sent), 4);
+        assert_eq!(IoCounters::get(&counters.send_calls), 4);
+        assert_eq!(IoCounters::get(&counters.send_errors), 0);
+    }
 }

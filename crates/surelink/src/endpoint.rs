@@ -35,6 +35,13 @@ pub struct EndpointStats {
     pub datagrams_sent: u64,
     /// Bytes written to the socket.
     pub bytes_sent: u64,
+    /// Calls that wrote datagrams to the sockets (system calls on UDP). With
+    /// batched I/O one call carries a run of datagrams, so
+    /// `datagrams_sent / send_calls` is the batching factor.
+    pub send_calls: u64,
+    /// Calls that read datagrams from the sockets (system calls on UDP; with
+    /// GRO and `recvmmsg`, one may bring many datagrams).
+    pub recv_calls: u64,
     /// Datagrams the operating system refused to send (lost, and recovered by the protocol).
     pub send_errors: u64,
     /// Errors reading from the socket.
@@ -176,7 +183,7 @@ impl Endpoint {
         }
         Ok(Self::launch(
             &runtime,
-            UdpIo(tokio_sockets),
+            UdpIo::new(tokio_sockets, config.batched_io),
             local_addrs,
             proto,
             config,
@@ -415,6 +422,8 @@ impl Endpoint {
             bytes_received: IoCounters::get(&io.bytes_received),
             datagrams_sent: IoCounters::get(&io.datagrams_sent),
             bytes_sent: IoCounters::get(&io.bytes_sent),
+            send_calls: IoCounters::get(&io.send_calls),
+            recv_calls: IoCounters::get(&io.recv_calls),
             send_errors: IoCounters::get(&io.send_errors),
             recv_errors: IoCounters::get(&io.recv_errors),
             connections,

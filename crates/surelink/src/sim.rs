@@ -486,7 +486,17 @@ impl DatagramIo for SimSocket {
         1
     }
 
-    fn try_recv_from(&self, _local: usize, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    fn max_segments(&self, _local: usize) -> usize {
+        // One datagram per call, like a socket without offloads: simulated
+        // runs do not depend on how the driver batched.
+        1
+    }
+
+    fn try_recv(
+        &mut self,
+        _local: usize,
+        mut sink: impl FnMut(SocketAddr, &[u8]),
+    ) -> io::Result<usize> {
         let now = crate::util::now();
         let mut net = self.lock();
         if net
@@ -503,18 +513,23 @@ impl DatagramIo for SimSocket {
             return Err(io::ErrorKind::WouldBlock.into());
         };
         host.inbox_bytes -= data.len();
-        // Like a UDP socket, a datagram larger than the buffer is truncated.
-        let n = data.len().min(buf.len());
-        buf[..n].copy_from_slice(&data[..n]);
-        Ok((n, from))
+        drop(net);
+        sink(from, &data);
+        Ok(1)
     }
 
-    fn try_send_to(&self, _local: usize, data: &[u8], dest: SocketAddr) -> io::Result<usize> {
+    fn try_send(
+        &self,
+        _local: usize,
+        dest: SocketAddr,
+        data: &[u8],
+        _segment: usize, // one datagram per call: see `max_segments`
+    ) -> io::Result<()> {
         let now = crate::util::now();
         let mut net = self.lock();
         if net.host(self.addr, self.id).is_none() {
             net.stats.sent_after_crash += 1;
-            return Ok(data.len());
+            return Ok(());
         }
         let link = net
             .link(self.addr, dest)
@@ -531,7 +546,7 @@ impl DatagramIo for SimSocket {
                 }
             }
         }
-        Ok(data.len())
+        Ok(())
     }
 
     fn poll_recv_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -588,6 +603,19 @@ impl Drop for SimSocket {
 mod tests {
     use super::*;
 
+    /// Sends one datagram, as the driver does.
+    fn send(socket: &SimSocket, data: &[u8], dest: SocketAddr) -> io::Result<()> {
+        socket.try_send(0, dest, data, data.len())
+    }
+
+    /// Receives one datagram, as the driver does.
+    fn recv(socket: &mut SimSocket) -> io::Result<(Vec<u8>, SocketAddr)> {
+        let mut got = Vec::new();
+        socket.try_recv(0, |from, data| got.push((data.to_vec(), from)))?;
+        assert_eq!(got.len(), 1, "one datagram per call");
+        Ok(got.remove(0))
+    }
+
     #[test]
     fn link_seeds_depend_on_both_addresses_and_the_seed() {
         let a: SocketAddr = "10.0.0.1:1".parse().unwrap();
@@ -622,24 +650,22 @@ mod tests {
         let network = SimNetwork::new(3);
         network.set_default_link("delay=10ms".parse().unwrap());
         let a = network.bind("10.0.0.1:1".parse().unwrap(), 0).unwrap();
-        let b = network.bind("10.0.0.2:1".parse().unwrap(), 0).unwrap();
+        let mut b = network.bind("10.0.0.2:1".parse().unwrap(), 0).unwrap();
         let start = tokio::time::Instant::now();
-        a.try_send_to(0, b"ping", b.local_addr()).unwrap();
-        let mut buf = [0u8; 16];
-        let err = b.try_recv_from(0, &mut buf).unwrap_err();
+        send(&a, b"ping", b.local_addr()).unwrap();
+        let err = recv(&mut b).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
         std::future::poll_fn(|cx| b.poll_recv_ready(cx))
             .await
             .unwrap();
         assert_eq!(start.elapsed(), Duration::from_millis(10));
-        assert_eq!(b.try_recv_from(0, &mut buf).unwrap(), (4, a.local_addr()));
-        assert_eq!(&buf[..4], b"ping");
+        assert_eq!(recv(&mut b).unwrap(), (b"ping".to_vec(), a.local_addr()));
 
         // After a crash, what the crashed host sends is lost.
         assert!(network.crash(a.local_addr()));
-        a.try_send_to(0, b"lost", b.local_addr()).unwrap();
+        send(&a, b"lost", b.local_addr()).unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(b.try_recv_from(0, &mut buf).is_err());
+        assert!(recv(&mut b).is_err());
         let stats = network.stats();
         assert_eq!(stats.sent_after_crash, 1);
         assert_eq!(stats.links.delivered, 1);
@@ -648,8 +674,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn links_are_configured_per_direction_and_can_be_cut() {
         let network = SimNetwork::new(5);
-        let a = network.bind("10.0.0.1:1".parse().unwrap(), 0).unwrap();
-        let b = network.bind("10.0.0.2:1".parse().unwrap(), 0).unwrap();
+        let mut a = network.bind("10.0.0.1:1".parse().unwrap(), 0).unwrap();
+        let mut b = network.bind("10.0.0.2:1".parse().unwrap(), 0).unwrap();
         let (a_addr, b_addr) = (a.local_addr(), b.local_addr());
         let invalid = LinkConfig::clean().with_loss(2.0);
         assert!(network.try_set_default_link(invalid.clone()).is_err());
@@ -658,36 +684,35 @@ mod tests {
         network
             .set_link(a_addr, b_addr, LinkConfig::clean().with_loss(1.0))
             .unwrap();
-        let mut buf = [0u8; 8];
         for _ in 0..10 {
-            a.try_send_to(0, b"x", b_addr).unwrap();
-            b.try_send_to(0, b"y", a_addr).unwrap();
+            send(&a, b"x", b_addr).unwrap();
+            send(&b, b"y", a_addr).unwrap();
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
-        assert!(b.try_recv_from(0, &mut buf).is_err());
+        assert!(recv(&mut b).is_err());
         let mut got = 0;
-        while a.try_recv_from(0, &mut buf).is_ok() {
+        while recv(&mut a).is_ok() {
             got += 1;
         }
         assert_eq!(got, 10);
         assert_eq!(network.link_stats(a_addr, b_addr).unwrap().dropped_loss, 10);
         // A cut drops both ways, and applies to links made later too.
         network.set_cut(true);
-        b.try_send_to(0, b"y", a_addr).unwrap();
+        send(&b, b"y", a_addr).unwrap();
         let c: SocketAddr = "10.0.0.3:1".parse().unwrap();
-        b.try_send_to(0, b"z", c).unwrap();
+        send(&b, b"z", c).unwrap();
         assert_eq!(network.link_stats(b_addr, a_addr).unwrap().dropped_cut, 1);
         assert_eq!(network.link_stats(b_addr, c).unwrap().dropped_cut, 1);
         network.set_cut(false);
         // Nobody at `c`: lost on arrival.
-        b.try_send_to(0, b"z", c).unwrap();
-        let small = network.bind(c, 4).unwrap();
+        send(&b, b"z", c).unwrap();
+        let mut small = network.bind(c, 4).unwrap();
         assert_eq!(network.stats().undeliverable, 1);
         // A full receive buffer (4 bytes here) drops what arrives.
-        b.try_send_to(0, b"abc", c).unwrap();
-        b.try_send_to(0, b"def", c).unwrap();
-        assert_eq!(small.try_recv_from(0, &mut buf).unwrap(), (3, b_addr));
-        assert!(small.try_recv_from(0, &mut buf).is_err());
+        send(&b, b"abc", c).unwrap();
+        send(&b, b"def", c).unwrap();
+        assert_eq!(recv(&mut small).unwrap(), (b"abc".to_vec(), b_addr));
+        assert!(recv(&mut small).is_err());
         assert_eq!(network.stats().overflowed, 1);
     }
 

@@ -5,13 +5,35 @@
 //!
 //! The driver is generic over the trait, so each backend gets its own
 //! monomorphised driver: no dynamic dispatch and no extra copy per datagram.
+//!
+//! The trait moves datagrams in batches: one `try_send` writes a run of
+//! datagrams of equal size (the last may be shorter) to one destination, one
+//! `try_recv` reads whatever one system call returns. [`UdpIo`] does this with
+//! the `quinn-udp` crate: on Linux, UDP GSO (`UDP_SEGMENT`) on send and GRO
+//! (`UDP_GRO`) plus `recvmmsg` on receive; elsewhere, whatever that crate
+//! supports, down to one datagram per call. When the kernel refuses GSO
+//! (`EIO` on some devices), `quinn-udp` lowers [`DatagramIo::max_segments`]
+//! to 1 and the driver goes on one datagram at a time. With
+//! [`EndpointConfig::batched_io`](crate::EndpointConfig::batched_io) off,
+//! [`UdpIo`] uses tokio's plain `try_send_to` / `try_recv_from` instead.
 
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
+
+/// Size of one receive buffer: the largest UDP payload, which is also the
+/// largest run of datagrams GRO coalesces into one buffer.
+const RECV_BUFFER: usize = 65_536;
+/// Receive buffers handed to one `recvmmsg` when batching (1 MiB in all).
+const RECV_BUFFERS: usize = 16;
+/// Most bytes in one GSO send: the 16-bit UDP length minus the UDP and IPv6
+/// headers (IPv4's limit, 65,507, is higher).
+pub(crate) const MAX_SEND_BYTES: usize = u16::MAX as usize - 48;
 
 /// Where an endpoint's driver reads and writes datagrams: one or more local
 /// sockets, numbered from 0 (the index the core's paths use), with tokio
@@ -20,13 +42,29 @@ pub(crate) trait DatagramIo: Send + Sync + 'static {
     /// How many local sockets there are (at least one).
     fn sockets(&self) -> usize;
 
-    /// Reads one datagram from socket `local` into `buf`: its length and
-    /// sender, or [`io::ErrorKind::WouldBlock`] when none is waiting.
-    fn try_recv_from(&self, local: usize, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
+    /// Most datagrams one [`try_send`](DatagramIo::try_send) on socket
+    /// `local` may carry now (1: no batching). It may drop after a send
+    /// error (the kernel refused segmentation offload).
+    fn max_segments(&self, local: usize) -> usize;
 
-    /// Writes one datagram to `dest` from socket `local`, or fails with
-    /// [`io::ErrorKind::WouldBlock`] when the socket cannot take it now.
-    fn try_send_to(&self, local: usize, data: &[u8], dest: SocketAddr) -> io::Result<usize>;
+    /// Writes `data` to `dest` from socket `local` in one call: datagrams of
+    /// `segment` bytes back to back, the last one possibly shorter, at most
+    /// [`max_segments`](DatagramIo::max_segments) of them and at most
+    /// [`MAX_SEND_BYTES`] in all when there are several. Fails with
+    /// [`io::ErrorKind::WouldBlock`] when the socket cannot take them now
+    /// (then none was sent).
+    fn try_send(
+        &self,
+        local: usize,
+        dest: SocketAddr,
+        data: &[u8],
+        segment: usize,
+    ) -> io::Result<()>;
+
+    /// Reads what one call returns from socket `local` (one or more
+    /// datagrams) and hands each datagram with its sender to `sink`: how many
+    /// there were, or [`io::ErrorKind::WouldBlock`] when none is waiting.
+    fn try_recv(&mut self, local: usize, sink: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize>;
 
     /// Ready when some socket may have a datagram to read.
     fn poll_recv_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
@@ -35,27 +73,129 @@ pub(crate) trait DatagramIo: Send + Sync + 'static {
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
-/// The real backend: tokio UDP sockets.
+/// The real backend: tokio UDP sockets, batched through `quinn-udp` or one
+/// datagram per system call.
 #[derive(Debug)]
-pub(crate) struct UdpIo(pub(crate) Vec<UdpSocket>);
+pub(crate) struct UdpIo {
+    sockets: Vec<UdpSocket>,
+    /// One `quinn-udp` state per socket when batching; `None`: plain calls.
+    batch: Option<Vec<UdpSocketState>>,
+    /// Receive buffers, [`RECV_BUFFER`] bytes each ([`RECV_BUFFERS`] of them
+    /// when batching, else one).
+    recv_buf: Vec<u8>,
+    /// Per receive buffer: what `recvmmsg` put there.
+    recv_meta: Vec<RecvMeta>,
+}
+
+impl UdpIo {
+    /// Drives `sockets`, batching if `batched` and `quinn-udp` can set the
+    /// sockets up (otherwise one datagram per call, logged).
+    pub(crate) fn new(sockets: Vec<UdpSocket>, batched: bool) -> Self {
+        let batch = if batched {
+            match sockets
+                .iter()
+                .map(|s| UdpSocketState::new(s.into()))
+                .collect::<io::Result<Vec<_>>>()
+            {
+                Ok(states) => Some(states),
+                Err(e) => {
+                    tracing::warn!(error = %e, "batched UDP I/O unavailable; one datagram per system call");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let buffers = if batch.is_some() { RECV_BUFFERS } else { 1 };
+        if let Some(state) = batch.as_ref().and_then(|states| states.first()) {
+            tracing::debug!(
+                gso_segments = state.max_gso_segments(),
+                gro_segments = state.gro_segments(),
+                "batched UDP I/O"
+            );
+        }
+        Self {
+            sockets,
+            batch,
+            recv_buf: vec![0; RECV_BUFFER * buffers],
+            recv_meta: vec![RecvMeta::default(); buffers],
+        }
+    }
+
+    /// The socket for `local` (the last one if out of range).
+    fn socket(&self, local: usize) -> &UdpSocket {
+        &self.sockets[local.min(self.sockets.len() - 1)]
+    }
+}
 
 impl DatagramIo for UdpIo {
     fn sockets(&self) -> usize {
-        self.0.len()
+        self.sockets.len()
     }
 
-    #[inline]
-    fn try_recv_from(&self, local: usize, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.0[local].try_recv_from(buf)
+    fn max_segments(&self, local: usize) -> usize {
+        self.batch
+            .as_ref()
+            .and_then(|states| states.get(local))
+            .map_or(1, UdpSocketState::max_gso_segments)
     }
 
-    #[inline]
-    fn try_send_to(&self, local: usize, data: &[u8], dest: SocketAddr) -> io::Result<usize> {
-        self.0[local.min(self.0.len() - 1)].try_send_to(data, dest)
+    fn try_send(
+        &self,
+        local: usize,
+        dest: SocketAddr,
+        data: &[u8],
+        segment: usize,
+    ) -> io::Result<()> {
+        let socket = self.socket(local);
+        let state = self.batch.as_ref().and_then(|states| states.get(local));
+        let Some(state) = state else {
+            return socket.try_send_to(data, dest).map(drop);
+        };
+        let transmit = Transmit {
+            destination: dest,
+            ecn: None,
+            contents: data,
+            segment_size: (data.len() > segment).then_some(segment),
+            src_ip: None,
+        };
+        socket.try_io(Interest::WRITABLE, || {
+            state.try_send(socket.into(), &transmit)
+        })
+    }
+
+    fn try_recv(
+        &mut self,
+        local: usize,
+        mut sink: impl FnMut(SocketAddr, &[u8]),
+    ) -> io::Result<usize> {
+        let socket = &self.sockets[local];
+        let Some(state) = self.batch.as_ref().and_then(|states| states.get(local)) else {
+            let (n, from) = socket.try_recv_from(&mut self.recv_buf)?;
+            sink(from, &self.recv_buf[..n]);
+            return Ok(1);
+        };
+        let mut chunks = self.recv_buf.chunks_mut(RECV_BUFFER);
+        let mut bufs: [IoSliceMut<'_>; RECV_BUFFERS] =
+            std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+        let meta = &mut self.recv_meta;
+        let filled = socket.try_io(Interest::READABLE, || {
+            state.recv(socket.into(), &mut bufs, meta)
+        })?;
+        let mut datagrams = 0;
+        for (buf, meta) in bufs.iter().zip(meta.iter()).take(filled) {
+            let data = &buf[..meta.len.min(buf.len())];
+            // GRO: several datagrams of `stride` bytes, the last maybe shorter.
+            for datagram in data.chunks(meta.stride.max(1)) {
+                sink(meta.addr, datagram);
+                datagrams += 1;
+            }
+        }
+        Ok(datagrams)
     }
 
     fn poll_recv_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0
+        self.sockets
             .iter()
             .find_map(|s| match s.poll_recv_ready(cx) {
                 Poll::Ready(r) => Some(Poll::Ready(r)),
@@ -65,7 +205,7 @@ impl DatagramIo for UdpIo {
     }
 
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0
+        self.sockets
             .iter()
             .find_map(|s| match s.poll_send_ready(cx) {
                 Poll::Ready(r) => Some(Poll::Ready(r)),

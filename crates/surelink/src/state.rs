@@ -76,6 +76,8 @@ pub(crate) struct IoCounters {
     pub(crate) bytes_received: AtomicU64,
     pub(crate) datagrams_sent: AtomicU64,
     pub(crate) bytes_sent: AtomicU64,
+    pub(crate) send_calls: AtomicU64,
+    pub(crate) recv_calls: AtomicU64,
     pub(crate) send_errors: AtomicU64,
     pub(crate) recv_errors: AtomicU64,
 }

@@ -46,8 +46,16 @@ fn with_protocol(change: impl FnOnce(&mut ProtocolConfig)) -> EndpointConfig {
 
 /// A server endpoint and a connected client; the server side is accepted.
 async fn pair(config: EndpointConfig) -> (Endpoint, Endpoint, Connection, Connection) {
-    let server = Endpoint::bind(loopback(), config.clone()).unwrap();
-    let client = Endpoint::client_with_config(loopback(), config).unwrap();
+    pair_on(loopback(), config).await
+}
+
+/// [`pair`] with both endpoints bound to `addr`.
+async fn pair_on(
+    addr: SocketAddr,
+    config: EndpointConfig,
+) -> (Endpoint, Endpoint, Connection, Connection) {
+    let server = Endpoint::bind(addr, config.clone()).unwrap();
+    let client = Endpoint::client_with_config(addr, config).unwrap();
     let (client_conn, server_conn) =
         tokio::join!(client.connect(server.local_addr()), server.accept());
     (server, client, client_conn.unwrap(), server_conn.unwrap())
@@ -317,6 +325,86 @@ async fn peers_learn_each_others_keys() {
         assert_eq!(client.peer_key(), Some(server_key));
         assert_eq!(server.peer_key(), Some(client_key));
         assert_ne!(server_key, client_key);
+    })
+    .await;
+}
+
+/// Sends 8 MiB from a client to a server endpoint, both made with `config`
+/// and bound to `addr`, checks that it arrives byte for byte, and returns
+/// both endpoints' stats.
+async fn bulk_transfer(
+    addr: SocketAddr,
+    config: EndpointConfig,
+) -> (surelink::EndpointStats, surelink::EndpointStats) {
+    let (server_ep, client_ep, client, server) = pair_on(addr, config).await;
+    let count = 128;
+    let len = 64 << 10;
+    let receiver = tokio::spawn(async move { recv_all(&server).await });
+    for i in 0..count {
+        client.send(message(i, len)).await.unwrap();
+    }
+    client.close().await.expect("graceful close");
+    let got = receiver.await.unwrap();
+    assert_eq!(got.len(), count);
+    for (i, m) in got.iter().enumerate() {
+        assert!(m.data == message(i, len), "message {i}");
+    }
+    (client_ep.stats(), server_ep.stats())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_transfer_with_batched_io_sends_many_datagrams_per_call() {
+    bounded(async {
+        let (client, server) = bulk_transfer(loopback(), EndpointConfig::default()).await;
+        assert_batched(&client, &server);
+    })
+    .await;
+}
+
+/// The same over IPv6 loopback, where the host has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_transfer_with_batched_io_over_ipv6() {
+    bounded(async {
+        let addr: SocketAddr = "[::1]:0".parse().unwrap();
+        if std::net::UdpSocket::bind(addr).is_err() {
+            eprintln!("no IPv6 loopback here: skipped");
+            return;
+        }
+        let (client, server) = bulk_transfer(addr, EndpointConfig::default()).await;
+        assert_batched(&client, &server);
+    })
+    .await;
+}
+
+/// The counters of a batched bulk transfer from `client` to `server`.
+fn assert_batched(client: &surelink::EndpointStats, server: &surelink::EndpointStats) {
+    assert!(client.datagrams_sent > 5_000, "{client:?}");
+    assert!(client.send_calls > 0 && client.recv_calls > 0, "{client:?}");
+    assert!(server.recv_calls > 0, "{server:?}");
+    if cfg!(target_os = "linux") {
+        // UDP GSO: runs of datagrams in one sendmsg; GRO and recvmmsg:
+        // many datagrams in one receive call.
+        assert!(
+            client.datagrams_sent > client.send_calls,
+            "no send carried more than one datagram: {client:?}"
+        );
+        assert!(
+            server.datagrams_received > server.recv_calls,
+            "no receive brought more than one datagram: {server:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_transfer_without_batched_io_makes_one_call_per_datagram() {
+    bounded(async {
+        let config = EndpointConfig::default().with_batched_io(false);
+        let (client, server) = bulk_transfer(loopback(), config).await;
+        assert!(client.datagrams_sent > 5_000, "{client:?}");
+        assert_eq!(client.send_calls, client.datagrams_sent, "{client:?}");
+        assert_eq!(client.recv_calls, client.datagrams_received, "{client:?}");
+        assert_eq!(server.send_calls, server.datagrams_sent, "{server:?}");
+        assert_eq!(server.recv_calls, server.datagrams_received, "{server:?}");
     })
     .await;
 }

@@ -12,6 +12,8 @@ use super::{loopback, wire, Diagnostics, Pair, Route, Rx, Tx};
 pub struct SurelinkTx(
     /// The sending connection.
     pub Connection,
+    /// Its endpoint, for the socket counters.
+    pub Endpoint,
 );
 
 impl Tx for SurelinkTx {
@@ -25,6 +27,7 @@ impl Tx for SurelinkTx {
 
     fn diagnostics(&self) -> Option<Diagnostics> {
         let s = self.0.stats();
+        let io = self.1.stats();
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
         Some(Diagnostics::from([
             ("rtt_ms", ms(s.rtt)),
@@ -36,6 +39,8 @@ impl Tx for SurelinkTx {
             ("retransmissions", s.retransmissions as f64),
             ("probe_timeouts", s.probe_timeouts as f64),
             ("retransmission_rate", s.retransmission_rate()),
+            ("udp_tx_datagrams", io.datagrams_sent as f64),
+            ("udp_tx_syscalls", io.send_calls as f64),
         ]))
     }
 }
@@ -79,7 +84,7 @@ pub async fn open(plaintext: bool, route: Option<&Route>) -> io::Result<Surelink
     let tx = connected.map_err(io::Error::other)?;
     let rx = accepted.ok_or_else(|| io::Error::other("server endpoint stopped"))?;
     Ok(Pair {
-        tx: SurelinkTx(tx),
+        tx: SurelinkTx(tx, client.clone()),
         rx: SurelinkRx(rx),
         impairer,
         keep: vec![Box::new(server), Box::new(client)],
