@@ -7,7 +7,7 @@ use crate::crypto::Security;
 /// Settings for an endpoint and the connections it makes or accepts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Largest message this side sends or accepts, in bytes (default 16 MiB).
+    /// Largest message this side sends or accepts, in bytes (default 4 MiB).
     pub max_message_size: usize,
     /// Flow-control window: bytes of received, not yet consumed messages the peer may
     /// have outstanding (default 32 MiB; must be at least `max_message_size` + per-message cost).
@@ -76,7 +76,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            max_message_size: 16 << 20,
+            max_message_size: 4 << 20,
             receive_window: 32 << 20,
             send_buffer: 16 << 20,
             max_datagram_size: 1452,

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rand::RngCore;
+use surelink_proto::config::MESSAGE_CREDIT_OVERHEAD;
 use tokio::net::UdpSocket;
 
 use crate::connection::Connection;
@@ -125,9 +126,11 @@ impl Endpoint {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
-        let proto = os_core(&config, accept)?;
         let socket = socket::prepare_std(socket, config.socket_buffer_size)
             .map_err(|source| BindError::Io { addr, source })?;
+        let mut config = config;
+        fit_window(&mut config, &[&socket]);
+        let proto = os_core(&config, accept)?;
         Self::start(runtime, socket, proto, config, accept, addr)
     }
 
@@ -137,21 +140,28 @@ impl Endpoint {
     /// endpoint's [`local_addr`](Endpoint::local_addr).
     pub fn bind_many(addrs: &[SocketAddr], config: EndpointConfig) -> Result<Self, BindError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
-        let proto = os_core(&config, true)?;
         let mut sockets = Vec::new();
         for &addr in addrs {
             let socket = socket::bind_udp(addr, config.socket_buffer_size)
                 .map_err(|source| BindError::Io { addr, source })?;
             sockets.push((socket, addr));
         }
+        let mut config = config;
+        fit_window(
+            &mut config,
+            &sockets.iter().map(|(s, _)| s).collect::<Vec<_>>(),
+        );
+        let proto = os_core(&config, true)?;
         Self::start_many(runtime, sockets, proto, config, true)
     }
 
     fn create(addr: SocketAddr, config: EndpointConfig, accept: bool) -> Result<Self, BindError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
-        let proto = os_core(&config, accept)?;
         let socket = socket::bind_udp(addr, config.socket_buffer_size)
             .map_err(|source| BindError::Io { addr, source })?;
+        let mut config = config;
+        fit_window(&mut config, &[&socket]);
+        let proto = os_core(&config, accept)?;
         Self::start(runtime, socket, proto, config, accept, addr)
     }
 
@@ -436,6 +446,33 @@ impl Endpoint {
 
 /// The core endpoint for a real socket: seeded from the operating system's
 /// randomness, on the wall clock.
+/// Caps the protocol's receive window at what the sockets can queue: 3/4 of
+/// the smallest receive buffer the kernel granted, never below one maximal
+/// message. A window beyond the socket buffer lets the peer put more in
+/// flight than the kernel can hold while the driver is busy, and the excess
+/// is dropped (on clean loopback, with batched I/O, in whole GSO runs).
+fn fit_window(config: &mut EndpointConfig, sockets: &[&std::net::UdpSocket]) {
+    let Some(granted) = sockets
+        .iter()
+        .filter_map(|s| socket::granted_recv_buffer(s))
+        .min()
+    else {
+        return;
+    };
+    let protocol = &mut config.protocol;
+    let floor = (protocol.max_message_size as u64).saturating_add(MESSAGE_CREDIT_OVERHEAD);
+    let window = (granted as u64 / 4 * 3).max(floor);
+    if window < protocol.receive_window {
+        tracing::debug!(
+            asked = protocol.receive_window,
+            granted,
+            window,
+            "receive window capped at the socket's receive buffer"
+        );
+        protocol.receive_window = window;
+    }
+}
+
 fn os_core(config: &EndpointConfig, accept: bool) -> Result<surelink_proto::Endpoint, BindError> {
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);

@@ -225,6 +225,13 @@ pub(crate) fn bind_udp(addr: SocketAddr, buffer_size: usize) -> io::Result<std::
     Ok(socket.into())
 }
 
+/// The receive buffer the kernel granted `socket`, as `SO_RCVBUF` reports it
+/// (on Linux twice the size asked for, the kernel's own accounting, capped by
+/// `net.core.rmem_max`); `None` if it does not say.
+pub(crate) fn granted_recv_buffer(socket: &std::net::UdpSocket) -> Option<usize> {
+    socket2::SockRef::from(socket).recv_buffer_size().ok()
+}
+
 /// Raises the kernel buffers of an existing socket and makes it non-blocking.
 pub(crate) fn prepare_std(
     socket: std::net::UdpSocket,

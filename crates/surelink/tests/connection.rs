@@ -408,3 +408,37 @@ async fn a_bulk_transfer_without_batched_io_makes_one_call_per_datagram() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receive_window_is_capped_at_the_socket_buffer() {
+    bounded(async {
+        // A 1 MiB socket buffer, 64 KiB messages: the window shrinks from the
+        // protocol's 32 MiB to at most 3/4 of what the kernel granted.
+        let mut config = with_protocol(|p| p.max_message_size = 64 << 10);
+        config.socket_buffer_size = 1 << 20;
+        let asked = config.protocol.receive_window;
+        let (server, _client, client, server_conn) = pair(config).await;
+        let window = server.config().protocol.receive_window;
+        assert!(window < asked, "window {window} not capped (asked {asked})");
+        assert!(window >= (64 << 10) + 32, "window {window} below one message");
+        // Never below one maximal message, whatever the buffer.
+        let mut big = with_protocol(|p| p.max_message_size = 4 << 20);
+        big.socket_buffer_size = 64 << 10;
+        let small = Endpoint::bind(loopback(), big).unwrap();
+        assert_eq!(
+            small.config().protocol.receive_window,
+            (4 << 20) + 32,
+            "one maximal message must still fit"
+        );
+        // Data still flows through the capped window.
+        let receiver = tokio::spawn(async move { recv_all(&server_conn).await });
+        for i in 0..64 {
+            client.send(message(i, 60_000)).await.unwrap();
+        }
+        client.close().await.expect("graceful close");
+        let got = receiver.await.unwrap();
+        assert_eq!(got.len(), 64);
+        assert!(got.iter().enumerate().all(|(i, m)| m.data == message(i, 60_000)));
+    })
+    .await;
+}
