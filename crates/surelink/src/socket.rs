@@ -126,6 +126,20 @@ impl UdpIo {
     fn socket(&self, local: usize) -> &UdpSocket {
         &self.sockets[local.min(self.sockets.len() - 1)]
     }
+
+    /// Ready as soon as `poll` says any one socket is.
+    fn poll_any(
+        &self,
+        mut poll: impl FnMut(&UdpSocket) -> Poll<io::Result<()>>,
+    ) -> Poll<io::Result<()>> {
+        self.sockets
+            .iter()
+            .find_map(|s| match poll(s) {
+                Poll::Ready(r) => Some(Poll::Ready(r)),
+                Poll::Pending => None,
+            })
+            .unwrap_or(Poll::Pending)
+    }
 }
 
 impl DatagramIo for UdpIo {
@@ -195,23 +209,11 @@ impl DatagramIo for UdpIo {
     }
 
     fn poll_recv_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.sockets
-            .iter()
-            .find_map(|s| match s.poll_recv_ready(cx) {
-                Poll::Ready(r) => Some(Poll::Ready(r)),
-                Poll::Pending => None,
-            })
-            .unwrap_or(Poll::Pending)
+        self.poll_any(|s| s.poll_recv_ready(cx))
     }
 
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.sockets
-            .iter()
-            .find_map(|s| match s.poll_send_ready(cx) {
-                Poll::Ready(r) => Some(Poll::Ready(r)),
-                Poll::Pending => None,
-            })
-            .unwrap_or(Poll::Pending)
+        self.poll_any(|s| s.poll_send_ready(cx))
     }
 }
 

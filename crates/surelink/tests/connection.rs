@@ -420,7 +420,10 @@ async fn the_receive_window_is_capped_at_the_socket_buffer() {
         let (server, _client, client, server_conn) = pair(config).await;
         let window = server.config().protocol.receive_window;
         assert!(window < asked, "window {window} not capped (asked {asked})");
-        assert!(window >= (64 << 10) + 32, "window {window} below one message");
+        assert!(
+            window >= (64 << 10) + 32,
+            "window {window} below one message"
+        );
         // Never below one maximal message, whatever the buffer.
         let mut big = with_protocol(|p| p.max_message_size = 4 << 20);
         big.socket_buffer_size = 64 << 10;
@@ -438,7 +441,10 @@ async fn the_receive_window_is_capped_at_the_socket_buffer() {
         client.close().await.expect("graceful close");
         let got = receiver.await.unwrap();
         assert_eq!(got.len(), 64);
-        assert!(got.iter().enumerate().all(|(i, m)| m.data == message(i, 60_000)));
+        assert!(got
+            .iter()
+            .enumerate()
+            .all(|(i, m)| m.data == message(i, 60_000)));
     })
     .await;
 }
