@@ -778,6 +778,7 @@ impl Connection {
             paths: self.path_stats(self.last_received),
             retransmissions: self.send_queue.retransmitted(),
             payload_bytes_retransmitted: self.send_queue.retransmitted_bytes(),
+            last_chance_copies: self.send_queue.last_chance_copies(),
             messages_acked: self.send_queue.messages_acked(),
             messages_delivered: self.reassembly.delivered(),
             key_updates: self.protection.key_updates(),
@@ -2173,6 +2174,7 @@ impl Connection {
                 eliciting = true;
             }
             if is_data {
+                self.send_queue.begin_packet();
                 let now_us = self.micros(now);
                 let slack_us = (self.paths[path].rtt.smoothed() / 2).as_micros() as u64;
                 while let Some((channel, up_to)) = self.send_queue.take_skip() {

@@ -39,6 +39,9 @@ pub struct Fragment {
     pub timestamp_us: u64,
     /// Delivery mode of the message.
     pub delivery: Delivery,
+    /// A redundant copy of a deadline retransmission that was its message's
+    /// last chance (see [`SendQueue::begin_packet`]); never copied again.
+    pub copy: bool,
 }
 
 impl Fragment {
@@ -52,6 +55,21 @@ impl Fragment {
             timestamp_us: self.timestamp_us,
             delivery: self.delivery,
             data: &self.data,
+        }
+    }
+
+    /// True for a deadline fragment whose next retransmission, should this
+    /// one be lost, could not arrive before the receiver gives up on the gap
+    /// (at 7/8 of the deadline): detecting the loss takes about a round trip
+    /// (2 × `slack_us`, half the smoothed RTT), the new attempt half a round
+    /// trip more, plus a margin of half a round trip for the ACK delay.
+    fn last_chance(&self, now_us: u64, slack_us: u64) -> bool {
+        match self.delivery {
+            Delivery::Deadline(d) => {
+                let gives_up = self.timestamp_us.saturating_add(d - d / 8);
+                now_us.saturating_add(slack_us.saturating_mul(4)) > gives_up
+            }
+            _ => false,
         }
     }
 
@@ -79,6 +97,8 @@ pub struct SendQueue {
     /// Messages with bytes never sent: (channel, seq, next offset).
     fresh: VecDeque<(u64, u64, usize)>,
     retransmit: VecDeque<Fragment>,
+    /// Last-chance copies cut for the packet being built, to go in the next.
+    deferred: VecDeque<Fragment>,
     unacked: BTreeMap<(u64, u64), Unacked>,
     next_seq: HashMap<u64, u64>,
     /// SKIP frames to send: channel → first sequence still expected.
@@ -93,9 +113,24 @@ pub struct SendQueue {
     messages_abandoned: u64,
     retransmitted: u64,
     retransmitted_bytes: u64,
+    last_chance_copies: u64,
 }
 
 impl SendQueue {
+    /// A new packet is being built: the last-chance copies cut for the
+    /// previous one go first, so that a copy never shares a packet (and its
+    /// fate) with its original.
+    pub fn begin_packet(&mut self) {
+        while let Some(f) = self.deferred.pop_back() {
+            self.retransmit.push_front(f);
+        }
+    }
+
+    /// Redundant copies of last-chance deadline retransmissions sent so far.
+    pub fn last_chance_copies(&self) -> u64 {
+        self.last_chance_copies
+    }
+
     /// Queues `data` on `channel`; returns its sequence number.
     pub fn push(
         &mut self,
@@ -134,7 +169,10 @@ impl SendQueue {
 
     /// True when something is ready to go out (ignoring congestion control).
     pub fn has_sendable(&self, credit_limit: u64) -> bool {
-        !self.retransmit.is_empty() || !self.skips.is_empty() || self.fresh_allowed(credit_limit)
+        !self.retransmit.is_empty()
+            || !self.deferred.is_empty()
+            || !self.skips.is_empty()
+            || self.fresh_allowed(credit_limit)
     }
 
     fn fresh_allowed(&self, credit_limit: u64) -> bool {
@@ -248,6 +286,12 @@ impl SendQueue {
                 f.data.truncate(fit);
                 self.retransmit.push_front(rest);
             }
+            if !f.copy && f.last_chance(now_us, slack_us) {
+                let mut copy = f.clone();
+                copy.copy = true;
+                self.deferred.push_back(copy);
+                self.last_chance_copies += 1;
+            }
             return Some(f);
         }
         loop {
@@ -267,6 +311,7 @@ impl SendQueue {
                 msg_len: u.data.len() as u64,
                 timestamp_us: u.timestamp_us,
                 delivery: u.delivery,
+                copy: false,
             };
             if f.expired(now_us, slack_us) {
                 self.abandon_through(channel, seq);
@@ -307,7 +352,9 @@ impl SendQueue {
 
     /// The packet carrying `f` was declared lost: queue its unacknowledged
     /// bytes again, or give up on an unreliable message.
-    pub fn on_lost(&mut self, f: Fragment) {
+    pub fn on_lost(&mut self, mut f: Fragment) {
+        // What is re-sent is a retransmission again, whatever `f` was.
+        f.copy = false;
         let Some(u) = self.unacked.get(&(f.channel, f.seq)) else {
             return;
         };
@@ -335,6 +382,7 @@ impl SendQueue {
     pub fn clear(&mut self) {
         self.fresh.clear();
         self.retransmit.clear();
+        self.deferred.clear();
         self.unacked.clear();
         self.skips.clear();
         self.skips_in_flight = 0;
@@ -426,5 +474,62 @@ mod tests {
         assert!(!q.is_empty(), "the SKIP is not acknowledged yet");
         q.on_skip_acked();
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_last_chance_deadline_retransmission_goes_twice_in_separate_packets() {
+        let mut q = SendQueue::default();
+        // Deadline 60 ms; the receiver gives up on a gap at 52.5 ms. RTT 20 ms
+        // (slack 10 ms): another attempt after one at t means t + 40 ms.
+        q.push(
+            0,
+            Bytes::from_static(b"early"),
+            0,
+            Delivery::Deadline(60_000),
+        );
+        q.push(
+            0,
+            Bytes::from_static(b"late"),
+            0,
+            Delivery::Deadline(60_000),
+        );
+        q.push(1, Bytes::from_static(b"reliable"), 0, Delivery::Reliable);
+        let sent: Vec<Fragment> = (0..3)
+            .map(|_| q.next_fragment(100, u64::MAX, 0, 10_000).unwrap())
+            .collect();
+        for f in sent {
+            q.on_lost(f);
+        }
+        // At 5 ms a retransmission still leaves time for another: no copy.
+        q.begin_packet();
+        let first = q.next_fragment(100, u64::MAX, 5_000, 10_000).unwrap();
+        assert_eq!((first.seq, first.copy), (0, false));
+        assert_eq!(q.last_chance_copies(), 0);
+        // At 23 ms it is the last chance: sent, and copied...
+        let last = q.next_fragment(100, u64::MAX, 23_000, 10_000).unwrap();
+        assert_eq!((last.channel, last.seq, last.copy), (0, 1, false));
+        assert_eq!(q.last_chance_copies(), 1);
+        // ...but not into the same packet (a reliable message never is).
+        let other = q.next_fragment(100, u64::MAX, 23_000, 10_000).unwrap();
+        assert_eq!((other.channel, other.copy), (1, false));
+        assert!(q.next_fragment(100, u64::MAX, 23_000, 10_000).is_none());
+        assert!(
+            q.has_sendable(u64::MAX),
+            "the copy waits for the next packet"
+        );
+        // The next packet carries the copy, which is not copied again.
+        q.begin_packet();
+        let copy = q.next_fragment(100, u64::MAX, 23_100, 10_000).unwrap();
+        assert_eq!(
+            (copy.seq, copy.copy, &copy.data[..]),
+            (1, true, &b"late"[..])
+        );
+        assert!(q.next_fragment(100, u64::MAX, 23_100, 10_000).is_none());
+        assert_eq!(q.last_chance_copies(), 1);
+        // A lost copy is re-sent as a retransmission again.
+        q.on_lost(copy);
+        q.begin_packet();
+        let again = q.next_fragment(100, u64::MAX, 30_000, 10_000).unwrap();
+        assert_eq!((again.seq, again.copy), (1, false));
     }
 }

@@ -39,6 +39,9 @@ pub struct ConnectionStats {
     pub payload_bytes_sent: u64,
     /// Message payload bytes sent again after a loss.
     pub payload_bytes_retransmitted: u64,
+    /// Deadline retransmissions sent twice (in separate packets) because
+    /// another attempt could not have made the deadline.
+    pub last_chance_copies: u64,
     /// Probe timeouts that fired.
     pub probe_timeouts: u64,
     /// Packets received more than once (dropped).
