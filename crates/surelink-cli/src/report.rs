@@ -45,6 +45,7 @@ pub fn stats_line(role: &str, conn: &Connection, started: Instant) -> String {
         "messages_skipped": s.messages_skipped,
         "messages_late": s.messages_late,
         "messages_abandoned": s.messages_abandoned,
+        "last_chance_copies": s.last_chance_copies,
         "latency_p50_us": s.latency_p50_us,
         "latency_p99_us": s.latency_p99_us,
         "latency_p999_us": s.latency_p999_us,
