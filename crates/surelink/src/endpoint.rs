@@ -328,29 +328,25 @@ impl Endpoint {
     /// endpoint's driver has stopped.
     pub async fn accept(&self) -> Option<Connection> {
         let shared = &self.inner.shared;
-        loop {
-            let notified = shared.endpoint_changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut st = shared.lock();
-                while let Some(handle) = st.incoming.pop_front() {
-                    if let Some(cs) = st.conns.get_mut(&handle) {
-                        cs.queued = false;
-                        cs.has_handle = true;
-                        let remote = cs.conn.remote();
-                        let notify = cs.notify.clone();
-                        drop(st);
-                        tracing::debug!(%remote, "connection accepted");
-                        return Some(Connection::new(shared.clone(), handle, notify, remote));
-                    }
-                }
-                if !st.accepting || !st.driver_running {
-                    return None;
+        self.wait_for(|st| {
+            while let Some(handle) = st.incoming.pop_front() {
+                if let Some(cs) = st.conns.get_mut(&handle) {
+                    cs.queued = false;
+                    cs.has_handle = true;
+                    let remote = cs.conn.remote();
+                    tracing::debug!(%remote, "connection accepted");
+                    let notify = cs.notify.clone();
+                    return Some(Some(Connection::new(
+                        shared.clone(),
+                        handle,
+                        notify,
+                        remote,
+                    )));
                 }
             }
-            notified.await;
-        }
+            (!st.accepting || !st.driver_running).then_some(None)
+        })
+        .await
     }
 
     /// Waits for the outcome of the next incoming connection attempt: accepted
@@ -374,38 +370,34 @@ impl Endpoint {
     /// # }
     /// ```
     pub async fn next_handshake_event(&self) -> Option<HandshakeEvent> {
-        let shared = &self.inner.shared;
-        loop {
-            let notified = shared.endpoint_changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut st = shared.lock();
-                if let Some(event) = st.handshakes.pop() {
-                    return Some(event);
-                }
-                if !st.driver_running || !st.accepting {
-                    return None;
-                }
-            }
-            notified.await;
-        }
+        self.wait_for(|st| match st.handshakes.pop() {
+            Some(event) => Some(Some(event)),
+            None => (!st.driver_running || !st.accepting).then_some(None),
+        })
+        .await
     }
 
     /// Waits until every connection of this endpoint has drained: closed, and
     /// done answering the peer's last packets. Call it before exiting the
     /// process after a close, so the peer's close completes too.
     pub async fn wait_idle(&self) {
+        self.wait_for(|st| {
+            (!st.driver_running || st.conns.values().all(|cs| cs.conn.is_drained())).then_some(())
+        })
+        .await
+    }
+
+    /// Waits until `check`, run under the lock whenever the endpoint changes,
+    /// returns a value. The waiter registers before it checks, so a change in
+    /// between still wakes it.
+    async fn wait_for<T>(&self, mut check: impl FnMut(&mut State) -> Option<T>) -> T {
         let shared = &self.inner.shared;
         loop {
             let notified = shared.endpoint_changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let st = shared.lock();
-                if !st.driver_running || st.conns.values().all(|cs| cs.conn.is_drained()) {
-                    return;
-                }
+            if let Some(out) = check(&mut shared.lock()) {
+                return out;
             }
             notified.await;
         }

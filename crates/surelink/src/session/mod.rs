@@ -216,3 +216,14 @@ async fn send_control(conn: &crate::Connection, msg: &wire::Control) -> Result<(
 
 #[cfg(test)]
 mod tests;
+
+/// The journal storage in directory `dir` (created if missing), or a clear
+/// error naming it.
+fn open_state_dir(dir: &std::path::Path) -> Result<FsStorage, SessionError> {
+    FsStorage::open(dir).map_err(|e| {
+        SessionError::State(format!(
+            "cannot open state directory {}: {e}",
+            dir.display()
+        ))
+    })
+}

@@ -208,13 +208,7 @@ impl<K: DurableSink> DurableReceiver<K, FsStorage> {
         sink: K,
         options: SessionOptions,
     ) -> Result<Self, SessionError> {
-        let dir = dir.as_ref();
-        let storage = FsStorage::open(dir).map_err(|e| {
-            SessionError::State(format!(
-                "cannot open state directory {}: {e}",
-                dir.display()
-            ))
-        })?;
+        let storage = super::open_state_dir(dir.as_ref())?;
         Self::open(storage, sink, options)
     }
 }

@@ -110,13 +110,7 @@ impl DurableSender<FsStorage> {
         label: &str,
         options: SessionOptions,
     ) -> Result<Self, SessionError> {
-        let dir = dir.as_ref();
-        let storage = FsStorage::open(dir).map_err(|e| {
-            SessionError::State(format!(
-                "cannot open state directory {}: {e}",
-                dir.display()
-            ))
-        })?;
+        let storage = super::open_state_dir(dir.as_ref())?;
         Self::open(storage, label, options)
     }
 }
