@@ -55,6 +55,8 @@ fn a_file_arrives_byte_identical() {
     let output = dir.path().join("out.bin");
     let data = random_bytes(1, 10 << 20);
     std::fs::write(&input, &data).unwrap();
+    // A longer file already there is replaced whole, not overwritten in place.
+    std::fs::write(&output, vec![7u8; 11 << 20]).unwrap();
 
     let (mut recv, addr) = start_receiver(&["--out", output.to_str().unwrap(), "--once"]);
     let mut send = Proc::spawn(
@@ -341,6 +343,53 @@ fn an_unreachable_peer_fails_after_the_connect_timeout() {
             && line.contains("300ms"),
         "unclear error: {line}"
     );
+}
+
+/// The files in `dir`, sorted (to see that no temporary file was left behind).
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_receiver_that_cannot_listen_leaves_an_existing_output_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("precious.txt");
+    std::fs::write(&output, b"precious data\n").unwrap();
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut recv = Proc::spawn(
+        "recv",
+        &[
+            "recv",
+            "--listen",
+            &addr,
+            "--out",
+            output.to_str().unwrap(),
+            "--once",
+        ],
+    );
+    let (status, _) = recv.wait();
+    assert!(!status.success(), "recv should fail: {}", recv.stderr());
+    assert_eq!(std::fs::read(&output).unwrap(), b"precious data\n");
+    assert_eq!(files_in(dir.path()), ["precious.txt"]);
+}
+
+#[test]
+fn an_interrupted_receiver_leaves_an_existing_output_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("precious.txt");
+    std::fs::write(&output, b"precious data\n").unwrap();
+    let (mut recv, _addr) = start_receiver(&["--out", output.to_str().unwrap(), "--once"]);
+    recv.terminate();
+    let (status, _) = recv.wait();
+    assert!(!status.success(), "recv should fail: {}", recv.stderr());
+    assert_eq!(std::fs::read(&output).unwrap(), b"precious data\n");
+    assert_eq!(files_in(dir.path()), ["precious.txt"]);
 }
 
 #[test]

@@ -1,7 +1,10 @@
 //! `surelink recv`: accept `surelink send` connections and write what arrives.
 //!
 //! Stream mode (`--out PATH|-`, stdout by default) writes the bytes of every
-//! message, in order, exactly. Senders are served one after another: the next
+//! message, in order, exactly. A file is written under a temporary name beside
+//! PATH and renamed over PATH when the first sender has finished: an existing
+//! PATH is left untouched until then, so a receiver that fails (cannot bind,
+//! interrupted, the sender failed) never destroys what was there. Senders are served one after another: the next
 //! connection is taken from the accept queue only when the previous one ended,
 //! so each sender's stream lands whole, in the order the connections arrived
 //! (a waiting sender is held back by flow control meanwhile).
@@ -45,7 +48,9 @@ pub struct RecvArgs {
     /// How several paths are used (the sender's choice governs its data).
     #[arg(long, value_enum, default_value = "backup")]
     pub mode: crate::paths::ModeArg,
-    /// Stream mode: write the received bytes to this file (created or truncated), or `-` for stdout (the default).
+    /// Stream mode: write the received bytes to this file, or `-` for stdout (the default).
+    /// The bytes go to a temporary file beside it, renamed over PATH once the first sender
+    /// has finished: an existing file is replaced only then, never lost to a failed run.
     #[arg(long = "out", value_name = "PATH|-", conflicts_with = "to")]
     pub output: Option<String>,
     /// Datagram mode: send each received message as one UDP datagram to this address.
@@ -83,13 +88,7 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
         }
         None => match args.output.as_deref() {
             None | Some("-") => Sink::Stream(Output::Stdout(tokio::io::stdout())),
-            Some(path) => {
-                let path = PathBuf::from(path);
-                let file = tokio::fs::File::create(&path)
-                    .await
-                    .with_context(|| format!("cannot create {}", path.display()))?;
-                Sink::Stream(Output::File(file, path))
-            }
+            Some(path) => Sink::Stream(Output::File(PendingFile::create(PathBuf::from(path))?)),
         },
     };
     let mut config = EndpointConfig::default();
@@ -154,35 +153,96 @@ enum Sink {
 /// The byte-stream output.
 enum Output {
     Stdout(tokio::io::Stdout),
-    File(tokio::fs::File, PathBuf),
+    File(PendingFile),
+}
+
+/// An output file written under a temporary name in PATH's directory until a
+/// sender has finished, then renamed over PATH (the open handle follows the
+/// rename, so later senders append to PATH itself). Dropped before that, the
+/// temporary file is removed and PATH was never touched.
+struct PendingFile {
+    file: tokio::fs::File,
+    path: PathBuf,
+    /// The temporary name, until the rename.
+    temp: Option<tempfile::TempPath>,
+}
+
+impl PendingFile {
+    /// Creates the temporary file beside `path`; fails, touching nothing, if
+    /// `path` is a directory or its directory cannot be written.
+    fn create(path: PathBuf) -> anyhow::Result<Self> {
+        if path.is_dir() {
+            bail!("cannot write to {}: it is a directory", path.display());
+        }
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".part")
+            .tempfile_in(&dir)
+            .with_context(|| {
+                format!(
+                    "cannot create a file in {} for {}",
+                    dir.display(),
+                    path.display()
+                )
+            })?;
+        let (file, temp) = temp.into_parts();
+        Ok(Self {
+            file: tokio::fs::File::from_std(file),
+            path,
+            temp: Some(temp),
+        })
+    }
+
+    /// Renames the temporary file over the output path (once).
+    fn commit(&mut self) -> anyhow::Result<()> {
+        if let Some(temp) = self.temp.take() {
+            temp.persist(&self.path).with_context(|| {
+                format!("cannot rename the received data to {}", self.path.display())
+            })?;
+        }
+        Ok(())
+    }
 }
 
 impl Output {
     fn writer(&mut self) -> &mut (dyn AsyncWrite + Unpin + Send) {
         match self {
             Output::Stdout(s) => s,
-            Output::File(f, _) => f,
+            Output::File(f) => &mut f.file,
         }
     }
 
     fn name(&self) -> String {
         match self {
             Output::Stdout(_) => "stdout".to_owned(),
-            Output::File(_, path) => path.display().to_string(),
+            Output::File(f) => f.path.display().to_string(),
         }
     }
 
-    /// Flushes, and for a file syncs it to disk.
-    async fn finish(&mut self) -> anyhow::Result<()> {
+    /// Flushes, and for a file syncs it to disk; once a sender has finished
+    /// (`completed`), a file takes its real name.
+    async fn finish(&mut self, completed: bool) -> anyhow::Result<()> {
         let name = self.name();
         self.writer()
             .flush()
             .await
             .with_context(|| format!("cannot write {name}"))?;
-        if let Output::File(f, _) = self {
-            f.sync_all()
+        if let Output::File(f) = self {
+            f.file
+                .sync_all()
                 .await
                 .with_context(|| format!("cannot sync {name}"))?;
+            if completed {
+                f.commit()?;
+            }
         }
         Ok(())
     }
@@ -194,7 +254,7 @@ async fn serve_stream(endpoint: &Endpoint, mut out: Output, args: &RecvArgs) -> 
         let remote = conn.remote_addr();
         tracing::info!(%remote, "sender connected");
         let result = receive_stream(&conn, &mut out, args.stats.stats_interval).await;
-        out.finish().await?;
+        out.finish(result.is_ok()).await?;
         match result {
             Ok(()) => {
                 tracing::info!(%remote, "sender finished");
