@@ -17,7 +17,8 @@ use std::time::Duration;
 use ::surelink::Delivery;
 use serde::Serialize;
 
-use crate::report::{why, Row, Settings};
+use crate::report::Settings;
+use crate::rows::{why, Row};
 use crate::run::isolated;
 use crate::system::System;
 use crate::transport::{srt, surelink, Route};

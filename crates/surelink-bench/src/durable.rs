@@ -41,7 +41,8 @@ use surelink::session::{
 use surelink::{Bytes, Endpoint, EndpointConfig};
 use tokio::io::AsyncWriteExt as _;
 
-use crate::report::{median, Target};
+use crate::report::Target;
+use crate::rows::median;
 
 /// Message size of every transfer.
 const CHUNK: usize = 64 << 10;

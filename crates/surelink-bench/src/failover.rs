@@ -26,7 +26,8 @@ use surelink::{
     Connection, ConnectionEvent, Endpoint, EndpointConfig, PathId, PathMode, ProtocolConfig,
 };
 
-use crate::report::{med, why, Median, Row, Settings};
+use crate::report::Settings;
+use crate::rows::{med, why, Median, Row};
 use crate::run::isolated;
 use crate::system::System;
 use crate::transport::surelink::{SurelinkRx, SurelinkTx};

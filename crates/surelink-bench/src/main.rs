@@ -20,6 +20,7 @@ mod durable;
 mod failover;
 mod plot;
 mod report;
+mod rows;
 mod run;
 mod system;
 mod transport;
@@ -35,7 +36,8 @@ use hdrhistogram::Histogram;
 
 use deadline::DeadlineGroup;
 use failover::{FailoverParams, FailoverRow};
-use report::{Machine, Peer, Report, Row, RtGroup, Settings, Status};
+use report::{Machine, Peer, Report, RtGroup, Settings};
+use rows::{Row, Status};
 use system::{System, Workload};
 use transport::Route;
 use workload::{RtParams, SMALL_MESSAGE};

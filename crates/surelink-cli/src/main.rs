@@ -18,6 +18,7 @@ mod args;
 mod cmd;
 mod delivery;
 mod keys;
+mod metrics;
 mod net;
 mod paths;
 mod report;

@@ -1,10 +1,12 @@
-//! `--stats-interval`: a JSON line of connection counters on stderr; and the
-//! connection's events (path failures, failover, clock steps) in the log.
+//! `--stats-interval`: a JSON line of connection counters on stderr; the
+//! connection's events (path failures, failover, clock steps) in the log; and
+//! [`stats_json`], any stats snapshot as JSON by its schema.
 
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use serde_json::json;
+use serde_json::{json, Map, Value};
+use surelink::stats_schema::{self, Metric, PathLabel, StatsVisitor, VisitStats};
 use surelink::{Connection, ConnectionEvent, PathId};
 
 /// Options shared by the subcommands that run connections.
@@ -13,63 +15,99 @@ pub struct StatsArgs {
     /// Print a JSON line of connection statistics on stderr this often (e.g. 1s, 500ms).
     #[arg(long, value_name = "DURATION", value_parser = crate::args::parse_duration)]
     pub stats_interval: Option<Duration>,
+    #[command(flatten)]
+    pub metrics: crate::metrics::MetricsArgs,
 }
 
-/// One JSON object (as a single line) describing `conn` now.
+/// One JSON object (as a single line) describing `conn` now: every
+/// statistic of the connection under its schema key (see [`stats_json`]),
+/// with the role, the peer, the time since `started`, the playout delay and
+/// the bytes not yet acknowledged.
 pub fn stats_line(role: &str, conn: &Connection, started: Instant) -> String {
-    let s = conn.stats();
-    let clock = conn.clock_estimate();
-    let paths: Vec<serde_json::Value> = s.paths.iter().map(path_json).collect();
-    json!({
-        "role": role,
-        "remote": conn.remote_addr().to_string(),
-        "elapsed_s": started.elapsed().as_secs_f64(),
-        "rtt_ms": s.rtt.as_secs_f64() * 1e3,
-        "min_rtt_ms": s.min_rtt.as_secs_f64() * 1e3,
-        "cwnd": s.cwnd,
-        "bytes_in_flight": s.bytes_in_flight,
-        "packets_sent": s.packets_sent,
-        "packets_received": s.packets_received,
-        "bytes_sent": s.bytes_sent,
-        "bytes_received": s.bytes_received,
-        "packets_lost": s.packets_lost,
-        "retransmissions": s.retransmissions,
-        "retransmission_rate": s.retransmission_rate(),
-        "probe_timeouts": s.probe_timeouts,
-        "duplicate_packets": s.duplicate_packets,
-        "duplicate_fragments": s.duplicate_fragments,
-        "malformed_packets": s.malformed_packets,
-        "messages_sent": s.messages_sent,
-        "messages_acked": s.messages_acked,
-        "messages_delivered": s.messages_delivered,
-        "messages_skipped": s.messages_skipped,
-        "messages_late": s.messages_late,
-        "messages_abandoned": s.messages_abandoned,
-        "last_chance_copies": s.last_chance_copies,
-        "latency_p50_us": s.latency_p50_us,
-        "latency_p99_us": s.latency_p99_us,
-        "latency_p999_us": s.latency_p999_us,
-        "latency_max_us": s.latency_max_us,
-        "playout_delay_ms": crate::delivery::playout_delay().map(|d| d.as_secs_f64() * 1e3),
-        "unacked_bytes": conn.unacked_bytes(),
-        "clock_offset_us": clock.map(|c| c.offset_us),
-        "clock_error_bound_us": clock.map(|c| c.error_bound_us),
-        "clock_drift_ppm": clock.map(|c| c.drift_ppm),
-        "clock_delay_us": clock.map(|c| c.delay_us),
-        "clock_samples": clock.map(|c| c.samples),
-        "paths": paths,
-    })
-    .to_string()
+    let mut object = stats_json(&conn.stats());
+    object.insert("role".into(), json!(role));
+    object.insert("remote".into(), json!(conn.remote_addr().to_string()));
+    object.insert("elapsed_s".into(), json!(started.elapsed().as_secs_f64()));
+    object.insert(
+        "playout_delay_ms".into(),
+        json!(crate::delivery::playout_delay().map(|d| d.as_secs_f64() * 1e3)),
+    );
+    object.insert("unacked_bytes".into(), json!(conn.unacked_bytes()));
+    object.entry("paths").or_insert_with(|| json!([]));
+    Value::Object(object).to_string()
+}
+
+/// A stats snapshot as a JSON object: each metric under its
+/// [`key`](surelink::stats_schema::Metric::key), whole numbers as integers;
+/// the paths, if any, as a `paths` array of objects (`id`, `remote`, `state`
+/// and the path's metrics).
+pub fn stats_json(stats: &impl VisitStats) -> Map<String, Value> {
+    let mut out = JsonStats::default();
+    stats.visit(&mut out);
+    if !out.paths.is_empty() {
+        out.object.insert("paths".into(), Value::Array(out.paths));
+    }
+    out.object
+}
+
+/// The [`StatsVisitor`] behind [`stats_json`].
+#[derive(Default)]
+struct JsonStats {
+    object: Map<String, Value>,
+    paths: Vec<Value>,
+    /// The path being visited.
+    path: Option<Map<String, Value>>,
+}
+
+impl JsonStats {
+    fn insert(&mut self, key: &str, value: Value) {
+        self.path
+            .as_mut()
+            .unwrap_or(&mut self.object)
+            .insert(key.to_owned(), value);
+    }
+}
+
+impl StatsVisitor for JsonStats {
+    fn counter(&mut self, metric: &Metric, value: u64) {
+        self.insert(metric.key, json!(value));
+    }
+
+    fn gauge(&mut self, metric: &Metric, value: stats_schema::Value) {
+        let value = match value {
+            stats_schema::Value::Integer(v) => json!(v),
+            stats_schema::Value::Real(v) => json!(v),
+        };
+        self.insert(metric.key, value);
+    }
+
+    fn path_start(&mut self, path: PathLabel) {
+        let mut object = Map::new();
+        object.insert("id".into(), json!(path.id));
+        object.insert("remote".into(), json!(path.remote.to_string()));
+        object.insert("state".into(), json!(format!("{:?}", path.state)));
+        self.path = Some(object);
+    }
+
+    fn path_end(&mut self) {
+        if let Some(object) = self.path.take() {
+            self.paths.push(Value::Object(object));
+        }
+    }
 }
 
 /// Logs `conn`'s events (path changes, failover, skipped messages, clock
-/// steps) and, with an `interval`, prints a stats line that often, until the
-/// returned guard is dropped.
+/// steps), exports its statistics with `--metrics` and, with an `interval`,
+/// prints a stats line that often, until the returned guard is dropped.
 pub fn spawn_reporter(
     interval: Option<Duration>,
     role: &'static str,
     conn: &Connection,
 ) -> Reporter {
+    let watch = crate::metrics::watch(crate::metrics::Source::Connection {
+        role,
+        conn: conn.clone(),
+    });
     let mut tasks = vec![tokio::spawn(log_events(conn.clone()))];
     if let Some(interval) = interval {
         let conn = conn.clone();
@@ -84,7 +122,10 @@ pub fn spawn_reporter(
             }
         }));
     }
-    Reporter { tasks }
+    Reporter {
+        tasks,
+        _watch: watch,
+    }
 }
 
 /// Logs each event of `conn` until it ends: path failures and recoveries at
@@ -133,10 +174,12 @@ async fn log_events(conn: Connection) {
     }
 }
 
-/// Stops the event log and the periodic report when dropped.
+/// Stops the event log, the periodic report and the export when dropped.
 #[derive(Debug)]
 pub struct Reporter {
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Keeps the connection in the `--metrics` export.
+    _watch: crate::metrics::Watch,
 }
 
 impl Drop for Reporter {
@@ -145,21 +188,4 @@ impl Drop for Reporter {
             task.abort();
         }
     }
-}
-
-/// One path's figures, for the `paths` array of the stats line.
-fn path_json(p: &surelink::PathStats) -> serde_json::Value {
-    json!({
-        "id": p.id.0,
-        "remote": p.addr.remote.to_string(),
-        "state": format!("{:?}", p.state),
-        "rtt_ms": p.rtt.as_secs_f64() * 1e3,
-        "phi": p.phi,
-        "cwnd": p.cwnd,
-        "packets_sent": p.packets_sent,
-        "packets_received": p.packets_received,
-        "bytes_sent": p.bytes_sent,
-        "bytes_received": p.bytes_received,
-        "packets_lost": p.packets_lost,
-    })
 }

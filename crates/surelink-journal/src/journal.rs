@@ -70,7 +70,6 @@
 //! segment of writes.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fmt;
 use std::time::Instant;
 
 use crate::durability::Durability;
@@ -80,47 +79,9 @@ use crate::format::{
     FLAG_COMPACTED, HEADER_LEN, ID_LEN, MAX_PAYLOAD_LEN,
 };
 use crate::metrics::JournalMetrics;
+use crate::record::{Record, RecordId};
 use crate::recovery::{recover, RecoveryReport, SegmentState};
 use crate::storage::Storage;
-
-/// The id of a record: assigned by [`Journal::append`], strictly increasing
-/// through the log, starting at 1. Ids of records that never became durable
-/// may be handed out again after a crash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RecordId(pub u64);
-
-impl RecordId {
-    /// The id as a number.
-    pub fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for RecordId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "#{}", self.0)
-    }
-}
-
-/// A record recovered when the journal was opened.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    /// Its id.
-    pub id: RecordId,
-    /// Its data, as passed to [`Journal::append`].
-    pub data: Vec<u8>,
-    /// Number of the segment it was read from.
-    pub segment: u64,
-    /// Offset of its frame in that segment.
-    pub offset: u64,
-}
-
-impl Record {
-    /// File name of the segment it was read from.
-    pub fn file_name(&self) -> String {
-        segment_name(self.segment)
-    }
-}
 
 /// Configuration of a [`Journal`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,6 +30,7 @@ pub mod error;
 pub mod format;
 pub mod journal;
 pub mod metrics;
+pub mod record;
 pub mod recovery;
 pub mod storage;
 
@@ -39,7 +40,8 @@ pub use checkpoint::{
 };
 pub use durability::Durability;
 pub use error::{CorruptReason, JournalError};
-pub use journal::{CompactionReport, Journal, JournalOptions, Record, RecordId};
+pub use journal::{CompactionReport, Journal, JournalOptions};
 pub use metrics::{JournalMetrics, LatencyHistogram};
+pub use record::{Record, RecordId};
 pub use recovery::{RecoveryReport, TornTail};
 pub use storage::{CrashMode, FsStorage, MemStorage, Storage, StorageOp};

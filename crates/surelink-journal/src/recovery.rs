@@ -21,7 +21,7 @@ use crate::format::{
     is_tmp_name, parse_segment_name, scan_segment, segment_name, SegmentHeader, TailPolicy,
     HEADER_LEN,
 };
-use crate::journal::{Record, RecordId};
+use crate::record::{Record, RecordId};
 use crate::storage::Storage;
 
 /// A torn tail that was found and truncated.

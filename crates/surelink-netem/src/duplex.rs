@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use crate::{Link, LinkConfig, NetemError};
+use crate::{splitmix64, Link, LinkConfig, NetemError};
 
 /// Two directions of an impaired link between endpoints A and B.
 #[derive(Debug, Clone)]
@@ -61,14 +61,6 @@ impl<P> Duplex<P> {
             (a, b) => a.or(b),
         }
     }
-}
-
-/// SplitMix64 finaliser: a fixed, well-mixed bijection on `u64`.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

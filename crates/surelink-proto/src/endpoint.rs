@@ -35,6 +35,7 @@ use rand_chacha::ChaCha20Rng;
 use crate::config::{Config, ConfigError, MIN_DATAGRAM_SIZE};
 use crate::conn::{close_code, Connection};
 use crate::crypto::{Identity, ResetKey, RetryTokens, Security, RESET_TOKEN_LEN};
+use crate::stats_schema::{Metric, StatsVisitor, Unit, VisitStats};
 use crate::wire::{Frame, FrameIter, Header, PacketKind, Reader, FLAG_PLAINTEXT};
 
 /// How long a retry token stays valid.
@@ -139,6 +140,75 @@ pub struct EndpointStats {
     /// the Reset rate limit or their size (Resets themselves are never
     /// answered and count as `unknown_connection` only).
     pub resets_suppressed: u64,
+}
+
+impl VisitStats for EndpointStats {
+    fn visit<V: StatsVisitor + ?Sized>(&self, v: &mut V) {
+        let c = |key, family, help| Metric::counter(key, family, Unit::Count, help);
+        v.counter(
+            &c(
+                "malformed",
+                "endpoint_malformed_datagrams",
+                "Datagrams that were not surelink packets.",
+            ),
+            self.malformed,
+        );
+        v.counter(
+            &c(
+                "unknown_connection",
+                "endpoint_unknown_connection_datagrams",
+                "Datagrams for unknown connection ids.",
+            ),
+            self.unknown_connection,
+        );
+        let refused = "Client Initials that started no handshake, by reason.";
+        v.counter(
+            &c("refused", "endpoint_initials_refused", refused).with_label("reason", "refused"),
+            self.refused,
+        );
+        v.counter(
+            &c("rate_limited", "endpoint_initials_refused", refused)
+                .with_label("reason", "rate_limited"),
+            self.rate_limited,
+        );
+        v.counter(
+            &c("bad_tokens", "endpoint_initials_refused", refused)
+                .with_label("reason", "bad_token"),
+            self.bad_tokens,
+        );
+        v.counter(
+            &c("accepted", "endpoint_accepted", "Connections accepted."),
+            self.accepted,
+        );
+        v.counter(
+            &c(
+                "retries_sent",
+                "endpoint_retries_sent",
+                "Stateless Retry answers sent.",
+            ),
+            self.retries_sent,
+        );
+        v.counter(
+            &c(
+                "rejects_sent",
+                "endpoint_rejects_sent",
+                "Reject answers sent (mode mismatch, busy).",
+            ),
+            self.rejects_sent,
+        );
+        v.counter(
+            &c(
+                "resets_sent",
+                "endpoint_resets_sent",
+                "Stateless Resets sent for unknown connection ids.",
+            ),
+            self.resets_sent,
+        );
+        v.counter(
+            &c("resets_suppressed", "endpoint_resets_suppressed", "Data packets for unknown connection ids left unanswered (Reset rate limit or size)."),
+            self.resets_suppressed,
+        );
+    }
 }
 
 /// The ids a connection is known by.

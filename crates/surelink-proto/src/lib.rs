@@ -16,6 +16,7 @@ pub mod conn;
 pub mod crypto;
 pub mod endpoint;
 pub mod range_set;
+pub mod stats_schema;
 pub mod wire;
 
 pub use config::{Config, ConfigError};

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use rand::RngCore;
 use surelink_proto::config::MESSAGE_CREDIT_OVERHEAD;
+use surelink_proto::stats_schema::{Metric, StatsVisitor, Unit, Value, VisitStats};
 use tokio::net::UdpSocket;
 
 use crate::connection::Connection;
@@ -58,6 +59,122 @@ pub struct EndpointStats {
     /// Handshake events dropped because nobody took them and the queue
     /// ([`HANDSHAKE_EVENT_CAPACITY`](crate::HANDSHAKE_EVENT_CAPACITY)) was full.
     pub handshake_events_dropped: u64,
+}
+
+impl VisitStats for EndpointStats {
+    fn visit<V: StatsVisitor + ?Sized>(&self, v: &mut V) {
+        use Unit::{Bytes, Count};
+        let c = Metric::counter;
+        self.protocol.visit(v);
+        v.counter(
+            &c(
+                "udp_rx_datagrams",
+                "socket_datagrams_received",
+                Count,
+                "Datagrams read from the socket.",
+            ),
+            self.datagrams_received,
+        );
+        v.counter(
+            &c(
+                "udp_rx_bytes",
+                "socket_received",
+                Bytes,
+                "Bytes read from the socket.",
+            ),
+            self.bytes_received,
+        );
+        v.counter(
+            &c(
+                "udp_tx_datagrams",
+                "socket_datagrams_sent",
+                Count,
+                "Datagrams written to the socket.",
+            ),
+            self.datagrams_sent,
+        );
+        v.counter(
+            &c(
+                "udp_tx_bytes",
+                "socket_sent",
+                Bytes,
+                "Bytes written to the socket.",
+            ),
+            self.bytes_sent,
+        );
+        v.counter(
+            &c(
+                "udp_tx_syscalls",
+                "socket_send_calls",
+                Count,
+                "Calls that wrote datagrams to the socket (one may carry a batch).",
+            ),
+            self.send_calls,
+        );
+        v.counter(
+            &c(
+                "udp_rx_syscalls",
+                "socket_recv_calls",
+                Count,
+                "Calls that read datagrams from the socket (one may bring a batch).",
+            ),
+            self.recv_calls,
+        );
+        v.counter(
+            &c(
+                "udp_tx_errors",
+                "socket_send_errors",
+                Count,
+                "Datagrams the operating system refused to send.",
+            ),
+            self.send_errors,
+        );
+        v.counter(
+            &c(
+                "udp_rx_errors",
+                "socket_recv_errors",
+                Count,
+                "Errors reading from the socket.",
+            ),
+            self.recv_errors,
+        );
+        v.gauge(
+            &Metric::gauge(
+                "connections",
+                "endpoint_connections",
+                Count,
+                "Connections not yet drained.",
+            ),
+            Value::Integer(self.connections as u64),
+        );
+        v.gauge(
+            &Metric::gauge(
+                "peak_connections",
+                "endpoint_peak_connections",
+                Count,
+                "Most connections held at once.",
+            ),
+            Value::Integer(self.peak_connections as u64),
+        );
+        v.counter(
+            &c(
+                "handshakes_failed",
+                "endpoint_handshakes_failed",
+                Count,
+                "Incoming connections that ended before their handshake completed.",
+            ),
+            self.handshakes_failed,
+        );
+        v.counter(
+            &c(
+                "handshake_events_dropped",
+                "endpoint_handshake_events_dropped",
+                Count,
+                "Handshake events dropped because the queue was full.",
+            ),
+            self.handshake_events_dropped,
+        );
+    }
 }
 
 /// A surelink endpoint: one UDP socket, many connections.

@@ -129,6 +129,19 @@ impl Impairer {
     }
 }
 
+/// Reads an impairer's counters; see [`ImpairHandle::stats_reader`].
+#[derive(Debug, Clone)]
+pub struct ImpairStatsReader {
+    shared: Arc<Shared>,
+}
+
+impl ImpairStatsReader {
+    /// Counters since start, as [`ImpairHandle::stats`].
+    pub fn stats(&self) -> ImpairStats {
+        self.shared.stats.snapshot(self.shared.is_cut())
+    }
+}
+
 /// Controls a running impairer; returned by [`Impairer::start`].
 ///
 /// Dropping the handle stops the impairer (without waiting for it).
@@ -179,6 +192,15 @@ impl ImpairHandle {
     /// datagram received or released.
     pub fn stats(&self) -> ImpairStats {
         self.shared.stats.snapshot(self.is_cut())
+    }
+
+    /// A reader of the same counters that can be kept apart from the handle
+    /// (by a metrics exporter, say); it reads the final counters once the
+    /// impairer has stopped.
+    pub fn stats_reader(&self) -> ImpairStatsReader {
+        ImpairStatsReader {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Stops the impairer: closes every socket, discards datagrams still in

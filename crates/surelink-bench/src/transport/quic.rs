@@ -105,7 +105,7 @@ fn stats(conn: &quinn::Connection) -> Diagnostics {
     let s = conn.stats();
     Diagnostics::from([
         ("rtt_ms", s.path.rtt.as_secs_f64() * 1000.0),
-        ("cwnd_bytes", s.path.cwnd as f64),
+        ("cwnd", s.path.cwnd as f64),
         ("packets_sent", s.path.sent_packets as f64),
         ("packets_lost", s.path.lost_packets as f64),
         ("congestion_events", s.path.congestion_events as f64),

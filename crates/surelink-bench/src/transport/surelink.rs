@@ -4,6 +4,7 @@
 use std::io;
 
 use bytes::Bytes;
+use surelink::stats_schema::{Metric, PathLabel, StatsVisitor, Value, VisitStats};
 use surelink::{Connection, Endpoint, EndpointConfig, ProtocolConfig, Security};
 
 use super::{loopback, wire, Diagnostics, Pair, Route, Rx, Tx};
@@ -26,22 +27,10 @@ impl Tx for SurelinkTx {
     }
 
     fn diagnostics(&self) -> Option<Diagnostics> {
-        let s = self.0.stats();
-        let io = self.1.stats();
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-        Some(Diagnostics::from([
-            ("rtt_ms", ms(s.rtt)),
-            ("min_rtt_ms", ms(s.min_rtt)),
-            ("cwnd_bytes", s.cwnd as f64),
-            ("packets_sent", s.packets_sent as f64),
-            ("packets_received", s.packets_received as f64),
-            ("packets_lost", s.packets_lost as f64),
-            ("retransmissions", s.retransmissions as f64),
-            ("probe_timeouts", s.probe_timeouts as f64),
-            ("retransmission_rate", s.retransmission_rate()),
-            ("udp_tx_datagrams", io.datagrams_sent as f64),
-            ("udp_tx_syscalls", io.send_calls as f64),
-        ]))
+        let mut out = DiagnosticsVisitor::default();
+        self.0.stats().visit(&mut out);
+        self.1.stats().visit(&mut out);
+        Some(out.diagnostics)
     }
 }
 
@@ -57,12 +46,39 @@ impl Rx for SurelinkRx {
     }
 
     fn diagnostics(&self) -> Option<Diagnostics> {
-        let s = self.0.stats();
-        Some(Diagnostics::from([
-            ("messages_delivered", s.messages_delivered as f64),
-            ("messages_skipped", s.messages_skipped as f64),
-            ("messages_late", s.messages_late as f64),
-        ]))
+        let mut out = DiagnosticsVisitor::default();
+        self.0.stats().visit(&mut out);
+        Some(out.diagnostics)
+    }
+}
+
+/// Collects a connection's or an endpoint's statistics by their schema key;
+/// per-path figures are left out (the connection's totals cover them).
+#[derive(Default)]
+struct DiagnosticsVisitor {
+    diagnostics: Diagnostics,
+    in_path: bool,
+}
+
+impl StatsVisitor for DiagnosticsVisitor {
+    fn counter(&mut self, metric: &Metric, value: u64) {
+        if !self.in_path {
+            self.diagnostics.insert(metric.key, value as f64);
+        }
+    }
+
+    fn gauge(&mut self, metric: &Metric, value: Value) {
+        if !self.in_path {
+            self.diagnostics.insert(metric.key, value.as_f64());
+        }
+    }
+
+    fn path_start(&mut self, _: PathLabel) {
+        self.in_path = true;
+    }
+
+    fn path_end(&mut self) {
+        self.in_path = false;
     }
 }
 

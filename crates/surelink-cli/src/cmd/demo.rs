@@ -34,6 +34,7 @@ use surelink::{
 };
 
 use crate::args::{parse_duration, parse_size};
+use crate::report::stats_json;
 
 /// Bytes of the probe header at the start of every demo message.
 const HEADER_LEN: usize = 16;
@@ -598,6 +599,9 @@ impl Report<'_> {
         let t = self.tally;
         let s = self.sender;
         let r = self.receiver;
+        // The sender's statistics, and the receiver's beside them.
+        let mut transport = stats_json(s);
+        transport.insert("receiver".into(), Value::Object(stats_json(r)));
         json!({
             "ok": self.problems.is_empty(),
             "problems": self.problems,
@@ -640,19 +644,7 @@ impl Report<'_> {
                 "p999": r.latency_p999_us as f64 / 1e3,
                 "max": r.latency_max_us as f64 / 1e3,
             },
-            "transport": {
-                "packets_sent": s.packets_sent,
-                "packets_lost": s.packets_lost,
-                "retransmissions": s.retransmissions,
-                "retransmission_rate": s.retransmission_rate(),
-                "probe_timeouts": s.probe_timeouts,
-                "rtt_ms": s.rtt.as_secs_f64() * 1e3,
-                "min_rtt_ms": s.min_rtt.as_secs_f64() * 1e3,
-                "receiver_packets_received": r.packets_received,
-                "receiver_duplicate_packets": r.duplicate_packets,
-                "receiver_duplicate_fragments": r.duplicate_fragments,
-                "receiver_packets_lost": r.packets_lost,
-            },
+            "transport": transport,
             "link_counters": {
                 "upstream": direction_json(&self.link_stats.upstream),
                 "downstream": direction_json(&self.link_stats.downstream),

@@ -66,6 +66,8 @@ pub struct ImpairArgs {
     /// Forget a client after this long without traffic.
     #[arg(long, value_name = "DURATION", value_parser = duration_arg, default_value = "60s")]
     pub idle_timeout: Duration,
+    #[command(flatten)]
+    pub metrics: crate::metrics::MetricsArgs,
 }
 
 /// Impairments applied to both directions unless `--up`/`--down` override
@@ -234,6 +236,8 @@ pub async fn run(args: ImpairArgs) -> anyhow::Result<()> {
         .with_max_flows(args.max_flows)
         .with_idle_timeout(args.idle_timeout);
     let impairer = Impairer::start(config).with_context(|| format!("cannot listen on {listen}"))?;
+    args.metrics.serve("impair").await?;
+    let _metrics = crate::metrics::watch(crate::metrics::Source::Impairer(impairer.stats_reader()));
     let control = match &args.control {
         Some(addr) => {
             let addr = addr.resolve().await?;

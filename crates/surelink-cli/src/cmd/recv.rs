@@ -71,6 +71,7 @@ pub struct RecvArgs {
 
 /// Runs `surelink recv`.
 pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
+    args.stats.metrics.serve("recv").await?;
     // Keys first: a bad key file fails before the output file is truncated.
     let security = args.security.security()?;
     let mut listen = Vec::new();
@@ -98,6 +99,7 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
     config.protocol.path_mode = args.mode.into();
     let endpoint = Endpoint::bind_many(&listen, config)
         .with_context(|| format!("cannot listen on {listen:?}"))?;
+    let _metrics = crate::metrics::watch(crate::metrics::Source::Endpoint(endpoint.clone()));
     for addr in endpoint.local_addrs() {
         eprintln!("surelink recv: listening on {addr}");
     }

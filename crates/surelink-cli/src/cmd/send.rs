@@ -59,6 +59,7 @@ pub struct SendArgs {
 
 /// Runs `surelink send`.
 pub async fn run(args: SendArgs) -> anyhow::Result<()> {
+    args.stats.metrics.serve("send").await?;
     let mut config = EndpointConfig::default().with_connect_timeout(args.connect_timeout);
     config.protocol.security = args.security.security()?;
     let max_chunk = config.protocol.max_message_size;
@@ -102,6 +103,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
     let bind = args.bind.unwrap_or_else(|| wildcard_for(remote));
     let endpoint = Endpoint::client_with_config(bind, config)
         .with_context(|| format!("cannot bind {bind}"))?;
+    let _metrics = crate::metrics::watch(crate::metrics::Source::Endpoint(endpoint.clone()));
     let conn = endpoint
         .connect(remote)
         .await

@@ -65,6 +65,7 @@ pub async fn run(
     let idle_timeout = config.protocol.idle_timeout;
     let endpoint = Endpoint::bind_many(&listen, config)
         .with_context(|| format!("cannot listen on {listen:?}"))?;
+    let _metrics = crate::metrics::watch(crate::metrics::Source::Endpoint(endpoint.clone()));
     for addr in endpoint.local_addrs() {
         eprintln!("surelink recv: listening on {addr}");
     }

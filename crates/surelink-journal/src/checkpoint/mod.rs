@@ -51,8 +51,9 @@ pub use watermark::Watermark;
 use std::time::Instant;
 
 use crate::error::{CorruptReason, JournalError};
-use crate::journal::{CompactionReport, Journal, JournalOptions, Record, RecordId};
+use crate::journal::{CompactionReport, Journal, JournalOptions};
 use crate::metrics::JournalMetrics;
+use crate::record::{Record, RecordId};
 use crate::storage::Storage;
 
 /// The durable checkpoint state of one endpoint. See the [module docs](self).

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::JournalError;
-use crate::journal::RecordId;
+use crate::record::RecordId;
 
 /// One pending (unconfirmed) message.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::JournalError;
-use crate::journal::RecordId;
+use crate::record::RecordId;
 
 /// Delivered watermarks by channel, as recovered and kept by a
 /// [`CheckpointStore`](crate::CheckpointStore).

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use surelink_netem::Link;
+use surelink_netem::{splitmix64, Link};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
@@ -305,13 +305,6 @@ pub(crate) fn later(t: Instant, d: Duration) -> Instant {
 /// a run with the same seed and the same clients is reproducible.
 pub(crate) fn flow_seed(seed: u64, flow: u64, direction: u64) -> u64 {
     splitmix64(seed ^ splitmix64(flow.wrapping_mul(2).wrapping_add(direction)))
-}
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

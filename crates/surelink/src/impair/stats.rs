@@ -13,6 +13,7 @@ use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 
 use surelink_netem::LinkStats;
+use surelink_proto::stats_schema::{Metric, StatsVisitor, Unit, Value, VisitStats};
 
 /// Counters of one direction (upstream: client → target, downstream:
 /// target → client), summed over all flows.
@@ -107,6 +108,169 @@ impl fmt::Display for ImpairStats {
         )?;
         writeln!(f, "upstream:   {}", self.upstream)?;
         write!(f, "downstream: {}", self.downstream)
+    }
+}
+
+impl VisitStats for ImpairStats {
+    fn visit<V: StatsVisitor + ?Sized>(&self, v: &mut V) {
+        let c = |key, family, help| Metric::counter(key, family, Unit::Count, help);
+        v.counter(
+            &c(
+                "flows_opened",
+                "impair_flows_opened",
+                "Flows opened since start.",
+            ),
+            self.flows_opened,
+        );
+        v.gauge(
+            &Metric::gauge(
+                "flows_active",
+                "impair_flows_active",
+                Unit::Count,
+                "Flows currently tracked.",
+            ),
+            Value::Integer(self.flows_active),
+        );
+        v.counter(
+            &c(
+                "flows_expired",
+                "impair_flows_expired",
+                "Flows forgotten after their idle timeout.",
+            ),
+            self.flows_expired,
+        );
+        v.counter(
+            &c(
+                "flows_refused",
+                "impair_flows_refused",
+                "Datagrams from new clients dropped because no flow could be opened.",
+            ),
+            self.flows_refused,
+        );
+        v.gauge(
+            &Metric::gauge(
+                "cut",
+                "impair_cut",
+                Unit::Count,
+                "1 while the on-demand cut is in force.",
+            ),
+            Value::Integer(u64::from(self.cut)),
+        );
+        self.upstream.visit_direction(v, "upstream");
+        self.downstream.visit_direction(v, "downstream");
+    }
+}
+
+impl DirectionStats {
+    /// Visits this direction's counters, each labelled `direction`, under
+    /// its field's name as key.
+    fn visit_direction<V: StatsVisitor + ?Sized>(&self, v: &mut V, direction: &'static str) {
+        use Unit::{Bytes, Count};
+        let link = &self.link;
+        for (key, family, unit, help, value) in [
+            (
+                "sent",
+                "impair_received",
+                Count,
+                "Datagrams offered to the impairment model.",
+                link.sent,
+            ),
+            (
+                "delivered",
+                "impair_delivered",
+                Count,
+                "Datagrams released by the model, duplicates included.",
+                link.delivered,
+            ),
+            (
+                "dropped_loss",
+                "impair_dropped_loss",
+                Count,
+                "Datagrams dropped by random loss.",
+                link.dropped_loss,
+            ),
+            (
+                "dropped_burst",
+                "impair_dropped_burst",
+                Count,
+                "Datagrams dropped by burst loss.",
+                link.dropped_burst,
+            ),
+            (
+                "dropped_cut",
+                "impair_dropped_cut",
+                Count,
+                "Datagrams dropped while the link was cut.",
+                link.dropped_cut,
+            ),
+            (
+                "dropped_queue",
+                "impair_dropped_queue",
+                Count,
+                "Datagrams tail-dropped at a full bottleneck queue.",
+                link.dropped_queue,
+            ),
+            (
+                "dropped_backlog",
+                "impair_dropped_backlog",
+                Count,
+                "Datagrams dropped before the model because the impairer's buffers were full.",
+                self.dropped_backlog,
+            ),
+            (
+                "duplicated",
+                "impair_duplicated",
+                Count,
+                "Extra copies made by duplication.",
+                link.duplicated,
+            ),
+            (
+                "reordered",
+                "impair_reordered",
+                Count,
+                "Datagrams held back so that later ones overtake them.",
+                link.reordered,
+            ),
+            (
+                "bytes_in",
+                "impair_in",
+                Bytes,
+                "Bytes offered to the model.",
+                link.bytes_in,
+            ),
+            (
+                "bytes_out",
+                "impair_out",
+                Bytes,
+                "Bytes released by the model.",
+                link.bytes_out,
+            ),
+            (
+                "forwarded",
+                "impair_forwarded",
+                Count,
+                "Datagrams written to the outgoing socket.",
+                self.forwarded,
+            ),
+            (
+                "send_errors",
+                "impair_send_errors",
+                Count,
+                "Datagrams the outgoing socket refused.",
+                self.send_errors,
+            ),
+            (
+                "recv_errors",
+                "impair_recv_errors",
+                Count,
+                "Failed reads on the receiving socket.",
+                self.recv_errors,
+            ),
+        ] {
+            let metric =
+                Metric::counter(key, family, unit, help).with_label("direction", direction);
+            v.counter(&metric, value);
+        }
     }
 }
 
