@@ -19,7 +19,7 @@
 //! what the receiver holds; messages are fragmented and reassembled. Closing is
 //! graceful by default: everything queued is acknowledged before CLOSE is sent.
 
-mod congestion;
+pub mod congestion;
 mod handshake;
 mod pacer;
 mod path;
@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 
+pub use congestion::{CongestionControl, CongestionController};
 pub use path::{PathAddr, PathId, PathState, PathStats};
 pub use phi::phi_trade_off;
 pub use reassembly::{Message, ReassemblyError, SkippedRange, MAX_CHANNELS};
@@ -52,6 +53,7 @@ use crate::wire::{
     Delivery, Frame, FrameIter, Header, MsgFrame, PacketKind, Reader, TransportParams,
     FLAG_PLAINTEXT, HEADER_MAX_LEN,
 };
+use congestion::{AckEvent, AckedPacket};
 use handshake::{Handshake, HandshakeFailure, ResetToken};
 use path::Path;
 use protection::{OpenError, Protection};
@@ -1331,20 +1333,43 @@ impl Connection {
                 p.rtt.update(sample, delay);
             }
             let app_limited = in_flight_before + mtu <= p.cc.window() / 2 && !sendable;
-            let mut any_eliciting = false;
-            let mut frames = Vec::new();
-            let min_rtt = p.rtt.min();
-            for (_, pkt) in outcome.acked {
-                if pkt.ack_eliciting {
-                    any_eliciting = true;
-                    p.cc.on_ack(pkt.time, pkt.size, app_limited);
-                    p.cc.on_delivered(now, pkt.size, min_rtt);
-                }
-                frames.extend(pkt.frames);
+            if app_limited {
+                p.delivery.mark_app_limited(p.sent.bytes_in_flight());
             }
-            if any_eliciting {
+            let eliciting = || {
+                outcome
+                    .acked
+                    .iter()
+                    .map(|(_, pkt)| pkt)
+                    .filter(|pkt| pkt.ack_eliciting)
+            };
+            let packets: Vec<AckedPacket> = eliciting()
+                .map(|pkt| AckedPacket {
+                    sent: pkt.time,
+                    bytes: pkt.size,
+                })
+                .collect();
+            if !packets.is_empty() {
+                let rate_sample = p.delivery.on_ack(
+                    now,
+                    eliciting().map(|pkt| (pkt.size, pkt.time, pkt.delivery)),
+                    p.rtt.min(),
+                );
+                p.cc.on_ack(&AckEvent {
+                    now,
+                    packets: &packets,
+                    app_limited,
+                    min_rtt: p.rtt.min(),
+                    smoothed_rtt: p.rtt.smoothed(),
+                    rate_sample,
+                });
                 p.pto_count = 0;
             }
+            let frames: Vec<SentFrame> = outcome
+                .acked
+                .into_iter()
+                .flat_map(|(_, pkt)| pkt.frames)
+                .collect();
             for f in frames {
                 match f {
                     SentFrame::Msg(frag) => self.send_queue.on_acked(&frag),
@@ -1378,11 +1403,13 @@ impl Connection {
         congestion: bool,
     ) {
         let mut newest_lost_eliciting = None;
+        let mut lost_bytes = 0;
         for (_, p) in lost {
             self.stats.packets_lost += 1;
             self.paths[path].packets_lost += 1;
             if p.ack_eliciting {
                 newest_lost_eliciting = Some(p.time);
+                lost_bytes += p.size;
             }
             for f in p.frames {
                 match f {
@@ -1399,7 +1426,9 @@ impl Connection {
             }
         }
         if let (Some(newest), true) = (newest_lost_eliciting, congestion) {
-            self.paths[path].cc.on_congestion_event(now, newest);
+            self.paths[path]
+                .cc
+                .on_congestion_event(now, newest, lost_bytes);
         }
     }
 
@@ -1998,6 +2027,7 @@ impl Connection {
         if eliciting {
             p.last_eliciting_sent = now;
             p.pacer.on_sent(size);
+            let delivery = p.delivery.on_sent(now, p.sent.bytes_in_flight());
             p.sent.on_sent(
                 pn,
                 SentPacket {
@@ -2005,8 +2035,10 @@ impl Connection {
                     size,
                     ack_eliciting: true,
                     frames,
+                    delivery,
                 },
             );
+            p.cc.on_sent(now, size, p.sent.bytes_in_flight());
         }
         self.finish_transmit(buf, path)
     }
@@ -2085,8 +2117,11 @@ impl Connection {
         };
         if eliciting_ok && !probe && self.pending.close.is_none() {
             let p = &mut self.paths[path];
-            let (window, srtt) = (p.cc.window(), p.rtt.smoothed());
-            if let Some(t) = p.pacer.delay(now, mtu as u64, window, srtt, mtu as u64) {
+            let rate = p.cc.pacing_rate(p.rtt.smoothed());
+            if let Some(t) = p
+                .pacer
+                .delay(now, mtu as u64, rate, p.cc.window(), mtu as u64)
+            {
                 p.pacing_until = Some(t);
                 eliciting_ok = false;
             }

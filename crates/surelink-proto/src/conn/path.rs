@@ -19,7 +19,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::congestion::NewReno;
+use super::congestion::{CongestionController, DeliveryRate};
 use super::pacer::Pacer;
 use super::phi::PhiDetector;
 use super::rtt::RttEstimator;
@@ -98,7 +98,8 @@ pub struct Path {
     /// The role to return to after a suspicion clears.
     pub role: PathState,
     pub rtt: RttEstimator,
-    pub cc: NewReno,
+    pub cc: Box<dyn CongestionController>,
+    pub delivery: DeliveryRate,
     pub pacer: Pacer,
     pub sent: SentPackets,
     pub loss_time: Option<Instant>,
@@ -152,7 +153,8 @@ impl Path {
                 PathState::Standby
             },
             rtt: RttEstimator::new(config.initial_rtt),
-            cc: NewReno::new(mtu, config.initial_window_packets),
+            cc: config.congestion.build(mtu, config.initial_window_packets),
+            delivery: DeliveryRate::new(now),
             pacer: Pacer::new(now, mtu),
             sent: SentPackets::default(),
             loss_time: None,
