@@ -21,6 +21,7 @@
 
 pub mod congestion;
 mod handshake;
+mod lifecycle;
 mod pacer;
 mod path;
 mod path_set;
@@ -52,11 +53,12 @@ pub use stats::ConnectionStats;
 
 use crate::clock::{ClockEstimate, ClockEstimator, ClockSample};
 use crate::config::Config;
-use crate::crypto::{token_matches, Identity, PublicKey};
+use crate::crypto::{Identity, PublicKey};
 use crate::wire::{
     Delivery, Frame, FrameIter, Header, MsgFrame, PacketKind, Reader, TransportParams,
 };
 use handshake::{Handshake, ResetToken};
+use lifecycle::Lifecycle;
 use path::Path;
 use path_set::PathSet;
 use protection::{OpenError, Protection};
@@ -248,20 +250,6 @@ pub struct Transmit {
     pub size: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// Client waiting for ACCEPT; server waiting for CONNECT.
-    Handshaking,
-    /// Data flows.
-    Established,
-    /// Our graceful CLOSE is out, waiting for its acknowledgement.
-    CloseSent,
-    /// Closed; lingering to acknowledge the peer's retransmissions.
-    Draining,
-    /// Nothing more will happen.
-    Closed,
-}
-
 #[derive(Debug, Default)]
 struct Pending {
     handshake: bool,
@@ -275,7 +263,7 @@ struct Pending {
 pub struct Connection {
     config: Arc<Config>,
     side: Side,
-    state: State,
+    lifecycle: Lifecycle,
     local_cid: u64,
     peer_cid: u64,
     /// Our stateless reset token for `local_cid`, sent in the handshake.
@@ -291,7 +279,6 @@ pub struct Connection {
     peer_params: Option<TransportParams>,
     peer_max_data: u64,
     max_data_sent: u64,
-    handshake_confirmed: bool,
     handshake: Handshake,
     handshake_out: Option<Vec<u8>>,
     last_handshake_sent: Option<Instant>,
@@ -301,10 +288,8 @@ pub struct Connection {
     validated: bool,
     amp_received: u64,
     amp_sent: u64,
-    close_requested: bool,
     pending: Pending,
     last_received: Instant,
-    drain_until: Option<Instant>,
     events: VecDeque<Event>,
     stats: ConnectionStats,
     error: Option<ConnectionError>,
@@ -315,16 +300,8 @@ pub struct Connection {
     provisional_offset_us: Option<f64>,
     /// Server: our clock when the client's first message arrived.
     first_initial_us: Option<u64>,
-    /// A graceful close is reported once the playout queue is empty.
-    close_event_pending: bool,
     /// Handshake messages sent (an RTT sample is taken only from an unrepeated one).
     handshake_sends: u32,
-    /// Every path is down (reported once).
-    connection_lost: bool,
-    /// `Event::Closed` was emitted (it is emitted exactly once).
-    close_reported: bool,
-    /// We refused the handshake with this code and reason.
-    rejected: Option<(u64, String)>,
     channel_delivery: std::collections::HashMap<u64, Delivery>,
     latency: Histogram<u64>,
 }
@@ -381,18 +358,14 @@ impl Connection {
             wall_origin_us: 0,
             clock: ClockEstimator::new(),
             provisional_offset_us: None,
-            close_event_pending: false,
             first_initial_us: None,
             handshake_sends: 0,
-            connection_lost: false,
-            close_reported: false,
-            rejected: None,
             channel_delivery: std::collections::HashMap::new(),
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
             max_data_sent: config.receive_window,
             config,
             side,
-            state: State::Handshaking,
+            lifecycle: Lifecycle::new(),
             local_cid,
             peer_cid,
             reset_token,
@@ -403,11 +376,8 @@ impl Connection {
             send_queue: SendQueue::default(),
             peer_params: None,
             peer_max_data: 0,
-            handshake_confirmed: false,
-            close_requested: false,
             pending: Pending::default(),
             last_received: now,
-            drain_until: None,
             events: VecDeque::new(),
             stats: ConnectionStats::default(),
             error: None,
@@ -514,26 +484,6 @@ impl Connection {
         self.peer_cid
     }
 
-    /// True once the handshake completed and until the connection ends.
-    pub fn is_established(&self) -> bool {
-        matches!(self.state, State::Established | State::CloseSent)
-    }
-
-    /// True once the connection can no longer carry data (closed or draining).
-    pub fn is_closed(&self) -> bool {
-        matches!(self.state, State::Draining | State::Closed)
-    }
-
-    /// True once nothing more will happen: the caller may drop the connection.
-    pub fn is_drained(&self) -> bool {
-        self.state == State::Closed
-    }
-
-    /// The error the connection ended with, if any.
-    pub fn error(&self) -> Option<&ConnectionError> {
-        self.error.as_ref()
-    }
-
     fn micros(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.epoch).as_micros() as u64
     }
@@ -605,7 +555,7 @@ impl Connection {
     }
 
     fn idle_timeout(&self) -> Duration {
-        let local = if self.side == Side::Server && self.state == State::Handshaking {
+        let local = if self.side == Side::Server && self.lifecycle.is_handshaking() {
             // Half-open connections are dropped sooner.
             self.config.idle_timeout.min(self.config.handshake_timeout)
         } else {
@@ -635,7 +585,7 @@ impl Connection {
         if self.is_closed() {
             return Err(SendError::Closed);
         }
-        if self.close_requested || self.state == State::CloseSent {
+        if self.lifecycle.close_requested() {
             return Err(SendError::Closing);
         }
         let max = self.max_message();
@@ -686,29 +636,6 @@ impl Connection {
         self.reassembly.has_ready()
     }
 
-    /// Starts a graceful close: queued messages are still delivered and
-    /// acknowledged, then CLOSE is exchanged and `Event::Closed { error: None }` follows.
-    pub fn close(&mut self, now: Instant) {
-        if self.is_closed() {
-            return;
-        }
-        self.close_requested = true;
-        self.maybe_send_close(now);
-    }
-
-    /// Ends the connection at once, dropping anything unsent, and tells the peer.
-    pub fn abort(&mut self, now: Instant, reason: &str) {
-        if self.is_closed() {
-            return;
-        }
-        self.close_with_error(
-            now,
-            close_code::APPLICATION_ABORT,
-            reason,
-            ConnectionError::LocallyAborted,
-        );
-    }
-
     /// Takes the next event.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
@@ -743,65 +670,6 @@ impl Connection {
         }
     }
 
-    // ----- state transitions --------------------------------------------------
-
-    fn maybe_send_close(&mut self, now: Instant) {
-        if self.close_requested && self.state == State::Established && self.send_queue.is_empty() {
-            self.state = State::CloseSent;
-            self.pending.close = Some((close_code::NO_ERROR, String::new()));
-            let _ = now;
-        }
-    }
-
-    fn drain_period(&self) -> Duration {
-        (self.ap().rtt.pto_base() * 3).min(self.config.idle_timeout)
-    }
-
-    fn close_with_error(&mut self, now: Instant, code: u64, reason: &str, err: ConnectionError) {
-        tracing::debug!(cid = self.local_cid, %err, "closing with error");
-        self.send_queue.clear();
-        self.pending = Pending {
-            close: Some((code, reason.to_owned())),
-            ..Pending::default()
-        };
-        self.enter_draining(now, Some(err));
-    }
-
-    fn enter_draining(&mut self, now: Instant, error: Option<ConnectionError>) {
-        self.state = State::Draining;
-        self.drain_until = Some(now + self.drain_period());
-        if error.is_some() || self.reassembly.next_wake().is_none() {
-            self.finish(error);
-        } else {
-            // Messages still wait for their playout time: report the end once
-            // they are out.
-            self.close_event_pending = true;
-        }
-    }
-
-    /// Emits the Closed event once.
-    fn finish(&mut self, error: Option<ConnectionError>) {
-        if !self.close_reported {
-            self.close_reported = true;
-            self.error.clone_from(&error);
-            self.events.push_back(Event::Closed { error });
-        }
-    }
-
-    fn enter_closed(&mut self, error: Option<ConnectionError>) {
-        self.state = State::Closed;
-        self.finish(error);
-    }
-
-    fn protocol_violation(&mut self, now: Instant, code: u64, what: String) {
-        self.close_with_error(
-            now,
-            code,
-            &what,
-            ConnectionError::ProtocolViolation(what.clone()),
-        );
-    }
-
     // ----- input ---------------------------------------------------------------
 
     /// Handles one datagram from `remote`. Malformed, forged or unexpected
@@ -813,16 +681,20 @@ impl Connection {
     /// Like `handle_datagram`, for a datagram that arrived on the caller's
     /// local socket `addr.local` from `addr.remote` (several paths).
     pub fn handle_datagram_on(&mut self, now: Instant, addr: PathAddr, datagram: &[u8]) {
-        if self.state == State::Closed {
-            return;
-        }
-        if let Some(rejection) = &self.rejected {
-            // We refused this peer: answer anything more from it (at most one
-            // small Reject per datagram received) with the refusal again.
-            if self.state == State::Draining && self.paths[0].addr == addr {
-                self.pending.reject = Some(rejection.clone());
+        match &self.lifecycle {
+            Lifecycle::Closed => return,
+            Lifecycle::Draining {
+                refusal: Some(refusal),
+                ..
+            } => {
+                // We refused this peer: answer anything more from it (at most one
+                // small Reject per datagram received) with the refusal again.
+                if self.paths[0].addr == addr {
+                    self.pending.reject = Some(refusal.clone());
+                }
+                return;
             }
-            return;
+            _ => {}
         }
         let mut r = Reader::new(datagram);
         let Ok(header) = Header::decode(&mut r) else {
@@ -873,35 +745,6 @@ impl Connection {
         self.scratch = scratch;
     }
 
-    /// A stateless Reset: closes the connection at once if it carries the
-    /// peer's reset token and came from one of our paths; anything else is
-    /// counted and ignored. A connection already ending is not made an error
-    /// by it: after our graceful CLOSE (sent only once everything was
-    /// acknowledged) it ends gracefully, as at an unanswered CLOSE's idle
-    /// timeout; a draining one drains on.
-    fn on_reset(&mut self, known_path: bool, payload: &[u8]) {
-        let mut frames = FrameIter::new(payload);
-        let valid = match (frames.next(), frames.next(), &self.peer_reset_token) {
-            (Some(Ok(Frame::Token(t))), None, Some(expected)) => {
-                known_path && token_matches(expected, t)
-            }
-            _ => false,
-        };
-        if !valid {
-            self.stats.bad_resets += 1;
-            return;
-        }
-        tracing::debug!(cid = self.local_cid, "stateless reset by the peer");
-        let error = match self.state {
-            State::Draining => return,
-            State::CloseSent => None,
-            _ => Some(ConnectionError::Reset),
-        };
-        self.send_queue.clear();
-        self.pending = Pending::default();
-        self.enter_closed(error);
-    }
-
     fn on_data_packet(
         &mut self,
         now: Instant,
@@ -942,11 +785,9 @@ impl Connection {
         self.stats.bytes_received += size as u64;
         self.last_received = now;
         self.on_path_heard(now, path, size);
-        if !self.handshake_confirmed && self.state != State::Handshaking {
+        if !self.lifecycle.handshake_confirmed() {
             // An authenticated packet from the server: it has our last message.
-            self.handshake_confirmed = true;
-            self.handshake_out = None;
-            self.pending.handshake = false;
+            self.confirm_handshake();
         }
         let fresh = self.received.on_packet(
             now,
@@ -963,7 +804,7 @@ impl Connection {
         for f in FrameIter::new(payload).flatten() {
             carries_data |= matches!(f, Frame::Msg(_));
             self.handle_frame(now, path, f);
-            if self.state == State::Closed {
+            if self.lifecycle.is_closed() {
                 return;
             }
         }
@@ -976,7 +817,7 @@ impl Connection {
             self.switch_active(now, path, false);
         }
         self.poll_delivery(now);
-        self.maybe_send_close(now);
+        self.maybe_send_close();
     }
 
     fn handle_frame(&mut self, now: Instant, path: usize, frame: Frame<'_>) {
@@ -1044,34 +885,6 @@ impl Connection {
         }
     }
 
-    fn on_close_frame(&mut self, now: Instant, code: u64, reason: &str) {
-        match self.state {
-            State::Draining | State::Closed => {}
-            State::CloseSent if code == close_code::NO_ERROR => {
-                // Both sides closed gracefully at once.
-                self.enter_draining(now, None);
-            }
-            _ => {
-                let pending = self.send_queue.buffered();
-                let error = if code != close_code::NO_ERROR {
-                    Some(ConnectionError::PeerClosed {
-                        code,
-                        reason: reason.to_owned(),
-                    })
-                } else if !self.send_queue.is_empty() {
-                    // The peer is done, but what we queued was not all delivered.
-                    Some(ConnectionError::PeerClosedEarly {
-                        unacknowledged_bytes: pending,
-                    })
-                } else {
-                    None
-                };
-                self.send_queue.clear();
-                self.enter_draining(now, error);
-            }
-        }
-    }
-
     /// Runs deadline skipping and playout, and reports what was skipped.
     fn poll_delivery(&mut self, now: Instant) {
         self.reassembly.poll(self.clock_us(now));
@@ -1082,10 +895,7 @@ impl Connection {
                 to: s.to,
             });
         }
-        if self.close_event_pending && self.reassembly.next_wake().is_none() {
-            self.close_event_pending = false;
-            self.finish(None);
-        }
+        self.report_closed_after_playout();
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::path::{Path, PathAddr, PathId, PathState, PathStats};
 use super::sent::SentFrame;
-use super::{Connection, Event, PathMode, Side, State};
+use super::{Connection, Event, PathMode, Side};
 
 /// A connection's paths and how data is spread over them.
 #[derive(Debug)]
@@ -36,6 +36,8 @@ pub(super) struct PathSet {
     pub(super) last_frames: Option<Vec<SentFrame>>,
     /// A small deterministic generator for challenge data.
     jitter_state: u64,
+    /// Every path is down (`Event::ConnectionLost` was emitted).
+    pub(super) all_down: bool,
 }
 
 impl PathSet {
@@ -48,6 +50,7 @@ impl PathSet {
             copies: VecDeque::new(),
             last_frames: None,
             jitter_state: seed | 1,
+            all_down: false,
         }
     }
 
@@ -298,7 +301,7 @@ impl Connection {
 
     /// Applies the failure detector to every path and fails over or back.
     pub(super) fn check_paths(&mut self, now: Instant) {
-        if self.state != State::Established && self.state != State::CloseSent {
+        if !self.is_established() {
             return;
         }
         let (suspect, down) = (self.suspect_threshold(), self.config.phi_threshold);
@@ -327,11 +330,11 @@ impl Connection {
             }
         }
         let all_down = self.paths.iter().all(|p| p.state == PathState::Down);
-        if all_down && !self.connection_lost {
-            self.connection_lost = true;
+        if all_down && !self.paths.all_down {
+            self.paths.all_down = true;
             self.events.push_back(Event::ConnectionLost);
         } else if !all_down {
-            self.connection_lost = false;
+            self.paths.all_down = false;
         }
         // Fail over from a suspect or failed active path. In backup mode its
         // packets in flight are re-sent on the new path at once; in broadcast
@@ -357,7 +360,7 @@ impl Connection {
 
     /// When the failure detector must next look at the paths.
     pub(super) fn path_check_deadline(&self) -> Option<Instant> {
-        if self.state != State::Established && self.state != State::CloseSent {
+        if !self.is_established() {
             return None;
         }
         let mut t = None::<Instant>;
@@ -392,7 +395,7 @@ impl Connection {
     /// When a heartbeat (or a challenge, or a down-path probe) is due on `path`.
     pub(super) fn heartbeat_deadline(&self, path: usize) -> Option<Instant> {
         let p = &self.paths[path];
-        if self.state != State::Established && self.state != State::CloseSent {
+        if !self.is_established() {
             return None;
         }
         if let Some((_, first, last, tries)) = p.challenge {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::congestion::{AckEvent, AckedPacket};
 use super::sent::{SentFrame, SentPacket};
-use super::{close_code, Connection, State};
+use super::{close_code, Connection};
 
 impl Connection {
     pub(super) fn on_ack_frame(&mut self, now: Instant, path: usize, ack: &crate::wire::AckFrame) {
@@ -87,7 +87,7 @@ impl Connection {
                     SentFrame::Msg(frag) => self.send_queue.on_acked(&frag),
                     SentFrame::Skip { .. } => self.send_queue.on_skip_acked(),
                     SentFrame::Ack(largest) => self.received.on_ack_acked(largest),
-                    SentFrame::Close if self.state == State::CloseSent => {
+                    SentFrame::Close if self.lifecycle.is_close_sent() => {
                         self.enter_closed(None);
                     }
                     _ => {}
@@ -95,7 +95,7 @@ impl Connection {
             }
             self.detect_lost(now, i);
         }
-        self.maybe_send_close(now);
+        self.maybe_send_close();
     }
 
     pub(super) fn detect_lost(&mut self, now: Instant, path: usize) {
@@ -127,7 +127,7 @@ impl Connection {
                 match f {
                     SentFrame::Msg(frag) => self.send_queue.on_lost(frag),
                     SentFrame::MaxData => self.pending.max_data = true,
-                    SentFrame::Close if self.state == State::CloseSent => {
+                    SentFrame::Close if self.lifecycle.is_close_sent() => {
                         self.pending.close = Some((close_code::NO_ERROR, String::new()));
                     }
                     SentFrame::Skip { channel, up_to } => {

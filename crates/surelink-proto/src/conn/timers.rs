@@ -14,8 +14,9 @@
 
 use std::time::Instant;
 
+use super::lifecycle::Lifecycle;
 use super::path::PathState;
-use super::{Connection, ConnectionError, Side, State};
+use super::{Connection, ConnectionError, Side};
 
 /// One timer of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +83,7 @@ impl Connection {
             }
             Timer::Keepalive => {
                 let p = self.ap();
-                (self.state == State::Established && !p.sent.has_eliciting_in_flight())
+                (self.lifecycle.is_open() && !p.sent.has_eliciting_in_flight())
                     .then(|| p.last_eliciting_sent + self.config.keepalive_interval)
             }
             Timer::Ack => self.received.ack_deadline(),
@@ -98,9 +99,9 @@ impl Connection {
                 // Our CLOSE went unanswered but everything we sent was
                 // acknowledged: that is a graceful end (the acknowledgement
                 // of the CLOSE was lost).
-                let error = match self.state {
-                    State::CloseSent => None,
-                    _ if self.connection_lost => Some(ConnectionError::ConnectionLost),
+                let error = match self.lifecycle {
+                    Lifecycle::CloseSent { .. } => None,
+                    _ if self.paths.all_down => Some(ConnectionError::ConnectionLost),
                     _ => Some(ConnectionError::TimedOut),
                 };
                 self.send_queue.clear();
@@ -142,12 +143,13 @@ impl Connection {
 
     /// When `handle_timeout` must next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.state == State::Closed {
-            return None;
-        }
-        if self.state == State::Draining {
-            let playout = self.deadline(Timer::Playout);
-            return [self.drain_until, playout].into_iter().flatten().min();
+        match self.lifecycle {
+            Lifecycle::Closed => return None,
+            Lifecycle::Draining { .. } => {
+                let playout = self.deadline(Timer::Playout);
+                return [self.drain_deadline(), playout].into_iter().flatten().min();
+            }
+            _ => {}
         }
         Timer::table(self.paths.len())
             .filter_map(|t| self.deadline(t))
@@ -156,13 +158,11 @@ impl Connection {
 
     /// Handles the expiry of whatever timers are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        match self.state {
-            State::Closed => return,
-            State::Draining => {
+        match self.lifecycle {
+            Lifecycle::Closed => return,
+            Lifecycle::Draining { .. } => {
                 self.poll_delivery(now);
-                if self.drain_until.is_some_and(|t| t <= now) && !self.close_event_pending {
-                    self.enter_closed(None);
-                }
+                self.drain_timeout(now);
                 return;
             }
             _ => {}
@@ -171,7 +171,7 @@ impl Connection {
             if timer.runs_on_every_wakeup() || self.deadline(timer).is_some_and(|t| t <= now) {
                 self.expire(now, timer);
             }
-            if timer == Timer::Idle && self.state == State::Closed {
+            if timer == Timer::Idle && self.lifecycle.is_closed() {
                 return;
             }
         }

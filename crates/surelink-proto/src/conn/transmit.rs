@@ -12,8 +12,9 @@
 
 use std::time::Instant;
 
+use super::lifecycle::Lifecycle;
 use super::sent::{SentFrame, SentPacket};
-use super::{close_code, Connection, PathMode, Side, State, Transmit};
+use super::{close_code, Connection, PathMode, Side, Transmit};
 use crate::config::MIN_DATAGRAM_SIZE;
 use crate::wire::{Frame, Header, PacketKind, FLAG_PLAINTEXT, HEADER_MAX_LEN};
 
@@ -21,14 +22,17 @@ impl Connection {
     /// Writes the next datagram to send into `buf` (cleared first), if any.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
         buf.clear();
-        if self.state == State::Closed {
+        if self.lifecycle.is_closed() {
             return None;
         }
         if let Some((code, reason)) = self.pending.reject.take() {
             self.write_reject(buf, code, &reason);
             // Linger, so a peer whose copy of the Reject was lost hears it
             // again when it retransmits (see `handle_datagram_on`).
-            self.drain_until = Some(now + self.drain_period());
+            let drain_end = now + self.drain_period();
+            if let Lifecycle::Draining { until, .. } = &mut self.lifecycle {
+                *until = Some(drain_end);
+            }
             return self.finish_transmit(buf, 0);
         }
         if self.pending.handshake && self.handshake_out.is_some() {
@@ -36,7 +40,7 @@ impl Connection {
                 return Some(t);
             }
         }
-        if !self.protection.is_ready() || self.state == State::Handshaking {
+        if !self.protection.is_ready() || self.lifecycle.is_handshaking() {
             return None;
         }
         // Path validation: challenges and responses go on their own path.
@@ -121,7 +125,7 @@ impl Connection {
     /// token if any) or last message (m3), or the server's answer (m2).
     fn write_handshake(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
         let msg = self.handshake_out.as_ref()?;
-        let initial = self.side == Side::Client && self.state == State::Handshaking;
+        let initial = self.side == Side::Client && self.lifecycle.is_handshaking();
         // Before the client's address is validated, send at most 3x what it sent.
         let estimate = (msg.len() + 64) as u64;
         if !self.validated && self.amp_sent + estimate > 3 * self.amp_received {
@@ -260,7 +264,7 @@ impl Connection {
         let mtu = self.config.max_datagram_size - overhead - margin;
         let (pn, header_len) = self.begin_data_packet(now, buf);
         let mut frames: Vec<SentFrame> = Vec::new();
-        let draining = self.state == State::Draining;
+        let draining = self.lifecycle.is_draining();
         let is_data = matches!(role, Role::Data);
         let p = &self.paths[path];
         let probe = p.probes > 0;

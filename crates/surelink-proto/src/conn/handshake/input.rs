@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use super::HandshakeFailure;
-use crate::conn::{Connection, ConnectionError, Event, Pending, Side, State};
+use crate::conn::{Connection, ConnectionError, Side};
 use crate::wire::{Frame, FrameIter, Header, PacketKind, FLAG_PLAINTEXT};
 
 impl Connection {
@@ -58,9 +58,7 @@ impl Connection {
         match (self.side, header.kind) {
             (_, PacketKind::Reject) => {
                 if let Some((code, reason)) = close {
-                    if !self.handshake_confirmed
-                        || self.side == Side::Server && self.state == State::Handshaking
-                    {
+                    if !self.lifecycle.handshake_confirmed() {
                         self.last_received = now;
                         self.enter_closed(Some(ConnectionError::Rejected {
                             code,
@@ -71,7 +69,7 @@ impl Connection {
             }
             (Side::Client, PacketKind::Retry) => {
                 if let Some(t) = token {
-                    if self.state == State::Handshaking && self.retry_token.is_none() {
+                    if self.lifecycle.is_handshaking() && self.retry_token.is_none() {
                         self.retry_token = Some(t.to_vec());
                         self.pending.handshake = true;
                     }
@@ -80,7 +78,7 @@ impl Connection {
             (Side::Server, PacketKind::Initial) => {
                 let Some(m) = message else { return };
                 self.last_received = now;
-                if self.state != State::Handshaking {
+                if !self.lifecycle.is_handshaking() {
                     return;
                 }
                 if self.handshake_out.is_some() {
@@ -106,7 +104,7 @@ impl Connection {
             }
             (Side::Server, PacketKind::Handshake) => {
                 let Some(m) = message else { return };
-                if self.state != State::Handshaking {
+                if !self.lifecycle.is_handshaking() {
                     // The client repeats its last message until it hears from us.
                     self.paths[0].ping = true;
                     return;
@@ -124,19 +122,18 @@ impl Connection {
                         }
                         self.install_keys(now);
                         self.validated = true;
-                        self.handshake_confirmed = true;
                         self.handshake_out = None;
                         self.pending.handshake = false;
                         self.paths[0].ping = true;
-                        self.state = State::Established;
-                        self.events.push_back(Event::Connected);
+                        // The client's last message is in: confirmed on both sides.
+                        self.enter_established(true);
                     }
                     Err(f) => self.reject(f),
                 }
             }
             (Side::Client, PacketKind::Handshake) => {
                 let Some(m) = message else { return };
-                if self.state != State::Handshaking {
+                if !self.lifecycle.is_handshaking() {
                     return;
                 }
                 self.last_received = now;
@@ -160,8 +157,8 @@ impl Connection {
                         self.handshake_out = Some(last);
                         self.pending.handshake = true;
                         self.paths[0].ping = true;
-                        self.state = State::Established;
-                        self.events.push_back(Event::Connected);
+                        // Confirmed once the server's first protected packet arrives.
+                        self.enter_established(false);
                     }
                     Err(f) => self.reject(f),
                 }
@@ -194,13 +191,6 @@ impl Connection {
     /// Refuses the handshake: tells the peer why, then closes.
     fn reject(&mut self, f: HandshakeFailure) {
         tracing::debug!(cid = self.local_cid, reason = %f.reason, "handshake refused");
-        self.send_queue.clear();
-        self.rejected = Some((f.code, f.reason.clone()));
-        self.pending = Pending {
-            reject: Some((f.code, f.reason)),
-            ..Pending::default()
-        };
-        self.finish(Some(f.error));
-        self.state = State::Draining;
+        self.enter_refused(f.code, f.reason, f.error);
     }
 }
