@@ -341,12 +341,7 @@ impl Connection {
             amp_received: 0,
             amp_sent: 0,
             paths: PathSet::new(
-                Path::new(
-                    PathAddr { local: 0, remote },
-                    PathState::Active,
-                    now,
-                    &config,
-                ),
+                Path::first(PathAddr { local: 0, remote }, now, &config),
                 config.path_mode,
                 u64::from_le_bytes(seed[..8].try_into().unwrap_or([1; 8])),
             ),
@@ -810,7 +805,7 @@ impl Connection {
         }
         if carries_data
             && path != self.paths.active
-            && self.paths[path].state.is_usable()
+            && self.paths[path].state().is_usable()
             && self.paths.mode == PathMode::Backup
         {
             // The peer moved its data to this path: follow it with our ACKs.

@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::ops::{Index, IndexMut};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::path::{Path, PathAddr, PathId, PathState, PathStats};
 use super::sent::SentFrame;
@@ -96,7 +96,7 @@ impl PathSet {
         self.paths
             .iter()
             .enumerate()
-            .filter(|(i, p)| *i != self.active && p.state.is_usable())
+            .filter(|(i, p)| *i != self.active && p.state().is_usable())
             .min_by_key(|(i, p)| (p.rtt.smoothed(), *i))
             .map(|(i, _)| i)
     }
@@ -108,7 +108,7 @@ impl PathSet {
             PathMode::Balance => {
                 // Stripe: the usable path with the most free window per RTT first.
                 let mut v: Vec<usize> = (0..self.paths.len())
-                    .filter(|&i| self.paths[i].state.is_usable())
+                    .filter(|&i| self.paths[i].state().is_usable())
                     .collect();
                 if v.is_empty() {
                     v.push(self.active);
@@ -129,7 +129,7 @@ impl PathSet {
             return;
         };
         for i in 0..self.paths.len() {
-            if i != from && self.paths[i].state.is_usable() {
+            if i != from && self.paths[i].state().is_usable() {
                 self.copies.push_back((i, frames.clone()));
             }
         }
@@ -157,12 +157,12 @@ impl Connection {
         if let Some(i) = self.paths.find(addr) {
             return PathId(i);
         }
-        let mut p = Path::new(addr, PathState::Probing, now, &self.config);
         // We chose this address ourselves: no amplification concern.
-        p.ever_validated = true;
-        let id = self.paths.push(p);
-        self.start_challenge(now, id);
-        PathId(id)
+        let data = self.paths.next_jitter();
+        PathId(
+            self.paths
+                .push(Path::probing(addr, now, &self.config, data, true)),
+        )
     }
 
     /// Stops using a path (its in-flight data is re-sent elsewhere).
@@ -172,8 +172,7 @@ impl Connection {
         }
         let lost = self.paths[id.0].sent.drain();
         self.on_packets_lost(now, id.0, lost, false);
-        self.paths[id.0].state = PathState::Down;
-        self.paths[id.0].role = PathState::Down;
+        self.paths[id.0].remove();
         if self.paths.active == id.0 {
             if let Some(to) = self.paths.best_standby() {
                 self.switch_active(now, to, false);
@@ -198,68 +197,36 @@ impl Connection {
     /// An authenticated packet arrived from an unknown address: a new path
     /// (the peer added one, or its address changed). Validate it before use.
     pub(super) fn open_path(&mut self, now: Instant, addr: PathAddr) -> usize {
-        let p = Path::new(addr, PathState::Probing, now, &self.config);
-        let id = self.paths.push(p);
-        self.start_challenge(now, id);
-        id
-    }
-
-    fn start_challenge(&mut self, now: Instant, path: usize) {
         let data = self.paths.next_jitter();
-        self.paths[path].challenge = Some((data, now, None, 0));
+        self.paths
+            .push(Path::probing(addr, now, &self.config, data, false))
     }
 
+    /// A PATH_RESPONSE: validates the path whose challenge it answers.
     pub(super) fn on_path_response(&mut self, now: Instant, data: u64) {
         let Some(i) = self
             .paths
             .iter()
-            .position(|p| p.challenge.is_some_and(|(d, ..)| d == data))
+            .position(|p| p.challenge.is_some_and(|c| c.data() == data))
         else {
             return;
         };
-        let recovered = self.paths[i].state == PathState::Recovering;
-        let p = &mut self.paths[i];
-        p.challenge = None;
-        p.down_backoff = 0;
-        p.ever_validated = true;
-        p.state = if p.role == PathState::Active {
-            PathState::Active
-        } else {
-            PathState::Standby
-        };
-        p.healthy_since = Some(now);
-        p.phi.reset(now);
-        let event = if recovered {
+        let event = if self.paths[i].on_validated(now) {
             Event::PathRecovered(PathId(i))
         } else {
             Event::PathUp(PathId(i))
         };
         self.events.push_back(event);
-        if !self.ap().state.is_usable() {
+        if !self.ap().state().is_usable() {
             self.switch_active(now, i, false);
         }
     }
 
     /// A packet arrived on `path`: liveness, and recovery of a failed path.
     pub(super) fn on_path_heard(&mut self, now: Instant, path: usize, size: usize) {
-        let p = &mut self.paths[path];
-        p.packets_received += 1;
-        p.bytes_received += size as u64;
-        if !p.is_validated() {
-            p.unvalidated_received += size as u64;
-        }
-        p.last_heard = Some(now);
-        p.phi.heartbeat(now);
-        match p.state {
-            PathState::Suspect => {
-                p.state = p.role;
-                p.healthy_since = Some(now);
-            }
-            PathState::Down => {
-                p.state = PathState::Recovering;
-                self.start_challenge(now, path);
-            }
-            _ => {}
+        if self.paths[path].on_heard(now, size) {
+            let data = self.paths.next_jitter();
+            self.paths[path].start_challenge(data, now);
         }
     }
 
@@ -271,14 +238,8 @@ impl Connection {
             return;
         }
         self.paths.active = to;
-        self.paths[to].state = PathState::Active;
-        self.paths[to].role = PathState::Active;
-        if self.paths[from].role == PathState::Active {
-            self.paths[from].role = PathState::Standby;
-        }
-        if self.paths[from].state == PathState::Active {
-            self.paths[from].state = PathState::Standby;
-        }
+        self.paths[to].make_active();
+        self.paths[from].make_standby();
         if abandon {
             let lost = self.paths[from].sent.drain();
             self.paths[from].loss_time = None;
@@ -295,8 +256,20 @@ impl Connection {
         self.paths.active != 0 && self.paths.mode == PathMode::Backup && self.side == Side::Client
     }
 
+    /// Phi at which a path is suspect (half the down threshold).
     fn suspect_threshold(&self) -> f64 {
         self.config.phi_threshold / 2.0
+    }
+
+    /// When the primary path, healthy, takes the data back.
+    fn failback_deadline(&self) -> Option<Instant> {
+        let primary = &self.paths[0];
+        if !self.failback_possible() || !primary.state().is_usable() {
+            return None;
+        }
+        primary
+            .healthy_since()
+            .map(|h| h + self.config.failback_delay)
     }
 
     /// Applies the failure detector to every path and fails over or back.
@@ -306,30 +279,13 @@ impl Connection {
         }
         let (suspect, down) = (self.suspect_threshold(), self.config.phi_threshold);
         for i in 0..self.paths.len() {
-            let p = &mut self.paths[i];
-            if p.last_heard.is_none() {
-                continue;
-            }
-            let phi = p.phi.phi(now);
-            match p.state {
-                PathState::Active | PathState::Standby if phi >= down => {
-                    p.state = PathState::Down;
-                    p.healthy_since = None;
-                    self.events.push_back(Event::PathDown(PathId(i)));
-                }
-                PathState::Active | PathState::Standby if phi >= suspect => {
-                    p.state = PathState::Suspect;
-                    p.healthy_since = None;
-                    self.events.push_back(Event::PathSuspect(PathId(i)));
-                }
-                PathState::Suspect if phi >= down => {
-                    p.state = PathState::Down;
-                    self.events.push_back(Event::PathDown(PathId(i)));
-                }
-                _ => {}
+            match self.paths[i].check_liveness(now, suspect, down) {
+                Some(PathState::Down) => self.events.push_back(Event::PathDown(PathId(i))),
+                Some(_) => self.events.push_back(Event::PathSuspect(PathId(i))),
+                None => {}
             }
         }
-        let all_down = self.paths.iter().all(|p| p.state == PathState::Down);
+        let all_down = self.paths.iter().all(|p| p.state() == PathState::Down);
         if all_down && !self.paths.all_down {
             self.paths.all_down = true;
             self.events.push_back(Event::ConnectionLost);
@@ -340,20 +296,14 @@ impl Connection {
         // packets in flight are re-sent on the new path at once; in broadcast
         // mode each of them has a copy in flight on the other paths, tracked
         // (and re-sent if lost) there, so re-sending would only duplicate.
-        if !self.ap().state.is_usable() {
+        if !self.ap().state().is_usable() {
             if let Some(to) = self.paths.best_standby() {
                 let abandon = self.paths.mode != PathMode::Broadcast;
                 self.switch_active(now, to, abandon);
             }
         }
         // Fail back to the primary once it has been healthy for a while.
-        let primary = &self.paths[0];
-        if self.failback_possible()
-            && primary.state.is_usable()
-            && primary
-                .healthy_since
-                .is_some_and(|t| now.saturating_duration_since(t) >= self.config.failback_delay)
-        {
+        if self.failback_deadline().is_some_and(|t| t <= now) {
             self.switch_active(now, 0, false);
         }
     }
@@ -363,62 +313,19 @@ impl Connection {
         if !self.is_established() {
             return None;
         }
-        let mut t = None::<Instant>;
-        let mut consider = |x: Option<Instant>| {
-            if let Some(x) = x {
-                t = Some(t.map_or(x, |t| t.min(x)));
-            }
-        };
-        for p in self.paths.iter() {
-            if p.last_heard.is_none() {
-                continue;
-            }
-            match p.state {
-                PathState::Active | PathState::Standby => {
-                    consider(p.phi.crossing(self.suspect_threshold()))
-                }
-                PathState::Suspect => consider(p.phi.crossing(self.config.phi_threshold)),
-                _ => {}
-            }
-        }
-        let primary = &self.paths[0];
-        if self.failback_possible() && primary.state.is_usable() {
-            consider(
-                primary
-                    .healthy_since
-                    .map(|h| h + self.config.failback_delay),
-            );
-        }
-        t
+        let (suspect, down) = (self.suspect_threshold(), self.config.phi_threshold);
+        self.paths
+            .iter()
+            .filter_map(|p| p.liveness_deadline(suspect, down))
+            .chain(self.failback_deadline())
+            .min()
     }
 
     /// When a heartbeat (or a challenge, or a down-path probe) is due on `path`.
     pub(super) fn heartbeat_deadline(&self, path: usize) -> Option<Instant> {
-        let p = &self.paths[path];
         if !self.is_established() {
             return None;
         }
-        if let Some((_, first, last, tries)) = p.challenge {
-            if !p.may_probe() {
-                return None;
-            }
-            return Some(match last {
-                None => first,
-                Some(l) => l + self.config.heartbeat_interval * (1 << tries.min(6)),
-            });
-        }
-        if p.ping {
-            return None;
-        }
-        let interval = match p.state {
-            PathState::Down => {
-                self.config.heartbeat_interval * (1 << p.down_backoff.min(10))
-                    + Duration::from_micros(p.down_backoff as u64 * 997 % 5000)
-            }
-            PathState::Probing | PathState::Recovering => return None,
-            _ => self.config.heartbeat_interval,
-        }
-        .min(self.config.max_pto.max(self.config.heartbeat_interval));
-        Some(p.last_ping.unwrap_or(p.last_eliciting_sent) + interval)
+        self.paths[path].heartbeat_deadline(self.config.heartbeat_interval, self.config.max_pto)
     }
 }

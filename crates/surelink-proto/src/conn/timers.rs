@@ -15,7 +15,6 @@
 use std::time::Instant;
 
 use super::lifecycle::Lifecycle;
-use super::path::PathState;
 use super::{Connection, ConnectionError, Side};
 
 /// One timer of a connection.
@@ -118,13 +117,7 @@ impl Connection {
                     self.stats.probe_timeouts += 1;
                 }
             }
-            Timer::Heartbeat(i) => {
-                let p = &mut self.paths[i];
-                p.ping = true;
-                if p.state == PathState::Down {
-                    p.down_backoff += 1;
-                }
-            }
+            Timer::Heartbeat(i) => self.paths[i].on_heartbeat_due(),
             Timer::Handshake => {
                 self.paths[0].pto_count += 1;
                 self.stats.probe_timeouts += 1;

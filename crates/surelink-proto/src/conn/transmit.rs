@@ -51,7 +51,7 @@ impl Connection {
         }
         // Broadcast copies of what was just sent on another path.
         while let Some((path, frames)) = self.paths.copies.pop_front() {
-            if self.paths[path].state.is_usable() {
+            if self.paths[path].state().is_usable() {
                 if let Some(t) = self.write_packet(now, buf, path, Role::Copy(frames.clone())) {
                     return Some(t);
                 }
@@ -98,11 +98,7 @@ impl Connection {
             self.amp_sent += buf.len() as u64;
         }
         let p = &mut self.paths[path];
-        p.packets_sent += 1;
-        p.bytes_sent += buf.len() as u64;
-        if !p.is_validated() {
-            p.unvalidated_sent += buf.len() as u64;
-        }
+        p.on_datagram_sent(buf.len() as u64);
         Some(Transmit {
             destination: p.addr.remote,
             local: p.addr.local,
@@ -221,10 +217,7 @@ impl Connection {
         let p = &self.paths[path];
         let challenge_due = p
             .challenge
-            .is_some_and(|(_, first, last, tries)| match last {
-                None => now >= first,
-                Some(l) => now >= l + self.config.heartbeat_interval * (1 << tries.min(6)),
-            });
+            .is_some_and(|c| now >= c.next_send(self.config.heartbeat_interval));
         if p.response.is_none() && !challenge_due {
             return None;
         }
@@ -237,9 +230,9 @@ impl Connection {
             Frame::PathResponse(data).encode(buf);
         }
         if challenge_due {
-            if let Some((data, first, _, tries)) = p.challenge {
-                Frame::PathChallenge(data).encode(buf);
-                p.challenge = Some((data, first, Some(now), tries + 1));
+            if let Some(challenge) = &mut p.challenge {
+                Frame::PathChallenge(challenge.data()).encode(buf);
+                challenge.on_sent(now);
             }
         }
         self.seal_and_finish(now, buf, path, (pn, header_len), Vec::new(), false)
