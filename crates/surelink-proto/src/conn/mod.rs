@@ -306,18 +306,36 @@ pub struct Connection {
     latency: Histogram<u64>,
 }
 
+/// What a new connection is made from, on either side (filled in by the
+/// endpoint).
+pub(crate) struct NewConnection<'a> {
+    /// The endpoint's settings, validated.
+    pub(crate) config: Arc<Config>,
+    /// The connection id the peer puts in packets to us.
+    pub(crate) local_cid: u64,
+    /// Our stateless reset token for `local_cid`.
+    pub(crate) reset_token: ResetToken,
+    /// The peer's address (the first path).
+    pub(crate) remote: SocketAddr,
+    /// The time the connection starts.
+    pub(crate) now: Instant,
+    /// Our static key, in encrypted mode.
+    pub(crate) identity: Option<&'a Identity>,
+    /// Feeds the handshake's ephemeral keys and the challenge generator.
+    pub(crate) seed: [u8; 32],
+}
+
 impl Connection {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        config: Arc<Config>,
-        side: Side,
-        (local_cid, reset_token): (u64, ResetToken),
-        peer_cid: u64,
-        remote: SocketAddr,
-        now: Instant,
-        identity: Option<&Identity>,
-        seed: [u8; 32],
-    ) -> Self {
+    fn new(setup: NewConnection<'_>, side: Side, peer_cid: u64) -> Self {
+        let NewConnection {
+            config,
+            local_cid,
+            reset_token,
+            remote,
+            now,
+            identity,
+            seed,
+        } = setup;
         let handshake = Handshake::new(&config.security, identity, side == Side::Client, seed);
         let failure = handshake.as_ref().err().cloned();
         let handshake = handshake.unwrap_or_else(|_| {
@@ -383,30 +401,11 @@ impl Connection {
         c
     }
 
-    /// A client connection to `remote` whose packets carry `local_cid`. The config
-    /// must have been validated. `seed` feeds the handshake's ephemeral keys;
-    /// `clock_us` is what our clock reads at `now`, if set.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn client(
-        config: Arc<Config>,
-        local_cid: u64,
-        reset_token: ResetToken,
-        remote: SocketAddr,
-        now: Instant,
-        identity: Option<&Identity>,
-        seed: [u8; 32],
-        clock_us: Option<u64>,
-    ) -> Self {
-        let mut c = Self::new(
-            config,
-            Side::Client,
-            (local_cid, reset_token),
-            0,
-            remote,
-            now,
-            identity,
-            seed,
-        );
+    /// A client connection described by `setup`. `clock_us` is what our
+    /// clock reads at `setup.now`, if set.
+    pub(crate) fn client(setup: NewConnection<'_>, clock_us: Option<u64>) -> Self {
+        let now = setup.now;
+        let mut c = Self::new(setup, Side::Client, 0);
         if let Some(us) = clock_us {
             c.set_clock(now, us);
         }
@@ -421,30 +420,11 @@ impl Connection {
         c
     }
 
-    /// A server connection answering the client whose id is `client_cid`;
-    /// `validated` says the client's address was proven by a retry token.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn server(
-        config: Arc<Config>,
-        local_cid: u64,
-        reset_token: ResetToken,
-        client_cid: u64,
-        remote: SocketAddr,
-        now: Instant,
-        identity: Option<&Identity>,
-        seed: [u8; 32],
-        validated: bool,
-    ) -> Self {
-        let mut c = Self::new(
-            config,
-            Side::Server,
-            (local_cid, reset_token),
-            client_cid,
-            remote,
-            now,
-            identity,
-            seed,
-        );
+    /// A server connection described by `setup`, answering the client whose
+    /// id is `client_cid`; `validated` says the client's address was proven by
+    /// a retry token.
+    pub(crate) fn server(setup: NewConnection<'_>, client_cid: u64, validated: bool) -> Self {
+        let mut c = Self::new(setup, Side::Server, client_cid);
         c.validated = validated;
         c
     }
