@@ -14,10 +14,17 @@
 //!
 //! Inside: packet numbers are never reused; ACK frames carry ranges; loss is
 //! detected by packet threshold (3) and time threshold (9/8 RTT); a probe timeout
-//! derived from smoothed RTT and variance backs off exponentially; NewReno
-//! congestion control with a pacer limits what is in flight; flow control bounds
-//! what the receiver holds; messages are fragmented and reassembled. Closing is
-//! graceful by default: everything queued is acknowledged before CLOSE is sent.
+//! derived from smoothed RTT and variance backs off exponentially; a congestion
+//! controller (NewReno with a bandwidth-delay floor by default) and a pacer limit
+//! what is in flight; flow control bounds what the receiver holds; messages are
+//! fragmented and reassembled. Closing is graceful by default: everything queued
+//! is acknowledged before CLOSE is sent.
+//!
+//! This file is the conductor: it holds the state and routes input to the
+//! mechanisms, each in its own module: `lifecycle` (open, closing, draining),
+//! `handshake` (its messages and its input), `transmit` (packet assembly),
+//! `path_set` and `path` (paths, validation, liveness, failover), `recovery`
+//! (ACKs, loss, probe timeout), `timers` (the timer table) and [`congestion`].
 
 pub mod congestion;
 mod handshake;

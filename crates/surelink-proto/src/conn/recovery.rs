@@ -18,6 +18,7 @@ use super::sent::{SentFrame, SentPacket};
 use super::{close_code, Connection};
 
 impl Connection {
+    /// Applies an ACK frame that arrived on `path` to every path's packets.
     pub(super) fn on_ack_frame(&mut self, now: Instant, path: usize, ack: &crate::wire::AckFrame) {
         if ack.largest() >= self.next_pn {
             self.protocol_violation(
@@ -98,6 +99,8 @@ impl Connection {
         self.maybe_send_close();
     }
 
+    /// Declares lost what the path's ACKs and loss delay say is lost, and
+    /// re-arms its loss time.
     pub(super) fn detect_lost(&mut self, now: Instant, path: usize) {
         let p = &mut self.paths[path];
         let (lost, next) = p.sent.detect_lost(now, p.rtt.loss_delay());
@@ -144,6 +147,7 @@ impl Connection {
         }
     }
 
+    /// The path's probe timeout, backed off by its PTO count, capped at `max_pto`.
     pub(super) fn pto_duration(&self, path: usize) -> Duration {
         let p = &self.paths[path];
         let base = p.rtt.pto_base() + self.peer_max_ack_delay();
@@ -151,6 +155,8 @@ impl Connection {
         backed_off.min(self.config.max_pto.max(base))
     }
 
+    /// When the path's probe timeout fires (none while a loss time is armed
+    /// or nothing ack-eliciting is in flight).
     pub(super) fn pto_deadline(&self, path: usize) -> Option<Instant> {
         let p = &self.paths[path];
         if p.loss_time.is_some() || self.is_closed() || !p.sent.has_eliciting_in_flight() {

@@ -81,6 +81,7 @@ impl Connection {
         None
     }
 
+    /// The header flag of our mode.
     fn plaintext_flag(&self) -> u8 {
         if self.handshake.is_plaintext() {
             FLAG_PLAINTEXT
@@ -106,6 +107,7 @@ impl Connection {
         })
     }
 
+    /// A Reject packet: our refusal's CLOSE code and reason, unprotected.
     fn write_reject(&mut self, buf: &mut Vec<u8>, code: u64, reason: &str) {
         Header {
             kind: PacketKind::Reject,
@@ -159,6 +161,7 @@ impl Connection {
         self.finish_transmit(buf, 0)
     }
 
+    /// Writes a Data packet header; returns its packet number and length.
     fn begin_data_packet(&mut self, now: Instant, buf: &mut Vec<u8>) -> (u64, usize) {
         let flags = self.protection.send_flags(now);
         let pn = self.next_pn;

@@ -11,7 +11,7 @@
 //! before sending ────────────► window(), pacing_rate(srtt)
 //! ```
 //!
-//! The pacer ([`super::pacer`]) spends tokens at the controller's
+//! The pacer (`conn::pacer`) spends tokens at the controller's
 //! [`PacingRate`], so a rate-based controller (live streaming at the input
 //! rate plus overhead) needs no window at all: it reports a large window and
 //! the rate it wants. Window-based controllers pace at 5/4 of window ÷ RTT.

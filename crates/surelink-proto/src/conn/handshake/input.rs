@@ -176,6 +176,7 @@ impl Connection {
         }
     }
 
+    /// Installs the packet keys the handshake produced.
     fn install_keys(&mut self, now: Instant) {
         if let Some(keys) = self.handshake.take_keys() {
             let (bytes, after) = self
