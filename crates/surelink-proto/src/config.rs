@@ -59,6 +59,9 @@ pub struct Config {
     pub failback_delay: Duration,
     /// How several paths are used (default backup).
     pub path_mode: crate::conn::PathMode,
+    /// Which congestion controller each path runs (default NewReno with a
+    /// bandwidth-delay-product floor).
+    pub congestion: crate::conn::CongestionControl,
     /// Receiver: hold each message until its source time plus this delay, to
     /// smooth jitter (like SRT's TSBPD). `None` delivers as soon as possible.
     pub playout_delay: Option<Duration>,
@@ -97,6 +100,7 @@ impl Default for Config {
             phi_min_std_dev: Duration::from_millis(5),
             failback_delay: Duration::from_secs(1),
             path_mode: crate::conn::PathMode::Backup,
+            congestion: crate::conn::CongestionControl::default(),
             playout_delay: None,
             security: Security::default(),
             reset_secret: None,

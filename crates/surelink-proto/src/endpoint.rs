@@ -33,7 +33,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::config::{Config, ConfigError, MIN_DATAGRAM_SIZE};
-use crate::conn::{close_code, Connection};
+use crate::conn::{close_code, Connection, NewConnection};
 use crate::crypto::{Identity, ResetKey, RetryTokens, Security, RESET_TOKEN_LEN};
 use crate::stats_schema::{Metric, StatsVisitor, Unit, VisitStats};
 use crate::wire::{Frame, FrameIter, Header, PacketKind, Reader, FLAG_PLAINTEXT};
@@ -383,13 +383,15 @@ impl Endpoint {
         self.rng.fill_bytes(&mut seed);
         let clock = self.clock_at(now);
         let conn = Connection::client(
-            self.config.clone(),
-            cid,
-            self.reset_key.token(cid),
-            remote,
-            now,
-            self.identity.as_ref(),
-            seed,
+            NewConnection {
+                config: self.config.clone(),
+                local_cid: cid,
+                reset_token: self.reset_key.token(cid),
+                remote,
+                now,
+                identity: self.identity.as_ref(),
+                seed,
+            },
             clock,
         );
         (h, conn)
@@ -628,14 +630,16 @@ impl Endpoint {
         let mut seed = [0u8; 32];
         self.rng.fill_bytes(&mut seed);
         let mut conn = Connection::server(
-            self.config.clone(),
-            cid,
-            self.reset_key.token(cid),
+            NewConnection {
+                config: self.config.clone(),
+                local_cid: cid,
+                reset_token: self.reset_key.token(cid),
+                remote,
+                now,
+                identity: self.identity.as_ref(),
+                seed,
+            },
             header.dcid,
-            remote,
-            now,
-            self.identity.as_ref(),
-            seed,
             token_ok,
         );
         if let Some(c) = self.clock_at(now) {

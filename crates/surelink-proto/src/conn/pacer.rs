@@ -1,12 +1,18 @@
-//! A token-bucket pacer that spreads a congestion window over a round trip.
+//! A token-bucket pacer that releases bytes at the congestion controller's
+//! pacing rate.
 //!
-//! Tokens refill at 1.25 × window / RTT; the bucket holds enough for about 2 ms
-//! of sending (at least 10 datagrams), so bursts stay short while the timer rate
+//! Tokens refill at the [`PacingRate`] the path's controller reports (5/4 of
+//! window ÷ RTT for window-based controllers); the bucket holds what that rate
+//! releases in 1.6 ms (2 ms at window ÷ RTT), at least 10 datagrams and at
+//! most one congestion window, so bursts stay short while the timer rate
 //! stays low. [`Pacer::delay`] says when the next datagram may leave.
 
 use std::time::{Duration, Instant};
 
-const BURST_INTERVAL: Duration = Duration::from_millis(2);
+use super::congestion::PacingRate;
+
+/// The bucket holds what the pacing rate releases in this long.
+const BURST_INTERVAL: Duration = Duration::from_micros(1600);
 const MIN_BURST_PACKETS: u64 = 10;
 
 /// Token-bucket pacer state.
@@ -25,33 +31,33 @@ impl Pacer {
         }
     }
 
-    fn capacity(window: u64, rtt: Duration, mtu: u64) -> u64 {
-        let rtt_ns = rtt.as_nanos().max(1);
-        let burst = (u128::from(window) * BURST_INTERVAL.as_nanos() / rtt_ns) as u64;
+    fn capacity(rate: PacingRate, window: u64, mtu: u64) -> u64 {
+        let burst =
+            (u128::from(rate.bytes) * BURST_INTERVAL.as_nanos() / rate.per.as_nanos()) as u64;
         burst.clamp(MIN_BURST_PACKETS * mtu, window.max(MIN_BURST_PACKETS * mtu))
     }
 
-    /// When a datagram of `bytes` may be sent: `None` means now.
+    /// When a datagram of `bytes` may be sent at `rate` with a congestion
+    /// window of `window` bytes: `None` means now.
     pub fn delay(
         &mut self,
         now: Instant,
         bytes: u64,
+        rate: PacingRate,
         window: u64,
-        rtt: Duration,
         mtu: u64,
     ) -> Option<Instant> {
-        let capacity = Self::capacity(window, rtt, mtu);
-        let rtt_ns = rtt.as_nanos().max(1);
-        // rate = 5/4 * window / rtt  bytes per ns
+        let capacity = Self::capacity(rate, window, mtu);
+        let per_ns = rate.per.as_nanos();
         let elapsed = now.saturating_duration_since(self.last).as_nanos();
-        let refill = elapsed * 5 * u128::from(window) / (4 * rtt_ns);
+        let refill = elapsed * u128::from(rate.bytes) / per_ns;
         self.tokens = (u128::from(self.tokens) + refill).min(u128::from(capacity)) as u64;
         self.last = now;
         if self.tokens >= bytes {
             return None;
         }
         let missing = u128::from(bytes - self.tokens);
-        let wait_ns = (missing * 4 * rtt_ns).div_ceil(5 * u128::from(window.max(1)));
+        let wait_ns = (missing * per_ns).div_ceil(u128::from(rate.bytes.max(1)));
         Some(now + Duration::from_nanos(wait_ns.min(u128::from(u64::MAX)) as u64))
     }
 
@@ -70,18 +76,19 @@ mod tests {
         let t0 = Instant::now();
         let mtu = 1000;
         let mut p = Pacer::new(t0, mtu);
-        let rtt = Duration::from_millis(100);
-        let window = 100_000; // 1.25 MB/s paced
+        let window = 100_000;
+        // 1.25 MB/s: 5/4 of a 100 kB window per 100 ms.
+        let rate = PacingRate::new(5 * window, Duration::from_millis(400));
         let mut sent = 0;
-        while p.delay(t0, mtu, window, rtt, mtu).is_none() {
+        while p.delay(t0, mtu, rate, window, mtu).is_none() {
             p.on_sent(mtu);
             sent += 1;
             assert!(sent < 1000);
         }
         assert_eq!(sent, 10);
-        let wake = p.delay(t0, mtu, window, rtt, mtu).unwrap();
+        let wake = p.delay(t0, mtu, rate, window, mtu).unwrap();
         // 1000 bytes at 1.25 bytes/µs = 800 µs
         assert_eq!(wake - t0, Duration::from_micros(800));
-        assert!(p.delay(wake, mtu, window, rtt, mtu).is_none());
+        assert!(p.delay(wake, mtu, rate, window, mtu).is_none());
     }
 }

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
+use super::congestion::DeliveryState;
 use super::send_queue::Fragment;
 
 /// Reordering tolerance in packets.
@@ -48,6 +49,8 @@ pub struct SentPacket {
     pub ack_eliciting: bool,
     /// What it carried.
     pub frames: Vec<SentFrame>,
+    /// What the path had delivered when it left (for delivery-rate samples).
+    pub delivery: DeliveryState,
 }
 
 /// Outcome of processing an ACK frame.
@@ -172,6 +175,12 @@ mod tests {
             size: 100,
             ack_eliciting: true,
             frames: vec![SentFrame::Ping],
+            delivery: DeliveryState {
+                delivered: 0,
+                delivered_time: t,
+                first_sent_time: t,
+                app_limited: false,
+            },
         }
     }
 

@@ -1,5 +1,5 @@
-//! NewReno congestion control (RFC 9002 §7) over bytes in flight, with a
-//! delivery-rate floor.
+//! [`NewRenoBdpFloor`]: NewReno congestion control (RFC 9002 §7) over bytes
+//! in flight, with a delivery-rate floor. The default controller.
 //!
 //! Slow start doubles the window each round trip, congestion avoidance adds one
 //! datagram per window acknowledged, and a loss halves the window once per
@@ -13,18 +13,25 @@
 //! times the minimum RTT), as in BBR. Where a bottleneck limits the rate this
 //! floor is at most one BDP of queue; where loss is random, the sender keeps
 //! the rate it had.
+//!
+//! The floor keeps its own delivery-rate measurement (bytes acknowledged over
+//! intervals of at least one minimum RTT) rather than the per-packet
+//! [`RateSample`](super::RateSample); switching would change its behaviour.
+//! It paces at 5/4 of window ÷ smoothed RTT.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use super::{AckEvent, CongestionController, PacingRate};
 
 /// Delivery-rate samples kept (one per round trip).
 const RATE_WINDOW: usize = 10;
 /// The floor is this many bandwidth-delay products.
 const FLOOR_GAIN: u64 = 2;
 
-/// NewReno state.
+/// NewReno with a floor of twice the recently delivered bandwidth-delay product.
 #[derive(Debug, Clone)]
-pub struct NewReno {
+pub struct NewRenoBdpFloor {
     window: u64,
     ssthresh: u64,
     recovery_start: Option<Instant>,
@@ -36,9 +43,12 @@ pub struct NewReno {
     /// Recent delivery rates, bytes per second (one per round trip).
     rates: VecDeque<u64>,
     min_rtt: Duration,
+    /// Window and threshold before the last reduction, and the recovery
+    /// period that preceded it (restored if that loss proves spurious).
+    before_reduction: Option<(u64, u64, Option<Instant>)>,
 }
 
-impl NewReno {
+impl NewRenoBdpFloor {
     /// A controller for datagrams of `mss` bytes starting at `initial_packets` datagrams.
     pub fn new(mss: u64, initial_packets: u64) -> Self {
         Self {
@@ -51,13 +61,8 @@ impl NewReno {
             sample: None,
             rates: VecDeque::new(),
             min_rtt: Duration::MAX,
+            before_reduction: None,
         }
-    }
-
-    /// Current congestion window in bytes: NewReno's, but at least twice the
-    /// recent bandwidth-delay product.
-    pub fn window(&self) -> u64 {
-        self.window.max(self.floor())
     }
 
     fn floor(&self) -> u64 {
@@ -73,7 +78,7 @@ impl NewReno {
 
     /// Feeds the delivery-rate estimate: `bytes` were acknowledged at `now`
     /// on a path whose smallest RTT is `min_rtt`.
-    pub fn on_delivered(&mut self, now: Instant, bytes: u64, min_rtt: Duration) {
+    fn on_delivered(&mut self, now: Instant, bytes: u64, min_rtt: Duration) {
         self.min_rtt = self.min_rtt.min(min_rtt.max(Duration::from_micros(100)));
         let (start, acked) = self.sample.get_or_insert((now, 0));
         *acked += bytes;
@@ -88,14 +93,9 @@ impl NewReno {
         }
     }
 
-    /// Slow-start threshold in bytes (`u64::MAX` until the first loss).
-    pub fn ssthresh(&self) -> u64 {
-        self.ssthresh
-    }
-
     /// A packet of `bytes` sent at `sent` was acknowledged; `app_limited` says the
     /// sender was not using the window, in which case it does not grow.
-    pub fn on_ack(&mut self, sent: Instant, bytes: u64, app_limited: bool) {
+    fn on_packet_acked(&mut self, sent: Instant, bytes: u64, app_limited: bool) {
         if self.recovery_start.is_some_and(|start| sent <= start) || app_limited {
             return;
         }
@@ -109,46 +109,95 @@ impl NewReno {
             }
         }
     }
+}
 
-    /// Packets were declared lost; the newest of them was sent at `largest_lost_sent`.
-    pub fn on_congestion_event(&mut self, now: Instant, largest_lost_sent: Instant) {
+impl CongestionController for NewRenoBdpFloor {
+    /// NewReno's window, but at least twice the recent bandwidth-delay product.
+    fn window(&self) -> u64 {
+        self.window.max(self.floor())
+    }
+
+    fn ssthresh(&self) -> u64 {
+        self.ssthresh
+    }
+
+    fn pacing_rate(&self, smoothed_rtt: Duration) -> PacingRate {
+        PacingRate::new(
+            5 * self.window(),
+            4 * smoothed_rtt.max(Duration::from_nanos(1)),
+        )
+    }
+
+    fn on_sent(&mut self, _now: Instant, _bytes: u64, _bytes_in_flight: u64) {}
+
+    fn on_ack(&mut self, ack: &AckEvent<'_>) {
+        for p in ack.packets {
+            self.on_packet_acked(p.sent, p.bytes, ack.app_limited);
+            self.on_delivered(ack.now, p.bytes, ack.min_rtt);
+        }
+    }
+
+    /// Halves the window once per recovery period: losses of packets sent
+    /// before the period began are not punished twice.
+    fn on_congestion_event(&mut self, now: Instant, newest_lost_sent: Instant, _lost_bytes: u64) {
         if self
             .recovery_start
-            .is_some_and(|start| largest_lost_sent <= start)
+            .is_some_and(|start| newest_lost_sent <= start)
         {
             return;
         }
+        self.before_reduction = Some((self.window, self.ssthresh, self.recovery_start));
         self.recovery_start = Some(now);
         self.window = (self.window / 2).max(self.min_window);
         self.ssthresh = self.window;
         self.acked_in_avoidance = 0;
     }
+
+    /// Restores the window and threshold from before the last reduction.
+    fn on_spurious_loss(&mut self, _now: Instant) {
+        if let Some((window, ssthresh, recovery_start)) = self.before_reduction.take() {
+            self.window = self.window.max(window);
+            self.ssthresh = ssthresh;
+            self.recovery_start = recovery_start;
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::AckedPacket;
     use super::*;
-    use std::time::Duration;
+
+    fn ack(cc: &mut NewRenoBdpFloor, now: Instant, sent: Instant, app_limited: bool) {
+        cc.on_ack(&AckEvent {
+            now,
+            packets: &[AckedPacket { sent, bytes: 1000 }],
+            app_limited,
+            min_rtt: Duration::from_millis(20),
+            smoothed_rtt: Duration::from_millis(20),
+            rate_sample: None,
+        });
+    }
 
     #[test]
     fn slow_start_then_halve_once_per_recovery() {
         let t0 = Instant::now();
-        let mut cc = NewReno::new(1000, 10);
-        cc.on_ack(t0, 1000, false);
+        let mut cc = NewRenoBdpFloor::new(1000, 10);
+        ack(&mut cc, t0, t0, false);
         assert_eq!(cc.window(), 11_000);
-        cc.on_ack(t0, 1000, true);
+        ack(&mut cc, t0, t0, true);
         assert_eq!(cc.window(), 11_000, "app-limited: no growth");
         let t1 = t0 + Duration::from_millis(10);
-        cc.on_congestion_event(t1, t0);
+        cc.on_congestion_event(t1, t0, 1000);
         assert_eq!(cc.window(), 5_500);
-        cc.on_congestion_event(t1, t0 + Duration::from_millis(5));
+        cc.on_congestion_event(t1, t0 + Duration::from_millis(5), 1000);
         assert_eq!(cc.window(), 5_500, "same recovery period");
-        cc.on_ack(t0, 1000, false);
+        ack(&mut cc, t0, t0, false);
         assert_eq!(cc.window(), 5_500, "sent before recovery: no growth");
         // Congestion avoidance: one mss per window acknowledged.
         let t2 = t1 + Duration::from_millis(1);
         for _ in 0..6 {
-            cc.on_ack(t2, 1000, false);
+            ack(&mut cc, t2, t2, false);
         }
         assert_eq!(cc.window(), 6_500);
     }
@@ -157,18 +206,40 @@ mod tests {
     fn the_window_keeps_twice_the_delivered_bdp_through_random_loss() {
         let t0 = Instant::now();
         let ms = Duration::from_millis(1);
-        let mut cc = NewReno::new(1000, 10);
+        let mut cc = NewRenoBdpFloor::new(1000, 10);
         // 1 MB/s delivered on a 20 ms path: BDP 20 kB.
         for i in 0..100u32 {
             cc.on_delivered(t0 + ms * i, 1000, 20 * ms);
         }
         for i in 0..10u32 {
-            cc.on_congestion_event(t0 + 100 * ms + 30 * ms * i, t0 + 100 * ms + 30 * ms * i);
+            let t = t0 + 100 * ms + 30 * ms * i;
+            cc.on_congestion_event(t, t, 1000);
         }
         let w = cc.window();
         assert!(
             (40_000..=42_000).contains(&w),
             "2 x BDP despite ten halvings: {w}"
         );
+    }
+
+    #[test]
+    fn a_spurious_loss_restores_the_window() {
+        let t0 = Instant::now();
+        let mut cc = NewRenoBdpFloor::new(1000, 10);
+        let t1 = t0 + Duration::from_millis(10);
+        cc.on_congestion_event(t1, t0, 1000);
+        assert_eq!((cc.window(), cc.ssthresh()), (5_000, 5_000));
+        cc.on_spurious_loss(t1);
+        assert_eq!((cc.window(), cc.ssthresh()), (10_000, u64::MAX));
+        // Back in slow start: the next ACK grows the window again.
+        ack(&mut cc, t1, t1, false);
+        assert_eq!(cc.window(), 11_000);
+    }
+
+    #[test]
+    fn paces_at_five_quarters_of_the_window_per_rtt() {
+        let cc = NewRenoBdpFloor::new(1000, 10);
+        let rate = cc.pacing_rate(Duration::from_millis(100));
+        assert_eq!(rate, PacingRate::new(50_000, Duration::from_millis(400)));
     }
 }

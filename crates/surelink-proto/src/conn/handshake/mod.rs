@@ -16,6 +16,8 @@
 //! client's against its allow-list after m3. Failures carry a CLOSE code and a
 //! human-readable reason for a Reject packet.
 
+mod input;
+
 use crate::crypto::{CryptoConfig, Identity, NoiseHandshake, PublicKey, Security, RESET_TOKEN_LEN};
 use crate::wire::{Frame, FrameIter, TransportParams};
 
