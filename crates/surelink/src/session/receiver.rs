@@ -157,6 +157,13 @@ fn is_fatal(e: &SessionError) -> bool {
     )
 }
 
+/// The CLOSE reason a receiver sends when a fatal error stops it, so the
+/// sender reports the real cause (`receiver: cannot write the output: No
+/// space left on device`) instead of a silent peer.
+fn fatal_reason(e: &SessionError) -> String {
+    format!("receiver: {e}")
+}
+
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -466,7 +473,8 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
     /// HELLO for the current session takes over from the connection serving
     /// it (a restarted sender), and every decision is reported to
     /// `on_event`. Returns `Err` only when the journal, the sink or the
-    /// endpoint fails; a misbehaving or refused sender is reported and
+    /// endpoint fails, after closing the sender's connection with that
+    /// error as the reason; a misbehaving or refused sender is reported and
     /// disconnected.
     pub async fn run(
         &mut self,
@@ -523,14 +531,26 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
                             accepted,
                         });
                     }
-                    Err(e) if is_fatal(&e) => return Err(e),
+                    Err(e) if is_fatal(&e) => {
+                        conn.abort(&fatal_reason(&e));
+                        if let Some(current) = &current {
+                            current.abort(&fatal_reason(&e));
+                        }
+                        return Err(e);
+                    }
                     Err(error) => on_event(ReceiverEvent::Refused {
                         remote: conn.remote_addr(),
                         error,
                     }),
                 },
                 Step::Served(Ok(())) => return Ok(()),
-                Step::Served(Err(e)) if is_fatal(&e) => return Err(e),
+                Step::Served(Err(e)) if is_fatal(&e) => {
+                    // The sender must not wait for us in vain: it learns why.
+                    if let Some(conn) = &current {
+                        conn.abort(&fatal_reason(&e));
+                    }
+                    return Err(e);
+                }
                 Step::Served(Err(error)) => {
                     let conn = current.take().expect("served a connection");
                     if !error.is_connection() {
