@@ -22,6 +22,7 @@ mod cmd;
 mod delivery;
 mod ending;
 mod exit;
+mod failover_log;
 mod keys;
 mod net;
 mod paths;
@@ -110,6 +111,23 @@ Examples:
 
 ", exit::exit_status_help!()))]
     Keygen(cmd::keygen::KeygenArgs),
+    /// Print a shell completion script (bash, zsh or fish) generated from these options.
+    #[command(after_help = concat!("\
+Examples:
+  surelink completions bash > /etc/bash_completion.d/surelink
+  surelink completions zsh > \"${fpath[1]}/_surelink\"
+  surelink completions fish > ~/.config/fish/completions/surelink.fish
+
+", exit::exit_status_help!()))]
+    Completions(cmd::completions::CompletionsArgs),
+    /// Print the manual page surelink(1), or write every page into a directory.
+    #[command(after_help = concat!("\
+Examples:
+  surelink man | man -l -
+  surelink man --dir /usr/local/share/man/man1
+
+", exit::exit_status_help!()))]
+    Man(cmd::completions::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -144,6 +162,8 @@ fn main() -> ExitCode {
             Command::Demo(args) => cmd::demo::run(args).await,
             Command::Time(args) => cmd::time::run(args).await,
             Command::Keygen(args) => cmd::keygen::run(args).await,
+            Command::Completions(args) => cmd::completions::completions(&args),
+            Command::Man(args) => cmd::completions::man(&args),
         }
     });
     // A blocked stdin read must not hold the process open.

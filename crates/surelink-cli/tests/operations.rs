@@ -3,7 +3,8 @@
 //! on the sender), each failure class has its documented exit status, a
 //! damaged state directory says what to delete, a complete durable session
 //! removes its state unless `--keep-state`, `--reconnect-for` keeps a sender
-//! trying, and the help pages carry examples. Every wait is bounded; a full
+//! trying, the help pages carry examples, and completions and manual pages
+//! are generated from the options. Every wait is bounded; a full
 //! disk is a real EFBIG from write(2) under a file size limit.
 
 mod support;
@@ -373,6 +374,8 @@ fn help_pages_carry_examples_exit_statuses_and_timeouts() {
         &["demo", "--help"],
         &["time", "--help"],
         &["keygen", "--help"],
+        &["completions", "--help"],
+        &["man", "--help"],
     ] {
         let finished = support::run(command);
         assert!(finished.status.success(), "{command:?}");
@@ -394,4 +397,31 @@ fn help_pages_carry_examples_exit_statuses_and_timeouts() {
     ] {
         assert!(send.contains(option), "send --help lacks {option}:\n{send}");
     }
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_options() {
+    for (shell, marker) in [
+        ("bash", "_surelink()"),
+        ("zsh", "#compdef surelink"),
+        ("fish", "complete -c surelink"),
+    ] {
+        let finished = support::run(&["completions", shell]);
+        assert!(finished.status.success(), "{shell}: {}", finished.stderr);
+        assert!(finished.stdout.contains(marker), "{shell}");
+        assert!(finished.stdout.contains("reconnect-for"), "{shell}");
+    }
+    let finished = support::run(&["completions", "tcsh"]);
+    assert_eq!(finished.status.code(), Some(2));
+
+    let page = support::run(&["man"]);
+    assert!(page.status.success(), "{}", page.stderr);
+    assert!(page.stdout.contains(".TH surelink 1"), "{}", page.stdout);
+    let dir = tempfile::tempdir().unwrap();
+    let man_dir = dir.path().join("man1");
+    let finished = support::run(&["man", "--dir", s(&man_dir)]);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let send = std::fs::read_to_string(man_dir.join("surelink-send.1")).unwrap();
+    assert!(send.contains("reconnect\\-for"), "{send}");
+    assert!(man_dir.join("surelink-recv.1").exists());
 }

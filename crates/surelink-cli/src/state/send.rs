@@ -15,7 +15,7 @@
 //! the session. By default it gives up when a connection cannot be made within
 //! `--connect-timeout`, or after [`MAX_FAILED_ATTEMPTS`] connections in a row
 //! that failed before the session could resume; with `--reconnect-for D` it
-//! keeps trying for D after the last time the session resumed, pausing
+//! keeps trying for D from the first failure since the session last resumed, pausing
 //! between attempts (from [`RETRY_BACKOFF`], doubling up to
 //! [`MAX_RETRY_BACKOFF`]). A receiver that closed the connection with a
 //! reason of its own (its disk is full) is not retried: its reason is the
