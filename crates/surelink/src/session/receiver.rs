@@ -247,7 +247,10 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
         if let Some(s) = &session {
             let position = s.meta.position;
             blocking(|| sink.restore(position)).map_err(|e| {
-                SessionError::sink("cannot restore the output to its checkpoint", e)
+                SessionError::sink(
+                    format!("cannot restore {} to its checkpoint", sink.describe()),
+                    e,
+                )
             })?;
         }
         Ok(DurableReceiver {
@@ -332,8 +335,9 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
                 Some(previous) => previous.meta.position,
                 None => {
                     let sink = &mut self.sink;
-                    blocking(|| sink.restore(0))
-                        .map_err(|e| SessionError::sink("cannot truncate the output", e))?;
+                    blocking(|| sink.restore(0)).map_err(|e| {
+                        SessionError::sink(format!("cannot truncate {}", sink.describe()), e)
+                    })?;
                     0
                 }
             };
@@ -619,9 +623,9 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
                 m.channel, *next
             )));
         }
-        self.sink
-            .write(m.channel, &data)
-            .map_err(|e| SessionError::sink("cannot write the output", e))?;
+        let sink = &mut self.sink;
+        sink.write(m.channel, &data)
+            .map_err(|e| SessionError::sink(format!("cannot write {}", sink.describe()), e))?;
         *next += 1;
         self.stats.messages_delivered += 1;
         self.stats.bytes_delivered += data.len() as u64;
@@ -678,10 +682,11 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
         let sink_unsynced = &mut self.sink_unsynced;
         blocking(|| -> Result<(), SessionError> {
             sink.flush()
-                .map_err(|e| SessionError::sink("cannot write the output", e))?;
+                .map_err(|e| SessionError::sink(format!("cannot write {}", sink.describe()), e))?;
             if sync_sink {
-                sink.sync()
-                    .map_err(|e| SessionError::sink("cannot sync the output", e))?;
+                sink.sync().map_err(|e| {
+                    SessionError::sink(format!("cannot sync {}", sink.describe()), e)
+                })?;
                 stats.sink_syncs += 1;
                 *sink_unsynced = false;
             } else {
@@ -726,8 +731,9 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
         let sink_unsynced = &mut self.sink_unsynced;
         blocking(|| -> Result<(), SessionError> {
             if *sink_unsynced {
-                sink.sync()
-                    .map_err(|e| SessionError::sink("cannot sync the output", e))?;
+                sink.sync().map_err(|e| {
+                    SessionError::sink(format!("cannot sync {}", sink.describe()), e)
+                })?;
                 stats.sink_syncs += 1;
                 *sink_unsynced = false;
             }
