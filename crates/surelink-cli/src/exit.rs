@@ -178,6 +178,54 @@ pub fn render(error: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
+/// [`render`], followed by what to do about it where the cause has a usual
+/// fix: the line `main` prints.
+pub fn report(error: &anyhow::Error) -> String {
+    let text = render(error);
+    match error.chain().find_map(fix) {
+        Some(fix) => format!("{text} ({fix})"),
+        None => text,
+    }
+}
+
+/// The usual fix for a cause, if there is one.
+fn fix(cause: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let idle = "the peer was silent for --idle-timeout (10s by default): raise it on both \
+                sides to ride out longer outages, or use --state with send --reconnect-for";
+    if let Some(ConnectError::TimedOut { .. }) = cause.downcast_ref::<ConnectError>() {
+        return Some(
+            "is `surelink recv` listening there, and does UDP get through? \
+             --connect-timeout waits longer",
+        );
+    }
+    if let Some(BindError::Io { source, .. }) = cause.downcast_ref::<BindError>() {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            return Some(
+                "another program uses that address: choose another port, or port 0 for any",
+            );
+        }
+    }
+    let connection = cause.downcast_ref::<ConnectionError>().or_else(|| {
+        match cause.downcast_ref::<SendError>() {
+            Some(SendError::ConnectionLost(e)) => Some(e),
+            _ => match cause.downcast_ref::<RecvError>() {
+                Some(RecvError::ConnectionLost(e)) => Some(e),
+                _ => match cause.downcast_ref::<CloseError>() {
+                    Some(CloseError::ConnectionLost(e)) => Some(e),
+                    _ => match cause.downcast_ref::<SessionError>() {
+                        Some(SessionError::ConnectionLost(e)) => Some(e),
+                        _ => None,
+                    },
+                },
+            },
+        }
+    });
+    match connection {
+        Some(ConnectionError::TimedOut | ConnectionError::ConnectionLost) => Some(idle),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +261,21 @@ mod tests {
         let journal = anyhow::Error::new(SessionError::State("bad".into()));
         assert_eq!(classify(&journal), Status::State);
         assert_eq!(classify(&anyhow::anyhow!("something")), Status::Other);
+    }
+
+    #[test]
+    fn usual_causes_come_with_their_fix() {
+        let silent: anyhow::Result<()> =
+            Err(SendError::ConnectionLost(ConnectionError::TimedOut)).context("cannot send");
+        let line = report(&silent.unwrap_err());
+        assert!(line.starts_with("cannot send: timed out"), "{line}");
+        assert!(line.contains("raise it on both sides"), "{line}");
+        let no_answer = anyhow::Error::new(ConnectError::TimedOut {
+            remote: "127.0.0.1:9".parse().expect("address"),
+            after: std::time::Duration::from_secs(10),
+        });
+        assert!(report(&no_answer).contains("--connect-timeout waits longer"));
+        let plain = anyhow::anyhow!("something");
+        assert_eq!(report(&plain), "something");
     }
 }

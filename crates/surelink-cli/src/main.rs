@@ -171,7 +171,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => exit::Status::Success.into(),
         Err(e) => {
-            eprintln!("surelink: error: {}", exit::render(&e));
+            eprintln!("surelink: error: {}", exit::report(&e));
             exit::classify(&e).into()
         }
     }
