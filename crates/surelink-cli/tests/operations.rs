@@ -47,11 +47,12 @@ fn error_lines(stderr: &str) -> Vec<&str> {
 /// when the receiver's write fails.
 const FILE_SIZE_LIMIT: u64 = 64 << 10;
 const LARGE_INPUT: usize = 32 << 20;
-/// Runs of a full-disk scenario before it counts as failed. The receiver's
-/// CLOSE carrying the reason is sent once by the protocol core (an error
-/// close does not repeat it), so a sender starved of CPU under a flood of
-/// acknowledgements can miss it and report a silent peer instead; every
-/// run still checks the receiver's side in full.
+/// Runs of a full-disk scenario before it counts as failed. Without
+/// `--state` the reason travels only in the receiver's CLOSE, which the
+/// protocol core sends once (an error close does not repeat it), so a sender
+/// starved of CPU under a flood of acknowledgements can miss it and report a
+/// silent peer instead (a durable receiver sends it in a REFUSE first, which
+/// is retransmitted). Every run still checks the receiver's side in full.
 const FULL_DISK_ATTEMPTS: usize = 3;
 
 /// One transfer into a receiver whose file size limit is [`FILE_SIZE_LIMIT`]:

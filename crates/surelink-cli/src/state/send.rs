@@ -38,6 +38,7 @@ use crate::args::HostPort;
 use crate::cmd::send::CLOSE_LINGER;
 use crate::delivery::DATA_CHANNEL;
 use crate::ending::{abort_with_reason, explain_end, Side};
+use crate::exit::PeerClosed;
 use crate::progress::Progress;
 use crate::report::{spawn_reporter, stats_line};
 
@@ -258,6 +259,11 @@ pub async fn run(mut plan: DurableSend) -> anyhow::Result<()> {
             // full): reconnecting would not help.
             Err(Failure::Session(e)) if e.is_connection() && !refused(&e) => {
                 eprintln!("surelink send: {e}; connecting again");
+            }
+            // The receiver stopped mid-session (its output or journal failed)
+            // and said why.
+            Err(Failure::Session(SessionError::RefusedByPeer(reason))) => {
+                return Err(PeerClosed(reason).into());
             }
             Err(Failure::Session(e)) => {
                 let e = anyhow::Error::new(e).context(format!("session {session} failed"));

@@ -157,8 +157,8 @@ fn is_fatal(e: &SessionError) -> bool {
     )
 }
 
-/// The CLOSE reason a receiver sends when a fatal error stops it, so the
-/// sender reports the real cause (`receiver: cannot write the output: No
+/// The reason a receiver sends (REFUSE, then CLOSE) when a fatal error stops
+/// it, so the sender reports the real cause (`receiver: cannot write the output: No
 /// space left on device`) instead of a silent peer.
 fn fatal_reason(e: &SessionError) -> String {
     format!("receiver: {e}")
@@ -477,9 +477,9 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
     /// HELLO for the current session takes over from the connection serving
     /// it (a restarted sender), and every decision is reported to
     /// `on_event`. Returns `Err` only when the journal, the sink or the
-    /// endpoint fails, after closing the sender's connection with that
-    /// error as the reason; a misbehaving or refused sender is reported and
-    /// disconnected.
+    /// endpoint fails, after telling the sender that error as the reason
+    /// (REFUSE, retransmitted until acknowledged, then the close); a
+    /// misbehaving or refused sender is reported and disconnected.
     pub async fn run(
         &mut self,
         endpoint: &Endpoint,
@@ -536,9 +536,9 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
                         });
                     }
                     Err(e) if is_fatal(&e) => {
-                        conn.abort(&fatal_reason(&e));
+                        refuse_fatally(&conn, &fatal_reason(&e)).await;
                         if let Some(current) = &current {
-                            current.abort(&fatal_reason(&e));
+                            refuse_fatally(current, &fatal_reason(&e)).await;
                         }
                         return Err(e);
                     }
@@ -551,7 +551,7 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
                 Step::Served(Err(e)) if is_fatal(&e) => {
                     // The sender must not wait for us in vain: it learns why.
                     if let Some(conn) = &current {
-                        conn.abort(&fatal_reason(&e));
+                        refuse_fatally(conn, &fatal_reason(&e)).await;
                     }
                     return Err(e);
                 }
@@ -755,6 +755,26 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
         self.announced = true;
         Ok(())
     }
+}
+
+/// Longest wait for a sender to acknowledge the REFUSE of a receiver that
+/// cannot go on ([`refuse_fatally`]).
+const FATAL_REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Ends a connection when this receiver cannot go on (its output or journal
+/// failed): REFUSE with the reason, which is retransmitted until the sender
+/// acknowledges it (an abort's CLOSE is sent once and can be lost), then a
+/// graceful close; if that takes longer than [`FATAL_REFUSE_TIMEOUT`], an
+/// abort with the same reason.
+async fn refuse_fatally(conn: &Connection, reason: &str) {
+    let told = async {
+        send_control(conn, &Control::Refuse(reason.to_owned())).await?;
+        conn.close()
+            .await
+            .map_err(|_| SessionError::ConnectionClosed)
+    };
+    let _ = tokio::time::timeout(FATAL_REFUSE_TIMEOUT, told).await;
+    conn.abort(reason);
 }
 
 /// Sends REFUSE and closes the connection in the background (bounded), so
