@@ -10,7 +10,7 @@
 
 use std::process::ExitCode;
 
-use surelink::session::SessionError;
+use surelink::session::{JournalError, SessionError};
 use surelink::{BindError, CloseError, ConnectError, ConnectionError, RecvError, SendError};
 
 /// The exit statuses, as documented in `surelink --help`.
@@ -22,7 +22,7 @@ pub enum Status {
     Other = 1,
     /// A bad command line: unknown option, bad value, options that conflict.
     Usage = 2,
-    /// A local file or socket failed: input or output file, bind.
+    /// A local file or socket failed: input or output file, journal, bind.
     LocalIo = 3,
     /// No connection: no answer, refused, key mismatch.
     Connect = 4,
@@ -49,7 +49,7 @@ Exit status:
   0    success
   1    any other failure
   2    usage error: unknown option, bad value, options that conflict
-  3    a local file or socket failed (input, output, bind)
+  3    a local file or socket failed (input, output, journal, bind)
   4    no connection: no answer within --connect-timeout, refused, key mismatch
   5    the connection failed after it was made (lost, idle timeout, closed by the peer: its reason is printed)
   6    the state directory (--state) is damaged or belongs to another session
@@ -141,10 +141,12 @@ fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<Status> {
 
 fn session_status(error: &SessionError) -> Option<Status> {
     Some(match error {
+        SessionError::Journal(JournalError::Io { .. }) | SessionError::Sink { .. } => {
+            Status::LocalIo
+        }
         SessionError::Journal(_) | SessionError::State(_) | SessionError::LabelMismatch { .. } => {
             Status::State
         }
-        SessionError::Sink { .. } => Status::LocalIo,
         SessionError::Mismatch(_)
         | SessionError::RefusedByPeer(_)
         | SessionError::NotASession(_)
@@ -243,6 +245,22 @@ mod tests {
         let os_text = std::io::Error::from(std::io::ErrorKind::AddrInUse).to_string();
         assert_eq!(text.matches(&os_text).count(), 1, "{text}");
         assert!(text.starts_with("cannot listen: cannot bind UDP socket to 127.0.0.1:9"));
+        assert_eq!(classify(&error), Status::LocalIo);
+    }
+
+    #[test]
+    fn a_full_journal_names_its_cause_once() {
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let journal = JournalError::Io {
+            op: "append",
+            file: "00000000000000000001.log".into(),
+            source: full,
+        };
+        let error = anyhow::Error::new(SessionError::Journal(journal)).context("session 1 failed");
+        let text = render(&error);
+        let cause = std::io::Error::from(std::io::ErrorKind::StorageFull).to_string();
+        assert_eq!(text.matches(&cause).count(), 1, "{text}");
+        assert!(text.starts_with("session 1 failed: checkpoint journal: journal I/O error"));
         assert_eq!(classify(&error), Status::LocalIo);
     }
 
