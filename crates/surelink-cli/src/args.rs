@@ -1,10 +1,35 @@
 //! Parsers for command-line values: durations (`10s`, `500ms`), byte sizes
-//! (`64KiB`, `1MiB`, `65536`) and UDP addresses (`udp://HOST:PORT`).
+//! (`64KiB`, `1MiB`, `65536`) and UDP addresses (`udp://HOST:PORT`); and the
+//! `--idle-timeout` option `send` and `recv` share.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
+use clap::Args;
+use surelink::ProtocolConfig;
+
+/// How long a silent peer is waited for (`send` and `recv`).
+#[derive(Debug, Clone, Args)]
+pub struct IdleTimeoutArgs {
+    /// End the connection when nothing at all was heard from the peer for this long (a
+    /// link cut, a dead peer). Raise it on both sides to ride out longer outages.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+}
+
+impl IdleTimeoutArgs {
+    /// Sets the idle timeout in `config`.
+    pub fn apply(&self, config: &mut ProtocolConfig) -> anyhow::Result<()> {
+        if self.idle_timeout.is_zero() {
+            anyhow::bail!(crate::exit::UsageError(
+                "--idle-timeout must be positive".into()
+            ));
+        }
+        config.idle_timeout = self.idle_timeout;
+        Ok(())
+    }
+}
 
 /// Parses a duration: a number followed by `ns`, `us`, `ms`, `s`, `m` or `h`
 /// (a bare number means seconds). Fractions are allowed: `1.5s`.
@@ -110,6 +135,28 @@ pub fn wildcard_for(remote: SocketAddr) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser as _;
+
+    #[derive(Debug, clap::Parser)]
+    struct IdleOnly {
+        #[command(flatten)]
+        idle: IdleTimeoutArgs,
+    }
+
+    #[test]
+    fn the_documented_idle_timeout_default_is_the_protocols() {
+        let parsed = IdleOnly::try_parse_from(["x"]).expect("no arguments");
+        assert_eq!(
+            parsed.idle.idle_timeout,
+            ProtocolConfig::default().idle_timeout
+        );
+        let parsed = IdleOnly::try_parse_from(["x", "--idle-timeout", "1m"]).expect("1m");
+        let mut config = ProtocolConfig::default();
+        parsed.idle.apply(&mut config).expect("positive");
+        assert_eq!(config.idle_timeout, Duration::from_secs(60));
+        let zero = IdleOnly::try_parse_from(["x", "--idle-timeout", "0s"]).expect("0s");
+        assert!(zero.idle.apply(&mut config).is_err());
+    }
 
     #[test]
     fn durations() {

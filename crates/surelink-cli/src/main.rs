@@ -5,7 +5,10 @@
 //! surelink send --to receiver:7000 --in file.bin
 //! ```
 //!
-//! Exit status: 0 on success, 1 on any error (printed as one line on stderr).
+//! An error is printed as one line on stderr, each cause once; the exit
+//! status says which kind of failure it was (see [`exit::Status`], listed in
+//! `surelink --help`): 2 for a bad command line, 3–6 for local I/O, no
+//! connection, a failed connection and a damaged state directory.
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -17,18 +20,34 @@ use tracing_subscriber::EnvFilter;
 mod args;
 mod cmd;
 mod delivery;
+mod ending;
+mod exit;
+mod failover_log;
 mod keys;
 mod metrics;
 mod net;
 mod paths;
+mod progress;
 mod report;
 mod security;
 mod shutdown;
 mod state;
 
+/// Examples and exit statuses at the end of `surelink --help`.
+const MAIN_HELP: &str = concat!(
+    "\
+Examples:
+  surelink recv --listen 0.0.0.0:9000 --out copy.bin --once
+  surelink send --to receiver:9000 --in original.bin
+  surelink demo --loss 2% --deadline 80ms
+
+",
+    exit::exit_status_help!()
+);
+
 /// Reliable, low-latency messaging over UDP.
 #[derive(Debug, Parser)]
-#[command(name = "surelink", version, about)]
+#[command(name = "surelink", version, about, after_help = MAIN_HELP)]
 struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -40,17 +59,76 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Send a byte stream (stdin or a file) or UDP datagrams to a receiver.
+    #[command(after_help = concat!("\
+Examples:
+  surelink send --to 127.0.0.1:9000 --in original.bin
+  tar c dir | surelink send --to receiver:9000
+  surelink send --to 127.0.0.1:9000 --to 127.0.0.1:9001 --mode broadcast --in original.bin
+  surelink send --to 127.0.0.1:9000 --in original.bin --state send-state/ --reconnect-for 5m
+  surelink send --to 127.0.0.1:9000 --from udp://127.0.0.1:5000 --deadline 80ms
+
+", exit::exit_status_help!()))]
     Send(cmd::send::SendArgs),
     /// Receive from senders and write to stdout, a file, or a UDP address.
+    #[command(after_help = concat!("\
+Examples:
+  surelink recv --listen 127.0.0.1:9000 --out copy.bin --once
+  surelink recv --listen 0.0.0.0:9000 --once | tar x
+  surelink recv --listen 127.0.0.1:9000 --listen 127.0.0.1:9001 --out copy.bin --once
+  surelink recv --listen 127.0.0.1:9000 --out copy.bin --once --state recv-state/
+  surelink recv --listen 127.0.0.1:9000 --to udp://127.0.0.1:5004 --playout 100ms
+
+", exit::exit_status_help!()))]
     Recv(cmd::recv::RecvArgs),
     /// Emulate an impaired network between UDP clients and a target (loss, delay, cuts, ...).
+    #[command(after_help = concat!("\
+Examples:
+  surelink impair --listen 127.0.0.1:8000 --target 127.0.0.1:9000 --loss 2% --delay 10ms --jitter 1ms
+  surelink impair --listen 127.0.0.1:8000 --target 127.0.0.1:9000 --delay 24ms --loss 5%
+
+", exit::exit_status_help!()))]
     Impair(cmd::impair::ImpairArgs),
     /// Show surelink at work: sender and receiver in one process through a lossy, jittery link.
+    #[command(after_help = concat!("\
+Examples:
+  surelink demo
+  surelink demo --duration 10s --rate 2000 --size 100 --loss 2% --burst off --deadline 80ms --json
+
+", exit::exit_status_help!()))]
     Demo(cmd::demo::DemoArgs),
     /// A time reference service: `time serve` and `time query` (clock offset between hosts).
+    #[command(after_help = concat!("\
+Examples:
+  surelink time serve --listen 0.0.0.0:9100
+  surelink time query timehost:9100 --count 50
+
+", exit::exit_status_help!()))]
     Time(cmd::time::TimeArgs),
     /// Make a key pair: the private key to a file (mode 0600), the public key on stdout.
+    #[command(after_help = concat!("\
+Examples:
+  surelink keygen --out receiver.key
+  surelink recv --listen 0.0.0.0:9000 --key receiver.key --out copy.bin --once
+
+", exit::exit_status_help!()))]
     Keygen(cmd::keygen::KeygenArgs),
+    /// Print a shell completion script (bash, zsh or fish) generated from these options.
+    #[command(after_help = concat!("\
+Examples:
+  surelink completions bash > /etc/bash_completion.d/surelink
+  surelink completions zsh > \"${fpath[1]}/_surelink\"
+  surelink completions fish > ~/.config/fish/completions/surelink.fish
+
+", exit::exit_status_help!()))]
+    Completions(cmd::completions::CompletionsArgs),
+    /// Print the manual page surelink(1), or write every page into a directory.
+    #[command(after_help = concat!("\
+Examples:
+  surelink man | man -l -
+  surelink man --dir /usr/local/share/man/man1
+
+", exit::exit_status_help!()))]
+    Man(cmd::completions::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,11 +136,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            // Help and version are not errors; usage errors exit 1 like any error.
+            // Help and version are not errors.
             return if e.use_stderr() {
-                ExitCode::FAILURE
+                exit::Status::Usage.into()
             } else {
-                ExitCode::SUCCESS
+                exit::Status::Success.into()
             };
         }
     };
@@ -74,7 +152,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("surelink: error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return exit::Status::Other.into();
         }
     };
     let result = runtime.block_on(async {
@@ -85,15 +163,17 @@ fn main() -> ExitCode {
             Command::Demo(args) => cmd::demo::run(args).await,
             Command::Time(args) => cmd::time::run(args).await,
             Command::Keygen(args) => cmd::keygen::run(args).await,
+            Command::Completions(args) => cmd::completions::completions(&args),
+            Command::Man(args) => cmd::completions::man(&args),
         }
     });
     // A blocked stdin read must not hold the process open.
     runtime.shutdown_timeout(Duration::from_millis(200));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => exit::Status::Success.into(),
         Err(e) => {
-            eprintln!("surelink: error: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("surelink: error: {}", exit::report(&e));
+            exit::classify(&e).into()
         }
     }
 }

@@ -9,6 +9,8 @@ use serde_json::{json, Map, Value};
 use surelink::stats_schema::{self, Metric, PathLabel, StatsVisitor, VisitStats};
 use surelink::{Connection, ConnectionEvent, PathId};
 
+use crate::failover_log::{FailoverLine, FailoverLog};
+
 /// Options shared by the subcommands that run connections.
 #[derive(Debug, Clone, Args)]
 pub struct StatsArgs {
@@ -130,8 +132,9 @@ pub fn spawn_reporter(
 
 /// Logs each event of `conn` until it ends: path failures and recoveries at
 /// `warn` (visible by default, so a recovery is seen wherever the failure
-/// was), new paths at `info`, skipped messages at `debug` (they are counted
-/// in the stats).
+/// was), data moving to another path at `warn` once per burst of moves
+/// ([`FailoverLog`]), new paths at `info`, skipped messages at `debug` (they
+/// are counted in the stats).
 async fn log_events(conn: Connection) {
     let remote_of = |id: PathId| {
         conn.path_stats()
@@ -140,7 +143,19 @@ async fn log_events(conn: Connection) {
             .map(|p| p.addr.remote.to_string())
             .unwrap_or_default()
     };
-    while let Some(event) = conn.next_event().await {
+    let mut failovers = FailoverLog::default();
+    loop {
+        let settle = failovers.deadline();
+        let event = tokio::select! {
+            event = conn.next_event() => event,
+            () = sleep_until(settle), if settle.is_some() => {
+                if let Some(line) = failovers.settle(Instant::now()) {
+                    log_failover(&line, &remote_of);
+                }
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
         match event {
             ConnectionEvent::PathUp(id) => {
                 tracing::info!(path = id.0, remote = remote_of(id), "path up")
@@ -154,12 +169,11 @@ async fn log_events(conn: Connection) {
             ConnectionEvent::PathRecovered(id) => {
                 tracing::warn!(path = id.0, remote = remote_of(id), "path recovered")
             }
-            ConnectionEvent::FailedOver { from, to } => tracing::warn!(
-                from = from.0,
-                to = to.0,
-                remote = remote_of(to),
-                "data moved to another path"
-            ),
+            ConnectionEvent::FailedOver { from, to } => {
+                if let Some(line) = failovers.on_move(Instant::now(), from.0, to.0) {
+                    log_failover(&line, &remote_of);
+                }
+            }
             ConnectionEvent::ConnectionLost => {
                 tracing::warn!("every path is down; probing until the idle timeout")
             }
@@ -171,6 +185,32 @@ async fn log_events(conn: Connection) {
             }
             other => tracing::trace!(?other, "connection event"),
         }
+    }
+}
+
+/// Logs a line of the failover fold (see [`crate::failover_log`]).
+fn log_failover(line: &FailoverLine, remote_of: &impl Fn(PathId) -> String) {
+    match *line {
+        FailoverLine::Moved { from, to } => tracing::warn!(
+            from,
+            to,
+            remote = remote_of(PathId(to)),
+            "data moved to another path"
+        ),
+        FailoverLine::Settled { on, moves } => tracing::warn!(
+            path = on,
+            moves,
+            remote = remote_of(PathId(on)),
+            "data settled on another path after moving back and forth"
+        ),
+    }
+}
+
+/// Sleeps until `deadline` (for ever if there is none; only polled with one).
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -90,18 +90,30 @@ impl CommonSecurityArgs {
 }
 
 impl SendSecurityArgs {
-    /// The sender's security mode.
+    /// The sender's security mode; a key file that cannot be used is a usage error.
     pub fn security(&self) -> anyhow::Result<Security> {
-        self.common.security(self.peer_key, None)
+        self.common.security(self.peer_key, None).map_err(usage)
     }
 }
 
 impl RecvSecurityArgs {
-    /// The receiver's security mode.
+    /// The receiver's security mode; a key or allow-list file that cannot be
+    /// used is a usage error.
     pub fn security(&self) -> anyhow::Result<Security> {
-        let allow = self.allow.as_deref().map(read_allow_list).transpose()?;
-        self.common.security(None, allow)
+        let allow = self
+            .allow
+            .as_deref()
+            .map(read_allow_list)
+            .transpose()
+            .map_err(usage)?;
+        self.common.security(None, allow).map_err(usage)
     }
+}
+
+/// A key file named on the command line that cannot be used: the error, as a
+/// usage error (exit status 2).
+fn usage(error: anyhow::Error) -> anyhow::Error {
+    crate::exit::UsageError(crate::exit::render(&error)).into()
 }
 
 /// The receiver's startup line about its key, so senders can pin it.
@@ -178,31 +190,15 @@ pub fn announce_server(conn: &Connection, pinned: bool) {
 pub fn connect_error(target: &impl std::fmt::Display, error: ConnectError) -> anyhow::Error {
     match &error {
         ConnectError::Failed { error: e, .. } => match handshake_error(e) {
-            Some(message) => anyhow::anyhow!("{message}"),
+            Some(message) => crate::exit::Refused(message).into(),
             None => anyhow::Error::new(error).context(format!("cannot connect to {target}")),
         },
         _ => anyhow::Error::new(error).context(format!("cannot connect to {target}")),
     }
 }
 
-/// Replaces a transfer error by the receiver's refusal if the connection ended
-/// because the receiver refused the handshake (which it can only do after our
-/// side considered it complete: allow-list, pre-shared key).
-pub async fn explain_refusal(conn: &Connection, result: anyhow::Result<()>) -> anyhow::Result<()> {
-    let Err(error) = result else {
-        return Ok(());
-    };
-    if !conn.is_closed() {
-        return Err(error);
-    }
-    match conn.closed().await.as_ref().and_then(handshake_error) {
-        Some(message) => Err(anyhow::anyhow!("{message}")),
-        None => Err(error),
-    }
-}
-
 /// The message for an error that ended the handshake, if it is one.
-fn handshake_error(error: &ConnectionError) -> Option<String> {
+pub fn handshake_error(error: &ConnectionError) -> Option<String> {
     match error {
         ConnectionError::PeerKeyMismatch { expected, got } => Some(format!(
             "server key mismatch: expected {}, got {} (the receiver's key is {got})",

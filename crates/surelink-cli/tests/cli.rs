@@ -329,7 +329,7 @@ fn an_unreachable_peer_fails_after_the_connect_timeout() {
         Stdio::piped(),
     );
     let (status, _) = send.wait();
-    assert_eq!(status.code(), Some(1), "stderr:\n{}", send.stderr());
+    assert_eq!(status.code(), Some(4), "stderr:\n{}", send.stderr());
     let stderr = send.stderr();
     let errors: Vec<&str> = stderr
         .lines()
@@ -374,9 +374,25 @@ fn a_receiver_that_cannot_listen_leaves_an_existing_output_untouched() {
         ],
     );
     let (status, _) = recv.wait();
-    assert!(!status.success(), "recv should fail: {}", recv.stderr());
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "recv should fail: {}",
+        recv.stderr()
+    );
     assert_eq!(std::fs::read(&output).unwrap(), b"precious data\n");
     assert_eq!(files_in(dir.path()), ["precious.txt"]);
+    // The operating system's reason, once.
+    let stderr = recv.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("surelink: error:"))
+        .unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+    assert!(
+        line.contains(&format!("cannot bind UDP socket to {addr}")),
+        "{line}"
+    );
+    assert_eq!(line.matches("os error").count(), 1, "{line}");
 }
 
 #[test]
@@ -387,13 +403,18 @@ fn an_interrupted_receiver_leaves_an_existing_output_untouched() {
     let (mut recv, _addr) = start_receiver(&["--out", output.to_str().unwrap(), "--once"]);
     recv.terminate();
     let (status, _) = recv.wait();
-    assert!(!status.success(), "recv should fail: {}", recv.stderr());
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "recv should fail: {}",
+        recv.stderr()
+    );
     assert_eq!(std::fs::read(&output).unwrap(), b"precious data\n");
     assert_eq!(files_in(dir.path()), ["precious.txt"]);
 }
 
 #[test]
-fn bad_arguments_exit_with_status_one() {
+fn usage_errors_exit_with_status_two() {
     for args in [
         &["send"][..],
         &["send", "--to", "127.0.0.1:1", "--chunk", "0"],
@@ -407,16 +428,32 @@ fn bad_arguments_exit_with_status_one() {
             "--to",
             "udp://127.0.0.1:1",
         ],
-        &[
-            "send",
-            "--to",
-            "127.0.0.1:1",
-            "--in",
-            "/nonexistent/surelink-test-input",
-        ],
+        &["send", "--to", "127.0.0.1:1", "--reconnect-for", "1m"],
+        &["recv", "--listen", "127.0.0.1:0", "--idle-timeout", "0s"],
+        &["frobnicate"],
     ] {
         let mut p = Proc::spawn("surelink", args);
         let (status, _) = p.wait();
-        assert_eq!(status.code(), Some(1), "{args:?}: {status}\n{}", p.stderr());
+        assert_eq!(status.code(), Some(2), "{args:?}: {status}\n{}", p.stderr());
     }
+}
+
+#[test]
+fn a_missing_input_exits_with_the_local_file_status() {
+    let args = [
+        "send",
+        "--to",
+        "127.0.0.1:1",
+        "--in",
+        "/nonexistent/surelink-test-input",
+    ];
+    let mut p = Proc::spawn("surelink", &args);
+    let (status, _) = p.wait();
+    assert_eq!(status.code(), Some(3), "{status}\n{}", p.stderr());
+    assert!(
+        p.stderr()
+            .contains("cannot read /nonexistent/surelink-test-input"),
+        "{}",
+        p.stderr()
+    );
 }

@@ -323,5 +323,5 @@ fn unreliable_sending_works_on_a_clean_path() {
         &["send", "--to", &addr, "--unreliable", "--deadline", "80ms"],
     );
     let (status, _) = bad.wait();
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(status.code(), Some(2), "a usage error");
 }

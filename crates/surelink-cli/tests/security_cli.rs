@@ -78,7 +78,7 @@ fn keygen_writes_a_private_file_and_prints_its_public_key() {
 
     // No overwrite without --force; the key is untouched.
     let out = run(&["keygen", "--out", path_str(&path)]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(1), "any other failure");
     assert!(out.stderr.contains("already exists"), "{}", out.stderr);
     assert!(out.stdout.is_empty());
     assert_eq!(std::fs::read_to_string(&path).unwrap(), contents);
@@ -109,7 +109,8 @@ fn key_files_others_can_read_are_refused() {
         vec!["keygen", "--show", path_str(&key)],
     ] {
         let out = run(&args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let expected = if args[0] == "keygen" { 1 } else { 2 };
+        assert_eq!(out.status.code(), Some(expected), "{args:?}");
         let err = out.stderr;
         assert!(
             err.contains("accessible by group or others") && err.contains("chmod 600"),
@@ -122,7 +123,7 @@ fn key_files_others_can_read_are_refused() {
     set_mode(&psk, 0o644);
     let at = format!("@{}", path_str(&psk));
     let out = run(&["send", "--to", "127.0.0.1:9", "--psk", &at]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(out.stderr.contains("chmod 600"), "{}", out.stderr);
 }
 
@@ -169,7 +170,7 @@ fn bad_key_material_is_a_clear_usage_error() {
         (&short_psk, "64 hex digits"),
         (&plaintext_with_key, "cannot be used with"),
     ] {
-        assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
         assert!(
             out.stderr.contains(expected),
             "expected {expected:?} in {}",
@@ -293,12 +294,12 @@ fn run_case(keys: &Keys, case: Case<'_>) {
         args
     };
 
-    // The refused sender: exit 1, its message, promptly (not the connect timeout).
+    // The refused sender: exit 4 (no connection), its message, promptly (not the connect timeout).
     let bad = sender(&case.bad_send_args);
     let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
     let Finished { status, stderr, .. } =
         Proc::spawn_default_log(&format!("{} bad send", case.name), &bad).wait_all();
-    assert_eq!(status.code(), Some(1), "{}: {stderr}", case.name);
+    assert_eq!(status.code(), Some(4), "{}: {stderr}", case.name);
     for part in &case.send_error {
         assert!(
             stderr.contains(part.as_str()),
@@ -619,7 +620,7 @@ fn plaintext_mode_warns_on_every_run() {
         "--connect-timeout",
         "100ms",
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4), "no answer: no connection");
     let err = out.stderr;
     assert!(err.contains("WARNING: --insecure-plaintext"), "{err}");
     assert!(

@@ -95,7 +95,7 @@ fn a_receiver_that_lost_its_state_is_refused_on_both_sides() {
     recv.wait_for_line("listening on");
     let mut send = Proc::spawn_default_log("send", &args(&send_args));
     let (status, _) = send.wait();
-    assert_eq!(status.code(), Some(1), "{}", send.stderr());
+    assert_eq!(status.code(), Some(4), "refused: {}", send.stderr());
     let expected = "receiver lost its state: it expects message 0 on channel 0 \
                     but the sender's oldest unconfirmed message is ";
     assert!(send.stderr().contains(expected), "{}", send.stderr());
@@ -116,7 +116,7 @@ fn a_sender_that_lost_its_state_is_refused_on_both_sides() {
 
     let mut send = Proc::spawn_default_log("send", &args(&send_args));
     let (status, _) = send.wait();
-    assert_eq!(status.code(), Some(1), "{}", send.stderr());
+    assert_eq!(status.code(), Some(4), "refused: {}", send.stderr());
     let expected = "the receiver is in the middle of session";
     assert!(
         send.stderr().contains(expected)
@@ -156,14 +156,15 @@ fn state_on_one_side_only_is_refused_on_both_sides() {
             s(&dir.path().join("ss")),
         ],
     );
-    assert_eq!(send.wait().0.code(), Some(1), "{}", send.stderr());
+    // The receiver closed the connection with its reason.
+    assert_eq!(send.wait().0.code(), Some(5), "{}", send.stderr());
     assert!(
         send.stderr()
             .contains("this receiver runs without --state: start it with --state DIR too"),
         "{}",
         send.stderr()
     );
-    assert_eq!(recv.wait().0.code(), Some(1), "{}", recv.stderr());
+    assert_eq!(recv.wait().0.code(), Some(4), "refused: {}", recv.stderr());
     assert!(
         recv.stderr()
             .contains("runs with --state: this receiver must use --state DIR too"),
@@ -197,7 +198,7 @@ fn state_on_one_side_only_is_refused_on_both_sides() {
     );
     recv.wait_for_line("listening on");
     let mut send = Proc::spawn_default_log("send", &["send", "--to", &addr, "--in", s(&input)]);
-    assert_eq!(send.wait().0.code(), Some(1), "{}", send.stderr());
+    assert_eq!(send.wait().0.code(), Some(5), "{}", send.stderr());
     assert!(
         send.stderr()
             .contains("the sender must use it too (surelink send --state DIR)"),
@@ -215,7 +216,7 @@ fn state_needs_files() {
         "send",
         &["send", "--to", "127.0.0.1:9", "--state", s(&state)],
     );
-    assert_eq!(send.wait().0.code(), Some(1));
+    assert_eq!(send.wait().0.code(), Some(2), "a usage error");
     assert!(
         send.stderr().contains("--state needs --in FILE"),
         "{}",
@@ -225,7 +226,7 @@ fn state_needs_files() {
         "recv",
         &["recv", "--listen", "127.0.0.1:0", "--state", s(&state)],
     );
-    assert_eq!(recv.wait().0.code(), Some(1));
+    assert_eq!(recv.wait().0.code(), Some(2), "a usage error");
     assert!(
         recv.stderr().contains("--state needs --out FILE"),
         "{}",
@@ -235,5 +236,5 @@ fn state_needs_files() {
         "send",
         &["send", "--to", "127.0.0.1:9", "--durability", "always"],
     );
-    assert_eq!(send.wait().0.code(), Some(1), "--durability needs --state");
+    assert_eq!(send.wait().0.code(), Some(2), "--durability needs --state");
 }

@@ -59,7 +59,7 @@ fn a_query_without_a_server_fails_within_its_timeout() {
         &["time", "query", &addr, "--timeout", "300ms"],
     );
     let (status, stdout) = query.wait();
-    assert_eq!(status.code(), Some(1), "{}", query.stderr());
+    assert_eq!(status.code(), Some(4), "no connection: {}", query.stderr());
     assert!(stdout.is_empty(), "{stdout}");
     assert!(
         query.stderr().contains("surelink: error: cannot connect"),

@@ -73,8 +73,9 @@ pub enum SendError {
     /// The connection was closed gracefully (by either side).
     #[error("the connection is closed")]
     Closed,
-    /// The connection ended with an error.
-    #[error("connection lost: {0}")]
+    /// The connection ended with an error (its text is the error's own: the
+    /// cause is not repeated).
+    #[error("{0}")]
     ConnectionLost(ConnectionError),
     /// The endpoint's driver is gone (its runtime shut down).
     #[error("the endpoint is closed")]
@@ -86,8 +87,8 @@ pub enum SendError {
 #[non_exhaustive]
 pub enum RecvError {
     /// The connection ended with an error; every message that had arrived complete
-    /// was delivered before this is returned.
-    #[error("connection lost: {0}")]
+    /// was delivered before this is returned. Its text is the error's own.
+    #[error("{0}")]
     ConnectionLost(ConnectionError),
     /// The endpoint's driver is gone (its runtime shut down).
     #[error("the endpoint is closed")]
@@ -99,7 +100,7 @@ pub enum RecvError {
 #[non_exhaustive]
 pub enum CloseError {
     /// The connection ended with an error before everything was acknowledged.
-    #[error("connection lost before the close completed: {0}")]
+    #[error("the close did not complete: {0}")]
     ConnectionLost(ConnectionError),
     /// The peer closed the connection while messages of ours were still unacknowledged.
     #[error("the peer closed the connection with {unacked} of our messages unacknowledged")]

@@ -19,7 +19,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{bail, Context as _};
 use clap::Args;
 use serde_json::{json, Value};
 use surelink::impair::netem::parse_duration;
@@ -30,6 +30,7 @@ use surelink::impair::{
 use tokio::net::UdpSocket;
 
 use crate::args::{parse_host_port, HostPort};
+use crate::exit::UsageError;
 
 /// Arguments of `surelink impair`.
 #[derive(Debug, Args)]
@@ -139,11 +140,11 @@ impl SharedLinkArgs {
             }
         }
         if self.cut_at.len() != self.cut_for.len() {
-            bail!(
+            bail!(UsageError(format!(
                 "every --cut-at needs a matching --cut-for (got {} --cut-at and {} --cut-for)",
                 self.cut_at.len(),
                 self.cut_for.len()
-            );
+            )));
         }
         for (at, length) in self.cut_at.iter().zip(&self.cut_for) {
             items.push(("cut-at", checked_value("cut-at", at)?));
@@ -156,7 +157,9 @@ impl SharedLinkArgs {
 /// A shared option's value, refused if it would smuggle in further spec items.
 fn checked_value(key: &str, value: &str) -> anyhow::Result<String> {
     if value.contains(',') || value.contains('=') {
-        bail!("--{key}: `{value}` is not a single value (use --up/--down for a spec)");
+        bail!(UsageError(format!(
+            "--{key}: `{value}` is not a single value (use --up/--down for a spec)"
+        )));
     }
     Ok(value.trim().to_owned())
 }
@@ -208,11 +211,12 @@ impl ImpairArgs {
         let shared = self.link.items()?;
         // Check the shared options on their own first, so that an error in
         // them is reported as such and not once per direction.
-        compose(&shared, None).map_err(|e| anyhow!("invalid impairment option: {e}"))?;
-        let up =
-            compose(&shared, self.up.as_deref()).map_err(|e| anyhow!("invalid --up spec: {e}"))?;
+        compose(&shared, None)
+            .map_err(|e| UsageError(format!("invalid impairment option: {e}")))?;
+        let up = compose(&shared, self.up.as_deref())
+            .map_err(|e| UsageError(format!("invalid --up spec: {e}")))?;
         let down = compose(&shared, self.down.as_deref())
-            .map_err(|e| anyhow!("invalid --down spec: {e}"))?;
+            .map_err(|e| UsageError(format!("invalid --down spec: {e}")))?;
         Ok((up, down))
     }
 }
@@ -221,7 +225,7 @@ impl ImpairArgs {
 pub async fn run(args: ImpairArgs) -> anyhow::Result<()> {
     let (upstream, downstream) = args.link_configs()?;
     if args.max_flows == 0 {
-        bail!("--max-flows must be at least 1");
+        bail!(UsageError("--max-flows must be at least 1".into()));
     }
     // Before anything is announced: a signal sent right after the
     // "listening" line must find its handler installed.

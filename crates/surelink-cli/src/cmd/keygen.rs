@@ -47,7 +47,7 @@ pub async fn run(args: KeygenArgs) -> anyhow::Result<()> {
             );
             identity
         }
-        (None, None) => bail!("--out FILE is required"),
+        (None, None) => bail!(crate::exit::UsageError("--out FILE is required".into())),
     };
     print!("{}", describe_public_key(&identity.public()));
     Ok(())

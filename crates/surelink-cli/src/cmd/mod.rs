@@ -1,5 +1,6 @@
 //! The subcommands, one module each.
 
+pub mod completions;
 pub mod demo;
 pub mod impair;
 pub mod keygen;

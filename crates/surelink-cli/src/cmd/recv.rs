@@ -35,7 +35,11 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::UdpSocket;
 
 use crate::args::{parse_host_port, wildcard_for, HostPort};
+use crate::ending::{abort_with_reason, recv_error, Side};
+use crate::exit::UsageError;
+use crate::progress::{summary, Progress};
 use crate::report::{spawn_reporter, stats_line, StatsArgs};
+use crate::state::recv::DurableRecv;
 
 /// Arguments of `surelink recv`.
 #[derive(Debug, Args)]
@@ -60,6 +64,8 @@ pub struct RecvArgs {
     #[arg(long)]
     pub once: bool,
     #[command(flatten)]
+    pub idle: crate::args::IdleTimeoutArgs,
+    #[command(flatten)]
     pub playout: crate::delivery::PlayoutArgs,
     #[command(flatten)]
     pub stats: StatsArgs,
@@ -78,8 +84,14 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
     for l in &args.listen {
         listen.push(l.resolve().await?);
     }
+    let mut config = EndpointConfig::default();
+    args.playout.apply(&mut config.protocol);
+    args.idle.apply(&mut config.protocol)?;
+    config.protocol.security = security;
+    config.protocol.path_mode = args.mode.into();
     if let Some(dir) = args.state.common.state.clone() {
-        return crate::state::recv::run(&args, &dir, listen, security).await;
+        let plan = durable_plan(&args, dir, listen, config)?;
+        return crate::state::recv::run(plan).await;
     }
     let sink = match &args.to {
         Some(to) => {
@@ -92,11 +104,7 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
             Some(path) => Sink::Stream(Output::File(PendingFile::create(PathBuf::from(path))?)),
         },
     };
-    let mut config = EndpointConfig::default();
-    args.playout.apply(&mut config.protocol);
-    config.protocol.security = security;
     let idle_timeout = config.protocol.idle_timeout;
-    config.protocol.path_mode = args.mode.into();
     let endpoint = Endpoint::bind_many(&listen, config)
         .with_context(|| format!("cannot listen on {listen:?}"))?;
     let _metrics = crate::metrics::watch(crate::metrics::Source::Endpoint(endpoint.clone()));
@@ -118,7 +126,9 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
         r = serve => r,
         () = crate::shutdown::signal() => {
             if args.once {
-                bail!("interrupted before a sender finished");
+                bail!(crate::exit::Interrupted(
+                    "interrupted before a sender finished".into()
+                ));
             }
             tracing::info!("stopping");
             return Ok(());
@@ -141,6 +151,35 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
         "datagrams dropped by the endpoint"
     );
     outcome
+}
+
+/// Checks the options of `recv --state` and gathers what the durable receiver needs.
+fn durable_plan(
+    args: &RecvArgs,
+    dir: PathBuf,
+    listen: Vec<SocketAddr>,
+    config: EndpointConfig,
+) -> anyhow::Result<DurableRecv> {
+    if args.to.is_some() {
+        bail!(UsageError(
+            "--state works with a file (--out FILE), not with --to".into()
+        ));
+    }
+    let output = match args.output.as_deref() {
+        Some(path) if path != "-" => PathBuf::from(path),
+        _ => bail!(UsageError(
+            "--state needs --out FILE: standard output cannot be rewound after a restart".into()
+        )),
+    };
+    Ok(DurableRecv {
+        output,
+        dir,
+        options: args.state.session_options()?,
+        listen,
+        config,
+        once: args.once,
+        keep_state: args.state.common.keep_state,
+    })
 }
 
 /// Where received messages go.
@@ -174,7 +213,8 @@ impl PendingFile {
     /// `path` is a directory or its directory cannot be written.
     fn create(path: PathBuf) -> anyhow::Result<Self> {
         if path.is_dir() {
-            bail!("cannot write to {}: it is a directory", path.display());
+            return Err(std::io::Error::from(std::io::ErrorKind::IsADirectory))
+                .with_context(|| format!("cannot write {}", path.display()));
         }
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -256,7 +296,13 @@ async fn serve_stream(endpoint: &Endpoint, mut out: Output, args: &RecvArgs) -> 
         let remote = conn.remote_addr();
         tracing::info!(%remote, "sender connected");
         let result = receive_stream(&conn, &mut out, args.stats.stats_interval).await;
-        out.finish(result.is_ok()).await?;
+        let finished = out.finish(result.is_ok()).await;
+        if let Some(e) = result.as_ref().err().or(finished.as_ref().err()) {
+            // A local failure (the output cannot be written) is told to the
+            // sender; a connection that already ended is left as it is.
+            abort_with_reason(&conn, Side::Receiver, e);
+        }
+        finished?;
         match result {
             Ok(()) => {
                 tracing::info!(%remote, "sender finished");
@@ -280,12 +326,13 @@ async fn receive_stream(
     let started = Instant::now();
     let reporter = spawn_reporter(stats_interval, "recv", conn);
     let name = out.name();
+    let mut progress = matches!(out, Output::File(_)).then(|| Progress::start("recv", 0, &name));
+    if let Some(progress) = &mut progress {
+        progress.watch(conn);
+    }
+    let mut received = 0u64;
     let result = async {
-        while let Some(msg) = conn
-            .recv_message()
-            .await
-            .with_context(|| format!("the connection from {} failed", conn.remote_addr()))?
-        {
+        while let Some(msg) = conn.recv_message().await.map_err(|e| recv_error(conn, e))? {
             crate::state::refuse_session(conn, &msg)?;
             let data = msg.data;
             let w = out.writer();
@@ -295,6 +342,10 @@ async fn receive_stream(
             w.flush()
                 .await
                 .with_context(|| format!("cannot write {name}"))?;
+            received += data.len() as u64;
+            if let Some(progress) = &progress {
+                progress.add(data.len() as u64);
+            }
         }
         Ok(())
     }
@@ -302,6 +353,14 @@ async fn receive_stream(
     drop(reporter);
     if stats_interval.is_some() {
         eprintln!("{}", stats_line("recv", conn, started));
+    }
+    if let (Some(progress), Ok(())) = (&progress, &result) {
+        progress.finish();
+        let what = format!("received {name} from {}", conn.remote_addr());
+        eprintln!(
+            "{}",
+            summary("recv", &what, received, started.elapsed(), &conn.stats())
+        );
     }
     result
 }
@@ -346,7 +405,7 @@ async fn forward(
         while let Some(msg) = conn
             .recv_message()
             .await
-            .with_context(|| format!("the connection from {} failed", conn.remote_addr()))?
+            .map_err(|e| recv_error(&conn, e))?
         {
             crate::state::refuse_session(&conn, &msg)?;
             let data = msg.data;

@@ -9,17 +9,22 @@
 //! gracefully, and the command succeeds only once every byte was acknowledged.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use bytes::{BufMut, BytesMut};
 use clap::Args;
+use surelink::session::DATA_HEADER_LEN;
 use surelink::{Bytes, Connection, Endpoint, EndpointConfig};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::args::{parse_duration, parse_host_port, parse_size, wildcard_for, HostPort};
+use crate::ending::{abort_with_reason, explain_end, Side};
+use crate::exit::UsageError;
+use crate::progress::{summary, Progress};
 use crate::report::{spawn_reporter, stats_line, StatsArgs};
+use crate::state::send::DurableSend;
 
 /// Arguments of `surelink send`.
 #[derive(Debug, Args)]
@@ -48,6 +53,8 @@ pub struct SendArgs {
     #[arg(long, value_name = "ADDR")]
     pub bind: Option<SocketAddr>,
     #[command(flatten)]
+    pub idle: crate::args::IdleTimeoutArgs,
+    #[command(flatten)]
     pub delivery: crate::delivery::DeliveryArgs,
     #[command(flatten)]
     pub stats: StatsArgs,
@@ -61,13 +68,14 @@ pub struct SendArgs {
 pub async fn run(args: SendArgs) -> anyhow::Result<()> {
     args.stats.metrics.serve("send").await?;
     let mut config = EndpointConfig::default().with_connect_timeout(args.connect_timeout);
+    args.idle.apply(&mut config.protocol)?;
     config.protocol.security = args.security.security()?;
     let max_chunk = config.protocol.max_message_size;
     if args.chunk == 0 || args.chunk > max_chunk {
-        bail!(
+        bail!(UsageError(format!(
             "--chunk must be between 1 and {max_chunk} bytes, not {}",
             args.chunk
-        );
+        )));
     }
     let remote = args.to[0].resolve().await?;
     let mut extra_paths = Vec::new();
@@ -76,11 +84,12 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
     }
     config.protocol.path_mode = args.mode.into();
     if let Some(dir) = args.state.common.state.clone() {
-        return crate::state::send::run(&args, &dir, config, remote, extra_paths).await;
+        let plan = durable_plan(&args, dir, config, remote, extra_paths)?;
+        return crate::state::send::run(plan).await;
     }
 
     // Open the input before connecting, so a bad path fails at once.
-    let source = match &args.from {
+    let mut source = match &args.from {
         Some(from) => {
             let addr = from.resolve().await?;
             let socket = crate::net::bind_udp(addr)?;
@@ -89,13 +98,13 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
             Source::Datagrams(socket)
         }
         None => match args.input.as_deref() {
-            None | Some("-") => Source::Stream(Box::new(tokio::io::stdin())),
+            None | Some("-") => Source::Stream(Box::new(tokio::io::stdin()), None),
             Some(path) => {
                 let path = PathBuf::from(path);
-                let file = tokio::fs::File::open(&path)
-                    .await
-                    .with_context(|| format!("cannot open {}", path.display()))?;
-                Source::Stream(Box::new(file))
+                let file = open_input(&path).await?;
+                let len = file.metadata().await.map_or(0, |m| m.len());
+                let progress = Progress::start("send", len, &path.display().to_string());
+                Source::Stream(Box::new(file), Some(progress))
             }
         },
     };
@@ -119,22 +128,48 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
     let reporter = spawn_reporter(args.stats.stats_interval, "send", &conn);
 
     let transfer = async {
-        match source {
-            Source::Stream(reader) => send_stream(&conn, reader, args.chunk).await?,
-            Source::Datagrams(socket) => send_datagrams(&conn, &socket).await?,
+        match &mut source {
+            Source::Stream(reader, progress) => {
+                if let Some(progress) = progress {
+                    progress.watch(&conn);
+                }
+                send_stream(&conn, reader, progress.as_ref(), args.chunk).await?
+            }
+            Source::Datagrams(socket) => send_datagrams(&conn, socket).await?,
         }
         conn.close()
             .await
             .context("the transfer did not complete: not everything was acknowledged")
     };
-    // A receiver that refuses us after our side of the handshake completed
-    // (allow-list, pre-shared key) ends the transfer: say so plainly.
-    crate::security::explain_refusal(&conn, transfer.await).await?;
+    let result = transfer.await;
+    if let Err(e) = &result {
+        // Our own failure (the input): the receiver learns why at once.
+        abort_with_reason(&conn, Side::Sender, e);
+        let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
+    }
+    // A receiver that refused us after our side of the handshake completed
+    // (allow-list, pre-shared key), or closed with a reason of its own (its
+    // disk is full), ends the transfer: say so plainly.
+    explain_end(&conn, result).await?;
     drop(reporter);
     if args.stats.stats_interval.is_some() {
         eprintln!("{}", stats_line("send", &conn, started));
     }
     let stats = conn.stats();
+    if let Source::Stream(_, Some(progress)) = &source {
+        progress.finish();
+        let what = format!("sent {}, every byte acknowledged", progress.name());
+        eprintln!(
+            "{}",
+            summary(
+                "send",
+                &what,
+                stats.payload_bytes_sent,
+                started.elapsed(),
+                &stats
+            )
+        );
+    }
     tracing::info!(
         messages = stats.messages_acked,
         bytes = stats.payload_bytes_sent,
@@ -144,16 +179,78 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Checks the options of `send --state` and gathers what the durable sender needs.
+fn durable_plan(
+    args: &SendArgs,
+    dir: PathBuf,
+    config: EndpointConfig,
+    remote: SocketAddr,
+    extra_paths: Vec<SocketAddr>,
+) -> anyhow::Result<DurableSend> {
+    if args.from.is_some() {
+        bail!(UsageError(
+            "--state works with a file (--in FILE), not with --from".into()
+        ));
+    }
+    let input = match args.input.as_deref() {
+        Some(path) if path != "-" => PathBuf::from(path),
+        _ => bail!(UsageError(
+            "--state needs --in FILE: standard input cannot be read again after a restart".into()
+        )),
+    };
+    if args.delivery.delivery().is_some() {
+        bail!(UsageError(
+            "--state needs reliable delivery: drop --deadline / --unreliable".into()
+        ));
+    }
+    let max_chunk = config.protocol.max_message_size - DATA_HEADER_LEN;
+    if args.chunk > max_chunk {
+        bail!(UsageError(format!(
+            "with --state, --chunk must be at most {max_chunk} bytes"
+        )));
+    }
+    Ok(DurableSend {
+        input,
+        dir,
+        chunk: args.chunk,
+        options: args.state.session_options()?,
+        bind: args.bind.unwrap_or_else(|| wildcard_for(remote)),
+        config,
+        target: (args.to[0].clone(), remote),
+        extra_paths,
+        peer_key_pinned: args.security.peer_key.is_some(),
+        stats_interval: args.stats.stats_interval,
+        reconnect_for: args.state.reconnect_for,
+        keep_state: args.state.common.keep_state,
+    })
+}
+
+/// How long a side that aborted waits for its CLOSE to leave before exiting.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Opens the input file, failing before any connection is made if it cannot
+/// be read (a directory opens but cannot be read).
+pub async fn open_input(path: &Path) -> anyhow::Result<tokio::fs::File> {
+    let cannot = || format!("cannot read {}", path.display());
+    let file = tokio::fs::File::open(path).await.with_context(cannot)?;
+    if file.metadata().await.with_context(cannot)?.is_dir() {
+        return Err(std::io::Error::from(std::io::ErrorKind::IsADirectory)).with_context(cannot);
+    }
+    Ok(file)
+}
+
 /// Where the data comes from.
 enum Source {
-    Stream(Box<dyn AsyncRead + Unpin + Send>),
+    /// A byte stream, with a progress bar if it is a file.
+    Stream(Box<dyn AsyncRead + Unpin + Send>, Option<Progress>),
     Datagrams(tokio::net::UdpSocket),
 }
 
 /// Sends the byte stream until end of input.
 async fn send_stream(
     conn: &Connection,
-    mut reader: Box<dyn AsyncRead + Unpin + Send>,
+    reader: &mut Box<dyn AsyncRead + Unpin + Send>,
+    progress: Option<&Progress>,
     chunk: usize,
 ) -> anyhow::Result<()> {
     let mut buf = BytesMut::with_capacity(chunk);
@@ -161,7 +258,9 @@ async fn send_stream(
         buf.reserve(chunk);
         let mut limited = (&mut buf).limit(chunk);
         let read = tokio::select! {
-            read = reader.read_buf(&mut limited) => read.context("cannot read the input")?,
+            read = reader.read_buf(&mut limited) => read.with_context(|| {
+                format!("cannot read {}", progress.map_or("stdin", |p| p.name()))
+            })?,
             ended = conn.closed() => return Err(connection_ended(ended)),
         };
         if read == 0 {
@@ -169,6 +268,9 @@ async fn send_stream(
         }
         let message: Bytes = buf.split().freeze();
         conn.send(message).await.context("cannot send")?;
+        if let Some(progress) = progress {
+            progress.add(read as u64);
+        }
     }
 }
 

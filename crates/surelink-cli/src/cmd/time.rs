@@ -119,7 +119,7 @@ async fn keep_alive(conn: Connection) {
 /// `surelink time query`.
 async fn query(args: QueryArgs) -> anyhow::Result<()> {
     if args.count == 0 {
-        bail!("--count must be at least 1");
+        bail!(crate::exit::UsageError("--count must be at least 1".into()));
     }
     let started = Instant::now();
     let remote = args.server.resolve().await?;

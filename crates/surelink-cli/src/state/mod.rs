@@ -9,6 +9,11 @@
 //! output file: it ends byte-identical to the input, nothing lost or
 //! repeated. Without `--state` nothing changes.
 //!
+//! Once a session is complete, the sender (on exit 0) and `recv --once` (on
+//! exit 0) remove their state directory and say so; `--keep-state` keeps it.
+//! A state directory that cannot be used (a corrupt journal) is reported with
+//! what to delete on which side to start over.
+//!
 //! The protocol and the on-disk state are described in `docs/CHECKPOINTS.md`.
 
 pub mod recv;
@@ -19,9 +24,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
-use surelink::session::{Durability, SessionOptions};
+use surelink::session::{Durability, JournalError, SessionError, SessionOptions};
 
 use crate::args::parse_duration;
+use crate::exit::UsageError;
 
 /// When checkpoints are fsynced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -56,6 +62,10 @@ pub struct StateArgs {
     /// With --state --durability interval: how often to fsync.
     #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_duration, requires = "state")]
     pub durability_interval: Duration,
+    /// With --state: keep the state directory once the session is complete (by default the
+    /// sender removes it when it exits 0, and `recv --once` when it exits 0).
+    #[arg(long, requires = "state")]
+    pub keep_state: bool,
 }
 
 /// `send`'s state options.
@@ -67,6 +77,11 @@ pub struct SendStateArgs {
     /// receiver (the outbox, kept in memory and in the journal); reading waits beyond it.
     #[arg(long, value_name = "BYTES", default_value = "32MiB", value_parser = crate::args::parse_size, requires = "state")]
     pub max_unconfirmed: usize,
+    /// With --state: when the connection fails or cannot be made, keep connecting again for
+    /// this long (backoff from 100ms, doubling up to 5s) before giving up. Default 0: give up
+    /// after --connect-timeout, or after 3 connections in a row that failed before resuming.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration, requires = "state")]
+    pub reconnect_for: Duration,
 }
 
 /// `recv`'s state options.
@@ -88,7 +103,10 @@ impl StateArgs {
             DurabilityArg::Always => Durability::Always,
             DurabilityArg::Interval => {
                 if self.durability_interval.is_zero() {
-                    bail!("--durability-interval must be positive (or use --durability always)");
+                    bail!(UsageError(
+                        "--durability-interval must be positive (or use --durability always)"
+                            .into()
+                    ));
                 }
                 Durability::Interval(self.durability_interval)
             }
@@ -101,7 +119,7 @@ impl SendStateArgs {
     /// The session options these flags ask for.
     pub fn session_options(&self) -> anyhow::Result<SessionOptions> {
         if self.max_unconfirmed == 0 {
-            bail!("--max-unconfirmed must be positive");
+            bail!(UsageError("--max-unconfirmed must be positive".into()));
         }
         Ok(self
             .common
@@ -114,7 +132,7 @@ impl RecvStateArgs {
     /// The session options these flags ask for.
     pub fn session_options(&self) -> anyhow::Result<SessionOptions> {
         if self.checkpoint_interval.is_zero() {
-            bail!("--checkpoint-interval must be positive");
+            bail!(UsageError("--checkpoint-interval must be positive".into()));
         }
         Ok(self
             .common
@@ -142,10 +160,90 @@ pub fn reset_secret(dir: &std::path::Path) -> anyhow::Result<[u8; 32]> {
 pub fn refuse_session(conn: &surelink::Connection, msg: &surelink::Message) -> anyhow::Result<()> {
     if msg.channel == surelink::session::CONTROL_CHANNEL {
         conn.abort("this receiver runs without --state: start it with --state DIR too");
-        bail!(
+        bail!(crate::exit::Refused(format!(
             "the sender from {} runs with --state: this receiver must use --state DIR too",
             conn.remote_addr()
-        );
+        )));
+    }
+    Ok(())
+}
+
+/// Which side a state directory belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `send --state`.
+    Sender,
+    /// `recv --state`.
+    Receiver,
+}
+
+/// A state directory this side cannot use, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("the state in {dir} cannot be used: {cause}; {advice}", dir = .dir.display(), advice = advice(*.role, .dir))]
+pub struct DamagedState {
+    /// The state directory.
+    pub dir: PathBuf,
+    /// Whose it is.
+    pub role: Role,
+    /// What is wrong with it.
+    pub cause: String,
+}
+
+/// What to delete, on which side, to start the transfer over.
+fn advice(role: Role, dir: &std::path::Path) -> String {
+    match role {
+        Role::Sender => format!(
+            "to start the transfer over, delete {} here and the receiver's --state directory \
+             (the receiver then writes its output again from the start)",
+            dir.display()
+        ),
+        Role::Receiver => format!(
+            "to start the transfer over, delete {} and the output file here, and the sender's \
+             --state directory, then run both again",
+            dir.display()
+        ),
+    }
+}
+
+/// The error for a state directory that failed to open: a [`DamagedState`]
+/// with advice when the journal is corrupt or unusable, else the error as it is.
+pub fn state_error(error: SessionError, dir: &std::path::Path, role: Role) -> anyhow::Error {
+    let damaged = matches!(
+        error,
+        SessionError::Journal(JournalError::Corrupt { .. })
+            | SessionError::State(_)
+            | SessionError::Wire(_)
+    );
+    if damaged {
+        return DamagedState {
+            dir: dir.to_path_buf(),
+            role,
+            cause: crate::exit::render(&anyhow::Error::new(error)),
+        }
+        .into();
+    }
+    anyhow::Error::new(error).context(format!("cannot open the state in {}", dir.display()))
+}
+
+/// Removes a complete session's state directory and says so on stderr; a
+/// failure to remove it is reported, not fatal (the session is complete).
+pub fn remove_state(dir: &std::path::Path, command: &str) -> anyhow::Result<()> {
+    match surelink::session::remove_state_dir(dir) {
+        Ok(removed) => eprintln!(
+            "surelink {command}: removed the state of the complete session ({} files, {} bytes{}); \
+             --keep-state keeps it",
+            removed.files,
+            removed.bytes,
+            if removed.dir_removed {
+                format!(", and {}", dir.display())
+            } else {
+                format!(" from {}: other files are left there", dir.display())
+            }
+        ),
+        Err(e) => eprintln!(
+            "surelink {command}: warning: cannot remove the state in {}: {e}",
+            dir.display()
+        ),
     }
     Ok(())
 }

@@ -11,8 +11,11 @@
 //! With `--once` the command exits once the session is complete: the sender's
 //! END was checkpointed (output synced) and the sender closed the connection,
 //! or, if that connection was lost, the sender did not come back within the
-//! linger time (10 s). A receiver restarted after its session completed waits
+//! linger time (10 s); it then removes its state directory (`--keep-state`
+//! keeps it). A receiver restarted on a kept, complete state says so and waits
 //! that long for the sender to collect the final confirmation, then exits 0.
+//! If the output or the journal fails, the sender's connection is closed with
+//! that error as the reason, so the sender reports it too.
 //! Without `--once` it serves one session after another (a new session
 //! appends to the output) until Ctrl-C or SIGTERM.
 
@@ -21,30 +24,47 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
-use surelink::session::{DurableReceiver, DurableSink as _, FileSink, ReceiverEvent, SessionId};
-use surelink::{Endpoint, EndpointConfig, Security};
+use surelink::session::{
+    DurableReceiver, DurableSink as _, FileSink, ReceiverEvent, SessionId, SessionOptions,
+};
+use surelink::{Endpoint, EndpointConfig};
 
-use crate::cmd::recv::RecvArgs;
+use crate::cmd::send::CLOSE_LINGER;
 use crate::delivery::DATA_CHANNEL;
 
-/// Runs `surelink recv --state DIR` (stream mode into a file).
-pub async fn run(
-    args: &RecvArgs,
-    dir: &Path,
-    listen: Vec<SocketAddr>,
-    security: Security,
-) -> anyhow::Result<()> {
-    if args.to.is_some() {
-        bail!("--state works with a file (--out FILE), not with --to");
-    }
-    let path = match args.output.as_deref() {
-        Some(path) if path != "-" => PathBuf::from(path),
-        _ => bail!("--state needs --out FILE: standard output cannot be rewound after a restart"),
-    };
-    let options = args.state.session_options()?;
+/// What `recv --state` needs, checked and resolved from the command line.
+pub struct DurableRecv {
+    /// The output file.
+    pub output: PathBuf,
+    /// The state directory.
+    pub dir: PathBuf,
+    /// Session options (durability, checkpoint interval).
+    pub options: SessionOptions,
+    /// The addresses to listen on.
+    pub listen: Vec<SocketAddr>,
+    /// The endpoint's configuration (security, paths, playout, timeouts).
+    pub config: EndpointConfig,
+    /// Exit once the first session is complete.
+    pub once: bool,
+    /// Keep the state directory once the session is complete.
+    pub keep_state: bool,
+}
+
+/// Runs `surelink recv --out FILE --state DIR`.
+pub async fn run(plan: DurableRecv) -> anyhow::Result<()> {
+    let DurableRecv {
+        output: path,
+        dir,
+        options,
+        listen,
+        mut config,
+        once,
+        keep_state,
+    } = plan;
+    let linger = options.linger;
     let sink = FileSink::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut rx = DurableReceiver::open_dir(dir, sink, options)
-        .with_context(|| format!("cannot open the state in {}", dir.display()))?;
+    let mut rx = DurableReceiver::open_dir(&dir, sink, options)
+        .map_err(|e| super::state_error(e, &dir, super::Role::Receiver))?;
     match rx.session_id() {
         Some(id) => eprintln!(
             "surelink recv: session {id}: state in {}: {} messages checkpointed, {} at byte {}{}",
@@ -52,16 +72,19 @@ pub async fn run(
             rx.delivered(DATA_CHANNEL),
             path.display(),
             rx.sink().position(),
-            if rx.is_complete() { " (complete)" } else { "" }
+            match (rx.is_complete(), once) {
+                (false, _) => String::new(),
+                (true, true) => format!(
+                    " (complete: waiting {linger:?} for its sender to collect the last \
+                     confirmation, then exiting)"
+                ),
+                (true, false) => " (complete: the next session appends to it)".to_owned(),
+            }
         ),
         None => eprintln!("surelink recv: no session yet (state in {})", dir.display()),
     }
 
-    let mut config = EndpointConfig::default();
-    args.playout.apply(&mut config.protocol);
-    config.protocol.security = security;
-    config.protocol.path_mode = args.mode.into();
-    config.protocol.reset_secret = Some(super::reset_secret(dir)?);
+    config.protocol.reset_secret = Some(super::reset_secret(&dir)?);
     let idle_timeout = config.protocol.idle_timeout;
     let endpoint = Endpoint::bind_many(&listen, config)
         .with_context(|| format!("cannot listen on {listen:?}"))?;
@@ -72,7 +95,6 @@ pub async fn run(
     crate::security::announce_receiver(&endpoint);
     crate::security::spawn_handshake_log(&endpoint);
 
-    let once = args.once;
     let serve = async {
         let mut reported: Option<SessionId> = None;
         loop {
@@ -95,25 +117,42 @@ pub async fn run(
             }
         }
     };
-    tokio::select! {
-        r = serve => r?,
+    let outcome = tokio::select! {
+        r = serve => r,
         () = crate::shutdown::signal() => {
             if once {
-                bail!("interrupted before the session completed");
+                bail!(crate::exit::Interrupted(
+                    "interrupted before the session completed".into()
+                ));
             }
             tracing::info!("stopping");
             return Ok(());
         }
     };
     // Let the last connection finish its close handshake (we acknowledge the
-    // sender's CLOSE while draining), so the sender's close completes too.
-    if tokio::time::timeout(idle_timeout, endpoint.wait_idle())
+    // sender's CLOSE while draining), so the sender's close completes too; after
+    // a failure, let our CLOSE with the reason leave.
+    let drain = if outcome.is_ok() {
+        idle_timeout
+    } else {
+        CLOSE_LINGER
+    };
+    if tokio::time::timeout(drain, endpoint.wait_idle())
         .await
         .is_err()
     {
         tracing::warn!("connections still draining at exit");
     }
-    Ok(())
+    outcome?;
+    drop(rx);
+    if keep_state {
+        eprintln!(
+            "surelink recv: state kept in {} (--keep-state)",
+            dir.display()
+        );
+        return Ok(());
+    }
+    super::remove_state(&dir, "recv")
 }
 
 /// One stderr line per decision.

@@ -12,10 +12,17 @@
 //! When the connection fails (the receiver was killed: its restarted process
 //! answers with a stateless reset, or, if it does not come back, no packet
 //! for a second; or the connection was lost), the sender connects again and resumes
-//! the session. It gives up when a connection cannot be made within
+//! the session. By default it gives up when a connection cannot be made within
 //! `--connect-timeout`, or after [`MAX_FAILED_ATTEMPTS`] connections in a row
-//! that failed before the session could resume; then a restart with the same
-//! arguments picks the session up.
+//! that failed before the session could resume; with `--reconnect-for D` it
+//! keeps trying for D from the first failure since the session last resumed, pausing
+//! between attempts (from [`RETRY_BACKOFF`], doubling up to
+//! [`MAX_RETRY_BACKOFF`]). A receiver that closed the connection with a
+//! reason of its own (its disk is full) is not retried: its reason is the
+//! error. Either way a restart with the same arguments picks the session up.
+//!
+//! Once the session is complete the state directory is removed (and the
+//! command says so) unless `--keep-state`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,53 +30,108 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use bytes::{BufMut as _, BytesMut};
-use surelink::session::{DurableSender, Outgoing, SessionError, DATA_HEADER_LEN};
+use surelink::session::{DurableSender, Outgoing, SessionError, SessionOptions};
 use surelink::{Endpoint, EndpointConfig};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::args::wildcard_for;
-use crate::cmd::send::SendArgs;
+use crate::args::HostPort;
+use crate::cmd::send::CLOSE_LINGER;
 use crate::delivery::DATA_CHANNEL;
+use crate::ending::{abort_with_reason, explain_end, Side};
+use crate::exit::PeerClosed;
+use crate::progress::Progress;
 use crate::report::{spawn_reporter, stats_line};
 
 /// Input bytes read and committed to the journal as one batch (one commit,
 /// one fsync under `--durability always`).
 const BATCH_BYTES: usize = 1 << 20;
 
-/// Connections in a row that may fail before the session resumes.
+/// Connections in a row that may fail before the session resumes (without
+/// `--reconnect-for`).
 const MAX_FAILED_ATTEMPTS: u32 = 3;
-/// Pause before connecting again after the n-th failed attempt in a row: n × this.
-/// (A connection that resumed and then failed — e.g. reset by a restarted
-/// receiver — is replaced at once.)
+/// First pause before connecting again after a failure; it doubles with
+/// every failure in a row, up to [`MAX_RETRY_BACKOFF`]. (A connection that
+/// resumed and then failed — e.g. reset by a restarted receiver — is
+/// replaced at once.)
 const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest pause between two connection attempts.
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Runs `surelink send --state DIR` (stream mode from a file).
-pub async fn run(
-    args: &SendArgs,
-    dir: &Path,
-    mut config: EndpointConfig,
-    remote: SocketAddr,
-    extra_paths: Vec<SocketAddr>,
-) -> anyhow::Result<()> {
-    if args.from.is_some() {
-        bail!("--state works with a file (--in FILE), not with --from");
-    }
-    let path = match args.input.as_deref() {
-        Some(path) if path != "-" => PathBuf::from(path),
-        _ => bail!("--state needs --in FILE: standard input cannot be read again after a restart"),
-    };
-    if args.delivery.delivery().is_some() {
-        bail!("--state needs reliable delivery: drop --deadline / --unreliable");
-    }
-    let max_chunk = config.protocol.max_message_size - DATA_HEADER_LEN;
-    if args.chunk > max_chunk {
-        bail!("with --state, --chunk must be at most {max_chunk} bytes");
-    }
-    let options = args.state.session_options()?;
+/// What `send --state` needs, checked and resolved from the command line.
+pub struct DurableSend {
+    /// The input file.
+    pub input: PathBuf,
+    /// The state directory.
+    pub dir: PathBuf,
+    /// Largest message.
+    pub chunk: usize,
+    /// Session options (durability, outbox size).
+    pub options: SessionOptions,
+    /// The endpoint's configuration (security, paths, timeouts).
+    pub config: EndpointConfig,
+    /// Local address to bind.
+    pub bind: SocketAddr,
+    /// The receiver, as given (for messages) and resolved.
+    pub target: (HostPort, SocketAddr),
+    /// More paths to the receiver.
+    pub extra_paths: Vec<SocketAddr>,
+    /// Whether `--peer-key` pinned the receiver's key.
+    pub peer_key_pinned: bool,
+    /// `--stats-interval`.
+    pub stats_interval: Option<Duration>,
+    /// How long to keep connecting again after a failure (`--reconnect-for`).
+    pub reconnect_for: Duration,
+    /// Keep the state directory once the session is complete.
+    pub keep_state: bool,
+}
 
+/// When to connect again after a failed connection.
+struct Retry {
+    /// `--reconnect-for`.
+    window: Duration,
+    /// Failures in a row since the session last resumed.
+    failed: u32,
+    /// Since when no connection has resumed the session.
+    outage_since: Option<Instant>,
+}
+
+impl Retry {
+    fn new(window: Duration) -> Self {
+        Self {
+            window,
+            failed: 0,
+            outage_since: None,
+        }
+    }
+
+    /// The session resumed: the next failure starts a new outage.
+    fn resumed(&mut self) {
+        self.failed = 0;
+        self.outage_since = None;
+    }
+
+    /// A connection failed at `now`: the pause before the next attempt, or
+    /// `None` to give up. Without a window, up to [`MAX_FAILED_ATTEMPTS`]
+    /// attempts in a row; with one, as many as start within it.
+    fn failed(&mut self, now: Instant) -> Option<Duration> {
+        let since = *self.outage_since.get_or_insert(now);
+        self.failed += 1;
+        let backoff = RETRY_BACKOFF
+            .saturating_mul(1 << (self.failed - 1).min(16))
+            .min(MAX_RETRY_BACKOFF);
+        let within_window = now.duration_since(since) + backoff < self.window;
+        (within_window || self.failed < MAX_FAILED_ATTEMPTS).then_some(backoff)
+    }
+}
+
+/// Runs `surelink send --in FILE --state DIR`.
+pub async fn run(mut plan: DurableSend) -> anyhow::Result<()> {
+    let path = plan.input.clone();
+    let dir = plan.dir.clone();
+    let (target_name, remote) = plan.target.clone();
     // The input's identity: resuming with another file (or a modified one) is refused.
     let meta =
-        std::fs::metadata(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
     let modified = meta
         .modified()
@@ -81,19 +143,18 @@ pub async fn run(
         canonical.display(),
         meta.len()
     );
-    let mut file = tokio::fs::File::open(&path)
-        .await
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut file = crate::cmd::send::open_input(&path).await?;
 
-    let mut tx = DurableSender::open_dir(dir, &label, options)
-        .with_context(|| format!("cannot open the state in {}", dir.display()))?;
+    let mut tx = DurableSender::open_dir(&dir, &label, plan.options.clone())
+        .map_err(|e| super::state_error(e, &dir, super::Role::Sender))?;
     let session = tx.session_id();
     if tx.is_complete() {
         eprintln!(
             "surelink send: session {session} is already complete (state in {}): nothing to send",
             dir.display()
         );
-        return Ok(());
+        drop(tx);
+        return finish_state(&dir, plan.keep_state);
     }
     if tx.resume_cursor() > meta.len() {
         bail!(
@@ -116,43 +177,59 @@ pub async fn run(
         );
     }
 
-    config.protocol.reset_secret = Some(super::reset_secret(dir)?);
-    let bind = args.bind.unwrap_or_else(|| wildcard_for(remote));
-    let endpoint = Endpoint::client_with_config(bind, config)
+    plan.config.protocol.reset_secret = Some(super::reset_secret(&dir)?);
+    let bind = plan.bind;
+    let endpoint = Endpoint::client_with_config(bind, plan.config)
         .with_context(|| format!("cannot bind {bind}"))?;
     let started = Instant::now();
-    let mut failed = 0;
+    let mut retry = Retry::new(plan.reconnect_for);
     let mut last_conn = None;
+    let mut progress = None;
     loop {
-        let conn = endpoint
-            .connect(remote)
-            .await
-            .map_err(|e| crate::security::connect_error(&args.to[0], e))?;
-        for addr in &extra_paths {
+        let conn =
+            match endpoint.connect(remote).await {
+                Ok(conn) => conn,
+                Err(e) if !plan.reconnect_for.is_zero() => {
+                    let Some(pause) = retry.failed(Instant::now()) else {
+                        return Err(crate::security::connect_error(&target_name, e).context(
+                            format!("gave up after --reconnect-for {:?}", plan.reconnect_for),
+                        ));
+                    };
+                    eprintln!("surelink send: {e}; connecting again in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+                Err(e) => return Err(crate::security::connect_error(&target_name, e)),
+            };
+        for addr in &plan.extra_paths {
             conn.add_path(*addr);
         }
         tracing::info!(%remote, local = %endpoint.local_addr(), "connected");
-        if failed == 0 && last_conn.is_none() {
-            crate::security::announce_server(&conn, args.security.peer_key.is_some());
+        if last_conn.is_none() {
+            crate::security::announce_server(&conn, plan.peer_key_pinned);
         }
         last_conn = Some(conn.clone());
-        let _reporter = spawn_reporter(args.stats.stats_interval, "send", &conn);
+        let _reporter = spawn_reporter(plan.stats_interval, "send", &conn);
         let resumed = match tx.attach(conn.clone()).await {
             Ok(resumed) => resumed,
             // A receiver that closes the connection during the handshake
             // refuses it (e.g. it runs without --state): no point retrying.
-            Err(e) if e.is_connection() && !refused(&e) && failed + 1 < MAX_FAILED_ATTEMPTS => {
-                failed += 1;
-                eprintln!("surelink send: {e}; connecting again");
-                tokio::time::sleep(RETRY_BACKOFF * failed).await;
+            Err(e) if e.is_connection() && !refused(&e) => {
+                let Some(pause) = retry.failed(Instant::now()) else {
+                    let e =
+                        anyhow::Error::new(e).context(format!("cannot resume session {session}"));
+                    return explain_end(&conn, Err(e)).await;
+                };
+                eprintln!("surelink send: {e}; connecting again in {pause:?}");
+                tokio::time::sleep(pause).await;
                 continue;
             }
             Err(e) => {
                 let e = anyhow::Error::new(e).context(format!("cannot resume session {session}"));
-                return crate::security::explain_refusal(&conn, Err(e)).await;
+                return explain_end(&conn, Err(e)).await;
             }
         };
-        failed = 0;
+        retry.resumed();
         let next = resumed
             .receiver_next
             .get(&DATA_CHANNEL)
@@ -170,32 +247,66 @@ pub async fn run(
         } else {
             eprintln!("surelink send: session {session}: the receiver accepted it; sending");
         }
+        let bar = progress.get_or_insert_with(|| {
+            Progress::start("send", meta.len(), &path.display().to_string())
+        });
+        bar.watch(&conn);
         // A batch never exceeds the outbox, which would admit it whole.
-        let batch_bytes = BATCH_BYTES.min(args.state.max_unconfirmed);
-        match stream(&mut tx, &mut file, args.chunk, batch_bytes).await {
+        let batch_bytes = BATCH_BYTES.min(plan.options.max_unconfirmed_bytes);
+        match stream(&mut tx, &mut file, plan.chunk, batch_bytes, bar).await {
             Ok(()) => break,
-            Err(Failure::Session(e)) if e.is_connection() => {
+            // The receiver closed the connection with a reason (its disk is
+            // full): reconnecting would not help.
+            Err(Failure::Session(e)) if e.is_connection() && !refused(&e) => {
                 eprintln!("surelink send: {e}; connecting again");
             }
-            Err(Failure::Session(e)) => {
-                return Err(anyhow::Error::new(e).context(format!("session {session} failed")))
+            // The receiver stopped mid-session (its output or journal failed)
+            // and said why.
+            Err(Failure::Session(SessionError::RefusedByPeer(reason))) => {
+                return Err(PeerClosed(reason).into());
             }
-            Err(Failure::Input(e)) => return Err(e),
+            Err(Failure::Session(e)) => {
+                let e = anyhow::Error::new(e).context(format!("session {session} failed"));
+                return explain_end(&conn, Err(e)).await;
+            }
+            Err(Failure::Input(e)) => {
+                // The receiver keeps the session for a restart; it learns why we stopped.
+                abort_with_reason(&conn, Side::Sender, &e);
+                let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
+                return Err(e);
+            }
         }
     }
-    if let (Some(conn), Some(_)) = (&last_conn, args.stats.stats_interval) {
+    if let Some(bar) = progress {
+        bar.finish();
+    }
+    if let (Some(conn), Some(_)) = (&last_conn, plan.stats_interval) {
         eprintln!("{}", stats_line("send", conn, started));
     }
     let stats = tx.stats();
     eprintln!(
         "surelink send: session {session} complete: {} messages sent, {} re-sent after a resume, \
-         {} connections; {}",
+         {} connections in {:.1?}; {}",
         stats.messages_sent,
         stats.messages_resent,
         stats.attaches,
+        started.elapsed(),
         super::journal_summary(&tx.journal_metrics())
     );
-    Ok(())
+    drop(tx);
+    finish_state(&dir, plan.keep_state)
+}
+
+/// Removes the state directory of a complete session (unless `keep`) and says so.
+fn finish_state(dir: &Path, keep: bool) -> anyhow::Result<()> {
+    if keep {
+        eprintln!(
+            "surelink send: state kept in {} (--keep-state); remove it before sending other input",
+            dir.display()
+        );
+        return Ok(());
+    }
+    super::remove_state(dir, "send")
 }
 
 /// True if the receiver closed the connection on purpose (with a reason).
@@ -225,12 +336,14 @@ async fn stream(
     file: &mut tokio::fs::File,
     chunk: usize,
     batch_bytes: usize,
+    progress: &Progress,
 ) -> Result<(), Failure> {
     if tx.is_complete() {
         return Ok(tx.finish().await?);
     }
-    let input =
-        |e: std::io::Error| Failure::Input(anyhow::Error::new(e).context("cannot read the input"));
+    let input = |e: std::io::Error| {
+        Failure::Input(anyhow::Error::new(e).context(format!("cannot read {}", progress.name())))
+    };
     let mut position = tx.resume_cursor();
     file.seek(std::io::SeekFrom::Start(position))
         .await
@@ -266,5 +379,44 @@ async fn stream(
         // On failure the batch may not be queued: the next call starts
         // again from the session's resume cursor.
         tx.send_batch(batch).await?;
+        progress.set_position(position);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_window_three_attempts_in_a_row_then_give_up() {
+        let now = Instant::now();
+        let mut retry = Retry::new(Duration::ZERO);
+        assert_eq!(retry.failed(now), Some(RETRY_BACKOFF));
+        assert_eq!(retry.failed(now), Some(RETRY_BACKOFF * 2));
+        assert_eq!(retry.failed(now), None);
+        retry.resumed();
+        assert_eq!(retry.failed(now), Some(RETRY_BACKOFF));
+    }
+
+    #[test]
+    fn within_the_window_the_backoff_doubles_up_to_its_cap_then_gives_up() {
+        let start = Instant::now();
+        let mut retry = Retry::new(Duration::from_secs(60));
+        let mut pauses = Vec::new();
+        let mut now = start;
+        while let Some(pause) = retry.failed(now) {
+            pauses.push(pause);
+            now += pause;
+            assert!(pauses.len() < 100, "never gave up");
+        }
+        assert_eq!(&pauses[..3], [100, 200, 400].map(Duration::from_millis));
+        assert!(pauses.iter().all(|p| *p <= MAX_RETRY_BACKOFF));
+        assert_eq!(pauses.last(), Some(&MAX_RETRY_BACKOFF));
+        let waited: Duration = pauses.iter().sum();
+        assert!(waited < Duration::from_secs(60), "{waited:?}");
+        assert!(
+            waited + MAX_RETRY_BACKOFF >= Duration::from_secs(60),
+            "{waited:?}"
+        );
     }
 }

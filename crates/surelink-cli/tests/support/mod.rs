@@ -74,6 +74,21 @@ impl Proc {
         Self::start(name, args, Stdio::null(), None, Some(shared.clone()))
     }
 
+    /// Like [`Proc::spawn_default_log`], with the process's file size limit
+    /// (RLIMIT_FSIZE, set by `sh -c 'ulimit -f'`) at `max_bytes` (a multiple
+    /// of 512) and SIGXFSZ ignored: a write beyond the limit fails with
+    /// EFBIG, as a write to a full disk fails with ENOSPC.
+    pub fn spawn_with_file_size_limit(name: &str, args: &[&str], max_bytes: u64) -> Self {
+        assert_eq!(max_bytes % 512, 0, "ulimit -f counts 512-byte blocks");
+        let script = format!(
+            "trap '' XFSZ; ulimit -f {}; exec \"$0\" \"$@\"",
+            max_bytes / 512
+        );
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(script).arg(BIN).args(args);
+        Self::start_command(name, command, Stdio::null(), None, None)
+    }
+
     fn start(
         name: &str,
         args: &[&str],
@@ -82,8 +97,18 @@ impl Proc {
         shared: Option<Arc<Mutex<String>>>,
     ) -> Self {
         let mut command = Command::new(BIN);
+        command.args(args);
+        Self::start_command(name, command, stdin, log, shared)
+    }
+
+    fn start_command(
+        name: &str,
+        mut command: Command,
+        stdin: Stdio,
+        log: Option<&str>,
+        shared: Option<Arc<Mutex<String>>>,
+    ) -> Self {
         command
-            .args(args)
             .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -9,7 +9,7 @@ use super::{Reader, WireError};
 /// The largest value a varint can carry.
 pub const MAX: u64 = (1 << 62) - 1;
 
-/// Number of bytes [`write`] uses for `v`.
+/// Number of bytes [`write()`] uses for `v`.
 pub fn size(v: u64) -> usize {
     if v < 1 << 6 {
         1

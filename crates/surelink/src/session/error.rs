@@ -128,7 +128,7 @@ pub enum SessionError {
     #[error("no packet from the peer for {0:?}: connection given up")]
     PeerUnresponsive(Duration),
     /// The connection ended with an error.
-    #[error("connection lost: {0}")]
+    #[error("{0}")]
     ConnectionLost(ConnectionError),
     /// The peer closed the connection before the session completed.
     #[error("the peer closed the connection before the session completed")]

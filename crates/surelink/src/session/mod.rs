@@ -76,7 +76,7 @@ pub use secret::{reset_secret, RESET_SECRET_FILE};
 pub use sender::{DurableSender, Outgoing, Resumed, SenderStats};
 pub use sink::{DurableSink, FileSink};
 pub use surelink_journal::{
-    Durability, FsStorage, JournalMetrics, JournalOptions, MemStorage, Storage,
+    Durability, FsStorage, JournalError, JournalMetrics, JournalOptions, MemStorage, Storage,
 };
 pub use wire::{
     ChannelResume, Hello, Progress, SessionId, CONTROL_CHANNEL, DATA_HEADER_LEN,
@@ -216,6 +216,47 @@ async fn send_control(conn: &crate::Connection, msg: &wire::Control) -> Result<(
 
 #[cfg(test)]
 mod tests;
+
+/// What [`remove_state_dir`] removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RemovedState {
+    /// Files removed (journal segments, compaction temporaries, the reset secret).
+    pub files: u64,
+    /// Their total size in bytes.
+    pub bytes: u64,
+    /// Whether the directory itself was removed (nothing else was in it).
+    pub dir_removed: bool,
+}
+
+/// Removes a finished session's state from `dir`: the journal's segment
+/// files and compaction temporaries, the [reset secret](RESET_SECRET_FILE),
+/// then `dir` itself if nothing else is left in it. Files it does not know
+/// are left alone. Close the [`DurableSender`] or [`DurableReceiver`] using
+/// `dir` first.
+pub fn remove_state_dir(dir: &std::path::Path) -> std::io::Result<RemovedState> {
+    use surelink_journal::format::parse_segment_name;
+    let mut removed = RemovedState::default();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let ours = name == RESET_SECRET_FILE
+            || parse_segment_name(name).is_some()
+            || name
+                .strip_suffix(".tmp")
+                .and_then(parse_segment_name)
+                .is_some();
+        if !ours {
+            continue;
+        }
+        let len = entry.metadata()?.len();
+        std::fs::remove_file(entry.path())?;
+        removed.files += 1;
+        removed.bytes += len;
+    }
+    removed.dir_removed = std::fs::remove_dir(dir).is_ok();
+    Ok(removed)
+}
 
 /// The journal storage in directory `dir` (created if missing), or a clear
 /// error naming it.

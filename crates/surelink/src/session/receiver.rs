@@ -157,6 +157,13 @@ fn is_fatal(e: &SessionError) -> bool {
     )
 }
 
+/// The reason a receiver sends (REFUSE, then CLOSE) when a fatal error stops
+/// it, so the sender reports the real cause (`receiver: cannot write the output: No
+/// space left on device`) instead of a silent peer.
+fn fatal_reason(e: &SessionError) -> String {
+    format!("receiver: {e}")
+}
+
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -240,7 +247,10 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
         if let Some(s) = &session {
             let position = s.meta.position;
             blocking(|| sink.restore(position)).map_err(|e| {
-                SessionError::sink("cannot restore the output to its checkpoint", e)
+                SessionError::sink(
+                    format!("cannot restore {} to its checkpoint", sink.describe()),
+                    e,
+                )
             })?;
         }
         Ok(DurableReceiver {
@@ -325,8 +335,9 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
                 Some(previous) => previous.meta.position,
                 None => {
                     let sink = &mut self.sink;
-                    blocking(|| sink.restore(0))
-                        .map_err(|e| SessionError::sink("cannot truncate the output", e))?;
+                    blocking(|| sink.restore(0)).map_err(|e| {
+                        SessionError::sink(format!("cannot truncate {}", sink.describe()), e)
+                    })?;
                     0
                 }
             };
@@ -466,8 +477,9 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
     /// HELLO for the current session takes over from the connection serving
     /// it (a restarted sender), and every decision is reported to
     /// `on_event`. Returns `Err` only when the journal, the sink or the
-    /// endpoint fails; a misbehaving or refused sender is reported and
-    /// disconnected.
+    /// endpoint fails, after telling the sender that error as the reason
+    /// (REFUSE, retransmitted until acknowledged, then the close); a
+    /// misbehaving or refused sender is reported and disconnected.
     pub async fn run(
         &mut self,
         endpoint: &Endpoint,
@@ -523,14 +535,26 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
                             accepted,
                         });
                     }
-                    Err(e) if is_fatal(&e) => return Err(e),
+                    Err(e) if is_fatal(&e) => {
+                        refuse_fatally(&conn, &fatal_reason(&e)).await;
+                        if let Some(current) = &current {
+                            refuse_fatally(current, &fatal_reason(&e)).await;
+                        }
+                        return Err(e);
+                    }
                     Err(error) => on_event(ReceiverEvent::Refused {
                         remote: conn.remote_addr(),
                         error,
                     }),
                 },
                 Step::Served(Ok(())) => return Ok(()),
-                Step::Served(Err(e)) if is_fatal(&e) => return Err(e),
+                Step::Served(Err(e)) if is_fatal(&e) => {
+                    // The sender must not wait for us in vain: it learns why.
+                    if let Some(conn) = &current {
+                        refuse_fatally(conn, &fatal_reason(&e)).await;
+                    }
+                    return Err(e);
+                }
                 Step::Served(Err(error)) => {
                     let conn = current.take().expect("served a connection");
                     if !error.is_connection() {
@@ -599,9 +623,9 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
                 m.channel, *next
             )));
         }
-        self.sink
-            .write(m.channel, &data)
-            .map_err(|e| SessionError::sink("cannot write the output", e))?;
+        let sink = &mut self.sink;
+        sink.write(m.channel, &data)
+            .map_err(|e| SessionError::sink(format!("cannot write {}", sink.describe()), e))?;
         *next += 1;
         self.stats.messages_delivered += 1;
         self.stats.bytes_delivered += data.len() as u64;
@@ -658,10 +682,11 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
         let sink_unsynced = &mut self.sink_unsynced;
         blocking(|| -> Result<(), SessionError> {
             sink.flush()
-                .map_err(|e| SessionError::sink("cannot write the output", e))?;
+                .map_err(|e| SessionError::sink(format!("cannot write {}", sink.describe()), e))?;
             if sync_sink {
-                sink.sync()
-                    .map_err(|e| SessionError::sink("cannot sync the output", e))?;
+                sink.sync().map_err(|e| {
+                    SessionError::sink(format!("cannot sync {}", sink.describe()), e)
+                })?;
                 stats.sink_syncs += 1;
                 *sink_unsynced = false;
             } else {
@@ -706,8 +731,9 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
         let sink_unsynced = &mut self.sink_unsynced;
         blocking(|| -> Result<(), SessionError> {
             if *sink_unsynced {
-                sink.sync()
-                    .map_err(|e| SessionError::sink("cannot sync the output", e))?;
+                sink.sync().map_err(|e| {
+                    SessionError::sink(format!("cannot sync {}", sink.describe()), e)
+                })?;
                 stats.sink_syncs += 1;
                 *sink_unsynced = false;
             }
@@ -729,6 +755,26 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
         self.announced = true;
         Ok(())
     }
+}
+
+/// Longest wait for a sender to acknowledge the REFUSE of a receiver that
+/// cannot go on ([`refuse_fatally`]).
+const FATAL_REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Ends a connection when this receiver cannot go on (its output or journal
+/// failed): REFUSE with the reason, which is retransmitted until the sender
+/// acknowledges it (an abort's CLOSE is sent once and can be lost), then a
+/// graceful close; if that takes longer than [`FATAL_REFUSE_TIMEOUT`], an
+/// abort with the same reason.
+async fn refuse_fatally(conn: &Connection, reason: &str) {
+    let told = async {
+        send_control(conn, &Control::Refuse(reason.to_owned())).await?;
+        conn.close()
+            .await
+            .map_err(|_| SessionError::ConnectionClosed)
+    };
+    let _ = tokio::time::timeout(FATAL_REFUSE_TIMEOUT, told).await;
+    conn.abort(reason);
 }
 
 /// Sends REFUSE and closes the connection in the background (bounded), so

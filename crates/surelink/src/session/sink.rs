@@ -37,6 +37,10 @@ pub trait DurableSink: Send {
     /// starts (position 0). An error if the sink is *behind* `position` (it
     /// lost data the checkpoint covers).
     fn restore(&mut self, position: u64) -> io::Result<()>;
+    /// What the sink is, for error messages (`out.bin`); "the output" by default.
+    fn describe(&self) -> String {
+        "the output".to_owned()
+    }
 }
 
 /// A file that messages are appended to; its length is the position.
@@ -92,6 +96,10 @@ impl FileSink {
 }
 
 impl DurableSink for FileSink {
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
     fn write(&mut self, _channel: u64, data: &[u8]) -> io::Result<()> {
         if self.buffer.len() + data.len() > FILE_BUFFER {
             self.write_buffer()?;

@@ -700,3 +700,29 @@ fn the_sender_refuses_other_input_and_remembers_completion() {
     .unwrap_err();
     assert!(err.to_string().contains("belongs to a sender"), "{err}");
 }
+
+#[test]
+fn removing_a_finished_state_leaves_foreign_files_alone() {
+    let state = std::env::temp_dir().join(format!("surelink-removal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    {
+        let tx = DurableSender::open_dir(&state, "input", SessionOptions::default())
+            .expect("open the sender's state");
+        assert!(!tx.is_complete());
+    }
+    reset_secret(&state).expect("reset secret");
+    let removed = remove_state_dir(&state).expect("remove");
+    assert!(removed.files >= 2, "{removed:?}");
+    assert!(removed.bytes > 32, "{removed:?}");
+    assert!(removed.dir_removed);
+    assert!(!state.exists());
+
+    std::fs::create_dir(&state).expect("mkdir");
+    reset_secret(&state).expect("reset secret");
+    std::fs::write(state.join("notes.txt"), b"mine").expect("write");
+    let removed = remove_state_dir(&state).expect("remove");
+    assert_eq!(removed.files, 1);
+    assert!(!removed.dir_removed);
+    assert!(state.join("notes.txt").exists());
+    std::fs::remove_dir_all(&state).expect("clean up");
+}
