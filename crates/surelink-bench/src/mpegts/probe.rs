@@ -1,0 +1,213 @@
+//! The two measuring points of the `mpegts` workload, both in the harness:
+//!
+//! * the **tap**, between ffmpeg and the system's entry (a gateway, SRT's
+//!   sending tool, or the impairer): a UDP socket ffmpeg sends to, which
+//!   stamps each datagram's arrival time and a hash of its bytes, then
+//!   forwards it unchanged;
+//! * the **capture**, the socket the system's exit delivers to, which stamps
+//!   each arrival.
+//!
+//! [`match_datagrams`] pairs them by hash (equal datagrams are paired in
+//! order): one-way send-to-output latency per datagram, losses, duplicates.
+//! Both run as tasks on the current tokio runtime and report over channels;
+//! the driver also sends readiness probes ([`PROBE`]) through the tap
+//! socket, which are not TS and are told apart at the capture.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash as _, Hasher as _};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::transport::loopback;
+use crate::transport::udp::bind;
+use crate::workload::{Arrival, Trace};
+
+/// The harness's own readiness datagram (its first byte is not the TS sync
+/// byte, so the TS checker would not take it for a packet either).
+pub const PROBE: &[u8] = b"surelink-bench probe";
+
+/// A datagram as one of the measuring points saw it.
+#[derive(Debug, Clone)]
+pub struct Stamped {
+    /// When it arrived at the measuring point.
+    pub at: Instant,
+    /// Its bytes.
+    pub bytes: Bytes,
+}
+
+/// Receives datagrams on `socket` until aborted: each is stamped, passed to
+/// `forward` if set, and reported on the channel.
+fn receive(
+    socket: Arc<UdpSocket>,
+    forward: Option<SocketAddr>,
+) -> (JoinHandle<io::Result<()>>, mpsc::UnboundedReceiver<Stamped>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = socket.recv(&mut buf).await?;
+            let at = Instant::now();
+            if let Some(to) = forward {
+                // A refused send (the entry not listening yet) is the
+                // entry's loss, as it would be for ffmpeg sending directly.
+                let _ = socket.send_to(&buf[..n], to).await;
+            }
+            let bytes = Bytes::copy_from_slice(&buf[..n]);
+            if tx.send(Stamped { at, bytes }).is_err() {
+                return Ok(());
+            }
+        }
+    });
+    (task, rx)
+}
+
+/// One measuring point: a socket on 127.0.0.1 and its receiving task.
+pub struct Point {
+    socket: Arc<UdpSocket>,
+    task: JoinHandle<io::Result<()>>,
+    seen: mpsc::UnboundedReceiver<Stamped>,
+}
+
+impl Point {
+    /// The tap: receives ffmpeg's datagrams and forwards them to `entry`.
+    pub fn tap(entry: SocketAddr) -> io::Result<Self> {
+        Self::start(Some(entry))
+    }
+
+    /// The capture: receives what the system's exit delivers.
+    pub fn capture() -> io::Result<Self> {
+        Self::start(None)
+    }
+
+    fn start(forward: Option<SocketAddr>) -> io::Result<Self> {
+        let socket = Arc::new(bind(loopback(0))?);
+        let (task, seen) = receive(socket.clone(), forward);
+        Ok(Self { socket, task, seen })
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Sends a [`PROBE`] from this socket to `to`.
+    pub async fn probe(&self, to: SocketAddr) -> io::Result<()> {
+        self.socket.send_to(PROBE, to).await.map(drop)
+    }
+
+    /// The next datagram seen, waiting at most `wait`.
+    pub async fn next(&mut self, wait: Duration) -> Option<Stamped> {
+        tokio::time::timeout(wait, self.seen.recv()).await.ok()?
+    }
+
+    /// Everything seen and not yet taken, then stops.
+    pub fn finish(mut self) -> Vec<Stamped> {
+        self.task.abort();
+        let mut all = Vec::new();
+        while let Ok(d) = self.seen.try_recv() {
+            all.push(d);
+        }
+        all
+    }
+}
+
+impl Drop for Point {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn hash(bytes: &[u8]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// Pairs what the tap forwarded (`sent`, in order) with what the capture
+/// got (`received`, in order), probes left out on both sides: the first
+/// copy of each datagram is an arrival (sequence number = its index at the
+/// tap, times in ns after the first datagram sent), further copies are
+/// duplicates, and datagrams the tap never saw are counted in the second
+/// value (none are expected).
+pub fn match_datagrams(sent: &[Stamped], received: &[Stamped]) -> (Trace, u64) {
+    let sent: Vec<&Stamped> = sent.iter().filter(|d| d.bytes != PROBE).collect();
+    let base = sent.first().map_or_else(Instant::now, |d| d.at);
+    let ns = |at: Instant| {
+        u64::try_from(at.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX)
+    };
+    let mut waiting: HashMap<u64, VecDeque<usize>> = HashMap::new();
+    for (seq, d) in sent.iter().enumerate() {
+        waiting.entry(hash(&d.bytes)).or_default().push_back(seq);
+    }
+    let (mut arrivals, mut duplicated, mut foreign) = (Vec::new(), 0, 0);
+    for d in received.iter().filter(|d| d.bytes != PROBE) {
+        match waiting.get_mut(&hash(&d.bytes)) {
+            Some(queue) => match queue.pop_front() {
+                Some(seq) => arrivals.push(Arrival {
+                    seq: seq as u64,
+                    sent_ns: ns(sent[seq].at),
+                    recv_ns: ns(d.at),
+                }),
+                None => duplicated += 1,
+            },
+            None => foreign += 1,
+        }
+    }
+    let trace = Trace {
+        sent: sent.len() as u64,
+        arrivals,
+        duplicated,
+        sender: None,
+        receiver: None,
+    };
+    (trace, foreign)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(base: Instant, ms: u64, bytes: &'static [u8]) -> Stamped {
+        Stamped {
+            at: base + Duration::from_millis(ms),
+            bytes: Bytes::from_static(bytes),
+        }
+    }
+
+    #[test]
+    fn matching_finds_latency_loss_duplicates_and_strangers() {
+        let t = Instant::now();
+        let sent = vec![
+            at(t, 0, b"a"),
+            at(t, 1, b"b"),
+            at(t, 2, b"a"),
+            at(t, 3, b"c"),
+        ];
+        let received = vec![
+            at(t, 5, PROBE),
+            at(t, 10, b"a"),
+            at(t, 12, b"a"),
+            at(t, 13, b"a"),
+            at(t, 14, b"c"),
+            at(t, 15, b"zz"),
+        ];
+        let (trace, foreign) = match_datagrams(&sent, &received);
+        assert_eq!(trace.sent, 4);
+        assert_eq!(foreign, 1);
+        assert_eq!(trace.duplicated, 1);
+        let got: Vec<(u64, u64)> = trace
+            .arrivals
+            .iter()
+            .map(|a| (a.seq, (a.recv_ns - a.sent_ns) / 1_000_000))
+            .collect();
+        // Equal datagrams pair in order; "b" was lost.
+        assert_eq!(got, vec![(0, 10), (2, 10), (3, 11)]);
+    }
+}
