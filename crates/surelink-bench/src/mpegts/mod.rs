@@ -300,6 +300,9 @@ pub struct MpegtsRun {
     pub stream: RtRun,
     /// Continuity-counter errors in the stream that came out.
     pub cc_errors: u64,
+    /// Datagrams that came out after one sent later than them (first
+    /// copies only): continuity errors without a loss.
+    pub reordered: u64,
     /// TS packets that came out.
     pub ts_packets: u64,
     /// Continuity-counter errors in what ffmpeg sent (0 unless the source
@@ -316,6 +319,7 @@ impl MpegtsRun {
         MpegtsRun {
             stream: RtRun::median(&streams),
             cc_errors: med_u64(runs, |r| r.cc_errors),
+            reordered: med_u64(runs, |r| r.reordered),
             ts_packets: med_u64(runs, |r| r.ts_packets),
             source_cc_errors: med_u64(runs, |r| r.source_cc_errors),
             link_dropped: med_u64(runs, |r| r.link_dropped),
@@ -596,8 +600,8 @@ fn calibrate(link: &LinkSpec, clip: &Path, bin: &Path, seed: u64, secs: f64) -> 
 fn summary(r: &MpegtsRun) -> String {
     let s = &r.stream;
     format!(
-        "lost {} of {}, CC errors {}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, wire/payload {:.3}",
-        s.lost, s.sent, r.cc_errors, s.p50_ms, s.p99_ms, s.max_ms, s.wire_per_payload
+        "lost {} of {}, CC errors {}, reordered {}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, wire/payload {:.3}",
+        s.lost, s.sent, r.cc_errors, r.reordered, s.p50_ms, s.p99_ms, s.max_ms, s.wire_per_payload
     )
 }
 
@@ -899,6 +903,7 @@ async fn run_inner(setup: &RunSetup<'_>) -> anyhow::Result<MpegtsRun> {
     }
     trace.sender = sender;
     trace.receiver = receiver;
+    let reordered = probe::reordered(&trace);
     let payload: u64 = sent.iter().map(|d| d.bytes.len() as u64).sum();
     let wire = wire_after.saturating_sub(wire_before);
     let mut stream = RtRun::from_trace(trace, DATAGRAM, wire)?;
@@ -915,6 +920,7 @@ async fn run_inner(setup: &RunSetup<'_>) -> anyhow::Result<MpegtsRun> {
     Ok(MpegtsRun {
         stream,
         cc_errors: out.report().errors,
+        reordered,
         ts_packets: out.report().packets,
         source_cc_errors: source.report().errors,
         link_dropped,
@@ -998,16 +1004,16 @@ impl MpegtsReport {
             );
             let _ = writeln!(
                 out,
-                "| system | sent | lost | lost % | dup | CC errors | retransmitted | spurious ≥ | receiver's own count | wire B / payload B | p50 ms | p99 ms | p99.9 ms | max ms |"
+                "| system | sent | lost | lost % | dup | reordered | CC errors | retransmitted | spurious ≥ | receiver's own count | wire B / payload B | p50 ms | p99 ms | p99.9 ms | max ms |"
             );
             let _ = writeln!(
                 out,
-                "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"
             );
             for row in &group.rows {
                 let Some(m) = &row.median else {
                     let why = row.errors.first().map_or("no run", String::as_str);
-                    let _ = writeln!(out, "| {} | failed: {why} |||||||||||||", row.system);
+                    let _ = writeln!(out, "| {} | failed: {why} ||||||||||||||", row.system);
                     continue;
                 };
                 let s = &m.stream;
@@ -1019,12 +1025,13 @@ impl MpegtsReport {
                 };
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                    "| {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} |",
                     row.system,
                     s.sent,
                     s.lost,
                     100.0 * s.lost as f64 / s.sent.max(1) as f64,
                     s.duplicated,
+                    m.reordered,
                     m.cc_errors,
                     sender("retransmissions"),
                     sender("spurious_retransmissions_at_least"),

@@ -170,6 +170,19 @@ pub fn match_datagrams(sent: &[Stamped], received: &[Stamped]) -> (Trace, u64) {
     (trace, foreign)
 }
 
+/// Arrivals that came after one sent later than them.
+pub fn reordered(trace: &Trace) -> u64 {
+    let mut latest = None;
+    let mut late = 0;
+    for a in &trace.arrivals {
+        if latest.is_some_and(|l| a.seq < l) {
+            late += 1;
+        }
+        latest = latest.max(Some(a.seq));
+    }
+    late
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +222,25 @@ mod tests {
             .collect();
         // Equal datagrams pair in order; "b" was lost.
         assert_eq!(got, vec![(0, 10), (2, 10), (3, 11)]);
+        assert_eq!(reordered(&trace), 0);
+    }
+
+    #[test]
+    fn an_arrival_after_a_later_datagram_is_reordered() {
+        let t = Instant::now();
+        let sent = vec![
+            at(t, 0, b"a"),
+            at(t, 1, b"b"),
+            at(t, 2, b"c"),
+            at(t, 3, b"d"),
+        ];
+        let received = vec![
+            at(t, 10, b"b"),
+            at(t, 11, b"a"),
+            at(t, 12, b"d"),
+            at(t, 13, b"c"),
+        ];
+        let (trace, _) = match_datagrams(&sent, &received);
+        assert_eq!(reordered(&trace), 2);
     }
 }
