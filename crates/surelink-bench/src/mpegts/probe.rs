@@ -7,13 +7,14 @@
 //! * the **capture**, the socket the system's exit delivers to, which stamps
 //!   each arrival.
 //!
-//! [`match_datagrams`] pairs them by hash (equal datagrams are paired in
-//! order): one-way send-to-output latency per datagram, losses, duplicates.
+//! [`match_datagrams`] pairs them by hash (see there for repeated
+//! datagrams): one-way send-to-output latency per datagram, losses,
+//! duplicates.
 //! Both run as tasks on the current tokio runtime and report over channels;
 //! the driver also sends readiness probes ([`PROBE`]) through the tap
 //! socket, which are not TS and are told apart at the capture.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{Hash as _, Hasher as _};
 use std::io;
 use std::net::SocketAddr;
@@ -131,10 +132,14 @@ fn hash(bytes: &[u8]) -> u64 {
 }
 
 /// Pairs what the tap forwarded (`sent`, in order) with what the capture
-/// got (`received`, in order), probes left out on both sides: the first
-/// copy of each datagram is an arrival (sequence number = its index at the
-/// tap, times in ns after the first datagram sent), further copies are
-/// duplicates, and datagrams the tap never saw are counted in the second
+/// got (`received`, in order), probes left out on both sides. A stream
+/// repeats itself now and then (a datagram holding only tables, whose
+/// counters wrap after 16 copies), so a received datagram is paired with the
+/// *latest* unpaired sent copy of its bytes sent before it arrived: a lost
+/// copy is not mistaken for an earlier one that took seconds. That is an
+/// arrival (sequence number = its index at the tap, times in ns after the
+/// first datagram sent); a received copy with nothing left to pair is a
+/// duplicate, and datagrams the tap never saw are counted in the second
 /// value (none are expected).
 pub fn match_datagrams(sent: &[Stamped], received: &[Stamped]) -> (Trace, u64) {
     let sent: Vec<&Stamped> = sent.iter().filter(|d| d.bytes != PROBE).collect();
@@ -142,22 +147,27 @@ pub fn match_datagrams(sent: &[Stamped], received: &[Stamped]) -> (Trace, u64) {
     let ns = |at: Instant| {
         u64::try_from(at.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX)
     };
-    let mut waiting: HashMap<u64, VecDeque<usize>> = HashMap::new();
+    // Per content, the unpaired copies in the order they were sent.
+    let mut unpaired: HashMap<u64, Vec<usize>> = HashMap::new();
     for (seq, d) in sent.iter().enumerate() {
-        waiting.entry(hash(&d.bytes)).or_default().push_back(seq);
+        unpaired.entry(hash(&d.bytes)).or_default().push(seq);
     }
     let (mut arrivals, mut duplicated, mut foreign) = (Vec::new(), 0, 0);
     for d in received.iter().filter(|d| d.bytes != PROBE) {
-        match waiting.get_mut(&hash(&d.bytes)) {
-            Some(queue) => match queue.pop_front() {
-                Some(seq) => arrivals.push(Arrival {
+        let Some(copies) = unpaired.get_mut(&hash(&d.bytes)) else {
+            foreign += 1;
+            continue;
+        };
+        match copies.iter().rposition(|&seq| sent[seq].at <= d.at) {
+            Some(i) => {
+                let seq = copies.remove(i);
+                arrivals.push(Arrival {
                     seq: seq as u64,
                     sent_ns: ns(sent[seq].at),
                     recv_ns: ns(d.at),
-                }),
-                None => duplicated += 1,
-            },
-            None => foreign += 1,
+                });
+            }
+            None => duplicated += 1,
         }
     }
     let trace = Trace {
@@ -197,22 +207,16 @@ mod tests {
     #[test]
     fn matching_finds_latency_loss_duplicates_and_strangers() {
         let t = Instant::now();
-        let sent = vec![
-            at(t, 0, b"a"),
-            at(t, 1, b"b"),
-            at(t, 2, b"a"),
-            at(t, 3, b"c"),
-        ];
+        let sent = vec![at(t, 0, b"a"), at(t, 1, b"b"), at(t, 2, b"c")];
         let received = vec![
             at(t, 5, PROBE),
             at(t, 10, b"a"),
             at(t, 12, b"a"),
-            at(t, 13, b"a"),
             at(t, 14, b"c"),
             at(t, 15, b"zz"),
         ];
         let (trace, foreign) = match_datagrams(&sent, &received);
-        assert_eq!(trace.sent, 4);
+        assert_eq!(trace.sent, 3);
         assert_eq!(foreign, 1);
         assert_eq!(trace.duplicated, 1);
         let got: Vec<(u64, u64)> = trace
@@ -220,9 +224,25 @@ mod tests {
             .iter()
             .map(|a| (a.seq, (a.recv_ns - a.sent_ns) / 1_000_000))
             .collect();
-        // Equal datagrams pair in order; "b" was lost.
-        assert_eq!(got, vec![(0, 10), (2, 10), (3, 11)]);
+        // "b" was lost.
+        assert_eq!(got, vec![(0, 10), (2, 12)]);
         assert_eq!(reordered(&trace), 0);
+    }
+
+    #[test]
+    fn a_repeated_datagram_pairs_with_the_copy_sent_last_before_it_arrived() {
+        let t = Instant::now();
+        // The same bytes 1.6 s apart; the first copy is lost.
+        let sent = vec![at(t, 0, b"tables"), at(t, 1, b"x"), at(t, 1600, b"tables")];
+        let received = vec![at(t, 11, b"x"), at(t, 1610, b"tables")];
+        let (trace, _) = match_datagrams(&sent, &received);
+        let got: Vec<(u64, u64)> = trace
+            .arrivals
+            .iter()
+            .map(|a| (a.seq, (a.recv_ns - a.sent_ns) / 1_000_000))
+            .collect();
+        assert_eq!(got, vec![(1, 10), (2, 10)]);
+        assert_eq!(trace.duplicated, 0);
     }
 
     #[test]
