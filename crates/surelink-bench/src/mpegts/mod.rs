@@ -443,7 +443,7 @@ pub fn main(argv: impl Iterator<Item = std::ffi::OsString>) -> anyhow::Result<()
     let mut groups = Vec::new();
     for &link in &links {
         let (budget_ms, budget_source) = match link.budget {
-            Budget::Fixed(ms) => (ms, format!("fixed: {ms} ms (below two round trips)")),
+            Budget::Fixed(ms) => (ms, "fixed, below two round trips".to_owned()),
             Budget::MatchSrt if !srt_measured => (
                 link.srt_latency_ms,
                 format!(
