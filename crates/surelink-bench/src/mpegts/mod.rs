@@ -112,7 +112,7 @@ pub const SYSTEMS: &[SystemSpec] = &[
     SystemSpec {
         name: "surelink-deadline-fec",
         carrier: Carrier::Surelink { deadline: true },
-        send_flags: &["--fec"],
+        send_flags: &["--fec", "auto"],
         needs_send_flag: Some("--fec"),
     },
     SystemSpec {
