@@ -73,7 +73,7 @@ pub fn run(
 }
 
 /// The receiver's own count of what it gave up on, as a table cell.
-fn own_count(run: &RtRun) -> String {
+pub(crate) fn own_count(run: &RtRun) -> String {
     let Some(d) = &run.receiver else {
         return "—".to_owned();
     };

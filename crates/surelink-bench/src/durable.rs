@@ -468,15 +468,16 @@ enum Victim {
     Receiver,
 }
 
-/// A child process of the CLI whose stderr lines arrive on a channel; killed
-/// when dropped.
-struct Proc {
+/// A child process (the CLI, or any tool) whose stderr lines arrive on a
+/// channel; killed when dropped.
+pub(crate) struct Proc {
     child: Child,
     lines: Receiver<String>,
 }
 
 impl Proc {
-    fn spawn(bin: &Path, args: &[String]) -> anyhow::Result<Self> {
+    /// Starts `bin` (a path, or a name looked up on `PATH`) with `args`.
+    pub(crate) fn spawn(bin: &Path, args: &[String]) -> anyhow::Result<Self> {
         let mut child = Command::new(bin)
             .args(args)
             .stdin(Stdio::null())
@@ -495,7 +496,7 @@ impl Proc {
     }
 
     /// Waits (bounded) for a stderr line containing `marker`.
-    fn wait_line(&mut self, marker: &str) -> anyhow::Result<()> {
+    pub(crate) fn wait_line(&mut self, marker: &str) -> anyhow::Result<()> {
         let deadline = Instant::now() + WAIT_LIMIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -507,15 +508,29 @@ impl Proc {
         }
     }
 
+    /// The stderr lines that arrived since the last call (or the start).
+    pub(crate) fn take_lines(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
     /// SIGKILL, then reap.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// Waits (bounded) for a successful exit.
-    fn wait_success(&mut self, what: &str) -> anyhow::Result<()> {
-        let deadline = Instant::now() + WAIT_LIMIT;
+    pub(crate) fn wait_success(&mut self, what: &str) -> anyhow::Result<()> {
+        self.wait_success_within(what, WAIT_LIMIT)
+    }
+
+    /// Waits at most `limit` for a successful exit.
+    pub(crate) fn wait_success_within(
+        &mut self,
+        what: &str,
+        limit: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait()? {
                 if !status.success() {
@@ -524,7 +539,7 @@ impl Proc {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("{what} did not finish within {WAIT_LIMIT:?}");
+                bail!("{what} did not finish within {limit:?}");
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -538,7 +553,7 @@ impl Drop for Proc {
 }
 
 /// The `surelink` binary built next to this one.
-fn cli() -> anyhow::Result<PathBuf> {
+pub(crate) fn cli() -> anyhow::Result<PathBuf> {
     let bin = std::env::current_exe()?.with_file_name("surelink");
     if !bin.exists() {
         bail!(

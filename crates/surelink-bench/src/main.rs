@@ -7,7 +7,11 @@
 //!                [--failover-secs S] [--cut-at S] [--cut-secs S] [--deadline-rtts N]
 //!                [--durable-mib N]
 //!                [--json PATH] [--plot PATH.svg] [--install-peers] [--quick]
+//! surelink-bench mpegts [--duration S] [--runs N] [--system LIST] [--link LIST] [--json PATH]
 //! ```
+//!
+//! `mpegts` is a workload of its own (real ffmpeg through the command-line
+//! gateways, see [`mpegts`]), with its own systems and options.
 //!
 //! The markdown tables go to stdout, progress to stderr. See
 //! `docs/BENCHMARKS.md` for what each workload does and the figures.
@@ -18,6 +22,7 @@ mod cpu;
 mod deadline;
 mod durable;
 mod failover;
+mod mpegts;
 mod plot;
 mod report;
 mod rows;
@@ -125,7 +130,12 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    match main_inner() {
+    let outcome = if std::env::args_os().nth(1).is_some_and(|a| a == "mpegts") {
+        mpegts::main(std::env::args_os().skip(1))
+    } else {
+        main_inner()
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("surelink-bench: error: {e:#}");

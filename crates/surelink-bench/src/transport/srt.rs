@@ -32,16 +32,39 @@ use crate::cpu;
 use crate::workload::BulkRun;
 
 /// The live-mode tool.
-const LIVE: &str = "srt-live-transmit";
+pub(crate) const LIVE: &str = "srt-live-transmit";
 /// The file-mode tool.
 const FILE: &str = "srt-file-transmit";
 
 /// Finds `name` on `PATH`.
-fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
+}
+
+/// Installs the Debian `package` with `apt-get install -y` (and
+/// `apt-get update` first if that fails).
+pub(crate) fn apt_install(package: &str) -> Result<(), String> {
+    let apt = |args: &[&str]| {
+        std::process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    eprintln!("surelink-bench: installing {package} with apt-get");
+    if !apt(&["install", "-y", package]) {
+        let _ = apt(&["update"]);
+        if !apt(&["install", "-y", package]) {
+            return Err(format!("apt-get install -y {package} failed"));
+        }
+    }
+    Ok(())
 }
 
 /// Whether SRT can be measured: `Ok(version line)` or `Err(why not)`.
@@ -54,23 +77,7 @@ pub fn ensure(install: bool) -> Result<String, String> {
                 "{LIVE} / {FILE} not found (Debian package srt-tools; rerun with --install-peers)"
             ));
         }
-        let apt = |args: &[&str]| {
-            std::process::Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false)
-        };
-        eprintln!("surelink-bench: installing srt-tools with apt-get");
-        if !apt(&["install", "-y", "srt-tools"]) {
-            let _ = apt(&["update"]);
-            if !apt(&["install", "-y", "srt-tools"]) {
-                return Err("apt-get install -y srt-tools failed".to_owned());
-            }
-        }
+        apt_install("srt-tools")?;
         if which(LIVE).is_none() || which(FILE).is_none() {
             return Err("srt-tools installed but its tools are not on PATH".to_owned());
         }
@@ -121,6 +128,17 @@ pub async fn open_live(
 /// Packets between two statistics lines of the receiving tool.
 const STATS_EVERY: u32 = 100;
 
+/// The options that make a live-mode tool write its cumulative counters as
+/// JSON lines into `file` every [`STATS_EVERY`] packets.
+pub(crate) fn stats_args(file: &Path) -> [String; 4] {
+    [
+        format!("-s:{STATS_EVERY}"),
+        "-pf:json".to_owned(),
+        "-f".to_owned(),
+        format!("-statsout:{}", file.display()),
+    ]
+}
+
 /// [`open_live`], and with `stats`, the receiving tool writes its cumulative
 /// counters as JSON lines into that file every [`STATS_EVERY`] packets
 /// (read them with [`receiver_stats`]).
@@ -138,12 +156,7 @@ pub async fn open_live_with_stats(
     let timeout = format!("-t:{}", lifetime.as_secs().max(1));
     let mut args = vec!["-a:no".to_owned(), timeout.clone()];
     if let Some(file) = stats {
-        args.extend([
-            format!("-s:{STATS_EVERY}"),
-            "-pf:json".to_owned(),
-            "-f".to_owned(),
-            format!("-statsout:{}", file.display()),
-        ]);
+        args.extend(stats_args(file));
     }
     args.extend([
         format!("srt://127.0.0.1:{srt_port}?mode=listener&latency={latency_ms}"),
@@ -199,12 +212,7 @@ pub async fn open_live_with_stats(
 /// Cumulative since the connection started, so they include the set-up
 /// probes, and they miss the last (< [`STATS_EVERY`]) packets of a run.
 pub fn receiver_stats(file: &Path) -> Option<Diagnostics> {
-    let text = std::fs::read_to_string(file).ok()?;
-    let last = text
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))?;
-    let value: serde_json::Value = serde_json::from_str(last).ok()?;
+    let value = last_stats(file)?;
     let recv = value.get("recv")?;
     let field = |name: &str| recv.get(name).and_then(serde_json::Value::as_f64);
     Some(Diagnostics::from([
@@ -213,6 +221,25 @@ pub fn receiver_stats(file: &Path) -> Option<Diagnostics> {
         ("srt_recv_dropped_too_late", field("packetsDropped")?),
         ("srt_recv_belated", field("packetsBelated")?),
     ]))
+}
+
+/// The packets a sending tool retransmitted, from the last line of its
+/// statistics file (see [`stats_args`]).
+pub fn sender_retransmissions(file: &Path) -> Option<f64> {
+    last_stats(file)?
+        .get("send")?
+        .get("packetsRetransmitted")?
+        .as_f64()
+}
+
+/// The last JSON line of a statistics file of `srt-live-transmit`.
+fn last_stats(file: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))?;
+    serde_json::from_str(last).ok()
 }
 
 /// Makes a file of `bytes` bytes in `dir`.
