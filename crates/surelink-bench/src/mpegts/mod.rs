@@ -52,7 +52,7 @@ use serde::Serialize;
 
 use crate::deadline::own_count;
 use crate::durable::{cli, Proc};
-use crate::report::{med_u64, Median as _};
+use crate::rows::{med_u64, Median as _};
 use crate::run::isolated;
 use crate::transport::{free_udp_port, loopback, srt, Diagnostics};
 use crate::workload::RtRun;
