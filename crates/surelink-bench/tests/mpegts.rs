@@ -18,7 +18,14 @@ fn a_short_clip_through_a_clean_link_arrives_whole() {
         .args(["mpegts", "--duration", "2", "--runs", "1"])
         // Installs ffmpeg with apt-get if it is missing, as the harness
         // does for its peers; fails naming the package if that fails.
-        .args(["--system", "udp", "--link", "10ms-0%", "--install-peers", "--json"])
+        .args([
+            "--system",
+            "udp",
+            "--link",
+            "10ms-0%",
+            "--install-peers",
+            "--json",
+        ])
         .arg(&json)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
