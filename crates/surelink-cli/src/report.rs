@@ -33,6 +33,7 @@ pub fn stats_line(role: &str, conn: &Connection, started: Instant) -> String {
         "bytes_sent": s.bytes_sent,
         "bytes_received": s.bytes_received,
         "packets_lost": s.packets_lost,
+        "spurious_losses": s.spurious_losses,
         "retransmissions": s.retransmissions,
         "retransmission_rate": s.retransmission_rate(),
         "probe_timeouts": s.probe_timeouts,
@@ -161,5 +162,10 @@ fn path_json(p: &surelink::PathStats) -> serde_json::Value {
         "bytes_sent": p.bytes_sent,
         "bytes_received": p.bytes_received,
         "packets_lost": p.packets_lost,
+        "spurious_losses": p.spurious_losses,
+        "latest_rtt_ms": p.latest_rtt.as_secs_f64() * 1e3,
+        "min_rtt_ms": p.min_rtt.as_secs_f64() * 1e3,
+        "reordering_distance": p.reordering_distance,
+        "reordering_window_ms": p.reordering_window.as_secs_f64() * 1e3,
     })
 }

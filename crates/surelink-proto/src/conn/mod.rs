@@ -34,6 +34,7 @@ mod path;
 mod path_set;
 mod phi;
 mod protection;
+mod rack;
 mod reassembly;
 mod received;
 mod recovery;

@@ -33,6 +33,9 @@ pub struct ConnectionStats {
     pub bytes_received: u64,
     /// Packets declared lost.
     pub packets_lost: u64,
+    /// Of those, packets acknowledged after all: the loss was spurious (the
+    /// packets lost on the wire are `packets_lost - spurious_losses`).
+    pub spurious_losses: u64,
     /// Message fragments queued for retransmission.
     pub retransmissions: u64,
     /// Message payload bytes handed to the connection for sending.
