@@ -2,7 +2,7 @@
 //! reordering without loss is tolerated (no congestion reaction, almost no
 //! retransmission), a loss that proves spurious is undone and widens the
 //! reordering window, and deadline channels stay on time through reordering
-//! and loss.
+//! and loss, their losses found without a probe timeout.
 
 mod harness;
 
@@ -116,5 +116,8 @@ fn deadline_channel_never_delivers_late_through_reordering_and_loss() {
         }
         let c = out.client_stats.unwrap();
         assert!(c.packets_lost > c.spurious_losses, "seed {seed}: real loss");
+        // Every loss, lost retransmissions included, was found from the
+        // acknowledgements of later packets, never by waiting for a probe timeout.
+        assert_eq!(c.probe_timeouts, 0, "seed {seed}");
     }
 }
