@@ -166,9 +166,17 @@ impl Rack {
         new_episode
     }
 
-    /// Forgets losses declared before `before` (no longer worth remembering).
+    /// Forgets losses declared before `before` (no longer worth remembering),
+    /// from the lowest packet number up (losses are declared roughly in
+    /// packet-number order; a straggler waits for the ones below it).
     pub fn forget_losses_before(&mut self, before: Instant) {
-        self.lost.retain(|_, l| l.declared >= before);
+        while self
+            .lost
+            .first_key_value()
+            .is_some_and(|(_, l)| l.declared < before)
+        {
+            self.lost.pop_first();
+        }
     }
 
     /// The packets `pns` were acknowledged: those declared lost were lost
