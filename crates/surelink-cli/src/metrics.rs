@@ -435,6 +435,11 @@ mod tests {
             bytes_sent: 0,
             bytes_received: 0,
             packets_lost: 9,
+            spurious_losses: 0,
+            latest_rtt: Duration::from_millis(30),
+            min_rtt: Duration::from_millis(29),
+            reordering_distance: 0,
+            reordering_window: Duration::from_millis(7),
         });
         let registry = registry_for(&stats);
 

@@ -24,7 +24,8 @@
 //! mechanisms, each in its own module: `lifecycle` (open, closing, draining),
 //! `handshake` (its messages and its input), `transmit` (packet assembly),
 //! `path_set` and `path` (paths, validation, liveness, failover), `recovery`
-//! (ACKs, loss, probe timeout), `timers` (the timer table) and [`congestion`].
+//! (ACKs, loss, probe timeout; loss judged by `rack`), `timers` (the timer
+//! table) and [`congestion`].
 
 pub mod congestion;
 mod handshake;
@@ -34,6 +35,7 @@ mod path;
 mod path_set;
 mod phi;
 mod protection;
+mod rack;
 mod reassembly;
 mod received;
 mod recovery;

@@ -93,6 +93,17 @@ pub struct PathStats {
     pub bytes_received: u64,
     /// Packets sent on it and declared lost.
     pub packets_lost: u64,
+    /// Of those, packets acknowledged after all (the loss was spurious).
+    pub spurious_losses: u64,
+    /// Most recent RTT sample.
+    pub latest_rtt: Duration,
+    /// Smallest RTT seen.
+    pub min_rtt: Duration,
+    /// Largest reordering seen: how many packet numbers below the largest
+    /// acknowledged one a packet was acknowledged.
+    pub reordering_distance: u64,
+    /// The RACK reordering window currently allowed before a packet is lost.
+    pub reordering_window: Duration,
 }
 
 /// What a validated path is for: the state it returns to when a suspicion
@@ -202,6 +213,8 @@ pub struct Path {
     pub(super) bytes_sent: u64,
     pub(super) bytes_received: u64,
     pub(super) packets_lost: u64,
+    /// Packets sent on it, declared lost and acknowledged after all.
+    pub(super) spurious_losses: u64,
 }
 
 impl Path {
@@ -267,6 +280,7 @@ impl Path {
             bytes_sent: 0,
             bytes_received: 0,
             packets_lost: 0,
+            spurious_losses: 0,
         }
     }
 
@@ -458,6 +472,14 @@ impl Path {
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
             packets_lost: self.packets_lost,
+            spurious_losses: self.spurious_losses,
+            latest_rtt: self.rtt.latest(),
+            min_rtt: self.rtt.min(),
+            reordering_distance: self.sent.rack().reordering_distance(),
+            reordering_window: self
+                .sent
+                .rack()
+                .reo_wnd(self.rtt.min(), self.rtt.smoothed()),
         }
     }
 }

@@ -3,9 +3,15 @@
 //! One packet-number space, loss judged per path: an ACK frame is applied to
 //! every path's sent-packet map ([`super::sent`]), each path takes its own RTT
 //! sample, feeds its congestion controller (with a delivery-rate sample) and
-//! detects its own losses by packet and time threshold. What lost packets
-//! carried is re-queued (messages, SKIP, MAX_DATA, CLOSE); the probe timeout
-//! (PTO) backs off exponentially up to `max_pto`.
+//! detects its own losses with RACK ([`super::rack`]: time since the newest
+//! acknowledged packet was sent, plus an adaptive reordering window). What
+//! lost packets carried is re-queued (messages, SKIP, MAX_DATA, CLOSE); one
+//! congestion event is reported per loss episode. A packet acknowledged after
+//! it was declared lost is a spurious loss: what it carried counts as
+//! acknowledged (a queued retransmission of it is dropped), the reordering
+//! window widens, and when the whole episode proves spurious the controller
+//! undoes its reduction (`on_spurious_loss`). The probe timeout (PTO) backs
+//! off exponentially up to `max_pto`.
 //!
 //! Driven by the conductor (`on_ack_frame` for each ACK frame) and by the
 //! timer table (the loss-detection timer: `detect_lost` at the loss time,
@@ -16,6 +22,9 @@ use std::time::{Duration, Instant};
 use super::congestion::{AckEvent, AckedPacket};
 use super::sent::{SentFrame, SentPacket};
 use super::{close_code, Connection};
+
+/// How long declared losses are remembered, in probe timeouts.
+const LOSS_MEMORY_PTOS: u32 = 4;
 
 impl Connection {
     /// Applies an ACK frame that arrived on `path` to every path's packets.
@@ -37,7 +46,7 @@ impl Connection {
             let p = &mut self.paths[i];
             let in_flight_before = p.sent.bytes_in_flight();
             let outcome = p.sent.on_ack(now, &ack.ranges);
-            if outcome.acked.is_empty() {
+            if outcome.acked.is_empty() && outcome.spurious.is_empty() {
                 continue;
             }
             if let Some(sample) = outcome.rtt_sample {
@@ -78,6 +87,16 @@ impl Connection {
                 });
                 p.pto_count = 0;
             }
+            for spurious in &outcome.spurious {
+                self.stats.spurious_losses += 1;
+                p.spurious_losses += 1;
+                if spurious.undo {
+                    p.cc.on_spurious_loss(now);
+                }
+            }
+            for frag in outcome.spurious.iter().flat_map(|s| &s.fragments) {
+                self.send_queue.on_acked(frag);
+            }
             let frames: Vec<SentFrame> = outcome
                 .acked
                 .into_iter()
@@ -103,13 +122,17 @@ impl Connection {
     /// re-arms its loss time.
     pub(super) fn detect_lost(&mut self, now: Instant, path: usize) {
         let p = &mut self.paths[path];
-        let (lost, next) = p.sent.detect_lost(now, p.rtt.loss_delay());
-        p.loss_time = next;
-        self.on_packets_lost(now, path, lost, true);
+        let reo_wnd = p.sent.rack().reo_wnd(p.rtt.min(), p.rtt.smoothed());
+        // A late acknowledgement can show a loss spurious for a few round trips.
+        let remember_for = p.rtt.pto_base() * LOSS_MEMORY_PTOS;
+        let outcome = p.sent.detect_lost(now, reo_wnd, remember_for);
+        p.loss_time = outcome.next;
+        self.on_packets_lost(now, path, outcome.lost, outcome.new_episode);
     }
 
     /// Re-queues what lost packets carried; `congestion` says the loss is a
-    /// congestion signal for the path (not so when a path is abandoned).
+    /// congestion signal for the path (a new loss episode; not so when a path
+    /// is abandoned).
     pub(super) fn on_packets_lost(
         &mut self,
         now: Instant,

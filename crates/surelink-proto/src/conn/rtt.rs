@@ -81,12 +81,6 @@ impl RttEstimator {
     pub fn pto_base(&self) -> Duration {
         self.smoothed() + (self.var * 4).max(GRANULARITY)
     }
-
-    /// How old an unacknowledged packet must be, relative to a later acknowledged
-    /// one, to count as lost: 9/8 of the larger of latest and smoothed RTT.
-    pub fn loss_delay(&self) -> Duration {
-        (self.latest.max(self.smoothed()) * 9 / 8).max(GRANULARITY)
-    }
 }
 
 #[cfg(test)]

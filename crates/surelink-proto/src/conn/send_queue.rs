@@ -12,7 +12,8 @@
 //! Deadline messages are abandoned once a (re)transmission could no longer
 //! arrive in time, unreliable ones as soon as a fragment is lost; abandoning a
 //! message abandons everything before it on its channel, and a SKIP frame tells
-//! the receiver not to wait for them.
+//! the receiver not to wait for them. Retransmissions go by urgency: deadline
+//! fragments earliest deadline first, then the rest in the order they were lost.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -70,6 +71,15 @@ impl Fragment {
                 now_us.saturating_add(slack_us.saturating_mul(4)) > gives_up
             }
             _ => false,
+        }
+    }
+
+    /// When a deadline fragment is due at the receiver, µs since the
+    /// connection epoch (`None` for other delivery modes).
+    fn due_us(&self) -> Option<u64> {
+        match self.delivery {
+            Delivery::Deadline(d) => Some(self.timestamp_us.saturating_add(d)),
+            _ => None,
         }
     }
 
@@ -364,18 +374,33 @@ impl SendQueue {
         }
         if f.msg_len == 0 {
             self.retransmitted += 1;
-            self.retransmit.push_back(f);
+            self.queue_retransmission(f);
             return;
         }
         let gaps = u.acked.gaps_in(f.offset..f.offset + f.data.len() as u64);
+        let data = u.data.clone();
         for gap in gaps {
             self.retransmitted += 1;
             self.retransmitted_bytes += gap.end - gap.start;
             let mut r = f.clone();
             r.offset = gap.start;
-            r.data = u.data.slice(gap.start as usize..gap.end as usize);
-            self.retransmit.push_back(r);
+            r.data = data.slice(gap.start as usize..gap.end as usize);
+            self.queue_retransmission(r);
         }
+    }
+
+    /// Queues a retransmission by urgency: deadline fragments first, earliest
+    /// deadline first (ties in loss order), then everything else in loss order.
+    fn queue_retransmission(&mut self, f: Fragment) {
+        let at = match f.due_us() {
+            Some(due) => self
+                .retransmit
+                .iter()
+                .position(|q| q.due_us().is_none_or(|q_due| q_due > due))
+                .unwrap_or(self.retransmit.len()),
+            None => self.retransmit.len(),
+        };
+        self.retransmit.insert(at, f);
     }
 
     /// Drops everything (connection aborted).
@@ -433,6 +458,24 @@ mod tests {
         q.on_acked(&e);
         assert!(q.is_empty());
         assert_eq!(q.buffered(), 0);
+    }
+
+    #[test]
+    fn deadline_retransmissions_go_earliest_deadline_first() {
+        let mut q = SendQueue::default();
+        q.push(0, Bytes::from_static(b"r"), 0, Delivery::Reliable);
+        q.push(1, Bytes::from_static(b"a"), 50, Delivery::Deadline(1000));
+        q.push(2, Bytes::from_static(b"b"), 0, Delivery::Deadline(500));
+        q.push(1, Bytes::from_static(b"c"), 60, Delivery::Deadline(1000));
+        let sent: Vec<Fragment> = (0..4).map(|_| next(&mut q, 100).unwrap()).collect();
+        // Lost in sending order: the reliable one first, yet it goes last.
+        for f in sent {
+            q.on_lost(f);
+        }
+        let order: Vec<(u64, u64)> = (0..4)
+            .map(|_| next(&mut q, 100).map(|f| (f.channel, f.seq)).unwrap())
+            .collect();
+        assert_eq!(order, vec![(2, 0), (1, 0), (1, 1), (0, 0)]);
     }
 
     #[test]

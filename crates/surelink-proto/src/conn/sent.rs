@@ -1,20 +1,22 @@
 //! Packets in flight and loss detection (RFC 9002 §6).
 //!
-//! Every sent packet is remembered until acknowledged or declared lost. A packet
-//! is lost when a packet sent at least [`PACKET_THRESHOLD`] later was
-//! acknowledged, or when it is older than the loss delay (9/8 RTT) relative to
-//! an acknowledged later packet. The frames a packet carried are handed back so
-//! the connection can retransmit what needs retransmitting.
+//! Every sent packet is remembered until acknowledged or declared lost. Loss
+//! is judged by RACK ([`super::rack`]): a packet sent before the most recently
+//! sent packet acknowledged is lost once it is older than that packet's RTT
+//! plus the reordering window, or, until reordering is seen, once
+//! [`PACKET_THRESHOLD`](super::rack::PACKET_THRESHOLD) later packets were
+//! acknowledged. The frames a packet carried are handed back so the
+//! connection can retransmit what needs retransmitting; declared losses are
+//! remembered for a few round trips so an acknowledgement that comes after
+//! all is recognised as a spurious loss.
 
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
 use super::congestion::DeliveryState;
+use super::rack::{Rack, Spurious};
 use super::send_queue::Fragment;
-
-/// Reordering tolerance in packets.
-pub const PACKET_THRESHOLD: u64 = 3;
 
 /// What a packet carried that may need action when it is acknowledged or lost.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +62,19 @@ pub struct AckOutcome {
     pub acked: Vec<(u64, SentPacket)>,
     /// RTT sample from the largest newly acknowledged packet, if ack-eliciting.
     pub rtt_sample: Option<Duration>,
+    /// Packets acknowledged after they had been declared lost.
+    pub spurious: Vec<Spurious>,
+}
+
+/// Packets declared lost by one call of [`SentPackets::detect_lost`].
+#[derive(Debug, Default)]
+pub struct LossOutcome {
+    /// The lost packets, ascending.
+    pub lost: Vec<(u64, SentPacket)>,
+    /// True if one of them opens a new loss episode (a congestion event).
+    pub new_episode: bool,
+    /// When the next not-yet-lost packet would become lost.
+    pub next: Option<Instant>,
 }
 
 /// Packets sent and not yet acknowledged or lost.
@@ -70,6 +85,7 @@ pub struct SentPackets {
     bytes_in_flight: u64,
     eliciting_in_flight: u64,
     last_eliciting_sent: Option<Instant>,
+    rack: Rack,
 }
 
 impl SentPackets {
@@ -112,7 +128,12 @@ impl SentPackets {
         std::mem::take(&mut self.packets).into_iter().collect()
     }
 
-    /// Applies the ranges of an ACK frame, highest first.
+    /// The path's RACK state (reordering seen, reordering window).
+    pub fn rack(&self) -> &Rack {
+        &self.rack
+    }
+
+    /// Applies the ranges of an ACK frame (given highest first).
     pub fn on_ack(&mut self, now: Instant, ranges: &[RangeInclusive<u64>]) -> AckOutcome {
         let mut out = AckOutcome::default();
         for r in ranges.iter().rev() {
@@ -120,9 +141,11 @@ impl SentPackets {
             for pn in pns {
                 if let Some(p) = self.packets.remove(&pn) {
                     self.forget(&p);
+                    self.rack.on_acked(now, pn, p.time, self.largest_acked);
                     out.acked.push((pn, p));
                 }
             }
+            out.spurious.extend(self.rack.on_spurious_in(r.clone()));
         }
         if let Some((pn, p)) = out.acked.last() {
             if self.largest_acked.is_none_or(|l| *pn > l) {
@@ -135,33 +158,45 @@ impl SentPackets {
         out
     }
 
-    /// Declares lost what the thresholds say is lost. Returns the lost packets and
-    /// the time at which the next not-yet-lost packet would become lost.
+    /// Declares lost what RACK says is lost, given the reordering window
+    /// `reo_wnd`, and remembers those losses until `remember_for` has passed.
     pub fn detect_lost(
         &mut self,
         now: Instant,
-        loss_delay: Duration,
-    ) -> (Vec<(u64, SentPacket)>, Option<Instant>) {
-        let Some(largest) = self.largest_acked else {
-            return (Vec::new(), None);
+        reo_wnd: Duration,
+        remember_for: Duration,
+    ) -> LossOutcome {
+        if let Some(before) = now.checked_sub(remember_for) {
+            self.rack.forget_losses_before(before);
+        }
+        let mut out = LossOutcome::default();
+        let Some(newest) = self.rack.newest_acked() else {
+            return out;
         };
-        let mut lost = Vec::new();
-        let mut next = None;
-        let lost_before = now.checked_sub(loss_delay);
-        let candidates: Vec<u64> = self.packets.range(..largest).map(|(&pn, _)| pn).collect();
+        let candidates: Vec<u64> = self.packets.range(..newest).map(|(&pn, _)| pn).collect();
         for pn in candidates {
             let p = &self.packets[&pn];
-            let by_time = lost_before.is_some_and(|t| p.time <= t);
-            if by_time || largest >= pn + PACKET_THRESHOLD {
+            let at = self.rack.lost_at(p.time, reo_wnd).expect("an ACK was seen");
+            if at <= now || self.rack.lost_by_count(pn) {
                 let p = self.packets.remove(&pn).expect("present");
                 self.forget(&p);
-                lost.push((pn, p));
+                if p.ack_eliciting {
+                    let fragments = p
+                        .frames
+                        .iter()
+                        .filter_map(|f| match f {
+                            SentFrame::Msg(frag) => Some(frag.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    out.new_episode |= self.rack.on_declared_lost(now, pn, p.time, fragments);
+                }
+                out.lost.push((pn, p));
             } else {
-                let at = p.time + loss_delay;
-                next = Some(next.map_or(at, |n: Instant| n.min(at)));
+                out.next = Some(out.next.map_or(at, |n: Instant| n.min(at)));
             }
         }
-        (lost, next)
+        out
     }
 }
 
@@ -184,32 +219,58 @@ mod tests {
         }
     }
 
+    fn pns(lost: &[(u64, SentPacket)]) -> Vec<u64> {
+        lost.iter().map(|(pn, _)| *pn).collect()
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
     #[test]
-    fn packet_and_time_thresholds() {
+    fn packet_threshold_then_time_after_the_newest_acked() {
         let t0 = Instant::now();
-        let ms = Duration::from_millis(1);
         let mut s = SentPackets::default();
         for pn in 0..6 {
-            s.on_sent(pn, pkt(t0 + ms * pn as u32));
+            s.on_sent(pn, pkt(t0 + MS * pn as u32));
         }
         assert_eq!(s.bytes_in_flight(), 600);
-        let out = s.on_ack(t0 + 20 * ms, &[4..=4]);
+        let out = s.on_ack(t0 + 20 * MS, &[4..=4]);
         assert_eq!(out.acked.len(), 1);
-        assert_eq!(out.rtt_sample, Some(16 * ms));
-        let (lost, next) = s.detect_lost(t0 + 20 * ms, 100 * ms);
-        // 0 and 1 are 3+ below 4; 2 and 3 wait for the timer.
-        assert_eq!(
-            lost.iter().map(|(pn, _)| *pn).collect::<Vec<_>>(),
-            vec![0, 1]
-        );
-        assert_eq!(next, Some(t0 + 2 * ms + 100 * ms));
-        let (lost, _) = s.detect_lost(t0 + 103 * ms, 100 * ms);
-        assert_eq!(
-            lost.iter().map(|(pn, _)| *pn).collect::<Vec<_>>(),
-            vec![2, 3]
-        );
+        assert_eq!(out.rtt_sample, Some(16 * MS));
+        let out = s.detect_lost(t0 + 20 * MS, 4 * MS, 100 * MS);
+        // 0 and 1 are 3+ below 4; 2 and 3 wait for RACK.rtt (16) + reo_wnd (4).
+        assert_eq!(pns(&out.lost), vec![0, 1]);
+        assert!(out.new_episode);
+        assert_eq!(out.next, Some(t0 + 2 * MS + 20 * MS));
+        let out = s.detect_lost(t0 + 23 * MS, 4 * MS, 100 * MS);
+        assert_eq!(pns(&out.lost), vec![2, 3]);
+        assert!(!out.new_episode, "sent before the episode began");
         assert_eq!(s.bytes_in_flight(), 100);
-        // Acking an old number again changes nothing.
-        assert!(s.on_ack(t0, &[0..=4]).acked.is_empty());
+        // Acking the lost numbers late: every one was a spurious loss, and the
+        // episode is undone once the last of them is acknowledged.
+        let out = s.on_ack(t0 + 30 * MS, &[0..=4]);
+        assert!(out.acked.is_empty());
+        let undo: Vec<bool> = out.spurious.iter().map(|s| s.undo).collect();
+        assert_eq!(undo, vec![false, false, false, true]);
+        assert!(!s.rack().lost_by_count(0), "reordering seen");
+        assert!(s.on_ack(t0 + 31 * MS, &[0..=4]).spurious.is_empty());
+    }
+
+    #[test]
+    fn reordered_acks_within_the_window_are_not_losses() {
+        let t0 = Instant::now();
+        let mut s = SentPackets::default();
+        for pn in 0..10 {
+            s.on_sent(pn, pkt(t0 + MS * pn as u32));
+        }
+        // 0 arrives 4 ms late, after 1: seen as reordering, not loss.
+        s.on_ack(t0 + 20 * MS, &[1..=1]);
+        s.on_ack(t0 + 24 * MS, &[0..=0, 1..=1]);
+        assert_eq!(s.rack().reordering_distance(), 1);
+        s.on_ack(t0 + 26 * MS, &[0..=5]);
+        // 6 is 3 below 9, but the packet threshold is off after reordering.
+        s.on_ack(t0 + 29 * MS, &[9..=9, 0..=5]);
+        let out = s.detect_lost(t0 + 29 * MS, 5 * MS, 100 * MS);
+        assert!(out.lost.is_empty());
+        assert_eq!(out.next, Some(t0 + 6 * MS + 20 * MS + 5 * MS));
     }
 }

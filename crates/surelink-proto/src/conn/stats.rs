@@ -38,6 +38,9 @@ pub struct ConnectionStats {
     pub bytes_received: u64,
     /// Packets declared lost.
     pub packets_lost: u64,
+    /// Of those, packets acknowledged after all: the loss was spurious (the
+    /// packets lost on the wire are `packets_lost - spurious_losses`).
+    pub spurious_losses: u64,
     /// Message fragments queued for retransmission.
     pub retransmissions: u64,
     /// Message payload bytes handed to the connection for sending.
@@ -199,6 +202,15 @@ impl VisitStats for ConnectionStats {
                 "Packets declared lost.",
             ),
             self.packets_lost,
+        );
+        v.counter(
+            &c(
+                "spurious_losses",
+                "spurious_losses",
+                Count,
+                "Packets declared lost and acknowledged after all (the loss was spurious).",
+            ),
+            self.spurious_losses,
         );
         v.counter(
             &c(
@@ -513,6 +525,51 @@ impl VisitStats for PathStats {
             ),
             self.packets_lost,
         );
+        v.counter(
+            &c(
+                "spurious_losses",
+                "path_spurious_losses",
+                Count,
+                "Packets sent on the path, declared lost and acknowledged after all.",
+            ),
+            self.spurious_losses,
+        );
+        v.gauge(
+            &g(
+                "latest_rtt_ms",
+                "path_latest_rtt",
+                Milliseconds,
+                "Most recent RTT sample of the path.",
+            ),
+            Value::Real(self.latest_rtt.as_secs_f64() * 1e3),
+        );
+        v.gauge(
+            &g(
+                "min_rtt_ms",
+                "path_min_rtt",
+                Milliseconds,
+                "Smallest RTT seen on the path.",
+            ),
+            Value::Real(self.min_rtt.as_secs_f64() * 1e3),
+        );
+        v.gauge(
+            &g(
+                "reordering_distance",
+                "path_reordering_distance",
+                Count,
+                "Largest reordering seen, in packet numbers below the largest acknowledged.",
+            ),
+            Value::Integer(self.reordering_distance),
+        );
+        v.gauge(
+            &g(
+                "reordering_window_ms",
+                "path_reordering_window",
+                Milliseconds,
+                "RACK reordering window allowed before a packet is declared lost.",
+            ),
+            Value::Real(self.reordering_window.as_secs_f64() * 1e3),
+        );
     }
 }
 
@@ -576,6 +633,11 @@ mod tests {
             bytes_sent: 4000,
             bytes_received: 3000,
             packets_lost: 2,
+            spurious_losses: 1,
+            latest_rtt: Duration::from_millis(13),
+            min_rtt: Duration::from_millis(11),
+            reordering_distance: 3,
+            reordering_window: Duration::from_millis(3),
         }
     }
 
