@@ -16,6 +16,7 @@ use tracing_subscriber::EnvFilter;
 
 mod args;
 mod cmd;
+mod congestion;
 mod delivery;
 mod keys;
 mod net;

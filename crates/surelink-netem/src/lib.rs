@@ -74,4 +74,4 @@ pub use link::Link;
 pub use loss::GilbertElliott;
 pub use schedule::{Cut, CutSchedule, Flap};
 pub use stats::LinkStats;
-pub use units::{format_duration, parse_duration};
+pub use units::{format_duration, parse_duration, parse_rate};
