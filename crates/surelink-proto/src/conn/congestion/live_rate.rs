@@ -4,12 +4,15 @@
 //! A live stream's rate is set by its source (a camera, an encoder), not by
 //! the network: sending slower than the input only queues frames until they
 //! miss their deadline, and random loss is not congestion. So the controller
-//! paces at the measured input rate (what the application offered over the
-//! last [`INPUT_WINDOW`], or over its age if the stream is younger, reported
-//! through `on_offered`) times
-//! `1 + overhead` (room for retransmissions, 25 % by default as in SRT),
-//! optionally capped by `max_bw`, and never below a floor of the initial
-//! window per 100 ms so a stream that starts or resumes is not starved.
+//! paces at the measured input rate times `1 + overhead` (room for
+//! retransmissions, 25 % by default as in SRT), optionally capped by
+//! `max_bw`, and never below a floor of the initial window per 100 ms so a
+//! stream that starts or resumes is not starved. The input rate (reported
+//! through `on_offered`) is the peak rate over any [`PEAK_SPAN`] within the
+//! last [`INPUT_WINDOW`]: a video's key frame can be ten times the average
+//! frame, and paced at the average rate it would take longer than a deadline
+//! to leave; paced at the rate it was produced, it leaves within about one
+//! frame interval.
 //!
 //! * **Bursts:** the pacer may release what the rate sends in [`BURST`]
 //!   (about one and a half 30 fps frames) back to back, so a frame queued at
@@ -20,7 +23,8 @@
 //! * **Loss:** ignored (`on_congestion_event` changes nothing), so neither
 //!   random loss nor application-limited periods grow or collapse anything.
 //! * **A real bottleneck:** when, over the last [`BOTTLENECK_WINDOW`], even
-//!   the highest delivery-rate sample stays below half the input rate, the
+//!   the highest delivery-rate sample stays below half the average input
+//!   rate (over the last [`INPUT_WINDOW`]), the
 //!   path cannot carry the stream; the pacing rate is then capped at that
 //!   delivery rate plus the overhead, so the excess waits in our queue (where
 //!   deadlines abandon it) instead of a router's. The cap lifts by itself:
@@ -34,10 +38,9 @@ use super::{AckEvent, CongestionController, PacingRate};
 
 /// The input rate is what the application offered over this long.
 pub const INPUT_WINDOW: Duration = Duration::from_millis(250);
-/// A young stream's input rate is measured over its age, but at least this
-/// long (less than one 30 fps frame interval, so the second frame is not
-/// paced at the rate of half of the first).
-pub const MIN_INPUT_SPAN: Duration = Duration::from_millis(20);
+/// The input rate is the most the application offered within any span this
+/// long (less than one 30 fps frame interval), per second.
+pub const PEAK_SPAN: Duration = Duration::from_millis(20);
 /// The pacer's burst allowance: what the pacing rate releases in this long.
 pub const BURST: Duration = Duration::from_millis(50);
 /// Added to two smoothed RTTs to size the window.
@@ -76,12 +79,10 @@ pub struct LiveRate {
     params: LiveParams,
     /// Floor of the rate and of the window, bytes (the initial window).
     floor_bytes: u64,
-    /// Messages offered within the input window: (when, wire bytes).
+    /// What was offered within the input window, in spans of at most
+    /// [`PEAK_SPAN`] (each starting with its first message): (start, wire bytes).
     offered: VecDeque<(Instant, u64)>,
     offered_bytes: u64,
-    /// When the application started offering after a quiet input window, and
-    /// when it last offered: a young stream's rate is measured over its age.
-    offer_span: Option<(Instant, Instant)>,
     /// Delivery-rate samples within the bottleneck window: (when, bytes/s).
     delivery: VecDeque<(Instant, u64)>,
     smoothed_rtt: Duration,
@@ -96,20 +97,21 @@ impl LiveRate {
             floor_bytes: mss * initial_packets.max(1),
             offered: VecDeque::new(),
             offered_bytes: 0,
-            offer_span: None,
             delivery: VecDeque::new(),
             smoothed_rtt: FLOOR_PERIOD,
         }
     }
 
-    /// The application's input rate over the last [`INPUT_WINDOW`] (over its
-    /// age, but at least [`MIN_INPUT_SPAN`], for a younger stream), bytes/s.
+    /// The application's input rate: the peak over any [`PEAK_SPAN`] of the
+    /// last [`INPUT_WINDOW`], bytes/s.
     pub fn input_rate(&self) -> u64 {
-        let span = self.offer_span.map_or(INPUT_WINDOW, |(first, last)| {
-            last.saturating_duration_since(first)
-                .clamp(MIN_INPUT_SPAN, INPUT_WINDOW)
-        });
-        per_second(self.offered_bytes, span)
+        let peak = self.offered.iter().map(|&(_, b)| b).max().unwrap_or(0);
+        per_second(peak, PEAK_SPAN)
+    }
+
+    /// The application's average input rate over the last [`INPUT_WINDOW`], bytes/s.
+    pub fn average_input_rate(&self) -> u64 {
+        per_second(self.offered_bytes, INPUT_WINDOW)
     }
 
     /// The highest delivery rate of the last [`BOTTLENECK_WINDOW`] if it shows
@@ -119,7 +121,7 @@ impl LiveRate {
             return None;
         }
         let best = self.delivery.iter().map(|&(_, r)| r).max()?;
-        (best.saturating_mul(2) < self.input_rate()).then_some(best)
+        (best.saturating_mul(2) < self.average_input_rate()).then_some(best)
     }
 
     /// Bytes per second the pacer releases.
@@ -146,9 +148,6 @@ impl LiveRate {
             }
             self.offered.pop_front();
             self.offered_bytes -= bytes;
-        }
-        if self.offered.is_empty() {
-            self.offer_span = None;
         }
         while let Some(&(t, _)) = self.delivery.front() {
             if now.saturating_duration_since(t) < BOTTLENECK_WINDOW {
@@ -204,9 +203,12 @@ impl CongestionController for LiveRate {
     fn on_offered(&mut self, now: Instant, bytes: u64) {
         self.forget_before(now);
         let wire = bytes + PER_MESSAGE_OVERHEAD;
-        let first = self.offer_span.map_or(now, |(first, _)| first);
-        self.offer_span = Some((first, now));
-        self.offered.push_back((now, wire));
+        match self.offered.back_mut() {
+            Some((start, span)) if now.saturating_duration_since(*start) < PEAK_SPAN => {
+                *span += wire;
+            }
+            _ => self.offered.push_back((now, wire)),
+        }
         self.offered_bytes += wire;
     }
 }
@@ -253,8 +255,10 @@ mod tests {
         let t0 = Instant::now();
         let mut cc = LiveRate::new(LiveParams::default(), 1452, 4);
         let now = offer_frames(&mut cc, t0, 60);
-        // 8 frames (13 × 1380 wire bytes each) in the last 250 ms.
-        let input = 8 * 13 * 1380 * 4;
+        // 8 frames (13 × 1380 wire bytes each) in the last 250 ms; the input
+        // rate is one frame per 20 ms, the rate it was produced at.
+        assert_eq!(cc.average_input_rate(), 8 * 13 * 1380 * 4);
+        let input = 13 * 1380 * 50;
         assert_eq!(cc.input_rate(), input);
         assert_eq!(cc.rate(), input * 5 / 4);
         let window = cc.window();
@@ -286,10 +290,10 @@ mod tests {
         let t0 = Instant::now();
         let mut cc = LiveRate::new(LiveParams::default(), 1452, 4);
         let now = offer_frames(&mut cc, t0, 60);
-        let input = cc.input_rate();
+        let (input, average) = (cc.input_rate(), cc.average_input_rate());
         // 10 % loss: delivery at 90 % of the input changes nothing.
         for i in 0..20u32 {
-            ack(&mut cc, now - 200 * MS + 10 * MS * i, input * 9 / 10);
+            ack(&mut cc, now - 200 * MS + 10 * MS * i, average * 9 / 10);
         }
         assert_eq!(cc.rate(), input * 5 / 4);
         // A bottleneck at a third of the input for over a second.
@@ -300,11 +304,14 @@ mod tests {
                     cc.on_offered(t, 1316);
                 }
             }
-            ack(&mut cc, t, input / 3);
+            ack(&mut cc, t, average / 3);
         }
-        let input = cc.input_rate();
+        // Capped at the delivery rate (a third of the input) plus 25 %.
         let capped = cc.rate();
-        assert!(capped < input / 2, "{capped} vs input {input}");
-        assert!(capped >= input / 3, "{capped} vs input {input}");
+        let expected = average / 3 * 5 / 4;
+        assert!(
+            capped.abs_diff(expected) < expected / 100,
+            "{capped} vs {expected}"
+        );
     }
 }
