@@ -19,6 +19,7 @@ use tracing_subscriber::EnvFilter;
 
 mod args;
 mod cmd;
+mod congestion;
 mod delivery;
 mod ending;
 mod exit;

@@ -76,4 +76,4 @@ pub use loss::GilbertElliott;
 pub use schedule::{Cut, CutSchedule, Flap};
 pub use seed::splitmix64;
 pub use stats::LinkStats;
-pub use units::{format_duration, parse_duration};
+pub use units::{format_duration, parse_duration, parse_rate};

@@ -118,7 +118,7 @@ pub(crate) fn format_probability(p: f64) -> String {
 }
 
 /// Parses a rate in bits per second, e.g. `10mbit`.
-pub(crate) fn parse_rate(s: &str) -> Result<u64, String> {
+pub fn parse_rate(s: &str) -> Result<u64, String> {
     let bits = parse_with_unit(s, RATE_UNITS)?;
     u64::try_from(bits).map_err(|_| "too large".to_owned())
 }

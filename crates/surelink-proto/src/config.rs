@@ -59,8 +59,9 @@ pub struct Config {
     pub failback_delay: Duration,
     /// How several paths are used (default backup).
     pub path_mode: crate::conn::PathMode,
-    /// Which congestion controller each path runs (default NewReno with a
-    /// bandwidth-delay-product floor).
+    /// Which congestion controller each path runs (default `Auto`: NewReno
+    /// with a bandwidth-delay-product floor, switching to the live-stream
+    /// controller when a channel is given deadline delivery).
     pub congestion: crate::conn::CongestionControl,
     /// Receiver: hold each message until its source time plus this delay, to
     /// smooth jitter (like SRT's TSBPD). `None` delivers as soon as possible.

@@ -57,6 +57,8 @@ pub struct SendArgs {
     #[command(flatten)]
     pub delivery: crate::delivery::DeliveryArgs,
     #[command(flatten)]
+    pub congestion: crate::congestion::CongestionArgs,
+    #[command(flatten)]
     pub stats: StatsArgs,
     #[command(flatten)]
     pub security: crate::security::SendSecurityArgs,
@@ -70,6 +72,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
     let mut config = EndpointConfig::default().with_connect_timeout(args.connect_timeout);
     args.idle.apply(&mut config.protocol)?;
     config.protocol.security = args.security.security()?;
+    config.protocol.congestion = args.congestion.congestion_control()?;
     let max_chunk = config.protocol.max_message_size;
     if args.chunk == 0 || args.chunk > max_chunk {
         bail!(UsageError(format!(

@@ -516,8 +516,23 @@ impl Connection {
 
     /// Sets how messages on `channel` are delivered (default: reliable).
     /// Applies to messages queued from now on; both sides learn it per message.
+    ///
+    /// The first deadline channel switches a connection whose congestion
+    /// control is [`CongestionControl::Auto`] to the live-stream controller on
+    /// every path (see [`congestion`]).
     pub fn set_channel_delivery(&mut self, channel: u64, delivery: Delivery) {
         self.channel_delivery.insert(channel, delivery);
+        if let (Delivery::Deadline(_), Some(live)) =
+            (delivery, self.config.congestion.for_deadline_traffic())
+        {
+            let mut config = (*self.config).clone();
+            config.congestion = live;
+            self.config = Arc::new(config);
+            let mss = self.config.max_datagram_size as u64;
+            for p in self.paths.iter_mut() {
+                p.cc = live.build(mss, self.config.initial_window_packets);
+            }
+        }
     }
 
     fn local_params(&self) -> TransportParams {
@@ -585,6 +600,9 @@ impl Connection {
         }
         self.stats.messages_sent += 1;
         self.stats.payload_bytes_sent += data.len() as u64;
+        for p in self.paths.iter_mut() {
+            p.cc.on_offered(now, data.len() as u64);
+        }
         let delivery = self
             .channel_delivery
             .get(&channel)
@@ -807,6 +825,7 @@ impl Connection {
     fn handle_frame(&mut self, now: Instant, path: usize, frame: Frame<'_>) {
         match frame {
             Frame::Ping { timestamp_us } => {
+                self.paths[path].on_heartbeat(now);
                 let local = self.clock_us(now);
                 self.paths[path].pong = Some((timestamp_us, local));
                 if self.clock.estimate(local).is_none() {

@@ -3,16 +3,16 @@
 //!
 //! Tokens refill at the [`PacingRate`] the path's controller reports (5/4 of
 //! window ÷ RTT for window-based controllers); the bucket holds what that rate
-//! releases in 1.6 ms (2 ms at window ÷ RTT), at least 10 datagrams and at
-//! most one congestion window, so bursts stay short while the timer rate
-//! stays low. [`Pacer::delay`] says when the next datagram may leave.
+//! releases in its burst allowance (1.6 ms by default, 2 ms at window ÷ RTT;
+//! a live-stream controller asks for about one video frame), at least 10
+//! datagrams and at most one congestion window, so bursts stay short while
+//! the timer rate stays low. [`Pacer::delay`] says when the next datagram may
+//! leave.
 
 use std::time::{Duration, Instant};
 
 use super::congestion::PacingRate;
 
-/// The bucket holds what the pacing rate releases in this long.
-const BURST_INTERVAL: Duration = Duration::from_micros(1600);
 const MIN_BURST_PACKETS: u64 = 10;
 
 /// Token-bucket pacer state.
@@ -32,8 +32,8 @@ impl Pacer {
     }
 
     fn capacity(rate: PacingRate, window: u64, mtu: u64) -> u64 {
-        let burst =
-            (u128::from(rate.bytes) * BURST_INTERVAL.as_nanos() / rate.per.as_nanos()) as u64;
+        let burst = (u128::from(rate.bytes) * rate.burst.as_nanos() / rate.per.as_nanos())
+            .min(u128::from(u64::MAX)) as u64;
         burst.clamp(MIN_BURST_PACKETS * mtu, window.max(MIN_BURST_PACKETS * mtu))
     }
 
@@ -90,5 +90,24 @@ mod tests {
         // 1000 bytes at 1.25 bytes/µs = 800 µs
         assert_eq!(wake - t0, Duration::from_micros(800));
         assert!(p.delay(wake, mtu, rate, window, mtu).is_none());
+    }
+
+    #[test]
+    fn a_burst_allowance_lets_a_whole_frame_leave_after_a_quiet_period() {
+        let t0 = Instant::now();
+        let mtu = 1000;
+        let mut p = Pacer::new(t0, mtu);
+        // 600 kB/s with a 50 ms allowance: 30 datagrams may leave at once.
+        let rate =
+            PacingRate::new(600_000, Duration::from_secs(1)).with_burst(Duration::from_millis(50));
+        let window = 1_000_000;
+        let later = t0 + Duration::from_millis(100);
+        let mut sent = 0;
+        while p.delay(later, mtu, rate, window, mtu).is_none() {
+            p.on_sent(mtu);
+            sent += 1;
+            assert!(sent < 1000);
+        }
+        assert_eq!(sent, 30);
     }
 }

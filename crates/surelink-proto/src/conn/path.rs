@@ -5,8 +5,10 @@
 //! estimate, congestion window, pacer, packets in flight and loss timers (one
 //! packet-number space is shared by the connection, but loss is judged per
 //! path, so paths of different latency do not make each other's packets look
-//! lost). Liveness is judged by a phi-accrual detector fed by every packet that
-//! arrives on the path; heartbeats keep idle paths talking.
+//! lost). Liveness is judged by a phi-accrual detector that learns the gaps
+//! between the peer's heartbeats and measures the silence since any packet
+//! arrived on the path (`on_heard`, `on_heartbeat`); heartbeats keep idle
+//! paths talking.
 //!
 //! States, as an explicit machine ([`PathState`]):
 //!
@@ -316,6 +318,12 @@ impl Path {
         recovered
     }
 
+    /// A heartbeat PING arrived at `now` (its packet was heard already): the
+    /// failure detector learns the heartbeat process from these.
+    pub fn on_heartbeat(&mut self, now: Instant) {
+        self.phi.heartbeat(now);
+    }
+
     /// A packet of `size` bytes arrived at `now`. A suspect path returns to
     /// its role; returns true if a down path was heard from and must be
     /// re-validated (it is now `Recovering`).
@@ -326,7 +334,7 @@ impl Path {
             self.unvalidated_received += size as u64;
         }
         self.last_heard = Some(now);
-        self.phi.heartbeat(now);
+        self.phi.heard(now);
         match self.state {
             PathState::Suspect => {
                 self.state = match self.role {

@@ -64,6 +64,11 @@ impl PathSet {
         self.paths.iter()
     }
 
+    /// Every path, mutably, in `PathId` order.
+    pub(super) fn iter_mut(&mut self) -> std::slice::IterMut<'_, Path> {
+        self.paths.iter_mut()
+    }
+
     /// The index of the path with this addressing, if any.
     pub(super) fn find(&self, addr: PathAddr) -> Option<usize> {
         self.paths.iter().position(|p| p.addr == addr)
@@ -218,7 +223,11 @@ impl Connection {
         };
         self.events.push_back(event);
         if !self.ap().state().is_usable() {
-            self.switch_active(now, i, false);
+            // What is in flight on an unusable active path will never be
+            // acknowledged there: re-send it on the path that came back
+            // (broadcast copies are already tracked on the other paths).
+            let abandon = self.paths.mode != PathMode::Broadcast;
+            self.switch_active(now, i, abandon);
         }
     }
 

@@ -9,6 +9,24 @@
 //! deviation keeps a very regular path from being declared dead at the first
 //! late packet. The normal CDF uses the logistic approximation also used by
 //! Akka and Cassandra.
+//!
+//! What the detector learns is the heartbeat process, not the traffic: the
+//! interval samples are the gaps between the peer's heartbeat PINGs on the
+//! path (sent every heartbeat interval whatever else flows), while φ measures
+//! the silence since the latest packet of any kind (every packet proves the
+//! path alive). Learning from every packet instead, a bursty stream (a 30 fps
+//! video, ~13 packets per frame) teaches the detector a mean interval of
+//! ~2 ms and a tiny deviation, so the normal 33 ms gap between two frames —
+//! let alone a lost heartbeat — looks like death, and a stream that stops
+//! leaves plain heartbeats looking late. Learning the heartbeats, an idle path
+//! is judged exactly as before, a busy one can only look more alive, random
+//! loss of heartbeats widens the learned deviation as it should, and a real
+//! cut is detected within the same few heartbeat intervals on both.
+//!
+//! Driven by the connection: `heard` on every authenticated packet on the
+//! path, `heartbeat` for each heartbeat PING in one, `reset` when a path is
+//! (re)validated, `phi`/`crossing` when the path is checked and its check
+//! timer is scheduled.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -27,7 +45,10 @@ pub struct PhiDetector {
     intervals: VecDeque<f64>,
     sum: f64,
     sum_sq: f64,
+    /// The latest packet heard.
     last: Option<Instant>,
+    /// The latest heartbeat, where the next interval sample starts.
+    last_heartbeat: Option<Instant>,
     min_std_ms: f64,
     /// Assumed mean before two arrivals were seen, ms.
     initial_ms: f64,
@@ -45,16 +66,25 @@ impl PhiDetector {
             sum: 0.0,
             sum_sq: 0.0,
             last: None,
+            last_heartbeat: None,
             min_std_ms: min_std.as_secs_f64() * 1e3,
             initial_ms: initial.as_secs_f64() * 1e3,
             crossings: Default::default(),
         }
     }
 
-    /// A packet arrived at `now`.
+    /// A packet was heard at `now`: the silence starts again.
+    pub fn heard(&mut self, now: Instant) {
+        self.last = Some(now);
+        self.forget_crossings();
+    }
+
+    /// A heartbeat arrived at `now` (its packet is heard too): the interval
+    /// since the previous heartbeat is a sample.
     pub fn heartbeat(&mut self, now: Instant) {
-        if let Some(last) = self.last {
-            let ms = now.saturating_duration_since(last).as_secs_f64() * 1e3;
+        self.heard(now);
+        if let Some(previous) = self.last_heartbeat {
+            let ms = now.saturating_duration_since(previous).as_secs_f64() * 1e3;
             self.intervals.push_back(ms);
             self.sum += ms;
             self.sum_sq += ms * ms;
@@ -64,8 +94,7 @@ impl PhiDetector {
                 self.sum_sq -= old * old;
             }
         }
-        self.last = Some(now);
-        self.forget_crossings();
+        self.last_heartbeat = Some(now);
     }
 
     fn forget_crossings(&self) {
@@ -80,6 +109,9 @@ impl PhiDetector {
         self.sum = 0.0;
         self.sum_sq = 0.0;
         self.last = Some(now);
+        // The peer may not be sending heartbeats yet (it is still validating
+        // the path): sampling starts with its first heartbeat.
+        self.last_heartbeat = None;
         self.forget_crossings();
     }
 
@@ -255,6 +287,39 @@ mod tests {
         // At the default suspicion level (4) a path with 5 ms of mean
         // queueing jitter is suspected within a few heartbeat intervals.
         assert!(rows[1].1 < 100 * MS, "{rows:?}");
+    }
+
+    #[test]
+    fn bursty_traffic_does_not_teach_the_detector_to_expect_tiny_gaps() {
+        // Two seconds of a 30 fps stream of 13-packet frames (100 µs apart)
+        // and a heartbeat every 20 ms.
+        let t0 = Instant::now();
+        let frame = |f: u32, p: u32| t0 + 33 * MS * f + Duration::from_micros(100) * p;
+        let beat = |h: u32| t0 + 20 * MS * h + Duration::from_micros(500);
+        let mut arrivals: Vec<(Instant, bool)> = (0..60u32)
+            .flat_map(|f| (0..13u32).map(move |p| (frame(f, p), false)))
+            .chain((0..99u32).map(|h| (beat(h), true)))
+            .collect();
+        arrivals.sort();
+        let last = arrivals.last().unwrap().0;
+        let mut d = PhiDetector::new(5 * MS, 20 * MS);
+        // The former model: every packet is an interval sample.
+        let mut every = PhiDetector::new(5 * MS, 20 * MS);
+        for &(t, is_heartbeat) in &arrivals {
+            if is_heartbeat {
+                d.heartbeat(t);
+            } else {
+                d.heard(t);
+            }
+            every.heartbeat(t);
+        }
+        // One frame interval of silence (a heartbeat lost) stays below the
+        // suspicion level (half the default threshold of 8)…
+        let gap = last + 33 * MS;
+        assert!(d.phi(gap) < 4.0, "{}", d.phi(gap));
+        assert!(every.phi(gap) > 8.0, "{}", every.phi(gap));
+        // …but a long silence is still a failure.
+        assert!(d.phi(last + 100 * MS) > 8.0);
     }
 
     #[test]

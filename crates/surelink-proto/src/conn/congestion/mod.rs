@@ -12,9 +12,15 @@
 //! ```
 //!
 //! The pacer (`conn::pacer`) spends tokens at the controller's
-//! [`PacingRate`], so a rate-based controller (live streaming at the input
-//! rate plus overhead) needs no window at all: it reports a large window and
-//! the rate it wants. Window-based controllers pace at 5/4 of window ÷ RTT.
+//! [`PacingRate`], so a rate-based controller ([`LiveRate`]: live streaming at
+//! the input rate plus overhead) needs no window to speak of: it reports a
+//! generous window, the rate it wants and a burst allowance large enough for
+//! one video frame. Window-based controllers pace at 5/4 of window ÷ RTT with
+//! short bursts.
+//!
+//! The connection also tells every controller what the application offers
+//! (`on_offered`, once per message queued), which is what a live-stream
+//! controller paces by.
 //!
 //! The app-limited marking is computed by the connection (the sender used
 //! less than half the window and had nothing more to send) and travels in
@@ -25,30 +31,47 @@
 //! variant of [`CongestionControl`].
 
 mod delivery_rate;
+mod live_rate;
 mod new_reno_bdp_floor;
 
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
 pub use delivery_rate::{DeliveryRate, DeliveryState, RateSample};
+pub use live_rate::{LiveParams, LiveRate};
 pub use new_reno_bdp_floor::NewRenoBdpFloor;
 
-/// A rate: `bytes` per `per` (kept as a ratio, so the pacer's arithmetic is exact).
+/// The pacer's burst allowance unless a controller asks for another: what
+/// the rate releases in this long may leave back to back.
+pub const DEFAULT_PACING_BURST: Duration = Duration::from_micros(1600);
+
+/// A rate: `bytes` per `per` (kept as a ratio, so the pacer's arithmetic is
+/// exact), and how much of it may leave in one burst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PacingRate {
     /// Bytes sent per `per`.
     pub bytes: u64,
     /// The interval `bytes` are spread over (never zero).
     pub per: Duration,
+    /// The burst allowance: what the rate releases in this long may leave at
+    /// once after a quiet period ([`DEFAULT_PACING_BURST`] unless set).
+    pub burst: Duration,
 }
 
 impl PacingRate {
-    /// `bytes` per `per`; a zero interval is taken as one nanosecond.
+    /// `bytes` per `per` with the default burst allowance; a zero interval is
+    /// taken as one nanosecond.
     pub fn new(bytes: u64, per: Duration) -> Self {
         Self {
             bytes,
             per: per.max(Duration::from_nanos(1)),
+            burst: DEFAULT_PACING_BURST,
         }
+    }
+
+    /// The same rate with a burst allowance of what it releases in `burst`.
+    pub fn with_burst(self, burst: Duration) -> Self {
+        Self { burst, ..self }
     }
 }
 
@@ -104,16 +127,33 @@ pub trait CongestionController: Debug + Send {
     /// A packet declared lost was acknowledged after all: undo the reduction
     /// that loss caused, if the controller can.
     fn on_spurious_loss(&mut self, now: Instant);
+
+    /// The application queued a message of `bytes` at `now` (what it offers,
+    /// before retransmissions). Window-based controllers ignore it.
+    fn on_offered(&mut self, _now: Instant, _bytes: u64) {}
 }
 
 /// Which congestion controller each path runs (part of [`Config`](crate::Config)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CongestionControl {
     /// NewReno over bytes in flight with a floor of twice the recently
     /// delivered bandwidth-delay product ([`NewRenoBdpFloor`]).
-    #[default]
     NewRenoBdpFloor,
+    /// Rate-based control for live streams: the application's input rate plus
+    /// an overhead for retransmissions ([`LiveRate`]).
+    Live(LiveParams),
+    /// [`NewRenoBdpFloor`] until the application gives a channel deadline
+    /// delivery (`Connection::set_channel_delivery`), then [`LiveRate`] with
+    /// these parameters on every path, present and future.
+    Auto(LiveParams),
+}
+
+impl Default for CongestionControl {
+    /// [`CongestionControl::Auto`] with the default live parameters.
+    fn default() -> Self {
+        Self::Auto(LiveParams::default())
+    }
 }
 
 impl CongestionControl {
@@ -121,7 +161,19 @@ impl CongestionControl {
     /// of `initial_packets` datagrams.
     pub fn build(self, mss: u64, initial_packets: u64) -> Box<dyn CongestionController> {
         match self {
-            Self::NewRenoBdpFloor => Box::new(NewRenoBdpFloor::new(mss, initial_packets)),
+            Self::NewRenoBdpFloor | Self::Auto(_) => {
+                Box::new(NewRenoBdpFloor::new(mss, initial_packets))
+            }
+            Self::Live(params) => Box::new(LiveRate::new(params, mss, initial_packets)),
+        }
+    }
+
+    /// The choice once a channel carries deadline traffic: `Auto` becomes
+    /// `Live`; `None` if that changes nothing.
+    pub fn for_deadline_traffic(self) -> Option<Self> {
+        match self {
+            Self::Auto(params) => Some(Self::Live(params)),
+            Self::NewRenoBdpFloor | Self::Live(_) => None,
         }
     }
 }

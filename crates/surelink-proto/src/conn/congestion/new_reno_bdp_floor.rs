@@ -17,6 +17,10 @@
 //! The floor keeps its own delivery-rate measurement (bytes acknowledged over
 //! intervals of at least one minimum RTT) rather than the per-packet
 //! [`RateSample`](super::RateSample); switching would change its behaviour.
+//! As in BBR, a measurement taken while the sender was app-limited is kept
+//! only if it is not below the best one kept: a quiet or bursty application
+//! (a live stream between frames, a pause) shows how little it sent, not how
+//! little the path carries, so it must not wear the floor down.
 //! It paces at 5/4 of window ÷ smoothed RTT.
 
 use std::collections::VecDeque;
@@ -38,8 +42,9 @@ pub struct NewRenoBdpFloor {
     acked_in_avoidance: u64,
     mss: u64,
     min_window: u64,
-    /// Current delivery-rate measurement: (start, bytes acknowledged since).
-    sample: Option<(Instant, u64)>,
+    /// Current delivery-rate measurement: (start, bytes acknowledged since,
+    /// whether any of them was acknowledged while app-limited).
+    sample: Option<(Instant, u64, bool)>,
     /// Recent delivery rates, bytes per second (one per round trip).
     rates: VecDeque<u64>,
     min_rtt: Duration,
@@ -77,19 +82,24 @@ impl NewRenoBdpFloor {
     }
 
     /// Feeds the delivery-rate estimate: `bytes` were acknowledged at `now`
-    /// on a path whose smallest RTT is `min_rtt`.
-    fn on_delivered(&mut self, now: Instant, bytes: u64, min_rtt: Duration) {
+    /// on a path whose smallest RTT is `min_rtt`; `app_limited` says the
+    /// sender was not using its window.
+    fn on_delivered(&mut self, now: Instant, bytes: u64, min_rtt: Duration, app_limited: bool) {
         self.min_rtt = self.min_rtt.min(min_rtt.max(Duration::from_micros(100)));
-        let (start, acked) = self.sample.get_or_insert((now, 0));
+        let (start, acked, limited) = self.sample.get_or_insert((now, 0, false));
         *acked += bytes;
+        *limited |= app_limited;
         let elapsed = now.saturating_duration_since(*start);
         if elapsed >= self.min_rtt.max(Duration::from_millis(1)) {
             let rate = (u128::from(*acked) * 1_000_000 / elapsed.as_micros().max(1)) as u64;
-            self.rates.push_back(rate);
-            if self.rates.len() > RATE_WINDOW {
-                self.rates.pop_front();
+            let best = self.rates.iter().max().copied().unwrap_or(0);
+            if !*limited || rate >= best {
+                self.rates.push_back(rate);
+                if self.rates.len() > RATE_WINDOW {
+                    self.rates.pop_front();
+                }
             }
-            self.sample = Some((now, 0));
+            self.sample = Some((now, 0, false));
         }
     }
 
@@ -133,7 +143,7 @@ impl CongestionController for NewRenoBdpFloor {
     fn on_ack(&mut self, ack: &AckEvent<'_>) {
         for p in ack.packets {
             self.on_packet_acked(p.sent, p.bytes, ack.app_limited);
-            self.on_delivered(ack.now, p.bytes, ack.min_rtt);
+            self.on_delivered(ack.now, p.bytes, ack.min_rtt, ack.app_limited);
         }
     }
 
@@ -209,7 +219,7 @@ mod tests {
         let mut cc = NewRenoBdpFloor::new(1000, 10);
         // 1 MB/s delivered on a 20 ms path: BDP 20 kB.
         for i in 0..100u32 {
-            cc.on_delivered(t0 + ms * i, 1000, 20 * ms);
+            cc.on_delivered(t0 + ms * i, 1000, 20 * ms, false);
         }
         for i in 0..10u32 {
             let t = t0 + 100 * ms + 30 * ms * i;
@@ -220,6 +230,31 @@ mod tests {
             (40_000..=42_000).contains(&w),
             "2 x BDP despite ten halvings: {w}"
         );
+    }
+
+    #[test]
+    fn app_limited_measurements_below_the_best_do_not_wear_the_floor_down() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis(1);
+        let mut cc = NewRenoBdpFloor::new(1000, 2);
+        // 1 MB/s delivered on a 20 ms path: floor 2 x 20 kB.
+        for i in 0..100u32 {
+            cc.on_delivered(t0 + ms * i, 1000, 20 * ms, false);
+        }
+        let floor = cc.window();
+        assert!((40_000..=42_000).contains(&floor), "{floor}");
+        // A second of an application sending a tenth of that: the floor stays.
+        let t1 = t0 + 100 * ms;
+        for i in 0..100u32 {
+            cc.on_delivered(t1 + 10 * ms * i, 1000, 20 * ms, true);
+        }
+        assert_eq!(cc.window(), floor);
+        // The same rate while the sender used its window: the path got slower.
+        let t2 = t1 + 1000 * ms;
+        for i in 0..100u32 {
+            cc.on_delivered(t2 + 10 * ms * i, 1000, 20 * ms, false);
+        }
+        assert!(cc.window() < 10_000, "{}", cc.window());
     }
 
     #[test]
