@@ -260,6 +260,21 @@ impl FecDecoder {
             return Vec::new();
         }
         let seqs = first_seq..first_seq + u64::from(group.sources);
+        let present = self.sources.range(seqs.clone()).count();
+        if present == usize::from(group.sources) {
+            group.done = true;
+            group.repairs.clear();
+            return Vec::new();
+        }
+        let decodable = match group.scheme {
+            FecScheme::ReedSolomon { .. } => {
+                present + group.repairs.len() >= usize::from(group.sources)
+            }
+            FecScheme::Xor { .. } => true,
+        };
+        if !decodable {
+            return Vec::new();
+        }
         let mut blocks = Vec::with_capacity(usize::from(group.sources));
         for seq in seqs.clone() {
             match self.sources.get(&seq) {
@@ -276,18 +291,16 @@ impl FecDecoder {
             }
         }
         let mut recovered = Vec::new();
-        if blocks.iter().any(Option::is_none) {
-            for index in recover(group.scheme, &mut blocks, &group.repairs) {
-                let Some(payload) = blocks[index].as_deref().and_then(from_block) else {
-                    continue;
-                };
-                let seq = first_seq + index as u64;
-                self.sources.insert(seq, payload.to_vec());
-                recovered.push(RecoveredSymbol {
-                    seq,
-                    payload: payload.to_vec(),
-                });
-            }
+        for index in recover(group.scheme, &mut blocks, &group.repairs) {
+            let Some(payload) = blocks[index].as_deref().and_then(from_block) else {
+                continue;
+            };
+            let seq = first_seq + index as u64;
+            self.sources.insert(seq, payload.to_vec());
+            recovered.push(RecoveredSymbol {
+                seq,
+                payload: payload.to_vec(),
+            });
         }
         if seqs.clone().all(|seq| self.sources.contains_key(&seq)) {
             group.done = true;
