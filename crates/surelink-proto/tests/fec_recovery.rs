@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use surelink_netem::{Fate, GilbertElliott, Link, LinkConfig};
@@ -375,4 +376,69 @@ fn memory_stays_bounded_and_old_input_is_stale() {
         assert!(decoder.tracked_groups() <= 4);
     }
     assert!(decoder.stats().evicted_groups >= 21);
+}
+
+/// Arbitrary decoder input, valid or not.
+#[derive(Debug, Clone)]
+enum Input {
+    Source(u64, Vec<u8>),
+    Repair(RepairSymbol),
+}
+
+fn input_strategy() -> impl Strategy<Value = Input> {
+    let seq = prop_oneof![0u64..300, any::<u64>()];
+    let scheme = (any::<bool>(), 0u8..20, 0u8..20).prop_map(|(xor, a, b)| {
+        if xor {
+            FecScheme::Xor { rows: a, cols: b }
+        } else {
+            FecScheme::ReedSolomon {
+                source: a,
+                repair: b,
+            }
+        }
+    });
+    prop_oneof![
+        (seq.clone(), proptest::collection::vec(any::<u8>(), 0..40))
+            .prop_map(|(seq, payload)| Input::Source(seq, payload)),
+        (
+            scheme,
+            seq,
+            0u8..20,
+            0u8..30,
+            proptest::collection::vec(any::<u8>(), 0..44)
+        )
+            .prop_map(|(scheme, first_seq, sources, index, block)| {
+                Input::Repair(RepairSymbol {
+                    scheme,
+                    first_seq,
+                    sources,
+                    index,
+                    block,
+                })
+            }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn garbage_input_never_panics_and_stays_bounded(
+        inputs in proptest::collection::vec(input_strategy(), 0..200)
+    ) {
+        let limits = FecDecoderLimits { source_window: 128, max_groups: 8 };
+        let mut decoder = FecDecoder::new(limits);
+        let mut produced = 0u64;
+        for input in inputs {
+            match input {
+                Input::Source(seq, payload) => {
+                    produced += decoder.push_source(seq, &payload).len() as u64;
+                }
+                Input::Repair(repair) => {
+                    produced += decoder.push_repair(repair).map_or(0, |r| r.len() as u64);
+                }
+            }
+            prop_assert!(decoder.buffered_sources() <= 128);
+            prop_assert!(decoder.tracked_groups() <= 8);
+        }
+        prop_assert_eq!(decoder.stats().recovered, produced);
+    }
 }

@@ -11,7 +11,9 @@
 //! window of sequence numbers below the highest seen, groups up to a count;
 //! anything older is evicted and later input for it is ignored as stale.
 //! Duplicates, repairs that contradict their group and repairs for groups
-//! that overlap another are dropped and counted; nothing panics.
+//! that overlap another are dropped and counted; nothing panics. Sequence
+//! numbers come from authenticated packets: a jump far ahead moves the
+//! window and evicts everything older.
 
 use std::collections::BTreeMap;
 
@@ -144,12 +146,18 @@ impl FecDecoder {
     }
 
     /// Feeds a repair symbol that arrived; returns the symbols it made
-    /// recoverable. A repair that contradicts the repairs already held for its
-    /// group, or whose group overlaps another, is an error (and counted).
+    /// recoverable. A repair whose fields are out of range (as
+    /// [`RepairSymbol::decode`] would reject), that contradicts the repairs
+    /// already held for its group, or whose group overlaps another, is an
+    /// error (and counted).
     pub fn push_repair(&mut self, repair: RepairSymbol) -> Result<Vec<RecoveredSymbol>, FecError> {
         let range = repair.source_range();
         let shaped = repair.scheme.validate().is_ok()
             && repair.sources >= 1
+            && repair
+                .first_seq
+                .checked_add(u64::from(repair.sources))
+                .is_some()
             && usize::from(repair.sources) <= repair.scheme.group_capacity()
             && repair.block.len() >= 2
             && repair.block.len() % 2 == 0
