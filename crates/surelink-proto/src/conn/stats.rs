@@ -70,6 +70,22 @@ pub struct ConnectionStats {
     pub messages_late: u64,
     /// Messages the sender gave up on (deadline passed, or unreliable and lost).
     pub messages_abandoned: u64,
+    /// Packets sent with deadline-channel frames protected by FEC (an
+    /// FEC_SOURCE frame).
+    pub fec_source_packets: u64,
+    /// FEC repair symbols sent.
+    pub fec_repair_symbols_sent: u64,
+    /// Packets of FEC repair symbols sent (also counted in `packets_sent`).
+    pub fec_repair_packets_sent: u64,
+    /// Bytes of those packets on the wire (also counted in `bytes_sent`).
+    pub fec_repair_bytes_sent: u64,
+    /// Packets that never arrived but were rebuilt by FEC (their frames
+    /// processed, their numbers acknowledged). Messages that were neither
+    /// recovered nor retransmitted in time are `messages_skipped`.
+    pub fec_recovered_packets: u64,
+    /// FEC repair symbols (or rebuilt packets) dropped as malformed or
+    /// inconsistent with their group.
+    pub fec_repairs_rejected: u64,
     /// Median one-way latency of messages taken by the application, µs.
     pub latency_p50_us: u64,
     /// 99th percentile one-way latency, µs.
