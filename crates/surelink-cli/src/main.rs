@@ -17,6 +17,7 @@ use tracing_subscriber::EnvFilter;
 mod args;
 mod cmd;
 mod delivery;
+mod fec;
 mod keys;
 mod net;
 mod paths;

@@ -50,6 +50,8 @@ pub struct SendArgs {
     #[command(flatten)]
     pub delivery: crate::delivery::DeliveryArgs,
     #[command(flatten)]
+    pub fec: crate::fec::FecArgs,
+    #[command(flatten)]
     pub stats: StatsArgs,
     #[command(flatten)]
     pub security: crate::security::SendSecurityArgs,
@@ -61,6 +63,7 @@ pub struct SendArgs {
 pub async fn run(args: SendArgs) -> anyhow::Result<()> {
     let mut config = EndpointConfig::default().with_connect_timeout(args.connect_timeout);
     config.protocol.security = args.security.security()?;
+    args.fec.apply(&mut config.protocol);
     let max_chunk = config.protocol.max_message_size;
     if args.chunk == 0 || args.chunk > max_chunk {
         bail!(
