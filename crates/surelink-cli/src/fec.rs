@@ -11,10 +11,11 @@ use surelink::ProtocolConfig;
 /// `send`'s FEC option.
 #[derive(Debug, Clone, Args)]
 pub struct FecArgs {
-    /// Forward error correction of `--deadline` data: off; auto (redundancy sized from the
-    /// measured loss, the RTT and the deadline); ROWSxCOLS (row/column XOR parity, e.g. 4x4); or
+    /// Forward error correction of `--deadline` data: off; auto (the default: on when the deadline
+    /// is under 5 round trips, redundancy sized from the measured loss, the RTT and the deadline);
+    /// ROWSxCOLS (row/column XOR parity, e.g. 4x4); or
     /// K+M (Reed-Solomon, M repair packets per K data packets, e.g. 8+2).
-    #[arg(long, value_name = "off|auto|ROWSxCOLS|K+M", default_value = "off", value_parser = parse_fec)]
+    #[arg(long, value_name = "off|auto|ROWSxCOLS|K+M", default_value = "auto", value_parser = parse_fec)]
     pub fec: FecConfig,
 }
 

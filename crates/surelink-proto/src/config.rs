@@ -66,8 +66,9 @@ pub struct Config {
     /// smooth jitter (like SRT's TSBPD). `None` delivers as soon as possible.
     pub playout_delay: Option<Duration>,
     /// Sender: forward error correction of deadline-channel packets (default
-    /// off; reliable and unreliable channels are never protected). See
-    /// docs/FEC.md.
+    /// `auto`: on when the deadline leaves retransmission too little time,
+    /// measured in docs/FEC.md; reliable and unreliable channels are never
+    /// protected).
     pub fec: crate::fec::FecConfig,
     /// Encryption, keys and peer policy.
     pub security: Security,
@@ -106,7 +107,7 @@ impl Default for Config {
             path_mode: crate::conn::PathMode::Backup,
             congestion: crate::conn::CongestionControl::default(),
             playout_delay: None,
-            fec: crate::fec::FecConfig::Off,
+            fec: crate::fec::FecConfig::Auto(crate::fec::AutoFec::default()),
             security: Security::default(),
             reset_secret: None,
         }
