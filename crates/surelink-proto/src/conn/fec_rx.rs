@@ -109,3 +109,58 @@ impl Connection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::protected_frames_valid;
+    use crate::wire::{Delivery, Frame, MsgFrame};
+
+    fn encode(frames: &[Frame<'_>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for f in frames {
+            f.encode(&mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn only_msg_skip_and_padding_may_be_protected() {
+        let msg = Frame::Msg(MsgFrame {
+            channel: 0,
+            seq: 3,
+            msg_len: 4,
+            offset: 0,
+            timestamp_us: 10,
+            delivery: Delivery::Deadline(50_000),
+            data: b"data",
+        });
+        let skip = Frame::Skip {
+            channel: 0,
+            up_to: 3,
+        };
+        assert!(protected_frames_valid(&encode(&[
+            skip.clone(),
+            msg.clone(),
+            Frame::Padding(3)
+        ])));
+        assert!(protected_frames_valid(&[]));
+        let inner = encode(std::slice::from_ref(&msg));
+        for refused in [
+            Frame::Ping { timestamp_us: 1 },
+            Frame::MaxData { max: 9 },
+            Frame::FecSource {
+                seq: 1,
+                frames: &inner,
+            },
+            Frame::FecRepair(b"x"),
+        ] {
+            assert!(
+                !protected_frames_valid(&encode(&[msg.clone(), refused.clone()])),
+                "{refused:?} accepted"
+            );
+        }
+        let mut truncated = inner.clone();
+        truncated.pop();
+        assert!(!protected_frames_valid(&truncated));
+    }
+}
