@@ -24,7 +24,8 @@
 //! mechanisms, each in its own module: `lifecycle` (open, closing, draining),
 //! `handshake` (its messages and its input), `transmit` (packet assembly),
 //! `path_set` and `path` (paths, validation, liveness, failover), `recovery`
-//! (ACKs, loss, probe timeout), `timers` (the timer table) and [`congestion`].
+//! (ACKs, loss, probe timeout), `timers` (the timer table), `fec_tx` / `fec_rx`
+//! (forward error correction of deadline channels) and [`congestion`].
 
 pub mod congestion;
 mod fec_rx;
