@@ -15,8 +15,10 @@
 //!
 //! The `auto` policy re-sizes the code at group boundaries from a recent
 //! window of the connection's packets: loss rate (packets declared lost over
-//! packets sent), the rate of deadline packets, the path's smoothed RTT, and
-//! the budget (the smallest deadline among the protected messages).
+//! packets sent), the rate a group fills at (the mean rate of deadline
+//! packets, or the peak within one hold time if higher: bursty streams such as
+//! video send a frame's packets together), the path's smoothed RTT, and the
+//! budget (the smallest deadline among the protected messages).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -62,14 +64,44 @@ struct LossWindow {
     lost_at_start: u64,
     deadline_packets_at_start: u64,
     deadline_packets: u64,
+    /// Deadline packets since `hold_started`, within one hold time.
+    hold_started: Option<Instant>,
+    packets_in_hold: u64,
+    /// The most deadline packets sent within one hold time in this window.
+    peak_in_hold: u64,
     loss_rate: f64,
     packet_rate: f64,
 }
 
 impl LossWindow {
+    /// Counts a deadline packet sent at `now`; `hold` is a group's hold time.
+    fn on_deadline_packet(&mut self, now: Instant, hold: Duration) {
+        self.deadline_packets += 1;
+        match self.hold_started {
+            Some(start) if now < start + hold => self.packets_in_hold += 1,
+            _ => {
+                self.hold_started = Some(now);
+                self.packets_in_hold = 1;
+            }
+        }
+        self.peak_in_hold = self.peak_in_hold.max(self.packets_in_hold);
+    }
+
+    /// The rate a group fills at: the mean rate of deadline packets, or on
+    /// bursty traffic (a video frame's packets leave together) the peak
+    /// rate within one hold time, so that a group spans a burst.
+    fn filling_rate(&self, elapsed: f64, hold: Duration) -> f64 {
+        let deadline = self
+            .deadline_packets
+            .saturating_sub(self.deadline_packets_at_start);
+        let mean = deadline as f64 / elapsed;
+        let peak = self.peak_in_hold as f64 / hold.as_secs_f64().max(1e-3);
+        mean.max(peak)
+    }
+
     /// Closes the window once it spans enough packets; returns true if the
     /// rates changed.
-    fn update(&mut self, now: Instant, sent: u64, lost: u64) -> bool {
+    fn update(&mut self, now: Instant, sent: u64, lost: u64, hold: Duration) -> bool {
         let Some(started) = self.started else {
             self.restart(now, sent, lost);
             return false;
@@ -81,10 +113,7 @@ impl LossWindow {
         }
         let lost_in_window = lost.saturating_sub(self.lost_at_start);
         self.loss_rate = (lost_in_window as f64 / sent_in_window as f64).min(1.0);
-        let deadline = self
-            .deadline_packets
-            .saturating_sub(self.deadline_packets_at_start);
-        self.packet_rate = deadline as f64 / elapsed;
+        self.packet_rate = self.filling_rate(elapsed, hold);
         self.restart(now, sent, lost);
         true
     }
@@ -94,7 +123,14 @@ impl LossWindow {
         self.sent_at_start = sent;
         self.lost_at_start = lost;
         self.deadline_packets_at_start = self.deadline_packets;
+        self.peak_in_hold = 0;
     }
+}
+
+/// How long a group may stay open under `budget`: a quarter of it, at
+/// least 1 ms.
+fn hold_time(budget: Duration) -> Duration {
+    (budget / HOLD_FRACTION).max(Duration::from_millis(1))
 }
 
 impl FecSender {
@@ -139,13 +175,14 @@ impl FecSender {
         if self.config == FecConfig::Off {
             return;
         }
-        let measured = self.window.update(now, sent, lost);
-        if self.poll_timeout().is_some() {
-            return; // a group is open
-        }
         let Some(budget) = self.budget else {
             return; // no deadline message yet
         };
+        let hold = hold_time(budget);
+        let measured = self.window.update(now, sent, lost, hold);
+        if self.poll_timeout().is_some() {
+            return; // a group is open
+        }
         if self.encoder.is_some() && !measured {
             return;
         }
@@ -160,7 +197,6 @@ impl FecSender {
         if chosen == self.scheme() {
             return;
         }
-        let hold = (budget / HOLD_FRACTION).max(Duration::from_millis(1));
         self.encoder = chosen.and_then(|scheme| FecEncoder::new(scheme, hold).ok());
     }
 
@@ -218,8 +254,9 @@ impl Connection {
             return;
         };
         let tx = &mut self.fec_tx;
-        tx.budget = Some(tx.budget.map_or(deadline, |b| b.min(deadline)));
-        tx.window.deadline_packets += 1;
+        let budget = tx.budget.map_or(deadline, |b| b.min(deadline));
+        tx.budget = Some(budget);
+        tx.window.on_deadline_packet(now, hold_time(budget));
         if tx.encoder.is_none() || buf.len() <= start {
             return;
         }
