@@ -24,6 +24,7 @@ mod delivery;
 mod ending;
 mod exit;
 mod failover_log;
+mod fec;
 mod keys;
 mod metrics;
 mod net;

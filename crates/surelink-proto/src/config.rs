@@ -66,6 +66,11 @@ pub struct Config {
     /// Receiver: hold each message until its source time plus this delay, to
     /// smooth jitter (like SRT's TSBPD). `None` delivers as soon as possible.
     pub playout_delay: Option<Duration>,
+    /// Sender: forward error correction of deadline-channel packets (default
+    /// `auto`: on when the deadline leaves retransmission too little time,
+    /// measured in docs/FEC.md; reliable and unreliable channels are never
+    /// protected).
+    pub fec: crate::fec::FecConfig,
     /// Encryption, keys and peer policy.
     pub security: Security,
     /// Secret the endpoint's stateless reset tokens derive from (HKDF), so
@@ -103,6 +108,7 @@ impl Default for Config {
             path_mode: crate::conn::PathMode::Backup,
             congestion: crate::conn::CongestionControl::default(),
             playout_delay: None,
+            fec: crate::fec::FecConfig::Auto(crate::fec::AutoFec::default()),
             security: Security::default(),
             reset_secret: None,
         }

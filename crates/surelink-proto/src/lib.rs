@@ -15,6 +15,7 @@ pub mod config;
 pub mod conn;
 pub mod crypto;
 pub mod endpoint;
+pub mod fec;
 pub mod range_set;
 pub mod stats_schema;
 pub mod wire;

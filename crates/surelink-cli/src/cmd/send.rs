@@ -59,6 +59,8 @@ pub struct SendArgs {
     #[command(flatten)]
     pub congestion: crate::congestion::CongestionArgs,
     #[command(flatten)]
+    pub fec: crate::fec::FecArgs,
+    #[command(flatten)]
     pub stats: StatsArgs,
     #[command(flatten)]
     pub security: crate::security::SendSecurityArgs,
@@ -73,6 +75,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
     args.idle.apply(&mut config.protocol)?;
     config.protocol.security = args.security.security()?;
     config.protocol.congestion = args.congestion.congestion_control()?;
+    args.fec.apply(&mut config.protocol);
     let max_chunk = config.protocol.max_message_size;
     if args.chunk == 0 || args.chunk > max_chunk {
         bail!(UsageError(format!(

@@ -25,9 +25,12 @@
 //! `handshake` (its messages and its input), `transmit` (packet assembly),
 //! `path_set` and `path` (paths, validation, liveness, failover), `recovery`
 //! (ACKs, loss, probe timeout; loss judged by `rack`), `timers` (the timer
-//! table) and [`congestion`].
+//! table), `fec_tx` / `fec_rx` (forward error correction of deadline
+//! channels) and [`congestion`].
 
 pub mod congestion;
+mod fec_rx;
+mod fec_tx;
 mod handshake;
 mod lifecycle;
 mod pacer;
@@ -313,6 +316,8 @@ pub struct Connection {
     handshake_sends: u32,
     channel_delivery: std::collections::HashMap<u64, Delivery>,
     latency: Histogram<u64>,
+    fec_tx: fec_tx::FecSender,
+    fec_rx: fec_rx::FecReceiver,
 }
 
 /// What a new connection is made from, on either side (filled in by the
@@ -384,6 +389,8 @@ impl Connection {
             handshake_sends: 0,
             channel_delivery: std::collections::HashMap::new(),
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+            fec_tx: fec_tx::FecSender::new(config.fec),
+            fec_rx: fec_rx::FecReceiver::default(),
             max_data_sent: config.receive_window,
             config,
             side,
@@ -772,6 +779,10 @@ impl Connection {
                     );
                     return;
                 }
+                Ok(Frame::FecSource { frames, .. }) if !fec_rx::protected_frames_valid(frames) => {
+                    self.stats.malformed_packets += 1;
+                    return;
+                }
                 Ok(f) => ack_eliciting |= f.is_ack_eliciting(),
                 Err(_) => {
                     self.stats.malformed_packets += 1;
@@ -804,8 +815,12 @@ impl Connection {
         }
         let mut carries_data = false;
         for f in FrameIter::new(payload).flatten() {
-            carries_data |= matches!(f, Frame::Msg(_));
-            self.handle_frame(now, path, f);
+            carries_data |= matches!(f, Frame::Msg(_) | Frame::FecSource { .. });
+            if let Frame::FecSource { seq, frames } = f {
+                self.on_fec_source(now, path, header.pn, seq, frames);
+            } else {
+                self.handle_frame(now, path, f);
+            }
             if self.lifecycle.is_closed() {
                 return;
             }
@@ -862,6 +877,7 @@ impl Connection {
             Frame::MaxData { max } => self.peer_max_data = self.peer_max_data.max(max),
             Frame::PathChallenge(data) => self.paths[path].response = Some(data),
             Frame::PathResponse(data) => self.on_path_response(now, data),
+            Frame::FecRepair(symbol) => self.on_fec_repair(now, path, symbol),
             // Validated away by the caller, or without effect.
             _ => {}
         }

@@ -78,6 +78,22 @@ pub struct ConnectionStats {
     pub messages_late: u64,
     /// Messages the sender gave up on (deadline passed, or unreliable and lost).
     pub messages_abandoned: u64,
+    /// Packets sent with deadline-channel frames protected by FEC (an
+    /// FEC_SOURCE frame).
+    pub fec_source_packets: u64,
+    /// FEC repair symbols sent.
+    pub fec_repair_symbols_sent: u64,
+    /// Packets of FEC repair symbols sent (also counted in `packets_sent`).
+    pub fec_repair_packets_sent: u64,
+    /// Bytes of those packets on the wire (also counted in `bytes_sent`).
+    pub fec_repair_bytes_sent: u64,
+    /// Packets that never arrived but were rebuilt by FEC (their frames
+    /// processed, their numbers acknowledged). Messages that were neither
+    /// recovered nor retransmitted in time are `messages_skipped`.
+    pub fec_recovered_packets: u64,
+    /// FEC repair symbols (or rebuilt packets) dropped as malformed or
+    /// inconsistent with their group.
+    pub fec_repairs_rejected: u64,
     /// Median one-way latency of messages taken by the application, µs.
     pub latency_p50_us: u64,
     /// 99th percentile one-way latency, µs.
@@ -373,6 +389,52 @@ impl VisitStats for ConnectionStats {
             ),
             self.messages_abandoned,
         );
+        for (key, family, unit, help, value) in [
+            (
+                "fec_source_packets",
+                "fec_source_packets",
+                Count,
+                "Packets sent under forward error correction (FEC_SOURCE).",
+                self.fec_source_packets,
+            ),
+            (
+                "fec_repair_symbols_sent",
+                "fec_repair_symbols_sent",
+                Count,
+                "FEC repair symbols sent.",
+                self.fec_repair_symbols_sent,
+            ),
+            (
+                "fec_repair_packets_sent",
+                "fec_repair_packets_sent",
+                Count,
+                "Packets sent carrying FEC repair symbols.",
+                self.fec_repair_packets_sent,
+            ),
+            (
+                "fec_repair_bytes_sent",
+                "fec_repair_sent",
+                Bytes,
+                "Bytes of the packets carrying FEC repair symbols.",
+                self.fec_repair_bytes_sent,
+            ),
+            (
+                "fec_recovered_packets",
+                "fec_recovered_packets",
+                Count,
+                "Lost packets rebuilt from FEC repair symbols.",
+                self.fec_recovered_packets,
+            ),
+            (
+                "fec_repairs_rejected",
+                "fec_repairs_rejected",
+                Count,
+                "FEC repair symbols refused as malformed or inconsistent.",
+                self.fec_repairs_rejected,
+            ),
+        ] {
+            v.counter(&c(key, family, unit, help), value);
+        }
         let latency =
             "One-way latency of messages taken by the application (quantile 1 is the largest).";
         for (key, quantile, value) in [

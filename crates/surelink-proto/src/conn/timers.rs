@@ -34,6 +34,8 @@ pub(super) enum Timer {
     Keepalive,
     /// A delayed ACK must go out (sent by `poll_transmit`).
     Ack,
+    /// An open FEC group reached its hold time: close it, send its repairs.
+    FecHold,
     /// The failure detector must look at the paths (and fail over or back).
     PathCheck,
     /// A message reaches its playout time or its deadline.
@@ -55,6 +57,7 @@ impl Timer {
                 Timer::Handshake,
                 Timer::Keepalive,
                 Timer::Ack,
+                Timer::FecHold,
                 Timer::PathCheck,
                 Timer::Playout,
             ])
@@ -86,6 +89,7 @@ impl Connection {
                     .then(|| p.last_eliciting_sent + self.config.keepalive_interval)
             }
             Timer::Ack => self.received.ack_deadline(),
+            Timer::FecHold => self.fec_tx.poll_timeout(),
             Timer::PathCheck => self.path_check_deadline(),
             Timer::Playout => self.reassembly.next_wake().map(|us| self.instant_at(us)),
         }
@@ -129,6 +133,7 @@ impl Connection {
             }
             // Wakes `poll_transmit`, which sends the ACK.
             Timer::Ack => {}
+            Timer::FecHold => self.fec_tx.handle_timeout(now),
             Timer::PathCheck => self.check_paths(now),
             Timer::Playout => self.poll_delivery(now),
         }

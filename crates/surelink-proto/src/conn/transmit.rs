@@ -60,6 +60,10 @@ impl Connection {
                 break;
             }
         }
+        // FEC repair symbols of a group just closed, ahead of new data.
+        if let Some(t) = self.write_fec_repair(now, buf) {
+            return Some(t);
+        }
         // Data (and ACKs, control frames) on the data path(s).
         for path in self.paths.data_paths() {
             if let Some(t) = self.write_packet(now, buf, path, Role::Data) {
@@ -162,7 +166,7 @@ impl Connection {
     }
 
     /// Writes a Data packet header; returns its packet number and length.
-    fn begin_data_packet(&mut self, now: Instant, buf: &mut Vec<u8>) -> (u64, usize) {
+    pub(super) fn begin_data_packet(&mut self, now: Instant, buf: &mut Vec<u8>) -> (u64, usize) {
         let flags = self.protection.send_flags(now);
         let pn = self.next_pn;
         Header {
@@ -177,7 +181,7 @@ impl Connection {
 
     /// Seals a Data packet begun with `begin_data_packet` (`start` is its
     /// packet number and header length) and records what it carries.
-    fn seal_and_finish(
+    pub(super) fn seal_and_finish(
         &mut self,
         now: Instant,
         buf: &mut Vec<u8>,
@@ -375,8 +379,10 @@ impl Connection {
                 self.send_queue.begin_packet();
                 let now_us = self.micros(now);
                 let slack_us = (self.paths[path].rtt.smoothed() / 2).as_micros() as u64;
+                let room = mtu - self.fec_prepare(now, path);
+                let (protected_start, frames_before) = (buf.len(), frames.len());
                 while let Some((channel, up_to)) = self.send_queue.take_skip() {
-                    if mtu - buf.len() < 20 {
+                    if room.saturating_sub(buf.len()) < 20 {
                         self.send_queue.on_skip_lost(channel, up_to);
                         break;
                     }
@@ -385,7 +391,7 @@ impl Connection {
                     eliciting = true;
                 }
                 while let Some(f) = self.send_queue.next_fragment(
-                    mtu - buf.len(),
+                    room.saturating_sub(buf.len()),
                     self.peer_max_data,
                     now_us,
                     slack_us,
@@ -394,6 +400,7 @@ impl Connection {
                     frames.push(SentFrame::Msg(f));
                     eliciting = true;
                 }
+                self.fec_protect(now, buf, pn, protected_start, &frames[frames_before..]);
             }
             let p = &mut self.paths[path];
             let probe = p.probes > 0;

@@ -1,8 +1,9 @@
 //! Frames: the units of meaning inside a packet.
 //!
 //! Each frame starts with a varint type. Types 0x00–0x0b and 0x10–0x13 are
-//! defined in v1; 0x14–0x1f are reserved for path status, checkpoint and resume
-//! frames of later versions; anything else is rejected. [`FrameIter`] walks the
+//! defined in v1, 0x20–0x21 carry forward error correction (docs/FEC.md);
+//! 0x14–0x1f are reserved for path status, checkpoint and resume frames of
+//! later versions; anything else is rejected. [`FrameIter`] walks the
 //! frames of a packet payload and yields an error (then stops) on malformed input.
 
 use std::ops::RangeInclusive;
@@ -25,6 +26,8 @@ const HANDSHAKE: u64 = 0x10;
 const TOKEN: u64 = 0x11;
 const PATH_CHALLENGE: u64 = 0x12;
 const PATH_RESPONSE: u64 = 0x13;
+const FEC_SOURCE: u64 = 0x20;
+const FEC_REPAIR: u64 = 0x21;
 
 /// Longest HANDSHAKE or TOKEN body accepted.
 pub const MAX_HANDSHAKE_LEN: usize = 4096;
@@ -94,6 +97,18 @@ pub enum Frame<'a> {
     PathChallenge(u64),
     /// Echoes a PATH_CHALLENGE's data.
     PathResponse(u64),
+    /// Frames protected by forward error correction: source symbol `seq` of
+    /// the sender's FEC source stream. `frames` holds MSG and SKIP frames,
+    /// processed as if they stood in the packet directly.
+    FecSource {
+        /// Sequence number of the FEC source stream.
+        seq: u64,
+        /// The encoded protected frames.
+        frames: &'a [u8],
+    },
+    /// One FEC repair symbol (`fec::RepairSymbol` encoding, checked by the
+    /// receiver when it decodes it).
+    FecRepair(&'a [u8]),
 }
 
 /// An ACK frame: acknowledged packet numbers as descending inclusive ranges.
@@ -293,6 +308,17 @@ impl Frame<'_> {
                 varint::write(out, ty);
                 varint::write(out, b.len() as u64);
                 out.extend_from_slice(b);
+            }
+            Frame::FecSource { seq, frames } => {
+                varint::write(out, FEC_SOURCE);
+                varint::write(out, *seq);
+                varint::write(out, frames.len() as u64);
+                out.extend_from_slice(frames);
+            }
+            Frame::FecRepair(symbol) => {
+                varint::write(out, FEC_REPAIR);
+                varint::write(out, symbol.len() as u64);
+                out.extend_from_slice(symbol);
             }
         }
     }
@@ -511,6 +537,11 @@ impl<'a> FrameIter<'a> {
                     Frame::Token(b)
                 }
             }
+            FEC_SOURCE => Frame::FecSource {
+                seq: r.varint()?,
+                frames: r.len_prefixed()?,
+            },
+            FEC_REPAIR => Frame::FecRepair(r.len_prefixed()?),
             other => return Err(WireError::UnknownFrame(other)),
         })
     }
@@ -589,6 +620,8 @@ mod tests {
         Token(Vec<u8>),
         Challenge(u64),
         Response(u64),
+        FecSource(u64, Vec<u8>),
+        FecRepair(Vec<u8>),
     }
 
     impl Owned {
@@ -629,6 +662,8 @@ mod tests {
                 Owned::Token(b) => Frame::Token(b),
                 Owned::Challenge(d) => Frame::PathChallenge(*d),
                 Owned::Response(d) => Frame::PathResponse(*d),
+                Owned::FecSource(seq, frames) => Frame::FecSource { seq: *seq, frames },
+                Owned::FecRepair(b) => Frame::FecRepair(b),
             }
         }
     }
@@ -662,6 +697,9 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..60).prop_map(Owned::Token),
             any::<u64>().prop_map(Owned::Challenge),
             any::<u64>().prop_map(Owned::Response),
+            (v.clone(), proptest::collection::vec(any::<u8>(), 0..200))
+                .prop_map(|(s, f)| Owned::FecSource(s, f)),
+            proptest::collection::vec(any::<u8>(), 0..200).prop_map(Owned::FecRepair),
         ]
     }
 
