@@ -107,11 +107,20 @@ fn deadline_channel_never_delivers_late_through_reordering_and_loss() {
         accounted.extend(&out.skipped);
         accounted.sort_unstable();
         assert_eq!(accounted, (0..600).collect::<Vec<_>>(), "seed {seed}");
+        // The receiver judges the deadline on the sender's clock mapped onto
+        // its own through its clock estimate: "never late" holds up to that
+        // estimate's error bound (a few µs here), which it reports.
+        let bound_us = out
+            .server_stats
+            .as_ref()
+            .and_then(|s| s.clock.as_ref())
+            .map_or(0, |c| c.error_bound_us.ceil() as u64);
         for m in &out.delivered {
             assert!(
-                m.delivered_us - m.sent_us <= deadline_us,
-                "seed {seed}: seq {} late",
-                m.seq
+                m.delivered_us - m.sent_us <= deadline_us + bound_us,
+                "seed {seed}: seq {} late: delivered {} us after it was sent (clock error bound {bound_us} us)",
+                m.seq,
+                m.delivered_us - m.sent_us
             );
         }
         let c = out.client_stats.unwrap();

@@ -50,6 +50,9 @@ pub(super) struct FecSender {
     next_seq: u64,
     /// Repair symbols waiting to be sent, oldest first.
     repairs: VecDeque<RepairSymbol>,
+    /// Bytes of repair symbols queued since the congestion controllers were
+    /// last told (see [`Connection::offer_fec_repairs`]).
+    unoffered: u64,
     /// The smallest deadline of a deadline message sent so far.
     budget: Option<Duration>,
     window: LossWindow,
@@ -141,6 +144,7 @@ impl FecSender {
             encoder: None,
             next_seq: 0,
             repairs: VecDeque::new(),
+            unoffered: 0,
             budget: None,
             window: LossWindow::default(),
         }
@@ -154,7 +158,16 @@ impl FecSender {
     /// Closes the open group if its hold time has passed.
     pub(super) fn handle_timeout(&mut self, now: Instant) {
         if let Some(encoder) = &mut self.encoder {
-            self.repairs.extend(encoder.handle_timeout(now));
+            let repairs = encoder.handle_timeout(now);
+            self.queue(repairs);
+        }
+    }
+
+    /// Queues repair symbols to send, counting their bytes as offered load.
+    fn queue(&mut self, repairs: Vec<RepairSymbol>) {
+        for r in repairs {
+            self.unoffered += r.encoded_len() as u64;
+            self.repairs.push_back(r);
         }
     }
 
@@ -207,13 +220,27 @@ impl FecSender {
         let encoder = self.encoder.as_mut()?;
         let seq = self.next_seq;
         let repairs = encoder.push_source(now, seq, symbol).ok()?;
-        self.repairs.extend(repairs);
+        self.queue(repairs);
         self.next_seq += 1;
         Some(seq)
     }
 }
 
 impl Connection {
+    /// Tells every path's congestion controller about the repair bytes queued
+    /// since the last call: repairs are load the application's stream
+    /// brings, so a rate-based controller must pace for them too (without
+    /// this, a live stream's repairs would share the data's rate and push
+    /// the data past its deadline).
+    pub(super) fn offer_fec_repairs(&mut self, now: Instant) {
+        let bytes = std::mem::take(&mut self.fec_tx.unoffered);
+        if bytes > 0 {
+            for p in self.paths.iter_mut() {
+                p.cc.on_offered(now, bytes);
+            }
+        }
+    }
+
     /// Before a Data packet on `path` takes its SKIP and MSG frames: lets the
     /// FEC policy choose the code; returns the bytes the packet must leave
     /// free for protection (0 when FEC is off).
@@ -270,6 +297,7 @@ impl Connection {
         let Some(seq) = tx.protect(now, &symbol) else {
             return;
         };
+        self.offer_fec_repairs(now);
         let mut head = Vec::with_capacity(12);
         Frame::FecSource { seq, frames: &[] }.encode(&mut head);
         // The empty frame wrote a zero length: write the real one instead.

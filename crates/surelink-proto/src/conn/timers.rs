@@ -133,7 +133,10 @@ impl Connection {
             }
             // Wakes `poll_transmit`, which sends the ACK.
             Timer::Ack => {}
-            Timer::FecHold => self.fec_tx.handle_timeout(now),
+            Timer::FecHold => {
+                self.fec_tx.handle_timeout(now);
+                self.offer_fec_repairs(now);
+            }
             Timer::PathCheck => self.check_paths(now),
             Timer::Playout => self.poll_delivery(now),
         }
