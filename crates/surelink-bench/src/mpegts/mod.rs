@@ -106,7 +106,8 @@ pub const SYSTEMS: &[SystemSpec] = &[
     SystemSpec {
         name: "surelink-deadline",
         carrier: Carrier::Surelink { deadline: true },
-        send_flags: &[],
+        // FEC is `auto` by default on deadline channels: this row is without it.
+        send_flags: &["--fec", "off"],
         needs_send_flag: None,
     },
     SystemSpec {
@@ -212,6 +213,15 @@ pub const LINKS: &[LinkSpec] = &[
         delay_ms: 10,
         jitter_ms: 1,
         loss_percent: 2.0,
+        flap: None,
+        srt_latency_ms: 35,
+        budget: Budget::Fixed(35),
+    },
+    LinkSpec {
+        name: "10ms-5%-35ms",
+        delay_ms: 10,
+        jitter_ms: 1,
+        loss_percent: 5.0,
         flap: None,
         srt_latency_ms: 35,
         budget: Budget::Fixed(35),
