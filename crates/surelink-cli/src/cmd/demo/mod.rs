@@ -1,21 +1,28 @@
-//! `surelink demo`: a self-contained showcase of surelink over a bad network.
+//! `surelink demo`: a self-contained showcase of every mechanism of surelink,
+//! told as a story in one process.
 //!
-//! In one process it starts a receiver [`Endpoint`] and a sender endpoint on
-//! 127.0.0.1 (ephemeral ports) and puts an in-process [`Impairer`] between
-//! them: random and bursty (Gilbert-Elliott) loss, delay, jitter, reordering
-//! and duplication, in both directions. The sender then behaves like a
-//! real-time source: `--rate` messages per second of `--size` bytes for
-//! `--duration`, each carrying its sequence number and its send time
-//! ([`Probe`]). The receiving application checks every message (exactly once,
-//! in order, intact) and measures its one-way latency from the embedded
-//! timestamp. Progress is shown live on stderr (a progress bar on a terminal,
-//! a plain line per second otherwise); at the end a summary goes to stdout
-//! (text, or one JSON object with `--json`).
+//! [`run`] drives five steps one after another, each through in-process
+//! [`Impairer`]s on 127.0.0.1 (ephemeral ports):
 //!
-//! The command succeeds when every message was delivered exactly once, in
-//! order and intact. With `--deadline` the channel uses
-//! [`Delivery::Deadline`]: messages that cannot make it in time may be
-//! skipped, so only duplicates, reordering and corruption count as failures.
+//! 1. **loss**: one stream through the configured link (random and bursty
+//!    loss, delay, jitter, reordering, duplication): the sender behaves like
+//!    a real-time source, `--rate` messages per second of `--size` bytes for
+//!    `--duration`, each carrying its sequence number and send time
+//!    ([`Probe`]); the receiving application checks every message (exactly
+//!    once, in order, intact) and measures its latency. With `--deadline`
+//!    the channel uses [`Delivery::Deadline`];
+//! 2. **failover** and 3. **crash_restart**: see [`story`];
+//! 4. **deadline**: a stream on a 60 ms deadline channel through a link whose
+//!    delay spikes past it: skipped, never delivered late;
+//! 5. **clock**: step 1's receiver's clock estimate, which must cover the
+//!    true offset (0: both sides read this host's clock).
+//!
+//! Each step's line is shown as it completes, with live progress on stderr
+//! (a progress bar or spinner on a terminal, plain lines otherwise); then a
+//! table mechanism by mechanism and step 1 in detail go to stdout, or one
+//! JSON object with `--json` (step 1's figures at the top level and a
+//! `steps` array). `--plot` writes the latency timeline ([`plot`]). The
+//! command succeeds when every step's invariants held.
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;

@@ -161,7 +161,7 @@ pub(super) struct DurableRun {
     pub sent: u64,
     /// What the receiver's output holds, message by message.
     pub tally: Tally,
-    /// When the receiver was killed and when it was back (demo clock, µs).
+    /// When the receiver was killed (demo clock, µs).
     pub crash_us: u64,
     /// When the restarted receiver was listening again (demo clock, µs).
     pub restart_us: u64,
