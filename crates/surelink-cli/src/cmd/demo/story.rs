@@ -31,6 +31,9 @@ const QUIET_LINK: &str = "delay=10ms,jitter=1ms";
 const DOWNTIME: Duration = Duration::from_millis(300);
 /// How many times the restarted receiver tries to bind its old address.
 const REBIND_ATTEMPTS: u32 = 40;
+/// Most messages the durable sender queues in one group commit (after an
+/// outage it has a backlog to catch up on).
+const MAX_BATCH: u64 = 256;
 /// How many connections the durable sender makes at most.
 const MAX_ATTACHES: u32 = 20;
 
@@ -326,7 +329,7 @@ async fn durable_sender(
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     continue;
                 }
-                let batch = (seq..due)
+                let batch = (seq..due.min(seq + MAX_BATCH))
                     .map(|seq| Outgoing {
                         channel: 0,
                         data: Probe {
