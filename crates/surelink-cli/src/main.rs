@@ -92,8 +92,16 @@ Examples:
     Impair(cmd::impair::ImpairArgs),
     /// Show surelink at work: sender and receiver in one process through a lossy, jittery link.
     #[command(after_help = concat!("\
+The story: 1. loss (retransmission), 2. a cut of the primary path (failover),
+3. a receiver crash and restart (checkpoints), 4. a deadline channel
+(skipping), 5. the clock estimate; then a table mechanism by mechanism. The
+link options, --duration and --deadline shape step 1; --rate, --size and
+--seed apply to every step.
+
 Examples:
   surelink demo
+  surelink demo --quick --json
+  surelink demo --plot timeline.svg
   surelink demo --duration 10s --rate 2000 --size 100 --loss 2% --burst off --deadline 80ms --json
 
 ", exit::exit_status_help!()))]
