@@ -13,20 +13,7 @@ use std::net::UdpSocket;
 use std::path::Path;
 
 use rand::{RngCore, SeedableRng};
-use support::Proc;
-
-fn free_addr() -> String {
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use support::{free_addr, s, Proc};
 
 fn write_random(path: &Path, seed: u64, len: usize) -> Vec<u8> {
     let mut data = vec![0u8; len];

@@ -6,26 +6,12 @@
 
 mod support;
 
-use std::net::UdpSocket;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
-use support::{Proc, PROCESS_LIMIT};
-
-fn free_addr() -> String {
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use support::{free_addr, s, Proc, PROCESS_LIMIT};
 
 /// A session interrupted halfway: the sender killed once the receiver has
 /// at least 1 MiB. Returns (receiver, receiver args, sender args).
