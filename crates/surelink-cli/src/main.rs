@@ -28,11 +28,13 @@ mod fec;
 mod keys;
 mod metrics;
 mod net;
+mod out_dir;
 mod paths;
 mod progress;
 mod report;
 mod security;
 mod shutdown;
+mod source;
 mod state;
 
 /// Examples and exit statuses at the end of `surelink --help`.

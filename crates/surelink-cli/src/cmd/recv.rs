@@ -11,7 +11,11 @@
 //!
 //! Datagram mode (`--to udp://HOST:PORT`) sends each message as one UDP
 //! datagram to that address. Senders are served concurrently; each one's
-//! datagrams leave in its message order.
+//! datagrams leave in its message order. With `--tag-source` each datagram
+//! starts with the sender's [`SourceHeader`](crate::source::SourceHeader).
+//!
+//! Per-source mode (`--out-dir DIR`, in [`crate::out_dir`]) serves senders
+//! concurrently, each into its own file, listed in `DIR/index.jsonl`.
 //!
 //! With `--once` the command exits after the first sender closed gracefully and
 //! all of its output was written (and, for a file, synced to disk): 0 if that
@@ -55,11 +59,22 @@ pub struct RecvArgs {
     /// Stream mode: write the received bytes to this file, or `-` for stdout (the default).
     /// The bytes go to a temporary file beside it, renamed over PATH once the first sender
     /// has finished: an existing file is replaced only then, never lost to a failed run.
-    #[arg(long = "out", value_name = "PATH|-", conflicts_with = "to")]
+    #[arg(long = "out", value_name = "PATH|-", conflicts_with_all = ["to", "out_dir"])]
     pub output: Option<String>,
+    /// Stream mode, one file per sender: write each sender's stream to DIR/SOURCE-SESSION.bin
+    /// (SOURCE: its key fingerprint; SESSION: a new id per connection) and list the files in
+    /// DIR/index.jsonl (source, file, bytes, start/end time, complete or not). Senders are
+    /// served concurrently; no existing file is overwritten.
+    #[arg(long, value_name = "DIR", conflicts_with = "to")]
+    pub out_dir: Option<PathBuf>,
     /// Datagram mode: send each received message as one UDP datagram to this address.
     #[arg(long, value_name = "udp://HOST:PORT", value_parser = parse_host_port)]
     pub to: Option<HostPort>,
+    /// Datagram mode: put a 16-byte source header before each datagram: the sender's key
+    /// fingerprint (8 bytes), then the message's sequence number on its connection (8 bytes,
+    /// big-endian).
+    #[arg(long, requires = "to")]
+    pub tag_source: bool,
     /// Exit after the first sender has closed and its output is written.
     #[arg(long)]
     pub once: bool,
@@ -93,13 +108,14 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
         let plan = durable_plan(&args, dir, listen, config)?;
         return crate::state::recv::run(plan).await;
     }
-    let sink = match &args.to {
-        Some(to) => {
+    let sink = match (&args.to, &args.out_dir) {
+        (_, Some(dir)) => Sink::Dir(crate::out_dir::OutDir::open(dir)?),
+        (Some(to), None) => {
             let target = to.resolve().await?;
             let socket = crate::net::bind_udp(wildcard_for(target))?;
             Sink::Datagrams { socket, target }
         }
-        None => match args.output.as_deref() {
+        (None, None) => match args.output.as_deref() {
             None | Some("-") => Sink::Stream(Output::Stdout(tokio::io::stdout())),
             Some(path) => Sink::Stream(Output::File(PendingFile::create(PathBuf::from(path))?)),
         },
@@ -117,6 +133,7 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
     let serve = async {
         match sink {
             Sink::Stream(out) => serve_stream(&endpoint, out, &args).await,
+            Sink::Dir(out) => crate::out_dir::serve(&endpoint, out, args.once).await,
             Sink::Datagrams { socket, target } => {
                 serve_datagrams(&endpoint, socket, target, &args).await
             }
@@ -160,6 +177,11 @@ fn durable_plan(
     listen: Vec<SocketAddr>,
     config: EndpointConfig,
 ) -> anyhow::Result<DurableRecv> {
+    if args.out_dir.is_some() {
+        bail!(UsageError(
+            "--state works with one output file (--out FILE), not yet with --out-dir".into()
+        ));
+    }
     if args.to.is_some() {
         bail!(UsageError(
             "--state works with a file (--out FILE), not with --to".into()
@@ -185,6 +207,8 @@ fn durable_plan(
 /// Where received messages go.
 enum Sink {
     Stream(Output),
+    /// One file per sender (`--out-dir`).
+    Dir(std::sync::Arc<crate::out_dir::OutDir>),
     Datagrams {
         socket: UdpSocket,
         target: SocketAddr,
@@ -375,15 +399,16 @@ async fn serve_datagrams(
 ) -> anyhow::Result<()> {
     let socket = std::sync::Arc::new(socket);
     let interval = args.stats.stats_interval;
+    let tag = args.tag_source;
     while let Some(conn) = endpoint.accept().await {
         let remote = conn.remote_addr();
         tracing::info!(%remote, "sender connected");
         if args.once {
-            return forward(conn, &socket, target, interval).await;
+            return forward(conn, &socket, target, interval, tag).await;
         }
         let socket = socket.clone();
         tokio::spawn(async move {
-            match forward(conn, &socket, target, interval).await {
+            match forward(conn, &socket, target, interval, tag).await {
                 Ok(()) => tracing::info!(%remote, "sender finished"),
                 Err(e) => tracing::warn!(%remote, "sender failed: {e:#}"),
             }
@@ -392,13 +417,16 @@ async fn serve_datagrams(
     bail!("the endpoint stopped accepting connections")
 }
 
-/// Sends one connection's messages as datagrams to `target` until it closes.
+/// Sends one connection's messages as datagrams to `target` until it closes,
+/// each after a [`SourceHeader`](crate::source::SourceHeader) if `tag`.
 async fn forward(
     conn: Connection,
     socket: &UdpSocket,
     target: SocketAddr,
     stats_interval: Option<Duration>,
+    tag: bool,
 ) -> anyhow::Result<()> {
+    let source = crate::source::Source::of(&conn);
     let started = Instant::now();
     let reporter = spawn_reporter(stats_interval, "recv", &conn);
     let result = async {
@@ -408,7 +436,19 @@ async fn forward(
             .map_err(|e| recv_error(&conn, e))?
         {
             crate::state::refuse_session(&conn, &msg)?;
-            let data = msg.data;
+            let data = if tag {
+                let mut tagged =
+                    Vec::with_capacity(crate::source::SourceHeader::LEN + msg.data.len());
+                crate::source::SourceHeader {
+                    source,
+                    seq: msg.seq,
+                }
+                .encode_into(&mut tagged);
+                tagged.extend_from_slice(&msg.data);
+                surelink::Bytes::from(tagged)
+            } else {
+                msg.data
+            };
             if let Err(e) = socket.send_to(&data, target).await {
                 tracing::warn!(%target, len = data.len(), error = %e, "cannot forward a datagram");
             }

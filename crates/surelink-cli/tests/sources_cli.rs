@@ -1,0 +1,165 @@
+//! Many senders into one receiver, over real UDP on loopback: `recv
+//! --out-dir` (one file per sender and an index) and `recv --to udp://
+//! --tag-source` (each datagram tagged with its sender).
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
+use support::{s, Proc, PROCESS_LIMIT, STARTUP_LIMIT};
+
+fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    SmallRng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+/// Starts `count` senders of distinct content (`len` bytes each) to `addr`;
+/// returns the inputs.
+fn start_senders(
+    dir: &std::path::Path,
+    addr: SocketAddr,
+    count: u64,
+    len: usize,
+) -> (Vec<Vec<u8>>, Vec<Proc>) {
+    let mut inputs = Vec::new();
+    let mut senders = Vec::new();
+    for i in 0..count {
+        let data = random_bytes(100 + i, len + i as usize);
+        let input = dir.join(format!("in-{i}.bin"));
+        std::fs::write(&input, &data).unwrap();
+        inputs.push(data);
+        senders.push(Proc::spawn(
+            "send",
+            &["send", "--to", &addr.to_string(), "--in", s(&input)],
+        ));
+    }
+    (inputs, senders)
+}
+
+fn index(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    support::json_lines(&std::fs::read_to_string(dir.join("index.jsonl")).unwrap())
+}
+
+#[test]
+fn twenty_senders_land_in_twenty_byte_identical_files_with_an_index() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    let mut recv = Proc::spawn(
+        "recv",
+        &["recv", "--listen", "127.0.0.1:0", "--out-dir", s(&out)],
+    );
+    let addr = recv.listening_addr();
+    let (inputs, mut senders) = start_senders(work.path(), addr, 20, 256 << 10);
+    for sender in &mut senders {
+        sender.wait_success();
+    }
+    // A sender exits once its bytes are acknowledged; the receiver says when
+    // each file is written and synced.
+    for _ in 0..20 {
+        let line = recv
+            .find_line("complete", PROCESS_LIMIT)
+            .unwrap_or_else(|| panic!("not every file completed:\n{}", recv.stderr()));
+        assert!(!line.contains("incomplete"), "{line}");
+    }
+    recv.terminate();
+    recv.wait_success();
+
+    let entries = index(&out);
+    assert_eq!(entries.len(), 20, "{entries:?}");
+    let mut sources = BTreeSet::new();
+    let mut matched = BTreeSet::new();
+    for entry in &entries {
+        assert_eq!(entry["complete"], true, "{entry}");
+        let file = entry["file"].as_str().unwrap();
+        let source = entry["source"].as_str().unwrap();
+        let session = entry["session"].as_str().unwrap();
+        assert_eq!(file, format!("{source}-{session}.bin"));
+        sources.insert(source.to_owned());
+        let got = std::fs::read(out.join(file)).unwrap();
+        assert_eq!(entry["bytes"].as_u64(), Some(got.len() as u64), "{entry}");
+        let start = entry["start_us"].as_u64().unwrap();
+        assert!(entry["end_us"].as_u64().unwrap() >= start, "{entry}");
+        let which = inputs
+            .iter()
+            .position(|input| *input == got)
+            .unwrap_or_else(|| panic!("{file} matches no input"));
+        assert!(matched.insert(which), "two files hold input {which}");
+    }
+    assert_eq!(sources.len(), 20, "one source per sender: {sources:?}");
+    // Only the 20 files and the index are left in the directory.
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 21);
+}
+
+/// A UDP socket on loopback with a large receive buffer, so that the test's
+/// own socket does not drop datagrams while this thread is descheduled.
+fn udp_with_big_buffer() -> UdpSocket {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+    socket.set_recv_buffer_size(8 << 20).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.into()
+}
+
+#[test]
+fn tagged_datagrams_name_their_sender_and_sequence() {
+    let work = tempfile::tempdir().unwrap();
+    let sink = udp_with_big_buffer();
+    sink.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let target = format!("udp://{}", sink.local_addr().unwrap());
+    let mut recv = Proc::spawn(
+        "recv",
+        &[
+            "recv",
+            "--listen",
+            "127.0.0.1:0",
+            "--to",
+            &target,
+            "--tag-source",
+        ],
+    );
+    let addr = recv.listening_addr();
+    let (inputs, mut senders) = start_senders(work.path(), addr, 3, 32 << 10);
+    for sender in &mut senders {
+        sender.wait_success();
+    }
+    let expected: usize = inputs.iter().map(Vec::len).sum();
+    // Per source: the sequence numbers and payloads, in arrival order.
+    let mut streams: BTreeMap<[u8; 8], Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+    let mut received = 0;
+    let mut buf = vec![0u8; 65536];
+    let deadline = Instant::now() + STARTUP_LIMIT;
+    while received < expected && Instant::now() < deadline {
+        let Ok(n) = sink.recv(&mut buf) else { continue };
+        assert!(n >= 16, "a datagram without its header");
+        let source: [u8; 8] = buf[..8].try_into().unwrap();
+        let seq = u64::from_be_bytes(buf[8..16].try_into().unwrap());
+        streams
+            .entry(source)
+            .or_default()
+            .push((seq, buf[16..n].to_vec()));
+        received += n - 16;
+    }
+    recv.terminate();
+    recv.wait_success();
+    assert_eq!(received, expected, "payload bytes forwarded");
+    assert_eq!(streams.len(), 3, "three sources");
+    let mut matched = BTreeSet::new();
+    for messages in streams.values() {
+        let seqs: Vec<u64> = messages.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+        let stream: Vec<u8> = messages.iter().flat_map(|(_, d)| d.clone()).collect();
+        let which = inputs
+            .iter()
+            .position(|i| *i == stream)
+            .expect("a sender's input");
+        assert!(matched.insert(which));
+    }
+}
