@@ -1,5 +1,6 @@
 //! Many senders into one receiver, over real UDP on loopback: `recv
-//! --out-dir` (one file per sender and an index) and `recv --to udp://
+//! --out-dir` (one file per sender and an index), with `--state` across a
+//! `kill -9` of the receiver and of one sender, and `recv --to udp://
 //! --tag-source` (each datagram tagged with its sender).
 
 mod support;
@@ -93,6 +94,123 @@ fn twenty_senders_land_in_twenty_byte_identical_files_with_an_index() {
     assert_eq!(sources.len(), 20, "one source per sender: {sources:?}");
     // Only the 20 files and the index are left in the directory.
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 21);
+}
+
+/// Total bytes of the `.bin` files in `dir`.
+fn output_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "bin"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    })
+}
+
+/// Waits (bounded) until `done` holds; the failure message names `what`.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PROCESS_LIMIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn durable_sources_survive_killing_the_receiver_and_one_sender() {
+    const SENDERS: usize = 3;
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    let state = work.path().join("recv-state");
+    let listen = support::free_addr();
+    let recv_args = [
+        "recv",
+        "--listen",
+        &listen,
+        "--out-dir",
+        s(&out),
+        "--state",
+        s(&state),
+    ];
+    let mut recv = Proc::spawn("recv", &recv_args);
+    recv.wait_for_line("listening on");
+    let mut inputs = Vec::new();
+    let mut send_args = Vec::new();
+    for i in 0..SENDERS {
+        let data = random_bytes(200 + i as u64, (4 << 20) + i);
+        let input = work.path().join(format!("in-{i}.bin"));
+        std::fs::write(&input, &data).unwrap();
+        inputs.push(data);
+        let tx_state = work.path().join(format!("send-state-{i}"));
+        send_args.push(
+            [
+                "send",
+                "--to",
+                &listen,
+                "--in",
+                s(&input),
+                "--state",
+                s(&tx_state),
+                "--max-unconfirmed",
+                "64KiB",
+                "--reconnect-for",
+                "60s",
+            ]
+            .map(str::to_owned),
+        );
+    }
+    let spawn_sender = |i: usize| {
+        let args: Vec<&str> = send_args[i].iter().map(String::as_str).collect();
+        Proc::spawn(&format!("send#{i}"), &args)
+    };
+    let mut senders: Vec<Proc> = (0..SENDERS).map(spawn_sender).collect();
+    // Kill both once data is flowing, well before the 12 MiB are through.
+    wait_until("no data arrived", || output_bytes(&out) >= 512 << 10);
+    recv.kill();
+    senders[0].kill();
+    let mut recv = Proc::spawn("recv#2", &recv_args);
+    recv.wait_for_line("listening on");
+    senders[0] = spawn_sender(0);
+    for sender in &mut senders {
+        sender.wait_success();
+    }
+    wait_until("not every session was recorded complete", || {
+        let entries = index(&out);
+        entries.len() == SENDERS && entries.iter().all(|e| e["complete"] == true)
+    });
+    recv.terminate();
+    recv.wait_success();
+    let log = recv.stderr();
+    // Every session was cut by the kill and resumed by the new receiver.
+    let resumed: BTreeSet<&str> = log
+        .lines()
+        .filter(|l| l.contains(" resumed by "))
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .collect();
+    assert_eq!(resumed.len(), SENDERS, "{log}");
+
+    let mut matched = BTreeSet::new();
+    for entry in index(&out) {
+        let file = entry["file"].as_str().unwrap();
+        assert_eq!(entry["session"].as_str().unwrap().len(), 32, "{entry}");
+        let got = std::fs::read(out.join(file)).unwrap();
+        assert_eq!(entry["bytes"].as_u64(), Some(got.len() as u64), "{entry}");
+        let which = inputs
+            .iter()
+            .position(|input| *input == got)
+            .unwrap_or_else(|| panic!("{file} ({} bytes) matches no input", got.len()));
+        assert!(matched.insert(which), "two files hold input {which}");
+    }
+    assert_eq!(matched.len(), SENDERS);
+    // Each complete session's state was removed.
+    let left: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "session states left: {left:?}");
 }
 
 /// A UDP socket on loopback with a large receive buffer, so that the test's

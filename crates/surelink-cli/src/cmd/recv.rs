@@ -62,9 +62,10 @@ pub struct RecvArgs {
     #[arg(long = "out", value_name = "PATH|-", conflicts_with_all = ["to", "out_dir"])]
     pub output: Option<String>,
     /// Stream mode, one file per sender: write each sender's stream to DIR/SOURCE-SESSION.bin
-    /// (SOURCE: its key fingerprint; SESSION: a new id per connection) and list the files in
-    /// DIR/index.jsonl (source, file, bytes, start/end time, complete or not). Senders are
-    /// served concurrently; no existing file is overwritten.
+    /// (SOURCE: its key fingerprint; SESSION: a new id per connection, or the durable session's
+    /// id with --state) and list the files in DIR/index.jsonl (source, file, bytes, start/end
+    /// time, complete or not). Senders are served concurrently; no existing file is overwritten.
+    /// With --state, each sender's session is durable and resumes on its own.
     #[arg(long, value_name = "DIR", conflicts_with = "to")]
     pub out_dir: Option<PathBuf>,
     /// Datagram mode: send each received message as one UDP datagram to this address.
@@ -104,6 +105,18 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
     args.idle.apply(&mut config.protocol)?;
     config.protocol.security = security;
     config.protocol.path_mode = args.mode.into();
+    if let (Some(state), Some(out)) = (&args.state.common.state, &args.out_dir) {
+        return crate::out_dir::durable::run(crate::out_dir::durable::DurableOutDir {
+            out: crate::out_dir::OutDir::open(out)?,
+            state: state.clone(),
+            options: args.state.session_options()?,
+            listen,
+            config,
+            once: args.once,
+            keep_state: args.state.common.keep_state,
+        })
+        .await;
+    }
     if let Some(dir) = args.state.common.state.clone() {
         let plan = durable_plan(&args, dir, listen, config)?;
         return crate::state::recv::run(plan).await;
@@ -177,11 +190,6 @@ fn durable_plan(
     listen: Vec<SocketAddr>,
     config: EndpointConfig,
 ) -> anyhow::Result<DurableRecv> {
-    if args.out_dir.is_some() {
-        bail!(UsageError(
-            "--state works with one output file (--out FILE), not yet with --out-dir".into()
-        ));
-    }
     if args.to.is_some() {
         bail!(UsageError(
             "--state works with a file (--out FILE), not with --to".into()
@@ -190,7 +198,7 @@ fn durable_plan(
     let output = match args.output.as_deref() {
         Some(path) if path != "-" => PathBuf::from(path),
         _ => bail!(UsageError(
-            "--state needs --out FILE: standard output cannot be rewound after a restart".into()
+            "--state needs --out FILE or --out-dir DIR: standard output cannot be rewound after a restart".into()
         )),
     };
     Ok(DurableRecv {

@@ -483,7 +483,7 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
     pub async fn run(
         &mut self,
         endpoint: &Endpoint,
-        mut on_event: impl FnMut(ReceiverEvent),
+        on_event: impl FnMut(ReceiverEvent),
     ) -> Result<(), SessionError> {
         let (tx, mut hellos) = tokio::sync::mpsc::channel(16);
         let acceptor = {
@@ -500,6 +500,20 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
             })
         };
         let _acceptor = AbortOnDrop(acceptor);
+        self.run_hellos(&mut hellos, on_event).await
+    }
+
+    /// [`run`](Self::run), with the connections and their HELLOs (as
+    /// [`read_hello`] returned them) coming from `hellos` instead of an
+    /// endpoint: for an application that accepts connections itself and
+    /// routes each HELLO to the receiver of its session (one
+    /// `DurableReceiver` per sender). A closed channel counts as a closed
+    /// endpoint.
+    pub async fn run_hellos(
+        &mut self,
+        hellos: &mut tokio::sync::mpsc::Receiver<(Connection, Result<Hello, SessionError>)>,
+        mut on_event: impl FnMut(ReceiverEvent),
+    ) -> Result<(), SessionError> {
         let mut current: Option<Connection> = None;
         loop {
             let linger = self.options.linger;

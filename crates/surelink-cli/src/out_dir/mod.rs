@@ -20,6 +20,10 @@
 //! and the file was synced to disk; `bytes` is then the file's length. A
 //! stream still being received, or one whose sender failed, says `false`.
 //!
+//! With `--state STATE`, every sender's session is durable on its own
+//! ([`durable`]): SESSION is then the session's id, and each session keeps
+//! its journal in `STATE/SESSION/`.
+//!
 //! The index is rewritten whole, under a temporary name that is synced and
 //! then renamed over it, whenever a sender starts or ends: a crash leaves
 //! either the old index or the new one, never a torn one, and it never calls a
@@ -39,6 +43,8 @@ use tokio::io::AsyncWriteExt as _;
 
 use crate::ending::{abort_with_reason, recv_error, Side};
 use crate::source::Source;
+
+pub mod durable;
 
 /// The index file's name inside the directory.
 pub const INDEX_FILE: &str = "index.jsonl";
@@ -157,28 +163,36 @@ impl OutDir {
 
     /// Creates a new source's file and adds its (incomplete) entry.
     fn start(&self, source: Source, session: &str) -> anyhow::Result<(tokio::fs::File, String)> {
-        let file = format!("{}-{session}.bin", source.name());
+        let file = file_name(source, session);
         let path = self.dir.join(&file);
         let handle = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
             .with_context(|| format!("cannot create {}", path.display()))?;
+        self.record_start(source, session, &file)?;
+        Ok((tokio::fs::File::from_std(handle), file))
+    }
+
+    /// Adds an incomplete entry for `file` unless the index has one.
+    fn record_start(&self, source: Source, session: &str, file: &str) -> anyhow::Result<()> {
         let mut entries = self.lock();
+        if entries.contains_key(file) {
+            return Ok(());
+        }
         entries.insert(
-            file.clone(),
+            file.to_owned(),
             IndexEntry {
                 source: source.name(),
                 session: session.to_owned(),
-                file: file.clone(),
+                file: file.to_owned(),
                 bytes: 0,
                 start_us: wall_clock_us(),
                 end_us: None,
                 complete: false,
             },
         );
-        self.write_index(&entries)?;
-        Ok((tokio::fs::File::from_std(handle), file))
+        self.write_index(&entries)
     }
 
     /// Records the end of a source's stream.
@@ -192,10 +206,23 @@ impl OutDir {
         self.write_index(&entries)
     }
 
+    /// The file the index lists for `session`, if any.
+    fn file_of_session(&self, session: &str) -> Option<String> {
+        self.lock()
+            .values()
+            .find(|e| e.session == session)
+            .map(|e| e.file.clone())
+    }
+
     /// The path of a file in the directory.
     fn path(&self, file: &str) -> PathBuf {
         self.dir.join(file)
     }
+}
+
+/// The file of `source`'s session `session`.
+fn file_name(source: Source, session: &str) -> String {
+    format!("{}-{session}.bin", source.name())
 }
 
 /// This host's wall clock, µs since the Unix epoch.
