@@ -16,6 +16,7 @@ pub mod conn;
 pub mod crypto;
 pub mod endpoint;
 pub mod fec;
+pub mod merge;
 pub mod range_set;
 pub mod stats_schema;
 pub mod wire;
