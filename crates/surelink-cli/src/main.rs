@@ -26,6 +26,7 @@ mod exit;
 mod failover_log;
 mod fec;
 mod keys;
+mod merge_out;
 mod metrics;
 mod net;
 mod out_dir;

@@ -281,3 +281,86 @@ fn tagged_datagrams_name_their_sender_and_sequence() {
         assert!(matched.insert(which));
     }
 }
+
+/// One record of `recv --merge --out`: source, sequence, corrected time,
+/// error bound, late-by, payload.
+type Record = ([u8; 8], u64, u64, u32, u32, Vec<u8>);
+
+fn parse_records(mut bytes: &[u8]) -> Vec<Record> {
+    let mut records = Vec::new();
+    let be = |b: &[u8]| -> u64 { b.iter().fold(0, |v, &x| (v << 8) | u64::from(x)) };
+    while !bytes.is_empty() {
+        assert!(bytes.len() >= 36, "a torn record");
+        let len = be(&bytes[32..36]) as usize;
+        records.push((
+            bytes[..8].try_into().unwrap(),
+            be(&bytes[8..16]),
+            be(&bytes[16..24]),
+            be(&bytes[24..28]) as u32,
+            be(&bytes[28..32]) as u32,
+            bytes[36..36 + len].to_vec(),
+        ));
+        bytes = &bytes[36 + len..];
+    }
+    records
+}
+
+#[test]
+fn merged_records_come_in_send_time_order_with_their_source() {
+    let work = tempfile::tempdir().unwrap();
+    let output = work.path().join("merged.bin");
+    let mut recv = Proc::spawn(
+        "recv",
+        &[
+            "recv",
+            "--listen",
+            "127.0.0.1:0",
+            "--merge",
+            "--out",
+            s(&output),
+            "--merge-window",
+            "50ms",
+            "--late",
+            "deliver",
+        ],
+    );
+    let addr = recv.listening_addr();
+    let (inputs, mut senders) = start_senders(work.path(), addr, 4, 64 << 10);
+    for sender in &mut senders {
+        sender.wait_success();
+    }
+    for _ in 0..4 {
+        recv.find_line("finished:", PROCESS_LIMIT)
+            .unwrap_or_else(|| panic!("not every sender finished:\n{}", recv.stderr()));
+    }
+    recv.terminate();
+    recv.wait_success();
+    let records = parse_records(&std::fs::read(&output).unwrap());
+    let mut streams: BTreeMap<[u8; 8], Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+    let mut last_time = 0;
+    for (source, seq, time_us, bound, late_by, data) in records {
+        if late_by == 0 {
+            assert!(time_us >= last_time, "records out of time order");
+            last_time = time_us;
+        }
+        assert!(bound > 0, "an error bound of 0");
+        streams.entry(source).or_default().push((seq, data));
+    }
+    assert_eq!(streams.len(), 4, "four sources");
+    let mut matched = BTreeSet::new();
+    for messages in streams.values() {
+        let seqs: Vec<u64> = messages.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+        let stream: Vec<u8> = messages.iter().flat_map(|(_, d)| d.clone()).collect();
+        let which = inputs
+            .iter()
+            .position(|i| *i == stream)
+            .expect("a sender's input");
+        assert!(matched.insert(which));
+    }
+    assert!(
+        recv.stderr().contains("surelink recv: merged "),
+        "{}",
+        recv.stderr()
+    );
+}

@@ -14,6 +14,10 @@
 //! datagrams leave in its message order. With `--tag-source` each datagram
 //! starts with the sender's [`SourceHeader`](crate::source::SourceHeader).
 //!
+//! Merge mode (`--merge`, in [`crate::merge_out`]) serves senders
+//! concurrently and writes their messages to `--out` or `--to` as records in
+//! send-time order, through each sender's clock estimate.
+//!
 //! Per-source mode (`--out-dir DIR`, in [`crate::out_dir`]) serves senders
 //! concurrently, each into its own file, listed in `DIR/index.jsonl`.
 //!
@@ -89,6 +93,8 @@ pub struct RecvArgs {
     pub security: crate::security::RecvSecurityArgs,
     #[command(flatten)]
     pub state: crate::state::RecvStateArgs,
+    #[command(flatten)]
+    pub merge: crate::merge_out::MergeArgs,
 }
 
 /// Runs `surelink recv`.
@@ -105,6 +111,11 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
     args.idle.apply(&mut config.protocol)?;
     config.protocol.security = security;
     config.protocol.path_mode = args.mode.into();
+    if args.merge.merge && args.state.common.state.is_some() {
+        bail!(UsageError(
+            "--merge does not keep durable state yet: run it without --state".into()
+        ));
+    }
     if let (Some(state), Some(out)) = (&args.state.common.state, &args.out_dir) {
         return crate::out_dir::durable::run(crate::out_dir::durable::DurableOutDir {
             out: crate::out_dir::OutDir::open(out)?,
@@ -143,6 +154,10 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
     crate::security::announce_receiver(&endpoint);
     crate::security::spawn_handshake_log(&endpoint);
 
+    if args.merge.merge {
+        // Stops on Ctrl-C or SIGTERM by itself, writing out what it holds.
+        return crate::merge_out::serve(&endpoint, sink, &args.merge, args.once).await;
+    }
     let serve = async {
         match sink {
             Sink::Stream(out) => serve_stream(&endpoint, out, &args).await,
@@ -213,7 +228,7 @@ fn durable_plan(
 }
 
 /// Where received messages go.
-enum Sink {
+pub(crate) enum Sink {
     Stream(Output),
     /// One file per sender (`--out-dir`).
     Dir(std::sync::Arc<crate::out_dir::OutDir>),
@@ -224,7 +239,7 @@ enum Sink {
 }
 
 /// The byte-stream output.
-enum Output {
+pub(crate) enum Output {
     Stdout(tokio::io::Stdout),
     File(PendingFile),
 }
@@ -233,7 +248,7 @@ enum Output {
 /// sender has finished, then renamed over PATH (the open handle follows the
 /// rename, so later senders append to PATH itself). Dropped before that, the
 /// temporary file is removed and PATH was never touched.
-struct PendingFile {
+pub(crate) struct PendingFile {
     file: tokio::fs::File,
     path: PathBuf,
     /// The temporary name, until the rename.
@@ -287,14 +302,16 @@ impl PendingFile {
 }
 
 impl Output {
-    fn writer(&mut self) -> &mut (dyn AsyncWrite + Unpin + Send) {
+    /// Where the bytes go.
+    pub(crate) fn writer(&mut self) -> &mut (dyn AsyncWrite + Unpin + Send) {
         match self {
             Output::Stdout(s) => s,
             Output::File(f) => &mut f.file,
         }
     }
 
-    fn name(&self) -> String {
+    /// The output's name for messages: its path or `stdout`.
+    pub(crate) fn name(&self) -> String {
         match self {
             Output::Stdout(_) => "stdout".to_owned(),
             Output::File(f) => f.path.display().to_string(),
@@ -303,7 +320,7 @@ impl Output {
 
     /// Flushes, and for a file syncs it to disk; once a sender has finished
     /// (`completed`), a file takes its real name.
-    async fn finish(&mut self, completed: bool) -> anyhow::Result<()> {
+    pub(crate) async fn finish(&mut self, completed: bool) -> anyhow::Result<()> {
         let name = self.name();
         self.writer()
             .flush()
