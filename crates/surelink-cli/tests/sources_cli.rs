@@ -364,3 +364,84 @@ fn merged_records_come_in_send_time_order_with_their_source() {
         recv.stderr()
     );
 }
+
+#[test]
+fn merged_datagrams_carry_the_record_header_without_a_length() {
+    let work = tempfile::tempdir().unwrap();
+    let sink = udp_with_big_buffer();
+    sink.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let target = format!("udp://{}", sink.local_addr().unwrap());
+    let mut recv = Proc::spawn(
+        "recv",
+        &[
+            "recv",
+            "--listen",
+            "127.0.0.1:0",
+            "--merge",
+            "--to",
+            &target,
+            "--merge-window",
+            "20ms",
+        ],
+    );
+    let addr = recv.listening_addr();
+    let (inputs, mut senders) = start_senders(work.path(), addr, 2, 16 << 10);
+    for sender in &mut senders {
+        sender.wait_success();
+    }
+    let expected: usize = inputs.iter().map(Vec::len).sum();
+    let mut streams: BTreeMap<[u8; 8], Vec<u8>> = BTreeMap::new();
+    let mut received = 0;
+    let mut last_time = 0;
+    let mut buf = vec![0u8; 65536];
+    let deadline = Instant::now() + STARTUP_LIMIT;
+    while received < expected && Instant::now() < deadline {
+        let Ok(n) = sink.recv(&mut buf) else { continue };
+        assert!(n >= 32, "a datagram without its record header");
+        let time_us = u64::from_be_bytes(buf[16..24].try_into().unwrap());
+        assert!(time_us >= last_time, "datagrams out of time order");
+        last_time = time_us;
+        let source: [u8; 8] = buf[..8].try_into().unwrap();
+        streams
+            .entry(source)
+            .or_default()
+            .extend_from_slice(&buf[32..n]);
+        received += n - 32;
+    }
+    recv.terminate();
+    recv.wait_success();
+    assert_eq!(received, expected, "payload bytes forwarded");
+    let mut got: Vec<&Vec<u8>> = streams.values().collect();
+    got.sort();
+    let mut want: Vec<&Vec<u8>> = inputs.iter().collect();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "each source's payloads, in order, are one sender's input"
+    );
+}
+
+#[test]
+fn merge_with_state_is_refused_as_a_usage_error() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("m.bin");
+    let state = work.path().join("state");
+    let done = support::run(&[
+        "recv",
+        "--listen",
+        "127.0.0.1:0",
+        "--merge",
+        "--out",
+        s(&out),
+        "--state",
+        s(&state),
+    ]);
+    assert_eq!(done.status.code(), Some(2), "{}", done.stderr);
+    assert!(
+        done.stderr.contains("--merge does not keep durable state"),
+        "{}",
+        done.stderr
+    );
+    assert!(!out.exists(), "nothing written");
+}

@@ -266,7 +266,13 @@ pub async fn serve(endpoint: &Endpoint, out: Arc<OutDir>, once: bool) -> anyhow:
 async fn receive_source(conn: &Connection, out: &OutDir) -> anyhow::Result<()> {
     let source = Source::of(conn);
     let session = format!("{:016x}", rand::RngCore::next_u64(&mut rand::rngs::OsRng));
-    let (file, name) = out.start(source, &session)?;
+    let (file, name) = match out.start(source, &session) {
+        Ok(started) => started,
+        Err(e) => {
+            abort_with_reason(conn, Side::Receiver, &e);
+            return Err(e);
+        }
+    };
     eprintln!(
         "surelink recv: sender {} ({}): writing {}",
         source.name(),
