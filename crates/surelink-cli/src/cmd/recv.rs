@@ -78,7 +78,7 @@ pub struct RecvArgs {
     /// Datagram mode: put a 16-byte source header before each datagram: the sender's key
     /// fingerprint (8 bytes), then the message's sequence number on its connection (8 bytes,
     /// big-endian).
-    #[arg(long, requires = "to")]
+    #[arg(long, requires = "to", conflicts_with = "merge")]
     pub tag_source: bool,
     /// Exit after the first sender has closed and its output is written.
     #[arg(long)]
@@ -154,34 +154,41 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
     crate::security::announce_receiver(&endpoint);
     crate::security::spawn_handshake_log(&endpoint);
 
-    if args.merge.merge {
+    let outcome = if args.merge.merge {
         // Stops on Ctrl-C or SIGTERM by itself, writing out what it holds.
-        return crate::merge_out::serve(&endpoint, sink, &args.merge, args.once).await;
-    }
-    let serve = async {
-        match sink {
-            Sink::Stream(out) => serve_stream(&endpoint, out, &args).await,
-            Sink::Dir(out) => crate::out_dir::serve(&endpoint, out, args.once).await,
-            Sink::Datagrams { socket, target } => {
-                serve_datagrams(&endpoint, socket, target, &args).await
+        crate::merge_out::serve(&endpoint, sink, &args.merge, args.once).await
+    } else {
+        let serve = async {
+            match sink {
+                Sink::Stream(out) => serve_stream(&endpoint, out, &args).await,
+                Sink::Dir(out) => crate::out_dir::serve(&endpoint, out, args.once).await,
+                Sink::Datagrams { socket, target } => {
+                    serve_datagrams(&endpoint, socket, target, &args).await
+                }
             }
-        }
-    };
-    let outcome = tokio::select! {
-        r = serve => r,
-        () = crate::shutdown::signal() => {
-            if args.once {
-                bail!(crate::exit::Interrupted(
-                    "interrupted before a sender finished".into()
-                ));
+        };
+        tokio::select! {
+            r = serve => r,
+            () = crate::shutdown::signal() => {
+                if args.once {
+                    bail!(crate::exit::Interrupted(
+                        "interrupted before a sender finished".into()
+                    ));
+                }
+                tracing::info!("stopping");
+                return Ok(());
             }
-            tracing::info!("stopping");
-            return Ok(());
         }
     };
     // Let the last connections finish their close handshake (we acknowledge the
-    // sender's CLOSE while draining), so the sender's close completes too.
-    if tokio::time::timeout(idle_timeout, endpoint.wait_idle())
+    // sender's CLOSE while draining), so the sender's close completes too. A
+    // merge may stop with other senders still connected: it waits less.
+    let drain = if args.merge.merge {
+        crate::cmd::send::CLOSE_LINGER
+    } else {
+        idle_timeout
+    };
+    if tokio::time::timeout(drain, endpoint.wait_idle())
         .await
         .is_err()
     {
