@@ -826,11 +826,14 @@ impl Connection {
             }
         }
         if carries_data
+            && self.paths.is_newest_data(header.pn)
             && path != self.paths.active
             && self.paths[path].state().is_usable()
             && self.paths.mode == PathMode::Backup
         {
             // The peer moved its data to this path: follow it with our ACKs.
+            // Only its newest data counts: packets it sent on the old path
+            // before moving may still arrive after the first ones on the new.
             self.switch_active(now, path, false);
         }
         self.poll_delivery(now);
