@@ -798,6 +798,11 @@ impl Connection {
         self.stats.bytes_received += size as u64;
         self.last_received = now;
         self.on_path_heard(now, path, size);
+        if ack_eliciting {
+            // A peer that had our error CLOSE would be draining, sending
+            // nothing but ACKs: this one needs the CLOSE again.
+            self.repeat_error_close(now);
+        }
         if !self.lifecycle.handshake_confirmed() {
             // An authenticated packet from the server: it has our last message.
             self.confirm_handshake();
