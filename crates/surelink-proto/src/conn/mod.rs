@@ -634,6 +634,7 @@ impl Connection {
     pub fn recv(&mut self) -> Option<Message> {
         let m = self.reassembly.pop()?;
         self.latency.saturating_record(m.latency_us.max(1));
+        self.stats.latency_histogram.record_us(m.latency_us);
         if self.reassembly.max_data() - self.max_data_sent >= self.config.receive_window / 4 {
             self.pending.max_data = true;
         }

@@ -270,6 +270,7 @@ impl Connection {
             self.paths[from].loss_time = None;
             self.on_packets_lost(now, from, lost, false);
         }
+        self.stats.failovers += 1;
         self.events.push_back(Event::FailedOver {
             from: PathId(from),
             to: PathId(to),
