@@ -596,7 +596,8 @@ fn os_core(config: &EndpointConfig, accept: bool) -> Result<surelink_proto::Endp
 
 /// The core endpoint, seeded with `seed`, its connections timestamping with
 /// a wall clock that reads `clock_us` at `now` (so that peers' clock
-/// estimates relate real times).
+/// estimates relate real times), moved by the configured
+/// [`clock_offset_us`](EndpointConfig::clock_offset_us).
 fn new_core(
     config: &EndpointConfig,
     accept: bool,
@@ -605,7 +606,7 @@ fn new_core(
     clock_us: u64,
 ) -> Result<surelink_proto::Endpoint, BindError> {
     let mut core = surelink_proto::Endpoint::new(config.protocol.clone(), seed, accept)?;
-    core.set_clock(now, clock_us);
+    core.set_clock(now, clock_us.saturating_add_signed(config.clock_offset_us));
     Ok(core)
 }
 
