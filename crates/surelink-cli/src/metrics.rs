@@ -8,7 +8,10 @@
 //! everything watched and describes it through the statistics schema
 //! ([`surelink::stats_schema`]), so every statistic the snapshots have is
 //! exported, under `surelink_` + its family name + its base unit
-//! (`_seconds`, `_bytes`, `_ratio`), counters ending in `_total`. A
+//! (`_seconds`, `_bytes`, `_ratio`), counters ending in `_total`,
+//! histograms (one-way latency, RTT samples) as OpenMetrics histograms
+//! (`_bucket{le=…}` cumulative over the schema's fixed bounds, `_sum`,
+//! `_count`). A
 //! connection's metrics are labelled with its `role` and `remote` address,
 //! a path's with its `path` id and `path_remote` address too; the impairer's
 //! with their `direction`.
@@ -27,11 +30,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit as PromUnit};
 use surelink::impair::ImpairStatsReader;
-use surelink::stats_schema::{Kind, Metric, PathLabel, StatsVisitor, Value, VisitStats};
+use surelink::stats_schema::{
+    Histogram, Kind, Metric, PathLabel, StatsVisitor, Unit, Value, VisitStats,
+};
 use surelink::{Connection, Endpoint};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -163,7 +168,14 @@ type Labels = Vec<(String, String)>;
 struct Family {
     name: String,
     metric: Metric,
-    samples: Vec<(Labels, Value)>,
+    samples: Vec<(Labels, Sample)>,
+}
+
+/// One sample's value: a counter's or gauge's, or a whole histogram.
+#[derive(Debug)]
+enum Sample {
+    Scalar(Value),
+    Histogram(Histogram),
 }
 
 /// The [`StatsVisitor`] that groups samples by family (OpenMetrics wants a
@@ -179,7 +191,7 @@ struct Families {
 }
 
 impl Families {
-    fn add(&mut self, metric: &Metric, value: Value) {
+    fn add(&mut self, metric: &Metric, value: Sample) {
         let name = format!("surelink_{}", metric.family);
         let mut labels = self.base_labels.clone();
         labels.extend(self.path_labels.iter().cloned());
@@ -200,11 +212,15 @@ impl Families {
 
 impl StatsVisitor for Families {
     fn counter(&mut self, metric: &Metric, value: u64) {
-        self.add(metric, Value::Integer(value));
+        self.add(metric, Sample::Scalar(Value::Integer(value)));
     }
 
     fn gauge(&mut self, metric: &Metric, value: Value) {
-        self.add(metric, value);
+        self.add(metric, Sample::Scalar(value));
+    }
+
+    fn histogram(&mut self, metric: &Metric, value: &Histogram) {
+        self.add(metric, Sample::Histogram(value.clone()));
     }
 
     fn path_start(&mut self, path: PathLabel) {
@@ -251,6 +267,7 @@ fn encode_families(
         let metric_type = match family.metric.kind {
             Kind::Counter => MetricType::Counter,
             Kind::Gauge => MetricType::Gauge,
+            Kind::Histogram => MetricType::Histogram,
         };
         let mut metric_encoder = encoder.encode_descriptor(
             &family.name,
@@ -259,26 +276,54 @@ fn encode_families(
             metric_type,
         )?;
         for (labels, value) in &family.samples {
-            let mut sample = metric_encoder.encode_family(labels)?;
-            // Whole numbers in a unit that needs no conversion stay whole.
-            let whole = match value {
-                Value::Integer(v) if unit.to_base(1.0) == 1.0 => Some(*v),
-                _ => None,
-            };
-            let base = unit.to_base(value.as_f64());
-            match (family.metric.kind, whole) {
-                (Kind::Counter, Some(v)) => {
-                    sample.encode_counter::<NoLabelSet, _, u64>(&v, None)?
-                }
-                (Kind::Counter, None) => {
-                    sample.encode_counter::<NoLabelSet, _, u64>(&base, None)?
-                }
-                (Kind::Gauge, Some(v)) => sample.encode_gauge(&v)?,
-                (Kind::Gauge, None) => sample.encode_gauge(&base)?,
+            let sample = metric_encoder.encode_family(labels)?;
+            match value {
+                Sample::Scalar(value) => encode_scalar(sample, family.metric.kind, unit, *value)?,
+                Sample::Histogram(histogram) => encode_histogram(sample, unit, histogram)?,
             }
         }
     }
     Ok(())
+}
+
+/// Encodes a counter's or a gauge's value, converted to the base unit.
+fn encode_scalar(
+    mut sample: MetricEncoder<'_>,
+    kind: Kind,
+    unit: Unit,
+    value: Value,
+) -> Result<(), std::fmt::Error> {
+    // Whole numbers in a unit that needs no conversion stay whole.
+    let whole = match value {
+        Value::Integer(v) if unit.to_base(1.0) == 1.0 => Some(v),
+        _ => None,
+    };
+    let base = unit.to_base(value.as_f64());
+    match (kind, whole) {
+        (Kind::Counter, Some(v)) => sample.encode_counter::<NoLabelSet, _, u64>(&v, None),
+        (Kind::Counter, None) => sample.encode_counter::<NoLabelSet, _, u64>(&base, None),
+        (_, Some(v)) => sample.encode_gauge(&v),
+        (_, None) => sample.encode_gauge(&base),
+    }
+}
+
+/// Encodes a histogram: its bounds and sum converted from `unit` to the
+/// base unit, its buckets cumulative (the encoder sums each bucket's own
+/// samples), the unbounded bucket as `le="+Inf"`.
+fn encode_histogram(
+    mut sample: MetricEncoder<'_>,
+    unit: Unit,
+    histogram: &Histogram,
+) -> Result<(), std::fmt::Error> {
+    let buckets: Vec<(f64, u64)> = histogram
+        .buckets()
+        .map(|(bound, samples)| {
+            let le = bound.map_or(f64::INFINITY, |b| unit.to_base(b as f64));
+            (le, samples)
+        })
+        .collect();
+    let sum = unit.to_base(histogram.sum_us() as f64);
+    sample.encode_histogram::<NoLabelSet>(sum, histogram.count(), &buckets, None)
 }
 
 /// Answers scrapes until the process exits.
@@ -486,7 +531,11 @@ mod tests {
 
     #[test]
     fn openmetrics_is_served_to_clients_that_accept_it() {
-        let registry = registry_for(&ConnectionStats::default());
+        let mut stats = ConnectionStats::default();
+        for us in [300, 800, 2_000_000] {
+            stats.latency_histogram.record_us(us);
+        }
+        let registry = registry_for(&stats);
         let (status, content_type, body) = respond(
             "GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n",
             &registry,
@@ -504,6 +553,19 @@ mod tests {
             body.contains("# UNIT surelink_rtt_seconds seconds\n"),
             "{body}"
         );
+        // A real histogram, in seconds, cumulative.
+        for line in [
+            "# TYPE surelink_one_way_latency_seconds histogram",
+            "surelink_one_way_latency_seconds_count{role=\"send\"} 3",
+            "surelink_one_way_latency_seconds_sum{role=\"send\"} 2.0011",
+            "surelink_one_way_latency_seconds_bucket{le=\"0.0005\",role=\"send\"} 1",
+            "surelink_one_way_latency_seconds_bucket{le=\"0.001\",role=\"send\"} 2",
+            "surelink_one_way_latency_seconds_bucket{le=\"2.5\",role=\"send\"} 3",
+            "surelink_one_way_latency_seconds_bucket{le=\"+Inf\",role=\"send\"} 3",
+            "surelink_rtt_sample_seconds_count{role=\"send\"} 0",
+        ] {
+            assert!(body.lines().any(|l| l == line), "no {line:?} in {body}");
+        }
         assert_eq!(body.lines().last(), Some("# EOF"));
     }
 

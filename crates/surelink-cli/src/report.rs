@@ -41,8 +41,11 @@ pub fn stats_line(role: &str, conn: &Connection, started: Instant) -> String {
 
 /// A stats snapshot as a JSON object: each metric under its
 /// [`key`](surelink::stats_schema::Metric::key), whole numbers as integers;
-/// the paths, if any, as a `paths` array of objects (`id`, `remote`, `state`
-/// and the path's metrics).
+/// a histogram compactly as `{"count": N, "sum": S, "buckets": {"LE": n, …}}`
+/// (sum and bounds in the key's unit, `"+Inf"` for the last bucket, only the
+/// buckets holding samples, each with its own samples, not cumulative); the
+/// paths, if any, as a `paths` array of objects (`id`, `remote`, `state` and
+/// the path's metrics).
 pub fn stats_json(stats: &impl VisitStats) -> Map<String, Value> {
     let mut out = JsonStats::default();
     stats.visit(&mut out);
@@ -81,6 +84,21 @@ impl StatsVisitor for JsonStats {
             stats_schema::Value::Real(v) => json!(v),
         };
         self.insert(metric.key, value);
+    }
+
+    fn histogram(&mut self, metric: &Metric, value: &stats_schema::Histogram) {
+        let buckets: Map<String, Value> = value
+            .buckets()
+            .filter(|(_, samples)| *samples > 0)
+            .map(|(bound, samples)| {
+                let le = bound.map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+                (le, json!(samples))
+            })
+            .collect();
+        self.insert(
+            metric.key,
+            json!({"count": value.count(), "sum": value.sum_us(), "buckets": buckets}),
+        );
     }
 
     fn path_start(&mut self, path: PathLabel) {

@@ -1,5 +1,7 @@
 //! `--metrics`: scraped over HTTP during a transfer (send → impair → recv,
-//! all on 127.0.0.1) and read with a Prometheus text parser.
+//! all on 127.0.0.1) and read with a Prometheus text parser; the latency
+//! and RTT histograms checked against themselves and against the JSON
+//! stats lines.
 
 mod support;
 
@@ -7,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use prometheus_parse::{Sample, Scrape, Value};
+use prometheus_parse::{HistogramCount, Sample, Scrape, Value};
 use support::Proc;
 
 /// Datagrams sent through the gateway.
@@ -49,6 +51,38 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Value {
     }
 }
 
+/// The buckets of the histogram `name` whose labels include `labels`,
+/// checked to be a well-formed histogram: bounds increasing up to `+Inf`,
+/// counts cumulative (never decreasing), the `+Inf` bucket equal to
+/// `name_count`, and `name_sum` present. Returns the buckets.
+fn histogram(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Vec<HistogramCount> {
+    let Value::Histogram(mut buckets) = value(scrape, name, labels) else {
+        panic!("{name} is not a histogram");
+    };
+    buckets.sort_by(|a, b| a.less_than.total_cmp(&b.less_than));
+    assert!(buckets.len() > 2, "{buckets:?}");
+    assert_eq!(buckets.last().unwrap().less_than, f64::INFINITY);
+    assert!(
+        buckets.windows(2).all(|w| w[0].less_than < w[1].less_than),
+        "distinct bounds: {buckets:?}"
+    );
+    assert!(
+        buckets.windows(2).all(|w| w[0].count <= w[1].count),
+        "cumulative, monotone: {buckets:?}"
+    );
+    let count = value(scrape, &format!("{name}_count"), labels);
+    assert_eq!(
+        count,
+        Value::Untyped(buckets.last().unwrap().count),
+        "+Inf bucket == _count"
+    );
+    assert!(matches!(
+        value(scrape, &format!("{name}_sum"), labels),
+        Value::Untyped(sum) if sum >= 0.0
+    ));
+    buckets
+}
+
 #[test]
 fn send_recv_and_impair_serve_their_statistics_during_a_transfer() {
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -65,6 +99,8 @@ fn send_recv_and_impair_serve_their_statistics_during_a_transfer() {
             &format!("udp://{sink_addr}"),
             "--metrics",
             "127.0.0.1:0",
+            "--stats-interval",
+            "100ms",
         ],
     );
     let recv_metrics = recv.addr_after("serving metrics on ");
@@ -158,6 +194,27 @@ fn send_recv_and_impair_serve_their_statistics_during_a_transfer() {
         ),
         Value::Gauge(_)
     ));
+    // One latency sample per message taken, as the JSON stats report it
+    // (every message was delivered: no sample comes after).
+    let latency = histogram(
+        &received,
+        "surelink_one_way_latency_seconds",
+        &[("role", "recv")],
+    );
+    assert_eq!(latency.last().unwrap().count, MESSAGES as f64);
+    let stats_line = (0..100)
+        .filter_map(|_| recv.find_line("\"role\":\"recv\"", IO_LIMIT))
+        .map(|line| serde_json::from_str::<serde_json::Value>(&line).expect("a JSON line"))
+        .find(|stats| stats["messages_delivered"] == MESSAGES)
+        .expect("a stats line after the transfer");
+    let json_latency = &stats_line["latency_histogram_us"];
+    assert_eq!(json_latency["count"], MESSAGES, "{json_latency}");
+    let json_buckets = json_latency["buckets"].as_object().expect("buckets");
+    let json_total: u64 = json_buckets.values().filter_map(|n| n.as_u64()).sum();
+    assert_eq!(json_total, MESSAGES as u64, "{json_latency}");
+    // RTT samples: the sender takes them from every acknowledgement.
+    let rtt = histogram(&sent, "surelink_rtt_sample_seconds", &send_labels);
+    assert!(rtt.last().unwrap().count > 0.0, "{rtt:?}");
 
     let impaired = scrape(impair_metrics);
     let Value::Counter(upstream) = value(

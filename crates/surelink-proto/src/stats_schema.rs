@@ -18,6 +18,12 @@
 //! A metric may carry one fixed label (a quantile, a reason), so that
 //! several fields form one family.
 //!
+//! A [`Histogram`] counts samples (one-way latencies, RTT samples) into
+//! fixed buckets ([`HISTOGRAM_BOUNDS_US`], 100 µs to 10 s), with their sum
+//! and count, where the samples are taken; a visitor receives it whole
+//! ([`StatsVisitor::histogram`]) and exports it as a Prometheus histogram or
+//! prints it compactly.
+//!
 //! Nothing here does I/O: visiting is a synchronous walk over a snapshot.
 
 /// What a metric's value counts or measures, as the field holds it.
@@ -68,6 +74,9 @@ pub enum Kind {
     Counter,
     /// Goes up and down (a current value, an estimate, a quantile).
     Gauge,
+    /// A [`Histogram`] of samples: bucket counts, sum and count, all only
+    /// growing.
+    Histogram,
 }
 
 /// The description of one statistic.
@@ -126,6 +135,23 @@ impl Metric {
         }
     }
 
+    /// A histogram of samples in `unit`, exported as `family`.
+    pub const fn histogram(
+        key: &'static str,
+        family: &'static str,
+        unit: Unit,
+        help: &'static str,
+    ) -> Self {
+        Self {
+            key,
+            family,
+            unit,
+            kind: Kind::Histogram,
+            label: None,
+            help,
+        }
+    }
+
     /// The same metric, set apart within its family by the label `name=value`.
     pub const fn with_label(mut self, name: &'static str, value: &'static str) -> Self {
         self.label = Some((name, value));
@@ -152,6 +178,61 @@ impl Value {
     }
 }
 
+/// The upper bounds of a [`Histogram`]'s buckets, in microseconds (a last
+/// bucket, unbounded, takes the rest): 1–2.5–5 steps from 100 µs to 10 s,
+/// fine enough below a millisecond for a LAN and up to seconds for a WAN
+/// under loss. In seconds: 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+/// 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10.
+pub const HISTOGRAM_BOUNDS_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// Samples counted into the fixed buckets of [`HISTOGRAM_BOUNDS_US`], with
+/// their sum and count (a Prometheus histogram's data). A sample of exactly
+/// a bound counts in that bound's bucket (`le`, less than or equal).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Histogram {
+    /// Samples per bucket (not cumulative); the last is above every bound.
+    buckets: [u64; HISTOGRAM_BOUNDS_US.len() + 1],
+    /// Sum of the samples, µs.
+    sum_us: u64,
+}
+
+impl Histogram {
+    /// Counts one sample of `us` microseconds.
+    pub fn record_us(&mut self, us: u64) {
+        let bucket = HISTOGRAM_BOUNDS_US.partition_point(|&bound| bound < us);
+        self.buckets[bucket] += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+
+    /// Counts one sample of `duration`.
+    pub fn record(&mut self, duration: std::time::Duration) {
+        self.record_us(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// The number of samples.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// The sum of the samples, µs.
+    pub fn sum_us(&self) -> u64 {
+        self.sum_us
+    }
+
+    /// Each bucket's upper bound in µs (`None`: unbounded) with the samples
+    /// in it alone (not cumulative), in increasing order of bound.
+    pub fn buckets(&self) -> impl Iterator<Item = (Option<u64>, u64)> + '_ {
+        HISTOGRAM_BOUNDS_US
+            .iter()
+            .map(|&bound| Some(bound))
+            .chain([None])
+            .zip(self.buckets.iter().copied())
+    }
+}
+
 /// Which path the metrics that follow [`StatsVisitor::path_start`] belong to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PathLabel {
@@ -170,6 +251,9 @@ pub trait StatsVisitor {
     fn counter(&mut self, metric: &Metric, value: u64);
     /// A gauge's value.
     fn gauge(&mut self, metric: &Metric, value: Value);
+    /// A histogram's samples, bounds and sum in the metric's unit
+    /// ([`Unit::Microseconds`] for every histogram of the schema).
+    fn histogram(&mut self, metric: &Metric, value: &Histogram);
     /// The metrics up to the matching [`path_end`](Self::path_end) are one
     /// path's. Paths are never nested.
     fn path_start(&mut self, path: PathLabel) {
@@ -198,6 +282,31 @@ mod tests {
         assert_eq!(Unit::Milliseconds.base_suffix(), Some("seconds"));
         assert_eq!(Unit::Bytes.base_suffix(), Some("bytes"));
         assert_eq!(Unit::Count.base_suffix(), None);
+    }
+
+    #[test]
+    fn a_histogram_counts_each_sample_in_the_first_bucket_that_holds_it() {
+        let mut h = Histogram::default();
+        for us in [0, 100, 101, 2_000, 10_000_000, 10_000_001, u64::MAX] {
+            h.record_us(us);
+        }
+        h.record(std::time::Duration::from_millis(3));
+        assert_eq!(h.count(), 8);
+        assert_eq!(h.sum_us(), u64::MAX, "the sum saturates");
+        let buckets: Vec<_> = h.buckets().filter(|(_, n)| *n > 0).collect();
+        assert_eq!(
+            buckets,
+            [
+                (Some(100), 2),
+                (Some(250), 1),
+                (Some(2_500), 1),
+                (Some(5_000), 1),
+                (Some(10_000_000), 1),
+                (None, 2)
+            ]
+        );
+        assert_eq!(h.buckets().count(), HISTOGRAM_BOUNDS_US.len() + 1);
+        assert!(HISTOGRAM_BOUNDS_US.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

@@ -30,6 +30,7 @@ struct Net {
     server_addrs: Vec<SocketAddr>,
     buf: Vec<u8>,
     client_events: Vec<(Duration, Event)>,
+    server_events: Vec<(Duration, Event)>,
 }
 
 impl Net {
@@ -69,6 +70,7 @@ impl Net {
             server_addrs,
             buf: Vec::new(),
             client_events: Vec::new(),
+            server_events: Vec::new(),
         }
     }
 
@@ -140,6 +142,9 @@ impl Net {
             }
             while let Some(e) = self.client.poll_event() {
                 self.client_events.push((self.now - self.start, e));
+            }
+            while let Some(e) = self.server.as_mut().and_then(Connection::poll_event) {
+                self.server_events.push((self.now - self.start, e));
             }
             if !moved {
                 return;
@@ -306,6 +311,55 @@ fn backup_fails_over_within_three_heartbeats_and_an_rtt() {
             }));
     }
     eprintln!("worst cut-to-delivery gap over 200 seeds: {worst:?}");
+}
+
+/// The failovers among `events`.
+fn failovers(events: &[(Duration, Event)]) -> Vec<Event> {
+    events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::FailedOver { .. }))
+        .map(|(_, e)| e.clone())
+        .collect()
+}
+
+/// One failover is one `FailedOver` on each side, even when the old path is
+/// the slower one and what was in flight on it arrives after the first
+/// packets on the new path (the receiver follows only the newest data).
+#[test]
+fn one_failover_is_one_failed_over_event_on_each_side() {
+    let moved = || Event::FailedOver {
+        from: PathId(0),
+        to: PathId(1),
+    };
+    for seed in 0..60u64 {
+        // The primary is 40 ms one way, the backup 5 ms: a packet sent on the
+        // primary just before the switch lands well after the backup's first.
+        let mut net = Net::new(Config::default(), [path_link(40), path_link(5)], seed);
+        net.establish();
+        let cut_at = 300 + (seed * 37) % 400;
+        let d = stream(&mut net, 1000, ms(1), |net, seq| {
+            if seq == cut_at {
+                if seed % 2 == 0 {
+                    net.cut(0, true);
+                } else {
+                    // Only the way back dies: the sender's packets keep
+                    // reaching the receiver on the primary until it switches.
+                    net.links[0].1.set_cut(true);
+                }
+            }
+        });
+        assert_exactly_once(&d, 1000, &format!("seed {seed}"));
+        assert_eq!(
+            failovers(&net.client_events),
+            [moved()],
+            "seed {seed}: sender"
+        );
+        assert_eq!(
+            failovers(&net.server_events),
+            [moved()],
+            "seed {seed}: receiver"
+        );
+    }
 }
 
 /// Broadcast mode, the primary cut mid-stream: exactly-once delivery, no

@@ -44,6 +44,11 @@ pub struct EndpointConfig {
     /// call by itself; off, it always makes one call per datagram. The
     /// simulated network ignores it.
     pub batched_io: bool,
+    /// Microseconds added to the host's wall clock for the timestamps this
+    /// endpoint's connections send (default 0): its peers' clock estimates
+    /// then see a host whose clock is that far ahead (or behind, negative).
+    /// For demonstrations and tests of clock synchronisation on one host.
+    pub clock_offset_us: i64,
 }
 
 impl Default for EndpointConfig {
@@ -53,6 +58,7 @@ impl Default for EndpointConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             socket_buffer_size: DEFAULT_SOCKET_BUFFER_SIZE,
             batched_io: true,
+            clock_offset_us: 0,
         }
     }
 }
@@ -73,6 +79,13 @@ impl EndpointConfig {
     /// Sets the requested socket buffer size.
     pub fn with_socket_buffer_size(mut self, bytes: usize) -> Self {
         self.socket_buffer_size = bytes;
+        self
+    }
+
+    /// Sets the offset of this endpoint's clock from the host's wall clock,
+    /// µs (see [`clock_offset_us`](Self::clock_offset_us)).
+    pub fn with_clock_offset_us(mut self, offset_us: i64) -> Self {
+        self.clock_offset_us = offset_us;
         self
     }
 

@@ -370,7 +370,7 @@ fn drive(
             } else if !cs.connected {
                 if let Some(closed) = &cs.closed {
                     cs.outcome_recorded = true;
-                    *handshakes_failed += 1;
+                    handshakes_failed.record(closed.as_ref());
                     if let Some(error) = closed {
                         handshakes.push(HandshakeEvent::Failed {
                             remote,

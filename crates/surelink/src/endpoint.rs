@@ -56,6 +56,8 @@ pub struct EndpointStats {
     /// Incoming connections that ended before their handshake completed
     /// (refused, failed or abandoned); see [`Endpoint::next_handshake_event`].
     pub handshakes_failed: u64,
+    /// The same attempts, by reason.
+    pub handshake_failures: crate::HandshakeFailures,
     /// Handshake events dropped because nobody took them and the queue
     /// ([`HANDSHAKE_EVENT_CAPACITY`](crate::HANDSHAKE_EVENT_CAPACITY)) was full.
     pub handshake_events_dropped: u64,
@@ -156,15 +158,36 @@ impl VisitStats for EndpointStats {
             ),
             Value::Integer(self.peak_connections as u64),
         );
-        v.counter(
-            &c(
-                "handshakes_failed",
-                "endpoint_handshakes_failed",
-                Count,
-                "Incoming connections that ended before their handshake completed.",
+        let failed = "Incoming connections that ended before their handshake completed, by reason.";
+        let failures = &self.handshake_failures;
+        for (key, reason, value) in [
+            (
+                "handshakes_failed_not_allowed",
+                "not_allowed",
+                failures.not_allowed,
             ),
-            self.handshakes_failed,
-        );
+            (
+                "handshakes_failed_failed",
+                "handshake_failed",
+                failures.failed,
+            ),
+            (
+                "handshakes_failed_refused_by_peer",
+                "refused_by_peer",
+                failures.refused_by_peer,
+            ),
+            (
+                "handshakes_failed_timed_out",
+                "timed_out",
+                failures.timed_out,
+            ),
+            ("handshakes_failed_other", "other", failures.other),
+        ] {
+            v.counter(
+                &c(key, "endpoint_handshakes_failed", Count, failed).with_label("reason", reason),
+                value,
+            );
+        }
         v.counter(
             &c(
                 "handshake_events_dropped",
@@ -547,7 +570,8 @@ impl Endpoint {
             recv_errors: IoCounters::get(&io.recv_errors),
             connections,
             peak_connections,
-            handshakes_failed,
+            handshakes_failed: handshakes_failed.total(),
+            handshake_failures: handshakes_failed,
             handshake_events_dropped,
         }
     }
@@ -596,7 +620,8 @@ fn os_core(config: &EndpointConfig, accept: bool) -> Result<surelink_proto::Endp
 
 /// The core endpoint, seeded with `seed`, its connections timestamping with
 /// a wall clock that reads `clock_us` at `now` (so that peers' clock
-/// estimates relate real times).
+/// estimates relate real times), moved by the configured
+/// [`clock_offset_us`](EndpointConfig::clock_offset_us).
 fn new_core(
     config: &EndpointConfig,
     accept: bool,
@@ -605,7 +630,7 @@ fn new_core(
     clock_us: u64,
 ) -> Result<surelink_proto::Endpoint, BindError> {
     let mut core = surelink_proto::Endpoint::new(config.protocol.clone(), seed, accept)?;
-    core.set_clock(now, clock_us);
+    core.set_clock(now, clock_us.saturating_add_signed(config.clock_offset_us));
     Ok(core)
 }
 

@@ -25,6 +25,45 @@ use crate::{ConnectionError, PublicKey};
 /// [`EndpointStats::handshake_events_dropped`](crate::EndpointStats::handshake_events_dropped)).
 pub const HANDSHAKE_EVENT_CAPACITY: usize = 256;
 
+/// Incoming connections that ended before their handshake completed, by
+/// why (each also a [`HandshakeEvent::Failed`] when it carried an error).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HandshakeFailures {
+    /// We refused the client: its key is not on the allow-list.
+    pub not_allowed: u64,
+    /// The handshake itself failed: a corrupt message, a pre-shared key
+    /// mismatch.
+    pub failed: u64,
+    /// The client refused us (it expected another server key).
+    pub refused_by_peer: u64,
+    /// The client went silent, or gave up without a reason.
+    pub timed_out: u64,
+    /// Anything else (a protocol violation, a stateless reset).
+    pub other: u64,
+}
+
+impl HandshakeFailures {
+    /// Counts one attempt that ended with `error` (`None`: no reason given).
+    pub(crate) fn record(&mut self, error: Option<&ConnectionError>) {
+        let counter = match error {
+            Some(ConnectionError::PeerNotAllowed(_)) => &mut self.not_allowed,
+            Some(ConnectionError::HandshakeFailed(_)) => &mut self.failed,
+            Some(ConnectionError::Rejected { .. } | ConnectionError::PeerKeyMismatch { .. }) => {
+                &mut self.refused_by_peer
+            }
+            Some(ConnectionError::TimedOut) | None => &mut self.timed_out,
+            Some(_) => &mut self.other,
+        };
+        *counter += 1;
+    }
+
+    /// Every failed attempt, whatever the reason.
+    pub fn total(&self) -> u64 {
+        self.not_allowed + self.failed + self.refused_by_peer + self.timed_out + self.other
+    }
+}
+
 /// The outcome of one incoming connection attempt.
 ///
 /// `Display` gives a one-line, human-readable account, e.g.
@@ -166,6 +205,37 @@ mod tests {
 
     fn addr() -> SocketAddr {
         "127.0.0.1:4000".parse().unwrap()
+    }
+
+    #[test]
+    fn failed_handshakes_are_counted_by_reason() {
+        let key = crate::Identity::from_private([7; 32]).public();
+        let mut failures = HandshakeFailures::default();
+        for error in [
+            Some(ConnectionError::PeerNotAllowed(key)),
+            Some(ConnectionError::HandshakeFailed("psk".into())),
+            Some(ConnectionError::HandshakeFailed("corrupt".into())),
+            Some(ConnectionError::Rejected {
+                code: 17,
+                reason: "server key".into(),
+            }),
+            Some(ConnectionError::TimedOut),
+            None,
+            Some(ConnectionError::Reset),
+        ] {
+            failures.record(error.as_ref());
+        }
+        assert_eq!(
+            failures,
+            HandshakeFailures {
+                not_allowed: 1,
+                failed: 2,
+                refused_by_peer: 1,
+                timed_out: 2,
+                other: 1,
+            }
+        );
+        assert_eq!(failures.total(), 7);
     }
 
     #[test]

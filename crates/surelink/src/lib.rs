@@ -67,5 +67,5 @@ pub use config::{EndpointConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SOCKET_BUFFER_
 pub use connection::Connection;
 pub use endpoint::{Endpoint, EndpointStats};
 pub use error::{BindError, CloseError, ConnectError, RecvError, SendError};
-pub use handshake_event::{HandshakeEvent, HANDSHAKE_EVENT_CAPACITY};
+pub use handshake_event::{HandshakeEvent, HandshakeFailures, HANDSHAKE_EVENT_CAPACITY};
 pub use state::EVENT_CAPACITY;

@@ -110,7 +110,7 @@ pub(crate) struct State {
     /// Outcomes of incoming connection attempts, for `Endpoint::next_handshake_event`.
     pub(crate) handshakes: HandshakeLog,
     /// Incoming connections that ended before their handshake completed.
-    pub(crate) handshakes_failed: u64,
+    pub(crate) handshakes_failed: crate::HandshakeFailures,
     /// Most connections held at once (live or draining).
     pub(crate) peak_connections: usize,
 }
@@ -125,7 +125,7 @@ impl State {
             accepting,
             driver_running: true,
             handshakes: HandshakeLog::default(),
-            handshakes_failed: 0,
+            handshakes_failed: crate::HandshakeFailures::default(),
             peak_connections: 0,
         }
     }

@@ -4,7 +4,7 @@
 use std::io;
 
 use bytes::Bytes;
-use surelink::stats_schema::{Metric, PathLabel, StatsVisitor, Value, VisitStats};
+use surelink::stats_schema::{Histogram, Metric, PathLabel, StatsVisitor, Value, VisitStats};
 use surelink::{Connection, Endpoint, EndpointConfig, ProtocolConfig, Security};
 
 use super::{loopback, wire, Diagnostics, Pair, Route, Rx, Tx};
@@ -72,6 +72,10 @@ impl StatsVisitor for DiagnosticsVisitor {
             self.diagnostics.insert(metric.key, value.as_f64());
         }
     }
+
+    /// Histograms are left out: the diagnostics are single figures, and the
+    /// latency quantiles and RTT gauges already summarise the same samples.
+    fn histogram(&mut self, _: &Metric, _: &Histogram) {}
 
     fn path_start(&mut self, _: PathLabel) {
         self.in_path = true;

@@ -11,6 +11,13 @@
 //!   (idle timeout, stateless reset: any phase ──► Closed)
 //! ```
 //!
+//! A connection that closed with an error sent its CLOSE once, unacknowledged:
+//! while draining it answers the peer's packets with that CLOSE again, at
+//! most once per doubling of the packets heard since ([`ErrorClose`]), and a
+//! peer still sending keeps it draining (up to the idle timeout), so a lost
+//! CLOSE, or a peer too busy to read it in time, still brings the peer the
+//! reason rather than a silence or a stateless reset.
+//!
 //! [`Event::Closed`] is emitted exactly once: on entering `Closed`, or on
 //! entering `Draining` unless messages still wait for their playout time
 //! (then when the last of them is out, see [`ClosedReport`]).
@@ -60,9 +67,38 @@ pub(super) enum Lifecycle {
         /// We refused the handshake: the Reject's code and reason, repeated
         /// to the peer whenever it sends more.
         refusal: Option<(u64, String)>,
+        /// We closed with an error: our CLOSE, repeated to the peer while
+        /// it keeps sending.
+        error_close: Option<ErrorClose>,
     },
     /// Nothing more will happen.
     Closed,
+}
+
+/// The CLOSE of a connection that ended with an error, kept while draining
+/// to answer the peer's packets with it again (its first copy may have been
+/// lost, and an error CLOSE is not acknowledged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ErrorClose {
+    /// The CLOSE's code.
+    code: u64,
+    /// The CLOSE's reason.
+    reason: String,
+    /// Ack-eliciting packets heard from the peer since the first CLOSE.
+    packets_heard: u64,
+    /// The latest a peer that keeps sending can keep us draining: the idle
+    /// timeout after the close.
+    linger_limit: Instant,
+}
+
+impl ErrorClose {
+    /// Counts one more packet from the peer; true if it is to be answered
+    /// with the CLOSE: the 1st, 2nd, 4th, 8th… since the first CLOSE, so
+    /// the answers stay few however fast the peer sends.
+    fn answer_packet(&mut self) -> bool {
+        self.packets_heard += 1;
+        self.packets_heard.is_power_of_two()
+    }
 }
 
 /// Whether a draining connection has reported its end.
@@ -248,6 +284,38 @@ impl Connection {
             ..Pending::default()
         };
         self.enter_draining(now, Some(err));
+        let linger_limit = now + self.config.idle_timeout;
+        if let Lifecycle::Draining { error_close, .. } = &mut self.lifecycle {
+            *error_close = Some(ErrorClose {
+                code,
+                reason: reason.to_owned(),
+                packets_heard: 0,
+                linger_limit,
+            });
+        }
+    }
+
+    /// An authenticated, ack-eliciting packet from the peer arrived: if we
+    /// drain after an error close, the peer has not heard our CLOSE (or it
+    /// would send nothing but ACKs), so send it again (rate-limited by
+    /// [`ErrorClose`]), and drain on for the longest the peer can stay
+    /// quiet between two packets (its probe timeout backs off up to
+    /// `max_pto`) plus a drain period, up to the idle timeout after the
+    /// close: its next packets are answered rather than left to a stateless
+    /// reset, and once it stops sending, the drain ends soon after.
+    pub(super) fn repeat_error_close(&mut self, now: Instant) {
+        let drain_end = now + self.config.max_pto + self.drain_period();
+        if let Lifecycle::Draining {
+            until: Some(until),
+            error_close: Some(close),
+            ..
+        } = &mut self.lifecycle
+        {
+            *until = (*until).max(drain_end.min(close.linger_limit));
+            if close.answer_packet() {
+                self.pending.close = Some((close.code, close.reason.clone()));
+            }
+        }
     }
 
     /// The peer broke the protocol: close with `code`.
@@ -282,6 +350,7 @@ impl Connection {
             until,
             report,
             refusal,
+            error_close: None,
         };
     }
 
@@ -299,6 +368,7 @@ impl Connection {
             until: None,
             report: ClosedReport::Reported,
             refusal: Some((code, reason)),
+            error_close: None,
         };
     }
 
@@ -411,5 +481,22 @@ impl Connection {
                 self.enter_draining(now, error);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorClose;
+
+    #[test]
+    fn an_error_close_answers_ever_fewer_of_the_peers_packets() {
+        let mut close = ErrorClose {
+            code: 1,
+            reason: String::new(),
+            packets_heard: 0,
+            linger_limit: std::time::Instant::now(),
+        };
+        let answered: Vec<u64> = (1..=100).filter(|_| close.answer_packet()).collect();
+        assert_eq!(answered, [1, 2, 4, 8, 16, 32, 64]);
     }
 }

@@ -634,6 +634,7 @@ impl Connection {
     pub fn recv(&mut self) -> Option<Message> {
         let m = self.reassembly.pop()?;
         self.latency.saturating_record(m.latency_us.max(1));
+        self.stats.latency_histogram.record_us(m.latency_us);
         if self.reassembly.max_data() - self.max_data_sent >= self.config.receive_window / 4 {
             self.pending.max_data = true;
         }
@@ -798,6 +799,11 @@ impl Connection {
         self.stats.bytes_received += size as u64;
         self.last_received = now;
         self.on_path_heard(now, path, size);
+        if ack_eliciting {
+            // A peer that had our error CLOSE would be draining, sending
+            // nothing but ACKs: this one needs the CLOSE again.
+            self.repeat_error_close(now);
+        }
         if !self.lifecycle.handshake_confirmed() {
             // An authenticated packet from the server: it has our last message.
             self.confirm_handshake();
@@ -826,11 +832,14 @@ impl Connection {
             }
         }
         if carries_data
+            && self.paths.is_newest_data(header.pn)
             && path != self.paths.active
             && self.paths[path].state().is_usable()
             && self.paths.mode == PathMode::Backup
         {
             // The peer moved its data to this path: follow it with our ACKs.
+            // Only its newest data counts: packets it sent on the old path
+            // before moving may still arrive after the first ones on the new.
             self.switch_active(now, path, false);
         }
         self.poll_delivery(now);

@@ -38,6 +38,10 @@ pub(super) struct PathSet {
     jitter_state: u64,
     /// Every path is down (`Event::ConnectionLost` was emitted).
     pub(super) all_down: bool,
+    /// The highest packet number received that carried data: the receiver
+    /// follows the sender's data to a new path only on a newer packet, so
+    /// packets still in flight on the old path do not pull it back.
+    newest_data_pn: Option<u64>,
 }
 
 impl PathSet {
@@ -51,7 +55,19 @@ impl PathSet {
             last_frames: None,
             jitter_state: seed | 1,
             all_down: false,
+            newest_data_pn: None,
         }
+    }
+
+    /// A packet numbered `pn` carrying data arrived: true if it is the
+    /// newest such packet so far (what the sender sent last, so the path it
+    /// came on is where the sender's data now goes).
+    pub(super) fn is_newest_data(&mut self, pn: u64) -> bool {
+        let newest = self.newest_data_pn.is_none_or(|n| pn > n);
+        if newest {
+            self.newest_data_pn = Some(pn);
+        }
+        newest
     }
 
     /// The number of paths.
@@ -254,6 +270,7 @@ impl Connection {
             self.paths[from].loss_time = None;
             self.on_packets_lost(now, from, lost, false);
         }
+        self.stats.failovers += 1;
         self.events.push_back(Event::FailedOver {
             from: PathId(from),
             to: PathId(to),

@@ -53,6 +53,7 @@ impl Connection {
                 // The ACK's own delay applies to the path it came back on.
                 let delay = if i == path { ack_delay } else { Duration::ZERO };
                 p.rtt.update(sample, delay);
+                self.stats.rtt_histogram.record(sample);
             }
             let app_limited = in_flight_before + mtu <= p.cc.window() / 2 && !sendable;
             if app_limited {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::PathStats;
 use crate::clock::ClockEstimate;
-use crate::stats_schema::{Metric, PathLabel, StatsVisitor, Unit, Value, VisitStats};
+use crate::stats_schema::{Histogram, Metric, PathLabel, StatsVisitor, Unit, Value, VisitStats};
 
 /// A snapshot of a connection's counters.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -102,6 +102,14 @@ pub struct ConnectionStats {
     pub latency_p999_us: u64,
     /// Largest one-way latency, µs.
     pub latency_max_us: u64,
+    /// One-way latency of every message taken by the application, in the
+    /// schema's fixed buckets.
+    pub latency_histogram: Histogram,
+    /// Every RTT sample taken (on any path), in the schema's fixed buckets.
+    pub rtt_histogram: Histogram,
+    /// Times the data moved to another path (failover, or fail-back to the
+    /// primary): one per `Event::FailedOver`.
+    pub failovers: u64,
     /// The peer clock estimate, if any sample was taken.
     pub clock: Option<ClockEstimate>,
     /// Per-path figures (RTT, state, phi, bytes, losses).
@@ -435,6 +443,33 @@ impl VisitStats for ConnectionStats {
         ] {
             v.counter(&c(key, family, unit, help), value);
         }
+        v.counter(
+            &c(
+                "failovers",
+                "failovers",
+                Count,
+                "Times the data moved to another path (failover or fail-back).",
+            ),
+            self.failovers,
+        );
+        v.histogram(
+            &Metric::histogram(
+                "latency_histogram_us",
+                "one_way_latency",
+                Microseconds,
+                "One-way latency of each message taken by the application.",
+            ),
+            &self.latency_histogram,
+        );
+        v.histogram(
+            &Metric::histogram(
+                "rtt_histogram_us",
+                "rtt_sample",
+                Microseconds,
+                "Round-trip time samples, from acknowledgements on every path.",
+            ),
+            &self.rtt_histogram,
+        );
         let latency =
             "One-way latency of messages taken by the application (quantile 1 is the largest).";
         for (key, quantile, value) in [
@@ -660,6 +695,10 @@ mod tests {
             assert_eq!(metric.kind, Kind::Gauge);
             self.seen.push((self.path, *metric, value.as_f64()));
         }
+        fn histogram(&mut self, metric: &Metric, value: &Histogram) {
+            assert_eq!(metric.kind, Kind::Histogram);
+            self.seen.push((self.path, *metric, value.count() as f64));
+        }
         fn path_start(&mut self, path: PathLabel) {
             assert_eq!(self.path, None, "paths do not nest");
             self.path = Some(path.id);
@@ -717,6 +756,11 @@ mod tests {
             paths: vec![path(0, 9000), path(1, 9001)],
             ..ConnectionStats::default()
         };
+        let mut stats = stats;
+        for us in [800, 1_200, 40_000] {
+            stats.latency_histogram.record_us(us);
+        }
+        stats.rtt_histogram.record_us(20_000);
         let mut rec = Recorder::default();
         stats.visit(&mut rec);
 
@@ -727,6 +771,8 @@ mod tests {
         assert_eq!(rec.value(None, "messages_late"), Some(2.0));
         assert_eq!(rec.value(None, "retransmission_rate"), Some(0.05));
         assert_eq!(rec.value(None, "latency_p99_us"), Some(31_000.0));
+        assert_eq!(rec.value(None, "latency_histogram_us"), Some(3.0));
+        assert_eq!(rec.value(None, "rtt_histogram_us"), Some(1.0));
         assert_eq!(
             rec.value(None, "clock_offset_us"),
             None,

@@ -17,6 +17,8 @@ struct Pair {
     s_addr: SocketAddr,
     /// Datagrams dropped on the way client→server while true.
     cut: bool,
+    /// The next this many datagrams server→client are dropped.
+    drop_from_server: usize,
 }
 
 impl Pair {
@@ -35,6 +37,7 @@ impl Pair {
             c_addr,
             s_addr,
             cut: false,
+            drop_from_server: 0,
         }
     }
 
@@ -63,6 +66,10 @@ impl Pair {
             if let Some(s) = self.server.as_mut() {
                 while let Some(t) = s.poll_transmit(self.now, &mut buf) {
                     moved = true;
+                    if self.drop_from_server > 0 {
+                        self.drop_from_server -= 1;
+                        continue;
+                    }
                     if !self.cut {
                         self.client
                             .handle_datagram(self.now, self.s_addr, &buf[..t.size]);
@@ -361,6 +368,68 @@ fn abort_tells_the_peer() {
         Some(&ConnectionError::PeerClosed {
             code: close_code::APPLICATION_ABORT,
             reason: "bye".into()
+        })
+    );
+}
+
+#[test]
+fn a_lost_error_close_is_sent_again_when_the_peer_sends_more() {
+    let mut p = Pair::new(Config::default());
+    p.flush();
+    p.client
+        .send(p.now, 0, Bytes::from(vec![1; 100_000]))
+        .unwrap();
+    let now = p.now;
+    p.server().abort(now, "cannot write out.bin: no space left");
+    // The server's only datagram with the CLOSE in it is lost.
+    p.drop_from_server = 1;
+    p.flush();
+    assert_eq!(p.drop_from_server, 0, "the CLOSE was sent and dropped");
+    for _ in 0..1000 {
+        if p.client.is_closed() {
+            break;
+        }
+        p.advance();
+    }
+    assert_eq!(
+        p.client.error(),
+        Some(&ConnectionError::PeerClosed {
+            code: close_code::APPLICATION_ABORT,
+            reason: "cannot write out.bin: no space left".into()
+        })
+    );
+}
+
+#[test]
+fn a_peer_deaf_for_longer_than_the_drain_still_hears_the_error_close() {
+    let mut p = Pair::new(Config::default());
+    p.flush();
+    p.client
+        .send(p.now, 0, Bytes::from(vec![1; 100_000]))
+        .unwrap();
+    let now = p.now;
+    p.server().abort(now, "receiver: disk full");
+    // The client reads nothing for 200 ms, far beyond 3 PTOs on this
+    // instant network: every CLOSE sent meanwhile is lost, while the client
+    // keeps sending (probes, heartbeats).
+    let deaf_until = p.now + Duration::from_millis(200);
+    p.drop_from_server = usize::MAX;
+    while p.now < deaf_until {
+        p.advance();
+    }
+    assert!(!p.server().is_drained(), "a peer still sending keeps it");
+    p.drop_from_server = 0;
+    for _ in 0..10_000 {
+        if p.client.is_closed() {
+            break;
+        }
+        p.advance();
+    }
+    assert_eq!(
+        p.client.error(),
+        Some(&ConnectionError::PeerClosed {
+            code: close_code::APPLICATION_ABORT,
+            reason: "receiver: disk full".into()
         })
     );
 }

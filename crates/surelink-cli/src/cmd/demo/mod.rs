@@ -14,8 +14,11 @@
 //! 2. **failover** and 3. **crash_restart**: see [`story`];
 //! 4. **deadline**: a stream on a 60 ms deadline channel through a link whose
 //!    delay spikes past it: skipped, never delivered late;
-//! 5. **clock**: step 1's receiver's clock estimate, which must cover the
-//!    true offset (0: both sides read this host's clock).
+//! 5. **clock**: step 1's receiver's estimate of the sender's clock. The
+//!    sender's endpoint timestamps with this host's clock moved by a
+//!    seed-chosen offset ([`sender_clock_offset_us`], up to ±500 ms), so the
+//!    estimate is shown against a known true value, which its error bound
+//!    must cover.
 //!
 //! Each step's line is shown as it completes, with live progress on stderr
 //! (a progress bar or spinner on a terminal, plain lines otherwise); then a
@@ -405,6 +408,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             link,
             seed: args.seed,
             deadline: args.deadline,
+            sender_clock_offset_us: sender_clock_offset_us(args.seed),
         },
         clock,
         "1. loss",
@@ -576,6 +580,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             link: spiky,
             seed: args.seed,
             deadline: Some(deadline),
+            sender_clock_offset_us: 0,
         },
         clock,
         "4. deadline",
@@ -612,28 +617,33 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     });
     show(&steps, args.json);
 
-    // 5. The clock estimate of step 1's receiver. Both sides share this
-    // host's clock, so the true offset is 0: the bound must cover it.
+    // 5. The clock estimate of step 1's receiver: the sender's clock was set
+    // `true_offset` ahead of this host's, so the bound must cover that.
+    let true_offset_us = loss.plan.sender_clock_offset_us as f64;
     let clock_step = match loss.clock {
         Some(c) => Step {
             name: "clock",
             mechanism: "time synchronisation",
             line: format!(
-                "5. Clock: offset {:+.3} ms ± {:.3} ms ({} samples; both sides on this host's clock, true offset 0)",
+                "5. Clock: sender's clock estimated at {:+.3} ms ± {:.3} ms from the receiver's; set to {:+.3} ms (error {:.3} ms, {} samples)",
                 c.offset_us / 1e3,
                 c.error_bound_us / 1e3,
+                true_offset_us / 1e3,
+                (c.offset_us - true_offset_us).abs() / 1e3,
                 c.samples
             ),
             figures: json!({
                 "offset_ms": c.offset_us / 1e3,
                 "error_bound_ms": c.error_bound_us / 1e3,
+                "true_offset_ms": true_offset_us / 1e3,
                 "samples": c.samples,
             }),
-            pass: c.offset_us.abs() <= c.error_bound_us,
+            pass: (c.offset_us - true_offset_us).abs() <= c.error_bound_us,
             headline: format!(
-                "{:+.3} ms ± {:.3} ms",
+                "{:+.3} ms ± {:.3} ms (true {:+.3} ms)",
                 c.offset_us / 1e3,
-                c.error_bound_us / 1e3
+                c.error_bound_us / 1e3,
+                true_offset_us / 1e3
             ),
         },
         None => Step {
@@ -641,7 +651,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             mechanism: "time synchronisation",
             line: "5. Clock: no estimate".into(),
             headline: "no estimate".into(),
-            figures: json!({ "offset_ms": null, "error_bound_ms": null }),
+            figures: json!({
+                "offset_ms": null,
+                "error_bound_ms": null,
+                "true_offset_ms": true_offset_us / 1e3,
+            }),
             pass: false,
         },
     };
@@ -713,15 +727,20 @@ fn story_text(steps: &[Step], loss: &Report) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
     let _ = writeln!(o);
+    let figure_width = steps
+        .iter()
+        .map(|step| step.headline.chars().count())
+        .max()
+        .unwrap_or(0);
     let _ = writeln!(
         o,
-        "  {:<28} {:<14} {:<36} result",
+        "  {:<28} {:<14} {:<figure_width$} result",
         "mechanism", "step", "figure"
     );
     for step in steps {
         let _ = writeln!(
             o,
-            "  {:<28} {:<14} {:<36} {}",
+            "  {:<28} {:<14} {:<figure_width$} {}",
             step.mechanism,
             step.name,
             step.headline,
@@ -753,6 +772,19 @@ struct StreamPlan {
     link: LinkConfig,
     seed: u64,
     deadline: Option<Duration>,
+    /// How far the sender's clock is set ahead of this host's, µs.
+    sender_clock_offset_us: i64,
+}
+
+/// The offset of step 1's sender's clock from this host's, µs: between
+/// −500 ms and +500 ms, chosen by `seed` (a splitmix64 step), so that the
+/// clock step has a true value to show other than 0.
+fn sender_clock_offset_us(seed: u64) -> i64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z % 1_000_001) as i64 - 500_000
 }
 
 /// Runs one stream (sender, impaired link, receiving application) and
@@ -770,8 +802,11 @@ async fn run_stream(plan: StreamPlan, clock: DemoClock, label: &str) -> anyhow::
             .with_seed(plan.seed),
     )
     .context("cannot start the impaired link")?;
-    let sender =
-        Endpoint::client_with_config(loopback, config).context("cannot bind the sender")?;
+    let sender = Endpoint::client_with_config(
+        loopback,
+        config.with_clock_offset_us(plan.sender_clock_offset_us),
+    )
+    .context("cannot bind the sender")?;
     let (conn, rconn) = connect_pair(&sender, &receiver, impairer.local_addr()).await?;
     if let Some(d) = plan.deadline {
         conn.set_channel_delivery(0, Delivery::Deadline(d.as_micros() as u64));
