@@ -99,6 +99,7 @@ pub struct RecvArgs {
 
 /// Runs `surelink recv`.
 pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
+    crate::shutdown::install();
     args.stats.metrics.serve("recv").await?;
     // Keys first: a bad key file fails before the output file is truncated.
     let security = args.security.security()?;

@@ -79,6 +79,7 @@ pub async fn run(args: TimeArgs) -> anyhow::Result<()> {
 
 /// `surelink time serve`: keeps every connection open until the client leaves.
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    crate::shutdown::install();
     let listen = args.listen.resolve().await?;
     let endpoint = Endpoint::bind(listen, EndpointConfig::default())
         .with_context(|| format!("cannot listen on {listen}"))?;
