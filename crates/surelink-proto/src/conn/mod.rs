@@ -640,6 +640,12 @@ impl Connection {
         Some(m)
     }
 
+    /// True if taking messages opened the receive window far enough that a
+    /// window update waits to be sent (the next `poll_transmit` carries it).
+    pub fn window_update_pending(&self) -> bool {
+        self.pending.max_data
+    }
+
     /// True if `recv` would return a message.
     pub fn has_message(&self) -> bool {
         self.reassembly.has_ready()

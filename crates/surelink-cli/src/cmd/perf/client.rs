@@ -1,5 +1,6 @@
-//! `surelink perf client`: opens `--connections` connections from one
-//! endpoint (at most [`CONNECT_CONCURRENCY`] handshakes at a time), then sends
+//! `surelink perf client`: opens `--connections` connections from
+//! `--drivers` endpoints, round-robin (at most [`CONNECT_CONCURRENCY`]
+//! handshakes at a time), then sends
 //! on all of them for `--duration`, at `--rate` messages per second each
 //! (starts spread evenly over one interval) or unbounded. Each connection
 //! then sends its [`Finished`], takes the server's report and closes; the
@@ -60,10 +61,12 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         ..ProtocolConfig::default()
     };
     let bind = wildcard_for(remote);
-    let endpoint =
-        Endpoint::client_with_config(bind, EndpointConfig::default().with_protocol(protocol))
-            .with_context(|| format!("cannot bind {bind}"))?;
-    let connections = connect_all(&endpoint, remote, args.connections)
+    let config = EndpointConfig::default().with_protocol(protocol);
+    let endpoints = (0..args.drivers)
+        .map(|_| Endpoint::client_with_config(bind, config.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("cannot bind {bind}"))?;
+    let connections = connect_all(&endpoints, remote, args.connections)
         .await
         .with_context(|| format!("cannot connect to {}", args.to))?;
 
@@ -87,7 +90,7 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     let usage_after = Usage::now();
-    drop(endpoint);
+    drop(endpoints);
 
     let summary = summarise(&args, &results, elapsed, usage_before, usage_after);
     if args.json {
@@ -98,16 +101,17 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens `count` connections, at most [`CONNECT_CONCURRENCY`] handshakes at once.
+/// Opens `count` connections, round-robin over `endpoints`, at most
+/// [`CONNECT_CONCURRENCY`] handshakes at once.
 async fn connect_all(
-    endpoint: &Endpoint,
+    endpoints: &[Endpoint],
     remote: std::net::SocketAddr,
     count: usize,
 ) -> anyhow::Result<Vec<Connection>> {
     let permits = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let mut tasks = JoinSet::new();
-    for _ in 0..count {
-        let endpoint = endpoint.clone();
+    for i in 0..count {
+        let endpoint = endpoints[i % endpoints.len()].clone();
         let permits = Arc::clone(&permits);
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
@@ -227,6 +231,7 @@ fn summarise(
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1e3;
     json!({
         "connections": results.len(),
+        "client_drivers": args.drivers,
         "size": args.size,
         "rate_per_connection": args.rate,
         "duration_s": args.duration.as_secs_f64(),
@@ -268,13 +273,14 @@ fn summary_text(s: &Value) -> String {
     let mib = |kib: &Value| kib.as_f64().unwrap_or(0.0) / 1024.0;
     let wall = s["client"]["wall_s"].as_f64().unwrap_or(f64::NAN);
     format!(
-        "surelink perf: {} connections, {}-byte messages, {rate}, {} s\n\
+        "surelink perf: {} connections ({} client drivers), {}-byte messages, {rate}, {} s\n\
          \x20 messages    sent {}  received {}  lost {}  retransmissions {}\n\
          \x20 throughput  {:.0} msg/s  {:.2} MiB/s  (received, over {:.2} s)\n\
          \x20 latency     p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  (one way, {} messages)\n\
          \x20 cpu         client {:.2} s ({:.0} % of one core)  server {:.2} s\n\
          \x20 memory      client peak {:.1} MiB  server peak {:.1} MiB\n",
         s["connections"],
+        s["client_drivers"],
         s["size"],
         s["duration_s"],
         s["messages_sent"],

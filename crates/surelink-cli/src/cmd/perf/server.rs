@@ -5,10 +5,13 @@
 //! been received, the task answers with a [`ServerReport`] and the histogram.
 //!
 //! One client brings many connections from one address, so the per-source
-//! handshake budget is lifted; `--max-connections` caps the total.
+//! handshake budget is lifted; `--max-connections` caps the total per
+//! endpoint. With `--drivers N`, N endpoints share the port through
+//! `SO_REUSEPORT` and each accepts the clients the kernel hashes to it.
 
 use anyhow::{bail, Context as _};
 use surelink::{Connection, Endpoint, EndpointConfig, Message, ProtocolConfig};
+use tokio::task::JoinSet;
 
 use super::report::{
     encode_histogram, latency_histogram, wall_clock_us, Finished, ServerReport, Usage,
@@ -26,16 +29,32 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         source_handshake_rate: budget,
         ..ProtocolConfig::default()
     };
-    let endpoint = Endpoint::bind(listen, EndpointConfig::default().with_protocol(protocol))
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    eprintln!("surelink perf: listening on {}", endpoint.local_addr());
-    let accept_loop = async {
-        while let Some(conn) = endpoint.accept().await {
-            tokio::spawn(serve(conn));
-        }
+    let config = EndpointConfig::default().with_protocol(protocol);
+    let endpoints = if args.drivers == 1 {
+        vec![Endpoint::bind(listen, config).with_context(|| format!("cannot listen on {listen}"))?]
+    } else {
+        crate::net::bind_reuse_port(listen, usize::from(args.drivers))?
+            .into_iter()
+            .map(|socket| Endpoint::from_std_socket(socket, config.clone(), true))
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("cannot listen on {listen}"))?
     };
+    eprintln!(
+        "surelink perf: listening on {} ({} driver{})",
+        endpoints[0].local_addr(),
+        endpoints.len(),
+        if endpoints.len() == 1 { "" } else { "s" }
+    );
+    let mut accept_loops = JoinSet::new();
+    for endpoint in endpoints {
+        accept_loops.spawn(async move {
+            while let Some(conn) = endpoint.accept().await {
+                tokio::spawn(serve(conn));
+            }
+        });
+    }
     tokio::select! {
-        () = accept_loop => bail!("the endpoint stopped accepting connections"),
+        _ = accept_loops.join_next() => bail!("an endpoint stopped accepting connections"),
         () = crate::shutdown::signal() => Ok(()),
     }
 }
