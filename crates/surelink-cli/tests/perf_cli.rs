@@ -91,6 +91,21 @@ fn a_rate_limited_run_delivers_every_message_and_reports_both_sides() {
 }
 
 #[test]
+fn at_rate_zero_the_connections_only_stay_open() {
+    let (mut server, addr) = start_server();
+    let result = run_client(
+        &addr,
+        &["--connections", "5", "--rate", "0", "--duration", "300ms"],
+    );
+    assert_eq!(result["connections"].as_u64(), Some(5), "{result:#}");
+    assert_eq!(result["messages_sent"].as_u64(), Some(0), "{result:#}");
+    assert_eq!(result["messages_received"].as_u64(), Some(0), "{result:#}");
+    assert_eq!(result["latency_ms"]["samples"].as_u64(), Some(0));
+    server.terminate();
+    server.wait_success();
+}
+
+#[test]
 fn the_text_summary_names_every_figure() {
     let (mut server, addr) = start_server();
     let stdout = Proc::spawn(
@@ -136,7 +151,7 @@ fn bad_arguments_are_usage_errors() {
             "--connections",
             "0",
         ][..],
-        &["perf", "client", "--to", "127.0.0.1:9", "--rate", "0"][..],
+        &["perf", "client", "--to", "127.0.0.1:9", "--rate", "nan"][..],
         &["perf", "client", "--to", "127.0.0.1:9", "--rate", "-5"][..],
     ] {
         let finished = support::run(args);

@@ -38,7 +38,6 @@ struct ConnectionResult {
     sent: u64,
     retransmissions: u64,
     report: ServerReport,
-    histogram: Histogram<u64>,
 }
 
 /// Runs `surelink perf client`.
@@ -49,9 +48,9 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         ));
     }
     if let Some(rate) = args.rate {
-        if !(rate.is_finite() && rate > 0.0) {
+        if !(rate.is_finite() && rate >= 0.0) {
             bail!(crate::exit::UsageError(format!(
-                "--rate must be a positive number of messages per second, not {rate}"
+                "--rate must be a number of messages per second, 0 or more, not {rate}"
             )));
         }
     }
@@ -77,22 +76,38 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
     let count = connections.len();
     let mut tasks = JoinSet::new();
     for (index, conn) in connections.into_iter().enumerate() {
-        // Rate-limited connections start spread evenly over one interval.
+        // Rate-limited connections start spread evenly over one interval;
+        // at rate 0 the first send is past the deadline: the connection idles.
         let pacing = args.rate.map(|rate| {
+            if rate == 0.0 {
+                return (args.duration, args.duration);
+            }
             let interval = Duration::from_secs_f64(1.0 / rate);
             (interval, interval.mul_f64(index as f64 / count as f64))
         });
         tasks.spawn(exercise(conn, payload.clone(), started, deadline, pacing));
     }
+    // Histograms are merged as connections finish, not kept one per connection.
+    let mut histogram = latency_histogram();
     let mut results = Vec::with_capacity(count);
     while let Some(joined) = tasks.join_next().await {
-        results.push(joined.context("a connection task failed")??);
+        let (result, latencies) = joined.context("a connection task failed")??;
+        // Same bounds (or empty): adding cannot fail.
+        let _ = histogram.add(&latencies);
+        results.push(result);
     }
     let elapsed = started.elapsed();
     let usage_after = Usage::now();
     drop(endpoints);
 
-    let summary = summarise(&args, &results, elapsed, usage_before, usage_after);
+    let summary = summarise(
+        &args,
+        &results,
+        &histogram,
+        elapsed,
+        usage_before,
+        usage_after,
+    );
     if args.json {
         println!("{summary}");
     } else {
@@ -136,7 +151,7 @@ async fn exercise(
     started: Instant,
     deadline: Instant,
     pacing: Option<(Duration, Duration)>,
-) -> anyhow::Result<ConnectionResult> {
+) -> anyhow::Result<(ConnectionResult, Histogram<u64>)> {
     let mut sent = 0u64;
     match pacing {
         Some((interval, offset)) => {
@@ -147,6 +162,8 @@ async fn exercise(
                 sent += 1;
                 next += interval;
             }
+            // Every paced connection stays open for the whole duration.
+            tokio::time::sleep_until(deadline.into()).await;
         }
         None => {
             while Instant::now() < deadline {
@@ -163,12 +180,14 @@ async fn exercise(
         let histogram = decode_histogram(&next_control(&conn).await?)?;
         let retransmissions = conn.stats().retransmissions;
         conn.close().await?;
-        anyhow::Ok(ConnectionResult {
-            sent,
-            retransmissions,
-            report,
+        anyhow::Ok((
+            ConnectionResult {
+                sent,
+                retransmissions,
+                report,
+            },
             histogram,
-        })
+        ))
     };
     tokio::time::timeout(FINISH_LIMIT, finish)
         .await
@@ -191,15 +210,11 @@ async fn next_control(conn: &Connection) -> anyhow::Result<Bytes> {
 fn summarise(
     args: &ClientArgs,
     results: &[ConnectionResult],
+    histogram: &Histogram<u64>,
     elapsed: Duration,
     before: Usage,
     after: Usage,
 ) -> Value {
-    let mut histogram = latency_histogram();
-    for r in results {
-        // Same bounds and precision on both sides: adding cannot fail.
-        let _ = histogram.add(&r.histogram);
-    }
     let sent: u64 = results.iter().map(|r| r.sent).sum();
     let received: u64 = results.iter().map(|r| r.report.messages).sum();
     let bytes: u64 = results.iter().map(|r| r.report.bytes).sum();
@@ -223,11 +238,11 @@ fn summarise(
             .iter()
             .map(|r| r.report.cpu_s_at_accept)
             .fold(f64::NAN, f64::min);
-    let server_peak = results
-        .iter()
-        .map(|r| r.report.usage.peak_rss_kib)
-        .max()
-        .unwrap_or(0);
+    let server_peaks = results.iter().map(|r| r.report.usage.peak_rss_kib);
+    let server_peak = server_peaks.clone().max().unwrap_or(0);
+    // When the first connection finished: before the others took their
+    // end-of-test messages (and made their latency histograms).
+    let server_peak_first = server_peaks.min().unwrap_or(0);
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1e3;
     json!({
         "connections": results.len(),
@@ -259,6 +274,7 @@ fn summarise(
         "server": {
             "cpu_s": server_cpu_s,
             "peak_rss_kib": server_peak,
+            "peak_rss_kib_first_report": server_peak_first,
         },
     })
 }

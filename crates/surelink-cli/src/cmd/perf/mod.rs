@@ -69,7 +69,9 @@ pub struct ClientArgs {
     /// Client endpoints (one local socket and one driver task each).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub drivers: u16,
-    /// Messages per second on each connection (default: as fast as the transport takes them).
+    /// Messages per second on each connection (default: as fast as the
+    /// transport takes them; 0: none, the connections only stay open, for
+    /// the memory and CPU of idle sessions).
     #[arg(long, value_name = "MSGS_PER_S")]
     pub rate: Option<f64>,
     /// Size of each message (e.g. 64, 1KiB).

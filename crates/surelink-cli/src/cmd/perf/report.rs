@@ -27,6 +27,11 @@ pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant bounds are valid")
 }
 
+/// A histogram with no samples, small to send (it grows if ever recorded into).
+pub fn empty_histogram() -> Histogram<u64> {
+    Histogram::new(1).expect("constant precision is valid")
+}
+
 /// This process's CPU time and peak memory so far (`getrusage`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Usage {

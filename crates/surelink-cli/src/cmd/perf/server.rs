@@ -13,9 +13,11 @@ use anyhow::{bail, Context as _};
 use surelink::{Connection, Endpoint, EndpointConfig, Message, ProtocolConfig};
 use tokio::task::JoinSet;
 
+use hdrhistogram::Histogram;
+
 use super::report::{
-    encode_histogram, latency_histogram, wall_clock_us, Finished, ServerReport, Usage,
-    CONTROL_CHANNEL,
+    empty_histogram, encode_histogram, latency_histogram, wall_clock_us, Finished, ServerReport,
+    Usage, CONTROL_CHANNEL,
 };
 use super::ServerArgs;
 
@@ -78,7 +80,9 @@ async fn serve(conn: Connection) {
 /// `None` if the connection closed without a [`Finished`].
 async fn count_and_report(conn: &Connection) -> anyhow::Result<Option<ServerReport>> {
     let cpu_s_at_accept = Usage::now().cpu_s;
-    let mut histogram = latency_histogram();
+    // Made at the first data message: an idle connection does not pay its
+    // ~180 KiB (so idle sessions can be measured).
+    let mut histogram: Option<Histogram<u64>> = None;
     let (mut messages, mut bytes, mut first_us, mut last_us) = (0u64, 0u64, 0u64, 0u64);
     let mut expected: Option<u64> = None;
     while expected.is_none_or(|sent| messages < sent) {
@@ -105,7 +109,9 @@ async fn count_and_report(conn: &Connection) -> anyhow::Result<Option<ServerRepo
         }
         messages += 1;
         bytes += data.len() as u64;
-        histogram.saturating_record(latency_us.max(1));
+        histogram
+            .get_or_insert_with(latency_histogram)
+            .saturating_record(latency_us.max(1));
     }
     let report = ServerReport {
         messages,
@@ -116,6 +122,7 @@ async fn count_and_report(conn: &Connection) -> anyhow::Result<Option<ServerRepo
         usage: Usage::now(),
     };
     conn.send_on(CONTROL_CHANNEL, report.encode()).await?;
+    let histogram = histogram.unwrap_or_else(empty_histogram);
     conn.send_on(CONTROL_CHANNEL, encode_histogram(&histogram)?)
         .await?;
     // The client closes once it has both; wait for that (or its loss).
