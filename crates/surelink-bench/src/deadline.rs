@@ -21,7 +21,7 @@ use crate::report::Settings;
 use crate::rows::{why, Row};
 use crate::run::isolated;
 use crate::system::System;
-use crate::transport::{srt, surelink, Route};
+use crate::transport::{srt, surelink, Mode, Route};
 use crate::workload::{self, RtParams, RtRun};
 
 /// The deadline rows at one loss rate.
@@ -48,10 +48,10 @@ pub fn run(
         let r = Some(route);
         match system {
             System::SurelinkDeadline => {
-                let pair = surelink::open(false, r).await?;
+                let pair = surelink::open(false, r, Mode::Realtime).await?;
                 let micros = u64::try_from(deadline.as_micros()).unwrap_or(u64::MAX);
                 pair.tx
-                    .0
+                    .connection()
                     .set_channel_delivery(0, Delivery::Deadline(micros));
                 workload::realtime(pair, params, delivery).await
             }

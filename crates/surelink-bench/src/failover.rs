@@ -294,8 +294,8 @@ async fn two_paths(
     }
     let watch = tx.clone();
     let setup = Setup {
-        tx: SurelinkTx(tx, client.clone()),
-        rx: SurelinkRx(rx),
+        tx: SurelinkTx::new(tx, client.clone(), Mode::Realtime),
+        rx: SurelinkRx::new(rx, Mode::Realtime),
         impairers: primary.into_iter().chain(backup).collect(),
         keep: vec![Box::new(server), Box::new(client)],
     };

@@ -5,7 +5,7 @@
 //! surelink-bench [--systems LIST] [--workloads bulk,small,realtime,failover,deadline,durable]
 //!                [--runs N] [--bulk-mib N] [--small-secs S] [--rt-secs S] [--losses 0,2,10]
 //!                [--failover-secs S] [--cut-at S] [--cut-secs S] [--deadline-rtts N]
-//!                [--durable-mib N]
+//!                [--durable-mib N] [--per-message]
 //!                [--json PATH] [--plot PATH.svg] [--install-peers] [--quick]
 //! surelink-bench mpegts [--duration S] [--runs N] [--system LIST] [--link LIST] [--json PATH]
 //! ```
@@ -73,6 +73,11 @@ struct Args {
     /// Small-message window in seconds [default: 5; 0.5 with --quick].
     #[arg(long)]
     small_secs: Option<f64>,
+    /// Small messages: every system hands over each message in its own call
+    /// (a write per message on the streams, `send` per message for surelink)
+    /// instead of 64 KiB of messages per call (a staged write, `send_many`).
+    #[arg(long)]
+    per_message: bool,
     /// Real-time sending time in seconds [default: 30; 1 with --quick].
     #[arg(long)]
     rt_secs: Option<f64>,
@@ -150,6 +155,7 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         bulk_mib: args.bulk_mib.unwrap_or(if q { 4 } else { 256 }),
         small_secs: args.small_secs.unwrap_or(if q { 0.5 } else { 5.0 }),
         small_size: SMALL_MESSAGE,
+        small_per_message: args.per_message,
         rt_secs: args.rt_secs.unwrap_or(if q { 1.0 } else { 30.0 }),
         durable_mib: args.durable_mib.unwrap_or(if q { 16 } else { 64 }),
         rt_rate: args.rt_rate,
@@ -368,7 +374,7 @@ fn main_inner() -> anyhow::Result<()> {
             }
         }
         for row in small.iter_mut().filter(|r| r.status == Status::Ok) {
-            match run::small(row.system, small_window) {
+            match run::small(row.system, small_window, settings.small_per_message) {
                 Ok(r) => {
                     eprintln!("{tag} small {}: {:.0} msgs/s", row.system, r.msgs_per_s);
                     row.runs.push(r);

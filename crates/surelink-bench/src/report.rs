@@ -44,6 +44,9 @@ pub struct Settings {
     pub small_secs: f64,
     /// Small message size, bytes.
     pub small_size: usize,
+    /// Small messages handed over one per call (`--per-message`) instead of
+    /// in 64 KiB batches.
+    pub small_per_message: bool,
     /// Real-time sending time, seconds.
     pub rt_secs: f64,
     /// Durable-session transfer size, MiB.
@@ -400,8 +403,14 @@ impl Report {
         if !self.small.is_empty() {
             let _ = writeln!(
                 out,
-                "## Small messages: {} B, as fast as possible for {} s ({runs})\n",
-                s.small_size, s.small_secs
+                "## Small messages: {} B, as fast as possible for {} s, {} ({runs})\n",
+                s.small_size,
+                s.small_secs,
+                if s.small_per_message {
+                    "one message per call"
+                } else {
+                    "64 KiB of messages per call"
+                }
             );
             let _ = writeln!(out, "| system | messages/s | surelink ÷ system |");
             let _ = writeln!(out, "|---|---:|---:|");

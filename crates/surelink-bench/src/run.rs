@@ -49,10 +49,22 @@ pub fn bulk(system: System, bytes: u64, limit: Duration) -> io::Result<BulkRun> 
         let mode = Mode::Bulk;
         match system {
             System::Surelink => {
-                workload::bulk(surelink::open(false, None).await?, bytes, delivery, limit).await
+                workload::bulk(
+                    surelink::open(false, None, mode).await?,
+                    bytes,
+                    delivery,
+                    limit,
+                )
+                .await
             }
             System::SurelinkPlaintext => {
-                workload::bulk(surelink::open(true, None).await?, bytes, delivery, limit).await
+                workload::bulk(
+                    surelink::open(true, None, mode).await?,
+                    bytes,
+                    delivery,
+                    limit,
+                )
+                .await
             }
             System::Quinn => {
                 let pair = quic::open_stream(mode, None).await?;
@@ -69,14 +81,22 @@ pub fn bulk(system: System, bytes: u64, limit: Duration) -> io::Result<BulkRun> 
     })
 }
 
-/// One small-message run of `window` over clean loopback.
-pub fn small(system: System, window: Duration) -> io::Result<SmallRun> {
+/// One small-message run of `window` over clean loopback; with
+/// `per_message`, every system hands over each message in its own call,
+/// otherwise the senders batch 64 KiB of messages per call.
+pub fn small(system: System, window: Duration, per_message: bool) -> io::Result<SmallRun> {
     isolated(window + Duration::from_secs(30), move || async move {
-        let mode = Mode::Small;
+        let mode = if per_message {
+            Mode::SmallPerMessage
+        } else {
+            Mode::Small
+        };
         match system {
-            System::Surelink => workload::small(surelink::open(false, None).await?, window).await,
+            System::Surelink => {
+                workload::small(surelink::open(false, None, mode).await?, window).await
+            }
             System::SurelinkPlaintext => {
-                workload::small(surelink::open(true, None).await?, window).await
+                workload::small(surelink::open(true, None, mode).await?, window).await
             }
             System::Quinn => workload::small(quic::open_stream(mode, None).await?, window).await,
             System::Kcp => workload::small(kcp::open(mode, None).await?, window).await,
@@ -107,10 +127,10 @@ pub fn realtime(
         let r = Some(route);
         match system {
             System::Surelink => {
-                workload::realtime(surelink::open(false, r).await?, params, delivery).await
+                workload::realtime(surelink::open(false, r, mode).await?, params, delivery).await
             }
             System::SurelinkPlaintext => {
-                workload::realtime(surelink::open(true, r).await?, params, delivery).await
+                workload::realtime(surelink::open(true, r, mode).await?, params, delivery).await
             }
             System::Quinn => {
                 workload::realtime(quic::open_stream(mode, r).await?, params, delivery).await

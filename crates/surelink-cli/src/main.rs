@@ -142,6 +142,15 @@ Examples:
 
 ", exit::exit_status_help!()))]
     Man(cmd::completions::ManArgs),
+    /// Measure throughput, latency, CPU and memory: `perf server` and `perf client`.
+    #[command(after_help = concat!("\
+Examples:
+  surelink perf server --listen 0.0.0.0:9200
+  surelink perf client --to server:9200 --connections 4 --size 64 --duration 10s
+  surelink perf client --to server:9200 --connections 1000 --rate 100 --size 200 --json
+
+", exit::exit_status_help!()))]
+    Perf(cmd::perf::PerfArgs),
 }
 
 fn main() -> ExitCode {
@@ -178,6 +187,7 @@ fn main() -> ExitCode {
             Command::Keygen(args) => cmd::keygen::run(args).await,
             Command::Completions(args) => cmd::completions::completions(&args),
             Command::Man(args) => cmd::completions::man(&args),
+            Command::Perf(args) => cmd::perf::run(args).await,
         }
     });
     // A blocked stdin read must not hold the process open.

@@ -1,7 +1,10 @@
 //! [`Connection`]: the application's handle to one surelink connection.
 //!
 //! Every method locks the endpoint's shared state briefly, calls into the
-//! protocol core, and wakes the driver task, which does the I/O. Methods that
+//! protocol core, and wakes the driver task, which does the I/O, when the call
+//! gave it something to do (a message queued, a window update after messages
+//! were taken, a close). [`Connection::send_many`] and
+//! [`Connection::recv_many`] move many small messages under one lock. Methods that
 //! must wait (a full send buffer, no message yet, a close in progress) sleep on
 //! the connection's `Notify` until the driver reports a change. Handles are
 //! cheap clones, so one task can send while another receives; dropping the last
@@ -94,21 +97,62 @@ impl Connection {
         // if it then waits for buffer space: latency and deadlines count from here.
         let source_time = crate::util::now();
         self.inner
-            .wait_for(Err(SendError::EndpointClosed), |cs| {
-                match cs.conn.send(source_time, channel, data.clone()) {
+            .wait_for(
+                Err(SendError::EndpointClosed),
+                DriverWake::Always,
+                |cs| match cs.conn.send(source_time, channel, data.clone()) {
                     Ok(seq) => Some(Ok(seq)),
                     Err(surelink_proto::SendError::Blocked) => None,
-                    Err(surelink_proto::SendError::TooLarge { size, max }) => {
-                        Some(Err(SendError::TooLarge { size, max }))
-                    }
-                    Err(surelink_proto::SendError::Closing) => Some(Err(SendError::Closing)),
-                    Err(_) => Some(Err(match cs.conn.error() {
-                        Some(e) => SendError::ConnectionLost(e.clone()),
-                        None => SendError::Closed,
-                    })),
-                }
-            })
+                    Err(e) => Some(Err(send_error(cs, e))),
+                },
+            )
             .await
+    }
+
+    /// Queues every message of `messages`, in order, on `channel`: the batch
+    /// form of [`send_on`](Connection::send_on), for many small messages.
+    ///
+    /// As many messages as the send buffer takes are handed to the protocol
+    /// under one lock and with one wake-up of the driver, which then packs
+    /// them into as few packets as it can; while the buffer is full it waits
+    /// like `send_on`. All messages of a call share one source time (the
+    /// call's start), from which their latency and deadlines count. Returns
+    /// how many were queued, once all were. On an error the messages before
+    /// the failing one stay queued (for [`SendError::TooLarge`], the
+    /// connection is still usable).
+    pub async fn send_many<I>(&self, channel: u64, messages: I) -> Result<usize, SendError>
+    where
+        I: IntoIterator<Item = Bytes>,
+    {
+        let source_time = crate::util::now();
+        let mut messages = messages.into_iter().peekable();
+        let mut queued = 0;
+        loop {
+            let done = self
+                .inner
+                .wait_for(Err(SendError::EndpointClosed), DriverWake::Always, |cs| {
+                    let before = queued;
+                    while let Some(data) = messages.peek() {
+                        match cs.conn.send(source_time, channel, data.clone()) {
+                            Ok(_) => {
+                                messages.next();
+                                queued += 1;
+                            }
+                            // Hand over what was queued (the driver sends it,
+                            // acknowledgements make room), then wait.
+                            Err(surelink_proto::SendError::Blocked) => {
+                                return (queued > before).then_some(Ok(false));
+                            }
+                            Err(e) => return Some(Err(send_error(cs, e))),
+                        }
+                    }
+                    Some(Ok(true))
+                })
+                .await?;
+            if done {
+                return Ok(queued);
+            }
+        }
     }
 
     /// Receives the next message's bytes; see [`recv_message`](Connection::recv_message).
@@ -124,16 +168,46 @@ impl Connection {
     /// [`RecvError::ConnectionLost`].
     pub async fn recv_message(&self) -> Result<Option<Message>, RecvError> {
         self.inner
-            .wait_for(Err(RecvError::EndpointClosed), |cs| {
-                if let Some(m) = cs.conn.recv() {
-                    return Some(Ok(Some(m)));
-                }
-                match &cs.closed {
-                    None => None,
-                    Some(None) => Some(Ok(None)),
-                    Some(Some(e)) => Some(Err(RecvError::ConnectionLost(e.clone()))),
-                }
-            })
+            .wait_for(
+                Err(RecvError::EndpointClosed),
+                DriverWake::WindowUpdate,
+                |cs| {
+                    if let Some(m) = cs.conn.recv() {
+                        return Some(Ok(Some(m)));
+                    }
+                    end_of_messages(cs).map(|end| end.map(|()| None))
+                },
+            )
+            .await
+    }
+
+    /// Receives every message that is ready (at most `max`, at least one),
+    /// appending them to `out`: the batch form of
+    /// [`recv_message`](Connection::recv_message), which takes them under one
+    /// lock. Waits while none is ready. Returns how many were appended; 0 once
+    /// the connection was closed gracefully and every message was received.
+    /// If it ended with an error, the messages that had arrived complete are
+    /// returned first, then [`RecvError::ConnectionLost`].
+    pub async fn recv_many(&self, out: &mut Vec<Message>, max: usize) -> Result<usize, RecvError> {
+        let max = max.max(1);
+        self.inner
+            .wait_for(
+                Err(RecvError::EndpointClosed),
+                DriverWake::WindowUpdate,
+                |cs| {
+                    let before = out.len();
+                    while out.len() - before < max {
+                        match cs.conn.recv() {
+                            Some(m) => out.push(m),
+                            None => break,
+                        }
+                    }
+                    match out.len() - before {
+                        0 => end_of_messages(cs).map(|end| end.map(|()| 0)),
+                        n => Some(Ok(n)),
+                    }
+                },
+            )
             .await
     }
 
@@ -157,23 +231,27 @@ impl Connection {
         }
         self.inner.shared.wake_driver.notify_one();
         self.inner
-            .wait_for(Err(CloseError::EndpointClosed), |cs| match &cs.closed {
-                None => None,
-                Some(Some(e)) => Some(Err(CloseError::ConnectionLost(e.clone()))),
-                Some(None) => {
-                    let s = cs.conn.stats();
-                    // Messages given up on by their delivery mode (deadline
-                    // passed, unreliable and lost) are settled, not missing.
-                    let unacked = s
-                        .messages_sent
-                        .saturating_sub(s.messages_acked + s.messages_abandoned);
-                    Some(if unacked == 0 {
-                        Ok(())
-                    } else {
-                        Err(CloseError::Unacknowledged { unacked })
-                    })
-                }
-            })
+            .wait_for(
+                Err(CloseError::EndpointClosed),
+                DriverWake::Never,
+                |cs| match &cs.closed {
+                    None => None,
+                    Some(Some(e)) => Some(Err(CloseError::ConnectionLost(e.clone()))),
+                    Some(None) => {
+                        let s = cs.conn.stats();
+                        // Messages given up on by their delivery mode (deadline
+                        // passed, unreliable and lost) are settled, not missing.
+                        let unacked = s
+                            .messages_sent
+                            .saturating_sub(s.messages_acked + s.messages_abandoned);
+                        Some(if unacked == 0 {
+                            Ok(())
+                        } else {
+                            Err(CloseError::Unacknowledged { unacked })
+                        })
+                    }
+                },
+            )
             .await
     }
 
@@ -193,9 +271,11 @@ impl Connection {
     /// Waits until the connection has ended; `None` means it closed gracefully.
     pub async fn closed(&self) -> Option<ConnectionError> {
         self.inner
-            .wait_for(Some(ConnectionError::LocallyAborted), |cs| {
-                cs.closed.clone()
-            })
+            .wait_for(
+                Some(ConnectionError::LocallyAborted),
+                DriverWake::Never,
+                |cs| cs.closed.clone(),
+            )
             .await
     }
 
@@ -266,7 +346,7 @@ impl Connection {
     /// them: each event goes to one caller.
     pub async fn next_event(&self) -> Option<ConnectionEvent> {
         self.inner
-            .wait_for(None, |cs| match cs.events.pop_front() {
+            .wait_for(None, DriverWake::Never, |cs| match cs.events.pop_front() {
                 Some(e) => Some(Some(e)),
                 None => cs.closed.is_some().then_some(None),
             })
@@ -295,7 +375,7 @@ impl Connection {
         let remote = self.inner.remote;
         let idle = self.inner.shared.config.protocol.idle_timeout;
         self.inner
-            .wait_for(Err(ConnectError::EndpointClosed), |cs| {
+            .wait_for(Err(ConnectError::EndpointClosed), DriverWake::Never, |cs| {
                 if cs.connected {
                     return Some(Ok(()));
                 }
@@ -334,31 +414,101 @@ impl ConnectionInner {
 
     /// Calls `check` under the lock until it returns `Some`, sleeping on the
     /// connection's `Notify` in between. Returns `gone` if the connection or the
-    /// driver disappeared. Wakes the driver after a successful check, since the
-    /// check may have changed the core's state (a message queued or taken).
-    async fn wait_for<T>(&self, gone: T, mut check: impl FnMut(&mut ConnState) -> Option<T>) -> T {
+    /// driver disappeared. After a successful check the driver is woken as
+    /// `wake` says: the check may have changed what the core has to send.
+    ///
+    /// The first check runs without registering on the `Notify` (registering
+    /// and unregistering take its internal lock), so a call that succeeds at
+    /// once, the common case of a send with buffer space or a receive with a
+    /// message ready, costs one lock of the shared state.
+    async fn wait_for<T>(
+        &self,
+        gone: T,
+        wake: DriverWake,
+        mut check: impl FnMut(&mut ConnState) -> Option<T>,
+    ) -> T {
+        let mut gone = Some(gone);
+        if let Some(out) = self.try_check(&mut gone, wake, &mut check) {
+            return out;
+        }
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
+            // Registered before the check: a change after it still wakes us.
             notified.as_mut().enable();
-            {
-                let mut st = self.shared.lock();
-                let running = st.driver_running;
-                let Some(cs) = st.conns.get_mut(&self.handle) else {
-                    return gone;
-                };
-                if let Some(out) = check(cs) {
-                    cs.sync();
-                    drop(st);
-                    self.shared.wake_driver.notify_one();
-                    return out;
-                }
-                if !running {
-                    return gone;
-                }
+            if let Some(out) = self.try_check(&mut gone, wake, &mut check) {
+                return out;
             }
             notified.await;
         }
+    }
+
+    /// One check of [`wait_for`](Self::wait_for): `Some` when it is done
+    /// (its result, or `gone` taken out of its option).
+    fn try_check<T>(
+        &self,
+        gone: &mut Option<T>,
+        wake: DriverWake,
+        check: &mut impl FnMut(&mut ConnState) -> Option<T>,
+    ) -> Option<T> {
+        let mut st = self.shared.lock();
+        let running = st.driver_running;
+        let Some(cs) = st.conns.get_mut(&self.handle) else {
+            return gone.take();
+        };
+        if let Some(out) = check(cs) {
+            let wake_driver = match wake {
+                DriverWake::Always => true,
+                DriverWake::WindowUpdate => cs.conn.window_update_pending(),
+                DriverWake::Never => false,
+            };
+            cs.sync();
+            drop(st);
+            if wake_driver {
+                self.shared.wake_driver.notify_one();
+            }
+            return Some(out);
+        }
+        if running {
+            None
+        } else {
+            gone.take()
+        }
+    }
+}
+
+/// Whether a successful check in [`ConnectionInner::wait_for`] gives the
+/// driver work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DriverWake {
+    /// Always (a message was queued: it must be sent).
+    Always,
+    /// When taking messages opened the receive window far enough that the
+    /// core has a window update to send.
+    WindowUpdate,
+    /// Never (the check only looked).
+    Never,
+}
+
+/// The runtime's error for a core refusal other than `Blocked`.
+fn send_error(cs: &ConnState, e: surelink_proto::SendError) -> SendError {
+    match e {
+        surelink_proto::SendError::TooLarge { size, max } => SendError::TooLarge { size, max },
+        surelink_proto::SendError::Closing => SendError::Closing,
+        _ => match cs.conn.error() {
+            Some(e) => SendError::ConnectionLost(e.clone()),
+            None => SendError::Closed,
+        },
+    }
+}
+
+/// When no message is ready: `None` while more may come, `Some(Ok(()))` once
+/// the connection closed gracefully, the error if it failed.
+fn end_of_messages(cs: &ConnState) -> Option<Result<(), RecvError>> {
+    match &cs.closed {
+        None => None,
+        Some(None) => Some(Ok(())),
+        Some(Some(e)) => Some(Err(RecvError::ConnectionLost(e.clone()))),
     }
 }
 

@@ -9,7 +9,7 @@
 //!   the driver is busy, so no wake-up is lost.
 //! * driver → handles: each connection has a [`Notify`]. Whoever touches a
 //!   connection calls [`ConnState::sync`], which takes the core's events and, if
-//!   anything a waiter could be waiting for changed (a message ready, send
+//!   anything a waiter could be waiting for became possible (a message ready, more send
 //!   capacity, connected, closed, drained), calls `notify_waiters`. A waiter
 //!   registers (`Notified::enable`) *before* it checks its condition under the
 //!   lock, so a change between the check and the `.await` still wakes it.
@@ -142,6 +142,21 @@ struct Snapshot {
     drained: bool,
 }
 
+impl Snapshot {
+    /// True if a waiter may now get what it could not get at `before`: a
+    /// message became ready, an event came, send capacity grew, or the
+    /// connection was established, closed or drained. Queuing a message or
+    /// taking one (capacity shrinking, the last message gone) wakes nobody.
+    fn opens_for_waiters(&self, before: &Snapshot) -> bool {
+        (self.has_message && !before.has_message)
+            || self.events_total != before.events_total
+            || self.send_capacity > before.send_capacity
+            || self.connected != before.connected
+            || self.closed != before.closed
+            || self.drained != before.drained
+    }
+}
+
 /// One connection and the runtime's bookkeeping about it.
 #[derive(Debug)]
 pub(crate) struct ConnState {
@@ -229,8 +244,9 @@ impl ConnState {
             closed: self.closed.is_some(),
             drained: self.conn.is_drained(),
         };
-        if snapshot != self.snapshot {
-            self.snapshot = snapshot;
+        let wakes = snapshot.opens_for_waiters(&self.snapshot);
+        self.snapshot = snapshot;
+        if wakes {
             self.notify.notify_waiters();
         }
         connected_now

@@ -2,9 +2,10 @@
 //! each message is a 4-byte little-endian length followed by its bytes.
 //!
 //! The sender stages frames in one buffer and writes it out when it holds
-//! 64 KiB, on [`Tx::flush`], and, in [`Mode::Realtime`], after every
-//! message; that is how a competent application drives a stream (one write
-//! per message would measure the write call, not the transport).
+//! 64 KiB, on [`Tx::flush`], and, in the modes that do not batch
+//! ([`Mode::batches`]), after every message (flushing it in
+//! [`Mode::Realtime`]); batching is how a competent application drives a
+//! stream (one write per message measures the write call, not the transport).
 
 use std::io;
 
@@ -58,7 +59,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Tx for FramedTx<W> {
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "message too large"))?;
         self.staged.put_u32_le(len);
         self.staged.extend_from_slice(&msg);
-        if self.mode == Mode::Realtime || self.staged.len() >= STAGE {
+        if !self.mode.batches() || self.staged.len() >= STAGE {
             self.write_staged().await?;
             if self.mode == Mode::Realtime {
                 self.writer.flush().await?;

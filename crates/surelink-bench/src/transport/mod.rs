@@ -37,10 +37,21 @@ use bytes::Bytes;
 pub enum Mode {
     /// Large messages, throughput.
     Bulk,
-    /// Many tiny messages, message rate.
+    /// Many tiny messages, message rate; the sender hands them over in
+    /// batches of 64 KiB (a staged write on a stream, `send_many` for surelink).
     Small,
+    /// Many tiny messages, each handed over in its own call (`--per-message`).
+    SmallPerMessage,
     /// Paced messages that must go out at once, latency.
     Realtime,
+}
+
+impl Mode {
+    /// True if the sender collects messages into 64 KiB batches before
+    /// handing them to the transport.
+    pub fn batches(self) -> bool {
+        matches!(self, Mode::Bulk | Mode::Small)
+    }
 }
 
 /// The sending half of a connection: whole messages.

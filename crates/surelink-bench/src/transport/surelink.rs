@@ -1,53 +1,132 @@
 //! surelink itself: `Endpoint::bind` / `Endpoint::client_with_config` /
 //! `connect` / `accept`, default settings except for the security mode.
+//! Messages go one per `send` / `recv` call, or, in the modes that batch
+//! ([`Mode::batches`]), through `send_many` / `recv_many`.
 
 use std::io;
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 use surelink::stats_schema::{Histogram, Metric, PathLabel, StatsVisitor, Value, VisitStats};
-use surelink::{Connection, Endpoint, EndpointConfig, ProtocolConfig, Security};
+use surelink::{Connection, Endpoint, EndpointConfig, Message, ProtocolConfig, Security};
 
-use super::{loopback, wire, Diagnostics, Pair, Route, Rx, Tx};
+use super::{loopback, wire, Diagnostics, Mode, Pair, Route, Rx, Tx};
 
-/// Sends on channel 0 of a connection.
-pub struct SurelinkTx(
+/// Bytes of messages collected before one `send_many` when batching (the
+/// stream peers' staged write is the same size).
+const STAGE: usize = 64 << 10;
+/// Most messages one `recv_many` takes when batching.
+const RECV_BATCH: usize = 1024;
+
+/// Sends on channel 0 of a connection: each message with `send`, or, when
+/// the mode batches, 64 KiB of messages at a time with `send_many`.
+pub struct SurelinkTx {
+    conn: Connection,
+    /// The connection's endpoint, for the socket counters.
+    endpoint: Endpoint,
+    batches: bool,
+    staged: Vec<Bytes>,
+    staged_bytes: usize,
+}
+
+impl SurelinkTx {
+    /// Wraps the sending connection and its endpoint.
+    pub fn new(conn: Connection, endpoint: Endpoint, mode: Mode) -> Self {
+        Self {
+            conn,
+            endpoint,
+            batches: mode.batches(),
+            staged: Vec::new(),
+            staged_bytes: 0,
+        }
+    }
+
     /// The sending connection.
-    pub Connection,
-    /// Its endpoint, for the socket counters.
-    pub Endpoint,
-);
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
 
 impl Tx for SurelinkTx {
     async fn send(&mut self, msg: Bytes) -> io::Result<()> {
-        self.0.send(msg).await.map(|_| ()).map_err(io::Error::other)
+        if !self.batches {
+            return self
+                .conn
+                .send(msg)
+                .await
+                .map(|_| ())
+                .map_err(io::Error::other);
+        }
+        self.staged_bytes += msg.len();
+        self.staged.push(msg);
+        if self.staged_bytes >= STAGE {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        self.staged_bytes = 0;
+        self.conn
+            .send_many(0, self.staged.drain(..))
+            .await
+            .map(|_| ())
+            .map_err(io::Error::other)
     }
 
     fn diagnostics(&self) -> Option<Diagnostics> {
         let mut out = DiagnosticsVisitor::default();
-        self.0.stats().visit(&mut out);
-        self.1.stats().visit(&mut out);
+        self.conn.stats().visit(&mut out);
+        self.endpoint.stats().visit(&mut out);
         Some(out.diagnostics)
     }
 }
 
-/// Receives from a connection.
-pub struct SurelinkRx(
-    /// The receiving connection.
-    pub Connection,
-);
+/// Receives from a connection: each message with `recv`, or, when the mode
+/// batches, every ready message at once with `recv_many`.
+pub struct SurelinkRx {
+    conn: Connection,
+    batches: bool,
+    ready: VecDeque<Message>,
+    scratch: Vec<Message>,
+}
+
+impl SurelinkRx {
+    /// Wraps the receiving connection.
+    pub fn new(conn: Connection, mode: Mode) -> Self {
+        Self {
+            conn,
+            batches: mode.batches(),
+            ready: VecDeque::new(),
+            scratch: Vec::new(),
+        }
+    }
+}
 
 impl Rx for SurelinkRx {
     async fn recv(&mut self) -> io::Result<Option<Bytes>> {
-        self.0.recv().await.map_err(io::Error::other)
+        if !self.batches {
+            return self.conn.recv().await.map_err(io::Error::other);
+        }
+        if self.ready.is_empty() {
+            // Cancel-safe: what recv_many took is in `scratch` once it returns.
+            let n = self
+                .conn
+                .recv_many(&mut self.scratch, RECV_BATCH)
+                .await
+                .map_err(io::Error::other)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.ready.extend(self.scratch.drain(..));
+        }
+        Ok(self.ready.pop_front().map(|m| m.data))
     }
 
     fn diagnostics(&self) -> Option<Diagnostics> {
         let mut out = DiagnosticsVisitor::default();
-        self.0.stats().visit(&mut out);
+        self.conn.stats().visit(&mut out);
         Some(out.diagnostics)
     }
 }
@@ -90,8 +169,9 @@ impl StatsVisitor for DiagnosticsVisitor {
 pub type SurelinkPair = Pair<SurelinkTx, SurelinkRx>;
 
 /// A server endpoint and a client endpoint on 127.0.0.1, connected (through
-/// an impairer if `route` asks); encrypted unless `plaintext`.
-pub async fn open(plaintext: bool, route: Option<&Route>) -> io::Result<SurelinkPair> {
+/// an impairer if `route` asks); encrypted unless `plaintext`; the halves
+/// batch as `mode` says.
+pub async fn open(plaintext: bool, route: Option<&Route>, mode: Mode) -> io::Result<SurelinkPair> {
     let mut protocol = ProtocolConfig::default();
     if plaintext {
         protocol.security = Security::InsecurePlaintext;
@@ -104,8 +184,8 @@ pub async fn open(plaintext: bool, route: Option<&Route>) -> io::Result<Surelink
     let tx = connected.map_err(io::Error::other)?;
     let rx = accepted.ok_or_else(|| io::Error::other("server endpoint stopped"))?;
     Ok(Pair {
-        tx: SurelinkTx(tx, client.clone()),
-        rx: SurelinkRx(rx),
+        tx: SurelinkTx::new(tx, client.clone(), mode),
+        rx: SurelinkRx::new(rx, mode),
         impairer,
         keep: vec![Box::new(server), Box::new(client)],
     })

@@ -61,6 +61,16 @@ impl std::fmt::Debug for NoiseHandshake {
     }
 }
 
+/// The first `n` bytes of a [`MAX_MESSAGE`] scratch buffer in an allocation
+/// of their own size: a connection keeps its handshake message until the
+/// handshake completes (to repeat it), and with many handshakes in progress
+/// 64 KiB of spare capacity each adds up.
+fn exact(mut scratch: Vec<u8>, n: usize) -> Vec<u8> {
+    scratch.truncate(n);
+    scratch.shrink_to_fit();
+    scratch
+}
+
 fn err(e: snow::Error) -> CryptoError {
     CryptoError::Handshake(e.to_string())
 }
@@ -100,16 +110,14 @@ impl NoiseHandshake {
     pub fn write(&mut self, payload: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let mut out = vec![0u8; MAX_MESSAGE];
         let n = self.state.write_message(payload, &mut out).map_err(err)?;
-        out.truncate(n);
-        Ok(out)
+        Ok(exact(out, n))
     }
 
     /// Reads the peer's next message; returns its payload.
     pub fn read(&mut self, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let mut out = vec![0u8; MAX_MESSAGE];
         let n = self.state.read_message(message, &mut out).map_err(err)?;
-        out.truncate(n);
-        Ok(out)
+        Ok(exact(out, n))
     }
 
     /// The peer's static key, once received.

@@ -1,0 +1,131 @@
+//! `surelink perf server`: accepts connections until stopped (Ctrl-C or
+//! SIGTERM), one task per connection counting the data on channel 0 and
+//! recording each message's one-way latency; when the client's
+//! [`Finished`] arrives on the control channel and that many messages have
+//! been received, the task answers with a [`ServerReport`] and the histogram.
+//!
+//! One client brings many connections from one address, so the per-source
+//! handshake budget is lifted; `--max-connections` caps the total per
+//! endpoint. With `--drivers N`, N endpoints share the port through
+//! `SO_REUSEPORT` and each accepts the clients the kernel hashes to it.
+
+use anyhow::{bail, Context as _};
+use surelink::{Connection, Endpoint, EndpointConfig, Message, ProtocolConfig};
+use tokio::task::JoinSet;
+
+use hdrhistogram::Histogram;
+
+use super::report::{
+    empty_histogram, encode_histogram, latency_histogram, wall_clock_us, Finished, ServerReport,
+    Usage, CONTROL_CHANNEL,
+};
+use super::ServerArgs;
+
+/// Runs `surelink perf server`.
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let listen = args.listen.resolve().await?;
+    let budget = u32::try_from(args.max_connections).unwrap_or(u32::MAX);
+    let protocol = ProtocolConfig {
+        max_connections: args.max_connections,
+        source_handshake_burst: budget,
+        source_handshake_rate: budget,
+        ..ProtocolConfig::default()
+    };
+    let config = EndpointConfig::default().with_protocol(protocol);
+    let endpoints = if args.drivers == 1 {
+        vec![Endpoint::bind(listen, config).with_context(|| format!("cannot listen on {listen}"))?]
+    } else {
+        crate::net::bind_reuse_port(listen, usize::from(args.drivers))?
+            .into_iter()
+            .map(|socket| Endpoint::from_std_socket(socket, config.clone(), true))
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("cannot listen on {listen}"))?
+    };
+    eprintln!(
+        "surelink perf: listening on {} ({} driver{})",
+        endpoints[0].local_addr(),
+        endpoints.len(),
+        if endpoints.len() == 1 { "" } else { "s" }
+    );
+    let mut accept_loops = JoinSet::new();
+    for endpoint in endpoints {
+        accept_loops.spawn(async move {
+            while let Some(conn) = endpoint.accept().await {
+                tokio::spawn(serve(conn));
+            }
+        });
+    }
+    tokio::select! {
+        _ = accept_loops.join_next() => bail!("an endpoint stopped accepting connections"),
+        () = crate::shutdown::signal() => Ok(()),
+    }
+}
+
+/// Serves one client connection to its end.
+async fn serve(conn: Connection) {
+    let remote = conn.remote_addr();
+    match count_and_report(&conn).await {
+        Ok(Some(report)) => tracing::info!(
+            %remote,
+            messages = report.messages,
+            bytes = report.bytes,
+            "perf client finished"
+        ),
+        Ok(None) => tracing::info!(%remote, "perf client left before finishing"),
+        Err(e) => tracing::info!(%remote, "perf connection failed: {e:#}"),
+    }
+}
+
+/// Counts data until the client's [`Finished`] is matched, then reports.
+/// `None` if the connection closed without a [`Finished`].
+async fn count_and_report(conn: &Connection) -> anyhow::Result<Option<ServerReport>> {
+    let cpu_s_at_accept = Usage::now().cpu_s;
+    // Made at the first data message: an idle connection does not pay its
+    // ~180 KiB (so idle sessions can be measured).
+    let mut histogram: Option<Histogram<u64>> = None;
+    let (mut messages, mut bytes, mut first_us, mut last_us) = (0u64, 0u64, 0u64, 0u64);
+    let mut expected: Option<u64> = None;
+    while expected.is_none_or(|sent| messages < sent) {
+        let Some(Message {
+            channel,
+            data,
+            latency_us,
+            ..
+        }) = conn.recv_message().await?
+        else {
+            return Ok(None);
+        };
+        if channel == CONTROL_CHANNEL {
+            expected = Some(
+                Finished::decode(&data)
+                    .context("bad message from the client")?
+                    .sent,
+            );
+            continue;
+        }
+        last_us = wall_clock_us();
+        if messages == 0 {
+            first_us = last_us;
+        }
+        messages += 1;
+        bytes += data.len() as u64;
+        histogram
+            .get_or_insert_with(latency_histogram)
+            .saturating_record(latency_us.max(1));
+    }
+    let report = ServerReport {
+        messages,
+        bytes,
+        first_us,
+        last_us,
+        cpu_s_at_accept,
+        usage: Usage::now(),
+    };
+    conn.send_on(CONTROL_CHANNEL, report.encode()).await?;
+    let histogram = histogram.unwrap_or_else(empty_histogram);
+    conn.send_on(CONTROL_CHANNEL, encode_histogram(&histogram)?)
+        .await?;
+    // The client closes once it has both; wait for that (or its loss).
+    let _ = conn.closed().await;
+    Ok(Some(report))
+}
