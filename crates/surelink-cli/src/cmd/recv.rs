@@ -73,6 +73,9 @@ pub struct RecvArgs {
     pub security: crate::security::RecvSecurityArgs,
     #[command(flatten)]
     pub state: crate::state::RecvStateArgs,
+    #[cfg(feature = "etcd")]
+    #[command(flatten)]
+    pub group: crate::group::GroupArgs,
 }
 
 /// Runs `surelink recv`.
@@ -89,6 +92,11 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
     args.idle.apply(&mut config.protocol)?;
     config.protocol.security = security;
     config.protocol.path_mode = args.mode.into();
+    #[cfg(feature = "etcd")]
+    if let Some(group) = args.group.connect().await? {
+        let plan = group_plan(&args, group, listen, config).await?;
+        return crate::group::recv::run(plan).await;
+    }
     if let Some(dir) = args.state.common.state.clone() {
         let plan = durable_plan(&args, dir, listen, config)?;
         return crate::state::recv::run(plan).await;
@@ -179,6 +187,38 @@ fn durable_plan(
         config,
         once: args.once,
         keep_state: args.state.common.keep_state,
+    })
+}
+
+/// Checks the options of `recv --group` and gathers what the group member needs.
+#[cfg(feature = "etcd")]
+async fn group_plan(
+    args: &RecvArgs,
+    group: surelink_etcd::Group,
+    listen: Vec<SocketAddr>,
+    config: EndpointConfig,
+) -> anyhow::Result<crate::group::recv::GroupRecv> {
+    use crate::group::recv::GroupOutput;
+    if args.state.common.state.is_some() {
+        bail!(UsageError(
+            "--group keeps the session's state in etcd: drop --state".into()
+        ));
+    }
+    let output = match (&args.to, args.output.as_deref()) {
+        (Some(to), _) => GroupOutput::Datagrams(to.resolve().await?),
+        (None, Some(path)) if path != "-" => GroupOutput::File(PathBuf::from(path)),
+        _ => bail!(UsageError(
+            "--group needs --out FILE (on storage every member reaches) or --to udp://HOST:PORT"
+                .into()
+        )),
+    };
+    Ok(crate::group::recv::GroupRecv {
+        group,
+        output,
+        options: args.state.session_options()?,
+        listen,
+        config,
+        once: args.once,
     })
 }
 

@@ -318,6 +318,11 @@ impl<K: DurableSink, St: ReceiverStore> DurableReceiver<K, St> {
         self.sink
     }
 
+    /// Gives the sink and the checkpoint store back.
+    pub fn into_parts(self) -> (K, St) {
+        (self.sink, self.store)
+    }
+
     /// Counters since [`open`](Self::open).
     pub fn stats(&self) -> ReceiverStats {
         self.stats.clone()
