@@ -404,3 +404,32 @@ fn two_takeovers_in_a_row_leave_the_output_exact() {
         bench.fail("the output differs from the input");
     }
 }
+
+/// etcd unreachable for longer than the lease (the only member paused):
+/// the leader cannot renew, so it stops (deposed) rather than go on
+/// without being able to prove it leads; once etcd is back a member takes
+/// the lead again, the sender resumes, and the output is exact.
+#[test]
+fn etcd_unreachable_beyond_the_lease_stops_the_leader_and_the_group_resumes_after() {
+    let bench = Bench::new(1);
+    let input = bench.path("in.bin");
+    let output = bench.path("out.bin");
+    let data = random_file(&input, 6 << 20, 53);
+    let etcd = bench.etcd.endpoints();
+    let mut a = bench.member("A", &["--out", &output], &etcd);
+    bench.expect_line(&mut a, "listening on");
+    let mut b = bench.member("B", &["--out", &output], &etcd);
+    bench.expect_line(&mut b, "standing by");
+    let mut send = bench.sender(&input);
+    bench.wait_progress(1 << 20, || file_len(&output));
+    bench.etcd.signal(0, "STOP");
+    bench.expect_line(&mut a, "deposed");
+    bench.etcd.signal(0, "CONT");
+    let (status, _) = send.wait();
+    if !status.success() {
+        bench.fail(&format!("the sender exited with {status}"));
+    }
+    if std::fs::read(&output).unwrap() != data {
+        bench.fail("the output differs from the input");
+    }
+}

@@ -111,6 +111,16 @@ impl Etcd {
         }
     }
 
+    /// Sends signal `name` ("STOP", "CONT") to member `i`.
+    pub fn signal(&self, i: usize, name: &str) {
+        let child = self.members[i].child.as_ref().expect("a running member");
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name}");
+    }
+
     /// Waits (bounded) until member `i` answers healthy; panics if it does not.
     fn wait_healthy(&self, i: usize) {
         let deadline = Instant::now() + HEALTH_LIMIT;
