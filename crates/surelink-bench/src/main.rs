@@ -8,10 +8,12 @@
 //!                [--durable-mib N] [--per-message]
 //!                [--json PATH] [--plot PATH.svg] [--install-peers] [--quick]
 //! surelink-bench mpegts [--duration S] [--runs N] [--system LIST] [--link LIST] [--json PATH]
+//! surelink-bench standby [--ttls 1,2,5] [--runs N]
 //! ```
 //!
 //! `mpegts` is a workload of its own (real ffmpeg through the command-line
-//! gateways, see [`mpegts`]), with its own systems and options.
+//! gateways, see [`mpegts`]), with its own systems and options; so is
+//! `standby` (receiver groups on a real etcd, see [`standby`]).
 //!
 //! The markdown tables go to stdout, progress to stderr. See
 //! `docs/BENCHMARKS.md` for what each workload does and the figures.
@@ -27,6 +29,7 @@ mod plot;
 mod report;
 mod rows;
 mod run;
+mod standby;
 mod system;
 mod transport;
 mod workload;
@@ -135,8 +138,11 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let outcome = if std::env::args_os().nth(1).is_some_and(|a| a == "mpegts") {
+    let subcommand = std::env::args_os().nth(1);
+    let outcome = if subcommand.as_ref().is_some_and(|a| a == "mpegts") {
         mpegts::main(std::env::args_os().skip(1))
+    } else if subcommand.as_ref().is_some_and(|a| a == "standby") {
+        standby::main(std::env::args_os().skip(1))
     } else {
         main_inner()
     };

@@ -25,6 +25,8 @@ mod ending;
 mod exit;
 mod failover_log;
 mod fec;
+#[cfg(feature = "etcd")]
+mod group;
 mod keys;
 mod merge_out;
 mod metrics;

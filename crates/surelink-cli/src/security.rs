@@ -134,7 +134,9 @@ const REFUSAL_LINES_PER_SECOND: u32 = 20;
 /// Prints every handshake outcome of the receiver's endpoint on stderr:
 /// accepted connections with the sender's fingerprint, and refusals (at most
 /// [`REFUSAL_LINES_PER_SECOND`]; the rest are counted in a summary line).
-pub fn spawn_handshake_log(endpoint: &Endpoint) {
+/// The task holds the endpoint open until it is aborted (the handle) or the
+/// process exits.
+pub fn spawn_handshake_log(endpoint: &Endpoint) -> tokio::task::JoinHandle<()> {
     let endpoint = endpoint.clone();
     tokio::spawn(async move {
         let mut window = Instant::now();
@@ -164,7 +166,7 @@ pub fn spawn_handshake_log(endpoint: &Endpoint) {
             shown += 1;
             eprintln!("surelink recv: {event}");
         }
-    });
+    })
 }
 
 /// The sender's line about the receiver's key once connected.

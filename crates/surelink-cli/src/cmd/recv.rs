@@ -95,11 +95,13 @@ pub struct RecvArgs {
     pub state: crate::state::RecvStateArgs,
     #[command(flatten)]
     pub merge: crate::merge_out::MergeArgs,
+    #[cfg(feature = "etcd")]
+    #[command(flatten)]
+    pub group: crate::group::GroupArgs,
 }
 
 /// Runs `surelink recv`.
 pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
-    crate::shutdown::install();
     args.stats.metrics.serve("recv").await?;
     // Keys first: a bad key file fails before the output file is truncated.
     let security = args.security.security()?;
@@ -117,6 +119,14 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
             "--merge does not keep durable state yet: run it without --state".into()
         ));
     }
+    #[cfg(feature = "etcd")]
+    if let Some(group) = args.group.connect().await? {
+        let plan = group_plan(&args, group, listen, config).await?;
+        return crate::group::recv::run(plan).await;
+    }
+    // Every mode below stops cleanly on a signal; a group member keeps the
+    // default action (its checkpoints are in etcd).
+    crate::shutdown::install();
     if let (Some(state), Some(out)) = (&args.state.common.state, &args.out_dir) {
         return crate::out_dir::durable::run(crate::out_dir::durable::DurableOutDir {
             out: crate::out_dir::OutDir::open(out)?,
@@ -232,6 +242,44 @@ fn durable_plan(
         config,
         once: args.once,
         keep_state: args.state.common.keep_state,
+    })
+}
+
+/// Checks the options of `recv --group` and gathers what the group member needs.
+#[cfg(feature = "etcd")]
+async fn group_plan(
+    args: &RecvArgs,
+    group: surelink_etcd::Group,
+    listen: Vec<SocketAddr>,
+    config: EndpointConfig,
+) -> anyhow::Result<crate::group::recv::GroupRecv> {
+    use crate::group::recv::GroupOutput;
+    if args.state.common.state.is_some() {
+        bail!(UsageError(
+            "--group keeps the session's state in etcd: drop --state".into()
+        ));
+    }
+    if args.out_dir.is_some() || args.merge.merge {
+        bail!(UsageError(
+            "--group serves one session at a time: it cannot be combined with --out-dir or --merge"
+                .into()
+        ));
+    }
+    let output = match (&args.to, args.output.as_deref()) {
+        (Some(to), _) => GroupOutput::Datagrams(to.resolve().await?),
+        (None, Some(path)) if path != "-" => GroupOutput::File(PathBuf::from(path)),
+        _ => bail!(UsageError(
+            "--group needs --out FILE (on storage every member reaches) or --to udp://HOST:PORT"
+                .into()
+        )),
+    };
+    Ok(crate::group::recv::GroupRecv {
+        group,
+        output,
+        options: args.state.session_options()?,
+        listen,
+        config,
+        once: args.once,
     })
 }
 

@@ -31,7 +31,9 @@ use crate::state::send::DurableSend;
 pub struct SendArgs {
     /// The receiving peer (`surelink recv --listen`): HOST:PORT. Repeat for
     /// more paths to the same receiver (the first is the primary).
-    #[arg(long, value_name = "ADDR", value_parser = parse_host_port, required = true)]
+    #[arg(long, value_name = "ADDR", value_parser = parse_host_port)]
+    #[cfg_attr(feature = "etcd", arg(required_unless_present = "group"))]
+    #[cfg_attr(not(feature = "etcd"), arg(required = true))]
     pub to: Vec<HostPort>,
     /// How several `--to` paths are used.
     #[arg(long, value_enum, default_value = "backup")]
@@ -66,6 +68,9 @@ pub struct SendArgs {
     pub security: crate::security::SendSecurityArgs,
     #[command(flatten)]
     pub state: crate::state::SendStateArgs,
+    #[cfg(feature = "etcd")]
+    #[command(flatten)]
+    pub group: crate::group::GroupArgs,
 }
 
 /// Runs `surelink send`.
@@ -83,14 +88,43 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
             args.chunk
         )));
     }
+    config.protocol.path_mode = args.mode.into();
+    #[cfg(feature = "etcd")]
+    if let Some(group) = args.group.connect().await? {
+        let Some(dir) = args.state.common.state.clone() else {
+            bail!(UsageError(
+                "--group needs --state DIR: after a takeover the sender resumes the session \
+                 with the new leader by replaying its durable outbox, which lives there"
+                    .into()
+            ));
+        };
+        if !args.to.is_empty() {
+            bail!(UsageError(
+                "--group finds the receiver in etcd: drop --to".into()
+            ));
+        }
+        let target = crate::state::send::Target::Group {
+            leaders: Box::new(crate::group::Leaders::new(group)),
+            patience: args.group.lease_ttl * 2,
+        };
+        let bind = args
+            .bind
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let mut plan = durable_plan(&args, dir, config, target, bind, Vec::new())?;
+        if plan.reconnect_for.is_zero() {
+            plan.reconnect_for = GROUP_RECONNECT_FOR;
+        }
+        return crate::state::send::run(plan).await;
+    }
     let remote = args.to[0].resolve().await?;
     let mut extra_paths = Vec::new();
     for to in &args.to[1..] {
         extra_paths.push(to.resolve().await?);
     }
-    config.protocol.path_mode = args.mode.into();
     if let Some(dir) = args.state.common.state.clone() {
-        let plan = durable_plan(&args, dir, config, remote, extra_paths)?;
+        let target = crate::state::send::Target::Fixed(args.to[0].clone(), remote);
+        let bind = args.bind.unwrap_or_else(|| wildcard_for(remote));
+        let plan = durable_plan(&args, dir, config, target, bind, extra_paths)?;
         return crate::state::send::run(plan).await;
     }
 
@@ -190,7 +224,8 @@ fn durable_plan(
     args: &SendArgs,
     dir: PathBuf,
     config: EndpointConfig,
-    remote: SocketAddr,
+    target: crate::state::send::Target,
+    bind: SocketAddr,
     extra_paths: Vec<SocketAddr>,
 ) -> anyhow::Result<DurableSend> {
     if args.from.is_some() {
@@ -220,9 +255,9 @@ fn durable_plan(
         dir,
         chunk: args.chunk,
         options: args.state.session_options()?,
-        bind: args.bind.unwrap_or_else(|| wildcard_for(remote)),
+        bind,
         config,
-        target: (args.to[0].clone(), remote),
+        target,
         extra_paths,
         peer_key_pinned: args.security.peer_key.is_some(),
         stats_interval: args.stats.stats_interval,
@@ -230,6 +265,11 @@ fn durable_plan(
         keep_state: args.state.common.keep_state,
     })
 }
+
+/// `--reconnect-for` of a sender following a receiver group when none is
+/// given: long enough for several takeovers (each about a lease TTL).
+#[cfg(feature = "etcd")]
+const GROUP_RECONNECT_FOR: Duration = Duration::from_secs(30);
 
 /// How long a side that aborted waits for its CLOSE to leave before exiting.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(1);

@@ -20,7 +20,7 @@
 //! appends to the output) until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
@@ -104,7 +104,7 @@ pub async fn run(plan: DurableRecv) -> anyhow::Result<()> {
                 if let ReceiverEvent::Accepted { .. } = event {
                     started.get_or_insert_with(Instant::now);
                 }
-                report(&event, &path);
+                report(&event, &path.display());
             })
             .await?;
             let session = rx.session_id();
@@ -155,23 +155,22 @@ pub async fn run(plan: DurableRecv) -> anyhow::Result<()> {
     super::remove_state(&dir, "recv")
 }
 
-/// One stderr line per decision.
-fn report(event: &ReceiverEvent, path: &Path) {
+/// One stderr line per decision; `output` names where messages go.
+pub fn report(event: &ReceiverEvent, output: &dyn std::fmt::Display) {
     match event {
         ReceiverEvent::Accepted { remote, accepted } => {
             let id = accepted.session_id;
             if accepted.new_session {
                 eprintln!(
                     "surelink recv: session {id} from {remote}: new, writing {} from byte {}",
-                    path.display(),
-                    accepted.position
+                    output, accepted.position
                 );
             } else {
                 let next = accepted.next.get(&DATA_CHANNEL).copied().unwrap_or(0);
                 eprintln!(
                     "surelink recv: session {id} resumed by {remote} at message {next} \
                      ({} at byte {}){}",
-                    path.display(),
+                    output,
                     accepted.position,
                     if accepted.complete {
                         ", already complete"
@@ -195,7 +194,10 @@ fn report(event: &ReceiverEvent, path: &Path) {
 }
 
 /// The line printed when a session is complete.
-fn summary<K: surelink::session::DurableSink>(rx: &DurableReceiver<K>, started: Option<Instant>) {
+pub fn summary<K: surelink::session::DurableSink, St: surelink::session::ReceiverStore>(
+    rx: &DurableReceiver<K, St>,
+    started: Option<Instant>,
+) {
     let Some(id) = rx.session_id() else { return };
     let s = rx.stats();
     let interval = match started {

@@ -71,8 +71,8 @@ pub struct DurableSend {
     pub config: EndpointConfig,
     /// Local address to bind.
     pub bind: SocketAddr,
-    /// The receiver, as given (for messages) and resolved.
-    pub target: (HostPort, SocketAddr),
+    /// The receiver.
+    pub target: Target,
     /// More paths to the receiver.
     pub extra_paths: Vec<SocketAddr>,
     /// Whether `--peer-key` pinned the receiver's key.
@@ -83,6 +83,47 @@ pub struct DurableSend {
     pub reconnect_for: Duration,
     /// Keep the state directory once the session is complete.
     pub keep_state: bool,
+}
+
+/// Where the receiver is.
+pub enum Target {
+    /// At a fixed address: as given (for messages) and resolved.
+    Fixed(HostPort, SocketAddr),
+    /// Whichever member of a receiver group leads (`--group`).
+    #[cfg(feature = "etcd")]
+    Group {
+        /// The group's leaders, read from etcd.
+        leaders: Box<crate::group::Leaders>,
+        /// How long to wait for a new leader after a failure.
+        patience: Duration,
+    },
+}
+
+impl Target {
+    /// The address to connect to now.
+    async fn next(&mut self) -> anyhow::Result<SocketAddr> {
+        match self {
+            Target::Fixed(_, addr) => Ok(*addr),
+            #[cfg(feature = "etcd")]
+            Target::Group { leaders, patience } => leaders.next(*patience).await,
+        }
+    }
+
+    /// True for a group: the leader may change, so a connection its
+    /// receiver closed on purpose (a deposed leader) is retried too.
+    fn follows_group(&self) -> bool {
+        !matches!(self, Target::Fixed(..))
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Fixed(name, _) => write!(f, "{name}"),
+            #[cfg(feature = "etcd")]
+            Target::Group { leaders, .. } => write!(f, "the leader of group {}", leaders.name()),
+        }
+    }
 }
 
 /// When to connect again after a failed connection.
@@ -128,7 +169,6 @@ impl Retry {
 pub async fn run(mut plan: DurableSend) -> anyhow::Result<()> {
     let path = plan.input.clone();
     let dir = plan.dir.clone();
-    let (target_name, remote) = plan.target.clone();
     // The input's identity: resuming with another file (or a modified one) is refused.
     let meta =
         std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -185,7 +225,27 @@ pub async fn run(mut plan: DurableSend) -> anyhow::Result<()> {
     let mut retry = Retry::new(plan.reconnect_for);
     let mut last_conn = None;
     let mut progress = None;
+    let follows_group = plan.target.follows_group();
     loop {
+        let remote = match plan.target.next().await {
+            Ok(remote) => remote,
+            Err(e) => {
+                let Some(pause) = retry.failed(Instant::now()) else {
+                    return Err(e.context(format!(
+                        "gave up after --reconnect-for {:?}",
+                        plan.reconnect_for
+                    )));
+                };
+                eprintln!("surelink send: {e:#}; trying again in {pause:?}");
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+        };
+        let target_name = if follows_group {
+            format!("{} ({remote})", plan.target)
+        } else {
+            plan.target.to_string()
+        };
         let conn =
             match endpoint.connect(remote).await {
                 Ok(conn) => conn,
@@ -214,7 +274,7 @@ pub async fn run(mut plan: DurableSend) -> anyhow::Result<()> {
             Ok(resumed) => resumed,
             // A receiver that closes the connection during the handshake
             // refuses it (e.g. it runs without --state): no point retrying.
-            Err(e) if e.is_connection() && !refused(&e) => {
+            Err(e) if e.is_connection() && (follows_group || !refused(&e)) => {
                 let Some(pause) = retry.failed(Instant::now()) else {
                     let e =
                         anyhow::Error::new(e).context(format!("cannot resume session {session}"));
@@ -257,7 +317,7 @@ pub async fn run(mut plan: DurableSend) -> anyhow::Result<()> {
             Ok(()) => break,
             // The receiver closed the connection with a reason (its disk is
             // full): reconnecting would not help.
-            Err(Failure::Session(e)) if e.is_connection() && !refused(&e) => {
+            Err(Failure::Session(e)) if e.is_connection() && (follows_group || !refused(&e)) => {
                 eprintln!("surelink send: {e}; connecting again");
             }
             // The receiver stopped mid-session (its output or journal failed)

@@ -150,6 +150,11 @@ pub enum SessionError {
         /// The limit.
         max: usize,
     },
+    /// This receiver no longer owns its shared checkpoint store (its lease
+    /// expired, or another receiver of its group took over): it writes and
+    /// confirms nothing more.
+    #[error("deposed: {0}")]
+    Deposed(String),
     /// A channel number that is reserved or out of range.
     #[error("channel {0} is reserved for the session protocol")]
     ReservedChannel(u64),

@@ -66,6 +66,7 @@ mod record;
 mod secret;
 mod sender;
 mod sink;
+mod store;
 pub mod wire;
 
 use std::time::Duration;
@@ -75,8 +76,10 @@ pub use receiver::{read_hello, Accepted, DurableReceiver, ReceiverEvent, Receive
 pub use secret::{reset_secret, RESET_SECRET_FILE};
 pub use sender::{DurableSender, Outgoing, Resumed, SenderStats};
 pub use sink::{DurableSink, FileSink};
+pub use store::{JournalStore, ReceiverStore};
 pub use surelink_journal::{
-    Durability, FsStorage, JournalError, JournalMetrics, JournalOptions, MemStorage, Storage,
+    Durability, FsStorage, JournalError, JournalMetrics, JournalOptions, MemStorage, SessionRecord,
+    Storage,
 };
 pub use wire::{
     ChannelResume, Hello, Progress, SessionId, CONTROL_CHANNEL, DATA_HEADER_LEN,

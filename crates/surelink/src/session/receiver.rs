@@ -27,6 +27,7 @@ use surelink_journal::{
 
 use super::record::{Meta, ReceiverMeta};
 use super::sink::DurableSink;
+use super::store::{JournalStore, ReceiverStore};
 use super::wire::{self, Control, Hello, Progress, SessionId, CONTROL_CHANNEL};
 use super::{blocking, send_control, ResumeMismatch, SessionError, SessionOptions};
 use crate::{Connection, Endpoint, Message};
@@ -154,6 +155,7 @@ fn is_fatal(e: &SessionError) -> bool {
             | SessionError::Sink { .. }
             | SessionError::State(_)
             | SessionError::EndpointClosed
+            | SessionError::Deposed(_)
     )
 }
 
@@ -189,10 +191,11 @@ struct RxSession {
 
 /// The receiving side of a durable session. See the [`session`](crate::session)
 /// module docs and `docs/CHECKPOINTS.md`: open, then `run` (or `read_hello`,
-/// `accept`, `serve`).
+/// `accept`, `serve`). Its checkpoints go to a [`ReceiverStore`]: the local
+/// journal by default, or a store shared by a receiver group.
 #[derive(Debug)]
-pub struct DurableReceiver<K: DurableSink, S: Storage + Send = FsStorage> {
-    store: CheckpointStore<S>,
+pub struct DurableReceiver<K: DurableSink, St: ReceiverStore = JournalStore<FsStorage>> {
+    store: St,
     sink: K,
     options: SessionOptions,
     session: Option<RxSession>,
@@ -207,7 +210,7 @@ pub struct DurableReceiver<K: DurableSink, S: Storage + Send = FsStorage> {
     stats: ReceiverStats,
 }
 
-impl<K: DurableSink> DurableReceiver<K, FsStorage> {
+impl<K: DurableSink> DurableReceiver<K, JournalStore<FsStorage>> {
     /// [`open`](Self::open) with the journal in directory `dir` (created if
     /// missing).
     pub fn open_dir(
@@ -220,15 +223,29 @@ impl<K: DurableSink> DurableReceiver<K, FsStorage> {
     }
 }
 
-impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
+impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, JournalStore<S>> {
     /// Opens the journal on `storage`, recovers the session (if any) and
     /// restores `sink` to its checkpointed position. A sink with no session
     /// in the journal is left alone until a first session starts (then it is
     /// restored to position 0).
-    pub fn open(storage: S, mut sink: K, options: SessionOptions) -> Result<Self, SessionError> {
+    pub fn open(storage: S, sink: K, options: SessionOptions) -> Result<Self, SessionError> {
         let journal_options = options.journal_options();
         let store = blocking(|| CheckpointStore::open(storage, journal_options))?;
-        let session = match store.session() {
+        Self::with_store(JournalStore::new(store), sink, options)
+    }
+}
+
+impl<K: DurableSink, St: ReceiverStore> DurableReceiver<K, St> {
+    /// A receiver on an opened checkpoint `store`: recovers the session in
+    /// its checkpoint (if any) and restores `sink` to the checkpointed
+    /// position. A sink with no session in the store is left alone until a
+    /// first session starts (then it is restored to position 0).
+    pub fn with_store(
+        store: St,
+        mut sink: K,
+        options: SessionOptions,
+    ) -> Result<Self, SessionError> {
+        let session = match store.checkpoint() {
             None => None,
             Some(record) => match Meta::decode(&record.peer) {
                 Ok(Meta::Receiver(meta)) => Some(RxSession {
@@ -301,6 +318,11 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
         self.sink
     }
 
+    /// Gives the sink and the checkpoint store back.
+    pub fn into_parts(self) -> (K, St) {
+        (self.sink, self.store)
+    }
+
     /// Counters since [`open`](Self::open).
     pub fn stats(&self) -> ReceiverStats {
         self.stats.clone()
@@ -309,6 +331,11 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
     /// The journal's counters (commits, fsyncs, bytes, compactions).
     pub fn journal_metrics(&self) -> JournalMetrics {
         self.store.metrics()
+    }
+
+    /// The checkpoint store.
+    pub fn store(&self) -> &St {
+        &self.store
     }
 
     /// Decides on a sender's HELLO: resume a known session (the token must
@@ -356,7 +383,7 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
             self.stats.resumes += 1;
         }
         self.pending_end = None;
-        self.checkpoint(false)?;
+        self.checkpoint(false).await?;
         let session = self.session.as_ref().expect("accepted a session");
         let progress = Progress {
             ended: session.meta.ended,
@@ -443,18 +470,19 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
             let deadline = self.next_deadline();
             let received = tokio::select! {
                 biased;
+                deposed = self.store.deposed() => return Err(deposed),
                 m = conn.recv_message() => m,
                 () = tokio::time::sleep_until(
                     deadline.unwrap_or_else(|| crate::util::now() + Duration::from_secs(3600)).into()
                 ), if deadline.is_some() => {
-                    self.on_timer()?;
+                    self.on_timer().await?;
                     continue;
                 }
             };
             match received {
-                Ok(Some(m)) => self.on_message(m)?,
+                Ok(Some(m)) => self.on_message(m).await?,
                 Ok(None) => {
-                    self.checkpoint(false)?;
+                    self.checkpoint(false).await?;
                     return if self.is_complete() {
                         Ok(())
                     } else {
@@ -462,7 +490,7 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
                     };
                 }
                 Err(e) => {
-                    self.checkpoint(false)?;
+                    self.checkpoint(false).await?;
                     return Err(e.into());
                 }
             }
@@ -562,6 +590,13 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
                     }),
                 },
                 Step::Served(Ok(())) => return Ok(()),
+                // Deposed: confirm nothing more; the sender finds the new owner.
+                Step::Served(Err(e @ SessionError::Deposed(_))) => {
+                    if let Some(conn) = &current {
+                        conn.abort(&fatal_reason(&e));
+                    }
+                    return Err(e);
+                }
                 Step::Served(Err(e)) if is_fatal(&e) => {
                     // The sender must not wait for us in vain: it learns why.
                     if let Some(conn) = &current {
@@ -587,30 +622,41 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
         let checkpoint = self
             .dirty_since
             .map(|since| since + self.options.checkpoint_interval);
-        let sync = self.store.journal().next_sync_at(crate::util::now());
+        let sync = self.store.next_sync_at(crate::util::now());
         match (checkpoint, sync) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
-    fn on_timer(&mut self) -> Result<(), SessionError> {
+    async fn on_timer(&mut self) -> Result<(), SessionError> {
         let now = crate::util::now();
         if self
             .dirty_since
             .is_some_and(|since| since + self.options.checkpoint_interval <= now)
         {
-            self.checkpoint(false)?;
+            self.checkpoint(false).await?;
         }
         self.interval_sync(now)
     }
 
-    fn on_message(&mut self, m: Message) -> Result<(), SessionError> {
+    /// [`SessionError::Deposed`] unless this receiver owns its store now.
+    fn check_owned(&self) -> Result<(), SessionError> {
+        if self.store.owned(crate::util::now()) {
+            Ok(())
+        } else {
+            Err(SessionError::Deposed(
+                "the ownership of the checkpoint store expired".into(),
+            ))
+        }
+    }
+
+    async fn on_message(&mut self, m: Message) -> Result<(), SessionError> {
         if m.channel == CONTROL_CHANNEL {
             return match Control::decode(&m.data)? {
                 Control::End(counts) => {
                     self.pending_end = Some(counts);
-                    self.check_end()
+                    self.check_end().await
                 }
                 other => Err(SessionError::Protocol(format!(
                     "unexpected {} from the sender",
@@ -618,6 +664,8 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
                 ))),
             };
         }
+        // A receiver that lost its store's ownership writes nothing more.
+        self.check_owned()?;
         let session = self.session.as_mut().expect("serving a session");
         let (id, data) = wire::split_data(&m.data)?;
         let next = session.meta.next.entry(m.channel).or_insert(0);
@@ -646,16 +694,16 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
         let now = crate::util::now();
         let since = *self.dirty_since.get_or_insert(now);
         if self.pending_end.is_some() {
-            self.check_end()?;
+            self.check_end().await?;
         }
         if since + self.options.checkpoint_interval <= now {
-            self.checkpoint(false)?;
+            self.checkpoint(false).await?;
         }
         Ok(())
     }
 
     /// Completes the session once everything END announced was delivered.
-    fn check_end(&mut self) -> Result<(), SessionError> {
+    async fn check_end(&mut self) -> Result<(), SessionError> {
         let (Some(end), Some(session)) = (&self.pending_end, &mut self.session) else {
             return Ok(());
         };
@@ -673,7 +721,7 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
         if done {
             session.meta.ended = true;
             self.pending_end = None;
-            self.checkpoint(true)?;
+            self.checkpoint(true).await?;
         }
         Ok(())
     }
@@ -682,19 +730,21 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
     /// when `sync`): sink flushed (and synced under `Always` or `sync`), one
     /// journal record with the watermarks and the sink position, committed
     /// (fsynced when `sync`).
-    fn checkpoint(&mut self, sync: bool) -> Result<(), SessionError> {
+    async fn checkpoint(&mut self, sync: bool) -> Result<(), SessionError> {
         if self.dirty_since.is_none() && !sync {
             return Ok(());
         }
-        let Some(session) = self.session.as_mut() else {
+        if self.session.is_none() {
             return Ok(());
-        };
+        }
+        // The sink's buffered writes reach the output only while owned.
+        self.check_owned()?;
+        let session = self.session.as_mut().expect("checked above");
         let sync_sink = sync || self.options.durability == Durability::Always;
         let sink = &mut self.sink;
-        let store = &mut self.store;
         let stats = &mut self.stats;
         let sink_unsynced = &mut self.sink_unsynced;
-        blocking(|| -> Result<(), SessionError> {
+        let record = blocking(|| -> Result<SessionRecord, SessionError> {
             sink.flush()
                 .map_err(|e| SessionError::sink(format!("cannot write {}", sink.describe()), e))?;
             if sync_sink {
@@ -707,21 +757,13 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
                 *sink_unsynced = true;
             }
             session.meta.position = sink.position();
-            store.set_session(SessionRecord {
+            Ok(SessionRecord {
                 session_id: session.id,
                 resume_token: session.token,
                 peer: Meta::Receiver(session.meta.clone()).encode(),
-            })?;
-            if sync {
-                store.sync()?;
-            } else {
-                store.commit()?;
-            }
-            if store.journal().should_compact() {
-                store.compact()?;
-            }
-            Ok(())
+            })
         })?;
+        self.store.commit(record, sync).await?;
         self.stats.checkpoints += 1;
         self.dirty_since = None;
         self.announced = false;
@@ -731,29 +773,17 @@ impl<K: DurableSink, S: Storage + Send> DurableReceiver<K, S> {
     /// Under [`Durability::Interval`]: when the journal's fsync is due, sync
     /// the sink first, then the journal.
     fn interval_sync(&mut self, now: Instant) -> Result<(), SessionError> {
-        if self
-            .store
-            .journal()
-            .next_sync_at(now)
-            .is_none_or(|t| t > now)
-        {
+        if self.store.next_sync_at(now).is_none_or(|t| t > now) {
             return Ok(());
         }
-        let sink = &mut self.sink;
-        let store = &mut self.store;
-        let stats = &mut self.stats;
-        let sink_unsynced = &mut self.sink_unsynced;
-        blocking(|| -> Result<(), SessionError> {
-            if *sink_unsynced {
-                sink.sync().map_err(|e| {
-                    SessionError::sink(format!("cannot sync {}", sink.describe()), e)
-                })?;
-                stats.sink_syncs += 1;
-                *sink_unsynced = false;
-            }
-            store.tick(now)?;
-            Ok(())
-        })
+        if self.sink_unsynced {
+            let sink = &mut self.sink;
+            blocking(|| sink.sync())
+                .map_err(|e| SessionError::sink(format!("cannot sync {}", sink.describe()), e))?;
+            self.stats.sink_syncs += 1;
+            self.sink_unsynced = false;
+        }
+        self.store.tick(now)
     }
 
     /// Tells the sender about the last checkpoint.

@@ -22,6 +22,7 @@ use super::*;
 use crate::sim::SimNetwork;
 use crate::{Endpoint, EndpointConfig};
 
+mod shared_store;
 mod sim;
 
 /// Bound on one whole scenario.

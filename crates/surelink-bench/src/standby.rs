@@ -1,0 +1,305 @@
+//! `surelink-bench standby`: how fast a receiver group replaces a dead
+//! leader, against the lease TTL.
+//!
+//! Each run starts a one-member etcd (the `etcd` binary, Debian's
+//! `etcd-server`, on free 127.0.0.1 ports, heartbeat 50 ms and election
+//! timeout 500 ms so that 1 s leases are allowed), two members of a group
+//! in datagram mode (`surelink recv --group … --to udp://…`, the `surelink`
+//! binary next to this one, built with `--features etcd`) and a sender
+//! (`surelink send --group … --state`, 1 KiB records each carrying its
+//! index, paced by the checkpoints with `--max-unconfirmed 64KiB`). Once a
+//! quarter of the records has arrived, the leader gets SIGKILL; measured:
+//! the time from the kill to the first datagram delivered afterwards (by
+//! the new leader), the records lost (must be 0) and duplicated once the
+//! sender exited, and the new leader's etcd commits per second (its
+//! checkpoints over the rest of the transfer). Every wait is bounded.
+
+use std::io::Read as _;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+
+use crate::durable::{cli, Proc};
+
+/// Records per run (1 KiB each).
+const RECORDS: usize = 8000;
+/// Size of one record.
+const RECORD: usize = 1024;
+/// Bound on any wait of a run.
+const WAIT_LIMIT: Duration = Duration::from_secs(60);
+/// Pause between two polls.
+const POLL: Duration = Duration::from_millis(2);
+
+/// `surelink-bench standby`: leader kill -9 → first delivery by the new leader.
+#[derive(Debug, Parser)]
+#[command(name = "surelink-bench standby")]
+struct Args {
+    /// Lease TTLs to measure, in whole seconds.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,5")]
+    ttls: Vec<u64>,
+    /// Runs per TTL.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+/// One run's figures.
+struct Run {
+    takeover: Duration,
+    lost: usize,
+    duplicated: u64,
+    commits_per_sec: f64,
+}
+
+/// `surelink-bench standby …`: `argv` starts with the subcommand's name.
+pub fn main(argv: impl Iterator<Item = std::ffi::OsString>) -> anyhow::Result<()> {
+    let args = Args::parse_from(argv);
+    if args.runs == 0 || args.runs > 20 || args.ttls.iter().any(|&t| t == 0 || t > 30) {
+        bail!("--runs must be 1..=20 and every TTL 1..=30 seconds");
+    }
+    let bin = cli()?;
+    println!(
+        "| lease TTL | runs | takeover median (min–max) | lost | duplicated | etcd commits/s |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for &ttl in &args.ttls {
+        let mut runs = Vec::new();
+        for i in 0..args.runs {
+            eprintln!("standby: TTL {ttl} s, run {}/{}", i + 1, args.runs);
+            runs.push(run(&bin, ttl)?);
+        }
+        let mut takeovers: Vec<Duration> = runs.iter().map(|r| r.takeover).collect();
+        takeovers.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "| {ttl} s | {} | {:.0} ms ({:.0}–{:.0}) | {} | {} | {:.0} |",
+            runs.len(),
+            ms(takeovers[takeovers.len() / 2]),
+            ms(takeovers[0]),
+            ms(takeovers[takeovers.len() - 1]),
+            runs.iter().map(|r| r.lost).sum::<usize>(),
+            runs.iter().map(|r| r.duplicated).sum::<u64>(),
+            runs.iter().map(|r| r.commits_per_sec).sum::<f64>() / runs.len() as f64,
+        );
+    }
+    Ok(())
+}
+
+/// A free TCP address on 127.0.0.1.
+fn free_tcp() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// A free UDP address on 127.0.0.1.
+fn free_udp() -> anyhow::Result<SocketAddr> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Starts a one-member etcd in `dir` and waits (bounded) until it is healthy.
+fn start_etcd(dir: &std::path::Path) -> anyhow::Result<(Proc, String)> {
+    let (client, peer) = (free_tcp()?, free_tcp()?);
+    let args: Vec<String> = [
+        "--data-dir".to_owned(),
+        dir.join("etcd").display().to_string(),
+        "--listen-client-urls".to_owned(),
+        format!("http://{client}"),
+        "--advertise-client-urls".to_owned(),
+        format!("http://{client}"),
+        "--listen-peer-urls".to_owned(),
+        format!("http://{peer}"),
+        "--initial-advertise-peer-urls".to_owned(),
+        format!("http://{peer}"),
+        "--initial-cluster".to_owned(),
+        format!("default=http://{peer}"),
+        "--heartbeat-interval".to_owned(),
+        "50".to_owned(),
+        "--election-timeout".to_owned(),
+        "500".to_owned(),
+    ]
+    .into();
+    let etcd = Proc::spawn(std::path::Path::new("etcd"), &args)
+        .context("etcd (Debian package etcd-server) is needed")?;
+    let deadline = Instant::now() + WAIT_LIMIT;
+    loop {
+        let healthy = TcpStream::connect(client).ok().and_then(|mut s| {
+            use std::io::Write as _;
+            s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+            s.write_all(b"GET /health HTTP/1.0\r\n\r\n").ok()?;
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            Some(text.contains("\"health\":\"true\""))
+        });
+        if healthy == Some(true) {
+            return Ok((etcd, format!("http://{client}")));
+        }
+        if Instant::now() > deadline {
+            bail!("etcd did not become healthy");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Arrivals per record index, and the first arrival from a new leader
+/// after the kill.
+#[derive(Default)]
+struct Arrivals {
+    counts: Vec<u32>,
+    distinct: usize,
+    /// Where the killed leader's datagrams came from.
+    old_leader: Option<SocketAddr>,
+    kill: Option<Instant>,
+    first_after_kill: Option<Instant>,
+}
+
+/// One kill -9 of the leader with lease TTL `ttl` seconds.
+fn run(bin: &std::path::Path, ttl: u64) -> anyhow::Result<Run> {
+    let dir = tempfile::tempdir()?;
+    let (_etcd, etcd_url) = start_etcd(dir.path())?;
+    let input = dir.path().join("in.bin");
+    let mut data = vec![0u8; RECORDS * RECORD];
+    for (i, record) in data.chunks_mut(RECORD).enumerate() {
+        record[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    }
+    std::fs::write(&input, &data)?;
+
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let to = format!("udp://{}", socket.local_addr()?);
+    let arrivals = Arc::new(Mutex::new(Arrivals {
+        counts: vec![0; RECORDS],
+        ..Arrivals::default()
+    }));
+    let stop = Arc::new(AtomicBool::new(false));
+    let collector = {
+        let (arrivals, stop) = (arrivals.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                let now = Instant::now();
+                if n < 8 {
+                    continue;
+                }
+                let index = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes")) as usize;
+                let mut a = arrivals.lock().expect("lock");
+                if a.kill.is_none() {
+                    a.old_leader = Some(from);
+                } else if a.first_after_kill.is_none() && a.old_leader != Some(from) {
+                    // Still-queued datagrams of the dead leader do not count.
+                    a.first_after_kill = Some(now);
+                }
+                if let Some(count) = a.counts.get_mut(index) {
+                    *count += 1;
+                    if *count == 1 {
+                        a.distinct += 1;
+                    }
+                }
+            }
+        })
+    };
+
+    let ttl_arg = format!("{ttl}s");
+    let member = |listen: SocketAddr| -> anyhow::Result<Proc> {
+        let args: Vec<String> = [
+            "recv",
+            "--listen",
+            &listen.to_string(),
+            "--group",
+            "bench",
+            "--etcd",
+            &etcd_url,
+            "--lease-ttl",
+            &ttl_arg,
+            "--insecure-plaintext",
+            "--once",
+            "--to",
+            &to,
+        ]
+        .map(str::to_owned)
+        .into();
+        Proc::spawn(bin, &args)
+    };
+    let mut a = member(free_udp()?)?;
+    a.wait_line("listening on")?;
+    let mut b = member(free_udp()?)?;
+    b.wait_line("standing by")?;
+    let state = dir.path().join("tx-state").display().to_string();
+    let send_args: Vec<String> = [
+        "send",
+        "--group",
+        "bench",
+        "--etcd",
+        &etcd_url,
+        "--in",
+        &input.display().to_string(),
+        "--state",
+        &state,
+        "--chunk",
+        "1KiB",
+        "--max-unconfirmed",
+        "64KiB",
+        "--insecure-plaintext",
+    ]
+    .map(str::to_owned)
+    .into();
+    let mut send = Proc::spawn(bin, &send_args)?;
+
+    let wait_distinct = |at_least: usize| -> anyhow::Result<()> {
+        let deadline = Instant::now() + WAIT_LIMIT;
+        while arrivals.lock().expect("lock").distinct < at_least {
+            if Instant::now() > deadline {
+                bail!(
+                    "only {} records arrived",
+                    arrivals.lock().expect("lock").distinct
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+        Ok(())
+    };
+    wait_distinct(RECORDS / 4)?;
+    arrivals.lock().expect("lock").kill = Some(Instant::now());
+    a.kill();
+    b.wait_line("resumed by")?;
+    let resumed = Instant::now();
+    send.wait_success("the sender")?;
+    b.wait_success("the new leader")?;
+    let finished = Instant::now();
+    // "… N checkpoints committed to etcd in this term" (its stderr may
+    // still be arriving: bounded).
+    let mut commits = None;
+    for _ in 0..100 {
+        commits = b.take_lines().iter().find_map(|l| {
+            let (before, _) = l.split_once(" checkpoints committed to etcd")?;
+            before.rsplit(' ').next()?.parse::<u64>().ok()
+        });
+        if commits.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let commits = commits.context("the new leader did not report its etcd commits")?;
+    // Everything was confirmed to the sender: wait (bounded) for the rest to land.
+    let _ = wait_distinct(RECORDS);
+    stop.store(true, Ordering::Relaxed);
+    let _ = collector.join();
+    let a = arrivals.lock().expect("lock");
+    let (Some(kill), Some(first)) = (a.kill, a.first_after_kill) else {
+        bail!("nothing arrived after the kill");
+    };
+    Ok(Run {
+        takeover: first - kill,
+        lost: RECORDS - a.distinct,
+        duplicated: a
+            .counts
+            .iter()
+            .map(|&c| u64::from(c.saturating_sub(1)))
+            .sum(),
+        commits_per_sec: commits as f64 / (finished - resumed).as_secs_f64(),
+    })
+}

@@ -1,0 +1,39 @@
+//! Receiver groups on etcd: several `surelink` receivers share one durable
+//! session, one of them (the *leader*) serving it at a time, so the session
+//! survives the loss of the leader's whole machine.
+//!
+//! Compiled with the `etcd` feature only (the etcd client generates its gRPC
+//! code with `protoc` at build time; the default build needs no system
+//! package). Driven like this:
+//!
+//! 1. [`Group::connect`] to the etcd cluster;
+//! 2. [`Group::campaign`]: wait until no member leads, then take the
+//!    group's leader key in a transaction, attached to a lease of this
+//!    member that a background task keeps alive. It returns a
+//!    [`Leadership`]: the lease, the *fencing token* (the leader key's
+//!    creation revision, unique to this term) and the group's last
+//!    committed checkpoint;
+//! 3. hand the [`Leadership`] to a
+//!    [`DurableReceiver`](surelink::session::DurableReceiver) as its
+//!    [`ReceiverStore`](surelink::session::ReceiverStore): every checkpoint is a transaction that writes the
+//!    group's checkpoint key *only if* the leader key still has this term's
+//!    creation revision, and the receiver writes its output only while the
+//!    lease is known to be alive
+//!    ([`ReceiverStore::owned`](surelink::session::ReceiverStore::owned));
+//! 4. when the lease is lost (not renewed in time, revoked, etcd out of
+//!    reach for longer than the lease), the receiver stops at once with
+//!    [`SessionError::Deposed`](surelink::session::SessionError::Deposed): drop the `Leadership` and campaign again.
+//!
+//! Senders find the leader with [`Group::leader`]: the leader key's value
+//! is the addresses the leader listens on.
+//!
+//! Keys, under `/surelink/groups/NAME/`: `leader` (the leader's addresses,
+//! attached to its lease) and `checkpoint` (the last committed checkpoint:
+//! one SESSION record of the checkpoint journal's format). The design,
+//! with a diagram, is in `docs/CHECKPOINTS.md`.
+
+#[cfg(feature = "etcd")]
+mod group;
+
+#[cfg(feature = "etcd")]
+pub use group::{Group, GroupError, Leader, Leadership};
