@@ -670,6 +670,9 @@ impl Connection {
             messages_skipped: self.reassembly.skipped(),
             messages_late: self.reassembly.late(),
             messages_abandoned: self.send_queue.messages_abandoned(),
+            messages_recovered_by_retransmission: self
+                .send_queue
+                .messages_recovered_by_retransmission(),
             latency_p50_us: self.latency.value_at_quantile(0.5),
             latency_p99_us: self.latency.value_at_quantile(0.99),
             latency_p999_us: self.latency.value_at_quantile(0.999),

@@ -44,6 +44,8 @@ pub struct Fragment {
     /// A redundant copy of a deadline retransmission that was its message's
     /// last chance (see [`SendQueue::begin_packet`]); never copied again.
     pub copy: bool,
+    /// These bytes were sent before and declared lost.
+    pub retransmission: bool,
 }
 
 impl Fragment {
@@ -135,6 +137,7 @@ pub struct SendQueue {
     credit_used: u64,
     messages_acked: u64,
     messages_abandoned: u64,
+    messages_recovered_by_retransmission: u64,
     retransmitted: u64,
     retransmitted_bytes: u64,
     last_chance_copies: u64,
@@ -217,6 +220,13 @@ impl SendQueue {
     /// Messages given up on (deadline passed, or unreliable and lost).
     pub fn messages_abandoned(&self) -> u64 {
         self.messages_abandoned
+    }
+
+    /// Messages whose last missing bytes were acknowledged in a
+    /// retransmission (a lost message repaired by sending it again; the
+    /// receiver may still have dropped a deadline message that came too late).
+    pub fn messages_recovered_by_retransmission(&self) -> u64 {
+        self.messages_recovered_by_retransmission
     }
 
     /// Fragments queued for retransmission so far.
@@ -342,6 +352,7 @@ impl SendQueue {
                 timestamp_us: u.timestamp_us,
                 delivery: u.delivery,
                 copy: false,
+                retransmission: false,
             };
             if f.expired(now_us, slack_us) {
                 self.abandon_through(channel, seq);
@@ -381,6 +392,9 @@ impl SendQueue {
         if u.acked.contains_range(&(0..u.data.len() as u64)) {
             self.unacked.remove(&key);
             self.messages_acked += 1;
+            if newly > 0 && f.retransmission {
+                self.messages_recovered_by_retransmission += 1;
+            }
         }
     }
 
@@ -389,6 +403,7 @@ impl SendQueue {
     pub fn on_lost(&mut self, mut f: Fragment) {
         // What is re-sent is a retransmission again, whatever `f` was.
         f.copy = false;
+        f.retransmission = true;
         let Some(u) = self.unacked.get(&(f.channel, f.seq)) else {
             return;
         };
@@ -541,6 +556,23 @@ mod tests {
         assert!(!q.is_empty(), "the SKIP is not acknowledged yet");
         q.on_skip_acked();
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_message_repaired_by_retransmission_is_counted_once() {
+        let mut q = SendQueue::default();
+        q.push(0, Bytes::from_static(b"first"), 0, Delivery::Reliable);
+        q.push(0, Bytes::from_static(b"second"), 0, Delivery::Reliable);
+        let a = q.next_fragment(100, u64::MAX, 0, 1_000).unwrap();
+        let b = q.next_fragment(100, u64::MAX, 0, 1_000).unwrap();
+        q.on_acked(&a);
+        q.on_lost(b);
+        let again = q.next_fragment(100, u64::MAX, 0, 1_000).unwrap();
+        assert!(again.retransmission);
+        q.on_acked(&again);
+        q.on_acked(&again);
+        assert_eq!(q.messages_acked(), 2);
+        assert_eq!(q.messages_recovered_by_retransmission(), 1);
     }
 
     #[test]
