@@ -683,6 +683,9 @@ impl Connection {
             messages_skipped: self.reassembly.skipped(),
             messages_late: self.reassembly.late(),
             messages_abandoned: self.send_queue.messages_abandoned(),
+            messages_recovered_by_retransmission: self
+                .send_queue
+                .messages_recovered_by_retransmission(),
             latency_p50_us: self
                 .latency
                 .as_ref()

@@ -26,6 +26,21 @@ use crate::wire::{Delivery, MsgFrame};
 /// Most channels a peer may open (bounds per-channel state).
 pub const MAX_CHANNELS: usize = 1 << 16;
 
+/// The longest margin kept between giving up on a head gap and the deadline
+/// of the message waiting behind it, µs.
+const MAX_GIVE_UP_MARGIN_US: u64 = 2_000;
+
+/// How long before the deadline `d` (µs) of the oldest message waiting behind
+/// a gap the receiver gives up on the gap: an eighth of the deadline, at most
+/// [`MAX_GIVE_UP_MARGIN_US`]. The margin absorbs a late wake-up of whoever
+/// drives the connection; a longer one would skip retransmissions that are
+/// still on their way in time (with a budget below two round trips, the
+/// retransmission of a loss found by the next acknowledgement arrives about
+/// 1.5 round trips after the original was sent).
+pub(crate) fn give_up_margin_us(d: u64) -> u64 {
+    (d / 8).min(MAX_GIVE_UP_MARGIN_US)
+}
+
 /// A message delivered to the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -344,15 +359,22 @@ impl Reassembly {
                 (later_complete && (first_seq != ch.next_seq || !first.complete())).then_some(0)
             }
             Delivery::Deadline(d) => {
-                if first_seq == ch.next_seq {
-                    // The head itself is partial: give up at its own deadline.
-                    first.deadline_us().map(|t| t.saturating_add(1))
+                // The head gap (a message that never arrived, or the partial
+                // head itself) is given up early enough that the oldest
+                // message waiting behind it is still delivered, with a margin
+                // for a late wake-up (the head is older, so its own deadline
+                // comes first).
+                let behind = if first_seq == ch.next_seq {
+                    ch.pending.iter().nth(1).map(|(_, p)| p)
                 } else {
-                    // The head never arrived; it is older than `first`, so its
-                    // deadline is earlier. Give up early enough that `first`
-                    // is still delivered with a margin of d/8.
-                    Some(first.source_us.saturating_add(d - d / 8))
-                }
+                    Some(first)
+                };
+                let for_behind =
+                    behind.map(|p| p.source_us.saturating_add(d - give_up_margin_us(d)));
+                let own = (first_seq == ch.next_seq)
+                    .then(|| first.deadline_us().map(|t| t.saturating_add(1)))
+                    .flatten();
+                own.into_iter().chain(for_behind).min()
             }
         }
     }
@@ -535,6 +557,33 @@ mod tests {
         assert_eq!((r.skipped(), r.late()), (2, 1));
         // Credit came back for everything.
         assert_eq!(r.max_data(), (1 << 20) + 2 * MESSAGE_CREDIT_OVERHEAD + 6);
+    }
+
+    #[test]
+    fn a_partial_head_is_given_up_in_time_for_the_message_behind_it() {
+        let mut r = Reassembly::new(1 << 20, 1 << 16, None);
+        // seq 0 arrived in part; seq 1 is complete; both sent at 1000 with a
+        // 35 ms deadline.
+        let head = [0u8; 100];
+        r.on_fragment(
+            &MsgFrame {
+                delivery: Delivery::Deadline(35_000),
+                ..frag(0, 0, &head, 0, 50)
+            },
+            1000,
+            1100,
+        )
+        .unwrap();
+        r.on_fragment(&deadline(1, b"one", 35_000), 1000, 1100)
+            .unwrap();
+        // Not at the head's own deadline (seq 1 would be late by then), but
+        // the margin before seq 1's.
+        let wake = r.next_wake().unwrap();
+        assert_eq!(wake, 1000 + 35_000 - give_up_margin_us(35_000));
+        r.poll(wake);
+        let m = r.pop().unwrap();
+        assert_eq!(m.seq, 1);
+        assert_eq!((r.skipped(), r.late()), (1, 0));
     }
 
     #[test]

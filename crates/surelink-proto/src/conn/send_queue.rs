@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use bytes::Bytes;
 
+use super::reassembly::give_up_margin_us;
 use crate::config::MESSAGE_CREDIT_OVERHEAD;
 use crate::range_set::RangeSet;
 use crate::wire::{Delivery, MsgFrame};
@@ -43,6 +44,8 @@ pub struct Fragment {
     /// A redundant copy of a deadline retransmission that was its message's
     /// last chance (see [`SendQueue::begin_packet`]); never copied again.
     pub copy: bool,
+    /// These bytes were sent before and declared lost.
+    pub retransmission: bool,
 }
 
 impl Fragment {
@@ -61,13 +64,13 @@ impl Fragment {
 
     /// True for a deadline fragment whose next retransmission, should this
     /// one be lost, could not arrive before the receiver gives up on the gap
-    /// (at 7/8 of the deadline): detecting the loss takes about a round trip
+    /// (see [`give_up_margin_us`]): detecting the loss takes about a round trip
     /// (2 × `slack_us`, half the smoothed RTT), the new attempt half a round
     /// trip more, plus a margin of half a round trip for the ACK delay.
     fn last_chance(&self, now_us: u64, slack_us: u64) -> bool {
         match self.delivery {
             Delivery::Deadline(d) => {
-                let gives_up = self.timestamp_us.saturating_add(d - d / 8);
+                let gives_up = self.timestamp_us.saturating_add(d - give_up_margin_us(d));
                 now_us.saturating_add(slack_us.saturating_mul(4)) > gives_up
             }
             _ => false,
@@ -93,6 +96,17 @@ impl Fragment {
     }
 }
 
+/// True for delivery modes whose messages are not split across packets when
+/// a packet can carry them whole: a deadline or unreliable message cut in two
+/// needs both packets to arrive, so one lost packet would cost two messages
+/// (and leave a partial message at the head of the receiver's channel). A
+/// message that does not fit in what is left of a packet that already
+/// carries a fragment starts the next packet instead; a message larger than a
+/// packet is cut from a packet boundary. Reliable messages are packed tightly.
+fn kept_whole(delivery: Delivery) -> bool {
+    !matches!(delivery, Delivery::Reliable)
+}
+
 #[derive(Debug)]
 struct Unacked {
     acked: RangeSet,
@@ -109,6 +123,8 @@ pub struct SendQueue {
     retransmit: VecDeque<Fragment>,
     /// Last-chance copies cut for the packet being built, to go in the next.
     deferred: VecDeque<Fragment>,
+    /// The packet being built already carries a message fragment.
+    packet_has_fragment: bool,
     unacked: BTreeMap<(u64, u64), Unacked>,
     next_seq: HashMap<u64, u64>,
     /// SKIP frames to send: channel → first sequence still expected.
@@ -121,6 +137,7 @@ pub struct SendQueue {
     credit_used: u64,
     messages_acked: u64,
     messages_abandoned: u64,
+    messages_recovered_by_retransmission: u64,
     retransmitted: u64,
     retransmitted_bytes: u64,
     last_chance_copies: u64,
@@ -131,6 +148,7 @@ impl SendQueue {
     /// previous one go first, so that a copy never shares a packet (and its
     /// fate) with its original.
     pub fn begin_packet(&mut self) {
+        self.packet_has_fragment = false;
         while let Some(f) = self.deferred.pop_back() {
             self.retransmit.push_front(f);
         }
@@ -202,6 +220,13 @@ impl SendQueue {
     /// Messages given up on (deadline passed, or unreliable and lost).
     pub fn messages_abandoned(&self) -> u64 {
         self.messages_abandoned
+    }
+
+    /// Messages whose last missing bytes were acknowledged in a
+    /// retransmission (a lost message repaired by sending it again; the
+    /// receiver may still have dropped a deadline message that came too late).
+    pub fn messages_recovered_by_retransmission(&self) -> u64 {
+        self.messages_recovered_by_retransmission
     }
 
     /// Fragments queued for retransmission so far.
@@ -289,6 +314,10 @@ impl SendQueue {
                 return None;
             }
             let fit = space - fixed;
+            if f.data.len() > fit && self.packet_has_fragment && kept_whole(f.delivery) {
+                self.retransmit.push_front(f);
+                return None;
+            }
             if f.data.len() > fit {
                 let mut rest = f.clone();
                 rest.offset += fit as u64;
@@ -302,6 +331,7 @@ impl SendQueue {
                 self.deferred.push_back(copy);
                 self.last_chance_copies += 1;
             }
+            self.packet_has_fragment = true;
             return Some(f);
         }
         loop {
@@ -322,6 +352,7 @@ impl SendQueue {
                 timestamp_us: u.timestamp_us,
                 delivery: u.delivery,
                 copy: false,
+                retransmission: false,
             };
             if f.expired(now_us, slack_us) {
                 self.abandon_through(channel, seq);
@@ -332,7 +363,11 @@ impl SendQueue {
                 return None;
             }
             let take = f.data.len().min(space - fixed);
+            if take < f.data.len() && self.packet_has_fragment && kept_whole(f.delivery) {
+                return None;
+            }
             f.data.truncate(take);
+            self.packet_has_fragment = true;
             if next == 0 {
                 self.credit_used += f.msg_len + MESSAGE_CREDIT_OVERHEAD;
             }
@@ -357,6 +392,9 @@ impl SendQueue {
         if u.acked.contains_range(&(0..u.data.len() as u64)) {
             self.unacked.remove(&key);
             self.messages_acked += 1;
+            if newly > 0 && f.retransmission {
+                self.messages_recovered_by_retransmission += 1;
+            }
         }
     }
 
@@ -365,6 +403,7 @@ impl SendQueue {
     pub fn on_lost(&mut self, mut f: Fragment) {
         // What is re-sent is a retransmission again, whatever `f` was.
         f.copy = false;
+        f.retransmission = true;
         let Some(u) = self.unacked.get(&(f.channel, f.seq)) else {
             return;
         };
@@ -520,9 +559,68 @@ mod tests {
     }
 
     #[test]
+    fn a_message_repaired_by_retransmission_is_counted_once() {
+        let mut q = SendQueue::default();
+        q.push(0, Bytes::from_static(b"first"), 0, Delivery::Reliable);
+        q.push(0, Bytes::from_static(b"second"), 0, Delivery::Reliable);
+        let a = q.next_fragment(100, u64::MAX, 0, 1_000).unwrap();
+        let b = q.next_fragment(100, u64::MAX, 0, 1_000).unwrap();
+        q.on_acked(&a);
+        q.on_lost(b);
+        let again = q.next_fragment(100, u64::MAX, 0, 1_000).unwrap();
+        assert!(again.retransmission);
+        q.on_acked(&again);
+        q.on_acked(&again);
+        assert_eq!(q.messages_acked(), 2);
+        assert_eq!(q.messages_recovered_by_retransmission(), 1);
+    }
+
+    #[test]
+    fn deadline_messages_are_not_split_across_packets_reliable_ones_are() {
+        let mut q = SendQueue::default();
+        let msg = Bytes::from(vec![7u8; 60]);
+        for _ in 0..2 {
+            q.push(0, msg.clone(), 0, Delivery::Deadline(50_000));
+        }
+        for _ in 0..2 {
+            q.push(1, msg.clone(), 0, Delivery::Reliable);
+        }
+        // A 100-byte packet holds one deadline message whole; the second
+        // starts the next packet instead of being cut in two.
+        q.begin_packet();
+        let a = q.next_fragment(100, u64::MAX, 0, 1_000).unwrap();
+        assert_eq!((a.seq, a.data.len()), (0, 60));
+        assert!(q.next_fragment(100 - 75, u64::MAX, 0, 1_000).is_none());
+        q.begin_packet();
+        let b = q.next_fragment(100, u64::MAX, 0, 1_000).unwrap();
+        assert_eq!((b.seq, b.data.len()), (1, 60));
+        // Reliable messages fill what is left of a packet.
+        let c = q.next_fragment(100 - 75, u64::MAX, 0, 1_000).unwrap();
+        assert_eq!(c.channel, 1);
+        assert!(c.data.len() < 60);
+        // A deadline message larger than a packet is still cut, from the
+        // start of a packet.
+        q.push(
+            2,
+            Bytes::from(vec![1u8; 300]),
+            0,
+            Delivery::Deadline(50_000),
+        );
+        q.begin_packet();
+        let mut pieces = 0;
+        while let Some(f) = q.next_fragment(100, u64::MAX, 0, 1_000) {
+            if f.channel == 2 {
+                pieces += 1;
+            }
+            q.begin_packet();
+        }
+        assert_eq!(pieces, 4);
+    }
+
+    #[test]
     fn a_last_chance_deadline_retransmission_goes_twice_in_separate_packets() {
         let mut q = SendQueue::default();
-        // Deadline 60 ms; the receiver gives up on a gap at 52.5 ms. RTT 20 ms
+        // Deadline 60 ms; the receiver gives up on a gap at 58 ms. RTT 20 ms
         // (slack 10 ms): another attempt after one at t means t + 40 ms.
         q.push(
             0,

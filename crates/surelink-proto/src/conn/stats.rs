@@ -78,6 +78,10 @@ pub struct ConnectionStats {
     pub messages_late: u64,
     /// Messages the sender gave up on (deadline passed, or unreliable and lost).
     pub messages_abandoned: u64,
+    /// Messages the sender repaired by retransmission: their last missing
+    /// bytes were acknowledged in a retransmitted packet (next to
+    /// `fec_recovered_packets`, the receiver's repairs by FEC).
+    pub messages_recovered_by_retransmission: u64,
     /// Packets sent with deadline-channel frames protected by FEC (an
     /// FEC_SOURCE frame).
     pub fec_source_packets: u64,
@@ -396,6 +400,15 @@ impl VisitStats for ConnectionStats {
                 "Messages the sender gave up on.",
             ),
             self.messages_abandoned,
+        );
+        v.counter(
+            &c(
+                "messages_recovered_by_retransmission",
+                "messages_recovered_by_retransmission",
+                Count,
+                "Messages whose lost bytes were acknowledged after a retransmission.",
+            ),
+            self.messages_recovered_by_retransmission,
         );
         for (key, family, unit, help, value) in [
             (

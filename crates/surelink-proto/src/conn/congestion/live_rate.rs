@@ -24,7 +24,9 @@
 //!   random loss nor application-limited periods grow or collapse anything.
 //! * **A real bottleneck:** when, over the last [`BOTTLENECK_WINDOW`], even
 //!   the highest delivery-rate sample stays below half the average input
-//!   rate (over the last [`INPUT_WINDOW`]), the
+//!   rate (over the last [`INPUT_WINDOW`]), and enough of the samples were
+//!   taken while data waited to be sent (application-limited samples
+//!   measure the application, not the path), the
 //!   path cannot carry the stream; the pacing rate is then capped at that
 //!   delivery rate plus the overhead, so the excess waits in our queue (where
 //!   deadlines abandon it) instead of a router's. The cap lifts by itself:
@@ -83,8 +85,9 @@ pub struct LiveRate {
     /// [`PEAK_SPAN`] (each starting with its first message): (start, wire bytes).
     offered: VecDeque<(Instant, u64)>,
     offered_bytes: u64,
-    /// Delivery-rate samples within the bottleneck window: (when, bytes/s).
-    delivery: VecDeque<(Instant, u64)>,
+    /// Delivery-rate samples within the bottleneck window: (when, bytes/s,
+    /// application-limited).
+    delivery: VecDeque<(Instant, u64, bool)>,
     smoothed_rtt: Duration,
 }
 
@@ -116,11 +119,17 @@ impl LiveRate {
 
     /// The highest delivery rate of the last [`BOTTLENECK_WINDOW`] if it shows
     /// that the path cannot carry half the input, bytes/s.
+    ///
+    /// A low application-limited sample measures what the application
+    /// offered, not what the path carries: a bottleneck needs samples taken
+    /// while data waited (in our queue or the pacer). Counting only the
+    /// heartbeats before a stream starts capped its first frame at a few kB/s.
     fn bottleneck(&self) -> Option<u64> {
-        if self.delivery.len() < MIN_BOTTLENECK_SAMPLES {
+        let waited = self.delivery.iter().filter(|&&(_, _, app)| !app).count();
+        if waited < MIN_BOTTLENECK_SAMPLES {
             return None;
         }
-        let best = self.delivery.iter().map(|&(_, r)| r).max()?;
+        let best = self.delivery.iter().map(|&(_, r, _)| r).max()?;
         (best.saturating_mul(2) < self.average_input_rate()).then_some(best)
     }
 
@@ -149,7 +158,7 @@ impl LiveRate {
             self.offered.pop_front();
             self.offered_bytes -= bytes;
         }
-        while let Some(&(t, _)) = self.delivery.front() {
+        while let Some(&(t, _, _)) = self.delivery.front() {
             if now.saturating_duration_since(t) < BOTTLENECK_WINDOW {
                 break;
             }
@@ -188,7 +197,7 @@ impl CongestionController for LiveRate {
         self.forget_before(ack.now);
         if let Some(sample) = ack.rate_sample {
             self.delivery
-                .push_back((ack.now, sample.bytes_per_second()));
+                .push_back((ack.now, sample.bytes_per_second(), sample.app_limited));
         }
     }
 
@@ -232,20 +241,20 @@ mod tests {
         now
     }
 
-    fn ack(cc: &mut LiveRate, now: Instant, delivered_per_second: u64) {
+    fn ack(cc: &mut LiveRate, now: Instant, delivered_per_second: u64, app_limited: bool) {
         cc.on_ack(&AckEvent {
             now,
             packets: &[AckedPacket {
                 sent: now - 20 * MS,
                 bytes: 1400,
             }],
-            app_limited: true,
+            app_limited,
             min_rtt: 20 * MS,
             smoothed_rtt: 20 * MS,
             rate_sample: Some(RateSample {
                 delivered: delivered_per_second / 50,
                 interval: 20 * MS,
-                app_limited: true,
+                app_limited,
             }),
         });
     }
@@ -293,7 +302,12 @@ mod tests {
         let (input, average) = (cc.input_rate(), cc.average_input_rate());
         // 10 % loss: delivery at 90 % of the input changes nothing.
         for i in 0..20u32 {
-            ack(&mut cc, now - 200 * MS + 10 * MS * i, average * 9 / 10);
+            ack(
+                &mut cc,
+                now - 200 * MS + 10 * MS * i,
+                average * 9 / 10,
+                true,
+            );
         }
         assert_eq!(cc.rate(), input * 5 / 4);
         // A bottleneck at a third of the input for over a second.
@@ -304,7 +318,8 @@ mod tests {
                     cc.on_offered(t, 1316);
                 }
             }
-            ack(&mut cc, t, average / 3);
+            // Data waits for the path: these samples are not app-limited.
+            ack(&mut cc, t, average / 3, false);
         }
         // Capped at the delivery rate (a third of the input) plus 25 %.
         let capped = cc.rate();
@@ -313,5 +328,23 @@ mod tests {
             capped.abs_diff(expected) < expected / 100,
             "{capped} vs {expected}"
         );
+    }
+
+    #[test]
+    fn a_quiet_start_is_no_bottleneck() {
+        let t0 = Instant::now();
+        let mut cc = LiveRate::new(LiveParams::default(), 1452, 32);
+        // Half a second of heartbeats only: application-limited samples of a
+        // few kB/s.
+        for i in 0..25u32 {
+            ack(&mut cc, t0 + 20 * MS * i, 6_000, true);
+        }
+        // The stream starts with a large first frame.
+        let start = t0 + 500 * MS;
+        for _ in 0..89 {
+            cc.on_offered(start, 1316);
+        }
+        assert_eq!(cc.rate(), cc.input_rate() * 5 / 4);
+        assert!(cc.rate() > 5_000_000, "{}", cc.rate());
     }
 }

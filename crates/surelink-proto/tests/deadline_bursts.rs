@@ -1,0 +1,181 @@
+//! A bursty live stream with a deadline below two round trips, on a virtual
+//! clock: frames of 13 MPEG-TS datagrams every 33 ms, a key frame of 29
+//! every 2 s and a first frame of 89 (as ffmpeg plays a 4 Mbit/s clip), on a
+//! 35 ms deadline over 10 ms ± 1 ms each way with random loss, the receiver
+//! playing out at the deadline.
+//!
+//! With less than two round trips of budget a retransmission rarely makes it,
+//! so the promise checked here is the one that remains: a message whose
+//! packet arrives is delivered, on time. Every message the receiver gives up
+//! on must be paid for by a datagram the link dropped (each datagram carries
+//! one whole message), and none is ever dropped as late after arriving.
+
+mod harness;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use harness::Sim;
+use surelink_netem::LinkConfig;
+use surelink_proto::fec::{AutoFec, FecConfig};
+use surelink_proto::wire::Delivery;
+use surelink_proto::Config;
+
+/// An MPEG-TS datagram (seven 188-byte packets).
+const DATAGRAM: usize = 1316;
+const FRAME_INTERVAL: Duration = Duration::from_millis(33);
+const DEADLINE: Duration = Duration::from_millis(35);
+const FRAMES: u64 = 150;
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+/// Datagrams in frame `i`: a large first frame, a key frame every 60.
+fn frame_len(i: u64) -> u64 {
+    match i {
+        0 => 89,
+        _ if i % 60 == 0 => 29,
+        _ => 13,
+    }
+}
+
+/// What one stream observed.
+#[derive(Debug)]
+struct BurstRun {
+    datagrams: u64,
+    delivered: u64,
+    /// Delivered later than the deadline plus the receiver's clock error bound: (seq, latency µs).
+    late_deliveries: Vec<(u64, u64)>,
+    /// Messages the receiver gave up on.
+    skipped: u64,
+    /// Messages the receiver dropped because they completed after their deadline.
+    dropped_late: u64,
+    /// Datagrams the sender-to-receiver link dropped (data, heartbeats and ACKs alike).
+    link_drops: u64,
+}
+
+fn stream(seed: u64, loss: f64, fec: FecConfig) -> BurstRun {
+    let link = LinkConfig::clean()
+        .with_loss(loss)
+        .with_delay(ms(10))
+        .with_jitter(ms(1));
+    let client = Config {
+        fec,
+        ..Config::default()
+    };
+    let server = Config {
+        playout_delay: Some(DEADLINE),
+        ..Config::default()
+    };
+    let mut sim = Sim::with_configs(client, server, link.clone(), link, seed);
+    sim.run_handshake(Duration::from_secs(5));
+    // Heartbeats for a second first: the receiver's clock estimate (which
+    // places the deadline on its clock) rests on samples, not on the
+    // handshake's provisional guess.
+    let warm = sim.now + Duration::from_secs(1);
+    while sim.step(warm) {}
+    sim.client
+        .set_channel_delivery(0, Delivery::Deadline(DEADLINE.as_micros() as u64));
+    let start = sim.now;
+    let mut run = BurstRun {
+        datagrams: 0,
+        delivered: 0,
+        late_deliveries: Vec::new(),
+        skipped: 0,
+        dropped_late: 0,
+        link_drops: 0,
+    };
+    let drops_before = sim.c2s.stats().dropped();
+    for frame in 0..FRAMES {
+        let at = start + FRAME_INTERVAL * frame as u32;
+        while sim.step(at) {
+            drain(&mut sim, start, &mut run);
+        }
+        for _ in 0..frame_len(frame) {
+            let mut m = vec![0u8; DATAGRAM];
+            let sent = (sim.now - start).as_micros() as u64;
+            m[..8].copy_from_slice(&sent.to_be_bytes());
+            sim.client.send(sim.now, 0, Bytes::from(m)).expect("send");
+            run.datagrams += 1;
+        }
+        sim.pump();
+    }
+    let end = sim.now + ms(500);
+    while sim.step(end) {
+        drain(&mut sim, start, &mut run);
+    }
+    drain(&mut sim, start, &mut run);
+    run.link_drops = sim.c2s.stats().dropped() - drops_before;
+    let stats = sim.server.as_ref().expect("server").stats();
+    run.skipped = stats.messages_skipped;
+    run.dropped_late = stats.messages_late;
+    run
+}
+
+fn drain(sim: &mut Sim, start: std::time::Instant, run: &mut BurstRun) {
+    let now_us = (sim.now - start).as_micros() as u64;
+    let Some(s) = sim.server.as_mut() else {
+        return;
+    };
+    let bound = s
+        .clock_estimate(sim.now)
+        .map_or(0, |e| e.error_bound_us.ceil() as u64);
+    while let Some(m) = s.recv() {
+        let mut t = [0u8; 8];
+        t.copy_from_slice(&m.data[..8]);
+        let latency = now_us.saturating_sub(u64::from_be_bytes(t));
+        if latency > DEADLINE.as_micros() as u64 + bound {
+            run.late_deliveries.push((m.seq, latency));
+        }
+        run.delivered += 1;
+    }
+}
+
+fn check(seed: u64, loss: f64, fec: FecConfig) -> BurstRun {
+    let run = stream(seed, loss, fec);
+    assert!(
+        run.late_deliveries.is_empty(),
+        "seed {seed}: delivered after the deadline {:?}",
+        run.late_deliveries
+    );
+    assert_eq!(
+        run.dropped_late, 0,
+        "seed {seed}: arrived in time but dropped as late: {run:?}"
+    );
+    assert!(
+        run.skipped <= run.link_drops,
+        "seed {seed}: gave up on more messages than the link dropped datagrams: {run:?}"
+    );
+    assert_eq!(
+        run.delivered + run.skipped,
+        run.datagrams,
+        "seed {seed}: {run:?}"
+    );
+    run
+}
+
+#[test]
+fn below_two_round_trips_every_message_whose_packet_arrives_is_delivered_on_time() {
+    for seed in 1..=6 {
+        for loss in [0.02, 0.05] {
+            check(seed, loss, FecConfig::Off);
+        }
+    }
+}
+
+#[test]
+fn below_two_round_trips_fec_recovers_most_losses() {
+    let (mut skipped, mut datagrams) = (0, 0);
+    for seed in 1..=6 {
+        let run = check(seed, 0.05, FecConfig::Auto(AutoFec::default()));
+        skipped += run.skipped;
+        datagrams += run.datagrams;
+    }
+    // 5 % of the data lost on the wire; FEC must bring what is missing well
+    // below that (under 2 %).
+    assert!(
+        skipped * 50 < datagrams,
+        "FEC auto left {skipped} of {datagrams} undelivered"
+    );
+}
