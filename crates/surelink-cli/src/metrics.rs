@@ -34,6 +34,7 @@ use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit as PromUnit};
 use surelink::impair::ImpairStatsReader;
+use surelink::session::ReceiverStatsReader;
 use surelink::stats_schema::{
     Histogram, Kind, Metric, PathLabel, StatsVisitor, Unit, Value, VisitStats,
 };
@@ -91,6 +92,8 @@ pub enum Source {
     },
     /// An impairer's counters.
     Impairer(ImpairStatsReader),
+    /// A durable receiver's session counters (resumes, checkpoints, ...).
+    DurableReceiver(ReceiverStatsReader),
 }
 
 /// Exports `source` until the returned guard is dropped; does nothing
@@ -151,6 +154,10 @@ impl Watched {
                     conn.stats().visit(&mut out);
                 }
                 Source::Impairer(reader) => {
+                    out.base_labels.clear();
+                    reader.stats().visit(&mut out);
+                }
+                Source::DurableReceiver(reader) => {
                     out.base_labels.clear();
                     reader.stats().visit(&mut out);
                 }

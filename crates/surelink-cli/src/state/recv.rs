@@ -89,6 +89,8 @@ pub async fn run(plan: DurableRecv) -> anyhow::Result<()> {
     let endpoint = Endpoint::bind_many(&listen, config)
         .with_context(|| format!("cannot listen on {listen:?}"))?;
     let _metrics = crate::metrics::watch(crate::metrics::Source::Endpoint(endpoint.clone()));
+    let _session_metrics =
+        crate::metrics::watch(crate::metrics::Source::DurableReceiver(rx.stats_reader()));
     for addr in endpoint.local_addrs() {
         eprintln!("surelink recv: listening on {addr}");
     }

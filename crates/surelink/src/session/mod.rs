@@ -72,7 +72,9 @@ pub mod wire;
 use std::time::Duration;
 
 pub use error::{ResumeMismatch, SessionError};
-pub use receiver::{read_hello, Accepted, DurableReceiver, ReceiverEvent, ReceiverStats};
+pub use receiver::{
+    read_hello, Accepted, DurableReceiver, ReceiverEvent, ReceiverStats, ReceiverStatsReader,
+};
 pub use secret::{reset_secret, RESET_SECRET_FILE};
 pub use sender::{DurableSender, Outgoing, Resumed, SenderStats};
 pub use sink::{DurableSink, FileSink};

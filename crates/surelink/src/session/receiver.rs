@@ -19,11 +19,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use surelink_journal::{
     CheckpointStore, Durability, FsStorage, JournalMetrics, SessionRecord, Storage,
 };
+use surelink_proto::stats_schema::{Metric, StatsVisitor, Unit, VisitStats};
 
 use super::record::{Meta, ReceiverMeta};
 use super::sink::DurableSink;
@@ -117,6 +119,88 @@ pub struct ReceiverStats {
     pub refused: u64,
 }
 
+/// Reads a [`DurableReceiver`]'s counters from another task
+/// ([`DurableReceiver::stats_reader`]).
+#[derive(Debug, Clone, Default)]
+pub struct ReceiverStatsReader(Arc<Mutex<ReceiverStats>>);
+
+impl ReceiverStatsReader {
+    /// The counters as of the receiver's last checkpoint, acceptance or refusal.
+    pub fn stats(&self) -> ReceiverStats {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ReceiverStats> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl VisitStats for ReceiverStats {
+    fn visit<V: StatsVisitor + ?Sized>(&self, v: &mut V) {
+        use Unit::{Bytes, Count};
+        for (key, family, unit, help, value) in [
+            (
+                "session_messages_delivered",
+                "session_messages_delivered",
+                Count,
+                "Messages the durable receiver wrote to its output.",
+                self.messages_delivered,
+            ),
+            (
+                "session_bytes_delivered",
+                "session_delivered_bytes",
+                Bytes,
+                "Bytes the durable receiver wrote to its output.",
+                self.bytes_delivered,
+            ),
+            (
+                "session_duplicates_dropped",
+                "session_duplicates_dropped",
+                Count,
+                "Messages re-sent after a crash and dropped under the watermark.",
+                self.duplicates_dropped,
+            ),
+            (
+                "session_checkpoints",
+                "session_checkpoints",
+                Count,
+                "Checkpoints committed (watermarks and output position).",
+                self.checkpoints,
+            ),
+            (
+                "session_sink_syncs",
+                "session_output_syncs",
+                Count,
+                "fsyncs of the output.",
+                self.sink_syncs,
+            ),
+            (
+                "sessions_started",
+                "sessions_started",
+                Count,
+                "Sessions this receiver had not seen before.",
+                self.sessions_started,
+            ),
+            (
+                "session_resumes",
+                "session_resumes",
+                Count,
+                "Connections that resumed a known session from its checkpoint.",
+                self.resumes,
+            ),
+            (
+                "sessions_refused",
+                "sessions_refused",
+                Count,
+                "Senders refused (a different session, a bad resume token, ...).",
+                self.refused,
+            ),
+        ] {
+            v.counter(&Metric::counter(key, family, unit, help), value);
+        }
+    }
+}
+
 /// What happened while [`DurableReceiver::run`] served an endpoint.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -208,6 +292,9 @@ pub struct DurableReceiver<K: DurableSink, St: ReceiverStore = JournalStore<FsSt
     /// The last checkpoint was told to the sender.
     announced: bool,
     stats: ReceiverStats,
+    /// A copy of `stats` as of the last checkpoint or decision, for readers
+    /// while [`DurableReceiver::run`] holds the receiver.
+    published: ReceiverStatsReader,
 }
 
 impl<K: DurableSink> DurableReceiver<K, JournalStore<FsStorage>> {
@@ -280,6 +367,7 @@ impl<K: DurableSink, St: ReceiverStore> DurableReceiver<K, St> {
             sink_unsynced: false,
             announced: true,
             stats: ReceiverStats::default(),
+            published: ReceiverStatsReader::default(),
         })
     }
 
@@ -328,6 +416,17 @@ impl<K: DurableSink, St: ReceiverStore> DurableReceiver<K, St> {
         self.stats.clone()
     }
 
+    /// A handle that reads the counters while [`run`](Self::run) holds the
+    /// receiver: as of its last checkpoint, acceptance or refusal.
+    pub fn stats_reader(&self) -> ReceiverStatsReader {
+        self.published.clone()
+    }
+
+    /// Makes the counters visible to [`stats_reader`](Self::stats_reader)s.
+    fn publish_stats(&self) {
+        *self.published.lock() = self.stats.clone();
+    }
+
     /// The journal's counters (commits, fsyncs, bytes, compactions).
     pub fn journal_metrics(&self) -> JournalMetrics {
         self.store.metrics()
@@ -353,6 +452,7 @@ impl<K: DurableSink, St: ReceiverStore> DurableReceiver<K, St> {
             Ok(new) => new,
             Err(mismatch) => {
                 self.stats.refused += 1;
+                self.publish_stats();
                 refuse(conn, &mismatch.to_string()).await;
                 return Err(SessionError::Mismatch(mismatch));
             }
@@ -382,6 +482,7 @@ impl<K: DurableSink, St: ReceiverStore> DurableReceiver<K, St> {
         } else {
             self.stats.resumes += 1;
         }
+        self.publish_stats();
         self.pending_end = None;
         self.checkpoint(false).await?;
         let session = self.session.as_ref().expect("accepted a session");
@@ -765,6 +866,7 @@ impl<K: DurableSink, St: ReceiverStore> DurableReceiver<K, St> {
         })?;
         self.store.commit(record, sync).await?;
         self.stats.checkpoints += 1;
+        self.publish_stats();
         self.dirty_since = None;
         self.announced = false;
         self.interval_sync(crate::util::now())

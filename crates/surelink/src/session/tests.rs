@@ -727,3 +727,52 @@ fn removing_a_finished_state_leaves_foreign_files_alone() {
     assert!(state.join("notes.txt").exists());
     std::fs::remove_dir_all(&state).expect("clean up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stats_reader_sees_the_session_start_and_its_resume_while_the_receiver_runs() {
+    let server = Endpoint::bind("127.0.0.1:0".parse().unwrap(), EndpointConfig::default()).unwrap();
+    let file = MemFile::default();
+    let options = options(Durability::Always);
+    let mut rx =
+        DurableReceiver::open(MemStorage::new(), MemSink::new(&file), options.clone()).unwrap();
+    let reader = rx.stats_reader();
+    let rx_task = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let _ = rx.run(&server, |_| {}).await;
+        })
+    };
+    let tx_storage = MemStorage::new();
+    let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    // Bounded wait for a published counter to reach `want`.
+    let wait_for = |pick: fn(&ReceiverStats) -> u64, want: u64| {
+        let reader = reader.clone();
+        async move {
+            for _ in 0..500 {
+                if pick(&reader.stats()) >= want {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            pick(&reader.stats())
+        }
+    };
+    for incarnation in 0..2u64 {
+        let mut tx = DurableSender::open(tx_storage.clone(), "x", options.clone()).unwrap();
+        tx.attach(client.connect(server.local_addr()).await.unwrap())
+            .await
+            .unwrap();
+        let i = tx.next_id(0);
+        tx.send(0, Bytes::from(message(i)), i + 1).await.unwrap();
+        if incarnation == 0 {
+            assert_eq!(wait_for(|s| s.sessions_started, 1).await, 1);
+        }
+        drop(tx);
+    }
+    assert_eq!(wait_for(|s| s.resumes, 1).await, 1);
+    let seen = reader.stats();
+    assert_eq!(seen.sessions_started, 1, "{seen:?}");
+    assert!(seen.checkpoints >= 1, "{seen:?}");
+    assert_eq!(seen.refused, 0, "{seen:?}");
+    rx_task.abort();
+}
