@@ -148,7 +148,7 @@ impl VisitStats for ReceiverStats {
             ),
             (
                 "session_bytes_delivered",
-                "session_delivered_bytes",
+                "session_delivered",
                 Bytes,
                 "Bytes the durable receiver wrote to its output.",
                 self.bytes_delivered,
