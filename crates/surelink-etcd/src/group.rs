@@ -6,16 +6,19 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
-    TxnOp, TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, EventType, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use surelink::session::{ReceiverStore, SessionError, SessionRecord};
 use surelink_journal::CheckpointRecord;
 use tokio::sync::watch;
 
-/// How often a standby looks at the leader key, and the pause after a
-/// failed etcd request before the next one.
+/// The pause after a failed etcd request before the next one (and how often
+/// a standby looks at the leader key when it cannot watch it).
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Longest a standby trusts one watch of the leader key before it reads the
+/// key again (a watch that silently stopped cannot stall a campaign).
+const LEADER_RECHECK: Duration = Duration::from_secs(1);
 /// Longest wait for one etcd request of a standby or a sender (a leader's
 /// requests are bounded by its lease instead).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -140,6 +143,8 @@ impl Group {
                         seen = Some(leader.term);
                         on_standby(&leader);
                     }
+                    self.leader_gone(leader.term).await;
+                    continue;
                 }
                 Ok(None) => match self.try_lead(member).await {
                     Ok(Some(leadership)) => return Ok(leadership),
@@ -151,6 +156,40 @@ impl Group {
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
+    }
+
+    /// Waits until the leader key created at revision `term` is deleted (its
+    /// lease expired or its leader resigned), watching the key instead of
+    /// polling it, so a standby campaigns as soon as etcd drops the key. At
+    /// most [`LEADER_RECHECK`]; a watch that cannot be made or ends early
+    /// falls back to one [`POLL_INTERVAL`].
+    async fn leader_gone(&self, term: i64) {
+        let watch = async {
+            let mut client = self.client.clone();
+            let options = WatchOptions::new().with_start_revision(term);
+            let Ok(mut stream) = client.watch(self.leader_key(), Some(options)).await else {
+                tokio::time::sleep(POLL_INTERVAL).await;
+                return;
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(response)) if !response.canceled() => {
+                        let deleted = response
+                            .events()
+                            .iter()
+                            .any(|event| event.event_type() == EventType::Delete);
+                        if deleted {
+                            return;
+                        }
+                    }
+                    _ => {
+                        tokio::time::sleep(POLL_INTERVAL).await;
+                        return;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LEADER_RECHECK, watch).await;
     }
 
     /// One attempt to take the leader key: a lease, then a transaction
