@@ -117,6 +117,26 @@ impl Bench {
             .unwrap_or_else(|| self.fail(&format!("no line with {marker:?}")))
     }
 
+    /// Waits for `p` (named `who` in the failure) and fails unless it exited 0.
+    fn expect_success(&self, p: &mut Proc, who: &str) {
+        let (status, _) = p.wait();
+        if !status.success() {
+            self.fail(&format!("{who} exited with {status}"));
+        }
+    }
+
+    /// Fails unless the file at `output` holds exactly `data`.
+    fn expect_exact(&self, output: &str, data: &[u8]) {
+        let got = std::fs::read(output).unwrap();
+        if got != data {
+            self.fail(&format!(
+                "the output differs from the input ({} bytes, expected {})",
+                got.len(),
+                data.len()
+            ));
+        }
+    }
+
     /// Waits (bounded) until `progress()` reaches `at_least`.
     fn wait_progress(&self, at_least: usize, progress: impl Fn() -> usize) {
         let deadline = Instant::now() + WAIT_LIMIT;
@@ -185,22 +205,9 @@ fn file_mode_takeover(fault: Fault) {
             bench.fail(&format!("the paused leader tried to commit: {deposed}"));
         }
     }
-    let (status, _) = send.wait();
-    if !status.success() {
-        bench.fail(&format!("the sender exited with {status}"));
-    }
-    let (status, _) = b.wait();
-    if !status.success() {
-        bench.fail(&format!("the new leader exited with {status}"));
-    }
-    let got = std::fs::read(&output).unwrap();
-    if got != data {
-        bench.fail(&format!(
-            "the output differs from the input ({} bytes, expected {})",
-            got.len(),
-            data.len()
-        ));
-    }
+    bench.expect_success(&mut send, "the sender");
+    bench.expect_success(&mut b, "the new leader");
+    bench.expect_exact(&output, &data);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,10 +307,7 @@ fn datagram_mode_kill_9_of_the_leader_delivers_every_message_at_least_once() {
     a.kill();
     let takeover = bench.expect_line(&mut b, "messages committed");
     let watermark = committed(&takeover);
-    let (status, _) = send.wait();
-    if !status.success() {
-        bench.fail(&format!("the sender exited with {status}"));
-    }
+    bench.expect_success(&mut send, "the sender");
     // Everything was confirmed to the sender, so it was sent: wait for the
     // collector to have it all (bounded), then stop it.
     bench.wait_progress(records, || collector.distinct());
@@ -340,17 +344,9 @@ fn losing_the_etcd_member_the_leader_talks_to_hands_over_with_the_output_exact()
     bench.etcd.kill(0);
     bench.expect_line(&mut a, "deposed");
     bench.expect_line(&mut b, "leading (term");
-    let (status, _) = send.wait();
-    if !status.success() {
-        bench.fail(&format!("the sender exited with {status}"));
-    }
-    let (status, _) = b.wait();
-    if !status.success() {
-        bench.fail(&format!("the new leader exited with {status}"));
-    }
-    if std::fs::read(&output).unwrap() != data {
-        bench.fail("the output differs from the input");
-    }
+    bench.expect_success(&mut send, "the sender");
+    bench.expect_success(&mut b, "the new leader");
+    bench.expect_exact(&output, &data);
 }
 
 /// Two takeovers in a row: A leads and is killed, B takes over and is
@@ -392,17 +388,9 @@ fn two_takeovers_in_a_row_leave_the_output_exact() {
     bench.wait_progress(resumed_at + (1 << 20), || file_len(&output));
     next.kill();
     bench.expect_line(&mut last, "resumed by");
-    let (status, _) = send.wait();
-    if !status.success() {
-        bench.fail(&format!("the sender exited with {status}"));
-    }
-    let (status, _) = last.wait();
-    if !status.success() {
-        bench.fail(&format!("the third leader exited with {status}"));
-    }
-    if std::fs::read(&output).unwrap() != data {
-        bench.fail("the output differs from the input");
-    }
+    bench.expect_success(&mut send, "the sender");
+    bench.expect_success(&mut last, "the third leader");
+    bench.expect_exact(&output, &data);
 }
 
 /// etcd unreachable for longer than the lease (the only member paused):
@@ -425,11 +413,6 @@ fn etcd_unreachable_beyond_the_lease_stops_the_leader_and_the_group_resumes_afte
     bench.etcd.signal(0, "STOP");
     bench.expect_line(&mut a, "deposed");
     bench.etcd.signal(0, "CONT");
-    let (status, _) = send.wait();
-    if !status.success() {
-        bench.fail(&format!("the sender exited with {status}"));
-    }
-    if std::fs::read(&output).unwrap() != data {
-        bench.fail("the output differs from the input");
-    }
+    bench.expect_success(&mut send, "the sender");
+    bench.expect_exact(&output, &data);
 }

@@ -213,8 +213,19 @@ fn durable_sources_survive_killing_the_receiver_and_one_sender() {
     assert!(left.is_empty(), "session states left: {left:?}");
 }
 
-/// A UDP socket on loopback with a large receive buffer, so that the test's
-/// own socket does not drop datagrams while this thread is descheduled.
+/// The receiver's datagram sink: a UDP socket on loopback with a large
+/// receive buffer (so that the test's own socket does not drop datagrams
+/// while this thread is descheduled) and a short read timeout, and its
+/// `udp://` address for `recv --to`.
+fn udp_sink() -> (UdpSocket, String) {
+    let sink = udp_with_big_buffer();
+    sink.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let target = format!("udp://{}", sink.local_addr().unwrap());
+    (sink, target)
+}
+
+/// A UDP socket on loopback with an 8 MiB receive buffer.
 fn udp_with_big_buffer() -> UdpSocket {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
@@ -228,10 +239,7 @@ fn udp_with_big_buffer() -> UdpSocket {
 #[test]
 fn tagged_datagrams_name_their_sender_and_sequence() {
     let work = tempfile::tempdir().unwrap();
-    let sink = udp_with_big_buffer();
-    sink.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let target = format!("udp://{}", sink.local_addr().unwrap());
+    let (sink, target) = udp_sink();
     let mut recv = Proc::spawn(
         "recv",
         &[
@@ -368,10 +376,7 @@ fn merged_records_come_in_send_time_order_with_their_source() {
 #[test]
 fn merged_datagrams_carry_the_record_header_without_a_length() {
     let work = tempfile::tempdir().unwrap();
-    let sink = udp_with_big_buffer();
-    sink.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let target = format!("udp://{}", sink.local_addr().unwrap());
+    let (sink, target) = udp_sink();
     let mut recv = Proc::spawn(
         "recv",
         &[
