@@ -35,6 +35,7 @@ mod out_dir;
 mod paths;
 mod progress;
 mod report;
+mod routes;
 mod security;
 mod shutdown;
 mod source;

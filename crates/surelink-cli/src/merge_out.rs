@@ -46,6 +46,7 @@ use tokio::time::Instant;
 use crate::args::parse_duration;
 use crate::cmd::recv::{Output, Sink};
 use crate::ending::recv_error;
+use crate::routes::Destination;
 use crate::source::Source;
 
 /// `recv`'s merge options.
@@ -269,11 +270,14 @@ enum RecordWriter {
 impl RecordWriter {
     fn new(sink: Sink) -> anyhow::Result<Self> {
         Ok(match sink {
-            Sink::Datagrams { socket, target } => RecordWriter::Datagrams {
-                socket: Arc::new(socket),
-                target,
-                buf: Vec::new(),
-            },
+            Sink::Datagrams(routes) => {
+                let Destination { socket, target } = routes.default_destination().clone();
+                RecordWriter::Datagrams {
+                    socket,
+                    target,
+                    buf: Vec::new(),
+                }
+            }
             Sink::Stream(out) => RecordWriter::Stream {
                 out,
                 buf: Vec::new(),

@@ -1,7 +1,8 @@
 //! Many senders into one receiver, over real UDP on loopback: `recv
 //! --out-dir` (one file per sender and an index), with `--state` across a
 //! `kill -9` of the receiver and of one sender, and `recv --to udp://
-//! --tag-source` (each datagram tagged with its sender).
+//! --tag-source` (each datagram tagged with its sender) and `--route` (each
+//! sender's datagrams to its own address).
 
 mod support;
 
@@ -288,6 +289,115 @@ fn tagged_datagrams_name_their_sender_and_sequence() {
             .expect("a sender's input");
         assert!(matched.insert(which));
     }
+}
+
+/// Runs `surelink keygen --out path`; returns the public key it printed.
+fn keygen(path: &std::path::Path) -> String {
+    let out = support::run(&["keygen", "--out", s(path)]);
+    assert!(out.status.success(), "keygen: {}", out.stderr);
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("public-key:"))
+        .unwrap_or_else(|| panic!("no public key in {:?}", out.stdout))
+        .trim()
+        .to_owned()
+}
+
+/// Reads datagrams from `sink` until `expected` payload bytes came or the
+/// startup limit passed; returns them concatenated.
+fn read_datagrams(sink: &UdpSocket, expected: usize) -> Vec<u8> {
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let deadline = Instant::now() + STARTUP_LIMIT;
+    while received.len() < expected && Instant::now() < deadline {
+        if let Ok(n) = sink.recv(&mut buf) {
+            received.extend_from_slice(&buf[..n]);
+        }
+    }
+    received
+}
+
+#[test]
+fn routed_senders_reach_their_own_address_and_the_others_the_default() {
+    let work = tempfile::tempdir().unwrap();
+    let keys: Vec<_> = (0..3)
+        .map(|i| {
+            let path = work.path().join(format!("sender-{i}.key"));
+            let public = keygen(&path);
+            (path, public)
+        })
+        .collect();
+    // Senders 0 and 1 have a route each; sender 2 goes to --to.
+    let sinks: Vec<_> = (0..3).map(|_| udp_sink()).collect();
+    let route = |i: usize| format!("{}={}", keys[i].1, sinks[i].1);
+    let (route0, route1) = (route(0), route(1));
+    let mut recv = Proc::spawn(
+        "recv",
+        &[
+            "recv",
+            "--listen",
+            "127.0.0.1:0",
+            "--to",
+            &sinks[2].1,
+            "--route",
+            &route0,
+            "--route",
+            &route1,
+        ],
+    );
+    let addr = recv.listening_addr().to_string();
+    let inputs: Vec<Vec<u8>> = (0..3).map(|i| random_bytes(300 + i, 24 << 10)).collect();
+    for (i, data) in inputs.iter().enumerate() {
+        let input = work.path().join(format!("in-{i}.bin"));
+        std::fs::write(&input, data).unwrap();
+        let mut sender = Proc::spawn(
+            "send",
+            &[
+                "send",
+                "--to",
+                &addr,
+                "--in",
+                s(&input),
+                "--key",
+                s(&keys[i].0),
+            ],
+        );
+        sender.wait_success();
+    }
+    let outputs: Vec<Vec<u8>> = sinks
+        .iter()
+        .zip(&inputs)
+        .map(|((sink, _), input)| read_datagrams(sink, input.len()))
+        .collect();
+    recv.terminate();
+    recv.wait_success();
+    for (i, (output, input)) in outputs.iter().zip(&inputs).enumerate() {
+        assert!(
+            output == input,
+            "sender {i}: {} of {} bytes, or other bytes",
+            output.len(),
+            input.len()
+        );
+    }
+}
+
+#[test]
+fn a_route_without_a_full_public_key_is_a_usage_error() {
+    let out = support::run(&[
+        "recv",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        "udp://127.0.0.1:9",
+        "--route",
+        "1a2b:3c4d:5e6f:7a8b=udp://127.0.0.1:9",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not the short fingerprint"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// One record of `recv --merge --out`: source, sequence, corrected time,

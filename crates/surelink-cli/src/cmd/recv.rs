@@ -12,7 +12,9 @@
 //! Datagram mode (`--to udp://HOST:PORT`) sends each message as one UDP
 //! datagram to that address. Senders are served concurrently; each one's
 //! datagrams leave in its message order. With `--tag-source` each datagram
-//! starts with the sender's [`SourceHeader`](crate::source::SourceHeader).
+//! starts with the sender's [`SourceHeader`](crate::source::SourceHeader);
+//! with `--route KEY=udp://…` a sender's datagrams go to an address of their
+//! own ([`crate::routes`]).
 //!
 //! Merge mode (`--merge`, in [`crate::merge_out`]) serves senders
 //! concurrently and writes their messages to `--out` or `--to` as records in
@@ -40,13 +42,13 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use surelink::{Connection, Endpoint, EndpointConfig};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::UdpSocket;
 
-use crate::args::{parse_host_port, wildcard_for, HostPort};
+use crate::args::{parse_host_port, HostPort};
 use crate::ending::{abort_with_reason, recv_error, Side};
 use crate::exit::UsageError;
 use crate::progress::{summary, Progress};
 use crate::report::{spawn_reporter, stats_line, StatsArgs};
+use crate::routes::{Destination, Routes};
 use crate::state::recv::DurableRecv;
 
 /// Arguments of `surelink recv`.
@@ -80,6 +82,12 @@ pub struct RecvArgs {
     /// big-endian).
     #[arg(long, requires = "to", conflicts_with = "merge")]
     pub tag_source: bool,
+    /// Datagram mode: send the messages of the sender with this public key (the 64 hex digits
+    /// `surelink keygen` prints; the sender uses `send --key`) to this address instead of --to.
+    /// Repeat for more senders; senders without a route go to --to.
+    #[arg(long, value_name = "KEY=udp://HOST:PORT", value_parser = crate::routes::parse_route,
+          requires = "to", conflicts_with = "merge")]
+    pub route: Vec<crate::routes::Route>,
     /// Exit after the first sender has closed and its output is written.
     #[arg(long)]
     pub once: bool,
@@ -139,6 +147,11 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
         })
         .await;
     }
+    if !args.route.is_empty() && args.state.common.state.is_some() {
+        bail!(UsageError(
+            "--route is for the datagram mode without --state: run it without --state".into()
+        ));
+    }
     if let Some(dir) = args.state.common.state.clone() {
         let plan = durable_plan(&args, dir, listen, config)?;
         return crate::state::recv::run(plan).await;
@@ -146,9 +159,8 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
     let sink = match (&args.to, &args.out_dir) {
         (_, Some(dir)) => Sink::Dir(crate::out_dir::OutDir::open(dir)?),
         (Some(to), None) => {
-            let target = to.resolve().await?;
-            let socket = crate::net::bind_udp(wildcard_for(target))?;
-            Sink::Datagrams { socket, target }
+            let default = Destination::bind(to.resolve().await?)?;
+            Sink::Datagrams(Routes::resolve(default, &args.route).await?)
         }
         (None, None) => match args.output.as_deref() {
             None | Some("-") => Sink::Stream(Output::Stdout(tokio::io::stdout())),
@@ -173,9 +185,7 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
             match sink {
                 Sink::Stream(out) => serve_stream(&endpoint, out, &args).await,
                 Sink::Dir(out) => crate::out_dir::serve(&endpoint, out, args.once).await,
-                Sink::Datagrams { socket, target } => {
-                    serve_datagrams(&endpoint, socket, target, &args).await
-                }
+                Sink::Datagrams(routes) => serve_datagrams(&endpoint, routes, &args).await,
             }
         };
         tokio::select! {
@@ -259,9 +269,10 @@ async fn group_plan(
             "--group keeps the session's state in etcd: drop --state".into()
         ));
     }
-    if args.out_dir.is_some() || args.merge.merge {
+    if args.out_dir.is_some() || args.merge.merge || !args.route.is_empty() {
         bail!(UsageError(
-            "--group serves one session at a time: it cannot be combined with --out-dir or --merge"
+            "--group serves one session at a time: it cannot be combined with --out-dir, \
+             --merge or --route"
                 .into()
         ));
     }
@@ -288,10 +299,8 @@ pub(crate) enum Sink {
     Stream(Output),
     /// One file per sender (`--out-dir`).
     Dir(std::sync::Arc<crate::out_dir::OutDir>),
-    Datagrams {
-        socket: UdpSocket,
-        target: SocketAddr,
-    },
+    /// One datagram per message (`--to`), per sender where `--route` says.
+    Datagrams(Routes),
 }
 
 /// The byte-stream output.
@@ -471,25 +480,23 @@ async fn receive_stream(
 }
 
 /// Serves senders concurrently (or just the first with `--once`), forwarding
-/// each message as one datagram to `target`.
+/// each message as one datagram to its sender's destination in `routes`.
 async fn serve_datagrams(
     endpoint: &Endpoint,
-    socket: UdpSocket,
-    target: SocketAddr,
+    routes: Routes,
     args: &RecvArgs,
 ) -> anyhow::Result<()> {
-    let socket = std::sync::Arc::new(socket);
     let interval = args.stats.stats_interval;
     let tag = args.tag_source;
     while let Some(conn) = endpoint.accept().await {
         let remote = conn.remote_addr();
-        tracing::info!(%remote, "sender connected");
+        let destination = routes.for_connection(&conn).clone();
+        tracing::info!(%remote, target = %destination.target, "sender connected");
         if args.once {
-            return forward(conn, &socket, target, interval, tag).await;
+            return forward(conn, &destination, interval, tag).await;
         }
-        let socket = socket.clone();
         tokio::spawn(async move {
-            match forward(conn, &socket, target, interval, tag).await {
+            match forward(conn, &destination, interval, tag).await {
                 Ok(()) => tracing::info!(%remote, "sender finished"),
                 Err(e) => tracing::warn!(%remote, "sender failed: {e:#}"),
             }
@@ -498,12 +505,11 @@ async fn serve_datagrams(
     bail!("the endpoint stopped accepting connections")
 }
 
-/// Sends one connection's messages as datagrams to `target` until it closes,
-/// each after a [`SourceHeader`](crate::source::SourceHeader) if `tag`.
+/// Sends one connection's messages as datagrams to `destination` until it
+/// closes, each after a [`SourceHeader`](crate::source::SourceHeader) if `tag`.
 async fn forward(
     conn: Connection,
-    socket: &UdpSocket,
-    target: SocketAddr,
+    destination: &Destination,
     stats_interval: Option<Duration>,
     tag: bool,
 ) -> anyhow::Result<()> {
@@ -530,7 +536,8 @@ async fn forward(
             } else {
                 msg.data
             };
-            if let Err(e) = socket.send_to(&data, target).await {
+            let target = destination.target;
+            if let Err(e) = destination.socket.send_to(&data, target).await {
                 tracing::warn!(%target, len = data.len(), error = %e, "cannot forward a datagram");
             }
         }
