@@ -34,11 +34,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use rand::{RngCore as _, SeedableRng as _};
 use serde::Serialize;
-use surelink::session::{
+use surelink::{Bytes, Endpoint, EndpointConfig};
+use surelink_session::{
     Durability, DurableReceiver, DurableSender, DurableSink as _, FileSink, Outgoing,
     SessionOptions,
 };
-use surelink::{Bytes, Endpoint, EndpointConfig};
 use tokio::io::AsyncWriteExt as _;
 
 use crate::report::Target;

@@ -10,8 +10,8 @@
 
 use std::process::ExitCode;
 
-use surelink::session::{JournalError, SessionError};
 use surelink::{BindError, CloseError, ConnectError, ConnectionError, RecvError, SendError};
+use surelink_session::{JournalError, SessionError};
 
 /// The exit statuses, as documented in `surelink --help`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

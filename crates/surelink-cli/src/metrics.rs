@@ -34,11 +34,11 @@ use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit as PromUnit};
 use surelink::impair::ImpairStatsReader;
-use surelink::session::ReceiverStatsReader;
 use surelink::stats_schema::{
     Histogram, Kind, Metric, PathLabel, StatsVisitor, Unit, Value, VisitStats,
 };
 use surelink::{Connection, Endpoint};
+use surelink_session::ReceiverStatsReader;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 

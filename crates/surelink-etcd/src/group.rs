@@ -9,8 +9,8 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, LeaseKeepAliveStream, LeaseKeeper,
     PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
-use surelink::session::{ReceiverStore, SessionError, SessionRecord};
 use surelink_journal::CheckpointRecord;
+use surelink_session::{ReceiverStore, SessionError, SessionRecord};
 use tokio::sync::watch;
 
 /// The pause after a failed etcd request before the next one (and how often

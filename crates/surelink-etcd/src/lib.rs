@@ -14,15 +14,15 @@
 //!    creation revision, unique to this term) and the group's last
 //!    committed checkpoint;
 //! 3. hand the [`Leadership`] to a
-//!    [`DurableReceiver`](surelink::session::DurableReceiver) as its
-//!    [`ReceiverStore`](surelink::session::ReceiverStore): every checkpoint is a transaction that writes the
+//!    [`DurableReceiver`](surelink_session::DurableReceiver) as its
+//!    [`ReceiverStore`](surelink_session::ReceiverStore): every checkpoint is a transaction that writes the
 //!    group's checkpoint key *only if* the leader key still has this term's
 //!    creation revision, and the receiver writes its output only while the
 //!    lease is known to be alive
-//!    ([`ReceiverStore::owned`](surelink::session::ReceiverStore::owned));
+//!    ([`ReceiverStore::owned`](surelink_session::ReceiverStore::owned));
 //! 4. when the lease is lost (not renewed in time, revoked, etcd out of
 //!    reach for longer than the lease), the receiver stops at once with
-//!    [`SessionError::Deposed`](surelink::session::SessionError::Deposed): drop the `Leadership` and campaign again.
+//!    [`SessionError::Deposed`](surelink_session::SessionError::Deposed): drop the `Leadership` and campaign again.
 //!
 //! Senders find the leader with [`Group::leader`]: the leader key's value
 //! is the addresses the leader listens on.

@@ -44,7 +44,6 @@ mod endpoint;
 mod error;
 mod handshake_event;
 pub mod impair;
-pub mod session;
 pub mod sim;
 mod socket;
 mod state;

@@ -9,14 +9,14 @@
 //! [`SimNetwork::set_link`]) and a seed derived from the network's seed and
 //! the two addresses. [`Endpoint::simulated`](crate::Endpoint::simulated)
 //! creates an endpoint on the network: the same endpoint, connections and
-//! durable sessions as over UDP, only the datagrams go through the links.
+//! sessions built on them (the `surelink-session` crate) as over UDP, only the datagrams go through the links.
 //!
 //! Time is tokio's clock. Under `#[tokio::test(start_paused = true)]` (a
 //! current-thread runtime with a paused clock, tokio's `test-util` feature)
 //! virtual time jumps to the next timer whenever every task is idle, so
 //! minutes of simulated traffic take milliseconds. Randomness is an input
 //! too: the network's seed, each endpoint's seed, and (for durable
-//! sessions) [`SessionOptions::seed`](crate::session::SessionOptions::seed).
+//! sessions, their options' seed in the `surelink-session` crate).
 //! With the same seeds and the same application code, a run on a paused
 //! clock is reproducible: the same datagrams are lost, and every event
 //! happens at the same virtual instant.

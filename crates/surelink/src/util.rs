@@ -3,9 +3,9 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The runtime's clock: tokio's, as a std instant. Every time the runtime
-/// and the session layer read goes through here, so that a test on a paused
-/// tokio clock (`start_paused`, and the [`sim`](crate::sim) network) runs on
-/// virtual time. Outside a runtime it is the system's monotonic clock.
+/// reads goes through here, so that a test on a paused tokio clock
+/// (`start_paused`, and the [`sim`](crate::sim) network) runs on virtual
+/// time. Outside a runtime it is the system's monotonic clock.
 pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }

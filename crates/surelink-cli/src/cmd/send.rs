@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use bytes::{BufMut, BytesMut};
 use clap::Args;
-use surelink::session::DATA_HEADER_LEN;
 use surelink::{Bytes, Connection, Endpoint, EndpointConfig};
+use surelink_session::DATA_HEADER_LEN;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::args::{parse_duration, parse_host_port, parse_size, wildcard_for, HostPort};

@@ -19,9 +19,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use surelink::session::{DurableReceiver, DurableSink, FileSink, SessionError, SessionOptions};
 use surelink::{Endpoint, EndpointConfig};
 use surelink_etcd::{Group, Leadership};
+use surelink_session::{DurableReceiver, DurableSink, FileSink, SessionError, SessionOptions};
 
 use super::sink::DatagramSink;
 use crate::delivery::DATA_CHANNEL;
@@ -153,7 +153,7 @@ async fn lead<K: DurableSink>(
     let mut started = None;
     let served = rx
         .run(&endpoint, |event| {
-            if let surelink::session::ReceiverEvent::Accepted { .. } = event {
+            if let surelink_session::ReceiverEvent::Accepted { .. } = event {
                 started.get_or_insert_with(Instant::now);
             }
             report(&event, &output);

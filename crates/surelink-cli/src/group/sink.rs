@@ -9,7 +9,7 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 
-use surelink::session::DurableSink;
+use surelink_session::DurableSink;
 
 /// Sends each delivered message as one datagram to a fixed address.
 #[derive(Debug)]

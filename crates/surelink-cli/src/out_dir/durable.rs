@@ -24,11 +24,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
-use surelink::session::{
+use surelink::{Connection, Endpoint, EndpointConfig};
+use surelink_session::{
     read_hello, DurableReceiver, DurableSink as _, FileSink, Hello, ReceiverEvent, SessionError,
     SessionId, SessionOptions,
 };
-use surelink::{Connection, Endpoint, EndpointConfig};
 use tokio::sync::mpsc;
 
 use super::{file_name, OutDir};

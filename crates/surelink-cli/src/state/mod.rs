@@ -1,7 +1,7 @@
 //! `--state DIR`: durable sessions for `send --in FILE` and `recv --out FILE`.
 //!
 //! With `--state`, both commands keep a checkpoint journal in DIR
-//! ([`surelink::session`]): the sender its outbox of messages the receiver has
+//! ([`surelink_session`]): the sender its outbox of messages the receiver has
 //! not confirmed as checkpointed (with the input offset after each), the
 //! receiver its watermark together with the output file's length. Killed
 //! (even `kill -9`) and restarted with the same arguments, the sender
@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
-use surelink::session::{Durability, JournalError, SessionError, SessionOptions};
+use surelink_session::{Durability, JournalError, SessionError, SessionOptions};
 
 use crate::args::parse_duration;
 use crate::exit::UsageError;
@@ -146,7 +146,7 @@ impl RecvStateArgs {
 /// first use), so that after a restart this side can reset the connections of
 /// its previous life and the peer reconnects at once.
 pub fn reset_secret(dir: &std::path::Path) -> anyhow::Result<[u8; 32]> {
-    surelink::session::reset_secret(dir).with_context(|| {
+    surelink_session::reset_secret(dir).with_context(|| {
         format!(
             "cannot read or create the reset secret in {}",
             dir.display()
@@ -159,7 +159,7 @@ pub fn reset_secret(dir: &std::path::Path) -> anyhow::Result<[u8; 32]> {
 /// data messages' id headers) to the output would corrupt it, so the
 /// connection is refused with a reason both sides print.
 pub fn refuse_session(conn: &surelink::Connection, msg: &surelink::Message) -> anyhow::Result<()> {
-    if msg.channel == surelink::session::CONTROL_CHANNEL {
+    if msg.channel == surelink_session::CONTROL_CHANNEL {
         conn.abort("this receiver runs without --state: start it with --state DIR too");
         bail!(crate::exit::Refused(format!(
             "the sender from {} runs with --state: this receiver must use --state DIR too",
@@ -229,7 +229,7 @@ pub fn state_error(error: SessionError, dir: &std::path::Path, role: Role) -> an
 /// Removes a complete session's state directory and says so on stderr; a
 /// failure to remove it is reported, not fatal (the session is complete).
 pub fn remove_state(dir: &std::path::Path, command: &str) -> anyhow::Result<()> {
-    match surelink::session::remove_state_dir(dir) {
+    match surelink_session::remove_state_dir(dir) {
         Ok(removed) => eprintln!(
             "surelink {command}: removed the state of the complete session ({} files, {} bytes{}); \
              --keep-state keeps it",
@@ -250,7 +250,7 @@ pub fn remove_state(dir: &std::path::Path, command: &str) -> anyhow::Result<()> 
 }
 
 /// A summary of journal counters for the final lines.
-fn journal_summary(m: &surelink::session::JournalMetrics) -> String {
+fn journal_summary(m: &surelink_session::JournalMetrics) -> String {
     format!(
         "{} commits, {} fsyncs, {} compactions, {} journal bytes written",
         m.commits, m.fsyncs, m.compactions, m.bytes_written

@@ -24,10 +24,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
-use surelink::session::{
+use surelink::{Endpoint, EndpointConfig};
+use surelink_session::{
     DurableReceiver, DurableSink as _, FileSink, ReceiverEvent, SessionId, SessionOptions,
 };
-use surelink::{Endpoint, EndpointConfig};
 
 use crate::cmd::send::CLOSE_LINGER;
 use crate::delivery::DATA_CHANNEL;
@@ -196,7 +196,7 @@ pub fn report(event: &ReceiverEvent, output: &dyn std::fmt::Display) {
 }
 
 /// The line printed when a session is complete.
-pub fn summary<K: surelink::session::DurableSink, St: surelink::session::ReceiverStore>(
+pub fn summary<K: surelink_session::DurableSink, St: surelink_session::ReceiverStore>(
     rx: &DurableReceiver<K, St>,
     started: Option<Instant>,
 ) {

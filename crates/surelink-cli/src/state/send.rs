@@ -30,8 +30,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use bytes::{BufMut as _, BytesMut};
-use surelink::session::{DurableSender, Outgoing, SessionError, SessionOptions};
 use surelink::{Endpoint, EndpointConfig};
+use surelink_session::{DurableSender, Outgoing, SessionError, SessionOptions};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::args::HostPort;

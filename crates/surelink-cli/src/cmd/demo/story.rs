@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use surelink::impair::{ImpairConfig, Impairer, LinkConfig};
-use surelink::session::{
+use surelink::{ConnectionEvent, Endpoint, EndpointConfig, PathId};
+use surelink_session::{
     DurableReceiver, DurableSender, FileSink, Outgoing, ReceiverEvent, SessionError, SessionOptions,
 };
-use surelink::{ConnectionEvent, Endpoint, EndpointConfig, PathId};
 
 use super::{
     close_sender, connect_pair, join_receiver, receive, send, DemoClock, Pace, Probe, Shared,

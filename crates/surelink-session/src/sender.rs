@@ -29,7 +29,7 @@ use super::wire::{self, ChannelResume, Control, Hello, Progress, SessionId, CONT
 use super::{
     blocking, send_control, ResumeMismatch, SessionError, SessionOptions, MAINTENANCE_INTERVAL,
 };
-use crate::{Connection, Message, RecvError};
+use surelink::{Connection, Message, RecvError};
 
 /// Journal bytes of a pushed message besides the application's data
 /// (record tag, channel, seq, cursor).
@@ -84,8 +84,8 @@ struct Liveness {
     since: Instant,
 }
 
-/// The sending side of a durable session. See the [`session`](crate::session)
-/// module docs and `docs/CHECKPOINTS.md`: open, `attach`, `send_batch`, `finish`.
+/// The sending side of a durable session. See the [crate]
+/// docs and `docs/CHECKPOINTS.md`: open, `attach`, `send_batch`, `finish`.
 #[derive(Debug)]
 pub struct DurableSender<S: Storage + Send = FsStorage> {
     store: CheckpointStore<S>,
@@ -191,7 +191,7 @@ impl<S: Storage + Send> DurableSender<S> {
             conn: None,
             live: Liveness {
                 packets: 0,
-                since: crate::util::now(),
+                since: crate::now(),
             },
             end_confirmed: false,
             stats: SenderStats::default(),
@@ -261,7 +261,7 @@ impl<S: Storage + Send> DurableSender<S> {
         self.conn = Some(conn.clone());
         self.live = Liveness {
             packets: conn.stats().packets_received,
-            since: crate::util::now(),
+            since: crate::now(),
         };
         self.end_confirmed = false;
         self.stats.attaches += 1;
@@ -303,14 +303,14 @@ impl<S: Storage + Send> DurableSender<S> {
 
     async fn handshake(&mut self, conn: &Connection) -> Result<Resumed, SessionError> {
         send_control(conn, &Control::Hello(self.hello())).await?;
-        let deadline = crate::util::now() + self.options.handshake_timeout;
+        let deadline = crate::now() + self.options.handshake_timeout;
         let progress = loop {
             let received = tokio::select! {
                 biased;
                 m = conn.recv_message() => m,
                 () = tokio::time::sleep(MAINTENANCE_INTERVAL) => {
                     self.maintain(conn)?;
-                    if crate::util::now() >= deadline {
+                    if crate::now() >= deadline {
                         conn.abort("no answer to HELLO");
                         return Err(SessionError::HandshakeTimeout(self.options.handshake_timeout));
                     }
@@ -530,7 +530,7 @@ impl<S: Storage + Send> DurableSender<S> {
                 *id += 1;
             }
             store.commit()?;
-            let now = crate::util::now();
+            let now = crate::now();
             if store.journal().next_sync_at(now).is_some_and(|t| t <= now) {
                 store.tick(now)?;
             }
@@ -626,7 +626,7 @@ impl<S: Storage + Send> DurableSender<S> {
 
     /// Liveness and the journal's interval fsync.
     fn maintain(&mut self, conn: &Connection) -> Result<(), SessionError> {
-        let now = crate::util::now();
+        let now = crate::now();
         if self
             .store
             .journal()

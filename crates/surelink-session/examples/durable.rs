@@ -1,9 +1,9 @@
 //! A file transfer that survives `kill -9` of either side.
 //!
 //! ```text
-//! cargo run -p surelink --example durable            # the demo below
-//! cargo run -p surelink --example durable -- recv 127.0.0.1:7000 rx-state out.bin
-//! cargo run -p surelink --example durable -- send 127.0.0.1:7000 tx-state in.bin
+//! cargo run -p surelink-session --example durable            # the demo below
+//! cargo run -p surelink-session --example durable -- recv 127.0.0.1:7000 rx-state out.bin
+//! cargo run -p surelink-session --example durable -- send 127.0.0.1:7000 tx-state in.bin
 //! ```
 //!
 //! `recv` and `send` are the two sides, each with its state directory:
@@ -23,10 +23,10 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
-use surelink::session::{
+use surelink::{Bytes, Endpoint, EndpointConfig};
+use surelink_session::{
     DurableReceiver, DurableSender, FileSink, Outgoing, ReceiverEvent, SessionError, SessionOptions,
 };
-use surelink::{Bytes, Endpoint, EndpointConfig};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 

@@ -19,8 +19,8 @@ use rand::{Rng, SeedableRng};
 use surelink_journal::CrashMode;
 
 use super::*;
-use crate::sim::SimNetwork;
-use crate::{Endpoint, EndpointConfig};
+use surelink::sim::SimNetwork;
+use surelink::{Endpoint, EndpointConfig};
 
 mod shared_store;
 mod sim;

@@ -22,17 +22,17 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use surelink::stats_schema::{Metric, StatsVisitor, Unit, VisitStats};
 use surelink_journal::{
     CheckpointStore, Durability, FsStorage, JournalMetrics, SessionRecord, Storage,
 };
-use surelink_proto::stats_schema::{Metric, StatsVisitor, Unit, VisitStats};
 
 use super::record::{Meta, ReceiverMeta};
 use super::sink::DurableSink;
 use super::store::{JournalStore, ReceiverStore};
 use super::wire::{self, Control, Hello, Progress, SessionId, CONTROL_CHANNEL};
 use super::{blocking, send_control, ResumeMismatch, SessionError, SessionOptions};
-use crate::{Connection, Endpoint, Message};
+use surelink::{Connection, Endpoint, Message};
 
 /// Reason given to a sender that does not speak the session protocol.
 const NOT_A_SESSION: &str =
@@ -273,8 +273,8 @@ struct RxSession {
     meta: ReceiverMeta,
 }
 
-/// The receiving side of a durable session. See the [`session`](crate::session)
-/// module docs and `docs/CHECKPOINTS.md`: open, then `run` (or `read_hello`,
+/// The receiving side of a durable session. See the [crate]
+/// docs and `docs/CHECKPOINTS.md`: open, then `run` (or `read_hello`,
 /// `accept`, `serve`). Its checkpoints go to a [`ReceiverStore`]: the local
 /// journal by default, or a store shared by a receiver group.
 #[derive(Debug)]
@@ -478,7 +478,7 @@ impl<K: DurableSink, St: ReceiverStore> DurableReceiver<K, St> {
                 },
             });
             self.stats.sessions_started += 1;
-            self.dirty_since.get_or_insert_with(crate::util::now);
+            self.dirty_since.get_or_insert_with(crate::now);
         } else {
             self.stats.resumes += 1;
         }
@@ -574,7 +574,7 @@ impl<K: DurableSink, St: ReceiverStore> DurableReceiver<K, St> {
                 deposed = self.store.deposed() => return Err(deposed),
                 m = conn.recv_message() => m,
                 () = tokio::time::sleep_until(
-                    deadline.unwrap_or_else(|| crate::util::now() + Duration::from_secs(3600)).into()
+                    deadline.unwrap_or_else(|| crate::now() + Duration::from_secs(3600)).into()
                 ), if deadline.is_some() => {
                     self.on_timer().await?;
                     continue;
@@ -723,7 +723,7 @@ impl<K: DurableSink, St: ReceiverStore> DurableReceiver<K, St> {
         let checkpoint = self
             .dirty_since
             .map(|since| since + self.options.checkpoint_interval);
-        let sync = self.store.next_sync_at(crate::util::now());
+        let sync = self.store.next_sync_at(crate::now());
         match (checkpoint, sync) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -731,7 +731,7 @@ impl<K: DurableSink, St: ReceiverStore> DurableReceiver<K, St> {
     }
 
     async fn on_timer(&mut self) -> Result<(), SessionError> {
-        let now = crate::util::now();
+        let now = crate::now();
         if self
             .dirty_since
             .is_some_and(|since| since + self.options.checkpoint_interval <= now)
@@ -743,7 +743,7 @@ impl<K: DurableSink, St: ReceiverStore> DurableReceiver<K, St> {
 
     /// [`SessionError::Deposed`] unless this receiver owns its store now.
     fn check_owned(&self) -> Result<(), SessionError> {
-        if self.store.owned(crate::util::now()) {
+        if self.store.owned(crate::now()) {
             Ok(())
         } else {
             Err(SessionError::Deposed(
@@ -792,7 +792,7 @@ impl<K: DurableSink, St: ReceiverStore> DurableReceiver<K, St> {
         *next += 1;
         self.stats.messages_delivered += 1;
         self.stats.bytes_delivered += data.len() as u64;
-        let now = crate::util::now();
+        let now = crate::now();
         let since = *self.dirty_since.get_or_insert(now);
         if self.pending_end.is_some() {
             self.check_end().await?;
@@ -869,7 +869,7 @@ impl<K: DurableSink, St: ReceiverStore> DurableReceiver<K, St> {
         self.publish_stats();
         self.dirty_since = None;
         self.announced = false;
-        self.interval_sync(crate::util::now())
+        self.interval_sync(crate::now())
     }
 
     /// Under [`Durability::Interval`]: when the journal's fsync is due, sync

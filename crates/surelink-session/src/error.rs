@@ -7,7 +7,7 @@ use std::time::Duration;
 use surelink_journal::JournalError;
 
 use super::wire::{SessionId, WireError};
-use crate::ConnectionError;
+use surelink::ConnectionError;
 
 /// The two sides' durable states do not fit together: resuming would lose
 /// or repeat messages, so the session is refused instead.
@@ -183,21 +183,23 @@ impl SessionError {
     }
 }
 
-impl From<crate::SendError> for SessionError {
-    fn from(e: crate::SendError) -> Self {
+impl From<surelink::SendError> for SessionError {
+    fn from(e: surelink::SendError) -> Self {
         match e {
-            crate::SendError::TooLarge { size, max } => SessionError::TooLarge { size, max },
-            crate::SendError::ConnectionLost(e) => SessionError::ConnectionLost(e),
-            crate::SendError::Closing | crate::SendError::Closed => SessionError::ConnectionClosed,
+            surelink::SendError::TooLarge { size, max } => SessionError::TooLarge { size, max },
+            surelink::SendError::ConnectionLost(e) => SessionError::ConnectionLost(e),
+            surelink::SendError::Closing | surelink::SendError::Closed => {
+                SessionError::ConnectionClosed
+            }
             _ => SessionError::EndpointClosed,
         }
     }
 }
 
-impl From<crate::RecvError> for SessionError {
-    fn from(e: crate::RecvError) -> Self {
+impl From<surelink::RecvError> for SessionError {
+    fn from(e: surelink::RecvError) -> Self {
         match e {
-            crate::RecvError::ConnectionLost(e) => SessionError::ConnectionLost(e),
+            surelink::RecvError::ConnectionLost(e) => SessionError::ConnectionLost(e),
             _ => SessionError::EndpointClosed,
         }
     }

@@ -1,5 +1,5 @@
-//! Durable sessions: checkpoints and crash recovery on top of a
-//! [`Connection`](crate::Connection).
+//! surelink-session: durable sessions, checkpoints and crash recovery on
+//! top of a [`Connection`](surelink::Connection) of the `surelink` runtime.
 //!
 //! A session outlives connections and processes. The sender keeps every
 //! message in a journal (its *outbox*, a
@@ -32,7 +32,7 @@
 //!    and the session is complete on both sides.
 //!
 //! ```no_run
-//! use surelink::session::{DurableReceiver, DurableSender, FileSink, SessionOptions};
+//! use surelink_session::{DurableReceiver, DurableSender, FileSink, SessionOptions};
 //! use surelink::{Bytes, Endpoint, EndpointConfig};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -59,6 +59,9 @@
 //! Every policy of [`Durability`] survives a process crash: a record is
 //! handed to the OS before anything depends on it. The policy decides what
 //! survives a power loss.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 mod error;
 mod receiver;
@@ -127,7 +130,7 @@ pub struct SessionOptions {
     /// Sender: where a new session's id and resume token come from: `None`
     /// (the default) for the operating system's randomness, `Some(seed)` for
     /// a seeded generator — for reproducible simulations
-    /// ([`sim`](crate::sim)) only, since the token is what keeps another
+    /// ([`sim`](surelink::sim)) only, since the token is what keeps another
     /// sender from taking the session over.
     pub seed: Option<u64>,
 }
@@ -202,6 +205,14 @@ impl SessionOptions {
 /// interval fsync.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(25);
 
+/// The session's clock: the runtime's (tokio's), as a std instant, so that
+/// a session on a paused tokio clock (tests, the [`sim`](surelink::sim)
+/// network) runs on virtual time like the connections under it. Outside a
+/// runtime it is the system's monotonic clock.
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// Runs blocking storage work (writes, fsyncs, compaction) without stalling
 /// the other tasks of a multi-threaded runtime; inline elsewhere.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -214,7 +225,10 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Sends a control message.
-async fn send_control(conn: &crate::Connection, msg: &wire::Control) -> Result<(), SessionError> {
+async fn send_control(
+    conn: &surelink::Connection,
+    msg: &wire::Control,
+) -> Result<(), SessionError> {
     conn.send_on(CONTROL_CHANNEL, msg.encode()).await?;
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The crash/restart scenarios of the parent module on the simulated
-//! network ([`crate::sim`]), on a paused tokio clock: hundreds of seeds by
+//! network ([`surelink::sim`]), on a paused tokio clock: hundreds of seeds by
 //! default, each with its own seeded loss, delay, jitter, reordering and
 //! duplication, and crashes of the sender, the receiver, both, or a power
 //! loss at seeded moments. Virtual time makes each run take milliseconds of

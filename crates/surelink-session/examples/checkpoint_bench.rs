@@ -4,7 +4,7 @@
 //! the CLI; see docs/CHECKPOINTS.md): where the time and CPU go.
 //!
 //! ```text
-//! cargo run --release -p surelink --example checkpoint_bench [-- MIB [RUNS]]
+//! cargo run --release -p surelink-session --example checkpoint_bench [-- MIB [RUNS]]
 //! ```
 //!
 //! On loopback, in one process:
@@ -31,11 +31,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
-use surelink::session::{
+use surelink::{Bytes, Endpoint, EndpointConfig};
+use surelink_session::{
     Durability, DurableReceiver, DurableSender, DurableSink, FileSink, MemStorage, Outgoing,
     ReceiverEvent, SessionError, SessionOptions, Storage,
 };
-use surelink::{Bytes, Endpoint, EndpointConfig};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
