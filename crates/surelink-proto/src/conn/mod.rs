@@ -78,6 +78,11 @@ use reassembly::{FragmentOutcome, Reassembly};
 use received::ReceivedPackets;
 use send_queue::SendQueue;
 
+/// A map keyed by channel number. Channels are looked up per message, on
+/// both ends, so the hasher is foldhash (fast on a `u64`, seeded per map)
+/// rather than SipHash.
+pub(crate) type ChannelMap<V> = std::collections::HashMap<u64, V, foldhash::fast::RandomState>;
+
 /// CLOSE codes (see docs/PROTOCOL.md).
 pub mod close_code {
     /// Graceful close: everything sent was delivered.
@@ -314,7 +319,7 @@ pub struct Connection {
     first_initial_us: Option<u64>,
     /// Handshake messages sent (an RTT sample is taken only from an unrepeated one).
     handshake_sends: u32,
-    channel_delivery: std::collections::HashMap<u64, Delivery>,
+    channel_delivery: ChannelMap<Delivery>,
     /// One-way latency of delivered messages, µs; made at the first one
     /// (about 180 KiB: a connection that never receives does not pay it).
     latency: Option<Histogram<u64>>,
@@ -389,7 +394,7 @@ impl Connection {
             provisional_offset_us: None,
             first_initial_us: None,
             handshake_sends: 0,
-            channel_delivery: std::collections::HashMap::new(),
+            channel_delivery: ChannelMap::default(),
             latency: None,
             fec_tx: fec_tx::FecSender::new(config.fec),
             fec_rx: fec_rx::FecReceiver::default(),

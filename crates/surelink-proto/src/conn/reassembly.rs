@@ -14,11 +14,16 @@
 //! complete. With a playout delay L, each message is released at `source + L`.
 //! Every message held is charged against the flow-control window; credit
 //! returns when the application takes it or when it is skipped.
+//!
+//! A message that arrives whole in one fragment, as the next one its channel
+//! expects, is released at once: no partial buffer, no byte-range set, no
+//! map entry (the common case for small messages in order).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 
+use super::ChannelMap;
 use crate::config::MESSAGE_CREDIT_OVERHEAD;
 use crate::range_set::RangeSet;
 use crate::wire::{Delivery, MsgFrame};
@@ -125,7 +130,7 @@ struct Channel {
 /// Per-connection reassembly and delivery state.
 #[derive(Debug)]
 pub struct Reassembly {
-    channels: HashMap<u64, Channel>,
+    channels: ChannelMap<Channel>,
     /// Released in order, waiting for their playout time.
     playout: VecDeque<Message>,
     ready: VecDeque<Message>,
@@ -151,7 +156,7 @@ impl Reassembly {
     /// an optional playout delay.
     pub fn new(window: u64, max_message: u64, playout_delay_us: Option<u64>) -> Self {
         Self {
-            channels: HashMap::new(),
+            channels: ChannelMap::default(),
             playout: VecDeque::new(),
             ready: VecDeque::new(),
             held: 0,
@@ -205,11 +210,11 @@ impl Reassembly {
         Some(m)
     }
 
-    fn release(&mut self, now_us: u64, channel: u64, seq: u64, data: Vec<u8>, source_us: u64) {
+    fn release(&mut self, now_us: u64, channel: u64, seq: u64, data: Bytes, source_us: u64) {
         let m = Message {
             channel,
             seq,
-            data: Bytes::from(data),
+            data,
             source_time_us: source_us,
             latency_us: now_us.saturating_sub(source_us),
         };
@@ -256,6 +261,38 @@ impl Reassembly {
         let ch = self.channels.entry(f.channel).or_default();
         if f.seq < ch.next_seq {
             return Ok(FragmentOutcome::Duplicate);
+        }
+        if f.seq == ch.next_seq
+            && f.offset == 0
+            && f.data.len() as u64 == f.msg_len
+            && ch
+                .pending
+                .first_key_value()
+                .is_none_or(|(&k, _)| k != f.seq)
+        {
+            // The whole message, next in order, and no part of it held.
+            if self.held + cost(f.msg_len) > self.window {
+                return Err(ReassemblyError::FlowControl);
+            }
+            self.held += cost(f.msg_len);
+            ch.next_seq += 1;
+            let more = !ch.pending.is_empty();
+            let late = match f.delivery {
+                Delivery::Deadline(d) => now_us > source_us.saturating_add(d),
+                _ => false,
+            };
+            if late {
+                self.late += 1;
+                self.note_skip(f.channel, f.seq, f.seq + 1);
+                self.drop_message(f.msg_len);
+            } else {
+                let data = Bytes::copy_from_slice(f.data);
+                self.release(now_us, f.channel, f.seq, data, source_us);
+            }
+            if more {
+                self.advance(f.channel, now_us);
+            }
+            return Ok(FragmentOutcome::New);
         }
         let partial = match ch.pending.get_mut(&f.seq) {
             Some(p) => {
@@ -342,7 +379,7 @@ impl Reassembly {
                 self.note_skip(channel, seq, seq + 1);
                 self.drop_message(p.buf.len() as u64);
             } else {
-                self.release(now_us, channel, seq, p.buf, p.source_us);
+                self.release(now_us, channel, seq, Bytes::from(p.buf), p.source_us);
             }
         }
     }
