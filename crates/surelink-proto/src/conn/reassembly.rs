@@ -537,6 +537,51 @@ mod tests {
     }
 
     #[test]
+    fn whole_messages_in_order_are_released_at_once_and_pull_the_held_ones() {
+        let mut r = Reassembly::new(3 * (5 + MESSAGE_CREDIT_OVERHEAD), 1 << 16, None);
+        // Seq 2 arrives first and is held; seq 0 whole, in order, goes at once.
+        r.on_fragment(&frag(0, 2, b"three", 0, 5), 0, 0).unwrap();
+        assert_eq!(
+            r.on_fragment(&frag(0, 0, b"one..", 0, 5), 0, 0),
+            Ok(FragmentOutcome::New)
+        );
+        assert_eq!(r.pop().unwrap().seq, 0);
+        assert!(r.pop().is_none(), "seq 2 waits for seq 1");
+        // Seq 1 whole releases itself and the held seq 2 behind it.
+        r.on_fragment(&frag(0, 1, b"two..", 0, 5), 0, 0).unwrap();
+        let seqs: Vec<u64> = std::iter::from_fn(|| r.pop()).map(|m| m.seq).collect();
+        assert_eq!(seqs, vec![1, 2]);
+        assert_eq!(
+            r.on_fragment(&frag(0, 1, b"two..", 0, 5), 0, 0),
+            Ok(FragmentOutcome::Duplicate)
+        );
+        // The whole-message path is charged against the window like any other.
+        for seq in 3..6 {
+            r.on_fragment(&frag(0, seq, b"more.", 0, 5), 0, 0).unwrap();
+        }
+        assert_eq!(
+            r.on_fragment(&frag(0, 6, b"over.", 0, 5), 0, 0),
+            Err(ReassemblyError::FlowControl)
+        );
+        // A whole deadline message that is already late is dropped, not released.
+        let mut r = Reassembly::new(1 << 20, 1 << 16, None);
+        r.on_fragment(&deadline(0, b"late", 100), 0, 101).unwrap();
+        assert!(r.pop().is_none());
+        assert_eq!(r.late(), 1);
+        assert_eq!(
+            r.take_skips(),
+            vec![SkippedRange {
+                channel: 0,
+                from: 0,
+                to: 1
+            }]
+        );
+        r.on_fragment(&deadline(1, b"in time", 100), 0, 100)
+            .unwrap();
+        assert_eq!(r.pop().unwrap().data, &b"in time"[..]);
+    }
+
+    #[test]
     fn flow_control_and_limits() {
         let mut r = Reassembly::new(100 + 2 * MESSAGE_CREDIT_OVERHEAD, 80, None);
         let big = [1u8; 90];

@@ -98,12 +98,7 @@ impl Connection {
             for frag in outcome.spurious.iter().flat_map(|s| &s.fragments) {
                 self.send_queue.on_acked(frag);
             }
-            let frames: Vec<SentFrame> = outcome
-                .acked
-                .into_iter()
-                .flat_map(|(_, pkt)| pkt.frames)
-                .collect();
-            for f in frames {
+            for f in outcome.acked.into_iter().flat_map(|(_, pkt)| pkt.frames) {
                 match f {
                     SentFrame::Msg(frag) => self.send_queue.on_acked(&frag),
                     SentFrame::Skip { .. } => self.send_queue.on_skip_acked(),

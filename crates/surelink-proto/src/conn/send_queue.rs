@@ -543,6 +543,10 @@ impl SendQueue {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
     use super::*;
 
     fn push(q: &mut SendQueue, ch: u64, data: Bytes) -> u64 {
@@ -759,5 +763,129 @@ mod tests {
         q.begin_packet();
         let again = q.next_fragment(100, u64::MAX, 30_000, 10_000).unwrap();
         assert_eq!((again.seq, again.copy), (1, false));
+    }
+
+    fn unacked(data: &'static [u8]) -> Unacked {
+        Unacked {
+            acked: RangeSet::new(),
+            data: Bytes::from_static(data),
+            timestamp_us: 0,
+            delivery: Delivery::Reliable,
+        }
+    }
+
+    #[test]
+    fn channel_queue_indexes_by_sequence_and_drops_the_acknowledged_front() {
+        let mut ch = ChannelQueue::default();
+        for data in [&b"a"[..], b"b", b"c"] {
+            ch.messages.push_back(Some(unacked(data)));
+        }
+        assert_eq!(ch.next_seq(), 3);
+        assert_eq!(&ch.get(1).unwrap().data[..], b"b");
+        assert!(ch.get(3).is_none());
+        // Out of order: the middle one leaves a hole, the front stays.
+        assert!(ch.remove(1).is_some());
+        assert!(ch.remove(1).is_none(), "removed once");
+        assert_eq!((ch.base, ch.messages.len()), (0, 3));
+        // The front goes, and the hole behind it with it.
+        assert!(ch.remove(0).is_some());
+        assert_eq!((ch.base, ch.messages.len()), (2, 1));
+        assert!(ch.get(0).is_none() && ch.get(1).is_none());
+        assert_eq!(&ch.get(2).unwrap().data[..], b"c");
+        assert!(ch.remove(2).is_some());
+        assert_eq!((ch.base, ch.next_seq()), (3, 3));
+        ch.messages.push_back(Some(unacked(b"d")));
+        assert_eq!(&ch.get(3).unwrap().data[..], b"d");
+    }
+
+    /// What the queue is asked to do in the property test below.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push { channel: u64, len: usize },
+        Send { space: usize },
+        Ack(usize),
+        Lose(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u64..3, 0usize..40).prop_map(|(channel, len)| Op::Push { channel, len }),
+            (8usize..80).prop_map(|space| Op::Send { space }),
+            any::<usize>().prop_map(Op::Ack),
+            any::<usize>().prop_map(Op::Lose),
+        ]
+    }
+
+    proptest! {
+        /// Whatever is acknowledged or lost in whatever order, the queue's
+        /// byte count matches a byte-by-byte model, sequence numbers count up
+        /// per channel, and once every packet is acknowledged every message
+        /// was acknowledged exactly once.
+        #[test]
+        fn every_message_is_acknowledged_once_whatever_the_fate_of_packets(
+            ops in proptest::collection::vec(op(), 1..200)
+        ) {
+            let mut q = SendQueue::default();
+            // (channel, seq) -> which bytes were acknowledged.
+            let mut model: HashMap<(u64, u64), Vec<bool>> = HashMap::new();
+            let mut next_seq: HashMap<u64, u64> = HashMap::new();
+            let mut in_flight: Vec<Fragment> = Vec::new();
+            let ack = |model: &mut HashMap<(u64, u64), Vec<bool>>, f: &Fragment| {
+                let bytes = model.get_mut(&(f.channel, f.seq)).expect("sent message");
+                for b in &mut bytes[f.offset as usize..f.offset as usize + f.data.len()] {
+                    *b = true;
+                }
+            };
+            for op in ops {
+                match op {
+                    Op::Push { channel, len } => {
+                        let seq = q.push(channel, Bytes::from(vec![7; len]), 0, Delivery::Reliable);
+                        let expected = next_seq.entry(channel).or_insert(0);
+                        prop_assert_eq!(seq, *expected);
+                        *expected += 1;
+                        model.insert((channel, seq), vec![false; len]);
+                    }
+                    Op::Send { space } => {
+                        q.begin_packet();
+                        while let Some(f) = next(&mut q, space) {
+                            in_flight.push(f);
+                        }
+                    }
+                    Op::Ack(i) if !in_flight.is_empty() => {
+                        let f = in_flight.swap_remove(i % in_flight.len());
+                        q.on_acked(&f);
+                        ack(&mut model, &f);
+                    }
+                    Op::Lose(i) if !in_flight.is_empty() => {
+                        let f = in_flight.swap_remove(i % in_flight.len());
+                        q.on_lost(f);
+                    }
+                    Op::Ack(_) | Op::Lose(_) => {}
+                }
+                let unacked: u64 = model
+                    .values()
+                    .map(|b| b.iter().filter(|&&x| !x).count() as u64)
+                    .sum();
+                prop_assert_eq!(q.buffered(), unacked);
+            }
+            // Deliver everything: every packet from now on is acknowledged.
+            for _ in 0..10_000 {
+                for f in in_flight.drain(..) {
+                    q.on_acked(&f);
+                    ack(&mut model, &f);
+                }
+                q.begin_packet();
+                while let Some(f) = next(&mut q, 64) {
+                    in_flight.push(f);
+                }
+                if in_flight.is_empty() {
+                    break;
+                }
+            }
+            prop_assert!(q.is_empty());
+            prop_assert_eq!(q.buffered(), 0);
+            prop_assert_eq!(q.messages_acked(), model.len() as u64);
+            prop_assert!(model.values().all(|b| b.iter().all(|&x| x)));
+        }
     }
 }
