@@ -302,6 +302,9 @@ pub struct Connection {
     retry_token: Option<Vec<u8>>,
     protection: Protection,
     scratch: Vec<u8>,
+    /// Emptied frame lists of acknowledged packets, reused for new packets
+    /// (a data packet of small messages lists dozens of frames).
+    spare_frame_lists: Vec<Vec<sent::SentFrame>>,
     validated: bool,
     amp_received: u64,
     amp_sent: u64,
@@ -376,6 +379,7 @@ impl Connection {
             last_handshake_sent: None,
             retry_token: None,
             scratch: Vec::new(),
+            spare_frame_lists: Vec::new(),
             validated: side == Side::Client,
             amp_received: 0,
             amp_sent: 0,
@@ -595,6 +599,38 @@ impl Connection {
     /// `now` is the message's source time (its one-way latency and deadline
     /// count from it).
     pub fn send(&mut self, now: Instant, channel: u64, data: Bytes) -> Result<u64, SendError> {
+        self.check_send(data.len())?;
+        Ok(self.queue_message(now, channel, data))
+    }
+
+    /// Queues messages from the front of `messages` on `channel`, as `send`
+    /// would one at a time, until `messages` runs out or one cannot be
+    /// queued: that one stays at the front of `messages`, and its error is
+    /// returned with the number queued before it. No message is copied or
+    /// cloned on the way in.
+    pub fn send_many<I>(
+        &mut self,
+        now: Instant,
+        channel: u64,
+        messages: &mut std::iter::Peekable<I>,
+    ) -> (usize, Result<(), SendError>)
+    where
+        I: Iterator<Item = Bytes>,
+    {
+        let mut queued = 0;
+        while let Some(data) = messages.peek() {
+            if let Err(e) = self.check_send(data.len()) {
+                return (queued, Err(e));
+            }
+            let data = messages.next().expect("peeked");
+            self.queue_message(now, channel, data);
+            queued += 1;
+        }
+        (queued, Ok(()))
+    }
+
+    /// Why a message of `len` bytes cannot be queued now, if it cannot.
+    fn check_send(&self, len: usize) -> Result<(), SendError> {
         if self.is_closed() {
             return Err(SendError::Closed);
         }
@@ -602,16 +638,18 @@ impl Connection {
             return Err(SendError::Closing);
         }
         let max = self.max_message();
-        if data.len() > max {
-            return Err(SendError::TooLarge {
-                size: data.len(),
-                max,
-            });
+        if len > max {
+            return Err(SendError::TooLarge { size: len, max });
         }
         let buffered = self.send_queue.buffered();
-        if buffered > 0 && buffered + data.len() as u64 > self.config.send_buffer as u64 {
+        if buffered > 0 && buffered + len as u64 > self.config.send_buffer as u64 {
             return Err(SendError::Blocked);
         }
+        Ok(())
+    }
+
+    /// Queues a message that `check_send` accepted; returns its sequence number.
+    fn queue_message(&mut self, now: Instant, channel: u64, data: Bytes) -> u64 {
         self.stats.messages_sent += 1;
         self.stats.payload_bytes_sent += data.len() as u64;
         for p in self.paths.iter_mut() {
@@ -622,9 +660,8 @@ impl Connection {
             .get(&channel)
             .copied()
             .unwrap_or_default();
-        Ok(self
-            .send_queue
-            .push(channel, data, self.micros(now), delivery))
+        self.send_queue
+            .push(channel, data, self.micros(now), delivery)
     }
 
     /// Bytes the application can still queue before `send` returns `Blocked`.
