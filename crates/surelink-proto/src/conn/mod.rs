@@ -305,6 +305,9 @@ pub struct Connection {
     /// Emptied frame lists of acknowledged packets, reused for new packets
     /// (a data packet of small messages lists dozens of frames).
     spare_frame_lists: Vec<Vec<sent::SentFrame>>,
+    /// Frames in the last packet built: the size of a new frame list when
+    /// no spare one is left.
+    last_frame_count: usize,
     validated: bool,
     amp_received: u64,
     amp_sent: u64,
@@ -380,6 +383,7 @@ impl Connection {
             retry_token: None,
             scratch: Vec::new(),
             spare_frame_lists: Vec::new(),
+            last_frame_count: 0,
             validated: side == Side::Client,
             amp_received: 0,
             amp_sent: 0,
