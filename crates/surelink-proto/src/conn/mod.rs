@@ -305,6 +305,10 @@ pub struct Connection {
     /// Emptied frame lists of acknowledged packets, reused for new packets
     /// (a data packet of small messages lists dozens of frames).
     spare_frame_lists: Vec<Vec<sent::SentFrame>>,
+    /// The payload of the data packet being processed, when it carries
+    /// message frames: a message that arrives whole is delivered as a slice
+    /// of it, without a copy or an allocation of its own.
+    packet: Bytes,
     /// Frames in the last packet built: the size of a new frame list when
     /// no spare one is left.
     last_frame_count: usize,
@@ -383,6 +387,7 @@ impl Connection {
             retry_token: None,
             scratch: Vec::new(),
             spare_frame_lists: Vec::new(),
+            packet: Bytes::new(),
             last_frame_count: 0,
             validated: side == Side::Client,
             amp_received: 0,
@@ -835,7 +840,9 @@ impl Connection {
     ) {
         // Validate every frame before acting on any.
         let mut ack_eliciting = false;
+        let mut has_msg = false;
         for f in FrameIter::new(payload) {
+            has_msg |= matches!(f, Ok(Frame::Msg(_)));
             match f {
                 Ok(
                     Frame::Connect(_)
@@ -890,6 +897,15 @@ impl Connection {
             return;
         }
         let mut carries_data = false;
+        // Message frames are read from a shared copy of the payload, which
+        // the messages delivered whole then point into.
+        let packet = if has_msg {
+            Bytes::copy_from_slice(payload)
+        } else {
+            Bytes::new()
+        };
+        self.packet = packet.clone();
+        let payload = if has_msg { &packet[..] } else { payload };
         for f in FrameIter::new(payload).flatten() {
             carries_data |= matches!(f, Frame::Msg(_) | Frame::FecSource { .. });
             if let Frame::FecSource { seq, frames } = f {
@@ -898,9 +914,11 @@ impl Connection {
                 self.handle_frame(now, path, f);
             }
             if self.lifecycle.is_closed() {
+                self.packet = Bytes::new();
                 return;
             }
         }
+        self.packet = Bytes::new();
         if carries_data
             && self.paths.is_newest_data(header.pn)
             && path != self.paths.active
@@ -969,7 +987,12 @@ impl Connection {
         let peer_origin = self.peer_params.map_or(0, |p| p.clock_origin_us);
         let source = self.peer_to_local(now, peer_origin.saturating_add(m.timestamp_us));
         let now_us = self.clock_us(now);
-        match self.reassembly.on_fragment(m, source, now_us) {
+        // The data as a slice of the packet, when it lies in it (a message
+        // rebuilt by FEC does not).
+        let (start, end) = (self.packet.as_ptr() as usize, m.data.as_ptr() as usize);
+        let in_packet = end >= start && end + m.data.len() <= start + self.packet.len();
+        let shared = in_packet.then_some(&self.packet);
+        match self.reassembly.on_fragment(m, source, now_us, shared) {
             Ok(FragmentOutcome::New) => {}
             Ok(FragmentOutcome::Duplicate) => self.stats.duplicate_fragments += 1,
             Err(e) => {
