@@ -131,22 +131,15 @@ impl Connection {
             let done = self
                 .inner
                 .wait_for(Err(SendError::EndpointClosed), DriverWake::Always, |cs| {
-                    let before = queued;
-                    while let Some(data) = messages.peek() {
-                        match cs.conn.send(source_time, channel, data.clone()) {
-                            Ok(_) => {
-                                messages.next();
-                                queued += 1;
-                            }
-                            // Hand over what was queued (the driver sends it,
-                            // acknowledgements make room), then wait.
-                            Err(surelink_proto::SendError::Blocked) => {
-                                return (queued > before).then_some(Ok(false));
-                            }
-                            Err(e) => return Some(Err(send_error(cs, e))),
-                        }
+                    let (n, result) = cs.conn.send_many(source_time, channel, &mut messages);
+                    queued += n;
+                    match result {
+                        Ok(()) => Some(Ok(true)),
+                        // Hand over what was queued (the driver sends it,
+                        // acknowledgements make room), then wait.
+                        Err(surelink_proto::SendError::Blocked) => (n > 0).then_some(Ok(false)),
+                        Err(e) => Some(Err(send_error(cs, e))),
                     }
-                    Some(Ok(true))
                 })
                 .await?;
             if done {

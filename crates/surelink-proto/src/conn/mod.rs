@@ -78,6 +78,11 @@ use reassembly::{FragmentOutcome, Reassembly};
 use received::ReceivedPackets;
 use send_queue::SendQueue;
 
+/// A map keyed by channel number. Channels are looked up per message, on
+/// both ends, so the hasher is foldhash (fast on a `u64`, seeded per map)
+/// rather than SipHash.
+pub(crate) type ChannelMap<V> = std::collections::HashMap<u64, V, foldhash::fast::RandomState>;
+
 /// CLOSE codes (see docs/PROTOCOL.md).
 pub mod close_code {
     /// Graceful close: everything sent was delivered.
@@ -297,6 +302,16 @@ pub struct Connection {
     retry_token: Option<Vec<u8>>,
     protection: Protection,
     scratch: Vec<u8>,
+    /// Emptied frame lists of acknowledged packets, reused for new packets
+    /// (a data packet of small messages lists dozens of frames).
+    spare_frame_lists: Vec<Vec<sent::SentFrame>>,
+    /// The payload of the data packet being processed, when it carries
+    /// message frames: a message that arrives whole is delivered as a slice
+    /// of it, without a copy or an allocation of its own.
+    packet: Bytes,
+    /// Frames in the last packet built: the size of a new frame list when
+    /// no spare one is left.
+    last_frame_count: usize,
     validated: bool,
     amp_received: u64,
     amp_sent: u64,
@@ -314,7 +329,7 @@ pub struct Connection {
     first_initial_us: Option<u64>,
     /// Handshake messages sent (an RTT sample is taken only from an unrepeated one).
     handshake_sends: u32,
-    channel_delivery: std::collections::HashMap<u64, Delivery>,
+    channel_delivery: ChannelMap<Delivery>,
     /// One-way latency of delivered messages, µs; made at the first one
     /// (about 180 KiB: a connection that never receives does not pay it).
     latency: Option<Histogram<u64>>,
@@ -371,6 +386,9 @@ impl Connection {
             last_handshake_sent: None,
             retry_token: None,
             scratch: Vec::new(),
+            spare_frame_lists: Vec::new(),
+            packet: Bytes::new(),
+            last_frame_count: 0,
             validated: side == Side::Client,
             amp_received: 0,
             amp_sent: 0,
@@ -389,7 +407,7 @@ impl Connection {
             provisional_offset_us: None,
             first_initial_us: None,
             handshake_sends: 0,
-            channel_delivery: std::collections::HashMap::new(),
+            channel_delivery: ChannelMap::default(),
             latency: None,
             fec_tx: fec_tx::FecSender::new(config.fec),
             fec_rx: fec_rx::FecReceiver::default(),
@@ -590,6 +608,38 @@ impl Connection {
     /// `now` is the message's source time (its one-way latency and deadline
     /// count from it).
     pub fn send(&mut self, now: Instant, channel: u64, data: Bytes) -> Result<u64, SendError> {
+        self.check_send(data.len())?;
+        Ok(self.queue_message(now, channel, data))
+    }
+
+    /// Queues messages from the front of `messages` on `channel`, as `send`
+    /// would one at a time, until `messages` runs out or one cannot be
+    /// queued: that one stays at the front of `messages`, and its error is
+    /// returned with the number queued before it. No message is copied or
+    /// cloned on the way in.
+    pub fn send_many<I>(
+        &mut self,
+        now: Instant,
+        channel: u64,
+        messages: &mut std::iter::Peekable<I>,
+    ) -> (usize, Result<(), SendError>)
+    where
+        I: Iterator<Item = Bytes>,
+    {
+        let mut queued = 0;
+        while let Some(data) = messages.peek() {
+            if let Err(e) = self.check_send(data.len()) {
+                return (queued, Err(e));
+            }
+            let data = messages.next().expect("peeked");
+            self.queue_message(now, channel, data);
+            queued += 1;
+        }
+        (queued, Ok(()))
+    }
+
+    /// Why a message of `len` bytes cannot be queued now, if it cannot.
+    fn check_send(&self, len: usize) -> Result<(), SendError> {
         if self.is_closed() {
             return Err(SendError::Closed);
         }
@@ -597,16 +647,18 @@ impl Connection {
             return Err(SendError::Closing);
         }
         let max = self.max_message();
-        if data.len() > max {
-            return Err(SendError::TooLarge {
-                size: data.len(),
-                max,
-            });
+        if len > max {
+            return Err(SendError::TooLarge { size: len, max });
         }
         let buffered = self.send_queue.buffered();
-        if buffered > 0 && buffered + data.len() as u64 > self.config.send_buffer as u64 {
+        if buffered > 0 && buffered + len as u64 > self.config.send_buffer as u64 {
             return Err(SendError::Blocked);
         }
+        Ok(())
+    }
+
+    /// Queues a message that `check_send` accepted; returns its sequence number.
+    fn queue_message(&mut self, now: Instant, channel: u64, data: Bytes) -> u64 {
         self.stats.messages_sent += 1;
         self.stats.payload_bytes_sent += data.len() as u64;
         for p in self.paths.iter_mut() {
@@ -617,9 +669,8 @@ impl Connection {
             .get(&channel)
             .copied()
             .unwrap_or_default();
-        Ok(self
-            .send_queue
-            .push(channel, data, self.micros(now), delivery))
+        self.send_queue
+            .push(channel, data, self.micros(now), delivery)
     }
 
     /// Bytes the application can still queue before `send` returns `Blocked`.
@@ -789,7 +840,9 @@ impl Connection {
     ) {
         // Validate every frame before acting on any.
         let mut ack_eliciting = false;
+        let mut has_msg = false;
         for f in FrameIter::new(payload) {
+            has_msg |= matches!(f, Ok(Frame::Msg(_)));
             match f {
                 Ok(
                     Frame::Connect(_)
@@ -844,6 +897,15 @@ impl Connection {
             return;
         }
         let mut carries_data = false;
+        // Message frames are read from a shared copy of the payload, which
+        // the messages delivered whole then point into.
+        let packet = if has_msg {
+            Bytes::copy_from_slice(payload)
+        } else {
+            Bytes::new()
+        };
+        self.packet = packet.clone();
+        let payload = if has_msg { &packet[..] } else { payload };
         for f in FrameIter::new(payload).flatten() {
             carries_data |= matches!(f, Frame::Msg(_) | Frame::FecSource { .. });
             if let Frame::FecSource { seq, frames } = f {
@@ -852,9 +914,11 @@ impl Connection {
                 self.handle_frame(now, path, f);
             }
             if self.lifecycle.is_closed() {
+                self.packet = Bytes::new();
                 return;
             }
         }
+        self.packet = Bytes::new();
         if carries_data
             && self.paths.is_newest_data(header.pn)
             && path != self.paths.active
@@ -923,7 +987,12 @@ impl Connection {
         let peer_origin = self.peer_params.map_or(0, |p| p.clock_origin_us);
         let source = self.peer_to_local(now, peer_origin.saturating_add(m.timestamp_us));
         let now_us = self.clock_us(now);
-        match self.reassembly.on_fragment(m, source, now_us) {
+        // The data as a slice of the packet, when it lies in it (a message
+        // rebuilt by FEC does not).
+        let (start, end) = (self.packet.as_ptr() as usize, m.data.as_ptr() as usize);
+        let in_packet = end >= start && end + m.data.len() <= start + self.packet.len();
+        let shared = in_packet.then_some(&self.packet);
+        match self.reassembly.on_fragment(m, source, now_us, shared) {
             Ok(FragmentOutcome::New) => {}
             Ok(FragmentOutcome::Duplicate) => self.stats.duplicate_fragments += 1,
             Err(e) => {

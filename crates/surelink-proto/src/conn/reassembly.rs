@@ -14,11 +14,19 @@
 //! complete. With a playout delay L, each message is released at `source + L`.
 //! Every message held is charged against the flow-control window; credit
 //! returns when the application takes it or when it is skipped.
+//!
+//! A message that arrives whole in one fragment, as the next one its channel
+//! expects, is released at once: no partial buffer, no byte-range set, no
+//! map entry (the common case for small messages in order). Given the
+//! packet it came in as shared bytes, such a message is a slice of it: no
+//! copy, no allocation, and the packet's buffer lives as long as one of its
+//! messages does.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 
+use super::ChannelMap;
 use crate::config::MESSAGE_CREDIT_OVERHEAD;
 use crate::range_set::RangeSet;
 use crate::wire::{Delivery, MsgFrame};
@@ -125,7 +133,7 @@ struct Channel {
 /// Per-connection reassembly and delivery state.
 #[derive(Debug)]
 pub struct Reassembly {
-    channels: HashMap<u64, Channel>,
+    channels: ChannelMap<Channel>,
     /// Released in order, waiting for their playout time.
     playout: VecDeque<Message>,
     ready: VecDeque<Message>,
@@ -151,7 +159,7 @@ impl Reassembly {
     /// an optional playout delay.
     pub fn new(window: u64, max_message: u64, playout_delay_us: Option<u64>) -> Self {
         Self {
-            channels: HashMap::new(),
+            channels: ChannelMap::default(),
             playout: VecDeque::new(),
             ready: VecDeque::new(),
             held: 0,
@@ -205,11 +213,11 @@ impl Reassembly {
         Some(m)
     }
 
-    fn release(&mut self, now_us: u64, channel: u64, seq: u64, data: Vec<u8>, source_us: u64) {
+    fn release(&mut self, now_us: u64, channel: u64, seq: u64, data: Bytes, source_us: u64) {
         let m = Message {
             channel,
             seq,
-            data: Bytes::from(data),
+            data,
             source_time_us: source_us,
             latency_us: now_us.saturating_sub(source_us),
         };
@@ -240,12 +248,15 @@ impl Reassembly {
     }
 
     /// Handles one fragment whose message was sent at `source_us` (our clock),
-    /// arriving at `now_us`.
+    /// arriving at `now_us`. If given, `packet` holds the fragment's data: a
+    /// message that arrives whole is then released as a slice of it instead
+    /// of a copy.
     pub fn on_fragment(
         &mut self,
         f: &MsgFrame<'_>,
         source_us: u64,
         now_us: u64,
+        packet: Option<&Bytes>,
     ) -> Result<FragmentOutcome, ReassemblyError> {
         if f.msg_len > self.max_message {
             return Err(ReassemblyError::TooLarge(f.msg_len));
@@ -256,6 +267,41 @@ impl Reassembly {
         let ch = self.channels.entry(f.channel).or_default();
         if f.seq < ch.next_seq {
             return Ok(FragmentOutcome::Duplicate);
+        }
+        if f.seq == ch.next_seq
+            && f.offset == 0
+            && f.data.len() as u64 == f.msg_len
+            && ch
+                .pending
+                .first_key_value()
+                .is_none_or(|(&k, _)| k != f.seq)
+        {
+            // The whole message, next in order, and no part of it held.
+            if self.held + cost(f.msg_len) > self.window {
+                return Err(ReassemblyError::FlowControl);
+            }
+            self.held += cost(f.msg_len);
+            ch.next_seq += 1;
+            let more = !ch.pending.is_empty();
+            let late = match f.delivery {
+                Delivery::Deadline(d) => now_us > source_us.saturating_add(d),
+                _ => false,
+            };
+            if late {
+                self.late += 1;
+                self.note_skip(f.channel, f.seq, f.seq + 1);
+                self.drop_message(f.msg_len);
+            } else {
+                let data = match packet {
+                    Some(p) => p.slice_ref(f.data),
+                    None => Bytes::copy_from_slice(f.data),
+                };
+                self.release(now_us, f.channel, f.seq, data, source_us);
+            }
+            if more {
+                self.advance(f.channel, now_us);
+            }
+            return Ok(FragmentOutcome::New);
         }
         let partial = match ch.pending.get_mut(&f.seq) {
             Some(p) => {
@@ -342,7 +388,7 @@ impl Reassembly {
                 self.note_skip(channel, seq, seq + 1);
                 self.drop_message(p.buf.len() as u64);
             } else {
-                self.release(now_us, channel, seq, p.buf, p.source_us);
+                self.release(now_us, channel, seq, Bytes::from(p.buf), p.source_us);
             }
         }
     }
@@ -468,35 +514,103 @@ mod tests {
         let m0 = b"hello world";
         let m1 = b"second";
         assert_eq!(
-            r.on_fragment(&frag(0, 1, m1, 0, 6), 0, 0),
+            r.on_fragment(&frag(0, 1, m1, 0, 6), 0, 0, None),
             Ok(FragmentOutcome::New)
         );
         assert_eq!(
-            r.on_fragment(&frag(0, 0, m0, 6, 5), 0, 0),
+            r.on_fragment(&frag(0, 0, m0, 6, 5), 0, 0, None),
             Ok(FragmentOutcome::New)
         );
         assert!(!r.has_ready());
         assert_eq!(
-            r.on_fragment(&frag(0, 0, m0, 6, 5), 0, 0),
+            r.on_fragment(&frag(0, 0, m0, 6, 5), 0, 0, None),
             Ok(FragmentOutcome::Duplicate)
         );
         assert_eq!(
-            r.on_fragment(&frag(0, 0, m0, 0, 6), 0, 0),
+            r.on_fragment(&frag(0, 0, m0, 0, 6), 0, 0, None),
             Ok(FragmentOutcome::New)
         );
         assert_eq!(r.pop().unwrap().data, &m0[..]);
         assert_eq!(r.pop().unwrap().data, &m1[..]);
         assert!(r.pop().is_none());
         assert_eq!(
-            r.on_fragment(&frag(0, 1, m1, 0, 6), 0, 0),
+            r.on_fragment(&frag(0, 1, m1, 0, 6), 0, 0, None),
             Ok(FragmentOutcome::Duplicate)
         );
         // Channels are independent.
         assert_eq!(
-            r.on_fragment(&frag(9, 0, b"", 0, 0), 0, 0),
+            r.on_fragment(&frag(9, 0, b"", 0, 0), 0, 0, None),
             Ok(FragmentOutcome::New)
         );
         assert_eq!(r.pop().unwrap().channel, 9);
+    }
+
+    #[test]
+    fn whole_messages_in_order_are_released_at_once_and_pull_the_held_ones() {
+        let mut r = Reassembly::new(3 * (5 + MESSAGE_CREDIT_OVERHEAD), 1 << 16, None);
+        // Seq 2 arrives first and is held; seq 0 whole, in order, goes at once.
+        r.on_fragment(&frag(0, 2, b"three", 0, 5), 0, 0, None)
+            .unwrap();
+        assert_eq!(
+            r.on_fragment(&frag(0, 0, b"one..", 0, 5), 0, 0, None),
+            Ok(FragmentOutcome::New)
+        );
+        assert_eq!(r.pop().unwrap().seq, 0);
+        assert!(r.pop().is_none(), "seq 2 waits for seq 1");
+        // Seq 1 whole releases itself and the held seq 2 behind it.
+        r.on_fragment(&frag(0, 1, b"two..", 0, 5), 0, 0, None)
+            .unwrap();
+        let seqs: Vec<u64> = std::iter::from_fn(|| r.pop()).map(|m| m.seq).collect();
+        assert_eq!(seqs, vec![1, 2]);
+        assert_eq!(
+            r.on_fragment(&frag(0, 1, b"two..", 0, 5), 0, 0, None),
+            Ok(FragmentOutcome::Duplicate)
+        );
+        // The whole-message path is charged against the window like any other.
+        for seq in 3..6 {
+            r.on_fragment(&frag(0, seq, b"more.", 0, 5), 0, 0, None)
+                .unwrap();
+        }
+        assert_eq!(
+            r.on_fragment(&frag(0, 6, b"over.", 0, 5), 0, 0, None),
+            Err(ReassemblyError::FlowControl)
+        );
+        // A whole deadline message that is already late is dropped, not released.
+        let mut r = Reassembly::new(1 << 20, 1 << 16, None);
+        r.on_fragment(&deadline(0, b"late", 100), 0, 101, None)
+            .unwrap();
+        assert!(r.pop().is_none());
+        assert_eq!(r.late(), 1);
+        assert_eq!(
+            r.take_skips(),
+            vec![SkippedRange {
+                channel: 0,
+                from: 0,
+                to: 1
+            }]
+        );
+        r.on_fragment(&deadline(1, b"in time", 100), 0, 100, None)
+            .unwrap();
+        assert_eq!(r.pop().unwrap().data, &b"in time"[..]);
+    }
+
+    #[test]
+    fn a_whole_message_given_its_packet_is_a_slice_of_it_a_partial_one_a_copy() {
+        let packet = Bytes::from_static(b"..first..second-part");
+        let mut r = Reassembly::new(1 << 20, 1 << 16, None);
+        r.on_fragment(&frag(0, 0, &packet[2..7], 0, 5), 0, 0, Some(&packet))
+            .unwrap();
+        let m = r.pop().unwrap();
+        assert_eq!(m.data, &b"first"[..]);
+        assert_eq!(m.data.as_ptr(), packet[2..].as_ptr(), "no copy");
+        // Only part of seq 1 in this packet: it is held in a buffer of its own.
+        let msg = b"second-part-and-more";
+        r.on_fragment(&frag(0, 1, msg, 0, 11), 0, 0, Some(&packet))
+            .unwrap();
+        r.on_fragment(&frag(0, 1, msg, 11, 9), 0, 0, None).unwrap();
+        let m = r.pop().unwrap();
+        assert_eq!(m.data, &msg[..]);
+        assert_ne!(m.data.as_ptr(), packet[9..].as_ptr());
     }
 
     #[test]
@@ -504,22 +618,23 @@ mod tests {
         let mut r = Reassembly::new(100 + 2 * MESSAGE_CREDIT_OVERHEAD, 80, None);
         let big = [1u8; 90];
         assert_eq!(
-            r.on_fragment(&frag(0, 0, &big, 0, 10), 0, 0),
+            r.on_fragment(&frag(0, 0, &big, 0, 10), 0, 0, None),
             Err(ReassemblyError::TooLarge(90))
         );
         let m = [2u8; 60];
-        r.on_fragment(&frag(0, 1, &m, 0, 10), 0, 0).unwrap();
+        r.on_fragment(&frag(0, 1, &m, 0, 10), 0, 0, None).unwrap();
         assert_eq!(
-            r.on_fragment(&frag(0, 2, &m, 0, 10), 0, 0),
+            r.on_fragment(&frag(0, 2, &m, 0, 10), 0, 0, None),
             Err(ReassemblyError::FlowControl)
         );
         let other = [3u8; 61];
         assert_eq!(
-            r.on_fragment(&frag(0, 1, &other, 0, 10), 0, 0),
+            r.on_fragment(&frag(0, 1, &other, 0, 10), 0, 0, None),
             Err(ReassemblyError::LengthMismatch)
         );
         let before = r.max_data();
-        r.on_fragment(&frag(0, 0, &m[..30], 0, 30), 0, 0).unwrap();
+        r.on_fragment(&frag(0, 0, &m[..30], 0, 30), 0, 0, None)
+            .unwrap();
         r.pop().unwrap();
         assert_eq!(r.max_data(), before + 30 + MESSAGE_CREDIT_OVERHEAD);
     }
@@ -528,7 +643,7 @@ mod tests {
     fn deadline_gap_is_skipped_in_time_and_late_messages_dropped() {
         let mut r = Reassembly::new(1 << 20, 1 << 16, None);
         // seq 0 missing; seq 1 sent at 1000 with deadline 800 arrives at 1100.
-        r.on_fragment(&deadline(1, b"one", 800), 1000, 1100)
+        r.on_fragment(&deadline(1, b"one", 800), 1000, 1100, None)
             .unwrap();
         assert!(!r.has_ready());
         let wake = r.next_wake().unwrap();
@@ -548,10 +663,10 @@ mod tests {
         );
         // seq 0 arriving now is a duplicate; seq 2 arriving after its deadline is dropped.
         assert_eq!(
-            r.on_fragment(&deadline(0, b"zero", 800), 900, 1800),
+            r.on_fragment(&deadline(0, b"zero", 800), 900, 1800, None),
             Ok(FragmentOutcome::Duplicate)
         );
-        r.on_fragment(&deadline(2, b"two", 800), 1000, 1801)
+        r.on_fragment(&deadline(2, b"two", 800), 1000, 1801, None)
             .unwrap();
         assert!(r.pop().is_none());
         assert_eq!((r.skipped(), r.late()), (2, 1));
@@ -572,9 +687,10 @@ mod tests {
             },
             1000,
             1100,
+            None,
         )
         .unwrap();
-        r.on_fragment(&deadline(1, b"one", 35_000), 1000, 1100)
+        r.on_fragment(&deadline(1, b"one", 35_000), 1000, 1100, None)
             .unwrap();
         // Not at the head's own deadline (seq 1 would be late by then), but
         // the margin before seq 1's.
@@ -589,7 +705,7 @@ mod tests {
     #[test]
     fn sender_skip_unblocks_a_reliable_wait() {
         let mut r = Reassembly::new(1 << 20, 1 << 16, None);
-        r.on_fragment(&deadline(3, b"three", 10_000), 0, 10)
+        r.on_fragment(&deadline(3, b"three", 10_000), 0, 10, None)
             .unwrap();
         r.on_skip(0, 3, 20);
         assert_eq!(r.pop().unwrap().seq, 3);
@@ -603,7 +719,7 @@ mod tests {
             delivery: Delivery::Unreliable,
             ..frag(0, 2, b"x", 0, 1)
         };
-        r.on_fragment(&m, 1000, 1050).unwrap();
+        r.on_fragment(&m, 1000, 1050, None).unwrap();
         r.poll(1050);
         assert!(r.pop().is_none(), "held for playout");
         assert_eq!(r.next_wake(), Some(1500));

@@ -26,6 +26,9 @@ use super::{close_code, Connection};
 /// How long declared losses are remembered, in probe timeouts.
 const LOSS_MEMORY_PTOS: u32 = 4;
 
+/// Most emptied frame lists kept for reuse.
+const SPARE_FRAME_LISTS: usize = 64;
+
 impl Connection {
     /// Applies an ACK frame that arrived on `path` to every path's packets.
     pub(super) fn on_ack_frame(&mut self, now: Instant, path: usize, ack: &crate::wire::AckFrame) {
@@ -98,20 +101,20 @@ impl Connection {
             for frag in outcome.spurious.iter().flat_map(|s| &s.fragments) {
                 self.send_queue.on_acked(frag);
             }
-            let frames: Vec<SentFrame> = outcome
-                .acked
-                .into_iter()
-                .flat_map(|(_, pkt)| pkt.frames)
-                .collect();
-            for f in frames {
-                match f {
-                    SentFrame::Msg(frag) => self.send_queue.on_acked(&frag),
-                    SentFrame::Skip { .. } => self.send_queue.on_skip_acked(),
-                    SentFrame::Ack(largest) => self.received.on_ack_acked(largest),
-                    SentFrame::Close if self.lifecycle.is_close_sent() => {
-                        self.enter_closed(None);
+            for (_, mut pkt) in outcome.acked {
+                for f in pkt.frames.drain(..) {
+                    match f {
+                        SentFrame::Msg(frag) => self.send_queue.on_acked(&frag),
+                        SentFrame::Skip { .. } => self.send_queue.on_skip_acked(),
+                        SentFrame::Ack(largest) => self.received.on_ack_acked(largest),
+                        SentFrame::Close if self.lifecycle.is_close_sent() => {
+                            self.enter_closed(None);
+                        }
+                        _ => {}
                     }
-                    _ => {}
+                }
+                if self.spare_frame_lists.len() < SPARE_FRAME_LISTS && pkt.frames.capacity() > 0 {
+                    self.spare_frame_lists.push(pkt.frames);
                 }
             }
             self.detect_lost(now, i);

@@ -9,17 +9,24 @@
 //! retransmission queue and are sent again in new packets (possibly split
 //! differently). A message leaves the queue once all its bytes are acknowledged.
 //!
+//! Messages waiting for acknowledgement live per channel in a ring buffer
+//! indexed by sequence number ([`ChannelQueue`]), so queueing, sending and
+//! acknowledging a message costs no map insertion or removal; a message
+//! acknowledged whole by one packet (the common case for small messages)
+//! never builds a byte-range set.
+//!
 //! Deadline messages are abandoned once a (re)transmission could no longer
 //! arrive in time, unreliable ones as soon as a fragment is lost; abandoning a
 //! message abandons everything before it on its channel, and a SKIP frame tells
 //! the receiver not to wait for them. Retransmissions go by urgency: deadline
 //! fragments earliest deadline first, then the rest in the order they were lost.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 
 use super::reassembly::give_up_margin_us;
+use super::ChannelMap;
 use crate::config::MESSAGE_CREDIT_OVERHEAD;
 use crate::range_set::RangeSet;
 use crate::wire::{Delivery, MsgFrame};
@@ -115,18 +122,80 @@ struct Unacked {
     delivery: Delivery,
 }
 
+impl Unacked {
+    /// Bytes of the message acknowledged so far.
+    fn acked_bytes(&self) -> u64 {
+        self.acked.iter().map(|r| r.end - r.start).sum()
+    }
+}
+
+/// One channel's messages not yet acknowledged or abandoned, indexed by
+/// sequence number: slot `i` holds message `base + i`.
+#[derive(Debug, Default)]
+struct ChannelQueue {
+    /// Sequence number of the first slot.
+    base: u64,
+    /// `None` once the message was acknowledged or abandoned; empty slots at
+    /// the front are dropped, so the first slot is the oldest outstanding one.
+    messages: VecDeque<Option<Unacked>>,
+}
+
+impl ChannelQueue {
+    /// The sequence number the next queued message gets.
+    fn next_seq(&self) -> u64 {
+        self.base + self.messages.len() as u64
+    }
+
+    fn index(&self, seq: u64) -> Option<usize> {
+        usize::try_from(seq.checked_sub(self.base)?).ok()
+    }
+
+    fn get(&self, seq: u64) -> Option<&Unacked> {
+        self.messages.get(self.index(seq)?)?.as_ref()
+    }
+
+    fn get_mut(&mut self, seq: u64) -> Option<&mut Unacked> {
+        let i = self.index(seq)?;
+        self.messages.get_mut(i)?.as_mut()
+    }
+
+    /// Takes message `seq` out, dropping the empty slots this leaves at the front.
+    fn remove(&mut self, seq: u64) -> Option<Unacked> {
+        let i = self.index(seq)?;
+        let u = self.messages.get_mut(i)?.take();
+        while matches!(self.messages.front(), Some(None)) {
+            self.messages.pop_front();
+            self.base += 1;
+        }
+        u
+    }
+}
+
+/// A message with bytes never sent, in the order messages were queued.
+#[derive(Debug, Clone, Copy)]
+struct FreshMessage {
+    channel: u64,
+    seq: u64,
+    /// Offset of the first byte not sent yet.
+    next: usize,
+    /// Length of the message.
+    len: usize,
+}
+
 /// Messages waiting to be sent, in flight, or to be retransmitted.
 #[derive(Debug, Default)]
 pub struct SendQueue {
-    /// Messages with bytes never sent: (channel, seq, next offset).
-    fresh: VecDeque<(u64, u64, usize)>,
+    /// Messages with bytes never sent.
+    fresh: VecDeque<FreshMessage>,
     retransmit: VecDeque<Fragment>,
     /// Last-chance copies cut for the packet being built, to go in the next.
     deferred: VecDeque<Fragment>,
     /// The packet being built already carries a message fragment.
     packet_has_fragment: bool,
-    unacked: BTreeMap<(u64, u64), Unacked>,
-    next_seq: HashMap<u64, u64>,
+    /// Messages not yet acknowledged or abandoned, per channel.
+    channels: ChannelMap<ChannelQueue>,
+    /// How many messages `channels` holds.
+    unacked: usize,
     /// SKIP frames to send: channel → first sequence still expected.
     skips: BTreeMap<u64, u64>,
     /// SKIP frames sent and not yet acknowledged.
@@ -167,21 +236,28 @@ impl SendQueue {
         timestamp_us: u64,
         delivery: Delivery,
     ) -> u64 {
-        let seq_slot = self.next_seq.entry(channel).or_insert(0);
-        let seq = *seq_slot;
-        *seq_slot += 1;
-        self.buffered += data.len() as u64;
-        self.unacked.insert(
-            (channel, seq),
-            Unacked {
-                acked: RangeSet::new(),
-                data,
-                timestamp_us,
-                delivery,
-            },
-        );
-        self.fresh.push_back((channel, seq, 0));
+        let ch = self.channels.entry(channel).or_default();
+        let seq = ch.next_seq();
+        let len = data.len();
+        self.buffered += len as u64;
+        ch.messages.push_back(Some(Unacked {
+            acked: RangeSet::new(),
+            data,
+            timestamp_us,
+            delivery,
+        }));
+        self.unacked += 1;
+        self.fresh.push_back(FreshMessage {
+            channel,
+            seq,
+            next: 0,
+            len,
+        });
         seq
+    }
+
+    fn get(&self, channel: u64, seq: u64) -> Option<&Unacked> {
+        self.channels.get(&channel)?.get(seq)
     }
 
     /// Payload bytes queued or in flight and not yet acknowledged.
@@ -192,7 +268,7 @@ impl SendQueue {
     /// True when every queued message is acknowledged (or abandoned) and every
     /// SKIP was acknowledged too.
     pub fn is_empty(&self) -> bool {
-        self.unacked.is_empty() && self.skips.is_empty() && self.skips_in_flight == 0
+        self.unacked == 0 && self.skips.is_empty() && self.skips_in_flight == 0
     }
 
     /// True when something is ready to go out (ignoring congestion control).
@@ -204,11 +280,8 @@ impl SendQueue {
     }
 
     fn fresh_allowed(&self, credit_limit: u64) -> bool {
-        self.fresh.front().is_some_and(|&(ch, seq, next)| {
-            next > 0
-                || self.unacked.get(&(ch, seq)).is_none_or(|u| {
-                    self.credit_used + u.data.len() as u64 + MESSAGE_CREDIT_OVERHEAD <= credit_limit
-                })
+        self.fresh.front().is_some_and(|m| {
+            m.next > 0 || self.credit_used + m.len as u64 + MESSAGE_CREDIT_OVERHEAD <= credit_limit
         })
     }
 
@@ -241,19 +314,17 @@ impl SendQueue {
 
     /// Gives up on every message of `channel` up to and including `seq`.
     pub fn abandon_through(&mut self, channel: u64, seq: u64) {
-        let keys: Vec<_> = self
-            .unacked
-            .range((channel, 0)..=(channel, seq))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in keys {
-            if let Some(u) = self.unacked.remove(&k) {
-                let acked: u64 = u.acked.iter().map(|r| r.end - r.start).sum();
-                self.buffered -= u.data.len() as u64 - acked;
-                self.messages_abandoned += 1;
+        if let Some(ch) = self.channels.get_mut(&channel) {
+            let end = seq.saturating_add(1).min(ch.next_seq());
+            for s in ch.base..end {
+                if let Some(u) = ch.remove(s) {
+                    self.buffered -= u.data.len() as u64 - u.acked_bytes();
+                    self.unacked -= 1;
+                    self.messages_abandoned += 1;
+                }
             }
         }
-        self.fresh.retain(|&(ch, s, _)| ch != channel || s > seq);
+        self.fresh.retain(|m| m.channel != channel || m.seq > seq);
         let slot = self.skips.entry(channel).or_insert(0);
         *slot = (*slot).max(seq + 1);
     }
@@ -297,7 +368,7 @@ impl SendQueue {
         slack_us: u64,
     ) -> Option<Fragment> {
         while let Some(mut f) = self.retransmit.pop_front() {
-            let Some(u) = self.unacked.get(&(f.channel, f.seq)) else {
+            let Some(u) = self.get(f.channel, f.seq) else {
                 continue;
             };
             let range = f.offset..f.offset + f.data.len() as u64;
@@ -338,8 +409,10 @@ impl SendQueue {
             if !self.fresh_allowed(credit_limit) {
                 return None;
             }
-            let &(channel, seq, next) = self.fresh.front()?;
-            let Some(u) = self.unacked.get(&(channel, seq)) else {
+            let &FreshMessage {
+                channel, seq, next, ..
+            } = self.fresh.front()?;
+            let Some(u) = self.get(channel, seq) else {
                 self.fresh.pop_front();
                 continue;
             };
@@ -375,7 +448,7 @@ impl SendQueue {
             if next as u64 == f.msg_len {
                 self.fresh.pop_front();
             } else if let Some(front) = self.fresh.front_mut() {
-                front.2 = next;
+                front.next = next;
             }
             return Some(f);
         }
@@ -383,14 +456,24 @@ impl SendQueue {
 
     /// The packet carrying `f` was acknowledged.
     pub fn on_acked(&mut self, f: &Fragment) {
-        let key = (f.channel, f.seq);
-        let Some(u) = self.unacked.get_mut(&key) else {
+        let Some(ch) = self.channels.get_mut(&f.channel) else {
             return;
         };
-        let newly = u.acked.insert(f.offset..f.offset + f.data.len() as u64);
+        let Some(u) = ch.get_mut(f.seq) else {
+            return;
+        };
+        let len = u.data.len() as u64;
+        let whole = f.offset == 0 && f.data.len() as u64 == len && u.acked.is_empty();
+        let newly = if whole {
+            // The whole message in one fragment, nothing acknowledged before.
+            len
+        } else {
+            u.acked.insert(f.offset..f.offset + f.data.len() as u64)
+        };
         self.buffered -= newly;
-        if u.acked.contains_range(&(0..u.data.len() as u64)) {
-            self.unacked.remove(&key);
+        if whole || u.acked.contains_range(&(0..len)) {
+            ch.remove(f.seq);
+            self.unacked -= 1;
             self.messages_acked += 1;
             if newly > 0 && f.retransmission {
                 self.messages_recovered_by_retransmission += 1;
@@ -404,7 +487,7 @@ impl SendQueue {
         // What is re-sent is a retransmission again, whatever `f` was.
         f.copy = false;
         f.retransmission = true;
-        let Some(u) = self.unacked.get(&(f.channel, f.seq)) else {
+        let Some(u) = self.get(f.channel, f.seq) else {
             return;
         };
         if f.delivery == Delivery::Unreliable {
@@ -447,7 +530,11 @@ impl SendQueue {
         self.fresh.clear();
         self.retransmit.clear();
         self.deferred.clear();
-        self.unacked.clear();
+        for ch in self.channels.values_mut() {
+            ch.base = ch.next_seq();
+            ch.messages.clear();
+        }
+        self.unacked = 0;
         self.skips.clear();
         self.skips_in_flight = 0;
         self.buffered = 0;
@@ -456,6 +543,10 @@ impl SendQueue {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
     use super::*;
 
     fn push(q: &mut SendQueue, ch: u64, data: Bytes) -> u64 {
@@ -672,5 +763,129 @@ mod tests {
         q.begin_packet();
         let again = q.next_fragment(100, u64::MAX, 30_000, 10_000).unwrap();
         assert_eq!((again.seq, again.copy), (1, false));
+    }
+
+    fn unacked(data: &'static [u8]) -> Unacked {
+        Unacked {
+            acked: RangeSet::new(),
+            data: Bytes::from_static(data),
+            timestamp_us: 0,
+            delivery: Delivery::Reliable,
+        }
+    }
+
+    #[test]
+    fn channel_queue_indexes_by_sequence_and_drops_the_acknowledged_front() {
+        let mut ch = ChannelQueue::default();
+        for data in [&b"a"[..], b"b", b"c"] {
+            ch.messages.push_back(Some(unacked(data)));
+        }
+        assert_eq!(ch.next_seq(), 3);
+        assert_eq!(&ch.get(1).unwrap().data[..], b"b");
+        assert!(ch.get(3).is_none());
+        // Out of order: the middle one leaves a hole, the front stays.
+        assert!(ch.remove(1).is_some());
+        assert!(ch.remove(1).is_none(), "removed once");
+        assert_eq!((ch.base, ch.messages.len()), (0, 3));
+        // The front goes, and the hole behind it with it.
+        assert!(ch.remove(0).is_some());
+        assert_eq!((ch.base, ch.messages.len()), (2, 1));
+        assert!(ch.get(0).is_none() && ch.get(1).is_none());
+        assert_eq!(&ch.get(2).unwrap().data[..], b"c");
+        assert!(ch.remove(2).is_some());
+        assert_eq!((ch.base, ch.next_seq()), (3, 3));
+        ch.messages.push_back(Some(unacked(b"d")));
+        assert_eq!(&ch.get(3).unwrap().data[..], b"d");
+    }
+
+    /// What the queue is asked to do in the property test below.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push { channel: u64, len: usize },
+        Send { space: usize },
+        Ack(usize),
+        Lose(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u64..3, 0usize..40).prop_map(|(channel, len)| Op::Push { channel, len }),
+            (8usize..80).prop_map(|space| Op::Send { space }),
+            any::<usize>().prop_map(Op::Ack),
+            any::<usize>().prop_map(Op::Lose),
+        ]
+    }
+
+    proptest! {
+        /// Whatever is acknowledged or lost in whatever order, the queue's
+        /// byte count matches a byte-by-byte model, sequence numbers count up
+        /// per channel, and once every packet is acknowledged every message
+        /// was acknowledged exactly once.
+        #[test]
+        fn every_message_is_acknowledged_once_whatever_the_fate_of_packets(
+            ops in proptest::collection::vec(op(), 1..200)
+        ) {
+            let mut q = SendQueue::default();
+            // (channel, seq) -> which bytes were acknowledged.
+            let mut model: HashMap<(u64, u64), Vec<bool>> = HashMap::new();
+            let mut next_seq: HashMap<u64, u64> = HashMap::new();
+            let mut in_flight: Vec<Fragment> = Vec::new();
+            let ack = |model: &mut HashMap<(u64, u64), Vec<bool>>, f: &Fragment| {
+                let bytes = model.get_mut(&(f.channel, f.seq)).expect("sent message");
+                for b in &mut bytes[f.offset as usize..f.offset as usize + f.data.len()] {
+                    *b = true;
+                }
+            };
+            for op in ops {
+                match op {
+                    Op::Push { channel, len } => {
+                        let seq = q.push(channel, Bytes::from(vec![7; len]), 0, Delivery::Reliable);
+                        let expected = next_seq.entry(channel).or_insert(0);
+                        prop_assert_eq!(seq, *expected);
+                        *expected += 1;
+                        model.insert((channel, seq), vec![false; len]);
+                    }
+                    Op::Send { space } => {
+                        q.begin_packet();
+                        while let Some(f) = next(&mut q, space) {
+                            in_flight.push(f);
+                        }
+                    }
+                    Op::Ack(i) if !in_flight.is_empty() => {
+                        let f = in_flight.swap_remove(i % in_flight.len());
+                        q.on_acked(&f);
+                        ack(&mut model, &f);
+                    }
+                    Op::Lose(i) if !in_flight.is_empty() => {
+                        let f = in_flight.swap_remove(i % in_flight.len());
+                        q.on_lost(f);
+                    }
+                    Op::Ack(_) | Op::Lose(_) => {}
+                }
+                let unacked: u64 = model
+                    .values()
+                    .map(|b| b.iter().filter(|&&x| !x).count() as u64)
+                    .sum();
+                prop_assert_eq!(q.buffered(), unacked);
+            }
+            // Deliver everything: every packet from now on is acknowledged.
+            for _ in 0..10_000 {
+                for f in in_flight.drain(..) {
+                    q.on_acked(&f);
+                    ack(&mut model, &f);
+                }
+                q.begin_packet();
+                while let Some(f) = next(&mut q, 64) {
+                    in_flight.push(f);
+                }
+                if in_flight.is_empty() {
+                    break;
+                }
+            }
+            prop_assert!(q.is_empty());
+            prop_assert_eq!(q.buffered(), 0);
+            prop_assert_eq!(q.messages_acked(), model.len() as u64);
+            prop_assert!(model.values().all(|b| b.iter().all(|&x| x)));
+        }
     }
 }

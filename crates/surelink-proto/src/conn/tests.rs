@@ -226,6 +226,47 @@ fn oversized_messages_are_refused() {
 }
 
 #[test]
+fn send_many_stops_at_the_first_refused_message_and_leaves_it_first() {
+    let mut p = Pair::new(Config {
+        max_message_size: 1000,
+        send_buffer: 3_000,
+        receive_window: 1 << 20,
+        ..Config::default()
+    });
+    let sizes = [10, 20, 1001, 30];
+    let mut batch = sizes.iter().map(|&n| Bytes::from(vec![1; n])).peekable();
+    let (queued, result) = p.client.send_many(p.now, 4, &mut batch);
+    assert_eq!(queued, 2);
+    assert_eq!(
+        result,
+        Err(SendError::TooLarge {
+            size: 1001,
+            max: 1000
+        })
+    );
+    assert_eq!(batch.peek().map(Bytes::len), Some(1001));
+    batch.next();
+    // The rest goes on until the send buffer is full: the blocked one stays.
+    let rest: Vec<Bytes> = std::iter::once(Bytes::from(vec![2; 30]))
+        .chain((0..10).map(|_| Bytes::from(vec![3; 1000])))
+        .collect();
+    let mut batch = rest.into_iter().peekable();
+    let (queued, result) = p.client.send_many(p.now, 4, &mut batch);
+    assert_eq!((queued, result), (3, Err(SendError::Blocked)));
+    assert_eq!(batch.len(), 8);
+    p.flush();
+    let (queued, result) = p.client.send_many(p.now, 4, &mut batch);
+    assert_eq!((queued, result), (3, Err(SendError::Blocked)));
+    assert_eq!(batch.len(), 5);
+    assert_eq!(p.client.stats().messages_sent, 8);
+    // Sequence numbers run on across calls, in order.
+    let seqs: Vec<u64> = std::iter::from_fn(|| p.server().recv())
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(seqs, (0..5).collect::<Vec<_>>());
+}
+
+#[test]
 fn send_buffer_pushes_back() {
     let mut p = Pair::new(Config {
         send_buffer: 10_000,

@@ -263,7 +263,6 @@ impl Connection {
         };
         let mtu = self.config.max_datagram_size - overhead - margin;
         let (pn, header_len) = self.begin_data_packet(now, buf);
-        let mut frames: Vec<SentFrame> = Vec::new();
         let draining = self.lifecycle.is_draining();
         let is_data = matches!(role, Role::Data);
         let p = &self.paths[path];
@@ -302,6 +301,10 @@ impl Connection {
             buf.clear();
             return None;
         }
+        let mut frames: Vec<SentFrame> = self
+            .spare_frame_lists
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.last_frame_count));
         if ack_now {
             if let Some(ack) = self.received.build_ack(now) {
                 let largest = ack.largest();
@@ -423,6 +426,7 @@ impl Connection {
             return None;
         }
         debug_assert!(buf.len() <= mtu + margin + HEADER_MAX_LEN);
+        self.last_frame_count = frames.len();
         if self.paths.mode == PathMode::Broadcast && is_data {
             self.paths.last_frames = Some(
                 frames
