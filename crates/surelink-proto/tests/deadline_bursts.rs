@@ -26,7 +26,11 @@ use surelink_proto::Config;
 /// An MPEG-TS datagram (seven 188-byte packets).
 const DATAGRAM: usize = 1316;
 const FRAME_INTERVAL: Duration = Duration::from_millis(33);
+/// The budget below two round trips (RTT about 21 ms).
 const DEADLINE: Duration = Duration::from_millis(35);
+/// A budget of several round trips (SRT's end-to-end latency at its
+/// default setting on this link).
+const SEVERAL_RTTS: Duration = Duration::from_millis(97);
 const FRAMES: u64 = 150;
 /// Seeds of the recovery measurement.
 const SEEDS: u64 = 20;
@@ -77,7 +81,7 @@ impl BurstRun {
     }
 }
 
-fn stream(seed: u64, loss: f64, fec: FecConfig) -> BurstRun {
+fn stream(seed: u64, loss: f64, fec: FecConfig, deadline: Duration) -> BurstRun {
     let link = LinkConfig::clean()
         .with_loss(loss)
         .with_delay(ms(10))
@@ -87,7 +91,7 @@ fn stream(seed: u64, loss: f64, fec: FecConfig) -> BurstRun {
         ..Config::default()
     };
     let server = Config {
-        playout_delay: Some(DEADLINE),
+        playout_delay: Some(deadline),
         ..Config::default()
     };
     let mut sim = Sim::with_configs(client, server, link.clone(), link, seed);
@@ -98,7 +102,7 @@ fn stream(seed: u64, loss: f64, fec: FecConfig) -> BurstRun {
     let warm = sim.now + Duration::from_secs(1);
     while sim.step(warm) {}
     sim.client
-        .set_channel_delivery(0, Delivery::Deadline(DEADLINE.as_micros() as u64));
+        .set_channel_delivery(0, Delivery::Deadline(deadline.as_micros() as u64));
     let start = sim.now;
     let mut run = BurstRun {
         datagrams: 0,
@@ -116,7 +120,7 @@ fn stream(seed: u64, loss: f64, fec: FecConfig) -> BurstRun {
     for frame in 0..FRAMES {
         let at = start + FRAME_INTERVAL * frame as u32;
         while sim.step(at) {
-            drain(&mut sim, start, &mut run);
+            drain(&mut sim, start, deadline, &mut run);
         }
         for _ in 0..frame_len(frame) {
             let mut m = vec![0u8; DATAGRAM];
@@ -129,9 +133,9 @@ fn stream(seed: u64, loss: f64, fec: FecConfig) -> BurstRun {
     }
     let end = sim.now + ms(500);
     while sim.step(end) {
-        drain(&mut sim, start, &mut run);
+        drain(&mut sim, start, deadline, &mut run);
     }
-    drain(&mut sim, start, &mut run);
+    drain(&mut sim, start, deadline, &mut run);
     run.link_drops = sim.c2s.stats().dropped() - drops_before;
     run.link_sent = sim.c2s.stats().sent - sent_before;
     run.repairs_sent = sim.client.stats().fec_repair_symbols_sent;
@@ -142,7 +146,7 @@ fn stream(seed: u64, loss: f64, fec: FecConfig) -> BurstRun {
     run
 }
 
-fn drain(sim: &mut Sim, start: std::time::Instant, run: &mut BurstRun) {
+fn drain(sim: &mut Sim, start: std::time::Instant, deadline: Duration, run: &mut BurstRun) {
     let now_us = (sim.now - start).as_micros() as u64;
     let Some(s) = sim.server.as_mut() else {
         return;
@@ -154,15 +158,15 @@ fn drain(sim: &mut Sim, start: std::time::Instant, run: &mut BurstRun) {
         let mut t = [0u8; 8];
         t.copy_from_slice(&m.data[..8]);
         let latency = now_us.saturating_sub(u64::from_be_bytes(t));
-        if latency > DEADLINE.as_micros() as u64 + bound {
+        if latency > deadline.as_micros() as u64 + bound {
             run.late_deliveries.push((m.seq, latency));
         }
         run.delivered += 1;
     }
 }
 
-fn check(seed: u64, loss: f64, fec: FecConfig) -> BurstRun {
-    let run = stream(seed, loss, fec);
+fn check(seed: u64, loss: f64, fec: FecConfig, deadline: Duration) -> BurstRun {
+    let run = stream(seed, loss, fec, deadline);
     assert!(
         run.late_deliveries.is_empty(),
         "seed {seed}: delivered after the deadline {:?}",
@@ -188,7 +192,7 @@ fn check(seed: u64, loss: f64, fec: FecConfig) -> BurstRun {
 fn below_two_round_trips_every_message_whose_packet_arrives_is_delivered_on_time() {
     for seed in 1..=6 {
         for loss in [0.02, 0.05] {
-            check(seed, loss, FecConfig::Off);
+            check(seed, loss, FecConfig::Off, DEADLINE);
         }
     }
 }
@@ -197,7 +201,7 @@ fn below_two_round_trips_every_message_whose_packet_arrives_is_delivered_on_time
 fn below_two_round_trips_fec_recovers_nine_tenths_of_the_losses() {
     let (mut skipped, mut lost, mut datagrams, mut recovered, mut repairs) = (0, 0.0, 0, 0, 0);
     for seed in 1..=SEEDS {
-        let run = check(seed, 0.05, FecConfig::Auto(AutoFec::default()));
+        let run = check(seed, 0.05, FecConfig::Auto(AutoFec::default()), DEADLINE);
         skipped += run.skipped;
         lost += run.lost_on_the_wire();
         datagrams += run.datagrams;
@@ -216,4 +220,30 @@ fn below_two_round_trips_fec_recovers_nine_tenths_of_the_losses() {
         share >= 0.9,
         "FEC auto left {skipped} of about {lost:.0} lost messages undelivered"
     );
+}
+
+/// At 97 ms (about 4.6 round trips) retransmission repairs in time; FEC
+/// `auto` must not lose more than FEC off (repairs compete with data).
+#[test]
+fn with_several_round_trips_fec_auto_loses_no_more_than_fec_off() {
+    for loss in [0.02, 0.10] {
+        // (skipped, repair symbols, messages) for off, then auto.
+        let mut total = [(0, 0, 0); 2];
+        for seed in 1..=SEEDS {
+            for (i, fec) in [FecConfig::Off, FecConfig::Auto(AutoFec::default())]
+                .into_iter()
+                .enumerate()
+            {
+                let run = check(seed, loss, fec, SEVERAL_RTTS);
+                total[i].0 += run.skipped;
+                total[i].1 += run.repairs_sent;
+                total[i].2 += run.datagrams;
+            }
+        }
+        println!(
+            "{SEEDS} seeds, {loss} loss, {} messages: FEC off skipped {}; auto skipped {} with {} repair symbols",
+            total[0].2, total[0].0, total[1].0, total[1].1
+        );
+        assert!(total[1].0 <= total[0].0, "loss {loss}: {total:?}");
+    }
 }
