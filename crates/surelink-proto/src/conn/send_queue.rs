@@ -184,6 +184,18 @@ impl SendQueue {
         seq
     }
 
+    /// The latest time a queued or unacknowledged deadline message is due at
+    /// the receiver, µs since the connection epoch (`None` without one).
+    pub fn latest_deadline_us(&self) -> Option<u64> {
+        self.unacked
+            .values()
+            .filter_map(|u| match u.delivery {
+                Delivery::Deadline(d) => Some(u.timestamp_us.saturating_add(d)),
+                _ => None,
+            })
+            .max()
+    }
+
     /// Payload bytes queued or in flight and not yet acknowledged.
     pub fn buffered(&self) -> u64 {
         self.buffered

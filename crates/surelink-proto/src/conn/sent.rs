@@ -118,6 +118,17 @@ impl SentPackets {
         self.last_eliciting_sent
     }
 
+    /// When the oldest ack-eliciting packet still in flight was sent.
+    pub fn oldest_eliciting_in_flight(&self) -> Option<Instant> {
+        if self.eliciting_in_flight == 0 {
+            return None;
+        }
+        self.packets
+            .values()
+            .find(|p| p.ack_eliciting)
+            .map(|p| p.time)
+    }
+
     fn forget(&mut self, p: &SentPacket) {
         if p.ack_eliciting {
             self.bytes_in_flight -= p.size;

@@ -37,6 +37,9 @@ pub(super) enum Timer {
     /// An open FEC group reached its hold time, or its quiet time after the
     /// input paused: close it, send its repairs.
     FecHold,
+    /// The active path is silent while deadline data is alive: send an
+    /// outage probe (`outage_probe.rs`).
+    OutageProbe,
     /// The failure detector must look at the paths (and fail over or back).
     PathCheck,
     /// A message reaches its playout time or its deadline.
@@ -59,6 +62,7 @@ impl Timer {
                 Timer::Keepalive,
                 Timer::Ack,
                 Timer::FecHold,
+                Timer::OutageProbe,
                 Timer::PathCheck,
                 Timer::Playout,
             ])
@@ -91,6 +95,7 @@ impl Connection {
             }
             Timer::Ack => self.received.ack_deadline(),
             Timer::FecHold => self.fec_tx.poll_timeout(self.fec_input_paused()),
+            Timer::OutageProbe => self.outage_probe_deadline(),
             Timer::PathCheck => self.path_check_deadline(),
             Timer::Playout => self.reassembly.next_wake().map(|us| self.instant_at(us)),
         }
@@ -139,6 +144,7 @@ impl Connection {
                 self.fec_tx.handle_timeout(now, paused);
                 self.offer_fec_repairs(now);
             }
+            Timer::OutageProbe => self.on_outage_probe_due(now),
             Timer::PathCheck => self.check_paths(now),
             Timer::Playout => self.poll_delivery(now),
         }
