@@ -58,6 +58,9 @@ fn a_short_clip_through_a_clean_link_arrives_whole() {
     assert!(sent > 100, "only {sent} datagrams sent");
     assert_eq!(run["stream"]["lost"], 0, "{run}");
     assert_eq!(run["stream"]["duplicated"], 0, "{run}");
+    // Lateness is reported for every system, and adds to the losses.
+    let late = run["late"].as_u64().expect("a late count");
+    assert_eq!(run["lost_or_late"].as_u64(), Some(late), "{run}");
     // Every byte that came out parsed as TS packets.
     let payload = run["stream"]["payload_bytes"].as_u64().unwrap();
     assert_eq!(run["ts_packets"].as_u64().unwrap() * 188, payload, "{run}");

@@ -1,13 +1,16 @@
 //! A bursty live stream through a short link cut, on a virtual clock: frames
 //! of 13 MPEG-TS datagrams every 33 ms (a key frame of 29 every 2 s), on a
-//! 99 ms deadline over 10 ms ± 1 ms each way, the receiver playing out at the
-//! deadline, and both directions cut for 200 ms in the middle.
+//! 99 ms and a 97 ms deadline over 10 ms ± 1 ms each way, the receiver
+//! playing out at the deadline, and both directions cut for 200 ms in the
+//! middle.
 //!
 //! Messages sent during the first part of the cut are necessarily late:
 //! losing them is the deadline promise. The sender cannot see the path
 //! return; it learns that it did when the first packet it sends afterwards
-//! (here the next frame) is acknowledged, and that acknowledgement is also
-//! what shows the cut's packets lost. From then on everything still alive
+//! is acknowledged (an outage probe, sent every few milliseconds while the
+//! path is silent and deadline data is alive, or the next frame if that
+//! comes first), and that acknowledgement is also what shows the cut's
+//! packets lost. From then on everything still alive
 //! must go at once, earliest deadline first: not paced at the input rate,
 //! not held back by a window or a probe timer that grew during the cut, and
 //! not given up on by the receiver. So every message whose deadline is at
@@ -90,10 +93,10 @@ fn drain(sim: &mut Sim, start: Instant, run: &mut CutRun) {
 
 /// Streams `FRAMES` frames with both directions cut for `CUT_LENGTH` from
 /// `cut_at` after the stream starts.
-fn stream(seed: u64, cut_at: Duration) -> CutRun {
+fn stream(seed: u64, cut_at: Duration, deadline: Duration) -> CutRun {
     let link = LinkConfig::clean().with_delay(ms(10)).with_jitter(ms(1));
     let server = Config {
-        playout_delay: Some(DEADLINE),
+        playout_delay: Some(deadline),
         ..Config::default()
     };
     let mut sim = Sim::with_configs(Config::default(), server, link.clone(), link, seed);
@@ -103,7 +106,7 @@ fn stream(seed: u64, cut_at: Duration) -> CutRun {
     let warm = sim.now + Duration::from_secs(1);
     while sim.step(warm) {}
     sim.client
-        .set_channel_delivery(0, Delivery::Deadline(DEADLINE.as_micros() as u64));
+        .set_channel_delivery(0, Delivery::Deadline(deadline.as_micros() as u64));
     let start = sim.now;
     let mut run = CutRun {
         cut: (
@@ -164,54 +167,82 @@ fn outcome_table(run: &CutRun) -> String {
     out
 }
 
+/// The longest interval between two outage probes at this RTT (an eighth of
+/// about 21 ms), plus a little.
+const PROBE_INTERVAL: Duration = Duration::from_millis(3);
+
 #[test]
 fn after_a_cut_everything_still_within_its_deadline_once_the_path_is_known_back_is_delivered() {
-    let deadline = DEADLINE.as_micros() as u64;
     // A retransmission needs an acknowledgement of the first packet across
     // the returned path (a round trip) and one more crossing; allow one more
     // millisecond for the burst of everything still alive.
     let recovery = (MAX_ONE_WAY * 3 + ms(1)).as_micros() as u64;
-    for seed in 1..=4 {
-        for cut_at in [ms(1005), ms(1012), ms(1020), ms(1030)] {
-            let run = stream(seed, cut_at);
-            let table = outcome_table(&run);
-            let ctx = format!("seed {seed}, cut at {cut_at:?}");
-            let late: Vec<_> = run
-                .delivered
-                .iter()
-                .filter(|(_, &l)| l > deadline + run.bound_us)
-                .collect();
-            assert!(late.is_empty(), "{ctx}: delivered late {late:?}\n{table}");
-            assert_eq!(run.dropped_late, 0, "{ctx}: dropped as late\n{table}");
-            // The first packet the sender sends once the path is back: the
-            // first frame at or after the end of the cut.
-            let first_across = run
-                .sent
-                .values()
-                .copied()
-                .find(|&sent| sent >= run.cut.1)
-                .expect("frames after the cut");
-            let missed: Vec<_> = run
-                .sent
-                .iter()
-                .filter(|(seq, &sent)| {
-                    let in_time = sent < run.cut.0 || sent + deadline >= first_across + recovery;
-                    in_time && !run.delivered.contains_key(seq)
-                })
-                .map(|(seq, _)| *seq)
-                .collect();
-            assert!(
-                missed.is_empty(),
-                "{ctx}: sent before the cut or still in time once the path was known back, \
-                 never delivered: {missed:?}\n{table}"
-            );
-            assert_eq!(
-                run.delivered.len() as u64 + run.skipped,
-                run.sent.len() as u64,
-                "{ctx}: every message is delivered or skipped"
-            );
-            // The test must see the cut: the frames sent early in it are lost.
-            assert!(run.skipped > 0, "{ctx}: the cut cost nothing\n{table}");
+    let (mut skipped, mut unavoidable) = (0, 0);
+    // 99 ms is three frame intervals (deadlines fall on frame times), 97 ms
+    // is not (the budget of the MPEG-TS benchmark).
+    for deadline in [DEADLINE, ms(97)] {
+        for seed in 1..=4 {
+            for cut_at in [ms(1005), ms(1012), ms(1020), ms(1030)] {
+                let run = stream(seed, cut_at, deadline);
+                let deadline = deadline.as_micros() as u64;
+                let table = outcome_table(&run);
+                let ctx = format!("seed {seed}, cut at {cut_at:?}, deadline {deadline} µs");
+                let late: Vec<_> = run
+                    .delivered
+                    .iter()
+                    .filter(|(_, &l)| l > deadline + run.bound_us)
+                    .collect();
+                assert!(late.is_empty(), "{ctx}: delivered late {late:?}\n{table}");
+                if deadline == DEADLINE.as_micros() as u64 {
+                    assert_eq!(run.dropped_late, 0, "{ctx}: dropped as late\n{table}");
+                }
+                // At 97 ms a deadline can fall within the link's jitter of
+                // the earliest arrival of a retransmission: the sender, which
+                // counts half the smoothed RTT for the crossing, may send one
+                // that arrives a fraction of a millisecond late, and the
+                // receiver drops it (never delivers it late: checked above).
+                // The first packet the sender sends once the path is back:
+                // an outage probe within a probe interval of the return, or
+                // the first frame at or after it if that comes sooner.
+                let next_frame = run
+                    .sent
+                    .values()
+                    .copied()
+                    .find(|&sent| sent >= run.cut.1)
+                    .expect("frames after the cut");
+                let first_across = next_frame.min(run.cut.1 + PROBE_INTERVAL.as_micros() as u64);
+                let missed: Vec<_> = run
+                    .sent
+                    .iter()
+                    .filter(|(seq, &sent)| {
+                        let in_time =
+                            sent < run.cut.0 || sent + deadline >= first_across + recovery;
+                        in_time && !run.delivered.contains_key(seq)
+                    })
+                    .map(|(seq, _)| *seq)
+                    .collect();
+                assert!(
+                    missed.is_empty(),
+                    "{ctx}: sent before the cut or still in time once the path was known back, \
+                     never delivered: {missed:?}\n{table}"
+                );
+                assert_eq!(
+                    run.delivered.len() as u64 + run.skipped,
+                    run.sent.len() as u64,
+                    "{ctx}: every message is delivered or skipped"
+                );
+                // The test must see the cut: the frames sent early in it are lost.
+                assert!(run.skipped > 0, "{ctx}: the cut cost nothing\n{table}");
+                skipped += run.skipped;
+                // Not even an oracle could deliver what was sent in the cut
+                // with a deadline before the path's return plus one crossing.
+                unavoidable += run
+                    .sent
+                    .values()
+                    .filter(|&&s| s >= run.cut.0 && s + deadline < run.cut.1 + 10_000)
+                    .count() as u64;
+            }
         }
     }
+    println!("32 cuts: {skipped} messages skipped, {unavoidable} of them unavoidable");
 }

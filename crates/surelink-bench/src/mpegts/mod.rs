@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! surelink-bench mpegts [--duration S] [--runs N] [--system LIST] [--link LIST]
-//!                       [--seed N] [--json PATH] [--install-peers]
+//!                       [--seed N] [--late-allowance MS] [--json PATH] [--install-peers]
 //! ```
 //!
 //! One run of one system on one link:
@@ -31,6 +31,14 @@
 //! system gets (`recv --playout B`, and `send --deadline B` for the deadline
 //! systems). [`Budget::Fixed`] links give surelink a fixed budget below two
 //! round trips, where a retransmission cannot make it in time.
+//!
+//! Lateness is judged the same way for every system: a datagram that comes
+//! out more than `B + A` after it went in (tap to capture) is counted `late`,
+//! `A` being the harness's hop allowance (`--late-allowance`, 10 ms by
+//! default: the tap and capture hops, the gateways' sockets and the
+//! scheduling of a shared machine). A system that delivers late rather than
+//! drop (SRT after a cut) shows there, next to the drops of one that does
+//! not; `lost or late` adds the two.
 //!
 //! Runs are the outer loop (each run goes over every link and system), and
 //! the tables show medians over runs. The markdown goes to stdout, progress
@@ -289,6 +297,10 @@ struct Args {
     /// Seed of the impairer (the same for every system).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// A datagram is late when it comes out more than the budget plus this
+    /// many milliseconds after it went in (the harness's own hops).
+    #[arg(long, default_value_t = 10)]
+    late_allowance: u64,
     /// Write every run and the medians as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -320,6 +332,11 @@ pub struct MpegtsRun {
     pub source_cc_errors: u64,
     /// Datagrams the link dropped towards the receiver (loss and cuts).
     pub link_dropped: u64,
+    /// Datagrams that came out more than the budget plus the hop allowance
+    /// after they went in.
+    pub late: u64,
+    /// `stream.lost + late`.
+    pub lost_or_late: u64,
 }
 
 impl MpegtsRun {
@@ -333,6 +350,8 @@ impl MpegtsRun {
             ts_packets: med_u64(runs, |r| r.ts_packets),
             source_cc_errors: med_u64(runs, |r| r.source_cc_errors),
             link_dropped: med_u64(runs, |r| r.link_dropped),
+            late: med_u64(runs, |r| r.late),
+            lost_or_late: med_u64(runs, |r| r.lost_or_late),
         }
     }
 }
@@ -401,6 +420,8 @@ pub struct MpegtsReport {
     pub left_out: Vec<String>,
     /// SRT's measured latencies behind the budgets.
     pub calibrations: Vec<Calibration>,
+    /// The hop allowance, ms: late means later than the budget plus this.
+    pub late_allowance_ms: u64,
     /// One group per link.
     pub links: Vec<LinkGroup>,
 }
@@ -522,6 +543,7 @@ pub fn main(argv: impl Iterator<Item = std::ffi::OsString>) -> anyhow::Result<()
                     secs: args.duration,
                     bin: &bin,
                     seed: args.seed,
+                    late_after: Duration::from_millis(group.budget_ms + args.late_allowance),
                 };
                 match one_run(&setup) {
                     Ok(r) => {
@@ -558,6 +580,7 @@ pub fn main(argv: impl Iterator<Item = std::ffi::OsString>) -> anyhow::Result<()
         },
         left_out,
         calibrations,
+        late_allowance_ms: args.late_allowance,
         links: groups,
     };
     print!("{}", report.markdown());
@@ -583,6 +606,8 @@ fn calibrate(link: &LinkSpec, clip: &Path, bin: &Path, seed: u64, secs: f64) -> 
         secs,
         bin,
         seed,
+        // The calibration measures the budget: nothing is late against it.
+        late_after: Duration::MAX,
     };
     let tag = format!(
         "[calibration] srt at latency {} ms, {} ms each way",
@@ -610,8 +635,8 @@ fn calibrate(link: &LinkSpec, clip: &Path, bin: &Path, seed: u64, secs: f64) -> 
 fn summary(r: &MpegtsRun) -> String {
     let s = &r.stream;
     format!(
-        "lost {} of {}, CC errors {}, reordered {}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, wire/payload {:.3}",
-        s.lost, s.sent, r.cc_errors, r.reordered, s.p50_ms, s.p99_ms, s.max_ms, s.wire_per_payload
+        "lost {} of {}, late {}, CC errors {}, reordered {}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, wire/payload {:.3}",
+        s.lost, s.sent, r.late, r.cc_errors, r.reordered, s.p50_ms, s.p99_ms, s.max_ms, s.wire_per_payload
     )
 }
 
@@ -624,6 +649,8 @@ struct RunSetup<'a> {
     secs: f64,
     bin: &'a Path,
     seed: u64,
+    /// A datagram coming out later than this after it went in is late.
+    late_after: Duration,
 }
 
 /// The child processes of one run and what they report afterwards.
@@ -914,9 +941,11 @@ async fn run_inner(setup: &RunSetup<'_>) -> anyhow::Result<MpegtsRun> {
     trace.sender = sender;
     trace.receiver = receiver;
     let reordered = probe::reordered(&trace);
+    let late = probe::late(&trace, setup.late_after);
     let payload: u64 = sent.iter().map(|d| d.bytes.len() as u64).sum();
     let wire = wire_after.saturating_sub(wire_before);
     let mut stream = RtRun::from_trace(trace, DATAGRAM, wire)?;
+    let lost_or_late = stream.lost + late;
     stream.payload_bytes = payload;
     stream.wire_per_payload = wire as f64 / payload.max(1) as f64;
 
@@ -934,6 +963,8 @@ async fn run_inner(setup: &RunSetup<'_>) -> anyhow::Result<MpegtsRun> {
         ts_packets: out.report().packets,
         source_cc_errors: source.report().errors,
         link_dropped,
+        late,
+        lost_or_late,
     })
 }
 
@@ -956,6 +987,11 @@ impl MpegtsReport {
             out,
             "Clip: {} s of 1280×720 30 fps H.264 at 4 Mbit/s CBR + AAC, MPEG-TS, played with `ffmpeg -re` in {DATAGRAM}-byte datagrams ({}); SRT: {}.\n",
             self.duration_s, self.ffmpeg, self.srt
+        );
+        let _ = writeln!(
+            out,
+            "`late`: datagrams that came out more than the budget + {} ms (the harness's hop allowance) after they went in; `lost or late`: the two together.\n",
+            self.late_allowance_ms
         );
         for note in &self.left_out {
             let _ = writeln!(out, "* {note}");
@@ -1014,16 +1050,16 @@ impl MpegtsReport {
             );
             let _ = writeln!(
                 out,
-                "| system | sent | lost | lost % | dup | reordered | CC errors | retransmitted | spurious ≥ | receiver's own count | wire B / payload B | p50 ms | p99 ms | p99.9 ms | max ms |"
+                "| system | sent | lost | lost % | late | lost or late % | dup | reordered | CC errors | retransmitted | spurious ≥ | receiver's own count | wire B / payload B | p50 ms | p99 ms | p99.9 ms | max ms |"
             );
             let _ = writeln!(
                 out,
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"
             );
             for row in &group.rows {
                 let Some(m) = &row.median else {
                     let why = row.errors.first().map_or("no run", String::as_str);
-                    let _ = writeln!(out, "| {} | failed: {why} ||||||||||||||", row.system);
+                    let _ = writeln!(out, "| {} | failed: {why} ||||||||||||||||", row.system);
                     continue;
                 };
                 let s = &m.stream;
@@ -1035,11 +1071,13 @@ impl MpegtsReport {
                 };
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                    "| {} | {} | {} | {:.2} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} |",
                     row.system,
                     s.sent,
                     s.lost,
                     100.0 * s.lost as f64 / s.sent.max(1) as f64,
+                    m.late,
+                    100.0 * m.lost_or_late as f64 / s.sent.max(1) as f64,
                     s.duplicated,
                     m.reordered,
                     m.cc_errors,

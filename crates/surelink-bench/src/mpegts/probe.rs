@@ -193,6 +193,17 @@ pub fn reordered(trace: &Trace) -> u64 {
     late
 }
 
+/// Datagrams that came out more than `limit` after they went in (first
+/// copies only).
+pub fn late(trace: &Trace, limit: Duration) -> u64 {
+    let limit_ns = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
+    trace
+        .arrivals
+        .iter()
+        .filter(|a| a.recv_ns.saturating_sub(a.sent_ns) > limit_ns)
+        .count() as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +273,16 @@ mod tests {
         ];
         let (trace, _) = match_datagrams(&sent, &received);
         assert_eq!(reordered(&trace), 2);
+    }
+
+    #[test]
+    fn late_counts_what_came_out_after_the_limit() {
+        let t = Instant::now();
+        let sent = vec![at(t, 0, b"a"), at(t, 1, b"b"), at(t, 2, b"c")];
+        // 30, 31 and 32 ms: the first exactly at the limit (not late).
+        let received = vec![at(t, 30, b"a"), at(t, 32, b"b"), at(t, 34, b"c")];
+        let (trace, _) = match_datagrams(&sent, &received);
+        assert_eq!(late(&trace, Duration::from_millis(30)), 2);
+        assert_eq!(late(&trace, Duration::from_millis(32)), 0);
     }
 }

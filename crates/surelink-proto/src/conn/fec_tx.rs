@@ -37,8 +37,19 @@ const SOURCE_RESERVE: usize = 32;
 /// Packets the `auto` policy's loss window spans before it is measured.
 const LOSS_WINDOW_PACKETS: u64 = 64;
 
+/// Weight of the newest window in the smoothed loss rate (one window of 64
+/// packets holds about three losses at 5 %: alone it is too noisy to size
+/// the code from).
+const LOSS_GAIN: f64 = 0.25;
+
 /// Fraction of the budget a group may stay open (the hold timer).
 const HOLD_FRACTION: u32 = 4;
+
+/// Fraction of the budget after which an open group closes once the input
+/// has paused (nothing queued to send, no new source symbol): a video
+/// frame's last packets are protected at once instead of waiting for the
+/// next frame or the hold timer.
+const QUIET_FRACTION: u32 = 32;
 
 /// FEC state of the sending side.
 #[derive(Debug)]
@@ -48,6 +59,8 @@ pub(super) struct FecSender {
     encoder: Option<FecEncoder>,
     /// Sequence number of the next source symbol.
     next_seq: u64,
+    /// When the newest source symbol was protected.
+    last_source: Option<Instant>,
     /// Repair symbols waiting to be sent, oldest first.
     repairs: VecDeque<RepairSymbol>,
     /// Bytes of repair symbols queued since the congestion controllers were
@@ -55,6 +68,9 @@ pub(super) struct FecSender {
     unoffered: u64,
     /// The smallest deadline of a deadline message sent so far.
     budget: Option<Duration>,
+    /// Packets acknowledged after a later one (see
+    /// [`FecSender::on_acked_out_of_order`]).
+    acked_out_of_order: u64,
     window: LossWindow,
 }
 
@@ -72,7 +88,8 @@ struct LossWindow {
     packets_in_hold: u64,
     /// The most deadline packets sent within one hold time in this window.
     peak_in_hold: u64,
-    loss_rate: f64,
+    /// Smoothed loss rate over the completed windows, `None` before the first.
+    loss_rate: Option<f64>,
     packet_rate: f64,
 }
 
@@ -115,7 +132,11 @@ impl LossWindow {
             return false;
         }
         let lost_in_window = lost.saturating_sub(self.lost_at_start);
-        self.loss_rate = (lost_in_window as f64 / sent_in_window as f64).min(1.0);
+        let sample = (lost_in_window as f64 / sent_in_window as f64).min(1.0);
+        self.loss_rate = Some(
+            self.loss_rate
+                .map_or(sample, |old| old + LOSS_GAIN * (sample - old)),
+        );
         self.packet_rate = self.filling_rate(elapsed, hold);
         self.restart(now, sent, lost);
         true
@@ -136,6 +157,12 @@ fn hold_time(budget: Duration) -> Duration {
     (budget / HOLD_FRACTION).max(Duration::from_millis(1))
 }
 
+/// How long the input must pause before the open group closes: a 32nd of
+/// `budget`, at least 1 ms (datagrams of one burst arrive closer together).
+fn quiet_time(budget: Duration) -> Duration {
+    (budget / QUIET_FRACTION).max(Duration::from_millis(1))
+}
+
 impl FecSender {
     /// A sender with the policy `config`.
     pub(super) fn new(config: FecConfig) -> Self {
@@ -143,23 +170,34 @@ impl FecSender {
             config,
             encoder: None,
             next_seq: 0,
+            last_source: None,
             repairs: VecDeque::new(),
             unoffered: 0,
             budget: None,
+            acked_out_of_order: 0,
             window: LossWindow::default(),
         }
     }
 
-    /// When the open group must be closed, if one is open.
-    pub(super) fn poll_timeout(&self) -> Option<Instant> {
-        self.encoder.as_ref()?.poll_timeout()
+    /// When the open group must be closed, if one is open: its hold time
+    /// after its first symbol, or, when `input_paused` (nothing is queued to
+    /// send), the quiet time after its newest.
+    pub(super) fn poll_timeout(&self, input_paused: bool) -> Option<Instant> {
+        let held = self.encoder.as_ref()?.poll_timeout()?;
+        match (input_paused, self.last_source, self.budget) {
+            (true, Some(last), Some(budget)) => Some(held.min(last + quiet_time(budget))),
+            _ => Some(held),
+        }
     }
 
-    /// Closes the open group if its hold time has passed.
-    pub(super) fn handle_timeout(&mut self, now: Instant) {
-        if let Some(encoder) = &mut self.encoder {
-            let repairs = encoder.handle_timeout(now);
-            self.queue(repairs);
+    /// Closes the open group if its hold time, or with `input_paused` its
+    /// quiet time, has passed.
+    pub(super) fn handle_timeout(&mut self, now: Instant, input_paused: bool) {
+        if self.poll_timeout(input_paused).is_some_and(|t| now >= t) {
+            if let Some(encoder) = &mut self.encoder {
+                let repairs = encoder.flush();
+                self.queue(repairs);
+            }
         }
     }
 
@@ -169,6 +207,17 @@ impl FecSender {
             self.unoffered += r.encoded_len() as u64;
             self.repairs.push_back(r);
         }
+    }
+
+    /// Counts `n` packets acknowledged after a later packet was. With FEC on,
+    /// most of them are losses the receiver rebuilt: the ACK that followed
+    /// the loss showed the gap, the one after the repair filled it. The
+    /// sender never declares such a packet lost (its acknowledgement comes
+    /// within the reordering window), so without this count the loss rate
+    /// the policy sees falls as FEC succeeds, and the code shrinks until it
+    /// fails. Reordering on the path counts too, erring towards more repair.
+    pub(super) fn on_acked_out_of_order(&mut self, n: u64) {
+        self.acked_out_of_order += n;
     }
 
     /// True if repair symbols wait to be sent.
@@ -183,8 +232,10 @@ impl FecSender {
 
     /// Lets the policy choose the code for the next group (only between
     /// groups), from the connection's `sent`/`lost` packet counters and the
-    /// path's `rtt`.
+    /// path's `rtt`. Packets lost on the wire are those declared lost plus
+    /// those acknowledged out of order (rebuilt by FEC).
     fn reconsider(&mut self, now: Instant, rtt: Duration, sent: u64, lost: u64) {
+        let lost = lost + self.acked_out_of_order;
         if self.config == FecConfig::Off {
             return;
         }
@@ -193,14 +244,14 @@ impl FecSender {
         };
         let hold = hold_time(budget);
         let measured = self.window.update(now, sent, lost, hold);
-        if self.poll_timeout().is_some() {
+        if self.poll_timeout(false).is_some() {
             return; // a group is open
         }
         if self.encoder.is_some() && !measured {
             return;
         }
         let estimate = LinkEstimate {
-            loss_rate: self.window.loss_rate,
+            loss_rate: self.window.loss_rate.unwrap_or(0.0),
             mean_burst: 1.0,
             rtt,
             budget,
@@ -222,11 +273,18 @@ impl FecSender {
         let repairs = encoder.push_source(now, seq, symbol).ok()?;
         self.queue(repairs);
         self.next_seq += 1;
+        self.last_source = Some(now);
         Some(seq)
     }
 }
 
 impl Connection {
+    /// True if the application's input has paused: nothing is queued to
+    /// send (what waits for the congestion window or the pacer is queued).
+    pub(super) fn fec_input_paused(&self) -> bool {
+        !self.send_queue.has_sendable(self.peer_max_data)
+    }
+
     /// Tells every path's congestion controller about the repair bytes queued
     /// since the last call: repairs are load the application's stream
     /// brings, so a rate-based controller must pace for them too (without

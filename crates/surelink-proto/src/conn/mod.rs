@@ -24,8 +24,9 @@
 //! mechanisms, each in its own module: `lifecycle` (open, closing, draining),
 //! `handshake` (its messages and its input), `transmit` (packet assembly),
 //! `path_set` and `path` (paths, validation, liveness, failover), `recovery`
-//! (ACKs, loss, probe timeout; loss judged by `rack`), `timers` (the timer
-//! table), `fec_tx` / `fec_rx` (forward error correction of deadline
+//! (ACKs, loss, probe timeout; loss judged by `rack`), `outage_probe` (dense
+//! probing of a silent path while deadline data is alive), `timers` (the
+//! timer table), `fec_tx` / `fec_rx` (forward error correction of deadline
 //! channels) and [`congestion`].
 
 pub mod congestion;
@@ -33,6 +34,7 @@ mod fec_rx;
 mod fec_tx;
 mod handshake;
 mod lifecycle;
+mod outage_probe;
 mod pacer;
 mod path;
 mod path_set;

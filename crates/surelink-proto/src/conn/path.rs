@@ -202,6 +202,12 @@ pub struct Path {
     pub(super) pong: Option<(u64, u64)>,
     /// Probe packets to send after a probe timeout.
     pub(super) probes: u8,
+    /// An outage probe (a PING that ignores the congestion window and the
+    /// pacer) is due on this path (see `outage_probe.rs`).
+    pub(super) outage_probe: bool,
+    /// Outage probes sent since the path was last heard from, and when the
+    /// newest left.
+    pub(super) outage_probes: (u32, Option<Instant>),
     /// Bytes received before validation (anti-amplification).
     unvalidated_received: u64,
     /// Bytes sent before validation.
@@ -273,6 +279,8 @@ impl Path {
             ping: false,
             pong: None,
             probes: 0,
+            outage_probe: false,
+            outage_probes: (0, None),
             unvalidated_received: 0,
             unvalidated_sent: 0,
             ever_validated: false,
@@ -334,6 +342,7 @@ impl Path {
             self.unvalidated_received += size as u64;
         }
         self.last_heard = Some(now);
+        self.outage_probes = (0, None);
         self.phi.heard(now);
         match self.state {
             PathState::Suspect => {
@@ -398,6 +407,11 @@ impl Path {
             _ => return None,
         }
         Some(self.state)
+    }
+
+    /// When a packet last arrived on this path.
+    pub fn last_heard(&self) -> Option<Instant> {
+        self.last_heard
     }
 
     /// When the failure detector must next look at this path: when phi

@@ -52,6 +52,7 @@ impl Connection {
             if outcome.acked.is_empty() && outcome.spurious.is_empty() {
                 continue;
             }
+            self.fec_tx.on_acked_out_of_order(outcome.out_of_order);
             if let Some(sample) = outcome.rtt_sample {
                 // The ACK's own delay applies to the path it came back on.
                 let delay = if i == path { ack_delay } else { Duration::ZERO };

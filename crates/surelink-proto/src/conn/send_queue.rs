@@ -260,6 +260,19 @@ impl SendQueue {
         self.channels.get(&channel)?.get(seq)
     }
 
+    /// The latest time a queued or unacknowledged deadline message is due at
+    /// the receiver, µs since the connection epoch (`None` without one).
+    pub fn latest_deadline_us(&self) -> Option<u64> {
+        self.channels
+            .values()
+            .flat_map(|ch| ch.messages.iter().flatten())
+            .filter_map(|u| match u.delivery {
+                Delivery::Deadline(d) => Some(u.timestamp_us.saturating_add(d)),
+                _ => None,
+            })
+            .max()
+    }
+
     /// Payload bytes queued or in flight and not yet acknowledged.
     pub fn buffered(&self) -> u64 {
         self.buffered

@@ -64,6 +64,10 @@ pub struct AckOutcome {
     pub rtt_sample: Option<Duration>,
     /// Packets acknowledged after they had been declared lost.
     pub spurious: Vec<Spurious>,
+    /// Packets among `acked` acknowledged after a later packet was: reordered
+    /// on the way, or missing when the later one arrived and rebuilt by the
+    /// peer's FEC.
+    pub out_of_order: u64,
 }
 
 /// Packets declared lost by one call of [`SentPackets::detect_lost`].
@@ -114,6 +118,17 @@ impl SentPackets {
         self.last_eliciting_sent
     }
 
+    /// When the oldest ack-eliciting packet still in flight was sent.
+    pub fn oldest_eliciting_in_flight(&self) -> Option<Instant> {
+        if self.eliciting_in_flight == 0 {
+            return None;
+        }
+        self.packets
+            .values()
+            .find(|p| p.ack_eliciting)
+            .map(|p| p.time)
+    }
+
     fn forget(&mut self, p: &SentPacket) {
         if p.ack_eliciting {
             self.bytes_in_flight -= p.size;
@@ -141,6 +156,9 @@ impl SentPackets {
             for pn in pns {
                 if let Some(p) = self.packets.remove(&pn) {
                     self.forget(&p);
+                    if self.largest_acked.is_some_and(|l| pn < l) {
+                        out.out_of_order += 1;
+                    }
                     self.rack.on_acked(now, pn, p.time, self.largest_acked);
                     out.acked.push((pn, p));
                 }

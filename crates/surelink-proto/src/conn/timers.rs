@@ -34,8 +34,12 @@ pub(super) enum Timer {
     Keepalive,
     /// A delayed ACK must go out (sent by `poll_transmit`).
     Ack,
-    /// An open FEC group reached its hold time: close it, send its repairs.
+    /// An open FEC group reached its hold time, or its quiet time after the
+    /// input paused: close it, send its repairs.
     FecHold,
+    /// The active path is silent while deadline data is alive: send an
+    /// outage probe (`outage_probe.rs`).
+    OutageProbe,
     /// The failure detector must look at the paths (and fail over or back).
     PathCheck,
     /// A message reaches its playout time or its deadline.
@@ -58,6 +62,7 @@ impl Timer {
                 Timer::Keepalive,
                 Timer::Ack,
                 Timer::FecHold,
+                Timer::OutageProbe,
                 Timer::PathCheck,
                 Timer::Playout,
             ])
@@ -89,7 +94,8 @@ impl Connection {
                     .then(|| p.last_eliciting_sent + self.config.keepalive_interval)
             }
             Timer::Ack => self.received.ack_deadline(),
-            Timer::FecHold => self.fec_tx.poll_timeout(),
+            Timer::FecHold => self.fec_tx.poll_timeout(self.fec_input_paused()),
+            Timer::OutageProbe => self.outage_probe_deadline(),
             Timer::PathCheck => self.path_check_deadline(),
             Timer::Playout => self.reassembly.next_wake().map(|us| self.instant_at(us)),
         }
@@ -134,9 +140,11 @@ impl Connection {
             // Wakes `poll_transmit`, which sends the ACK.
             Timer::Ack => {}
             Timer::FecHold => {
-                self.fec_tx.handle_timeout(now);
+                let paused = self.fec_input_paused();
+                self.fec_tx.handle_timeout(now, paused);
                 self.offer_fec_repairs(now);
             }
+            Timer::OutageProbe => self.on_outage_probe_due(now),
             Timer::PathCheck => self.check_paths(now),
             Timer::Playout => self.poll_delivery(now),
         }

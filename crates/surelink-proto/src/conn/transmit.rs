@@ -76,7 +76,7 @@ impl Connection {
         // Heartbeats, PONGs and probes on every path.
         for i in 0..self.paths.len() {
             let p = &self.paths[i];
-            if p.ping || p.pong.is_some() || p.probes > 0 {
+            if p.ping || p.outage_probe || p.pong.is_some() || p.probes > 0 {
                 if let Some(t) = self.write_packet(now, buf, i, Role::Heartbeat) {
                     return Some(t);
                 }
@@ -267,21 +267,25 @@ impl Connection {
         let is_data = matches!(role, Role::Data);
         let p = &self.paths[path];
         let probe = p.probes > 0;
+        // An outage probe is one small PING: it leaves whatever the window
+        // and the pacer say (outage_probe.rs).
+        let outage = !is_data && p.outage_probe;
         // A CLOSE is one small last packet: it leaves whatever the window
         // (else it would wait for an ACK, which a vanished peer never sends).
         let closing = is_data && self.pending.close.is_some();
         let congestion_ok =
-            probe || closing || p.sent.bytes_in_flight() + mtu as u64 <= p.cc.window();
+            probe || closing || outage || p.sent.bytes_in_flight() + mtu as u64 <= p.cc.window();
         let control_pending = is_data && (self.pending.max_data || self.pending.close.is_some())
             || p.pong.is_some()
             || p.ping
+            || p.outage_probe
             || probe;
         let data_pending = is_data && !draining && self.send_queue.has_sendable(self.peer_max_data);
         let mut eliciting_ok = match &role {
             Role::Copy(_) => true,
             _ => congestion_ok && (control_pending || data_pending),
         };
-        if eliciting_ok && !probe && self.pending.close.is_none() {
+        if eliciting_ok && !probe && !outage && self.pending.close.is_none() {
             let p = &mut self.paths[path];
             let rate = p.cc.pacing_rate(p.rtt.smoothed());
             if let Some(t) = p
@@ -407,7 +411,9 @@ impl Connection {
             }
             let p = &mut self.paths[path];
             let probe = p.probes > 0;
-            if std::mem::take(&mut p.ping) || (probe && !eliciting) {
+            let ping = std::mem::take(&mut p.ping);
+            let outage = std::mem::take(&mut p.outage_probe);
+            if ping || outage || (probe && !eliciting) {
                 p.last_ping = Some(now);
                 Frame::Ping {
                     timestamp_us: self.clock_us(now),

@@ -18,7 +18,13 @@
 //! - the repair count `m` is the smallest for which a group of `k + m`
 //!   symbols fails (more than `m` losses) with probability at most
 //!   [`AutoFec::target_failure`], losses coming in bursts of the measured mean
-//!   length; `m` is capped by [`AutoFec::max_overhead`].
+//!   length; `m` is capped by [`AutoFec::max_overhead`];
+//! - when the budget leaves time for retransmission, a source FEC fails to
+//!   rebuild is still retransmitted: with `r` attempts in time (one per 1.5
+//!   round trips after the first round trip) it stays lost only if every
+//!   copy is lost too, so the group may fail `1 / loss^r` times as often,
+//!   and fewer repairs do (at 2 % loss and 4.6 round trips, one repair per
+//!   group instead of three).
 //!
 //! The code is Reed-Solomon: it recovers the most at equal overhead
 //! (measurements in docs/FEC.md).
@@ -123,13 +129,29 @@ impl AutoFec {
         let max_repair = ((source as f64 * sanitize(self.max_overhead)).ceil() as u64)
             .clamp(1, MAX_GROUP_REPAIRS as u64);
         let burst = sanitize(estimate.mean_burst).max(1.0);
+        let target = self.target_failure_with_retransmission(loss, budget_rtts);
         let repair = (1..=max_repair)
-            .find(|&m| group_failure(source + m, m, loss, burst) <= sanitize(self.target_failure))
+            .find(|&m| group_failure(source + m, m, loss, burst) <= target)
             .unwrap_or(max_repair);
         Some(FecScheme::ReedSolomon {
             source: source as u8,
             repair: repair as u8,
         })
+    }
+}
+
+impl AutoFec {
+    /// The acceptable probability that a group fails, given that a source it
+    /// fails to rebuild is retransmitted as often as `budget_rtts` allows: one
+    /// attempt per 1.5 round trips after the first (loss detection and the
+    /// copy's trip), each lost with probability `loss`. At most 1.
+    fn target_failure_with_retransmission(&self, loss: f64, budget_rtts: f64) -> f64 {
+        let target = sanitize(self.target_failure);
+        let attempts = (sanitize(budget_rtts - 1.0) / 1.5).floor().min(16.0) as i32;
+        if attempts == 0 || loss <= 0.0 {
+            return target.min(1.0);
+        }
+        (target / loss.powi(attempts)).min(1.0)
     }
 }
 
@@ -237,13 +259,34 @@ mod tests {
     fn more_loss_means_more_repair() {
         let mut previous = 0;
         for loss in [0.02, 0.05, 0.10] {
-            let (source, repair) = repairs(AUTO.choose(&estimate(loss, 20, 90)));
-            assert_eq!(source, 16);
+            // Below two round trips: FEC is the only repair.
+            let (source, repair) = repairs(AUTO.choose(&estimate(loss, 20, 39)));
+            assert_eq!(source, 9);
             assert!(repair > previous, "loss {loss}: {repair} after {previous}");
             previous = repair;
         }
         // Beyond what 50 % overhead can cover, the cap holds.
         assert_eq!(repairs(AUTO.choose(&estimate(0.3, 20, 90))), (16, 8));
+    }
+
+    #[test]
+    fn fewer_repairs_when_retransmission_fits_in_the_budget() {
+        for loss in [0.02, 0.05, 0.10] {
+            // The same group size (16) at 1.9 and at 4.5 round trips.
+            let fast = LinkEstimate {
+                packet_rate: 1000.0 * 90.0 / 38.0,
+                ..estimate(loss, 20, 38)
+            };
+            let (source, alone) = repairs(AUTO.choose(&fast));
+            let (source_slow, with_retransmission) = repairs(AUTO.choose(&estimate(loss, 20, 90)));
+            assert_eq!((source, source_slow), (16, 16));
+            assert!(
+                with_retransmission < alone,
+                "loss {loss}: {with_retransmission} repairs with retransmission, {alone} without"
+            );
+        }
+        // 2 % at 4.5 round trips: two retransmissions in time, one repair.
+        assert_eq!(repairs(AUTO.choose(&estimate(0.02, 20, 90))), (16, 1));
     }
 
     #[test]
@@ -277,7 +320,7 @@ mod tests {
 
     #[test]
     fn bursts_need_more_repair() {
-        let random = estimate(0.05, 20, 90);
+        let random = estimate(0.05, 20, 39);
         let bursty = LinkEstimate {
             mean_burst: 3.0,
             ..random
