@@ -33,7 +33,11 @@
 //! with a diagram, is in `docs/CHECKPOINTS.md`.
 
 #[cfg(feature = "etcd")]
+mod access;
+#[cfg(feature = "etcd")]
 mod group;
 
 #[cfg(feature = "etcd")]
-pub use group::{Group, GroupError, Leader, Leadership};
+pub use access::EtcdAccess;
+#[cfg(feature = "etcd")]
+pub use group::{Group, GroupError, Leader, Leadership, StepDown, SUSPICION_TTL};

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use surelink::session::{DurableReceiver, DurableSink, FileSink, SessionError, SessionOptions};
 use surelink::{Endpoint, EndpointConfig};
 use surelink_etcd::{Group, Leadership};
@@ -43,8 +43,11 @@ pub struct GroupRecv {
     pub output: GroupOutput,
     /// Session options (checkpoint interval).
     pub options: SessionOptions,
-    /// The addresses to listen on once leader (fixed ports: senders read them from etcd).
+    /// The addresses to listen on once leader (fixed ports).
     pub listen: Vec<SocketAddr>,
+    /// What senders read from etcd to reach the leader: `--advertise`, else
+    /// the listen addresses.
+    pub advertised: String,
     /// The endpoint's configuration (security, paths, playout, timeouts).
     pub config: EndpointConfig,
     /// Exit once the session is complete.
@@ -57,20 +60,14 @@ const BIND_ATTEMPTS: u32 = 40;
 /// Pause between two of them.
 const BIND_RETRY: Duration = Duration::from_millis(50);
 
+/// How often a leader samples its endpoint's datagram count while it
+/// judges a suspicion (its silence is measured to within this).
+const SILENCE_SAMPLE: Duration = Duration::from_millis(20);
+
 /// Runs `surelink recv --group`.
 pub async fn run(plan: GroupRecv) -> anyhow::Result<()> {
-    if plan.listen.iter().any(|a| a.port() == 0) {
-        bail!(crate::exit::UsageError(
-            "--group needs --listen with a fixed port: senders find the leader by it".into()
-        ));
-    }
     let name = plan.group.name().to_owned();
-    let member = plan
-        .listen
-        .iter()
-        .map(SocketAddr::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    let member = plan.advertised.clone();
     loop {
         eprintln!("surelink recv: group {name}: campaigning as {member}");
         let leadership = plan
@@ -110,9 +107,28 @@ pub async fn run(plan: GroupRecv) -> anyhow::Result<()> {
                 "surelink recv: group {name}: deposed ({reason}): output stopped, \
                  nothing more confirmed"
             ),
+            Term::SteppedDown(term) => {
+                // Let another member lead first: this one is cut off from
+                // the sender, which the others may not be.
+                let hold_off = plan.group.lease_ttl() * HOLD_OFF_TTLS;
+                match plan.group.next_leader(Some(term), hold_off).await {
+                    Ok(Some(next)) => eprintln!(
+                        "surelink recv: group {name}: {} leads now (term {})",
+                        next.member, next.term
+                    ),
+                    Ok(None) => eprintln!(
+                        "surelink recv: group {name}: no other member led within {hold_off:?}"
+                    ),
+                    Err(e) => eprintln!("surelink recv: group {name}: {e}"),
+                }
+            }
         }
     }
 }
+
+/// After stepping down, a member campaigns again only once another member
+/// has led, or after this many lease TTLs.
+const HOLD_OFF_TTLS: u32 = 5;
 
 /// How a term as leader ended.
 enum Term {
@@ -120,6 +136,9 @@ enum Term {
     Complete,
     /// The lease was lost: output stopped.
     Deposed(String),
+    /// This member stepped down on a sender's suspicion (the term given):
+    /// output stopped and closed, lease revoked.
+    SteppedDown(i64),
 }
 
 /// Serves the group's session as its leader until it is complete or the
@@ -151,15 +170,48 @@ async fn lead<K: DurableSink>(
     // Aborted when the term ends, so the endpoint (and its port) is released.
     let handshake_log = crate::security::spawn_handshake_log(&endpoint);
     let mut started = None;
-    let served = rx
-        .run(&endpoint, |event| {
+    let term = rx.store().term();
+    let step_down = rx.store().step_down_handle();
+    let suspicions = rx.store().suspicions();
+    let detection = plan.options.peer_timeout;
+    let mut stepped_down = false;
+    let served = {
+        let run = rx.run(&endpoint, |event| {
             if let surelink::session::ReceiverEvent::Accepted { .. } = event {
                 started.get_or_insert_with(Instant::now);
             }
             report(&event, &output);
-        })
-        .await;
+        });
+        tokio::pin!(run);
+        tokio::select! {
+            served = &mut run => served,
+            suspected = unheard_and_suspected(&endpoint, suspicions, detection) => {
+                eprintln!(
+                    "surelink recv: group {name}: suspected by {} and nothing heard for {detection:?}: \
+                     stepping down (term {term})",
+                    suspected.join(", ")
+                );
+                stepped_down = true;
+                step_down.trigger();
+                run.await
+            }
+        }
+    };
     handshake_log.abort();
+    if stepped_down {
+        // Close the output and the endpoint before the lease goes, so
+        // nothing of this term is written once another member leads.
+        let (sink, leadership) = rx.into_parts();
+        drop(sink);
+        drop(endpoint);
+        if let Err(e) = leadership.resign().await {
+            tracing::warn!(error = %e, "cannot resign: the lease will expire instead");
+        }
+        eprintln!(
+            "surelink recv: group {name}: stepped down (term {term}): output closed, lease revoked"
+        );
+        return Ok(Term::SteppedDown(term));
+    }
     match served {
         Ok(()) => {
             summary(&rx, started);
@@ -179,6 +231,32 @@ async fn lead<K: DurableSink>(
         }
         Err(SessionError::Deposed(reason)) => Ok(Term::Deposed(reason)),
         Err(e) => Err(anyhow::Error::new(e).context(format!("group {name}"))),
+    }
+}
+
+/// Resolves with the suspecting senders once a sender suspects this term
+/// in etcd while the endpoint has received nothing for at least
+/// `detection` (this member's own failure-detection time). A sender it
+/// still hears cannot depose it. The endpoint serves the group's one
+/// session, so any datagram counts as hearing from its sender.
+async fn unheard_and_suspected(
+    endpoint: &Endpoint,
+    suspicions: tokio::sync::watch::Receiver<std::collections::BTreeSet<String>>,
+    detection: Duration,
+) -> Vec<String> {
+    let mut received = endpoint.stats().datagrams_received;
+    let mut heard = Instant::now();
+    loop {
+        tokio::time::sleep(SILENCE_SAMPLE).await;
+        let now = Instant::now();
+        let count = endpoint.stats().datagrams_received;
+        if count != received {
+            (received, heard) = (count, now);
+        }
+        let suspected = suspicions.borrow();
+        if !suspected.is_empty() && now.duration_since(heard) >= detection {
+            return suspected.iter().cloned().collect();
+        }
     }
 }
 
