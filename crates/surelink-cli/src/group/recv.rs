@@ -2,19 +2,26 @@
 //! one member of a receiver group.
 //!
 //! The member campaigns for the group's leadership (a lease of
-//! `--lease-ttl`, and a transaction that creates the leader key only if no
-//! member holds it); meanwhile it stands by, neither listening nor writing,
-//! and says who leads. Once leader, it opens the output (a file is cut back
-//! to the length in the group's last checkpoint; the file must be on
-//! storage every member reaches), listens on `--listen` and serves the
-//! group's durable session, with every checkpoint committed to etcd under
-//! its fencing token before the sender hears of it. If it loses the lease
-//! (paused, or cut off from etcd, for longer than the TTL) it stops at once
-//! (no more output, no more confirmations), closes its endpoint and
-//! campaigns again. With `--once` it exits after the session is complete,
-//! resigning so that no member waits for the lease to expire.
+//! `--lease-ttl`, and a transaction that creates the leader key, holding
+//! the addresses it advertises, only if no member holds it); meanwhile it
+//! stands by, holding its `--listen` ports bound but reading nothing and
+//! writing nothing, and says who leads (a sender's first packets after a
+//! takeover wait in the bound sockets instead of being refused). Once
+//! leader, it opens the output (a file is cut back to the length in the
+//! group's last checkpoint; the file must be on storage every member
+//! reaches), serves the group's durable session on those sockets, with
+//! every checkpoint committed to etcd under its fencing token before the
+//! sender hears of it. If it loses the lease (paused, or cut off from etcd,
+//! for longer than the TTL) it stops at once (no more output, no more
+//! confirmations), closes its endpoint and campaigns again. If a sender
+//! suspects it in etcd (its failure detector gave up on this leader) and
+//! it has heard nothing for its own failure-detection time either, it
+//! steps down: output stopped and closed, endpoint closed, lease revoked;
+//! it campaigns again once another member has led, or after a hold-off.
+//! With `--once` it exits after the session is complete, resigning so that
+//! no member waits for the lease to expire.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -69,6 +76,9 @@ pub async fn run(plan: GroupRecv) -> anyhow::Result<()> {
     let name = plan.group.name().to_owned();
     let member = plan.advertised.clone();
     loop {
+        // The ports are this member's while it stands by: a sender's first
+        // packets after the takeover wait in them instead of being refused.
+        let sockets = bind(&plan.listen).await?;
         eprintln!("surelink recv: group {name}: campaigning as {member}");
         let leadership = plan
             .group
@@ -92,12 +102,18 @@ pub async fn run(plan: GroupRecv) -> anyhow::Result<()> {
             GroupOutput::File(path) => {
                 let sink = FileSink::open(path)
                     .with_context(|| format!("cannot open {}", path.display()))?;
-                lead(&plan, leadership, sink).await?
+                lead(&plan, leadership, sockets, sink).await?
             }
             GroupOutput::Datagrams(target) => {
                 let socket = std::net::UdpSocket::bind(crate::args::wildcard_for(*target))
                     .context("cannot bind the datagram output's socket")?;
-                lead(&plan, leadership, DatagramSink::new(socket, *target)).await?
+                lead(
+                    &plan,
+                    leadership,
+                    sockets,
+                    DatagramSink::new(socket, *target),
+                )
+                .await?
             }
         };
         match outcome {
@@ -146,6 +162,7 @@ enum Term {
 async fn lead<K: DurableSink>(
     plan: &GroupRecv,
     leadership: Leadership,
+    sockets: Vec<UdpSocket>,
     sink: K,
 ) -> anyhow::Result<Term> {
     let name = plan.group.name();
@@ -162,7 +179,8 @@ async fn lead<K: DurableSink>(
         ),
         None => eprintln!("surelink recv: group {name}: no session yet"),
     }
-    let endpoint = bind(&plan.listen, &plan.config).await?;
+    let endpoint = Endpoint::from_std_sockets(sockets, plan.config.clone())
+        .with_context(|| format!("cannot listen on {:?}", plan.listen))?;
     for addr in endpoint.local_addrs() {
         eprintln!("surelink recv: listening on {addr}");
     }
@@ -262,11 +280,11 @@ async fn unheard_and_suspected(
 
 /// Binds the listen addresses, retrying briefly while a previous term's
 /// endpoint of this process releases them.
-async fn bind(listen: &[SocketAddr], config: &EndpointConfig) -> anyhow::Result<Endpoint> {
+async fn bind(listen: &[SocketAddr]) -> anyhow::Result<Vec<UdpSocket>> {
     let mut attempt = 0;
     loop {
-        match Endpoint::bind_many(listen, config.clone()) {
-            Ok(endpoint) => return Ok(endpoint),
+        match listen.iter().map(UdpSocket::bind).collect() {
+            Ok(sockets) => return Ok(sockets),
             Err(e) if attempt + 1 < BIND_ATTEMPTS => {
                 tracing::debug!(error = %e, "cannot listen yet; trying again");
                 attempt += 1;
