@@ -3,7 +3,9 @@
 //! three `surelink recv --group` members share one output, a `surelink send
 //! --state --group` streams to whichever leads, and the leader is killed
 //! with SIGKILL, or paused with SIGSTOP beyond its lease and woken up, or
-//! loses its etcd member, mid-stream.
+//! loses its etcd member, or is cut off from the sender (not from etcd)
+//! behind a `surelink impair` proxy, mid-stream. Also: a suspicion the
+//! leader must ignore, and etcd with authentication and with TLS.
 //!
 //! Checked every time: file mode ends byte-identical to the input; datagram
 //! mode delivers every message at least once, and every duplicate is a

@@ -5,10 +5,15 @@
 //! the group's leadership, and only the leader listens and serves the
 //! group's durable session, committing each checkpoint to etcd under its
 //! fencing token before confirming it to the sender ([`recv`]). `send
-//! --state DIR --group` finds the leader in etcd and, when its connection
-//! fails, resumes the session with whichever member leads then, replaying
-//! from its outbox ([`Leaders`]). The design is in `docs/CHECKPOINTS.md`,
-//! the library in `surelink_etcd`.
+//! --state DIR --group` finds the leader in etcd, watches the leader key,
+//! and when its connection fails or a leader of a new term appears, resumes
+//! the session with whichever member leads then, replaying from its outbox
+//! ([`Leaders`]); when its failure detector gives up on a leader that etcd
+//! still names, it records a suspicion of that term in etcd, on which a
+//! leader that does not hear it either steps down. `--etcd-ca`,
+//! `--etcd-cert`/`--etcd-key` and `--etcd-user` (password in
+//! `SURELINK_ETCD_PASSWORD`) protect the etcd connection ([`GroupArgs`]).
+//! The design is in `docs/CHECKPOINTS.md`, the library in `surelink_etcd`.
 
 pub mod recv;
 mod sink;
