@@ -263,6 +263,52 @@ fn leader_addr(member: &str) -> anyhow::Result<SocketAddr> {
 mod tests {
     use super::*;
 
+    /// Group options as `recv` would parse them, with `--advertise`.
+    fn with_advertise(advertise: &[&str]) -> GroupArgs {
+        GroupArgs {
+            group: Some("g".into()),
+            etcd: vec!["http://127.0.0.1:2379".into()],
+            lease_ttl: Duration::from_secs(2),
+            advertise: advertise.iter().map(|a| (*a).to_owned()).collect(),
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
+            etcd_user: None,
+        }
+    }
+
+    #[test]
+    fn a_member_publishes_its_advertised_addresses_else_its_listen_addresses() {
+        let listen: Vec<SocketAddr> = vec!["10.0.0.1:9000".parse().unwrap()];
+        assert_eq!(
+            with_advertise(&[]).advertised(&listen).unwrap(),
+            "10.0.0.1:9000"
+        );
+        assert_eq!(
+            with_advertise(&["203.0.113.7:9000", "[2001:db8::7]:9000"])
+                .advertised(&listen)
+                .unwrap(),
+            "203.0.113.7:9000,[2001:db8::7]:9000"
+        );
+    }
+
+    #[test]
+    fn an_address_no_sender_can_dial_is_refused() {
+        let listen: Vec<SocketAddr> = vec!["10.0.0.1:9000".parse().unwrap()];
+        for bad in [
+            "0.0.0.0:9000",
+            "203.0.113.7:0",
+            "proxy.example:9000",
+            "[::]:9000",
+        ] {
+            let e = with_advertise(&[bad]).advertised(&listen).unwrap_err();
+            assert!(e.downcast_ref::<UsageError>().is_some(), "{bad}: {e:#}");
+        }
+        let wildcard: Vec<SocketAddr> = vec!["0.0.0.0:9000".parse().unwrap()];
+        let e = with_advertise(&[]).advertised(&wildcard).unwrap_err();
+        assert!(e.to_string().contains("--advertise"), "{e:#}");
+    }
+
     #[test]
     fn a_leader_is_reached_at_the_first_address_it_announced() {
         assert_eq!(
