@@ -3,7 +3,9 @@
 //! three `surelink recv --group` members share one output, a `surelink send
 //! --state --group` streams to whichever leads, and the leader is killed
 //! with SIGKILL, or paused with SIGSTOP beyond its lease and woken up, or
-//! loses its etcd member, mid-stream.
+//! loses its etcd member, or is cut off from the sender (not from etcd)
+//! behind a `surelink impair` proxy, mid-stream. Also: a suspicion the
+//! leader must ignore, and etcd with authentication and with TLS.
 //!
 //! Checked every time: file mode ends byte-identical to the input; datagram
 //! mode delivers every message at least once, and every duplicate is a
@@ -25,8 +27,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
-use support::etcd::Etcd;
+use support::etcd::{Etcd, ServerTls};
 use support::{free_addr, s, Proc};
+
+/// Where `recv/send --etcd-user` read the password from.
+const PASSWORD_VAR: &str = "SURELINK_ETCD_PASSWORD";
 
 /// Bound on waiting for a line or for progress.
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
@@ -66,11 +71,23 @@ impl Bench {
     /// Starts a group member listening on a fresh port, writing to
     /// `output` (`--out PATH` or `--to udp://…`), talking to `etcd`.
     fn member(&self, name: &str, output: &[&str], etcd: &str) -> Proc {
-        let listen = free_addr();
+        self.member_with(name, &free_addr(), etcd, output, &[])
+    }
+
+    /// Starts a member of group `g` listening on `listen`, talking to
+    /// `etcd`, with `more` arguments (its output, …) and environment `env`.
+    fn member_with(
+        &self,
+        name: &str,
+        listen: &str,
+        etcd: &str,
+        more: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
         let mut args = vec![
             "recv",
             "--listen",
-            &listen,
+            listen,
             "--group",
             "g",
             "--etcd",
@@ -81,15 +98,20 @@ impl Bench {
             &self.key,
             "--once",
         ];
-        args.extend_from_slice(output);
-        Proc::spawn_logged(name, &args, &self.log)
+        args.extend_from_slice(more);
+        Proc::spawn_logged_env(name, &args, env, &self.log)
     }
 
     /// Starts the sender of `input`.
     fn sender(&self, input: &str) -> Proc {
+        self.sender_with(input, &[], &[])
+    }
+
+    /// Starts the sender of `input` with `more` arguments and environment `env`.
+    fn sender_with(&self, input: &str, more: &[&str], env: &[(&str, &str)]) -> Proc {
         let state = self.path("tx-state");
         let etcd = self.etcd.endpoints();
-        let args = [
+        let mut args = vec![
             "send",
             "--group",
             "g",
@@ -104,7 +126,8 @@ impl Bench {
             "--chunk",
             "1KiB",
         ];
-        Proc::spawn_logged("send", &args, &self.log)
+        args.extend_from_slice(more);
+        Proc::spawn_logged_env("send", &args, env, &self.log)
     }
 
     fn fail(&self, what: &str) -> ! {
@@ -414,5 +437,313 @@ fn etcd_unreachable_beyond_the_lease_stops_the_leader_and_the_group_resumes_afte
     bench.expect_line(&mut a, "deposed");
     bench.etcd.signal(0, "CONT");
     bench.expect_success(&mut send, "the sender");
+    bench.expect_exact(&output, &data);
+}
+
+/// True if process `pid` holds the file at `path` open (Linux's
+/// `/proc/PID/fd`): a process without a descriptor of the output cannot
+/// write to it.
+fn holds_open(pid: u32, path: &str) -> bool {
+    let target = std::fs::canonicalize(path).unwrap();
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|link| link == target))
+    })
+}
+
+/// Sends `command` to a `surelink impair --control` port and checks the answer.
+fn control(addr: &str, command: &str) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    socket.send_to(command.as_bytes(), addr).unwrap();
+    let mut buf = [0u8; 1024];
+    let len = socket
+        .recv(&mut buf)
+        .expect("an answer from the control port");
+    let answer = String::from_utf8_lossy(&buf[..len]);
+    assert!(answer.contains("\"ok\":true"), "{command}: {answer}");
+}
+
+/// A leader cut off from the sender but not from etcd. A advertises the
+/// address of a `surelink impair` proxy in front of it, which is cut
+/// mid-stream: the sender's failure detector gives up on A and records a
+/// suspicion in etcd; A, hearing nothing from the sender either, steps
+/// down; B takes over and the output ends exact. No split brain: A had
+/// closed the output before B led. After `restore`, A stays a standby.
+#[test]
+fn a_leader_cut_off_from_the_sender_steps_down_and_a_standby_takes_over() {
+    let bench = Bench::new(1);
+    let input = bench.path("in.bin");
+    let output = bench.path("out.bin");
+    let data = random_file(&input, 6 << 20, 61);
+    let etcd = bench.etcd.endpoints();
+    let a_listen = free_addr();
+    let mut proxy = Proc::spawn_logged(
+        "proxy",
+        &[
+            "impair",
+            "--listen",
+            "127.0.0.1:0",
+            "--target",
+            &a_listen,
+            "--control",
+            "127.0.0.1:0",
+        ],
+        &bench.log,
+    );
+    let proxy_addr = proxy.addr_after("listening on ").to_string();
+    let control_addr = proxy.addr_after("control on ").to_string();
+    let mut a = bench.member_with(
+        "A",
+        &a_listen,
+        &etcd,
+        &["--out", &output, "--advertise", &proxy_addr],
+        &[],
+    );
+    bench.expect_line(&mut a, "listening on");
+    let mut b = bench.member("B", &["--out", &output], &etcd);
+    let standby = bench.expect_line(&mut b, "standing by");
+    assert!(
+        standby.contains(&proxy_addr),
+        "A publishes the proxy: {standby}"
+    );
+    let mut send = bench.sender(&input);
+    bench.wait_progress(1 << 20, || file_len(&output));
+    let a_pid = a.child().id();
+    assert!(holds_open(a_pid, &output), "the leader writes the output");
+    control(&control_addr, "cut");
+    bench.expect_line(&mut a, "stepping down");
+    let leading = bench.expect_line(&mut b, "leading (term");
+    // A closed the output before it revoked its lease, so before B led.
+    if holds_open(a_pid, &output) {
+        bench.fail(&format!(
+            "A still holds the output open once B leads ({leading})"
+        ));
+    }
+    control(&control_addr, "restore");
+    bench.expect_line(&mut b, "resumed by");
+    // A campaigns again only once B has led, and stands by behind it.
+    let b_term = term_of(&leading);
+    let behind = bench.expect_line(&mut a, "standing by");
+    if !behind.contains(&format!("(term {b_term})")) {
+        bench.fail(&format!(
+            "A stands by behind another term than B's {b_term}: {behind}"
+        ));
+    }
+    if holds_open(a_pid, &output) {
+        bench.fail("A, standing by, holds the output open");
+    }
+    bench.expect_success(&mut send, "the sender");
+    bench.expect_success(&mut b, "the new leader");
+    bench.expect_exact(&output, &data);
+}
+
+/// The term in a "leading (term N, …)" line.
+fn term_of(line: &str) -> String {
+    line.split("term ")
+        .nth(1)
+        .and_then(|t| t.split([',', ')']).next())
+        .unwrap_or_else(|| panic!("no term in {line:?}"))
+        .to_owned()
+}
+
+/// A suspicion of the leader's term written to etcd while the leader still
+/// hears its sender (a wrong or lying sender) does not depose it: the
+/// leader serves the whole transfer, and the standby never leads during it.
+#[test]
+fn a_suspicion_from_a_sender_the_leader_still_hears_does_not_depose_it() {
+    let bench = Bench::new(1);
+    let input = bench.path("in.bin");
+    let output = bench.path("out.bin");
+    let data = random_file(&input, 4 << 20, 73);
+    let etcd = bench.etcd.endpoints();
+    let mut a = bench.member("A", &["--out", &output], &etcd);
+    let term = term_of(&bench.expect_line(&mut a, "leading (term"));
+    bench.expect_line(&mut a, "listening on");
+    let mut b = bench.member("B", &["--out", &output], &etcd);
+    bench.expect_line(&mut b, "standing by");
+    let mut send = bench.sender(&input);
+    bench.wait_progress(1 << 20, || file_len(&output));
+    bench.etcd.put(
+        &format!("/surelink/groups/g/suspicions/{term}/liar"),
+        "liar",
+    );
+    bench.expect_success(&mut send, "the sender");
+    bench.expect_success(&mut a, "the leader");
+    if a.stderr().contains("stepping down") {
+        bench.fail("the leader stepped down on a suspicion while it heard its sender");
+    }
+    // B leads only once A resigned after the transfer: it found it complete.
+    let took_over = bench.expect_line(&mut b, "messages committed");
+    if !took_over.contains("(complete)") {
+        bench.fail(&format!(
+            "B led before the transfer was complete: {took_over}"
+        ));
+    }
+    bench.expect_exact(&output, &data);
+}
+
+/// etcd with authentication on, and a user whose role reaches only the
+/// group's prefix: a wrong password is refused, naming the cause; the
+/// right one for another group is refused access to its keys; the right
+/// one for the group serves a transfer exactly.
+#[test]
+fn with_etcd_authentication_a_wrong_password_is_named_and_the_right_one_works() {
+    let bench = Bench::new(1);
+    bench
+        .etcd
+        .enable_auth("member", "right-password", "/surelink/groups/g/");
+    let etcd = bench.etcd.endpoints();
+    let input = bench.path("in.bin");
+    let output = bench.path("out.bin");
+    let data = random_file(&input, 256 << 10, 67);
+    let user = ["--etcd-user", "member", "--out", &output];
+    let refused = |name: &str, args: &[&str], env: &[(&str, &str)], cause: &str| {
+        let mut p = Proc::spawn_logged_env(name, args, env, &bench.log);
+        let (status, _) = p.wait();
+        if status.success() || !p.stderr().contains(cause) {
+            bench.fail(&format!("{name}: expected a failure naming {cause:?}"));
+        }
+    };
+    let listen = free_addr();
+    let recv = |group: &'static str| {
+        vec![
+            "recv",
+            "--listen",
+            &listen,
+            "--group",
+            group,
+            "--etcd",
+            &etcd,
+            "--key",
+            &bench.key,
+            "--etcd-user",
+            "member",
+            "--out",
+            &output,
+        ]
+    };
+    refused(
+        "wrong",
+        &recv("g"),
+        &[(PASSWORD_VAR, "wrong-password")],
+        "etcd refused the user name or password",
+    );
+    refused(
+        "elsewhere",
+        &recv("h"),
+        &[(PASSWORD_VAR, "right-password")],
+        "etcd refused access to the group's keys /surelink/groups/h/",
+    );
+    let right = [(PASSWORD_VAR, "right-password")];
+    let mut a = bench.member_with("A", &free_addr(), &etcd, &user, &right);
+    bench.expect_line(&mut a, "listening on");
+    let mut send = bench.sender_with(&input, &["--etcd-user", "member"], &right);
+    bench.expect_success(&mut send, "the sender");
+    bench.expect_success(&mut a, "the leader");
+    bench.expect_exact(&output, &data);
+}
+
+/// PEM files of a test PKI: one CA signing the etcd member's certificate
+/// (for 127.0.0.1) and a client's.
+struct Pki {
+    ca: String,
+    server: ServerTls,
+    client_cert: String,
+    client_key: String,
+}
+
+impl Pki {
+    fn new(bench: &Bench) -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+            KeyUsagePurpose,
+        };
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::from_params(&ca_params, &ca_key);
+        let write = |name: &str, pem: String| {
+            let path = bench.path(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        let leaf = |name: &str, usages: Vec<ExtendedKeyUsagePurpose>| {
+            let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+            params.extended_key_usages = usages;
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            (
+                write(&format!("{name}.pem"), cert.pem()),
+                write(&format!("{name}-key.pem"), key.serialize_pem()),
+            )
+        };
+        let ca = write("ca.pem", ca_cert.pem());
+        // etcd's own gateway dials the member with the server certificate.
+        let (server_cert, server_key) = leaf(
+            "server",
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
+        let (client_cert, client_key) = leaf("client", vec![ExtendedKeyUsagePurpose::ClientAuth]);
+        Pki {
+            server: ServerTls {
+                cert: server_cert.into(),
+                key: server_key.into(),
+                client_ca: ca.clone().into(),
+            },
+            ca,
+            client_cert,
+            client_key,
+        }
+    }
+}
+
+/// etcd serving clients over TLS only and requiring client certificates:
+/// a member and a sender with the CA and a client certificate serve a
+/// transfer exactly; a member without a client certificate is refused.
+#[test]
+fn over_etcd_tls_with_client_certificates_a_group_serves_a_transfer() {
+    let mut bench = Bench::new(1);
+    let pki = Pki::new(&bench);
+    // Replace the plain cluster by one serving TLS (the plain one is killed).
+    bench.etcd = Etcd::start_tls(&pki.server);
+    let etcd = bench.etcd.endpoints();
+    assert!(etcd.starts_with("https://"), "{etcd}");
+    let input = bench.path("in.bin");
+    let output = bench.path("out.bin");
+    let data = random_file(&input, 256 << 10, 71);
+    let tls = [
+        "--etcd-ca",
+        &pki.ca,
+        "--etcd-cert",
+        &pki.client_cert,
+        "--etcd-key",
+        &pki.client_key,
+    ];
+    let mut anonymous = bench.member_with(
+        "anonymous",
+        &free_addr(),
+        &etcd,
+        &["--etcd-ca", &pki.ca, "--out", &output],
+        &[],
+    );
+    let (status, _) = anonymous.wait();
+    if status.success() || !anonymous.stderr().contains("cannot use etcd") {
+        bench.fail("a member without a client certificate was not refused");
+    }
+    let mut more = tls.to_vec();
+    more.extend(["--out", &output]);
+    let mut a = bench.member_with("A", &free_addr(), &etcd, &more, &[]);
+    bench.expect_line(&mut a, "listening on");
+    let mut send = bench.sender_with(&input, &tls, &[]);
+    bench.expect_success(&mut send, "the sender");
+    bench.expect_success(&mut a, "the leader");
     bench.expect_exact(&output, &data);
 }

@@ -2,16 +2,20 @@
 //! and the group's checkpoint committed under the leader's fencing token.
 //! See the [crate docs](crate) for how they are driven.
 
+use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, LeaseKeepAliveStream, LeaseKeeper,
+    Client, Compare, CompareOp, Event, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
     PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use surelink_journal::CheckpointRecord;
 use surelink_session::{ReceiverStore, SessionError, SessionRecord};
 use tokio::sync::watch;
+
+use crate::access::EtcdAccess;
 
 /// The pause after a failed etcd request before the next one (and how often
 /// a standby looks at the leader key when it cannot watch it).
@@ -19,11 +23,10 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Longest a standby trusts one watch of the leader key before it reads the
 /// key again (a watch that silently stopped cannot stall a campaign).
 const LEADER_RECHECK: Duration = Duration::from_secs(1);
-/// Longest wait for one etcd request of a standby or a sender (a leader's
-/// requests are bounded by its lease instead).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest wait for a connection to an etcd member.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// TTL of the lease a sender's suspicion is attached to: long enough for
+/// the leader to see it and measure its own silence (its failure-detection
+/// time, a second by default), short enough that a stale one goes away.
+pub const SUSPICION_TTL: Duration = Duration::from_secs(5);
 
 /// Why a group operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,21 @@ pub enum GroupError {
     /// etcd refused or did not answer a request.
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
+    /// etcd refused the user name or password (`--etcd-user`).
+    #[error("etcd refused the user name or password: {0}")]
+    Authentication(etcd_client::Error),
+    /// etcd refused a request for lack of permission: the user's role does
+    /// not grant read and write access to the group's keys.
+    #[error("etcd refused access to the group's keys {prefix}: {source}")]
+    PermissionDenied {
+        /// The group's key prefix, to which the user's role needs read and write access.
+        prefix: String,
+        /// etcd's answer.
+        source: etcd_client::Error,
+    },
+    /// The TLS settings (`--etcd-ca`, `--etcd-cert`, `--etcd-key`) cannot be used.
+    #[error("etcd TLS: {0}")]
+    Tls(String),
     /// The lease TTL is not a whole number of seconds of at least 1 s
     /// (etcd counts leases in seconds).
     #[error("the lease TTL must be a whole number of seconds, at least 1s, not {0:?}")]
@@ -75,12 +93,13 @@ impl std::fmt::Debug for Group {
 }
 
 impl Group {
-    /// Connects to the etcd cluster at `endpoints` (`http://HOST:PORT`,
-    /// any member) for group `name`, whose leaders hold leases of
-    /// `lease_ttl` (whole seconds). Requests go to whichever member
-    /// answers.
+    /// Connects to the etcd cluster described by `access` for group `name`,
+    /// whose leaders hold leases of `lease_ttl` (whole seconds), and reads
+    /// the group's leader key once, so that a wrong password or a role
+    /// without access to the group's keys fails here, named. Requests go to
+    /// whichever member answers.
     pub async fn connect(
-        endpoints: &[String],
+        access: &EtcdAccess,
         name: &str,
         lease_ttl: Duration,
     ) -> Result<Self, GroupError> {
@@ -90,15 +109,31 @@ impl Group {
         if lease_ttl.subsec_nanos() != 0 || lease_ttl < Duration::from_secs(1) {
             return Err(GroupError::BadLeaseTtl(lease_ttl));
         }
-        let options = ConnectOptions::new()
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_timeout(REQUEST_TIMEOUT);
-        let client = Client::connect(endpoints, Some(options)).await?;
-        Ok(Group {
+        let options = access.connect_options()?;
+        let client = Client::connect(access.endpoints(), Some(options))
+            .await
+            .map_err(|e| {
+                if is_status(&e, "authentication failed") {
+                    GroupError::Authentication(e)
+                } else {
+                    GroupError::Etcd(e)
+                }
+            })?;
+        let group = Group {
             client,
             name: name.to_owned(),
             lease_ttl,
-        })
+        };
+        group.leader().await.map_err(|e| match e {
+            GroupError::Etcd(e) if is_status(&e, "permission denied") => {
+                GroupError::PermissionDenied {
+                    prefix: group.prefix(),
+                    source: e,
+                }
+            }
+            other => other,
+        })?;
+        Ok(group)
     }
 
     /// The group's name.
@@ -106,27 +141,48 @@ impl Group {
         &self.name
     }
 
+    /// The lease TTL its leaders ask etcd for.
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
+    /// The prefix of all the group's keys: `/surelink/groups/NAME/`.
+    pub fn prefix(&self) -> String {
+        format!("/surelink/groups/{}/", self.name)
+    }
+
     fn leader_key(&self) -> String {
-        format!("/surelink/groups/{}/leader", self.name)
+        format!("{}leader", self.prefix())
     }
 
     fn checkpoint_key(&self) -> String {
-        format!("/surelink/groups/{}/checkpoint", self.name)
+        format!("{}checkpoint", self.prefix())
+    }
+
+    /// Where the suspicions of the leader of `term` are kept.
+    fn suspicions_prefix(&self, term: i64) -> String {
+        format!("{}suspicions/{term}/", self.prefix())
     }
 
     /// The current leader, if any.
     pub async fn leader(&self) -> Result<Option<Leader>, GroupError> {
+        Ok(self.leader_at().await?.0)
+    }
+
+    /// The current leader, if any, and the revision etcd read it at.
+    async fn leader_at(&self) -> Result<(Option<Leader>, i64), GroupError> {
         let mut client = self.client.clone();
         let response = client.get(self.leader_key(), None).await?;
-        Ok(response.kvs().first().map(|kv| Leader {
-            member: String::from_utf8_lossy(kv.value()).into_owned(),
-            term: kv.create_revision(),
-        }))
+        let revision = response
+            .header()
+            .ok_or(GroupError::Incomplete("a response header"))?
+            .revision();
+        Ok((response.kvs().first().map(leader_of), revision))
     }
 
     /// Waits until this member leads the group and returns its
-    /// [`Leadership`]. `member` is what senders read to find it (its listen
-    /// addresses). Each leader seen meanwhile is reported once to
+    /// [`Leadership`]. `member` is what senders read to find it (the
+    /// addresses it advertises). Each leader seen meanwhile is reported once to
     /// `on_standby`; an unreachable etcd is reported to `on_error` and
     /// waited out. Runs until it wins: a standby's whole job.
     pub async fn campaign(
@@ -143,7 +199,11 @@ impl Group {
                         seen = Some(leader.term);
                         on_standby(&leader);
                     }
-                    self.leader_gone(leader.term).await;
+                    // Campaign as soon as etcd deletes the key (its lease
+                    // expired or its leader resigned).
+                    let deleted =
+                        |event: &Event| (event.event_type() == EventType::Delete).then_some(());
+                    self.watch_leader(leader.term, deleted).await;
                     continue;
                 }
                 Ok(None) => match self.try_lead(member).await {
@@ -158,38 +218,102 @@ impl Group {
         }
     }
 
-    /// Waits until the leader key created at revision `term` is deleted (its
-    /// lease expired or its leader resigned), watching the key instead of
-    /// polling it, so a standby campaigns as soon as etcd drops the key. At
-    /// most [`LEADER_RECHECK`]; a watch that cannot be made or ends early
-    /// falls back to one [`POLL_INTERVAL`].
-    async fn leader_gone(&self, term: i64) {
+    /// Waits, at most `within`, until etcd names a leader of another term
+    /// than `after` (any leader if `None`), watching the leader key rather
+    /// than polling it (and reading it again at least every second).
+    /// `None` if no such leader appeared in time.
+    pub async fn next_leader(
+        &self,
+        after: Option<i64>,
+        within: Duration,
+    ) -> Result<Option<Leader>, GroupError> {
+        let deadline = tokio::time::Instant::now() + within;
+        let other = |leader: &Leader| Some(leader.term) != after;
+        loop {
+            let (leader, revision) = self.leader_at().await?;
+            if let Some(leader) = leader.filter(other) {
+                return Ok(Some(leader));
+            }
+            let created = |event: &Event| match (event.event_type(), event.kv()) {
+                (EventType::Put, Some(kv)) => Some(leader_of(kv)).filter(other),
+                _ => None,
+            };
+            match tokio::time::timeout_at(deadline, self.watch_leader(revision + 1, created)).await
+            {
+                Ok(Some(leader)) => return Ok(Some(leader)),
+                Ok(None) => {}
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// Watches the leader key from `revision` on until `pick` picks one of
+    /// its events, for at most [`LEADER_RECHECK`] (a watch that silently
+    /// stopped cannot stall the caller, who reads the key again). `None` if
+    /// nothing was picked in that time, or (after one [`POLL_INTERVAL`]) if
+    /// the watch could not be made or ended early.
+    async fn watch_leader<T>(
+        &self,
+        revision: i64,
+        mut pick: impl FnMut(&Event) -> Option<T>,
+    ) -> Option<T> {
         let watch = async {
             let mut client = self.client.clone();
-            let options = WatchOptions::new().with_start_revision(term);
+            let options = WatchOptions::new().with_start_revision(revision);
             let Ok(mut stream) = client.watch(self.leader_key(), Some(options)).await else {
                 tokio::time::sleep(POLL_INTERVAL).await;
-                return;
+                return None;
             };
             loop {
                 match stream.message().await {
                     Ok(Some(response)) if !response.canceled() => {
-                        let deleted = response
-                            .events()
-                            .iter()
-                            .any(|event| event.event_type() == EventType::Delete);
-                        if deleted {
-                            return;
+                        if let Some(picked) = response.events().iter().find_map(&mut pick) {
+                            return Some(picked);
                         }
                     }
                     _ => {
                         tokio::time::sleep(POLL_INTERVAL).await;
-                        return;
+                        return None;
                     }
                 }
             }
         };
-        let _ = tokio::time::timeout(LEADER_RECHECK, watch).await;
+        tokio::time::timeout(LEADER_RECHECK, watch)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Records that sender `who` (its session id, say) lost the leader of
+    /// `term`: the key `suspicions/TERM/WHO` under the group's prefix,
+    /// attached to a lease of its own of [`SUSPICION_TTL`], written only if
+    /// etcd still names that term's leader (`false`, nothing written, if it
+    /// does not). The leader steps down on it only if it has not heard
+    /// from its sender for its own failure-detection time either (see
+    /// [`Leadership::suspicions`]).
+    pub async fn suspect(&self, term: i64, who: &str) -> Result<bool, GroupError> {
+        let mut client = self.client.clone();
+        let lease = client
+            .lease_grant(SUSPICION_TTL.as_secs() as i64, None)
+            .await?
+            .id();
+        let key = format!("{}{who}", self.suspicions_prefix(term));
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.leader_key(),
+                CompareOp::Equal,
+                term,
+            )])
+            .and_then([TxnOp::put(
+                key,
+                who,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let recorded = client.txn(txn).await.map(|r| r.succeeded());
+        if !matches!(recorded, Ok(true)) {
+            let _ = client.lease_revoke(lease).await;
+        }
+        Ok(recorded?)
     }
 
     /// One attempt to take the leader key: a lease, then a transaction
@@ -248,7 +372,14 @@ impl Group {
             .map(|bytes| decode_checkpoint(&bytes))
             .transpose()?;
         let (owned_until, owned) = watch::channel(Some(requested + ttl));
-        let keepalive = tokio::spawn(keep_alive(client.clone(), lease, ttl, owned_until));
+        let owned_until = Arc::new(owned_until);
+        let keepalive = tokio::spawn(keep_alive(client.clone(), lease, ttl, owned_until.clone()));
+        let (suspected, suspicions) = watch::channel(BTreeSet::new());
+        let suspicion_watch = tokio::spawn(watch_suspicions(
+            client.clone(),
+            self.suspicions_prefix(term),
+            suspected,
+        ));
         Ok(Some(Leadership {
             client,
             leader_key,
@@ -256,11 +387,82 @@ impl Group {
             lease,
             ttl,
             term,
+            owned_until,
             owned,
             keepalive,
+            suspicions,
+            suspicion_watch,
             checkpoint,
             commits: 0,
         }))
+    }
+}
+
+/// The leader a leader key names.
+fn leader_of(kv: &etcd_client::KeyValue) -> Leader {
+    Leader {
+        member: String::from_utf8_lossy(kv.value()).into_owned(),
+        term: kv.create_revision(),
+    }
+}
+
+/// True if `e` is an answer of etcd whose message holds `what`.
+fn is_status(e: &etcd_client::Error, what: &str) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(status) if status.message().contains(what))
+}
+
+/// Keeps `suspected` equal to the senders suspecting one term's leader:
+/// the keys under `prefix` (`suspicions/TERM/`), without it. Read once,
+/// then watched from the read's revision on; read again whenever the watch
+/// ends and at least every [`LEADER_RECHECK`]. Runs until aborted (when
+/// the term ends).
+async fn watch_suspicions(
+    mut client: Client,
+    prefix: String,
+    suspected: watch::Sender<BTreeSet<String>>,
+) {
+    let who = |key: &[u8]| {
+        String::from_utf8_lossy(key)
+            .strip_prefix(prefix.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    loop {
+        let read = client
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await;
+        let Ok(read) = read else {
+            tokio::time::sleep(POLL_INTERVAL).await;
+            continue;
+        };
+        let mut senders: BTreeSet<String> = read.kvs().iter().map(|kv| who(kv.key())).collect();
+        suspected.send_replace(senders.clone());
+        let revision = read.header().map_or(0, |h| h.revision());
+        let follow = async {
+            let options = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(revision + 1);
+            let Ok(mut stream) = client.watch(prefix.clone(), Some(options)).await else {
+                return;
+            };
+            while let Ok(Some(response)) = stream.message().await {
+                if response.canceled() {
+                    return;
+                }
+                for event in response.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    match event.event_type() {
+                        EventType::Put => senders.insert(who(kv.key())),
+                        EventType::Delete => senders.remove(&who(kv.key())),
+                    };
+                }
+                suspected.send_replace(senders.clone());
+            }
+        };
+        if tokio::time::timeout(LEADER_RECHECK, follow).await.is_ok() {
+            // The watch ended early: pause before reading again.
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
     }
 }
 
@@ -284,7 +486,7 @@ async fn keep_alive(
     mut client: Client,
     lease: i64,
     ttl: Duration,
-    owned_until: watch::Sender<Option<Instant>>,
+    owned_until: Arc<watch::Sender<Option<Instant>>>,
 ) {
     let period = ttl / 3;
     let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
@@ -312,7 +514,17 @@ async fn keep_alive(
         match tokio::time::timeout(period, renewal).await {
             Ok(Ok(Some(renewed))) if renewed > 0 => {
                 let granted = Duration::from_secs(renewed as u64);
-                owned_until.send_replace(Some(sent + granted));
+                // A term that ended meanwhile (stepped down) stays ended.
+                let extended = owned_until.send_if_modified(|until| match until {
+                    Some(_) => {
+                        *until = Some(sent + granted);
+                        true
+                    }
+                    None => false,
+                });
+                if !extended {
+                    return;
+                }
             }
             Ok(Ok(Some(_))) => {
                 tracing::warn!(lease, "the lease expired in etcd");
@@ -334,7 +546,8 @@ async fn keep_alive(
 }
 
 /// This member's term as the group's leader: its lease (kept alive in the
-/// background), its fencing token and the group's checkpoint. A
+/// background), its fencing token, the group's checkpoint and the senders'
+/// suspicions of this term (watched in the background). A
 /// [`ReceiverStore`] whose commits are transactions conditional on the
 /// fencing token. Dropping it stops renewing the lease; [`resign`]
 /// (Self::resign) also deletes it, so a standby takes over at once.
@@ -345,10 +558,31 @@ pub struct Leadership {
     lease: i64,
     ttl: Duration,
     term: i64,
+    owned_until: Arc<watch::Sender<Option<Instant>>>,
     owned: watch::Receiver<Option<Instant>>,
     keepalive: tokio::task::JoinHandle<()>,
+    suspicions: watch::Receiver<BTreeSet<String>>,
+    suspicion_watch: tokio::task::JoinHandle<()>,
     checkpoint: Option<SessionRecord>,
     commits: u64,
+}
+
+/// Ends a [`Leadership`]'s ownership at once, from outside the receiver
+/// that holds it as its store: after [`trigger`](Self::trigger) the store
+/// is no longer [owned](ReceiverStore::owned), so the receiver writes and
+/// confirms nothing more and returns
+/// [`SessionError::Deposed`]; then [`Leadership::resign`] deletes the
+/// leader key. The lease is not renewed into a new deadline afterwards.
+#[derive(Debug, Clone)]
+pub struct StepDown {
+    owned_until: Arc<watch::Sender<Option<Instant>>>,
+}
+
+impl StepDown {
+    /// Ends the ownership now.
+    pub fn trigger(&self) {
+        self.owned_until.send_replace(None);
+    }
 }
 
 impl Leadership {
@@ -367,11 +601,30 @@ impl Leadership {
         self.commits
     }
 
-    /// Ends the term: revokes the lease, which deletes the leader key (a
-    /// standby takes over without waiting for the TTL).
+    /// The senders currently suspecting this term's leader ([`Group::suspect`]),
+    /// each until its suspicion's own lease expires; updated by a watch.
+    /// A leader should [step down](Self::step_down_handle) on a suspicion
+    /// only if it has not heard from its sender for its own
+    /// failure-detection time: a sender that it still hears (one that is
+    /// wrong, or lying) cannot depose it.
+    pub fn suspicions(&self) -> watch::Receiver<BTreeSet<String>> {
+        self.suspicions.clone()
+    }
+
+    /// A handle that ends this term's ownership while a receiver holds the
+    /// leadership.
+    pub fn step_down_handle(&self) -> StepDown {
+        StepDown {
+            owned_until: self.owned_until.clone(),
+        }
+    }
+
+    /// Ends the term: stops owning it, then revokes the lease, which
+    /// deletes the leader key (a standby takes over without waiting for the
+    /// TTL).
     pub async fn resign(mut self) -> Result<(), GroupError> {
         self.keepalive.abort();
-        self.owned = watch::channel(None).1;
+        self.owned_until.send_replace(None);
         self.client.lease_revoke(self.lease).await?;
         Ok(())
     }
@@ -398,6 +651,7 @@ impl std::fmt::Debug for Leadership {
 impl Drop for Leadership {
     fn drop(&mut self) {
         self.keepalive.abort();
+        self.suspicion_watch.abort();
     }
 }
 
@@ -473,7 +727,7 @@ impl ReceiverStore for Leadership {
                 }
             }
             SessionError::Deposed(format!(
-                "the lease of term {term} expired: not renewed in time"
+                "the lease of term {term} is no longer held: not renewed in time, or given up"
             ))
         }
     }

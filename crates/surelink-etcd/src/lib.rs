@@ -6,7 +6,8 @@
 //! code with `protoc` at build time; the default build needs no system
 //! package). Driven like this:
 //!
-//! 1. [`Group::connect`] to the etcd cluster;
+//! 1. [`Group::connect`] to the etcd cluster described by an
+//!    [`EtcdAccess`] (client URLs, TLS, user and password);
 //! 2. [`Group::campaign`]: wait until no member leads, then take the
 //!    group's leader key in a transaction, attached to a lease of this
 //!    member that a background task keeps alive. It returns a
@@ -24,16 +25,31 @@
 //!    reach for longer than the lease), the receiver stops at once with
 //!    [`SessionError::Deposed`](surelink_session::SessionError::Deposed): drop the `Leadership` and campaign again.
 //!
-//! Senders find the leader with [`Group::leader`]: the leader key's value
-//! is the addresses the leader listens on.
+//! 5. a leader cut off from its sender but not from etcd keeps its lease:
+//!    senders report it with [`Group::suspect`], and it watches
+//!    [`Leadership::suspicions`]; if one is present and it has heard
+//!    nothing from its sender for its own failure-detection time, it ends
+//!    the term through a [`StepDown`] handle (the receiver stops at once)
+//!    and [`Leadership::resign`]s, then waits for another member to lead
+//!    ([`Group::next_leader`]) before campaigning again.
+//!
+//! Senders find the leader with [`Group::leader`] and follow it with
+//! [`Group::next_leader`] (a watch of the leader key): the leader key's
+//! value is the addresses the leader advertises.
 //!
 //! Keys, under `/surelink/groups/NAME/`: `leader` (the leader's addresses,
-//! attached to its lease) and `checkpoint` (the last committed checkpoint:
-//! one SESSION record of the checkpoint journal's format). The design,
-//! with a diagram, is in `docs/CHECKPOINTS.md`.
+//! attached to its lease), `checkpoint` (the last committed checkpoint:
+//! one SESSION record of the checkpoint journal's format) and
+//! `suspicions/TERM/SENDER` (a sender's report that it lost the leader of
+//! TERM, attached to a short lease of its own). The design, with
+//! diagrams, is in `docs/CHECKPOINTS.md`.
 
+#[cfg(feature = "etcd")]
+mod access;
 #[cfg(feature = "etcd")]
 mod group;
 
 #[cfg(feature = "etcd")]
-pub use group::{Group, GroupError, Leader, Leadership};
+pub use access::EtcdAccess;
+#[cfg(feature = "etcd")]
+pub use group::{Group, GroupError, Leader, Leadership, StepDown, SUSPICION_TTL};

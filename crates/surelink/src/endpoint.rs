@@ -286,6 +286,37 @@ impl Endpoint {
                 .map_err(|source| BindError::Io { addr, source })?;
             sockets.push((socket, addr));
         }
+        Self::serve_many(runtime, sockets, config)
+    }
+
+    /// A server endpoint over sockets the caller created and bound, one per
+    /// address, as [`bind_many`](Endpoint::bind_many) would have made them:
+    /// a caller can hold its ports before it serves, and datagrams that
+    /// arrive meanwhile wait in the sockets instead of being refused. They
+    /// are made non-blocking and their buffers raised as `config` says.
+    pub fn from_std_sockets(
+        sockets: Vec<std::net::UdpSocket>,
+        config: EndpointConfig,
+    ) -> Result<Self, BindError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
+        let mut prepared = Vec::new();
+        for socket in sockets {
+            let addr = socket
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            let socket = socket::prepare_std(socket, config.socket_buffer_size)
+                .map_err(|source| BindError::Io { addr, source })?;
+            prepared.push((socket, addr));
+        }
+        Self::serve_many(runtime, prepared, config)
+    }
+
+    /// A server endpoint over bound, prepared sockets.
+    fn serve_many(
+        runtime: tokio::runtime::Handle,
+        sockets: Vec<(std::net::UdpSocket, SocketAddr)>,
+        config: EndpointConfig,
+    ) -> Result<Self, BindError> {
         let mut config = config;
         fit_window(
             &mut config,

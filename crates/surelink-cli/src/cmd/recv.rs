@@ -284,11 +284,18 @@ async fn group_plan(
                 .into()
         )),
     };
+    if listen.iter().any(|a| a.port() == 0) {
+        bail!(UsageError(
+            "--group needs --listen with a fixed port: senders find the leader by it".into()
+        ));
+    }
+    let advertised = args.group.advertised(&listen)?;
     Ok(crate::group::recv::GroupRecv {
         group,
         output,
         options: args.state.session_options()?,
         listen,
+        advertised,
         config,
         once: args.once,
     })

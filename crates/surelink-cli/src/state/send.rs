@@ -114,6 +114,68 @@ impl Target {
     fn follows_group(&self) -> bool {
         !matches!(self, Target::Fixed(..))
     }
+
+    /// The failure detector gave up on the receiver last returned by
+    /// [`next`](Self::next): a group's leader is reported to etcd as
+    /// suspected by this sender (`session`).
+    async fn lost(&self, session: &str) {
+        match self {
+            Target::Fixed(..) => {}
+            #[cfg(feature = "etcd")]
+            Target::Group { leaders, .. } => leaders.suspect_last(session).await,
+        }
+        let _ = session;
+    }
+
+    /// The pause before the next attempt after a failure; following a
+    /// group, a new leader ends it at once.
+    async fn pause(&self, pause: Duration) {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = self.superseded() => {}
+        }
+    }
+
+    /// Resolves once the receiver last returned by [`next`](Self::next)
+    /// is no longer the one to use (a group has a leader of a new term);
+    /// never for a fixed address.
+    fn superseded(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        #[cfg(feature = "etcd")]
+        let group = match self {
+            Target::Group { leaders, .. } => Some(leaders.superseded()),
+            Target::Fixed(..) => None,
+        };
+        async move {
+            #[cfg(feature = "etcd")]
+            if let Some(superseded) = group {
+                return superseded.await;
+            }
+            std::future::pending().await
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// True if the failure detector gave up on the receiver (no packet for
+/// the peer timeout, every path down, or nothing at all for the idle
+/// timeout), as opposed to a connection its receiver closed.
+fn gave_up(e: &SessionError) -> bool {
+    use surelink::ConnectionError;
+    matches!(
+        e,
+        SessionError::PeerUnresponsive(_)
+            | SessionError::ConnectionLost(
+                ConnectionError::ConnectionLost | ConnectionError::TimedOut
+            )
+    )
 }
 
 impl std::fmt::Display for Target {
@@ -226,6 +288,7 @@ pub async fn run(mut plan: DurableSend) -> anyhow::Result<()> {
     let mut last_conn = None;
     let mut progress = None;
     let follows_group = plan.target.follows_group();
+    let session_name = session.to_string();
     loop {
         let remote = match plan.target.next().await {
             Ok(remote) => remote,
@@ -237,7 +300,7 @@ pub async fn run(mut plan: DurableSend) -> anyhow::Result<()> {
                     )));
                 };
                 eprintln!("surelink send: {e:#}; trying again in {pause:?}");
-                tokio::time::sleep(pause).await;
+                plan.target.pause(pause).await;
                 continue;
             }
         };
@@ -246,8 +309,13 @@ pub async fn run(mut plan: DurableSend) -> anyhow::Result<()> {
         } else {
             plan.target.to_string()
         };
+        let connected = tokio::select! {
+            connected = endpoint.connect(remote) => connected,
+            // A new leader: drop the handshake with the old one.
+            () = plan.target.superseded() => continue,
+        };
         let conn =
-            match endpoint.connect(remote).await {
+            match connected {
                 Ok(conn) => conn,
                 Err(e) if !plan.reconnect_for.is_zero() => {
                     let Some(pause) = retry.failed(Instant::now()) else {
@@ -255,12 +323,25 @@ pub async fn run(mut plan: DurableSend) -> anyhow::Result<()> {
                             format!("gave up after --reconnect-for {:?}", plan.reconnect_for),
                         ));
                     };
+                    if matches!(e, surelink::ConnectError::TimedOut { .. }) {
+                        plan.target.lost(&session_name).await;
+                    }
                     eprintln!("surelink send: {e}; connecting again in {pause:?}");
-                    tokio::time::sleep(pause).await;
+                    plan.target.pause(pause).await;
                     continue;
                 }
                 Err(e) => return Err(crate::security::connect_error(&target_name, e)),
             };
+        // Following a group: a leader of a new term ends this connection
+        // at once (the old leader may be alive but cut off).
+        let _superseded = AbortOnDrop(tokio::spawn({
+            let conn = conn.clone();
+            let superseded = plan.target.superseded();
+            async move {
+                superseded.await;
+                conn.abort("the group has a new leader");
+            }
+        }));
         for addr in &plan.extra_paths {
             conn.add_path(*addr);
         }
@@ -280,8 +361,11 @@ pub async fn run(mut plan: DurableSend) -> anyhow::Result<()> {
                         anyhow::Error::new(e).context(format!("cannot resume session {session}"));
                     return explain_end(&conn, Err(e)).await;
                 };
+                if gave_up(&e) {
+                    plan.target.lost(&session_name).await;
+                }
                 eprintln!("surelink send: {e}; connecting again in {pause:?}");
-                tokio::time::sleep(pause).await;
+                plan.target.pause(pause).await;
                 continue;
             }
             Err(e) => {
@@ -318,6 +402,9 @@ pub async fn run(mut plan: DurableSend) -> anyhow::Result<()> {
             // The receiver closed the connection with a reason (its disk is
             // full): reconnecting would not help.
             Err(Failure::Session(e)) if e.is_connection() && (follows_group || !refused(&e)) => {
+                if gave_up(&e) {
+                    plan.target.lost(&session_name).await;
+                }
                 eprintln!("surelink send: {e}; connecting again");
             }
             // The receiver stopped mid-session (its output or journal failed)

@@ -77,6 +77,18 @@ impl Proc {
         Self::start(name, args, Stdio::null(), None, Some(shared.clone()))
     }
 
+    /// Like [`Proc::spawn_logged`], with extra environment variables.
+    pub fn spawn_logged_env(
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        shared: &Arc<Mutex<String>>,
+    ) -> Self {
+        let mut command = Command::new(BIN);
+        command.args(args).envs(env.iter().copied());
+        Self::start_command(name, command, Stdio::null(), None, Some(shared.clone()))
+    }
+
     /// Like [`Proc::spawn_default_log`], with the process's file size limit
     /// (RLIMIT_FSIZE, set by `sh -c 'ulimit -f'`) at `max_bytes` (a multiple
     /// of 512) and SIGXFSZ ignored: a write beyond the limit fails with
