@@ -66,6 +66,7 @@
 mod error;
 mod receiver;
 mod record;
+pub mod replay;
 mod secret;
 mod sender;
 mod sink;
@@ -78,6 +79,7 @@ pub use error::{ResumeMismatch, SessionError};
 pub use receiver::{
     read_hello, Accepted, DurableReceiver, ReceiverEvent, ReceiverStats, ReceiverStatsReader,
 };
+pub use replay::{FileSource, ReplaySource, SourceIdentity};
 pub use secret::{reset_secret, RESET_SECRET_FILE};
 pub use sender::{DurableSender, Outgoing, Resumed, SenderStats};
 pub use sink::{DurableSink, FileSink};
