@@ -272,9 +272,9 @@ impl<S: Storage + Send> DurableSender<S> {
                 complete: meta.complete,
             });
         }
-        let outbox = match (source, meta.source, identity) {
-            (None, None, _) => OutboxKind::Copies,
-            (Some(source), Some(stored), Some(current)) => {
+        let outbox = match (source.zip(identity), meta.source) {
+            (None, None) => OutboxKind::Copies,
+            (Some((source, current)), Some(stored)) => {
                 if stored != current {
                     return Err(SessionError::SourceChanged { stored, current });
                 }
@@ -285,14 +285,14 @@ impl<S: Storage + Send> DurableSender<S> {
                 }
                 OutboxKind::Replay { source, bytes }
             }
-            (None, Some(_), _) => {
+            (None, Some(_)) => {
                 return Err(SessionError::State(
                     "this session's outbox refers to its input: open it with the input to \
                      read again"
                         .into(),
                 ))
             }
-            (Some(_), None, _) | (Some(_), Some(_), None) => {
+            (Some(_), None) => {
                 return Err(SessionError::State(
                     "this session's outbox holds copies of its messages (it was started \
                      without a replayable input): open it without one"
@@ -591,7 +591,7 @@ impl<S: Storage + Send> DurableSender<S> {
             {
                 cursor = cursor.max(payload_cursor(&e.payload));
                 if let OutboxKind::Replay { bytes, .. } = &mut self.outbox {
-                    *bytes -= replay_counted_len(e);
+                    *bytes = bytes.saturating_sub(replay_counted_len(e));
                 }
             }
         }
