@@ -5,7 +5,7 @@
 //! message into its journal until the receiver confirms it, because input
 //! such as stdin or a UDP socket cannot be read twice. When the input is
 //! replayable (a file), [`DurableSender::open_with_source`] takes a
-//! [`ReplaySource`] instead: each outbox record is a [`ReplayRef`] (the
+//! [`ReplaySource`] instead: each outbox record is a reference (the
 //! message's end offset in the source, its length and its CRC-32C, 16
 //! bytes), and the bytes of the messages re-sent after a reconnection or a
 //! restart are read again from the source.
