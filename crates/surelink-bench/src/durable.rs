@@ -14,7 +14,10 @@
 //!    `interval` with a *replayable* outbox that refers to the input file
 //!    instead (a `FileSource`, as `surelink send --in FILE --state` uses).
 //!    For each: MB/s, the ratios to both baselines, and fsyncs per second
-//!    (both journals and the output file).
+//!    (both journals and the output file). Each session's files are removed
+//!    once it is measured, and the replayable outbox goes first in even runs
+//!    and last in odd ones: a session runs slower while the files of the
+//!    ones before it are still being written back.
 //! 2. **Restart → first resumed delivery** with the real command-line tool
 //!    (the `surelink` binary next to this one: build it with
 //!    `cargo build --release -p surelink-cli`): `surelink recv --state` and
@@ -140,7 +143,11 @@ impl DurableReport {
 
     /// Runs the workload once; progress to stderr under `tag`.
     pub fn run(&mut self, tag: &str) {
-        match run_once(self.mib, tag, &mut self.errors) {
+        // Alternate whether the replayable outbox is measured before or
+        // after the copying ones: a session runs slower while the files of
+        // the ones before it are still being written back.
+        let replayable_first = (self.runs.len() + self.errors.len()) % 2 == 0;
+        match run_once(self.mib, tag, replayable_first, &mut self.errors) {
             Ok(run) => {
                 eprintln!(
                     "{tag} durable: in-memory {:.0} MB/s, plain file {:.0} MB/s; \
@@ -334,9 +341,15 @@ fn ms(v: Option<f64>) -> String {
     v.map_or("–".into(), |v| format!("{v:.1} ms"))
 }
 
-/// One run: throughput in process, then the restarts with the CLI (whose
-/// failure is recorded in `errors` without losing the throughput figures).
-fn run_once(mib: u64, tag: &str, errors: &mut Vec<String>) -> anyhow::Result<DurableRun> {
+/// One run: throughput in process (the replayable outbox first or after
+/// the copying ones), then the restarts with the CLI (whose failure is
+/// recorded in `errors` without losing the throughput figures).
+fn run_once(
+    mib: u64,
+    tag: &str,
+    replayable_first: bool,
+    errors: &mut Vec<String>,
+) -> anyhow::Result<DurableRun> {
     let mut data = vec![0u8; (mib as usize) << 20];
     rand::rngs::SmallRng::seed_from_u64(mib).fill_bytes(&mut data);
     let data = Bytes::from(data);
@@ -352,13 +365,29 @@ fn run_once(mib: u64, tag: &str, errors: &mut Vec<String>) -> anyhow::Result<Dur
         tokio::time::timeout(limit, async {
             let in_memory = plain(data.clone(), None).await?;
             let plain_file = plain(data.clone(), Some(&dir.path().join("plain.bin"))).await?;
+            // Each session's files are removed once it is measured, so that
+            // the next one does not run while they are written back.
+            let replayable_dir = dir.path().join("interval-replayable");
+            let replayable = || async {
+                let t = session(data.clone(), INTERVAL, &replayable_dir, Some(&input)).await?;
+                std::fs::remove_dir_all(&replayable_dir)?;
+                anyhow::Ok(t)
+            };
+            let first = if replayable_first {
+                Some(replayable().await?)
+            } else {
+                None
+            };
             let mut policies = Vec::new();
             for (name, policy) in POLICIES {
                 let run_dir = dir.path().join(name);
                 policies.push(session(data.clone(), policy, &run_dir, None).await?);
+                std::fs::remove_dir_all(&run_dir)?;
             }
-            let run_dir = dir.path().join("interval-replayable");
-            let replayable = session(data.clone(), INTERVAL, &run_dir, Some(&input)).await?;
+            let replayable = match first {
+                Some(t) => t,
+                None => replayable().await?,
+            };
             anyhow::Ok(((in_memory, plain_file), policies, replayable))
         })
         .await
