@@ -9,9 +9,15 @@
 //!    in-memory baseline) and one whose receiver writes the output file, as
 //!    `surelink recv --out FILE` does without `--state` (no fsync) — then a
 //!    durable session with journals and output file on disk under each
-//!    durability policy (`none`, `interval` 50 ms, `always`). For each: MB/s,
-//!    the ratios to both baselines, and fsyncs per second (both journals and
-//!    the output file).
+//!    durability policy (`none`, `interval` 50 ms, `always`), their outbox
+//!    copying every message into the sender's journal, and once more under
+//!    `interval` with a *replayable* outbox that refers to the input file
+//!    instead (a `FileSource`, as `surelink send --in FILE --state` uses).
+//!    For each: MB/s, the ratios to both baselines, and fsyncs per second
+//!    (both journals and the output file). Each session's files are removed
+//!    once it is measured, and the replayable outbox goes first in even runs
+//!    and last in odd ones: a session runs slower while the files of the
+//!    ones before it are still being written back.
 //! 2. **Restart → first resumed delivery** with the real command-line tool
 //!    (the `surelink` binary next to this one: build it with
 //!    `cargo build --release -p surelink-cli`): `surelink recv --state` and
@@ -36,7 +42,7 @@ use rand::{RngCore as _, SeedableRng as _};
 use serde::Serialize;
 use surelink::{Bytes, Endpoint, EndpointConfig};
 use surelink_session::{
-    Durability, DurableReceiver, DurableSender, DurableSink as _, FileSink, Outgoing,
+    Durability, DurableReceiver, DurableSender, DurableSink as _, FileSink, FileSource, Outgoing,
     SessionOptions,
 };
 use tokio::io::AsyncWriteExt as _;
@@ -53,10 +59,13 @@ const WAIT_LIMIT: Duration = Duration::from_secs(60);
 /// How often the output file is polled while waiting for it to grow.
 const POLL: Duration = Duration::from_micros(500);
 
+/// The `interval` policy measured (the default's 50 ms).
+const INTERVAL: Durability = Durability::Interval(Duration::from_millis(50));
+
 /// The durability policies measured, with their names.
 const POLICIES: [(&str, Durability); 3] = [
     ("none", Durability::None),
-    ("interval", Durability::Interval(Duration::from_millis(50))),
+    ("interval", INTERVAL),
     ("always", Durability::Always),
 ];
 
@@ -82,18 +91,25 @@ pub struct DurableRun {
     pub interval: Throughput,
     /// Durable session, durability `always`.
     pub always: Throughput,
+    /// Durable session, durability `interval` 50 ms, the outbox referring
+    /// to the input file.
+    pub interval_replayable: Throughput,
     /// `none` MB/s ÷ in-memory MB/s.
     pub none_ratio: f64,
     /// `interval` MB/s ÷ in-memory MB/s.
     pub interval_ratio: f64,
     /// `always` MB/s ÷ in-memory MB/s.
     pub always_ratio: f64,
+    /// `interval`, replayable outbox, MB/s ÷ in-memory MB/s.
+    pub interval_replayable_ratio: f64,
     /// `none` MB/s ÷ plain-file MB/s.
     pub none_vs_file: f64,
     /// `interval` MB/s ÷ plain-file MB/s.
     pub interval_vs_file: f64,
     /// `always` MB/s ÷ plain-file MB/s.
     pub always_vs_file: f64,
+    /// `interval`, replayable outbox, MB/s ÷ plain-file MB/s.
+    pub interval_replayable_vs_file: f64,
     /// `surelink send` killed and restarted: restart → first resumed delivery, ms.
     pub sender_restart_ms: Option<f64>,
     /// `surelink recv` killed and restarted: restart → first resumed delivery, ms.
@@ -127,11 +143,16 @@ impl DurableReport {
 
     /// Runs the workload once; progress to stderr under `tag`.
     pub fn run(&mut self, tag: &str) {
-        match run_once(self.mib, tag, &mut self.errors) {
+        // Alternate whether the replayable outbox is measured before or
+        // after the copying ones: a session runs slower while the files of
+        // the ones before it are still being written back.
+        let replayable_first = (self.runs.len() + self.errors.len()) % 2 == 0;
+        match run_once(self.mib, tag, replayable_first, &mut self.errors) {
             Ok(run) => {
                 eprintln!(
                     "{tag} durable: in-memory {:.0} MB/s, plain file {:.0} MB/s; \
-                     none {:.2}/{:.2}, interval {:.2}/{:.2}, always {:.2}/{:.2}; \
+                     none {:.2}/{:.2}, interval {:.2}/{:.2}, always {:.2}/{:.2}, \
+                     interval replayable {:.2}/{:.2}; \
                      restart → delivery: sender {}, receiver {}",
                     run.in_memory.mb_per_s,
                     run.plain_file.mb_per_s,
@@ -141,6 +162,8 @@ impl DurableReport {
                     run.interval_vs_file,
                     run.always_ratio,
                     run.always_vs_file,
+                    run.interval_replayable_ratio,
+                    run.interval_replayable_vs_file,
                     ms(run.sender_restart_ms),
                     ms(run.receiver_restart_ms),
                 );
@@ -173,12 +196,15 @@ impl DurableReport {
             none: tp(&|r| &r.none),
             interval: tp(&|r| &r.interval),
             always: tp(&|r| &r.always),
+            interval_replayable: tp(&|r| &r.interval_replayable),
             none_ratio: m(&|r| r.none_ratio),
             interval_ratio: m(&|r| r.interval_ratio),
             always_ratio: m(&|r| r.always_ratio),
+            interval_replayable_ratio: m(&|r| r.interval_replayable_ratio),
             none_vs_file: m(&|r| r.none_vs_file),
             interval_vs_file: m(&|r| r.interval_vs_file),
             always_vs_file: m(&|r| r.always_vs_file),
+            interval_replayable_vs_file: m(&|r| r.interval_replayable_vs_file),
             sender_restart_ms: opt(&|r| r.sender_restart_ms),
             receiver_restart_ms: opt(&|r| r.receiver_restart_ms),
         });
@@ -205,10 +231,12 @@ impl DurableReport {
         };
         let restart = m.and_then(|m| Some((m.sender_restart_ms?, m.receiver_restart_ms?)));
         vec![
+            // `send --in FILE --state` refers to its input rather than
+            // copying it: the interval target is the replayable outbox's.
             ratio(
                 "durable_interval_ratio",
-                "interval",
-                |m| (m.interval_vs_file, m.interval_ratio),
+                "interval (outbox referring to the input file)",
+                |m| (m.interval_replayable_vs_file, m.interval_replayable_ratio),
                 0.8,
             ),
             ratio(
@@ -279,6 +307,12 @@ impl DurableReport {
                 Some(m.always_vs_file),
                 m.always_ratio,
             ),
+            (
+                "`--state`, durability interval 50 ms, outbox referring to the input file",
+                &m.interval_replayable,
+                Some(m.interval_replayable_vs_file),
+                m.interval_replayable_ratio,
+            ),
         ];
         for (name, t, vs_file, vs_discard) in rows {
             let vs_file = vs_file.map_or("–".into(), |r| format!("{r:.2}"));
@@ -307,28 +341,54 @@ fn ms(v: Option<f64>) -> String {
     v.map_or("–".into(), |v| format!("{v:.1} ms"))
 }
 
-/// One run: throughput in process, then the restarts with the CLI (whose
-/// failure is recorded in `errors` without losing the throughput figures).
-fn run_once(mib: u64, tag: &str, errors: &mut Vec<String>) -> anyhow::Result<DurableRun> {
+/// One run: throughput in process (the replayable outbox first or after
+/// the copying ones), then the restarts with the CLI (whose failure is
+/// recorded in `errors` without losing the throughput figures).
+fn run_once(
+    mib: u64,
+    tag: &str,
+    replayable_first: bool,
+    errors: &mut Vec<String>,
+) -> anyhow::Result<DurableRun> {
     let mut data = vec![0u8; (mib as usize) << 20];
     rand::rngs::SmallRng::seed_from_u64(mib).fill_bytes(&mut data);
     let data = Bytes::from(data);
     let dir = tempfile::tempdir()?;
+    let input = dir.path().join("in.bin");
+    std::fs::write(&input, &data)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let limit = WAIT_LIMIT + Duration::from_secs(mib);
-    let ((in_memory, plain_file), policies) = runtime.block_on(async {
+    let ((in_memory, plain_file), policies, interval_replayable) = runtime.block_on(async {
         tokio::time::timeout(limit, async {
             let in_memory = plain(data.clone(), None).await?;
             let plain_file = plain(data.clone(), Some(&dir.path().join("plain.bin"))).await?;
+            // Each session's files are removed once it is measured, so that
+            // the next one does not run while they are written back.
+            let replayable_dir = dir.path().join("interval-replayable");
+            let replayable = || async {
+                let t = session(data.clone(), INTERVAL, &replayable_dir, Some(&input)).await?;
+                std::fs::remove_dir_all(&replayable_dir)?;
+                anyhow::Ok(t)
+            };
+            let first = if replayable_first {
+                Some(replayable().await?)
+            } else {
+                None
+            };
             let mut policies = Vec::new();
             for (name, policy) in POLICIES {
                 let run_dir = dir.path().join(name);
-                policies.push(session(data.clone(), policy, &run_dir).await?);
+                policies.push(session(data.clone(), policy, &run_dir, None).await?);
+                std::fs::remove_dir_all(&run_dir)?;
             }
-            anyhow::Ok(((in_memory, plain_file), policies))
+            let replayable = match first {
+                Some(t) => t,
+                None => replayable().await?,
+            };
+            anyhow::Ok(((in_memory, plain_file), policies, replayable))
         })
         .await
         .context("throughput: gave up")?
@@ -354,11 +414,14 @@ fn run_once(mib: u64, tag: &str, errors: &mut Vec<String>) -> anyhow::Result<Dur
         none_vs_file: vs_file(&none),
         interval_vs_file: vs_file(&interval),
         always_vs_file: vs_file(&always),
+        interval_replayable_ratio: ratio(&interval_replayable),
+        interval_replayable_vs_file: vs_file(&interval_replayable),
         in_memory,
         plain_file,
         none,
         interval,
         always,
+        interval_replayable,
         sender_restart_ms,
         receiver_restart_ms,
     })
@@ -410,8 +473,15 @@ async fn plain(data: Bytes, out: Option<&Path>) -> anyhow::Result<Throughput> {
     })
 }
 
-/// A durable session with journals and output in `dir`.
-async fn session(data: Bytes, policy: Durability, dir: &Path) -> anyhow::Result<Throughput> {
+/// A durable session with journals and output in `dir`; with `replay_from`
+/// (the file holding `data`), its outbox refers to that file instead of
+/// copying the messages.
+async fn session(
+    data: Bytes,
+    policy: Durability,
+    dir: &Path,
+    replay_from: Option<&Path>,
+) -> anyhow::Result<Throughput> {
     std::fs::create_dir_all(dir)?;
     let options = SessionOptions::default().with_durability(policy);
     let (server, client) = endpoints()?;
@@ -423,7 +493,15 @@ async fn session(data: Bytes, policy: Durability, dir: &Path) -> anyhow::Result<
     let receiver =
         tokio::spawn(async move { rx.run(&server, |_| {}).await.map(|()| (rx, Instant::now())) });
     let started = Instant::now();
-    let mut tx = DurableSender::open_dir(dir.join("tx"), "bench", options)?;
+    let mut tx = match replay_from {
+        Some(input) => DurableSender::open_dir_with_source(
+            dir.join("tx"),
+            "bench",
+            FileSource::open(input)?,
+            options,
+        )?,
+        None => DurableSender::open_dir(dir.join("tx"), "bench", options)?,
+    };
     tx.attach(client.connect(addr).await?).await?;
     loop {
         let from = tx.resume_cursor() as usize;

@@ -9,11 +9,14 @@
 //!                [--json PATH] [--plot PATH.svg] [--install-peers] [--quick]
 //! surelink-bench mpegts [--duration S] [--runs N] [--system LIST] [--link LIST] [--json PATH]
 //! surelink-bench standby [--ttls 1,2,5] [--runs N]
+//! surelink-bench etcd-capacity [--sessions 1,10,100,1000] [--seconds S]   # feature etcd
 //! ```
 //!
 //! `mpegts` is a workload of its own (real ffmpeg through the command-line
 //! gateways, see [`mpegts`]), with its own systems and options; so is
-//! `standby` (receiver groups on a real etcd, see [`standby`]).
+//! `standby` (receiver groups on a real etcd, see [`standby`]), and
+//! `etcd-capacity` (checkpoint commits of many receiver groups against one
+//! etcd member, built with `--features etcd`, see `etcd_capacity`).
 //!
 //! The markdown tables go to stdout, progress to stderr. See
 //! `docs/BENCHMARKS.md` for what each workload does and the figures.
@@ -23,6 +26,8 @@
 mod cpu;
 mod deadline;
 mod durable;
+#[cfg(feature = "etcd")]
+mod etcd_capacity;
 mod failover;
 mod mpegts;
 mod plot;
@@ -143,6 +148,8 @@ fn main() -> ExitCode {
         mpegts::main(std::env::args_os().skip(1))
     } else if subcommand.as_ref().is_some_and(|a| a == "standby") {
         standby::main(std::env::args_os().skip(1))
+    } else if subcommand.as_ref().is_some_and(|a| a == "etcd-capacity") {
+        etcd_capacity(std::env::args_os().skip(1))
     } else {
         main_inner()
     };
@@ -152,6 +159,17 @@ fn main() -> ExitCode {
             eprintln!("surelink-bench: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `surelink-bench etcd-capacity …`, if built with the etcd client.
+fn etcd_capacity(argv: impl Iterator<Item = std::ffi::OsString>) -> anyhow::Result<()> {
+    #[cfg(feature = "etcd")]
+    return etcd_capacity::main(argv);
+    #[cfg(not(feature = "etcd"))]
+    {
+        drop(argv);
+        anyhow::bail!("etcd-capacity needs a build with `--features etcd`")
     }
 }
 

@@ -99,7 +99,7 @@ fn free_udp() -> anyhow::Result<SocketAddr> {
 }
 
 /// Starts a one-member etcd in `dir` and waits (bounded) until it is healthy.
-fn start_etcd(dir: &std::path::Path) -> anyhow::Result<(Proc, String)> {
+pub(crate) fn start_etcd(dir: &std::path::Path) -> anyhow::Result<(Proc, String)> {
     let (client, peer) = (free_tcp()?, free_tcp()?);
     let args: Vec<String> = [
         "--data-dir".to_owned(),

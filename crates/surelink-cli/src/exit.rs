@@ -141,12 +141,14 @@ fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<Status> {
 
 fn session_status(error: &SessionError) -> Option<Status> {
     Some(match error {
-        SessionError::Journal(JournalError::Io { .. }) | SessionError::Sink { .. } => {
-            Status::LocalIo
-        }
-        SessionError::Journal(_) | SessionError::State(_) | SessionError::LabelMismatch { .. } => {
-            Status::State
-        }
+        SessionError::Journal(JournalError::Io { .. })
+        | SessionError::Sink { .. }
+        | SessionError::SourceRead(_) => Status::LocalIo,
+        SessionError::Journal(_)
+        | SessionError::State(_)
+        | SessionError::LabelMismatch { .. }
+        | SessionError::SourceChanged { .. }
+        | SessionError::SourceBytesChanged { .. } => Status::State,
         SessionError::Mismatch(_)
         | SessionError::RefusedByPeer(_)
         | SessionError::NotASession(_)

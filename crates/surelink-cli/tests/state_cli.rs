@@ -95,6 +95,55 @@ fn a_receiver_that_lost_its_state_is_refused_on_both_sides() {
 }
 
 #[test]
+fn a_changed_input_is_refused_on_resume_and_nothing_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut recv, _recv_args, send_args) = interrupted(dir.path());
+    let input = dir.path().join("in.bin");
+    let original = std::fs::read(&input).unwrap();
+    let modified = std::fs::metadata(&input).unwrap().modified().unwrap();
+    let out_len = std::fs::metadata(dir.path().join("out.bin")).unwrap().len();
+
+    // The same length and modification time; the last byte changed.
+    let mut changed = original.clone();
+    *changed.last_mut().unwrap() ^= 1;
+    let rewrite = |data: &[u8]| {
+        std::fs::write(&input, data).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&input)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+    };
+    rewrite(&changed);
+    let mut send = Proc::spawn_default_log("send", &args(&send_args));
+    let (status, _) = send.wait();
+    assert_eq!(status.code(), Some(6), "a state error: {}", send.stderr());
+    assert!(
+        send.stderr()
+            .contains("the input changed since the session started"),
+        "{}",
+        send.stderr()
+    );
+    // It did not even connect: the receiver saw no sender, its output is
+    // as it was.
+    assert!(!recv.stderr().contains("resumed"), "{}", recv.stderr());
+    assert_eq!(
+        std::fs::metadata(dir.path().join("out.bin")).unwrap().len(),
+        out_len
+    );
+
+    // Restored, the session resumes and completes byte-identical.
+    rewrite(&original);
+    let mut send = Proc::spawn_default_log("send", &args(&send_args));
+    let (status, _) = send.wait();
+    assert!(status.success(), "{}", send.stderr());
+    let (status, _) = recv.wait();
+    assert!(status.success(), "{}", recv.stderr());
+    assert!(std::fs::read(dir.path().join("out.bin")).unwrap() == original);
+}
+
+#[test]
 fn a_sender_that_lost_its_state_is_refused_on_both_sides() {
     let dir = tempfile::tempdir().unwrap();
     let (mut recv, _recv_args, send_args) = interrupted(dir.path());

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use surelink_journal::JournalError;
 
+use super::replay::SourceIdentity;
 use super::wire::{SessionId, WireError};
 use surelink::ConnectionError;
 
@@ -155,6 +156,44 @@ pub enum SessionError {
     /// confirms nothing more.
     #[error("deposed: {0}")]
     Deposed(String),
+    /// The replayable input could not be read (again).
+    #[error("cannot read the input: {0}")]
+    SourceRead(#[source] io::Error),
+    /// The replayable input is not what the session started with: nothing
+    /// was sent from it.
+    #[error(
+        "the input changed since the session started (then {stored}; now {current}): \
+         restore it to finish the session, or remove both sides' state directories to \
+         start over"
+    )]
+    SourceChanged {
+        /// Its identity when the session started.
+        stored: SourceIdentity,
+        /// Its identity now.
+        current: SourceIdentity,
+    },
+    /// Bytes of the replayable input read again differ from the message
+    /// once sent from there: nothing was sent from them.
+    #[error(
+        "the input's {len} bytes at offset {offset} differ from the message once sent \
+         from there: the input changed since the session started; restore it to finish \
+         the session, or remove both sides' state directories to start over"
+    )]
+    SourceBytesChanged {
+        /// Where the message starts in the input.
+        offset: u64,
+        /// Its length.
+        len: u32,
+    },
+    /// With a replayable input, a message must be the input's bytes ending
+    /// at its cursor: this one is longer than the input before its cursor.
+    #[error("a message of {len} bytes cannot end at input offset {cursor}")]
+    BadCursor {
+        /// The message's cursor.
+        cursor: u64,
+        /// Its length.
+        len: usize,
+    },
     /// A channel number that is reserved or out of range.
     #[error("channel {0} is reserved for the session protocol")]
     ReservedChannel(u64),

@@ -10,6 +10,13 @@
 //! either side, or both, reopening the journals and connecting again resumes
 //! the session: nothing lost, nothing delivered twice.
 //!
+//! The outbox copies each message into the journal, for input that cannot
+//! be read twice (stdin, a socket). A sender whose input can be read again
+//! (a file) opens it with a [`ReplaySource`] instead
+//! ([`DurableSender::open_with_source`]): the journal then keeps only where
+//! each unconfirmed message lies in the input, and re-sent messages are
+//! read from it again, after checking it did not change ([`replay`]).
+//!
 //! The protocol runs over an established connection, on the reserved
 //! channel [`CONTROL_CHANNEL`] (message formats in [`mod@wire`] and
 //! `docs/CHECKPOINTS.md`):
@@ -66,6 +73,7 @@
 mod error;
 mod receiver;
 mod record;
+pub mod replay;
 mod secret;
 mod sender;
 mod sink;
@@ -78,6 +86,7 @@ pub use error::{ResumeMismatch, SessionError};
 pub use receiver::{
     read_hello, Accepted, DurableReceiver, ReceiverEvent, ReceiverStats, ReceiverStatsReader,
 };
+pub use replay::{FileSource, ReplaySource, SourceIdentity};
 pub use secret::{reset_secret, RESET_SECRET_FILE};
 pub use sender::{DurableSender, Outgoing, Resumed, SenderStats};
 pub use sink::{DurableSink, FileSink};

@@ -9,12 +9,16 @@
 //!
 //! Encoding (little-endian), after a role byte and a version byte (`1`):
 //!
-//! * sender (`S`): flags u8 (bit 0: complete), confirmed cursor u64,
-//!   label length u32, label bytes;
+//! * sender (`S`): flags u8 (bit 0: complete, bit 1: the outbox refers to
+//!   a replayable input), confirmed cursor u64, label length u32, label
+//!   bytes, then with bit 1 the input's identity (length u64, modification
+//!   time u64, first and last block CRC-32C u32 each);
 //! * receiver (`R`): flags u8 (bit 0: ended), sink position u64,
 //!   n u32, n × (channel u64, next expected id u64), ascending.
 
 use std::collections::BTreeMap;
+
+use crate::replay::SourceIdentity;
 
 const VERSION: u8 = 1;
 const SENDER: u8 = b'S';
@@ -32,6 +36,10 @@ pub(crate) struct SenderMeta {
     /// What this session sends (the application's description of its
     /// input), to refuse resuming it with different input.
     pub label: Vec<u8>,
+    /// With a replayable outbox ([`crate::replay`]): the input's identity
+    /// when the session started. `None`: the outbox holds copies of the
+    /// messages.
+    pub source: Option<SourceIdentity>,
 }
 
 /// A receiver's session metadata: the checkpoint itself.
@@ -60,10 +68,13 @@ impl Meta {
             Meta::Sender(s) => {
                 out.push(SENDER);
                 out.push(VERSION);
-                out.push(u8::from(s.complete));
+                out.push(u8::from(s.complete) | u8::from(s.source.is_some()) << 1);
                 out.extend_from_slice(&s.confirmed_cursor.to_le_bytes());
                 out.extend_from_slice(&(s.label.len() as u32).to_le_bytes());
                 out.extend_from_slice(&s.label);
+                if let Some(source) = &s.source {
+                    source.encode(&mut out);
+                }
             }
             Meta::Receiver(r) => {
                 out.push(RECEIVER);
@@ -94,10 +105,19 @@ impl Meta {
                 let confirmed_cursor = r.u64()?;
                 let len = r.u32()? as usize;
                 let label = r.take(len)?.to_vec();
+                let source = if flags & 2 != 0 {
+                    let identity = r.take(SourceIdentity::LEN)?;
+                    Some(SourceIdentity::decode(
+                        identity.try_into().expect("taken at its length"),
+                    ))
+                } else {
+                    None
+                };
                 Meta::Sender(SenderMeta {
                     complete: flags & 1 != 0,
                     confirmed_cursor,
                     label,
+                    source,
                 })
             }
             RECEIVER => {
@@ -160,6 +180,18 @@ mod tests {
                 complete: true,
                 confirmed_cursor: 12345,
                 label: b"in.bin (3 bytes)".to_vec(),
+                source: None,
+            }),
+            Meta::Sender(SenderMeta {
+                complete: false,
+                confirmed_cursor: 7,
+                label: b"/data/in.bin".to_vec(),
+                source: Some(SourceIdentity {
+                    len: 3 << 30,
+                    modified_ns: 42,
+                    head_crc: 1,
+                    tail_crc: u32::MAX,
+                }),
             }),
             Meta::Receiver(ReceiverMeta {
                 ended: false,

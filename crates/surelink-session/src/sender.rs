@@ -15,6 +15,11 @@
 //! non-decreasing in send order, that says where the input stands after
 //! this message (for a file, the byte offset after its bytes). The cursor
 //! is how a restarted application knows where to continue reading.
+//!
+//! The outbox holds a copy of each message by default. A sender opened
+//! with a [`ReplaySource`] ([`open_with_source`](DurableSender::open_with_source))
+//! journals only where each message lies in its input and reads the bytes
+//! again to re-send them (see [`crate::replay`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,9 +27,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use rand::{RngCore as _, SeedableRng as _};
-use surelink_journal::{CheckpointStore, FsStorage, JournalMetrics, SessionRecord, Storage};
+use surelink_journal::{
+    CheckpointStore, FsStorage, JournalMetrics, OutboxEntry, SessionRecord, Storage,
+};
 
 use super::record::{Meta, SenderMeta};
+use super::replay::{ReplayRef, ReplaySource};
 use super::wire::{self, ChannelResume, Control, Hello, Progress, SessionId, CONTROL_CHANNEL};
 use super::{
     blocking, send_control, ResumeMismatch, SessionError, SessionOptions, MAINTENANCE_INTERVAL,
@@ -76,6 +84,44 @@ pub struct SenderStats {
     pub attaches: u64,
 }
 
+/// What the outbox journals, and so where re-sent messages come from.
+#[derive(Debug)]
+enum OutboxKind {
+    /// A copy of each message: its cursor, then its bytes.
+    Copies,
+    /// A [`ReplayRef`] per message; the bytes are read again from `source`.
+    Replay {
+        source: Box<dyn ReplaySource>,
+        /// The outbox's size as [`OutboxKind::Copies`] would count it: each
+        /// message's length plus 8.
+        bytes: usize,
+    },
+}
+
+/// The size a message counts for in the outbox, whatever it holds.
+fn counted_len(message_len: usize) -> usize {
+    message_len + 8
+}
+
+/// The journal payload of a message in a replayable outbox; `Err` for a
+/// message that cannot end at `cursor`.
+fn replay_payload(cursor: u64, data: &[u8]) -> Result<Vec<u8>, SessionError> {
+    let r = ReplayRef::of(cursor, data);
+    if r.offset().is_none() {
+        return Err(SessionError::BadCursor {
+            cursor,
+            len: data.len(),
+        });
+    }
+    Ok(r.encode())
+}
+
+/// The size `e` of a replayable outbox counts for.
+fn replay_counted_len(e: &OutboxEntry) -> usize {
+    // Validated when opened or pushed.
+    ReplayRef::decode(&e.payload).map_or(0, |r| counted_len(r.len as usize))
+}
+
 /// Peer liveness: the connection's received-packet count and when it last
 /// changed.
 #[derive(Debug)]
@@ -93,6 +139,7 @@ pub struct DurableSender<S: Storage + Send = FsStorage> {
     session_id: [u8; 16],
     resume_token: [u8; 32],
     meta: SenderMeta,
+    outbox: OutboxKind,
     /// Channel → id of the next new message.
     next_id: BTreeMap<u64, u64>,
     conn: Option<Connection>,
@@ -113,6 +160,18 @@ impl DurableSender<FsStorage> {
         let storage = super::open_state_dir(dir.as_ref())?;
         Self::open(storage, label, options)
     }
+
+    /// [`open_with_source`](Self::open_with_source) with the journal in
+    /// directory `dir` (created if missing).
+    pub fn open_dir_with_source(
+        dir: impl AsRef<Path>,
+        label: &str,
+        source: impl ReplaySource + 'static,
+        options: SessionOptions,
+    ) -> Result<Self, SessionError> {
+        let storage = super::open_state_dir(dir.as_ref())?;
+        Self::open_with_source(storage, label, source, options)
+    }
 }
 
 impl<S: Storage + Send> DurableSender<S> {
@@ -122,7 +181,43 @@ impl<S: Storage + Send> DurableSender<S> {
     /// `label` describes what this session sends (e.g. the input file's
     /// path, size and modification time); resuming with another label is
     /// [`SessionError::LabelMismatch`].
+    ///
+    /// The outbox holds a copy of every unconfirmed message: for input
+    /// that cannot be read twice. See
+    /// [`open_with_source`](Self::open_with_source) for input that can.
     pub fn open(storage: S, label: &str, options: SessionOptions) -> Result<Self, SessionError> {
+        Self::open_outbox(storage, label, None, options)
+    }
+
+    /// [`open`](Self::open) with a replayable outbox: the journal keeps
+    /// where each unconfirmed message lies in `source` (each message's
+    /// bytes are the source's bytes ending at its cursor), and re-sent
+    /// messages are read again from it.
+    ///
+    /// The session records the source's identity when it starts; resuming
+    /// it with a source whose identity differs is
+    /// [`SessionError::SourceChanged`]. A session started without a source
+    /// cannot be resumed with one, nor the reverse
+    /// ([`SessionError::State`]).
+    pub fn open_with_source(
+        storage: S,
+        label: &str,
+        source: impl ReplaySource + 'static,
+        options: SessionOptions,
+    ) -> Result<Self, SessionError> {
+        Self::open_outbox(storage, label, Some(Box::new(source)), options)
+    }
+
+    fn open_outbox(
+        storage: S,
+        label: &str,
+        mut source: Option<Box<dyn ReplaySource>>,
+        options: SessionOptions,
+    ) -> Result<Self, SessionError> {
+        let identity = match &mut source {
+            Some(source) => Some(blocking(|| source.identity()).map_err(SessionError::SourceRead)?),
+            None => None,
+        };
         let journal_options = options.journal_options();
         let mut store = blocking(|| CheckpointStore::open(storage, journal_options))?;
         let (session_id, resume_token, meta) = match store.session() {
@@ -158,6 +253,7 @@ impl<S: Storage + Send> DurableSender<S> {
                     complete: false,
                     confirmed_cursor: 0,
                     label: label.as_bytes().to_vec(),
+                    source: identity,
                 };
                 store.set_session(SessionRecord {
                     session_id,
@@ -176,6 +272,34 @@ impl<S: Storage + Send> DurableSender<S> {
                 complete: meta.complete,
             });
         }
+        let outbox = match (source.zip(identity), meta.source) {
+            (None, None) => OutboxKind::Copies,
+            (Some((source, current)), Some(stored)) => {
+                if stored != current {
+                    return Err(SessionError::SourceChanged { stored, current });
+                }
+                let mut bytes = 0;
+                for e in store.outbox().pending() {
+                    let r = ReplayRef::decode(&e.payload).map_err(SessionError::State)?;
+                    bytes += counted_len(r.len as usize);
+                }
+                OutboxKind::Replay { source, bytes }
+            }
+            (None, Some(_)) => {
+                return Err(SessionError::State(
+                    "this session's outbox refers to its input: open it with the input to \
+                     read again"
+                        .into(),
+                ))
+            }
+            (Some(_), None) => {
+                return Err(SessionError::State(
+                    "this session's outbox holds copies of its messages (it was started \
+                     without a replayable input): open it without one"
+                        .into(),
+                ))
+            }
+        };
         let next_id = store
             .outbox()
             .channels()
@@ -187,6 +311,7 @@ impl<S: Storage + Send> DurableSender<S> {
             session_id,
             resume_token,
             meta,
+            outbox,
             next_id,
             conn: None,
             live: Liveness {
@@ -229,9 +354,19 @@ impl<S: Storage + Send> DurableSender<S> {
         self.store.outbox().len()
     }
 
-    /// Payload bytes in the outbox.
+    /// Bytes of the messages in the outbox (each counted with 8 more for
+    /// its cursor), whether it holds copies or references.
     pub fn unconfirmed_bytes(&self) -> usize {
-        self.store.outbox().bytes()
+        match &self.outbox {
+            OutboxKind::Copies => self.store.outbox().bytes(),
+            OutboxKind::Replay { bytes, .. } => *bytes,
+        }
+    }
+
+    /// True if the outbox refers to a [`ReplaySource`] rather than holding
+    /// copies of the messages.
+    pub fn replays_from_source(&self) -> bool {
+        matches!(self.outbox, OutboxKind::Replay { .. })
     }
 
     /// The attached connection.
@@ -346,15 +481,7 @@ impl<S: Storage + Send> DurableSender<S> {
         }
         // Everything still in the outbox is at or above the watermark:
         // re-send it in the order it was first queued.
-        let resend: Vec<(u64, Bytes)> = self
-            .store
-            .outbox()
-            .pending()
-            .map(|e| {
-                let data = e.payload.get(8..).unwrap_or_default();
-                (e.channel, wire::data_message(e.seq, data))
-            })
-            .collect();
+        let resend = self.outbox_messages()?;
         let resent = resend.len() as u64;
         for (channel, msg) in resend {
             self.send_wire(conn, channel, msg).await?;
@@ -365,6 +492,45 @@ impl<S: Storage + Send> DurableSender<S> {
             released,
             resent,
             complete: false,
+        })
+    }
+
+    /// The outbox's messages as data messages, in the order they were
+    /// first queued: copied from the journal, or read again from the
+    /// source after checking it is still the session's.
+    fn outbox_messages(&mut self) -> Result<Vec<(u64, Bytes)>, SessionError> {
+        let pending = self.store.outbox().pending();
+        let OutboxKind::Replay { source, .. } = &mut self.outbox else {
+            return Ok(pending
+                .map(|e| {
+                    let data = e.payload.get(8..).unwrap_or_default();
+                    (e.channel, wire::data_message(e.seq, data))
+                })
+                .collect());
+        };
+        let stored = self.meta.source;
+        blocking(|| {
+            let mut pending = pending.peekable();
+            if pending.peek().is_none() {
+                return Ok(Vec::new());
+            }
+            let current = source.identity().map_err(SessionError::SourceRead)?;
+            if let Some(stored) = stored.filter(|s| *s != current) {
+                return Err(SessionError::SourceChanged { stored, current });
+            }
+            pending
+                .map(|e| {
+                    let r = ReplayRef::decode(&e.payload).map_err(SessionError::State)?;
+                    let offset = r.offset().expect("checked by decode");
+                    let data = source
+                        .read_at(offset, r.len as usize)
+                        .map_err(SessionError::SourceRead)?;
+                    if crc32c::crc32c(&data) != r.crc {
+                        return Err(SessionError::SourceBytesChanged { offset, len: r.len });
+                    }
+                    Ok((e.channel, wire::data_message(e.seq, &data)))
+                })
+                .collect()
         })
     }
 
@@ -417,13 +583,17 @@ impl<S: Storage + Send> DurableSender<S> {
                     next - 1
                 )));
             }
-            cursor = self
+            for e in self
                 .store
                 .outbox()
                 .pending_on(channel)
                 .take_while(|e| e.seq < next)
-                .map(|e| payload_cursor(&e.payload))
-                .fold(cursor, u64::max);
+            {
+                cursor = cursor.max(payload_cursor(&e.payload));
+                if let OutboxKind::Replay { bytes, .. } = &mut self.outbox {
+                    *bytes = bytes.saturating_sub(replay_counted_len(e));
+                }
+            }
         }
         if cursor > self.meta.confirmed_cursor {
             self.meta.confirmed_cursor = cursor;
@@ -507,24 +677,35 @@ impl<S: Storage + Send> DurableSender<S> {
                     max,
                 });
             }
-            bytes += item.data.len() + 8;
+            bytes += counted_len(item.data.len());
         }
         while !self.store.outbox().is_empty()
-            && self.store.outbox().bytes() + bytes > self.options.max_unconfirmed_bytes
+            && self.unconfirmed_bytes() + bytes > self.options.max_unconfirmed_bytes
         {
             self.next_control(&conn).await?;
         }
         let store = &mut self.store;
         let next_id = &mut self.next_id;
+        let outbox = &mut self.outbox;
         let wire = blocking(|| -> Result<Vec<(u64, Bytes)>, SessionError> {
             let mut wire = Vec::with_capacity(batch.len());
             for item in &batch {
                 let id = next_id.entry(item.channel).or_insert(0);
-                // Moved into the outbox: one copy of the bytes there, one
-                // into the journal's buffer, one for the wire.
-                let mut payload = Vec::with_capacity(8 + item.data.len());
-                payload.extend_from_slice(&item.cursor.to_le_bytes());
-                payload.extend_from_slice(&item.data);
+                let payload = match outbox {
+                    // Moved into the outbox: one copy of the bytes there,
+                    // one into the journal's buffer, one for the wire.
+                    OutboxKind::Copies => {
+                        let mut payload = Vec::with_capacity(8 + item.data.len());
+                        payload.extend_from_slice(&item.cursor.to_le_bytes());
+                        payload.extend_from_slice(&item.data);
+                        payload
+                    }
+                    OutboxKind::Replay { bytes, .. } => {
+                        let payload = replay_payload(item.cursor, &item.data)?;
+                        *bytes += counted_len(item.data.len());
+                        payload
+                    }
+                };
                 store.push(item.channel, *id, payload)?;
                 wire.push((item.channel, wire::data_message(*id, &item.data)));
                 *id += 1;

@@ -29,7 +29,11 @@ use surelink_journal::{CheckpointStore, JournalMetrics, SessionRecord, Storage};
 
 use super::{blocking, SessionError};
 
-/// The checkpoint store of a durable receiver. See the [module docs](self).
+/// The checkpoint store of a durable receiver: it holds the last committed
+/// checkpoint (one [`SessionRecord`]: the session, its resume token, and the
+/// watermarks with the sink's position in `peer`), and the receiver commits
+/// a new one at every checkpoint before it tells the sender. Driven by the
+/// receiver alone.
 pub trait ReceiverStore: Send {
     /// The last committed checkpoint (read when the store was opened, then
     /// the last one [`commit`](Self::commit)ted), if any.

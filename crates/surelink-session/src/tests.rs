@@ -22,6 +22,7 @@ use super::*;
 use surelink::sim::SimNetwork;
 use surelink::{Endpoint, EndpointConfig};
 
+mod replay;
 mod shared_store;
 mod sim;
 
@@ -228,21 +229,81 @@ async fn receiver(
     rx.run(&server, on_event).await
 }
 
+/// What a scenario's sender journals, and what its cursors count.
+#[derive(Debug, Clone)]
+enum SenderInput {
+    /// Copies of the messages; the cursor after message `i` is `i + 1`.
+    Copied,
+    /// References to the input `expected(count)` ([`replay::MemSource`]);
+    /// the cursor after message `i` is its end offset, `ends[i]`.
+    Replayed { ends: Arc<Vec<u64>> },
+}
+
+impl SenderInput {
+    /// For a transfer of `count` messages, replayed or not.
+    fn new(replay: bool, count: u64) -> Self {
+        if !replay {
+            return SenderInput::Copied;
+        }
+        let ends = (0..count)
+            .scan(0, |end, i| {
+                *end += message(i).len() as u64;
+                Some(*end)
+            })
+            .collect();
+        SenderInput::Replayed {
+            ends: Arc::new(ends),
+        }
+    }
+
+    /// The cursor after message `i`.
+    fn cursor_after(&self, i: u64) -> u64 {
+        match self {
+            SenderInput::Copied => i + 1,
+            SenderInput::Replayed { ends } => ends[i as usize],
+        }
+    }
+
+    /// The first message not read yet when the input stands at `cursor`.
+    fn next_message(&self, cursor: u64) -> u64 {
+        match self {
+            SenderInput::Copied => cursor,
+            SenderInput::Replayed { ends } => ends.partition_point(|&end| end <= cursor) as u64,
+        }
+    }
+
+    fn open(
+        &self,
+        storage: MemStorage,
+        count: u64,
+        options: SessionOptions,
+    ) -> Result<DurableSender<MemStorage>, SessionError> {
+        match self {
+            SenderInput::Copied => DurableSender::open(storage, "test input", options),
+            SenderInput::Replayed { .. } => {
+                let source = replay::MemSource::new(expected(count));
+                DurableSender::open_with_source(storage, "test input", source, options)
+            }
+        }
+    }
+}
+
 /// One sender incarnation: opens the journal, connects, resumes, sends from
-/// the resume cursor (cursor = number of messages read) in small batches,
-/// and finishes. Runs until killed (its task aborted) or done.
+/// the resume cursor in small batches, and finishes. Runs until killed (its
+/// task aborted) or done.
 async fn sender(
     storage: MemStorage,
     client: Endpoint,
     server: SocketAddr,
     count: u64,
+    input: SenderInput,
     options: SessionOptions,
 ) -> Result<(), SessionError> {
-    let mut tx = DurableSender::open(storage, "test input", options)?;
+    let mut tx = input.open(storage, count, options)?;
     if tx.is_complete() {
         return Ok(());
     }
-    let mut next = tx.resume_cursor();
+    let mut next = input.next_message(tx.resume_cursor());
     loop {
         let conn = match client.connect(server).await {
             Ok(conn) => conn,
@@ -259,13 +320,13 @@ async fn sender(
                     .map(|i| Outgoing {
                         channel: 0,
                         data: Bytes::from(message(i)),
-                        cursor: i + 1,
+                        cursor: input.cursor_after(i),
                     })
                     .collect();
                 // After a failure, the batch may or may not be queued:
                 // the resume cursor says where the input stands.
                 let sent = tx.send_batch(batch).await;
-                next = tx.resume_cursor();
+                next = input.next_message(tx.resume_cursor());
                 sent?;
             }
             tx.finish().await
@@ -313,6 +374,8 @@ struct Scenario {
     /// outbox re-sent), unless the output grew by its random amount first;
     /// the others wait for the output to grow.
     early_crashes: bool,
+    /// The sender's outbox refers to its input instead of copying it.
+    replay: bool,
 }
 
 /// How soon after a restart an early crash may come.
@@ -348,12 +411,14 @@ async fn scenario(net: &Net, sc: Scenario) -> Outcome {
             |_| {},
         ))
     };
+    let input = SenderInput::new(sc.replay, sc.count);
     let spawn_tx = |storage: &MemStorage, incarnation: u64| {
         tokio::spawn(sender(
             storage.clone(),
             net.client(seed, incarnation),
             addr,
             sc.count,
+            input.clone(),
             options.clone(),
         ))
     };
@@ -476,6 +541,8 @@ async fn process_crashes_of_either_side_lose_and_repeat_nothing() {
                 power_loss: false,
                 victims: Victims::Any,
                 early_crashes: false,
+                // Every other seed with a replayable outbox.
+                replay: seed % 2 == 1,
             },
         )
         .await;
@@ -507,6 +574,7 @@ async fn power_loss_with_always_durability_loses_and_repeats_nothing() {
                 power_loss: true,
                 victims: Victims::Any,
                 early_crashes: false,
+                replay: false,
             },
         )
         .await;

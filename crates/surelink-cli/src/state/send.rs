@@ -6,8 +6,15 @@
 //! offset after each message) and committed before it is sent. Where to read
 //! next always comes from the session ([`DurableSender::resume_cursor`]): after
 //! a restart it is the offset after the last message ever queued, so bytes the
-//! receiver confirmed are never read again and bytes still in the outbox are
-//! re-sent from the journal, not from the file.
+//! receiver confirmed are never read again.
+//!
+//! The file is replayable, so the outbox does not copy the messages: the
+//! journal keeps where each unconfirmed message lies in the file, with its
+//! checksum ([`FileSource`], `surelink_session::replay`), and the messages
+//! re-sent after a reconnection or a restart are read from the file again.
+//! The session records the file's identity (length, modification time,
+//! checksums of its first and last blocks); a file that changed is refused
+//! with the reason, before anything is sent from it.
 //!
 //! When the connection fails (the receiver was killed: its restarted process
 //! answers with a stateless reset, or, if it does not come back, no packet
@@ -26,12 +33,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use bytes::{BufMut as _, BytesMut};
 use surelink::{Endpoint, EndpointConfig};
-use surelink_session::{DurableSender, Outgoing, SessionError, SessionOptions};
+use surelink_session::{DurableSender, FileSource, Outgoing, SessionError, SessionOptions};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::args::HostPort;
@@ -231,23 +238,17 @@ impl Retry {
 pub async fn run(mut plan: DurableSend) -> anyhow::Result<()> {
     let path = plan.input.clone();
     let dir = plan.dir.clone();
-    // The input's identity: resuming with another file (or a modified one) is refused.
+    // The session is labelled with the input's path; resuming with another
+    // file is refused, and with a modified one too (by the source's identity).
     let meta =
         std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-    let modified = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
-    let label = format!(
-        "{} ({} bytes, modified {modified})",
-        canonical.display(),
-        meta.len()
-    );
+    let label = canonical.display().to_string();
     let mut file = crate::cmd::send::open_input(&path).await?;
+    let source =
+        FileSource::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
 
-    let mut tx = DurableSender::open_dir(&dir, &label, plan.options.clone())
+    let mut tx = DurableSender::open_dir_with_source(&dir, &label, source, plan.options.clone())
         .map_err(|e| super::state_error(e, &dir, super::Role::Sender))?;
     let session = tx.session_id();
     if tx.is_complete() {
@@ -384,7 +385,7 @@ pub async fn run(mut plan: DurableSend) -> anyhow::Result<()> {
         } else if next > 0 || resumed.resent > 0 || tx.resume_cursor() > 0 {
             eprintln!(
                 "surelink send: session {session} resumed: the receiver has {next} messages; \
-                 re-sent {} from the journal; continuing the input at byte {}",
+                 re-sent {} read again from the input; continuing the input at byte {}",
                 resumed.resent,
                 tx.resume_cursor()
             );

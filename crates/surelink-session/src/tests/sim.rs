@@ -14,9 +14,11 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use surelink_netem::{GilbertElliott, LinkConfig};
 
-use super::{scenario, Durability, Net, Outcome, Scenario, SimNetwork, Victim, Victims};
+use super::{
+    scenario, Durability, Net, Outcome, Scenario, SenderInput, SimNetwork, Victim, Victims,
+};
 
-/// Seeds per test by default (four tests run them, in parallel).
+/// Seeds per test by default (five tests run them, in parallel).
 const DEFAULT_SEEDS: u64 = 75;
 
 /// Messages per scenario (about 560 KiB).
@@ -68,7 +70,13 @@ fn network(seed: u64) -> SimNetwork {
 }
 
 /// Runs one seed on its own simulated network.
-async fn run(seed: u64, durability: Durability, power_loss: bool, victims: Victims) -> Outcome {
+async fn run(
+    seed: u64,
+    durability: Durability,
+    power_loss: bool,
+    victims: Victims,
+    replay: bool,
+) -> Outcome {
     let net = Net::Sim(network(seed));
     let outcome = scenario(
         &net,
@@ -80,6 +88,7 @@ async fn run(seed: u64, durability: Durability, power_loss: bool, victims: Victi
             power_loss,
             victims,
             early_crashes: true,
+            replay,
         },
     )
     .await;
@@ -105,11 +114,12 @@ async fn run_seeds(
     durability: impl Fn(u64) -> Durability,
     power_loss: bool,
     victims: Victims,
+    replay: bool,
 ) {
     let (mut crashes, mut simulated) = (0, Duration::ZERO);
     let seeds = sim_seeds();
     for seed in first..first + seeds {
-        let outcome = run(seed, durability(seed), power_loss, victims).await;
+        let outcome = run(seed, durability(seed), power_loss, victims, replay).await;
         crashes += outcome.crashes.len();
         simulated += outcome.completed_after;
     }
@@ -124,6 +134,7 @@ async fn simulated_sender_crashes_lose_and_repeat_nothing() {
         super::durability,
         false,
         Victims::Only(Victim::Sender),
+        false,
     )
     .await;
 }
@@ -136,6 +147,7 @@ async fn simulated_receiver_crashes_lose_and_repeat_nothing() {
         super::durability,
         false,
         Victims::Only(Victim::Receiver),
+        false,
     )
     .await;
 }
@@ -148,6 +160,7 @@ async fn simulated_crashes_of_either_or_both_sides_lose_and_repeat_nothing() {
         super::durability,
         false,
         Victims::Any,
+        false,
     )
     .await;
 }
@@ -160,6 +173,20 @@ async fn simulated_power_losses_with_always_durability_lose_and_repeat_nothing()
         |_| Durability::Always,
         true,
         Victims::Any,
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn simulated_crashes_with_a_replayable_outbox_lose_and_repeat_nothing() {
+    run_seeds(
+        "replayable outbox",
+        40_000,
+        super::durability,
+        false,
+        Victims::Any,
+        true,
     )
     .await;
 }
@@ -182,6 +209,7 @@ async fn a_seed_replays_identically() {
                 power_loss: false,
                 victims: Victims::Any,
                 early_crashes: true,
+                replay: false,
             },
         )
         .await;
@@ -233,6 +261,7 @@ async fn a_sender_cut_off_from_a_completed_receiver_comes_back_in_time() {
         net.client(seed, 0),
         server,
         COUNT,
+        SenderInput::Copied,
         options.clone(),
     ));
     let total = expected(COUNT).len();
@@ -283,6 +312,7 @@ async fn a_sender_cut_off_from_a_completed_receiver_comes_back_in_time() {
         net.client(seed, 1),
         server,
         COUNT,
+        SenderInput::Copied,
         options.clone(),
     ));
     for _ in 0..60_000 {
