@@ -302,6 +302,9 @@ pub struct Connection {
     amp_sent: u64,
     pending: Pending,
     last_received: Instant,
+    /// When application data was last queued or arrived (heartbeats stay
+    /// fast while data flows either way).
+    last_data: Option<Instant>,
     events: VecDeque<Event>,
     stats: ConnectionStats,
     error: Option<ConnectionError>,
@@ -409,6 +412,7 @@ impl Connection {
             peer_max_data: 0,
             pending: Pending::default(),
             last_received: now,
+            last_data: None,
             events: VecDeque::new(),
             stats: ConnectionStats::default(),
             error: None,
@@ -609,6 +613,7 @@ impl Connection {
         }
         self.stats.messages_sent += 1;
         self.stats.payload_bytes_sent += data.len() as u64;
+        self.last_data = Some(now);
         for p in self.paths.iter_mut() {
             p.cc.on_offered(now, data.len() as u64);
         }
@@ -845,7 +850,10 @@ impl Connection {
         }
         let mut carries_data = false;
         for f in FrameIter::new(payload).flatten() {
-            carries_data |= matches!(f, Frame::Msg(_) | Frame::FecSource { .. });
+            if matches!(f, Frame::Msg(_) | Frame::FecSource { .. }) {
+                carries_data = true;
+                self.last_data = Some(now);
+            }
             if let Frame::FecSource { seq, frames } = f {
                 self.on_fec_source(now, path, header.pn, seq, frames);
             } else {
@@ -872,8 +880,11 @@ impl Connection {
 
     fn handle_frame(&mut self, now: Instant, path: usize, frame: Frame<'_>) {
         match frame {
-            Frame::Ping { timestamp_us } => {
-                self.paths[path].on_heartbeat(now);
+            Frame::Ping {
+                timestamp_us,
+                interval_us,
+            } => {
+                self.paths[path].on_heartbeat(now, Duration::from_micros(interval_us));
                 let local = self.clock_us(now);
                 self.paths[path].pong = Some((timestamp_us, local));
                 if self.clock.estimate(local).is_none() {

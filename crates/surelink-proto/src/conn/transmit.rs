@@ -330,6 +330,7 @@ impl Connection {
                     .encode(buf),
                     SentFrame::Ping => Frame::Ping {
                         timestamp_us: self.clock_us(now),
+                        interval_us: self.paths[path].heartbeat_interval().as_micros() as u64,
                     }
                     .encode(buf),
                     SentFrame::Ack(_) => continue,
@@ -402,12 +403,18 @@ impl Connection {
                 }
                 self.fec_protect(now, buf, pn, protected_start, &frames[frames_before..]);
             }
+            let data_flowing = self.data_flowing(path);
             let p = &mut self.paths[path];
             let probe = p.probes > 0;
             if std::mem::take(&mut p.ping) || (probe && !eliciting) {
-                p.last_ping = Some(now);
+                let (base, max) = (
+                    self.config.heartbeat_interval,
+                    self.config.heartbeat_max_interval,
+                );
+                let interval = p.on_ping_sent(now, base, max, data_flowing);
                 Frame::Ping {
                     timestamp_us: self.clock_us(now),
+                    interval_us: interval.as_micros() as u64,
                 }
                 .encode(buf);
                 frames.push(SentFrame::Ping);
