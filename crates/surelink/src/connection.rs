@@ -228,6 +228,7 @@ impl Connection {
                 cs.conn.close(crate::util::now());
                 cs.sync();
             }
+            st.touch(self.inner.handle);
         }
         self.inner.shared.wake_driver.notify_one();
         self.inner
@@ -264,6 +265,7 @@ impl Connection {
                 cs.conn.abort(crate::util::now(), reason);
                 cs.sync();
             }
+            st.touch(self.inner.handle);
         }
         self.inner.shared.wake_driver.notify_one();
     }
@@ -409,6 +411,7 @@ impl ConnectionInner {
         let cs = st.conns.get_mut(&self.handle)?;
         let out = f(cs);
         cs.sync();
+        st.touch(self.handle);
         Some(out)
     }
 
@@ -463,6 +466,7 @@ impl ConnectionInner {
                 DriverWake::Never => false,
             };
             cs.sync();
+            st.touch(self.handle);
             drop(st);
             if wake_driver {
                 self.shared.wake_driver.notify_one();
@@ -525,6 +529,7 @@ impl Drop for ConnectionInner {
                 }
                 cs.sync();
             }
+            st.touch(self.handle);
         }
         self.shared.wake_driver.notify_one();
     }
