@@ -312,20 +312,31 @@ impl ClockEstimator {
     fn push(&mut self, s: ClockSample) {
         self.samples += 1;
         let p = Point::from(s);
-        self.points.push_back(p);
-        if self.points.len() > MAX_SAMPLES {
+        // Only the last `LONG_SPAN_US` (and at least the last `FILTER_LEN`
+        // samples) can ever be averaged: older ones are dropped, and room is
+        // made before pushing, so the buffer never grows past what it holds.
+        while self.points.len() > FILTER_LEN
+            && self
+                .points
+                .front()
+                .is_some_and(|old| p.t - old.t > LONG_SPAN_US)
+        {
             self.points.pop_front();
         }
+        if self.points.len() == MAX_SAMPLES {
+            self.points.pop_front();
+        }
+        self.points.push_back(p);
         if self.window.is_none_or(|w| p.delay < w.delay) {
             self.window = Some(p);
         }
         self.window_len += 1;
         if self.window_len == FILTER_LEN {
             if let Some(best) = self.window.take() {
-                self.minima.push_back(best);
-                if self.minima.len() > DRIFT_LEN {
+                if self.minima.len() == DRIFT_LEN {
                     self.minima.pop_front();
                 }
+                self.minima.push_back(best);
             }
             self.window_len = 0;
             self.drift = self.fit_drift();

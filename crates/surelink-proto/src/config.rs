@@ -48,6 +48,13 @@ pub struct Config {
     /// the clock estimate (each PING/PONG is a four-timestamp exchange); about
     /// 5 kB/s per path.
     pub heartbeat_interval: Duration,
+    /// Longest heartbeat interval of an idle, healthy path (default 1 s).
+    /// While no application data flows either way, each heartbeat doubles
+    /// the interval to the next, up to this bound, and announces it in its
+    /// PING so the peer's failure detector expects it; data, a suspicion or a
+    /// path change bring it back to `heartbeat_interval` at once. Set it to
+    /// `heartbeat_interval` to never back off.
+    pub heartbeat_max_interval: Duration,
     /// Phi at which a path is declared down (default 8); at half of it the
     /// path is suspect and backup mode fails over.
     pub phi_threshold: f64,
@@ -102,6 +109,7 @@ impl Default for Config {
             source_handshake_burst: 16,
             source_handshake_rate: 8,
             heartbeat_interval: Duration::from_millis(20),
+            heartbeat_max_interval: Duration::from_secs(1),
             phi_threshold: 8.0,
             phi_min_std_dev: Duration::from_millis(5),
             failback_delay: Duration::from_secs(1),
@@ -178,6 +186,7 @@ impl Config {
             (self.max_pto, "max pto"),
             (self.handshake_timeout, "handshake timeout"),
             (self.heartbeat_interval, "heartbeat interval"),
+            (self.heartbeat_max_interval, "heartbeat maximum interval"),
             (self.phi_min_std_dev, "phi minimum standard deviation"),
         ] {
             if d.is_zero() {

@@ -221,6 +221,7 @@ impl Connection {
                 cs.conn.close(crate::util::now());
                 cs.sync();
             }
+            st.touch(self.inner.handle);
         }
         self.inner.shared.wake_driver.notify_one();
         self.inner
@@ -257,6 +258,7 @@ impl Connection {
                 cs.conn.abort(crate::util::now(), reason);
                 cs.sync();
             }
+            st.touch(self.inner.handle);
         }
         self.inner.shared.wake_driver.notify_one();
     }
@@ -402,6 +404,7 @@ impl ConnectionInner {
         let cs = st.conns.get_mut(&self.handle)?;
         let out = f(cs);
         cs.sync();
+        st.touch(self.handle);
         Some(out)
     }
 
@@ -456,6 +459,7 @@ impl ConnectionInner {
                 DriverWake::Never => false,
             };
             cs.sync();
+            st.touch(self.handle);
             drop(st);
             if wake_driver {
                 self.shared.wake_driver.notify_one();
@@ -518,6 +522,7 @@ impl Drop for ConnectionInner {
                 }
                 cs.sync();
             }
+            st.touch(self.handle);
         }
         self.shared.wake_driver.notify_one();
     }

@@ -11,10 +11,14 @@
 //!    when the backend batches) until they would block, stopping once a round
 //!    has [`RECV_BATCH`] datagrams or calls, so sending is not starved;
 //! 2. under the lock: route each datagram through the core endpoint and feed it
-//!    to its connection, run every connection's due timers, collect datagrams
-//!    from `poll_transmit` into the outgoing queue (at most [`TRANSMIT_BUDGET`]
-//!    per round, round-robin over connections), take events, wake waiting
-//!    handles, queue accepted connections, forget drained ones;
+//!    to its connection, run the timers that are due (a heap of every
+//!    connection's next deadline), collect datagrams from `poll_transmit` into
+//!    the outgoing queue (at most [`TRANSMIT_BUDGET`] per round, in the order
+//!    connections asked to send), then, for exactly the connections visited
+//!    (input, due timer, touched by a handle, sent), take events, wake
+//!    waiting handles, queue accepted connections, forget drained ones and
+//!    reschedule their timers. An idle connection costs nothing between its
+//!    timers, so thousands of them do not slow a round down;
 //! 3. without the lock: send the outgoing queue with `try_send`, each run of
 //!    consecutive datagrams with the same socket, destination and size (the
 //!    last may be shorter) in one call, up to the backend's
@@ -30,6 +34,7 @@
 //! The task ends when no `Endpoint` handle is left and every connection has
 //! drained and lost its handles.
 
+use std::cmp::Reverse;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
@@ -180,7 +185,6 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T) {
     let mut received = Datagrams::default();
     let mut outgoing = Datagrams::default();
     let mut scratch = Vec::with_capacity(MAX_SEND_BYTES);
-    let mut cursor = ConnectionHandle(0);
     let mut stalled = 0u32;
     let mut stall_logged = false;
     loop {
@@ -197,14 +201,7 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T) {
         let before = outgoing.len();
         let round = {
             let mut st = shared.lock();
-            drive(
-                &mut st,
-                now,
-                &received,
-                &mut outgoing,
-                &mut scratch,
-                &mut cursor,
-            )
+            drive(&mut st, now, &received, &mut outgoing, &mut scratch)
         };
         let produced = outgoing.len() > before;
         if round.endpoint_changed {
@@ -257,25 +254,18 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T) {
 }
 
 /// One round of protocol work under the lock.
+///
+/// Only the connections that need it are visited: those with a datagram
+/// this round, those whose timer is due (popped from [`State::timers`]),
+/// those a handle touched, and those still waiting for transmit budget. An
+/// idle connection costs nothing until its timer comes up.
 fn drive(
     st: &mut State,
     now: Instant,
     received: &Datagrams,
     outgoing: &mut Datagrams,
     scratch: &mut Vec<u8>,
-    cursor: &mut ConnectionHandle,
 ) -> Round {
-    let State {
-        endpoint,
-        conns,
-        incoming,
-        open,
-        accepting,
-        handshakes,
-        handshakes_failed,
-        peak_connections,
-        ..
-    } = st;
     let mut endpoint_changed = false;
 
     // Datagrams still queued from last round mean the socket would block:
@@ -285,26 +275,28 @@ fn drive(
     // Route and feed datagrams.
     for (path, data) in received.iter() {
         let from = path.remote;
-        match endpoint.handle(now, from, data) {
+        match st.endpoint.handle(now, from, data) {
             DatagramEvent::Known(h) => {
-                if let Some(cs) = conns.get_mut(&h) {
+                if let Some(cs) = st.conns.get_mut(&h) {
                     cs.conn.handle_datagram_on(now, path, data);
+                    st.touch(h);
                 }
             }
             DatagramEvent::New(h, conn) => {
                 let mut cs = ConnState::new(*conn, false);
                 cs.conn.handle_datagram_on(now, path, data);
-                if !*accepting {
+                if !st.accepting {
                     cs.conn
                         .abort(now, "the endpoint is not accepting connections");
                 }
                 tracing::debug!(remote = %from, "incoming connection");
-                conns.insert(h, cs);
+                st.conns.insert(h, cs);
+                st.touch(h);
             }
             DatagramEvent::Respond(response) => {
                 // A stateless answer (Retry, Reject, Reset): small, sent as is.
                 if let Some(event) = HandshakeEvent::from_response(&response) {
-                    handshakes.push(event);
+                    st.handshakes.push(event);
                     endpoint_changed = true;
                 }
                 outgoing.push(path.local, response.destination, &response.data);
@@ -316,102 +308,157 @@ fn drive(
         }
     }
 
-    *peak_connections = (*peak_connections).max(conns.len());
+    st.peak_connections = st.peak_connections.max(st.conns.len());
 
-    // Timers.
-    for cs in conns.values_mut() {
-        if cs.conn.poll_timeout().is_some_and(|t| t <= now) {
-            cs.conn.handle_timeout(now);
+    // Due timers.
+    while let Some(&Reverse((at, h))) = st.timers.peek() {
+        if at > now {
+            break;
         }
+        st.timers.pop();
+        let Some(cs) = st.conns.get_mut(&h) else {
+            continue;
+        };
+        if cs.scheduled != Some(at) {
+            continue; // stale: the connection was rescheduled since
+        }
+        cs.scheduled = None;
+        cs.conn.handle_timeout(now);
+        st.touch(h);
     }
 
-    // Transmit, round-robin from the connection the budget last ran out on.
+    // Transmit, in the order connections asked; one that runs out of budget
+    // stays first in line for the next round.
     let mut more_to_send = false;
     if !socket_blocked {
-        let order: Vec<ConnectionHandle> = conns
-            .range(*cursor..)
-            .chain(conns.range(..*cursor))
-            .map(|(h, _)| *h)
-            .collect();
         let mut budget = TRANSMIT_BUDGET;
-        'conns: for h in order {
-            let Some(cs) = conns.get_mut(&h) else {
+        'conns: while let Some(&h) = st.sending.front() {
+            // Settled below like every connection visited this round.
+            st.touch(h);
+            let Some(cs) = st.conns.get_mut(&h) else {
+                st.sending.pop_front();
                 continue;
             };
             while let Some(t) = cs.conn.poll_transmit(now, scratch) {
                 outgoing.push(t.local, t.destination, &scratch[..t.size]);
                 budget -= 1;
                 if budget == 0 {
-                    *cursor = h;
                     more_to_send = true;
                     break 'conns;
                 }
             }
+            cs.sending = false;
+            st.sending.pop_front();
         }
     }
 
-    // Events, the accept queue, drained connections.
-    let mut removable = Vec::new();
-    for (h, cs) in conns.iter_mut() {
-        let connected_now = cs.sync();
-        if connected_now {
-            // The peer's stateless Resets are addressed to the id it issued.
-            endpoint.set_peer_cid(*h, cs.conn.peer_cid());
-        }
-        if cs.conn.side() == Side::Server && !cs.outcome_recorded {
-            let remote = cs.conn.remote();
-            if cs.connected && *accepting {
-                cs.outcome_recorded = true;
-                handshakes.push(HandshakeEvent::Accepted {
-                    remote,
-                    peer_key: cs.conn.peer_key(),
-                });
-                endpoint_changed = true;
-            } else if !cs.connected {
-                if let Some(closed) = &cs.closed {
-                    cs.outcome_recorded = true;
-                    handshakes_failed.record(closed.as_ref());
-                    if let Some(error) = closed {
-                        handshakes.push(HandshakeEvent::Failed {
-                            remote,
-                            error: error.clone(),
-                        });
-                        endpoint_changed = true;
-                    }
-                }
-            }
-        }
-        if connected_now && cs.conn.side() == Side::Server && !cs.has_handle {
-            if *accepting {
-                cs.queued = true;
-                incoming.push_back(*h);
-                endpoint_changed = true;
-            } else if !cs.conn.is_closed() {
-                cs.conn
-                    .abort(now, "the endpoint is not accepting connections");
-                cs.sync();
-            }
-        }
-        if cs.conn.is_drained() && !cs.forgotten {
-            endpoint.forget(*h);
-            cs.forgotten = true;
-            endpoint_changed = true;
-        }
-        if cs.is_removable() {
-            removable.push(*h);
-        }
+    // Events, the accept queue, drained connections, timers: for every
+    // connection visited this round.
+    let touched = std::mem::take(&mut st.touched);
+    for &h in &touched {
+        endpoint_changed |= settle(st, h, now);
     }
-    for h in removable {
-        conns.remove(&h);
-    }
+    st.touched = touched;
+    st.touched.clear();
 
-    let deadline = conns.values().filter_map(|cs| cs.conn.poll_timeout()).min();
+    let deadline = next_deadline(st);
     Round {
         deadline,
         more_to_send,
-        exit: !*open && conns.is_empty(),
+        exit: !st.open && st.conns.is_empty(),
         endpoint_changed,
     }
+}
+
+/// After a round worked on connection `h`: takes its events, records its
+/// handshake outcome, queues it for `accept`, forgets it once drained,
+/// removes it once nothing refers to it, and reschedules its timer.
+/// Returns true if the endpoint's waiters must look (accept queue, handshake
+/// log, set of live connections).
+fn settle(st: &mut State, h: ConnectionHandle, now: Instant) -> bool {
+    let State {
+        endpoint,
+        conns,
+        incoming,
+        accepting,
+        handshakes,
+        handshakes_failed,
+        timers,
+        ..
+    } = st;
+    let Some(cs) = conns.get_mut(&h) else {
+        return false;
+    };
+    cs.touched = false;
+    let mut endpoint_changed = false;
+    let connected_now = cs.sync();
+    if connected_now {
+        // The peer's stateless Resets are addressed to the id it issued.
+        endpoint.set_peer_cid(h, cs.conn.peer_cid());
+    }
+    if cs.conn.side() == Side::Server && !cs.outcome_recorded {
+        let remote = cs.conn.remote();
+        if cs.connected && *accepting {
+            cs.outcome_recorded = true;
+            handshakes.push(HandshakeEvent::Accepted {
+                remote,
+                peer_key: cs.conn.peer_key(),
+            });
+            endpoint_changed = true;
+        } else if !cs.connected {
+            if let Some(closed) = &cs.closed {
+                cs.outcome_recorded = true;
+                handshakes_failed.record(closed.as_ref());
+                if let Some(error) = closed {
+                    handshakes.push(HandshakeEvent::Failed {
+                        remote,
+                        error: error.clone(),
+                    });
+                    endpoint_changed = true;
+                }
+            }
+        }
+    }
+    if connected_now && cs.conn.side() == Side::Server && !cs.has_handle {
+        if *accepting {
+            cs.queued = true;
+            incoming.push_back(h);
+            endpoint_changed = true;
+        } else if !cs.conn.is_closed() {
+            cs.conn
+                .abort(now, "the endpoint is not accepting connections");
+            cs.sync();
+        }
+    }
+    if cs.conn.is_drained() && !cs.forgotten {
+        endpoint.forget(h);
+        cs.forgotten = true;
+        endpoint_changed = true;
+    }
+    if cs.is_removable() {
+        conns.remove(&h);
+        return endpoint_changed;
+    }
+    let next = cs.conn.poll_timeout();
+    if next != cs.scheduled {
+        cs.scheduled = next;
+        if let Some(at) = next {
+            timers.push(Reverse((at, h)));
+        }
+    }
+    endpoint_changed
+}
+
+/// The earliest current timer of any connection; drops stale entries from
+/// the top of the heap on the way.
+fn next_deadline(st: &mut State) -> Option<Instant> {
+    while let Some(&Reverse((at, h))) = st.timers.peek() {
+        if st.conns.get(&h).is_some_and(|cs| cs.scheduled == Some(at)) {
+            return Some(at);
+        }
+        st.timers.pop();
+    }
+    None
 }
 
 /// Reads a round's batch from every socket into `received` (cleared by the

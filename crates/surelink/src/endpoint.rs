@@ -478,6 +478,7 @@ impl Endpoint {
             let cs = ConnState::new(core, true);
             let notify = cs.notify.clone();
             st.conns.insert(handle, cs);
+            st.touch(handle);
             Connection::new(shared.clone(), handle, notify, remote)
         };
         shared.wake_driver.notify_one();
@@ -507,6 +508,7 @@ impl Endpoint {
                     let remote = cs.conn.remote();
                     tracing::debug!(%remote, "connection accepted");
                     let notify = cs.notify.clone();
+                    st.touch(handle);
                     return Some(Some(Connection::new(
                         shared.clone(),
                         handle,
@@ -678,6 +680,7 @@ impl Drop for EndpointInner {
                 cs.conn.abort(now, "the endpoint was closed");
                 cs.sync();
             }
+            st.touch(handle);
         }
         drop(st);
         self.shared.wake_driver.notify_one();

@@ -15,10 +15,12 @@
 //!   lock, so a change between the check and the `.await` still wakes it.
 //!   Endpoint-wide waiters (accept, wait-idle) use `endpoint_changed` the same way.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use surelink_proto::{ConnectionError, ConnectionHandle, Event};
 use tokio::sync::Notify;
@@ -113,6 +115,17 @@ pub(crate) struct State {
     pub(crate) handshakes_failed: crate::HandshakeFailures,
     /// Most connections held at once (live or draining).
     pub(crate) peak_connections: usize,
+    /// Every connection's next timer, earliest first. An entry is current
+    /// only while it equals its connection's `scheduled`; others are stale
+    /// and skipped when they come up (no search to remove them).
+    pub(crate) timers: BinaryHeap<Reverse<(Instant, ConnectionHandle)>>,
+    /// Connections a handle or the driver changed since the driver last
+    /// looked at them: the driver's next round polls, syncs and reschedules
+    /// exactly these (and those due or with input), not every connection.
+    pub(crate) touched: Vec<ConnectionHandle>,
+    /// Connections that may still have datagrams to send, in the order the
+    /// transmit budget serves them (each at most once).
+    pub(crate) sending: VecDeque<ConnectionHandle>,
 }
 
 impl State {
@@ -127,6 +140,26 @@ impl State {
             handshakes: HandshakeLog::default(),
             handshakes_failed: crate::HandshakeFailures::default(),
             peak_connections: 0,
+            timers: BinaryHeap::new(),
+            touched: Vec::new(),
+            sending: VecDeque::new(),
+        }
+    }
+
+    /// Marks connection `h` as changed: the driver's next round polls it for
+    /// datagrams, takes its events and reschedules its timer. Every code path
+    /// that calls into a connection's core must touch it before releasing
+    /// the lock (and wake the driver if the driver has to act soon).
+    pub(crate) fn touch(&mut self, h: ConnectionHandle) {
+        if let Some(cs) = self.conns.get_mut(&h) {
+            if !cs.touched {
+                cs.touched = true;
+                self.touched.push(h);
+            }
+            if !cs.sending {
+                cs.sending = true;
+                self.sending.push_back(h);
+            }
         }
     }
 }
@@ -182,6 +215,12 @@ pub(crate) struct ConnState {
     pub(crate) forgotten: bool,
     /// (Server side) its handshake outcome was recorded in the handshake log.
     pub(crate) outcome_recorded: bool,
+    /// The deadline of its current entry in [`State::timers`], if any.
+    pub(crate) scheduled: Option<Instant>,
+    /// It is in [`State::touched`].
+    pub(crate) touched: bool,
+    /// It is in [`State::sending`].
+    pub(crate) sending: bool,
     snapshot: Snapshot,
 }
 
@@ -199,6 +238,9 @@ impl ConnState {
             closed: None,
             forgotten: false,
             outcome_recorded: false,
+            scheduled: None,
+            touched: false,
+            sending: false,
             snapshot: Snapshot::default(),
         }
     }

@@ -3,7 +3,8 @@
 //! `surelink time serve --listen ADDR` accepts connections and keeps them
 //! open; it does nothing else. The clock exchange is the protocol's own: every
 //! connection piggybacks NTP-style four-timestamp PING/PONG exchanges on its
-//! heartbeats (every 20 ms), and both sides timestamp with their wall clock
+//! heartbeats (every 20 ms: the querying side does not back them off), and
+//! both sides timestamp with their wall clock
 //! (µs since the Unix epoch), so each side's
 //! [`Connection::clock_estimate`] is the wall-clock offset between the hosts.
 //!
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, Subcommand};
 use serde_json::json;
-use surelink::{ClockEstimate, Connection, Endpoint, EndpointConfig};
+use surelink::{ClockEstimate, Connection, Endpoint, EndpointConfig, ProtocolConfig};
 
 use crate::args::{parse_duration, parse_host_port, wildcard_for, HostPort};
 
@@ -124,7 +125,13 @@ async fn query(args: QueryArgs) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let remote = args.server.resolve().await?;
-    let config = EndpointConfig::default().with_connect_timeout(args.timeout);
+    // The samples are this side's PING/PONG exchanges: keep heartbeats at
+    // their base interval instead of backing them off on the idle path.
+    let mut protocol = ProtocolConfig::default();
+    protocol.heartbeat_max_interval = protocol.heartbeat_interval;
+    let config = EndpointConfig::default()
+        .with_protocol(protocol)
+        .with_connect_timeout(args.timeout);
     let bind = args.bind.unwrap_or_else(|| wildcard_for(remote));
     let endpoint = Endpoint::client_with_config(bind, config)
         .with_context(|| format!("cannot bind {bind}"))?;

@@ -146,7 +146,10 @@ mod tests {
         assert!(protected_frames_valid(&[]));
         let inner = encode(std::slice::from_ref(&msg));
         for refused in [
-            Frame::Ping { timestamp_us: 1 },
+            Frame::Ping {
+                timestamp_us: 1,
+                interval_us: 20_000,
+            },
             Frame::MaxData { max: 9 },
             Frame::FecSource {
                 seq: 1,

@@ -8,7 +8,11 @@
 //! lost). Liveness is judged by a phi-accrual detector that learns the gaps
 //! between the peer's heartbeats and measures the silence since any packet
 //! arrived on the path (`on_heard`, `on_heartbeat`); heartbeats keep idle
-//! paths talking.
+//! paths talking. On a healthy path with no application data flowing the
+//! heartbeat interval doubles with each PING up to a bound
+//! (`Config::heartbeat_max_interval`); each PING announces the interval to
+//! the next, so the peer's detector expects the longer gap
+//! (`on_ping_sent`, `heartbeat_deadline`).
 //!
 //! States, as an explicit machine ([`PathState`]):
 //!
@@ -188,6 +192,9 @@ pub struct Path {
     pub(super) last_sent: Option<Instant>,
     /// Last PING sent (heartbeats are PINGs, so each is also a clock sample).
     pub(super) last_ping: Option<Instant>,
+    /// The interval our latest PING announced: the next heartbeat is due
+    /// at the latest this long after it.
+    heartbeat_interval: Duration,
     last_heard: Option<Instant>,
     phi: PhiDetector,
     /// Since when the path has been continuously healthy (fail-back hysteresis).
@@ -271,6 +278,7 @@ impl Path {
             last_eliciting_sent: now,
             last_sent: None,
             last_ping: None,
+            heartbeat_interval: config.heartbeat_interval,
             last_heard: None,
             phi: PhiDetector::new(config.phi_min_std_dev, config.heartbeat_interval),
             healthy_since: None,
@@ -326,10 +334,37 @@ impl Path {
         recovered
     }
 
-    /// A heartbeat PING arrived at `now` (its packet was heard already): the
-    /// failure detector learns the heartbeat process from these.
-    pub fn on_heartbeat(&mut self, now: Instant) {
-        self.phi.heartbeat(now);
+    /// A heartbeat PING announcing the peer's next one within `interval`
+    /// arrived at `now` (its packet was heard already): the failure detector
+    /// learns the heartbeat process from these.
+    pub fn on_heartbeat(&mut self, now: Instant, interval: Duration) {
+        self.phi.heartbeat(now, interval);
+    }
+
+    /// The interval our latest PING on this path announced.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+    }
+
+    /// A PING goes out on the path at `now`; returns the interval it
+    /// announces. With `data_flowing`, or unless the path is healthy
+    /// (`Active` or `Standby`), that is `base`; otherwise the previous
+    /// interval doubled, up to `max`.
+    pub fn on_ping_sent(
+        &mut self,
+        now: Instant,
+        base: Duration,
+        max: Duration,
+        data_flowing: bool,
+    ) -> Duration {
+        let healthy = matches!(self.state, PathState::Active | PathState::Standby);
+        self.heartbeat_interval = if data_flowing || !healthy {
+            base
+        } else {
+            (self.heartbeat_interval * 2).min(max.max(base))
+        };
+        self.last_ping = Some(now);
+        self.heartbeat_interval
     }
 
     /// A packet of `size` bytes arrived at `now`. A suspect path returns to
@@ -426,28 +461,31 @@ impl Path {
     }
 
     /// When a heartbeat (or a challenge, or a down-path probe) is due, with
-    /// heartbeats every `interval` and down-path probes backing off up to
-    /// `max_interval`.
+    /// heartbeats every `base` interval (or the backed-off interval the
+    /// latest PING announced, on a healthy path while no data flows) and
+    /// down-path probes backing off up to `max_probe_interval`.
     pub fn heartbeat_deadline(
         &self,
-        interval: Duration,
-        max_interval: Duration,
+        base: Duration,
+        max_probe_interval: Duration,
+        data_flowing: bool,
     ) -> Option<Instant> {
         if let Some(c) = &self.challenge {
-            return self.may_probe().then(|| c.next_send(interval));
+            return self.may_probe().then(|| c.next_send(base));
         }
         if self.ping {
             return None;
         }
         let interval = match self.state {
-            PathState::Down => {
-                interval * (1 << self.down_backoff.min(10))
-                    + Duration::from_micros(self.down_backoff as u64 * 997 % 5000)
-            }
+            PathState::Down => (base * (1 << self.down_backoff.min(10))
+                + Duration::from_micros(self.down_backoff as u64 * 997 % 5000))
+            .min(max_probe_interval.max(base)),
             PathState::Probing | PathState::Recovering => return None,
-            _ => interval,
-        }
-        .min(max_interval.max(interval));
+            PathState::Active | PathState::Standby if !data_flowing => {
+                self.heartbeat_interval.max(base)
+            }
+            _ => base,
+        };
         Some(self.last_ping.unwrap_or(self.last_eliciting_sent) + interval)
     }
 

@@ -352,6 +352,24 @@ impl Connection {
         if !self.is_established() {
             return None;
         }
-        self.paths[path].heartbeat_deadline(self.config.heartbeat_interval, self.config.max_pto)
+        self.paths[path].heartbeat_deadline(
+            self.config.heartbeat_interval,
+            self.config.max_pto,
+            self.data_flowing(path),
+        )
+    }
+
+    /// True while application data flows on the connection, either way,
+    /// as seen from `path`'s heartbeats: messages are queued or
+    /// unacknowledged, or data was sent or arrived since the path's latest
+    /// PING. Heartbeats then stay at the base interval, so a path carrying
+    /// data is judged as fast as ever.
+    pub(super) fn data_flowing(&self, path: usize) -> bool {
+        !self.send_queue.is_empty()
+            || self.last_data.is_some_and(|t| {
+                self.paths[path]
+                    .last_ping
+                    .is_none_or(|last_ping| t >= last_ping)
+            })
     }
 }

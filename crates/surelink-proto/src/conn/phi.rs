@@ -23,10 +23,24 @@
 //! loss of heartbeats widens the learned deviation as it should, and a real
 //! cut is detected within the same few heartbeat intervals on both.
 //!
+//! The peer's heartbeat interval is not fixed: an idle, healthy path backs
+//! its heartbeats off (up to `Config::heartbeat_max_interval`) and each PING
+//! announces the interval to the next one. The detector therefore learns
+//! each gap *relative to the interval the peer announced for it* (a ratio,
+//! 1.0 for a heartbeat exactly on time) and judges the current silence
+//! against the latest announced interval: expected gap = mean ratio ×
+//! announced interval, deviation = deviation of the ratios × announced
+//! interval, never below the floor. While the interval stays the same this
+//! is exactly the absolute model; when it grows, the detector expects the
+//! longer gap at once instead of suspecting it. A heartbeat that arrives
+//! with a *shorter* announced interval than the previous one (the peer
+//! went back to fast heartbeats because data flows) cut its schedule short
+//! and is no sample of lateness: it only updates the announced interval.
+//!
 //! Driven by the connection: `heard` on every authenticated packet on the
-//! path, `heartbeat` for each heartbeat PING in one, `reset` when a path is
-//! (re)validated, `phi`/`crossing` when the path is checked and its check
-//! timer is scheduled.
+//! path, `heartbeat` for each heartbeat PING in one (with the interval it
+//! announces), `reset` when a path is (re)validated, `phi`/`crossing` when
+//! the path is checked and its check timer is scheduled.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -34,6 +48,9 @@ use std::time::{Duration, Instant};
 
 /// Inter-arrival samples kept.
 const WINDOW: usize = 200;
+/// Bounds on an announced heartbeat interval that the detector believes (a
+/// peer announcing nonsense only makes its own path judged oddly).
+const ANNOUNCED_MS: (f64, f64) = (1.0, 60_000.0);
 /// Coefficients of the logistic approximation of the normal tail:
 /// P(X > y) ≈ e / (1 + e) with e = exp(−y(A + B y²)).
 const A: f64 = 1.5976;
@@ -42,6 +59,7 @@ const B: f64 = 0.070_566;
 /// Suspicion of one path.
 #[derive(Debug, Clone)]
 pub struct PhiDetector {
+    /// Heartbeat gaps, each divided by the interval announced for it.
     intervals: VecDeque<f64>,
     sum: f64,
     sum_sq: f64,
@@ -50,8 +68,9 @@ pub struct PhiDetector {
     /// The latest heartbeat, where the next interval sample starts.
     last_heartbeat: Option<Instant>,
     min_std_ms: f64,
-    /// Assumed mean before two arrivals were seen, ms.
-    initial_ms: f64,
+    /// The peer's latest announced heartbeat interval, ms (the configured
+    /// interval until the first heartbeat).
+    announced_ms: f64,
     /// `crossing` results since the last arrival, by threshold: the timer code
     /// asks on every poll, and the answer only changes when a packet arrives.
     crossings: [Cell<Option<(f64, Instant)>>; 2],
@@ -68,7 +87,7 @@ impl PhiDetector {
             last: None,
             last_heartbeat: None,
             min_std_ms: min_std.as_secs_f64() * 1e3,
-            initial_ms: initial.as_secs_f64() * 1e3,
+            announced_ms: initial.as_secs_f64() * 1e3,
             crossings: Default::default(),
         }
     }
@@ -79,21 +98,28 @@ impl PhiDetector {
         self.forget_crossings();
     }
 
-    /// A heartbeat arrived at `now` (its packet is heard too): the interval
-    /// since the previous heartbeat is a sample.
-    pub fn heartbeat(&mut self, now: Instant) {
+    /// A heartbeat arrived at `now` (its packet is heard too), announcing
+    /// that the next one follows within `interval`: the gap since the
+    /// previous heartbeat, relative to the interval announced for it, is a
+    /// sample unless the peer shortened its interval.
+    pub fn heartbeat(&mut self, now: Instant, interval: Duration) {
         self.heard(now);
+        let announced = (interval.as_secs_f64() * 1e3).clamp(ANNOUNCED_MS.0, ANNOUNCED_MS.1);
         if let Some(previous) = self.last_heartbeat {
-            let ms = now.saturating_duration_since(previous).as_secs_f64() * 1e3;
-            self.intervals.push_back(ms);
-            self.sum += ms;
-            self.sum_sq += ms * ms;
-            if self.intervals.len() > WINDOW {
-                let old = self.intervals.pop_front().unwrap_or(0.0);
-                self.sum -= old;
-                self.sum_sq -= old * old;
+            if announced >= self.announced_ms {
+                let ms = now.saturating_duration_since(previous).as_secs_f64() * 1e3;
+                let ratio = ms / self.announced_ms;
+                self.intervals.push_back(ratio);
+                self.sum += ratio;
+                self.sum_sq += ratio * ratio;
+                if self.intervals.len() > WINDOW {
+                    let old = self.intervals.pop_front().unwrap_or(0.0);
+                    self.sum -= old;
+                    self.sum_sq -= old * old;
+                }
             }
         }
+        self.announced_ms = announced;
         self.last_heartbeat = Some(now);
     }
 
@@ -115,14 +141,16 @@ impl PhiDetector {
         self.forget_crossings();
     }
 
+    /// Expected gap and its deviation, ms, at the announced interval.
     fn mean_std(&self) -> (f64, f64) {
         let n = self.intervals.len() as f64;
+        let scale = self.announced_ms;
         if n < 2.0 {
-            return (self.initial_ms, self.min_std_ms.max(self.initial_ms / 4.0));
+            return (scale, self.min_std_ms.max(scale / 4.0));
         }
         let mean = self.sum / n;
         let var = (self.sum_sq / n - mean * mean).max(0.0);
-        (mean, var.sqrt().max(self.min_std_ms))
+        (mean * scale, (var.sqrt() * scale).max(self.min_std_ms))
     }
 
     /// φ for a gap of `elapsed_ms` since the last arrival.
@@ -217,7 +245,7 @@ pub fn phi_trade_off(
             }
             detect_sum += cross.saturating_duration_since(t);
         }
-        d.heartbeat(next);
+        d.heartbeat(next, interval);
         t = next;
     }
     let hours = t.duration_since(start).as_secs_f64() / 3600.0;
@@ -238,7 +266,7 @@ mod tests {
         let t0 = Instant::now();
         let mut d = PhiDetector::new(2 * MS, 10 * MS);
         for i in 0..100 {
-            d.heartbeat(t0 + 10 * MS * i);
+            d.heartbeat(t0 + 10 * MS * i, 10 * MS);
         }
         let last = t0 + 990 * MS;
         assert!(d.phi(last + 5 * MS) < 0.5);
@@ -262,7 +290,7 @@ mod tests {
             for i in 0..100u32 {
                 t += MS * interval_ms
                     + Duration::from_micros(u64::from((i * 7919) % (jitter * 1000 + 1)));
-                d.heartbeat(t);
+                d.heartbeat(t, 10 * MS);
             }
             for threshold in [0.5, 1.0, 2.0, 4.0, 8.0, 12.0, 30.0] {
                 let cross = d.crossing(threshold).unwrap();
@@ -307,11 +335,11 @@ mod tests {
         let mut every = PhiDetector::new(5 * MS, 20 * MS);
         for &(t, is_heartbeat) in &arrivals {
             if is_heartbeat {
-                d.heartbeat(t);
+                d.heartbeat(t, 20 * MS);
             } else {
                 d.heard(t);
             }
-            every.heartbeat(t);
+            every.heartbeat(t, 20 * MS);
         }
         // One frame interval of silence (a heartbeat lost) stays below the
         // suspicion level (half the default threshold of 8)…
@@ -329,9 +357,9 @@ mod tests {
         let mut jittery = PhiDetector::new(MS, 10 * MS);
         let mut t = t0;
         for i in 0..200u32 {
-            steady.heartbeat(t0 + 10 * MS * i);
+            steady.heartbeat(t0 + 10 * MS * i, 10 * MS);
             t += MS * (5 + (i * 7919) % 11);
-            jittery.heartbeat(t);
+            jittery.heartbeat(t, 10 * MS);
         }
         let gap = 25 * MS;
         assert!(steady.phi(t0 + 10 * MS * 199 + gap) > jittery.phi(t + gap));

@@ -337,6 +337,7 @@ impl Connection {
                     .encode(buf),
                     SentFrame::Ping => Frame::Ping {
                         timestamp_us: self.clock_us(now),
+                        interval_us: self.paths[path].heartbeat_interval().as_micros() as u64,
                     }
                     .encode(buf),
                     SentFrame::Ack(_) => continue,
@@ -409,14 +410,22 @@ impl Connection {
                 }
                 self.fec_protect(now, buf, pn, protected_start, &frames[frames_before..]);
             }
+            let data_flowing = self.data_flowing(path);
             let p = &mut self.paths[path];
             let probe = p.probes > 0;
             let ping = std::mem::take(&mut p.ping);
             let outage = std::mem::take(&mut p.outage_probe);
             if ping || outage || (probe && !eliciting) {
-                p.last_ping = Some(now);
+                let (base, max) = (
+                    self.config.heartbeat_interval,
+                    self.config.heartbeat_max_interval,
+                );
+                // An outage probe goes while deadline data waits: the next
+                // heartbeat is due at the base interval.
+                let interval = p.on_ping_sent(now, base, max, data_flowing || outage);
                 Frame::Ping {
                     timestamp_us: self.clock_us(now),
+                    interval_us: interval.as_micros() as u64,
                 }
                 .encode(buf);
                 frames.push(SentFrame::Ping);

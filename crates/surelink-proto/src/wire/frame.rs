@@ -42,10 +42,14 @@ pub const MAX_REASON_LEN: usize = 1024;
 pub enum Frame<'a> {
     /// `n` zero bytes; no meaning, used to pad Initial packets.
     Padding(usize),
-    /// Heartbeat carrying the sender's clock (µs since its connection epoch). Ack-eliciting.
+    /// Heartbeat carrying the sender's clock (µs since its connection epoch)
+    /// and when its next heartbeat on the path is due. Ack-eliciting.
     Ping {
         /// Sender's timestamp t1.
         timestamp_us: u64,
+        /// The sender's next heartbeat on this path follows within this
+        /// many µs (its current heartbeat interval).
+        interval_us: u64,
     },
     /// Answer to a PING with the three timestamps of an NTP exchange.
     Pong {
@@ -246,9 +250,13 @@ impl Frame<'_> {
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Frame::Padding(n) => out.resize(out.len() + n, 0),
-            Frame::Ping { timestamp_us } => {
+            Frame::Ping {
+                timestamp_us,
+                interval_us,
+            } => {
                 varint::write(out, PING);
                 varint::write(out, *timestamp_us);
+                varint::write(out, *interval_us);
             }
             Frame::Pong {
                 echo_us,
@@ -466,6 +474,7 @@ impl<'a> FrameIter<'a> {
             }
             PING => Frame::Ping {
                 timestamp_us: r.varint()?,
+                interval_us: r.varint()?,
             },
             PONG => Frame::Pong {
                 echo_us: r.varint()?,
@@ -607,7 +616,7 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Owned {
         Padding(usize),
-        Ping(u64),
+        Ping(u64, u64),
         Pong(u64, u64, u64),
         Ack(AckFrame),
         Msg(u64, u64, u64, u64, Delivery, Vec<u8>),
@@ -628,7 +637,10 @@ mod tests {
         fn frame(&self) -> Frame<'_> {
             match self {
                 Owned::Padding(n) => Frame::Padding(*n),
-                Owned::Ping(t) => Frame::Ping { timestamp_us: *t },
+                Owned::Ping(t, i) => Frame::Ping {
+                    timestamp_us: *t,
+                    interval_us: *i,
+                },
                 Owned::Pong(a, b, c) => Frame::Pong {
                     echo_us: *a,
                     recv_us: *b,
@@ -672,7 +684,7 @@ mod tests {
         let v = 0..=varint::MAX;
         prop_oneof![
             (1usize..50).prop_map(Owned::Padding),
-            v.clone().prop_map(Owned::Ping),
+            (v.clone(), v.clone()).prop_map(|(t, i)| Owned::Ping(t, i)),
             (v.clone(), v.clone(), v.clone()).prop_map(|(a, b, c)| Owned::Pong(a, b, c)),
             ack().prop_map(Owned::Ack),
             (

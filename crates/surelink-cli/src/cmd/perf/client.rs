@@ -65,9 +65,11 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         .map(|_| Endpoint::client_with_config(bind, config.clone()))
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("cannot bind {bind}"))?;
+    let connect_started = Instant::now();
     let connections = connect_all(&endpoints, remote, args.connections)
         .await
         .with_context(|| format!("cannot connect to {}", args.to))?;
+    let connect_time = connect_started.elapsed();
 
     let usage_before = Usage::now();
     let started = Instant::now();
@@ -104,7 +106,7 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         &args,
         &results,
         &histogram,
-        elapsed,
+        (connect_time, elapsed),
         usage_before,
         usage_after,
     );
@@ -211,7 +213,7 @@ fn summarise(
     args: &ClientArgs,
     results: &[ConnectionResult],
     histogram: &Histogram<u64>,
-    elapsed: Duration,
+    (connect_time, elapsed): (Duration, Duration),
     before: Usage,
     after: Usage,
 ) -> Value {
@@ -250,6 +252,7 @@ fn summarise(
         "size": args.size,
         "rate_per_connection": args.rate,
         "duration_s": args.duration.as_secs_f64(),
+        "connect_s": connect_time.as_secs_f64(),
         "messages_sent": sent,
         "messages_received": received,
         "lost": sent.saturating_sub(received),
@@ -289,7 +292,7 @@ fn summary_text(s: &Value) -> String {
     let mib = |kib: &Value| kib.as_f64().unwrap_or(0.0) / 1024.0;
     let wall = s["client"]["wall_s"].as_f64().unwrap_or(f64::NAN);
     format!(
-        "surelink perf: {} connections ({} client drivers), {}-byte messages, {rate}, {} s\n\
+        "surelink perf: {} connections ({} client drivers, all connected in {:.2} s), {}-byte messages, {rate}, {} s\n\
          \x20 messages    sent {}  received {}  lost {}  retransmissions {}\n\
          \x20 throughput  {:.0} msg/s  {:.2} MiB/s  (received, over {:.2} s)\n\
          \x20 latency     p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  (one way, {} messages)\n\
@@ -297,6 +300,7 @@ fn summary_text(s: &Value) -> String {
          \x20 memory      client peak {:.1} MiB  server peak {:.1} MiB\n",
         s["connections"],
         s["client_drivers"],
+        s["connect_s"].as_f64().unwrap_or(0.0),
         s["size"],
         s["duration_s"],
         s["messages_sent"],

@@ -1,0 +1,199 @@
+//! Heartbeats of idle connections, on virtual time: an idle, healthy path
+//! backs its heartbeats off up to `heartbeat_max_interval` (a handful of
+//! datagrams a second instead of fifty), the peer's failure detector expects
+//! the longer gaps (no suspicion), a cut idle path is still detected, and a
+//! cut while data flows is detected as fast as with fixed heartbeats.
+
+mod harness;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use harness::Sim;
+use surelink_netem::LinkConfig;
+use surelink_proto::conn::PathId;
+use surelink_proto::{Config, Event};
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn link() -> LinkConfig {
+    LinkConfig::default()
+        .with_delay(ms(5))
+        .with_jitter(Duration::from_micros(500))
+}
+
+/// The default configuration, or one whose heartbeats never back off.
+fn config(backoff: bool) -> Config {
+    let mut c = Config::default();
+    if !backoff {
+        c.heartbeat_max_interval = c.heartbeat_interval;
+    }
+    c
+}
+
+/// An established connection with a datagram capture on.
+fn connected(config: Config, seed: u64) -> Sim {
+    let mut sim = Sim::new(config, link(), link(), seed);
+    let (ce, se) = sim.run_handshake(Duration::from_secs(2));
+    assert!(ce.contains(&Event::Connected) && se.contains(&Event::Connected));
+    sim.capture = Some((Vec::new(), Vec::new()));
+    sim
+}
+
+/// Events of (client, server), with the virtual time they were seen at.
+type Seen = (Vec<(Duration, Event)>, Vec<(Duration, Event)>);
+
+/// Runs for `span` with nothing to send, collecting events.
+fn run_idle(sim: &mut Sim, span: Duration, seen: &mut Seen) {
+    let until = sim.now + span;
+    loop {
+        collect(sim, seen);
+        if !sim.step(until) {
+            break;
+        }
+    }
+    collect(sim, seen);
+}
+
+fn collect(sim: &mut Sim, seen: &mut Seen) {
+    let at = sim.now - sim.start;
+    while let Some(e) = sim.client.poll_event() {
+        seen.0.push((at, e));
+    }
+    if let Some(s) = sim.server.as_mut() {
+        while let Some(e) = s.poll_event() {
+            seen.1.push((at, e));
+        }
+        while s.recv().is_some() {}
+    }
+}
+
+/// Sends a 100-byte message every millisecond for `span`, collecting events.
+fn run_stream(sim: &mut Sim, span: Duration, seen: &mut Seen) {
+    let until = sim.now + span;
+    let mut next = sim.now;
+    while sim.now < until {
+        if sim.now >= next {
+            // Blocked sends are fine: the flow only has to keep going.
+            let _ = sim.client.send(sim.now, 0, Bytes::from(vec![7u8; 100]));
+            next += ms(1);
+        }
+        collect(sim, seen);
+        sim.step(next.min(until));
+    }
+    collect(sim, seen);
+}
+
+fn datagrams_sent(sim: &Sim) -> (usize, usize) {
+    let (c, s) = sim.capture.as_ref().expect("capture on");
+    (c.len(), s.len())
+}
+
+fn suspicions(events: &[(Duration, Event)]) -> Vec<&(Duration, Event)> {
+    events
+        .iter()
+        .filter(|(_, e)| {
+            matches!(
+                e,
+                Event::PathSuspect(_) | Event::PathDown(_) | Event::ConnectionLost
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_idle_connection_sends_a_few_heartbeats_a_second_and_is_never_suspected() {
+    for seed in 0..4 {
+        let mut sim = connected(config(true), seed);
+        let mut seen = Seen::default();
+        run_idle(&mut sim, Duration::from_secs(30), &mut seen);
+        let (client, server) = datagrams_sent(&sim);
+        // Fixed 20 ms heartbeats would be 1,500 PINGs per side (plus PONGs
+        // and ACKs). Backed off: ~6 PINGs to reach 1 s, then one a second
+        // per side, each answered by a PONG and an ACK.
+        assert!(
+            client < 30 * 4 && server < 30 * 4,
+            "seed {seed}: {client} / {server} datagrams in 30 s idle"
+        );
+        assert!(
+            suspicions(&seen.0).is_empty() && suspicions(&seen.1).is_empty(),
+            "seed {seed}: a healthy idle path was suspected: {seen:?}"
+        );
+        assert!(!sim.client.is_closed(), "seed {seed}: the connection ended");
+    }
+}
+
+#[test]
+fn without_backoff_an_idle_connection_heartbeats_every_interval() {
+    // The yardstick of the test above: the same run with backoff disabled.
+    let mut sim = connected(config(false), 1);
+    let mut seen = Seen::default();
+    run_idle(&mut sim, Duration::from_secs(30), &mut seen);
+    let (client, server) = datagrams_sent(&sim);
+    assert!(client > 1_400 && server > 1_400, "{client} / {server}");
+}
+
+/// Cuts both directions at the current instant; returns when the client
+/// first reported the path suspect, relative to the cut. Nothing may have
+/// been suspected before the cut.
+fn detect_cut(sim: &mut Sim, seen: &mut Seen, stream: bool) -> Duration {
+    assert!(
+        suspicions(&seen.0).is_empty() && suspicions(&seen.1).is_empty(),
+        "suspected before the cut: {seen:?}"
+    );
+    let cut_at = sim.now - sim.start;
+    sim.c2s.set_cut(true);
+    sim.s2c.set_cut(true);
+    let before = seen.0.len();
+    if stream {
+        run_stream(sim, Duration::from_secs(5), seen);
+    } else {
+        run_idle(sim, Duration::from_secs(5), seen);
+    }
+    seen.0[before..]
+        .iter()
+        .find(|(_, e)| *e == Event::PathSuspect(PathId(0)))
+        .map(|(at, _)| *at - cut_at)
+        .unwrap_or_else(|| panic!("the cut was not detected: {:?}", &seen.0[before..]))
+}
+
+#[test]
+fn an_idle_connection_still_detects_a_cut_path() {
+    for seed in 0..4 {
+        let mut sim = connected(config(true), seed);
+        let mut seen = Seen::default();
+        run_idle(&mut sim, Duration::from_secs(10), &mut seen);
+        let detected = detect_cut(&mut sim, &mut seen, false);
+        // The peer announced 1 s heartbeats: suspicion comes within about
+        // one interval plus the learned deviation of the last packet heard.
+        assert!(
+            detected < ms(3_000),
+            "seed {seed}: detected after {detected:?}"
+        );
+    }
+}
+
+#[test]
+fn a_cut_while_data_flows_is_detected_as_fast_as_with_fixed_heartbeats() {
+    for seed in 0..6 {
+        let mut times = Vec::new();
+        for backoff in [true, false] {
+            let mut sim = connected(config(backoff), seed);
+            let mut seen = Seen::default();
+            // Idle long enough to back off fully, then a stream, then the cut.
+            run_idle(&mut sim, Duration::from_secs(5), &mut seen);
+            run_stream(&mut sim, ms(500 + seed * 37), &mut seen);
+            times.push(detect_cut(&mut sim, &mut seen, true));
+        }
+        let (backed_off, fixed) = (times[0], times[1]);
+        // The same few heartbeat intervals (the learned history differs a
+        // little: allow a tenth of one interval).
+        eprintln!("seed {seed}: cut detected after {backed_off:?} with backoff, {fixed:?} without");
+        assert!(
+            backed_off <= fixed + ms(2) && fixed < ms(100),
+            "seed {seed}: {backed_off:?} with backoff vs {fixed:?} without"
+        );
+    }
+}
