@@ -60,9 +60,7 @@ impl Connection {
                 self.stats.rtt_histogram.record(sample);
             }
             let app_limited = in_flight_before + mtu <= p.cc.window() / 2 && !sendable;
-            if app_limited {
-                p.delivery.mark_app_limited(p.sent.bytes_in_flight());
-            }
+            let app_limited_flight = app_limited.then(|| p.sent.bytes_in_flight());
             let eliciting = || {
                 outcome
                     .acked
@@ -81,6 +79,7 @@ impl Connection {
                     now,
                     eliciting().map(|pkt| (pkt.size, pkt.time, pkt.delivery)),
                     p.rtt.min(),
+                    app_limited_flight,
                 );
                 p.cc.on_ack(&AckEvent {
                     now,
@@ -91,6 +90,8 @@ impl Connection {
                     rate_sample,
                 });
                 p.pto_count = 0;
+            } else if let Some(in_flight) = app_limited_flight {
+                p.delivery.mark_app_limited(in_flight);
             }
             for spurious in &outcome.spurious {
                 self.stats.spurious_losses += 1;

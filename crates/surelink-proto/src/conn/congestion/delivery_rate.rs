@@ -90,7 +90,30 @@ impl DeliveryRate {
     /// Ack-eliciting packets (`bytes`, send time, state when sent) were
     /// acknowledged at `now`: the sample of the newest of them, if its
     /// interval is at least `min_rtt` (shorter ones are not trusted).
+    ///
+    /// `app_limited_flight` is `Some(bytes in flight after this ACK)` when
+    /// the sender has nothing more to send: it is marked app-limited
+    /// ([`DeliveryRate::mark_app_limited`]) once this ACK's bytes are
+    /// counted. Marked before, the mark fell below the count at once and was
+    /// cleared by this same ACK whenever the flight was empty, so the
+    /// heartbeats of an idle stream gave non-app-limited samples of a few
+    /// kB/s, which read as a bottleneck when the stream started.
     pub fn on_ack(
+        &mut self,
+        now: Instant,
+        acked: impl IntoIterator<Item = (u64, Instant, DeliveryState)>,
+        min_rtt: Duration,
+        app_limited_flight: Option<u64>,
+    ) -> Option<RateSample> {
+        let sample = self.sample(now, acked, min_rtt);
+        if let Some(in_flight) = app_limited_flight {
+            self.mark_app_limited(in_flight);
+        }
+        sample
+    }
+
+    /// Counts the acknowledged packets; the sample of the newest.
+    fn sample(
         &mut self,
         now: Instant,
         acked: impl IntoIterator<Item = (u64, Instant, DeliveryState)>,
@@ -141,7 +164,7 @@ mod tests {
             if let Some(&(sent, state)) = in_flight.first() {
                 if now >= sent + 20 * MS {
                     in_flight.remove(0);
-                    last = d.on_ack(now, [(1000, sent, state)], 20 * MS).or(last);
+                    last = d.on_ack(now, [(1000, sent, state)], 20 * MS, None).or(last);
                 }
             }
             let state = d.on_sent(now, in_flight.len() as u64 * 1000);
@@ -163,7 +186,12 @@ mod tests {
             .collect();
         let now = t0 + 40 * MS;
         let s = d
-            .on_ack(now, states.iter().map(|&(t, st)| (1000, t, st)), 10 * MS)
+            .on_ack(
+                now,
+                states.iter().map(|&(t, st)| (1000, t, st)),
+                10 * MS,
+                None,
+            )
             .expect("interval above min RTT");
         // 10 kB over the 40 ms since the flight began, not over 0 ms.
         assert_eq!(s.delivered, 10_000);
@@ -179,12 +207,35 @@ mod tests {
         let b = d.on_sent(t0 + MS, 1000);
         assert!(!a.app_limited);
         assert!(b.app_limited);
-        let s = d.on_ack(t0 + 30 * MS, [(1000, t0 + MS, b)], MS).unwrap();
+        let s = d
+            .on_ack(t0 + 30 * MS, [(1000, t0 + MS, b)], MS, None)
+            .unwrap();
         assert!(s.app_limited);
         // 1000 delivered, not beyond the mark of 1000: still app-limited.
         let c = d.on_sent(t0 + 31 * MS, 0);
         assert!(c.app_limited);
-        d.on_ack(t0 + 60 * MS, [(1000, t0 + 31 * MS, c)], MS);
+        d.on_ack(t0 + 60 * MS, [(1000, t0 + 31 * MS, c)], MS, None);
         assert!(!d.on_sent(t0 + 61 * MS, 0).app_limited);
+    }
+
+    #[test]
+    fn heartbeats_of_an_idle_sender_stay_app_limited() {
+        // One 100-byte ping at a time, each acknowledged 20 ms later with
+        // nothing else to send and nothing left in flight.
+        let t0 = Instant::now();
+        let mut d = DeliveryRate::new(t0);
+        let mut sent = t0;
+        let mut state = d.on_sent(sent, 0);
+        for i in 1..10u32 {
+            let now = t0 + 100 * MS * i;
+            let sample = d.on_ack(now - 80 * MS, [(100, sent, state)], MS, Some(0));
+            if i > 1 {
+                let s = sample.expect("a ping's round trip is above min RTT");
+                assert!(s.app_limited, "ping {i}: {} B/s", s.bytes_per_second());
+            }
+            sent = now;
+            state = d.on_sent(now, 0);
+            assert!(state.app_limited, "ping {i} left app-limited");
+        }
     }
 }
