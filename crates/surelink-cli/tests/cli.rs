@@ -117,6 +117,59 @@ fn stdin_to_stdout_with_small_chunks() {
 }
 
 #[test]
+fn a_second_signal_ends_a_gateway_stuck_closing() {
+    let sink = udp_with_big_buffer();
+    sink.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let (recv, addr) = start_receiver(&["--to", &format!("udp://{sink_addr}")]);
+    // A long idle timeout: without the second signal, the close would wait
+    // for the stopped receiver's acknowledgement for ten minutes.
+    let mut send = Proc::spawn(
+        "send",
+        &[
+            "send",
+            "--to",
+            &addr.to_string(),
+            "--from",
+            "udp://127.0.0.1:0",
+            "--idle-timeout",
+            "600s",
+        ],
+    );
+    let gateway = send.listening_addr();
+    let source = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // One datagram through, so the connection is up.
+    let mut buf = [0u8; 64];
+    let deadline = Instant::now() + PROCESS_LIMIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the first datagram never came through"
+        );
+        source.send_to(b"first", gateway).unwrap();
+        if matches!(sink.recv_from(&mut buf), Ok((5, _))) {
+            break;
+        }
+    }
+    // The receiver stops answering; the next datagram is never acknowledged.
+    recv.signal("STOP");
+    source.send_to(b"second", gateway).unwrap();
+    send.terminate();
+    send.wait_for_line("stopping: closing the connection");
+    send.terminate();
+    let (status, _) = send.wait();
+    let stderr = send.stderr();
+    recv.signal("CONT");
+    recv.terminate();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted again while closing"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn the_datagram_gateway_delivers_every_datagram() {
     const N: u32 = 2_000;
     let sink = udp_with_big_buffer();

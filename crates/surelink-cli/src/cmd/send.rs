@@ -7,6 +7,9 @@
 //! (`--from udp://HOST:PORT`) turns each datagram received on that socket into
 //! one message, until Ctrl-C or SIGTERM. Either way the connection is then closed
 //! gracefully, and the command succeeds only once every byte was acknowledged.
+//! A gateway waiting for its last acknowledgements gives up at a second Ctrl-C
+//! or SIGTERM (exit status 130), as a receiver that stopped answering could
+//! otherwise hold it until the idle timeout.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -177,9 +180,22 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
             }
             Source::Datagrams(socket) => send_datagrams(&conn, socket).await?,
         }
-        conn.close()
-            .await
-            .context("the transfer did not complete: not everything was acknowledged")
+        let closing = conn.close();
+        if matches!(source, Source::Datagrams(_)) {
+            // Stopped by a signal: waiting for the last acknowledgements can
+            // take up to the idle timeout; a second signal gives up on them.
+            tokio::select! {
+                closed = closing => closed,
+                () = crate::shutdown::second_signal() => bail!(crate::exit::Interrupted(
+                    "interrupted again while closing: datagrams not yet acknowledged were \
+                     dropped"
+                        .into()
+                )),
+            }
+        } else {
+            closing.await
+        }
+        .context("the transfer did not complete: not everything was acknowledged")
     };
     let result = transfer.await;
     if let Err(e) = &result {
