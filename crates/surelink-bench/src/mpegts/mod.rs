@@ -85,7 +85,11 @@ pub enum Carrier {
         deadline: bool,
     },
     /// `srt-live-transmit` at both ends, live mode, at the link's latency.
-    Srt,
+    Srt {
+        /// SRT's packet filter on both ends (`fec,cols:10,rows:5`: its FEC),
+        /// or none.
+        packet_filter: Option<&'static str>,
+    },
     /// ffmpeg's datagrams straight through the impairer.
     Unprotected,
 }
@@ -126,7 +130,17 @@ pub const SYSTEMS: &[SystemSpec] = &[
     },
     SystemSpec {
         name: "srt",
-        carrier: Carrier::Srt,
+        carrier: Carrier::Srt {
+            packet_filter: None,
+        },
+        send_flags: &[],
+        needs_send_flag: None,
+    },
+    SystemSpec {
+        name: "srt-fec",
+        carrier: Carrier::Srt {
+            packet_filter: Some("fec,cols:10,rows:5"),
+        },
         send_flags: &[],
         needs_send_flag: None,
     },
@@ -453,7 +467,7 @@ pub fn main(argv: impl Iterator<Item = std::ffi::OsString>) -> anyhow::Result<()
                 "{}: not measured, `surelink send --help` has no {flag}",
                 spec.name
             ));
-        } else if let (Carrier::Srt, Err(why)) = (spec.carrier, &srt) {
+        } else if let (Carrier::Srt { .. }, Err(why)) = (spec.carrier, &srt) {
             left_out.push(format!("{}: not available, {why}", spec.name));
         } else {
             systems.push(spec);
@@ -462,7 +476,9 @@ pub fn main(argv: impl Iterator<Item = std::ffi::OsString>) -> anyhow::Result<()
     for note in &left_out {
         eprintln!("surelink-bench: {note}");
     }
-    let srt_measured = systems.iter().any(|s| s.carrier == Carrier::Srt);
+    let srt_measured = systems
+        .iter()
+        .any(|s| matches!(s.carrier, Carrier::Srt { .. }));
     let links: Vec<&LinkSpec> = LINKS
         .iter()
         .filter(|l| wanted(&args.link, l.name))
@@ -598,7 +614,12 @@ fn calibrate(link: &LinkSpec, clip: &Path, bin: &Path, seed: u64, secs: f64) -> 
     let setup = RunSetup {
         system: SYSTEMS
             .iter()
-            .find(|s| s.carrier == Carrier::Srt)
+            .find(|s| {
+                s.carrier
+                    == Carrier::Srt {
+                        packet_filter: None,
+                    }
+            })
             .expect("SRT is in the system list"),
         link: &calibration_link,
         budget_ms: link.srt_latency_ms,
@@ -743,7 +764,8 @@ fn start_system(
                 },
             ))
         }
-        Carrier::Srt => {
+        Carrier::Srt { packet_filter } => {
+            let filter = packet_filter.map_or(String::new(), |f| format!("&packetfilter={f}"));
             let listen = loopback(free_udp_port()?);
             let (send_stats, recv_stats) = (dir.join("srt-send.json"), dir.join("srt-recv.json"));
             let live = Path::new(srt::LIVE);
@@ -751,7 +773,7 @@ fn start_system(
             let mut recv_args = vec!["-a:no".to_owned(), lifetime.clone()];
             recv_args.extend(srt::stats_args(&recv_stats));
             recv_args.extend([
-                format!("srt://{listen}?mode=listener&latency={latency}"),
+                format!("srt://{listen}?mode=listener&latency={latency}{filter}"),
                 format!("udp://{capture}"),
             ]);
             let recv = Proc::spawn(live, &recv_args)?;
@@ -761,7 +783,7 @@ fn start_system(
             send_args.extend(srt::stats_args(&send_stats));
             send_args.extend([
                 format!("udp://{entry}"),
-                format!("srt://{impair_listen}?mode=caller&latency={latency}"),
+                format!("srt://{impair_listen}?mode=caller&latency={latency}{filter}"),
             ]);
             let send = Proc::spawn(live, &send_args)?;
             Ok((
