@@ -561,7 +561,7 @@ impl<'a> Iterator for FrameIter<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -605,7 +605,7 @@ mod tests {
 
     /// An owned frame so proptest can generate data for the borrowed ones.
     #[derive(Debug, Clone)]
-    enum Owned {
+    pub(crate) enum Owned {
         Padding(usize),
         Ping(u64),
         Pong(u64, u64, u64),
@@ -625,7 +625,8 @@ mod tests {
     }
 
     impl Owned {
-        fn frame(&self) -> Frame<'_> {
+        /// The frame, borrowing from `self`.
+        pub(crate) fn frame(&self) -> Frame<'_> {
             match self {
                 Owned::Padding(n) => Frame::Padding(*n),
                 Owned::Ping(t) => Frame::Ping { timestamp_us: *t },
@@ -668,7 +669,8 @@ mod tests {
         }
     }
 
-    fn frame() -> impl Strategy<Value = Owned> {
+    /// Any frame of any type.
+    pub(crate) fn frame() -> impl Strategy<Value = Owned> {
         let v = 0..=varint::MAX;
         prop_oneof![
             (1usize..50).prop_map(Owned::Padding),
