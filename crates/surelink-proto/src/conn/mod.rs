@@ -71,7 +71,7 @@ use crate::crypto::{Identity, PublicKey};
 use crate::wire::{Delivery, Frame, Header, MsgFrame, PacketKind, Reader, TransportParams};
 use handshake::{Handshake, ResetToken};
 use lifecycle::Lifecycle;
-use packet_frames::{PacketFrames, Refusal};
+use packet_frames::{read_packet_frames, FrameViews, Refusal};
 use path::Path;
 use path_set::PathSet;
 use protection::{OpenError, Protection};
@@ -841,8 +841,9 @@ impl Connection {
     ) {
         // Each frame read once, checked as it is read; nothing acts before
         // the whole packet proved valid.
-        let read = match PacketFrames::read(payload) {
-            Ok(read) => read,
+        let mut frames = FrameViews::new();
+        let read = match read_packet_frames(payload, &mut frames) {
+            Ok(summary) => summary,
             Err(Refusal::Malformed) => {
                 self.stats.malformed_packets += 1;
                 return;
@@ -899,16 +900,16 @@ impl Connection {
             let start = data.as_ptr() as usize - payload.as_ptr() as usize;
             &copy[start..start + data.len()]
         }
-        for f in read.frames {
+        for f in frames.drain(..) {
             carries_data |= matches!(f, Frame::Msg(_) | Frame::FecSource { .. });
             match f {
                 Frame::FecSource { seq, frames } => {
                     let frames = in_copy(&packet, payload, frames);
                     self.on_fec_source(now, path, header.pn, seq, frames);
                 }
-                Frame::Msg(mut m) => {
-                    m.data = in_copy(&packet, payload, m.data);
-                    self.on_msg(now, &m);
+                Frame::Msg(m) => {
+                    let data = in_copy(&packet, payload, m.data);
+                    self.on_msg(now, &MsgFrame { data, ..m });
                 }
                 f => self.handle_frame(now, path, f),
             }

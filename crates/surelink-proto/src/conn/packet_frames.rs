@@ -1,8 +1,9 @@
 //! One pass over the frames of an authenticated data packet.
 //!
-//! [`PacketFrames::read`] decodes each frame of a packet's payload once, into
+//! [`read_packet_frames`] decodes each frame of a packet's payload once, into
 //! a view borrowing from the payload, and checks it as it goes. The views are
-//! held in a small stack buffer; `Connection::on_data_packet` applies them only
+//! put in the caller's [`FrameViews`], a buffer on its stack (filled in place:
+//! it is too large to move per packet); `Connection::on_data_packet` applies them only
 //! once the whole packet proved valid, so a packet with a malformed frame
 //! has no effect at all. Which malformed packets are dropped and which close
 //! the connection is decided here, by the first offending frame:
@@ -19,11 +20,12 @@ use crate::wire::{Frame, FrameIter};
 /// carries about 18 MSG frames next to its ACK.
 const INLINE_FRAMES: usize = 32;
 
-/// The frames of one data packet, decoded and checked.
-#[derive(Debug)]
-pub(super) struct PacketFrames<'a> {
-    /// The frames in packet order.
-    pub(super) frames: SmallVec<[Frame<'a>; INLINE_FRAMES]>,
+/// The frames of one data packet, in packet order.
+pub(super) type FrameViews<'a> = SmallVec<[Frame<'a>; INLINE_FRAMES]>;
+
+/// What reading a data packet's frames found besides the frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PacketSummary {
     /// True if a frame obliges us to acknowledge the packet.
     pub(super) ack_eliciting: bool,
     /// True if the packet carries a MSG frame (outside FEC_SOURCE frames).
@@ -40,36 +42,37 @@ pub(super) enum Refusal {
     HandshakeFrame,
 }
 
-impl<'a> PacketFrames<'a> {
-    /// Reads every frame of `payload` once; the first offending frame
-    /// decides the refusal.
-    pub(super) fn read(payload: &'a [u8]) -> Result<Self, Refusal> {
-        if payload.is_empty() {
-            return Err(Refusal::Malformed);
-        }
-        let mut read = Self {
-            frames: SmallVec::new(),
-            ack_eliciting: false,
-            has_msg: false,
-        };
-        for frame in FrameIter::new(payload) {
-            let frame = frame.map_err(|_| Refusal::Malformed)?;
-            match &frame {
-                Frame::Connect(_)
-                | Frame::Accept { .. }
-                | Frame::Handshake(_)
-                | Frame::Token(_) => return Err(Refusal::HandshakeFrame),
-                Frame::FecSource { frames, .. } if !fec_rx::protected_frames_valid(frames) => {
-                    return Err(Refusal::Malformed)
-                }
-                Frame::Msg(_) => read.has_msg = true,
-                _ => {}
-            }
-            read.ack_eliciting |= frame.is_ack_eliciting();
-            read.frames.push(frame);
-        }
-        Ok(read)
+/// Reads every frame of `payload` once into `frames` (emptied first); the
+/// first offending frame decides the refusal, and `frames` then holds the
+/// frames before it, which must not be applied.
+pub(super) fn read_packet_frames<'a>(
+    payload: &'a [u8],
+    frames: &mut FrameViews<'a>,
+) -> Result<PacketSummary, Refusal> {
+    frames.clear();
+    if payload.is_empty() {
+        return Err(Refusal::Malformed);
     }
+    let mut summary = PacketSummary {
+        ack_eliciting: false,
+        has_msg: false,
+    };
+    for frame in FrameIter::new(payload) {
+        let frame = frame.map_err(|_| Refusal::Malformed)?;
+        match &frame {
+            Frame::Connect(_) | Frame::Accept { .. } | Frame::Handshake(_) | Frame::Token(_) => {
+                return Err(Refusal::HandshakeFrame)
+            }
+            Frame::FecSource {
+                frames: protected, ..
+            } if !fec_rx::protected_frames_valid(protected) => return Err(Refusal::Malformed),
+            Frame::Msg(_) => summary.has_msg = true,
+            _ => {}
+        }
+        summary.ack_eliciting |= frame.is_ack_eliciting();
+        frames.push(frame);
+    }
+    Ok(summary)
 }
 
 #[cfg(test)]
@@ -151,12 +154,13 @@ mod tests {
             for f in &frames {
                 f.encode(&mut payload);
             }
-            let read = PacketFrames::read(&payload).unwrap();
-            prop_assert_eq!(&read.frames[..], &frames[..]);
+            let mut read = FrameViews::new();
+            let summary = read_packet_frames(&payload, &mut read).unwrap();
+            prop_assert_eq!(&read[..], &frames[..]);
             let decoded: Vec<_> = FrameIter::new(&payload).collect::<Result<_, _>>().unwrap();
-            prop_assert_eq!(&read.frames[..], &decoded[..]);
-            prop_assert_eq!(read.has_msg, frames.iter().any(|f| matches!(f, Frame::Msg(_))));
-            prop_assert_eq!(read.ack_eliciting, frames.iter().any(Frame::is_ack_eliciting));
+            prop_assert_eq!(&read[..], &decoded[..]);
+            prop_assert_eq!(summary.has_msg, frames.iter().any(|f| matches!(f, Frame::Msg(_))));
+            prop_assert_eq!(summary.ack_eliciting, frames.iter().any(Frame::is_ack_eliciting));
         }
 
         #[test]
@@ -172,9 +176,10 @@ mod tests {
             Frame::FecSource { seq: 7, frames: &protected }.encode(&mut payload);
             let i = at.index(payload.len());
             payload[i] ^= flip;
-            let outcome = (PacketFrames::read(&payload), expected(&payload));
+            let mut read = FrameViews::new();
+            let outcome = (read_packet_frames(&payload, &mut read), expected(&payload));
             match outcome {
-                (Ok(read), Ok(frames)) => prop_assert_eq!(&read.frames[..], &frames[..]),
+                (Ok(_), Ok(frames)) => prop_assert_eq!(&read[..], &frames[..]),
                 (Err(got), Err(want)) => prop_assert_eq!(got, want),
                 (got, want) => prop_assert!(false, "read {:?}, expected {:?}", got, want),
             };
@@ -189,14 +194,19 @@ mod tests {
         let mut malformed_first = handshake_first.clone();
         handshake_first.push(0x3f);
         malformed_first.insert(2, 0x3f);
+        let mut frames = FrameViews::new();
         assert_eq!(
-            PacketFrames::read(&handshake_first).unwrap_err(),
-            Refusal::HandshakeFrame
+            read_packet_frames(&handshake_first, &mut frames),
+            Err(Refusal::HandshakeFrame)
         );
         assert_eq!(
-            PacketFrames::read(&malformed_first).unwrap_err(),
-            Refusal::Malformed
+            read_packet_frames(&malformed_first, &mut frames),
+            Err(Refusal::Malformed)
         );
-        assert_eq!(PacketFrames::read(&[]).unwrap_err(), Refusal::Malformed);
+        assert_eq!(
+            read_packet_frames(&[], &mut frames),
+            Err(Refusal::Malformed)
+        );
+        assert!(frames.is_empty(), "emptied before reading");
     }
 }
