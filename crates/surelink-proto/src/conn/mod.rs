@@ -23,6 +23,7 @@
 //! This file is the conductor: it holds the state and routes input to the
 //! mechanisms, each in its own module: `lifecycle` (open, closing, draining),
 //! `handshake` (its messages and its input), `transmit` (packet assembly),
+//! `packet_frames` (a data packet's frames, read and checked in one pass),
 //! `path_set` and `path` (paths, validation, liveness, failover), `recovery`
 //! (ACKs, loss, probe timeout; loss judged by `rack`), `outage_probe` (dense
 //! probing of a silent path while deadline data is alive), `timers` (the
@@ -36,6 +37,7 @@ mod handshake;
 mod lifecycle;
 mod outage_probe;
 mod pacer;
+mod packet_frames;
 mod path;
 mod path_set;
 mod phi;
@@ -68,11 +70,10 @@ pub use stats::ConnectionStats;
 use crate::clock::{ClockEstimate, ClockEstimator, ClockSample};
 use crate::config::Config;
 use crate::crypto::{Identity, PublicKey};
-use crate::wire::{
-    Delivery, Frame, FrameIter, Header, MsgFrame, PacketKind, Reader, TransportParams,
-};
+use crate::wire::{Delivery, Frame, Header, MsgFrame, PacketKind, Reader, TransportParams};
 use handshake::{Handshake, ResetToken};
 use lifecycle::Lifecycle;
+use packet_frames::{read_packet_frames, FrameViews, Refusal};
 use path::Path;
 use path_set::PathSet;
 use protection::{OpenError, Protection};
@@ -847,40 +848,25 @@ impl Connection {
         payload: &[u8],
         size: usize,
     ) {
-        // Validate every frame before acting on any.
-        let mut ack_eliciting = false;
-        let mut has_msg = false;
-        for f in FrameIter::new(payload) {
-            has_msg |= matches!(f, Ok(Frame::Msg(_)));
-            match f {
-                Ok(
-                    Frame::Connect(_)
-                    | Frame::Accept { .. }
-                    | Frame::Handshake(_)
-                    | Frame::Token(_),
-                ) => {
-                    self.protocol_violation(
-                        now,
-                        close_code::PROTOCOL_VIOLATION,
-                        "handshake frame in a data packet".into(),
-                    );
-                    return;
-                }
-                Ok(Frame::FecSource { frames, .. }) if !fec_rx::protected_frames_valid(frames) => {
-                    self.stats.malformed_packets += 1;
-                    return;
-                }
-                Ok(f) => ack_eliciting |= f.is_ack_eliciting(),
-                Err(_) => {
-                    self.stats.malformed_packets += 1;
-                    return;
-                }
+        // Each frame read once, checked as it is read; nothing acts before
+        // the whole packet proved valid.
+        let mut frames = FrameViews::new();
+        let read = match read_packet_frames(payload, &mut frames) {
+            Ok(summary) => summary,
+            Err(Refusal::Malformed) => {
+                self.stats.malformed_packets += 1;
+                return;
             }
-        }
-        if payload.is_empty() {
-            self.stats.malformed_packets += 1;
-            return;
-        }
+            Err(Refusal::HandshakeFrame) => {
+                self.protocol_violation(
+                    now,
+                    close_code::PROTOCOL_VIOLATION,
+                    "handshake frame in a data packet".into(),
+                );
+                return;
+            }
+        };
+        let ack_eliciting = read.ack_eliciting;
         self.stats.packets_received += 1;
         self.stats.bytes_received += size as u64;
         self.last_received = now;
@@ -906,24 +892,38 @@ impl Connection {
             return;
         }
         let mut carries_data = false;
-        // Message frames are read from a shared copy of the payload, which
-        // the messages delivered whole then point into.
-        let packet = if has_msg {
+        // A packet with message frames is copied once into shared bytes,
+        // and its frames' data are read from there: the messages delivered
+        // whole then point into it.
+        let packet = if read.has_msg {
             Bytes::copy_from_slice(payload)
         } else {
             Bytes::new()
         };
         self.packet = packet.clone();
-        let payload = if has_msg { &packet[..] } else { payload };
-        for f in FrameIter::new(payload).flatten() {
+        // `data`, a slice of `payload`, as the same bytes of its copy.
+        fn in_copy<'p>(copy: &'p Bytes, payload: &[u8], data: &'p [u8]) -> &'p [u8] {
+            if copy.is_empty() {
+                return data;
+            }
+            let start = data.as_ptr() as usize - payload.as_ptr() as usize;
+            &copy[start..start + data.len()]
+        }
+        for f in frames.drain(..) {
             if matches!(f, Frame::Msg(_) | Frame::FecSource { .. }) {
                 carries_data = true;
                 self.last_data = Some(now);
             }
-            if let Frame::FecSource { seq, frames } = f {
-                self.on_fec_source(now, path, header.pn, seq, frames);
-            } else {
-                self.handle_frame(now, path, f);
+            match f {
+                Frame::FecSource { seq, frames } => {
+                    let frames = in_copy(&packet, payload, frames);
+                    self.on_fec_source(now, path, header.pn, seq, frames);
+                }
+                Frame::Msg(m) => {
+                    let data = in_copy(&packet, payload, m.data);
+                    self.on_msg(now, &MsgFrame { data, ..m });
+                }
+                f => self.handle_frame(now, path, f),
             }
             if self.lifecycle.is_closed() {
                 self.packet = Bytes::new();

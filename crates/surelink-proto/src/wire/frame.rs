@@ -570,7 +570,7 @@ impl<'a> Iterator for FrameIter<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -614,7 +614,7 @@ mod tests {
 
     /// An owned frame so proptest can generate data for the borrowed ones.
     #[derive(Debug, Clone)]
-    enum Owned {
+    pub(crate) enum Owned {
         Padding(usize),
         Ping(u64, u64),
         Pong(u64, u64, u64),
@@ -634,7 +634,8 @@ mod tests {
     }
 
     impl Owned {
-        fn frame(&self) -> Frame<'_> {
+        /// The frame, borrowing from `self`.
+        pub(crate) fn frame(&self) -> Frame<'_> {
             match self {
                 Owned::Padding(n) => Frame::Padding(*n),
                 Owned::Ping(t, i) => Frame::Ping {
@@ -680,7 +681,8 @@ mod tests {
         }
     }
 
-    fn frame() -> impl Strategy<Value = Owned> {
+    /// Any frame of any type.
+    pub(crate) fn frame() -> impl Strategy<Value = Owned> {
         let v = 0..=varint::MAX;
         prop_oneof![
             (1usize..50).prop_map(Owned::Padding),

@@ -9,6 +9,9 @@ mod frame;
 mod header;
 pub mod varint;
 
+/// Frame generators for property tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) use frame::tests::{frame as any_frame, Owned as OwnedFrame};
 pub use frame::{AckFrame, Delivery, Frame, FrameIter, MsgFrame, TransportParams};
 pub use header::{Header, PacketKind, FLAG_KEY_PHASE, FLAG_PLAINTEXT, HEADER_MAX_LEN, VERSION};
 
