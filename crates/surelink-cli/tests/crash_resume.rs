@@ -17,7 +17,7 @@
 
 mod support;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
-use support::Proc;
+use support::{free_port, Proc};
 
 /// Size of the transferred file.
 const FILE_SIZE: usize = 3 << 20;
@@ -44,16 +44,6 @@ enum Victims {
     Both,
     /// One of the three, at random each time.
     Any,
-}
-
-/// A free UDP port on loopback (the receiver must keep its address across
-/// restarts, so it cannot use port 0).
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn file_len(path: &Path) -> usize {

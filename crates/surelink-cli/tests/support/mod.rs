@@ -355,15 +355,26 @@ pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// A loopback address with a port that was free a moment ago (bound and
-/// released), for a process that must be told its address in advance.
+/// A free UDP port on loopback that a process can keep across restarts
+/// (a receiver killed and started again on the same address). It is taken
+/// below Linux's ephemeral range (32768–60999): while a killed process is
+/// down, a port in that range can be handed to another test's socket bound
+/// to port 0, and the restarted process would find its address in use.
+pub fn free_port() -> u16 {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::from_entropy();
+    for _ in 0..1_000 {
+        let port = rng.gen_range(20_000..32_000);
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free UDP port between 20000 and 32000 on 127.0.0.1");
+}
+
+/// `127.0.0.1:PORT` with a [`free_port`].
 pub fn free_addr() -> String {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
+    format!("127.0.0.1:{}", free_port())
 }
 
 /// A path as a command-line argument.
