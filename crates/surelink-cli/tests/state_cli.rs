@@ -97,11 +97,16 @@ fn a_receiver_that_lost_its_state_is_refused_on_both_sides() {
 #[test]
 fn a_changed_input_is_refused_on_resume_and_nothing_is_sent() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut recv, _recv_args, send_args) = interrupted(dir.path());
+    let (mut recv, recv_args, send_args) = interrupted(dir.path());
+    // The receiver is stopped too, so its output cannot grow from the
+    // killed sender's packets still in flight: whatever changes it from
+    // here on came from the refused sender.
+    recv.kill();
     let input = dir.path().join("in.bin");
     let original = std::fs::read(&input).unwrap();
     let modified = std::fs::metadata(&input).unwrap().modified().unwrap();
-    let out_len = std::fs::metadata(dir.path().join("out.bin")).unwrap().len();
+    let out = dir.path().join("out.bin");
+    let out_before = std::fs::read(&out).unwrap();
 
     // The same length and modification time; the last byte changed.
     let mut changed = original.clone();
@@ -116,6 +121,9 @@ fn a_changed_input_is_refused_on_resume_and_nothing_is_sent() {
             .unwrap();
     };
     rewrite(&changed);
+    // Refused from the state directory alone, before any connection: no
+    // receiver is running, so a sender that tried to connect would fail
+    // with a connection error (another exit code and message) instead.
     let mut send = Proc::spawn_default_log("send", &args(&send_args));
     let (status, _) = send.wait();
     assert_eq!(status.code(), Some(6), "a state error: {}", send.stderr());
@@ -125,22 +133,22 @@ fn a_changed_input_is_refused_on_resume_and_nothing_is_sent() {
         "{}",
         send.stderr()
     );
-    // It did not even connect: the receiver saw no sender, its output is
-    // as it was.
-    assert!(!recv.stderr().contains("resumed"), "{}", recv.stderr());
-    assert_eq!(
-        std::fs::metadata(dir.path().join("out.bin")).unwrap().len(),
-        out_len
+    assert!(
+        std::fs::read(&out).unwrap() == out_before,
+        "output untouched"
     );
 
     // Restored, the session resumes and completes byte-identical.
     rewrite(&original);
+    let mut recv = Proc::spawn_default_log("recv", &args(&recv_args));
+    recv.wait_for_line("listening on");
     let mut send = Proc::spawn_default_log("send", &args(&send_args));
     let (status, _) = send.wait();
     assert!(status.success(), "{}", send.stderr());
     let (status, _) = recv.wait();
     assert!(status.success(), "{}", recv.stderr());
-    assert!(std::fs::read(dir.path().join("out.bin")).unwrap() == original);
+    assert!(recv.stderr().contains("resumed"), "{}", recv.stderr());
+    assert!(std::fs::read(&out).unwrap() == original);
 }
 
 #[test]
