@@ -138,6 +138,10 @@ struct ChannelQueue {
     /// `None` once the message was acknowledged or abandoned; empty slots at
     /// the front are dropped, so the first slot is the oldest outstanding one.
     messages: VecDeque<Option<Unacked>>,
+    /// How many of `messages` are deadline messages, so that asking for the
+    /// latest deadline skips a channel without any (every reliable one)
+    /// instead of walking its messages.
+    deadline_messages: usize,
 }
 
 impl ChannelQueue {
@@ -154,6 +158,21 @@ impl ChannelQueue {
         self.messages.get(self.index(seq)?)?.as_ref()
     }
 
+    /// Appends a message; it gets sequence number [`next_seq`](Self::next_seq).
+    fn push(&mut self, u: Unacked) {
+        if matches!(u.delivery, Delivery::Deadline(_)) {
+            self.deadline_messages += 1;
+        }
+        self.messages.push_back(Some(u));
+    }
+
+    /// Empties the queue; the next message keeps the next sequence number.
+    fn clear(&mut self) {
+        self.base = self.next_seq();
+        self.messages.clear();
+        self.deadline_messages = 0;
+    }
+
     fn get_mut(&mut self, seq: u64) -> Option<&mut Unacked> {
         let i = self.index(seq)?;
         self.messages.get_mut(i)?.as_mut()
@@ -162,12 +181,15 @@ impl ChannelQueue {
     /// Takes message `seq` out, dropping the empty slots this leaves at the front.
     fn remove(&mut self, seq: u64) -> Option<Unacked> {
         let i = self.index(seq)?;
-        let u = self.messages.get_mut(i)?.take();
+        let u = self.messages.get_mut(i)?.take()?;
         while matches!(self.messages.front(), Some(None)) {
             self.messages.pop_front();
             self.base += 1;
         }
-        u
+        if matches!(u.delivery, Delivery::Deadline(_)) {
+            self.deadline_messages -= 1;
+        }
+        Some(u)
     }
 }
 
@@ -240,12 +262,12 @@ impl SendQueue {
         let seq = ch.next_seq();
         let len = data.len();
         self.buffered += len as u64;
-        ch.messages.push_back(Some(Unacked {
+        ch.push(Unacked {
             acked: RangeSet::new(),
             data,
             timestamp_us,
             delivery,
-        }));
+        });
         self.unacked += 1;
         self.fresh.push_back(FreshMessage {
             channel,
@@ -265,6 +287,7 @@ impl SendQueue {
     pub fn latest_deadline_us(&self) -> Option<u64> {
         self.channels
             .values()
+            .filter(|ch| ch.deadline_messages > 0)
             .flat_map(|ch| ch.messages.iter().flatten())
             .filter_map(|u| match u.delivery {
                 Delivery::Deadline(d) => Some(u.timestamp_us.saturating_add(d)),
@@ -544,8 +567,7 @@ impl SendQueue {
         self.retransmit.clear();
         self.deferred.clear();
         for ch in self.channels.values_mut() {
-            ch.base = ch.next_seq();
-            ch.messages.clear();
+            ch.clear();
         }
         self.unacked = 0;
         self.skips.clear();
@@ -778,6 +800,28 @@ mod tests {
         assert_eq!((again.seq, again.copy), (1, false));
     }
 
+    #[test]
+    fn latest_deadline_counts_only_unacknowledged_deadline_messages() {
+        let mut q = SendQueue::default();
+        q.push(0, Bytes::from_static(b"r"), 900, Delivery::Reliable);
+        assert_eq!(q.latest_deadline_us(), None, "no deadline message");
+        q.push(1, Bytes::from_static(b"a"), 100, Delivery::Deadline(1_000));
+        q.push(2, Bytes::from_static(b"b"), 50, Delivery::Deadline(2_000));
+        q.push(1, Bytes::from_static(b"c"), 200, Delivery::Deadline(1_000));
+        assert_eq!(q.latest_deadline_us(), Some(2_050));
+        let sent: Vec<Fragment> = (0..4).map(|_| next(&mut q, 100).unwrap()).collect();
+        // Channel 2's message acknowledged: channel 1's last one is the latest.
+        q.on_acked(&sent[2]);
+        assert_eq!(q.latest_deadline_us(), Some(1_200));
+        // Abandoned ones count no more either.
+        q.abandon_through(1, 1);
+        assert_eq!(q.latest_deadline_us(), None);
+        q.push(1, Bytes::from_static(b"d"), 300, Delivery::Deadline(1_000));
+        assert_eq!(q.latest_deadline_us(), Some(1_300));
+        q.clear();
+        assert_eq!(q.latest_deadline_us(), None);
+    }
+
     fn unacked(data: &'static [u8]) -> Unacked {
         Unacked {
             acked: RangeSet::new(),
@@ -791,7 +835,7 @@ mod tests {
     fn channel_queue_indexes_by_sequence_and_drops_the_acknowledged_front() {
         let mut ch = ChannelQueue::default();
         for data in [&b"a"[..], b"b", b"c"] {
-            ch.messages.push_back(Some(unacked(data)));
+            ch.push(unacked(data));
         }
         assert_eq!(ch.next_seq(), 3);
         assert_eq!(&ch.get(1).unwrap().data[..], b"b");
@@ -807,7 +851,7 @@ mod tests {
         assert_eq!(&ch.get(2).unwrap().data[..], b"c");
         assert!(ch.remove(2).is_some());
         assert_eq!((ch.base, ch.next_seq()), (3, 3));
-        ch.messages.push_back(Some(unacked(b"d")));
+        ch.push(unacked(b"d"));
         assert_eq!(&ch.get(3).unwrap().data[..], b"d");
     }
 
