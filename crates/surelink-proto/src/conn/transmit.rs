@@ -320,7 +320,11 @@ impl Connection {
         if let Role::Copy(copy) = role {
             for f in copy {
                 match &f {
-                    SentFrame::Msg(frag) => Frame::Msg(frag.frame()).encode(buf),
+                    SentFrame::Msg(frag) => match self.send_queue.frame(frag) {
+                        Some(frame) => Frame::Msg(frame).encode(buf),
+                        // Acknowledged or abandoned meanwhile: no copy needed.
+                        None => continue,
+                    },
                     SentFrame::MaxData => Frame::MaxData {
                         max: self.max_data_sent,
                     }
@@ -404,7 +408,10 @@ impl Connection {
                     now_us,
                     slack_us,
                 ) {
-                    Frame::Msg(f.frame()).encode(buf);
+                    let Some(frame) = self.send_queue.frame(&f) else {
+                        continue;
+                    };
+                    Frame::Msg(frame).encode(buf);
                     frames.push(SentFrame::Msg(f));
                     eliciting = true;
                 }

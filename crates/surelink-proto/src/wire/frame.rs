@@ -354,6 +354,12 @@ impl MsgFrame<'_> {
     /// Bytes the frame needs before its data (computed with the current
     /// `data` length, which bounds the length field of any shorter fragment).
     pub fn overhead(&self) -> usize {
+        self.overhead_with_len(self.data.len())
+    }
+
+    /// Bytes the frame needs before `len` bytes of data (whatever `data`
+    /// holds): what a fragment of `len` bytes of the same message costs.
+    pub fn overhead_with_len(&self, len: usize) -> usize {
         let deadline = match self.delivery {
             Delivery::Deadline(d) => varint::size(d),
             _ => 0,
@@ -364,7 +370,7 @@ impl MsgFrame<'_> {
             + varint::size(self.offset)
             + varint::size(self.timestamp_us)
             + deadline
-            + varint::size(self.data.len() as u64)
+            + varint::size(len as u64)
     }
 
     /// Appends everything but the data (callers then append `data`).
