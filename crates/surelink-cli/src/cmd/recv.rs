@@ -18,7 +18,8 @@
 //!
 //! Merge mode (`--merge`, in [`crate::merge_out`]) serves senders
 //! concurrently and writes their messages to `--out` or `--to` as records in
-//! send-time order, through each sender's clock estimate.
+//! send-time order, through each sender's clock estimate; with `--state`
+//! (`--out FILE` only) durably, across restarts.
 //!
 //! Per-source mode (`--out-dir DIR`, in [`crate::out_dir`]) serves senders
 //! concurrently, each into its own file, listed in `DIR/index.jsonl`.

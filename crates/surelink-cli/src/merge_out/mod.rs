@@ -63,6 +63,9 @@ pub struct MergeArgs {
     /// Merge the messages of all senders into one stream (--out or --to) ordered by their
     /// send times on this host's clock (through each sender's clock estimate); each record
     /// carries its source and corrected time (format: `surelink recv --help`, docs/MERGE.md).
+    /// With --state (and --out FILE; senders with send --state) each sender's session is
+    /// spooled under DIR and the merge's progress journaled: restarted after kill -9, it
+    /// continues with nothing lost or repeated.
     #[arg(long, conflicts_with = "out_dir")]
     pub merge: bool,
     /// With --merge: hold each message this long after its send time before writing it,
