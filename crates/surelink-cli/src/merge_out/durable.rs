@@ -21,11 +21,13 @@
 //! nothing is repeated (the output holds exactly the records before the
 //! cursors, and the merge drops message ids below them).
 //!
-//! A session that is complete and wholly merged is retired: the journal
-//! first records that its files are being removed, then its spool and state
-//! are deleted, then the journal forgets it. Spools are not trimmed while
-//! their session runs: a spool grows with its session and goes when the
-//! session is merged.
+//! A spool is trimmed as the merge consumes it: once a journal record with
+//! a session's cursor is durable (fsynced under `--durability always` or
+//! `interval`; handed to the OS under `none`), the spool's records before
+//! the cursor are freed in place ([`spool::trim`](super::spool::trim)), in
+//! steps of [`TRIM_STEP`]. A session that is complete and wholly merged is
+//! retired: the journal first records that its files are being removed,
+//! then its spool and state are deleted, then the journal forgets it.
 //!
 //! Driven by the wall clock: [`SpoolMerge`] takes the time as an argument
 //! (so the tests run it on virtual time); [`run`] feeds it the host's clock,
@@ -52,7 +54,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::encode_record;
 use super::progress::{MergeProgress, ProgressJournal, SessionCursor};
-use super::spool::{read_records, SpoolProgress, SpoolSink};
+use super::spool::{read_records, trim, SpoolProgress, SpoolSink};
 use crate::out_dir::wall_clock_us;
 use crate::source::Source;
 
@@ -60,6 +62,12 @@ use crate::source::Source;
 const JOURNAL_DIR: &str = "merge";
 /// A session's spool file inside its state directory.
 const SPOOL_FILE: &str = "spool";
+/// A spool is trimmed once this many bytes before its durable cursor are
+/// not trimmed yet (small in the tests, so that they trim).
+#[cfg(not(test))]
+const TRIM_STEP: u64 = 1 << 20;
+#[cfg(test)]
+const TRIM_STEP: u64 = 4 << 10;
 
 /// A connection with its HELLO (or why it has none).
 type Greeting = (Connection, Result<Hello, SessionError>);
@@ -79,6 +87,8 @@ struct Spool {
     read: u64,
     /// Records pushed and not yet out of the merge: id → spool position.
     unreleased: BTreeMap<u64, u64>,
+    /// Spool position below which the records were freed.
+    trimmed: u64,
     /// The session is complete and settled: its spool will not grow.
     complete: bool,
 }
@@ -98,6 +108,9 @@ pub struct SpoolMerge {
     dirty: bool,
     /// Output bytes not yet fsynced (under the interval policy).
     output_unsynced: bool,
+    /// The cursors (key → spool position) of the last journal record,
+    /// until it is durable.
+    unsynced_cursors: Option<BTreeMap<u64, u64>>,
     durability: Durability,
     state: PathBuf,
     wake: Arc<Notify>,
@@ -159,6 +172,7 @@ impl SpoolMerge {
             output_len: progress.output_len,
             dirty: false,
             output_unsynced: false,
+            unsynced_cursors: None,
             durability,
             state: state.to_path_buf(),
             wake,
@@ -179,6 +193,7 @@ impl SpoolMerge {
                     progress: SpoolProgress::new(merge.wake.clone()),
                     read: cursor.offset,
                     unreleased: BTreeMap::new(),
+                    trimmed: 0,
                     complete: false,
                 },
             );
@@ -215,6 +230,7 @@ impl SpoolMerge {
                 progress: progress.clone(),
                 read: 0,
                 unreleased: BTreeMap::new(),
+                trimmed: 0,
                 complete: false,
             },
         );
@@ -342,12 +358,46 @@ impl SpoolMerge {
             let progress = self.progress();
             self.journal.commit(&progress, sync)?;
             self.dirty = false;
+            self.unsynced_cursors = Some(
+                progress
+                    .sessions
+                    .iter()
+                    .map(|c| (c.key, c.offset))
+                    .collect(),
+            );
+            // As durable as the policy makes anything: trim up to it.
+            if sync || !matches!(self.durability, Durability::Interval(_)) {
+                self.trim_spools();
+            }
         }
         if self.journal.next_sync_at(now).is_some_and(|t| t <= now) {
             self.sync_output(true)?;
-            self.journal.tick(now)?;
+            if self.journal.tick(now)? {
+                self.trim_spools();
+            }
         }
         Ok(())
+    }
+
+    /// Frees the spools' records before the cursors of the last journal
+    /// record, now durable; a spool that cannot be trimmed keeps them.
+    fn trim_spools(&mut self) {
+        let Some(cursors) = self.unsynced_cursors.take() else {
+            return;
+        };
+        for (key, offset) in cursors {
+            let Some(spool) = self.spools.get_mut(&key) else {
+                continue;
+            };
+            if offset < spool.trimmed + TRIM_STEP {
+                continue;
+            }
+            let path = session_dir(&self.state, spool.session).join(SPOOL_FILE);
+            if let Err(e) = trim(&path, spool.trimmed, offset) {
+                tracing::debug!(path = %path.display(), error = %e, "cannot trim a spool");
+            }
+            spool.trimmed = offset;
+        }
     }
 
     fn sync_output(&mut self, fsync: bool) -> anyhow::Result<()> {
@@ -846,7 +896,13 @@ mod tests {
                             arrived_us: m.arrived_us,
                             error_bound_us: Some(BOUND_US),
                         };
-                        let payload = format!("source {} message {}", m.source, m.id);
+                        // Sizes vary, and spools grow past a few trim steps.
+                        let payload = format!(
+                            "source {} message {} {}",
+                            m.source,
+                            m.id,
+                            "x".repeat((m.id * 37 % 400) as usize)
+                        );
                         sink.write_delivery(&delivery, payload.as_bytes()).unwrap();
                     }
                     sink.flush().unwrap();
@@ -926,6 +982,54 @@ mod tests {
                 "seed {seed}: killed at steps {crashes:?}, the output differs"
             );
         }
+    }
+
+    #[test]
+    fn a_spool_is_trimmed_as_the_merge_consumes_it() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path();
+        let mut merge = open(state);
+        let id = SessionId([9; 16]);
+        let progress = merge.session(id, Source { id: [9; 8] }).unwrap();
+        let path = session_dir(state, id).join(SPOOL_FILE);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut sink = SpoolSink::open(&path, progress).unwrap();
+        let mut spool = |merge: &mut SpoolMerge, ids: std::ops::Range<u64>| {
+            for id in ids {
+                let delivery = Delivery {
+                    channel: 0,
+                    id,
+                    source_time_us: T0 + id,
+                    arrived_us: T0 + id,
+                    error_bound_us: Some(10),
+                };
+                sink.write_delivery(&delivery, &[id as u8; 16 << 10])
+                    .unwrap();
+            }
+            sink.flush().unwrap();
+            sink.committed(sink.position());
+            merge.read_spools(T0 + 1_000_000).unwrap();
+            merge.poll(T0 + 1_000_000).unwrap();
+            merge.commit(Instant::now(), false).unwrap();
+        };
+        spool(&mut merge, 0..64);
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(meta.len() > 1 << 20);
+        assert!(
+            meta.blocks() * 512 < 64 << 10,
+            "{} bytes still allocated of {}",
+            meta.blocks() * 512,
+            meta.len()
+        );
+        // Positions are kept: records after the hole read as before.
+        spool(&mut merge, 64..70);
+        merge.complete(id);
+        merge.retire_merged(false).unwrap();
+        drop(merge);
+        let output = std::fs::read(state.join("merged.bin")).unwrap();
+        let ids: Vec<u64> = records(&output).iter().map(|r| r.1).collect();
+        assert_eq!(ids, (0..70).collect::<Vec<_>>());
     }
 
     #[test]

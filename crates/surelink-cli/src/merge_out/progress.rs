@@ -215,12 +215,11 @@ impl ProgressJournal {
         self.journal.next_sync_at(now)
     }
 
-    /// Does the interval fsync if it is due.
-    pub fn tick(&mut self, now: Instant) -> anyhow::Result<()> {
+    /// Does the interval fsync if it is due; returns whether it did.
+    pub fn tick(&mut self, now: Instant) -> anyhow::Result<bool> {
         self.journal
             .tick(now)
-            .context("cannot sync the merge journal")?;
-        Ok(())
+            .context("cannot sync the merge journal")
     }
 }
 

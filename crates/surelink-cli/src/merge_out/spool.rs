@@ -24,6 +24,10 @@
 //!
 //! followed by the message. Positions (the sink's and the merge's cursors)
 //! count from the end of the header.
+//!
+//! Records the merge is done with are freed in place ([`trim`]): a hole is
+//! punched over them (Linux `fallocate(PUNCH_HOLE)`), which keeps the file's
+//! length and so every position; the merge never reads below its cursor.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
@@ -272,6 +276,36 @@ pub fn read_records(path: &Path, from: u64, to: u64) -> io::Result<Vec<SpoolReco
         offset += (RECORD_HEADER_LEN + len) as u64;
     }
     Ok(records)
+}
+
+/// Frees the disk space of the records between positions `from` and `to`
+/// of the spool at `path` (the merge has journaled a cursor at or after
+/// `to`), keeping the file's length and every position. A file system that
+/// cannot punch holes (or another system than Linux) keeps the bytes: the
+/// spool then goes only with its session.
+pub fn trim(path: &Path, from: u64, to: u64) -> io::Result<()> {
+    if from >= to {
+        return Ok(());
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use nix::fcntl::{fallocate, FallocateFlags};
+        let file = OpenOptions::new().write(true).open(path)?;
+        let offset = i64::try_from(HEADER_LEN + from).map_err(io::Error::other)?;
+        let len = i64::try_from(to - from).map_err(io::Error::other)?;
+        fallocate(
+            &file,
+            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+        .map_err(io::Error::from)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = path;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
