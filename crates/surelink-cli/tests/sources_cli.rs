@@ -680,7 +680,7 @@ fn a_damaged_merge_journal_stops_the_receiver_and_changes_nothing() {
         std::fs::write(&path, bytes).unwrap();
     }
     let done = support::run(&args);
-    assert_ne!(done.status.code(), Some(0), "{}", done.stderr);
+    assert_eq!(done.status.code(), Some(6), "{}", done.stderr);
     assert!(
         done.stderr.contains("merge journal") && done.stderr.contains("damaged"),
         "{}",

@@ -8,7 +8,8 @@
 //! journal stays a segment long. Reopened after a crash, the last record
 //! whole on disk is the progress: the output is cut back to its length and
 //! the merge continues from its cursors. A journal that fails its checks is
-//! an error naming the directory; nothing is changed then.
+//! a [`DamagedState`] (exit status 6) naming the directory; nothing is
+//! changed then.
 //!
 //! Record layout (big-endian): version (1 byte, 1), output length (8), the
 //! newest time released (1-byte flag, 8), the next source key (8), the
@@ -25,6 +26,7 @@ use surelink_journal::{Durability, FsStorage, Journal, JournalOptions, RecordId}
 use surelink_session::SessionId;
 
 use crate::source::Source;
+use crate::state::{DamagedState, Role};
 
 /// The record's format version.
 const VERSION: u8 = 1;
@@ -152,12 +154,15 @@ impl ProgressJournal {
         dir: &Path,
         durability: Durability,
     ) -> anyhow::Result<(Self, Option<MergeProgress>)> {
-        let damaged = || {
-            format!(
-                "the merge journal in {} is damaged; the output and the spools were left \
-                 untouched (move the state directory away to start a new merge)",
+        // The advice names the whole state directory: the spools go with it.
+        let damaged = |cause: String| DamagedState {
+            dir: dir.parent().unwrap_or(dir).to_path_buf(),
+            role: Role::Receiver,
+            cause: format!(
+                "the merge journal in {} is damaged ({cause}); the output and the spools \
+                 were left untouched",
                 dir.display()
-            )
+            ),
         };
         let storage =
             FsStorage::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
@@ -166,7 +171,8 @@ impl ProgressJournal {
             segment_size: 1 << 20,
             ..JournalOptions::default()
         };
-        let (journal, records) = Journal::open(storage, options).with_context(damaged)?;
+        let (journal, records) =
+            Journal::open(storage, options).map_err(|e| damaged(e.to_string()))?;
         let mut journal = ProgressJournal {
             journal,
             last: None,
@@ -175,7 +181,7 @@ impl ProgressJournal {
             return Ok((journal, None));
         };
         let Some(progress) = MergeProgress::decode(&last.data) else {
-            bail!("{}: its last record is not a merge's progress", damaged());
+            bail!(damaged("its last record is not a merge's progress".into()));
         };
         for record in &records {
             if record.id != last.id {
