@@ -2,7 +2,8 @@
 //! --out-dir` (one file per sender and an index), with `--state` across a
 //! `kill -9` of the receiver and of one sender, and `recv --to udp://
 //! --tag-source` (each datagram tagged with its sender) and `--route` (each
-//! sender's datagrams to its own address).
+//! sender's datagrams to its own address); `recv --merge`, also with
+//! `--state` across a `kill -9` of the receiver.
 
 mod support;
 
@@ -537,26 +538,175 @@ fn merged_datagrams_carry_the_record_header_without_a_length() {
     );
 }
 
+/// Checks a merged output against the senders' inputs: each source's
+/// records carry ids 0, 1, 2, … once each and its payloads concatenate to
+/// one input; records not flagged late come in corrected-time order.
+fn check_merged(records: Vec<Record>, inputs: &[Vec<u8>]) {
+    let mut streams: BTreeMap<[u8; 8], Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+    let mut last_time = 0;
+    for (source, seq, time_us, _bound, late_by, data) in records {
+        if late_by == 0 {
+            assert!(time_us >= last_time, "records out of time order");
+            last_time = time_us;
+        }
+        streams.entry(source).or_default().push((seq, data));
+    }
+    assert_eq!(streams.len(), inputs.len(), "one stream per sender");
+    let mut matched = BTreeSet::new();
+    for messages in streams.values() {
+        let seqs: Vec<u64> = messages.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(
+            seqs,
+            (0..seqs.len() as u64).collect::<Vec<_>>(),
+            "each message once, in its sender's order"
+        );
+        let stream: Vec<u8> = messages.iter().flat_map(|(_, d)| d.clone()).collect();
+        let which = inputs
+            .iter()
+            .position(|i| *i == stream)
+            .unwrap_or_else(|| panic!("a stream of {} bytes matches no input", stream.len()));
+        assert!(matched.insert(which), "two streams hold input {which}");
+    }
+}
+
 #[test]
-fn merge_with_state_is_refused_as_a_usage_error() {
+fn a_durable_merge_survives_killing_the_receiver() {
+    const SENDERS: usize = 3;
     let work = tempfile::tempdir().unwrap();
-    let out = work.path().join("m.bin");
+    let output = work.path().join("merged.bin");
+    let state = work.path().join("recv-state");
+    let listen = support::free_addr();
+    let recv_args = [
+        "recv",
+        "--listen",
+        &listen,
+        "--merge",
+        "--out",
+        s(&output),
+        "--state",
+        s(&state),
+        "--merge-window",
+        "50ms",
+        "--late",
+        "deliver",
+    ];
+    let mut recv = Proc::spawn("recv", &recv_args);
+    recv.wait_for_line("listening on");
+    let mut inputs = Vec::new();
+    let mut senders = Vec::new();
+    for i in 0..SENDERS {
+        let data = random_bytes(300 + i as u64, (2 << 20) + i);
+        let input = work.path().join(format!("in-{i}.bin"));
+        std::fs::write(&input, &data).unwrap();
+        inputs.push(data);
+        let tx_state = work.path().join(format!("send-state-{i}"));
+        senders.push(Proc::spawn(
+            &format!("send#{i}"),
+            &[
+                "send",
+                "--to",
+                &listen,
+                "--in",
+                s(&input),
+                "--state",
+                s(&tx_state),
+                "--max-unconfirmed",
+                "64KiB",
+                "--reconnect-for",
+                "60s",
+            ],
+        ));
+    }
+    // Kill the receiver once records are being merged, well before the
+    // 6 MiB are through.
+    let merged_len = || std::fs::metadata(&output).map_or(0, |m| m.len());
+    wait_until("nothing was merged", || merged_len() >= 256 << 10);
+    recv.kill();
+    let mut recv = Proc::spawn("recv#2", &recv_args);
+    recv.wait_for_line("listening on");
+    for sender in &mut senders {
+        sender.wait_success();
+    }
+    // A sender exits once its END is checkpointed: everything is spooled.
+    for _ in 0..SENDERS {
+        recv.find_line("merged completely", PROCESS_LIMIT)
+            .unwrap_or_else(|| panic!("not every session was merged:\n{}", recv.stderr()));
+    }
+    recv.terminate();
+    recv.wait_success();
+    let log = recv.stderr();
+    assert_eq!(
+        log.lines().filter(|l| l.contains(" resumed by ")).count(),
+        SENDERS,
+        "every session was cut by the kill and resumed:\n{log}"
+    );
+    check_merged(parse_records(&std::fs::read(&output).unwrap()), &inputs);
+    // The merged sessions' spools and states are gone; the merge journal stays.
+    let left: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, ["merge"], "session states left: {left:?}");
+}
+
+#[test]
+fn a_damaged_merge_journal_stops_the_receiver_and_changes_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let output = work.path().join("merged.bin");
+    let state = work.path().join("state");
+    let args = [
+        "recv",
+        "--listen",
+        "127.0.0.1:0",
+        "--merge",
+        "--out",
+        s(&output),
+        "--state",
+        s(&state),
+    ];
+    let mut recv = Proc::spawn("recv", &args);
+    recv.wait_for_line("listening on");
+    recv.terminate();
+    recv.wait_success();
+    std::fs::write(&output, b"merged records").unwrap();
+    for entry in std::fs::read_dir(state.join("merge")).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0xff;
+        bytes.extend_from_slice(&[0x5a; 64]);
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let done = support::run(&args);
+    assert_eq!(done.status.code(), Some(6), "{}", done.stderr);
+    assert!(
+        done.stderr.contains("merge journal") && done.stderr.contains("damaged"),
+        "{}",
+        done.stderr
+    );
+    assert_eq!(std::fs::read(&output).unwrap(), b"merged records");
+}
+
+#[test]
+fn a_durable_merge_to_datagrams_is_a_usage_error() {
+    let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state");
     let done = support::run(&[
         "recv",
         "--listen",
         "127.0.0.1:0",
         "--merge",
-        "--out",
-        s(&out),
+        "--to",
+        "udp://127.0.0.1:9",
         "--state",
         s(&state),
     ]);
     assert_eq!(done.status.code(), Some(2), "{}", done.stderr);
     assert!(
-        done.stderr.contains("--merge does not keep durable state"),
+        done.stderr.contains("--merge --state needs --out FILE"),
         "{}",
         done.stderr
     );
-    assert!(!out.exists(), "nothing written");
 }

@@ -28,7 +28,7 @@ use surelink_journal::{
 };
 
 use super::record::{Meta, ReceiverMeta};
-use super::sink::DurableSink;
+use super::sink::{Delivery, DurableSink};
 use super::store::{JournalStore, ReceiverStore};
 use super::wire::{self, Control, Hello, Progress, SessionId, CONTROL_CHANNEL};
 use super::{blocking, send_control, ResumeMismatch, SessionError, SessionOptions};
@@ -581,7 +581,7 @@ impl<K: DurableSink, St: ReceiverStore> DurableReceiver<K, St> {
                 }
             };
             match received {
-                Ok(Some(m)) => self.on_message(m).await?,
+                Ok(Some(m)) => self.on_message(conn, m).await?,
                 Ok(None) => {
                     self.checkpoint(false).await?;
                     return if self.is_complete() {
@@ -752,7 +752,7 @@ impl<K: DurableSink, St: ReceiverStore> DurableReceiver<K, St> {
         }
     }
 
-    async fn on_message(&mut self, m: Message) -> Result<(), SessionError> {
+    async fn on_message(&mut self, conn: &Connection, m: Message) -> Result<(), SessionError> {
         if m.channel == CONTROL_CHANNEL {
             return match Control::decode(&m.data)? {
                 Control::End(counts) => {
@@ -786,8 +786,17 @@ impl<K: DurableSink, St: ReceiverStore> DurableReceiver<K, St> {
                 m.channel, *next
             )));
         }
+        let delivery = Delivery {
+            channel: m.channel,
+            id,
+            source_time_us: m.source_time_us,
+            arrived_us: m.source_time_us.saturating_add(m.latency_us),
+            error_bound_us: conn
+                .clock_estimate()
+                .map(|e| e.error_bound_us.ceil() as u64),
+        };
         let sink = &mut self.sink;
-        sink.write(m.channel, &data)
+        sink.write_delivery(&delivery, &data)
             .map_err(|e| SessionError::sink(format!("cannot write {}", sink.describe()), e))?;
         *next += 1;
         self.stats.messages_delivered += 1;
@@ -864,7 +873,9 @@ impl<K: DurableSink, St: ReceiverStore> DurableReceiver<K, St> {
                 peer: Meta::Receiver(session.meta.clone()).encode(),
             })
         })?;
+        let position = session.meta.position;
         self.store.commit(record, sync).await?;
+        self.sink.committed(position);
         self.stats.checkpoints += 1;
         self.publish_stats();
         self.dirty_since = None;

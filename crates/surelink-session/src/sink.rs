@@ -9,10 +9,35 @@
 //! the recorded position, which must undo whatever was written after it (a
 //! file is truncated). Messages after the checkpoint are then delivered again,
 //! once.
+//!
+//! A sink that needs more than the bytes (a spool that keeps each message's
+//! send time for a time-ordered merge) overrides
+//! [`write_delivery`](DurableSink::write_delivery), which gets the message's
+//! [`Delivery`]; one that acts on what is durable (a reader that may consume
+//! only checkpointed data) overrides [`committed`](DurableSink::committed).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+/// What the receiver knows of a message it hands to a sink, beyond its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// The channel it was sent on.
+    pub channel: u64,
+    /// Its message id in the session on that channel (from 0; stable across
+    /// connections and restarts).
+    pub id: u64,
+    /// When it was sent, on this host's clock (µs since the Unix epoch),
+    /// through the connection's clock estimate (`Message::source_time_us`).
+    /// A message re-sent on a new connection carries the time of that send.
+    pub source_time_us: u64,
+    /// When it arrived, on this host's clock (µs since the Unix epoch).
+    pub arrived_us: u64,
+    /// The clock estimate's error bound on `source_time_us`, µs; `None`
+    /// while the connection has no clock estimate yet.
+    pub error_bound_us: Option<u64>,
+}
 
 /// The receiver's output, with a position that can be restored.
 ///
@@ -24,6 +49,11 @@ use std::path::{Path, PathBuf};
 pub trait DurableSink: Send {
     /// Delivers one message's bytes (received on `channel`).
     fn write(&mut self, channel: u64, data: &[u8]) -> io::Result<()>;
+    /// Delivers one message: its bytes and what the receiver knows of it.
+    /// By default, [`write`](Self::write) of its bytes.
+    fn write_delivery(&mut self, delivery: &Delivery, data: &[u8]) -> io::Result<()> {
+        self.write(delivery.channel, data)
+    }
     /// Hands everything written to the OS (a process crash must not lose it
     /// from here on).
     fn flush(&mut self) -> io::Result<()>;
@@ -37,6 +67,13 @@ pub trait DurableSink: Send {
     /// starts (position 0). An error if the sink is *behind* `position` (it
     /// lost data the checkpoint covers).
     fn restore(&mut self, position: u64) -> io::Result<()>;
+    /// The checkpoint recording `position` is committed to the receiver's
+    /// store (see [`ReceiverStore::commit`](crate::ReceiverStore::commit)):
+    /// everything up to it survives a crash and is never undone by a
+    /// [`restore`](Self::restore). Nothing by default.
+    fn committed(&mut self, position: u64) {
+        let _ = position;
+    }
     /// What the sink is, for error messages (`out.bin`); "the output" by default.
     fn describe(&self) -> String {
         "the output".to_owned()

@@ -38,6 +38,9 @@ struct MemFile(Arc<Mutex<FileState>>);
 struct FileState {
     data: Vec<u8>,
     synced: usize,
+    /// The newest position the receiver reported committed
+    /// ([`DurableSink::committed`]): no restore may go below it.
+    committed: usize,
 }
 
 impl MemFile {
@@ -102,10 +105,24 @@ impl DurableSink for MemSink {
         (self.file.len() + self.buffer.len()) as u64
     }
 
+    fn committed(&mut self, position: u64) {
+        let mut f = self.file.0.lock().unwrap();
+        assert!(
+            position as usize <= f.data.len(),
+            "committed beyond what was flushed"
+        );
+        f.committed = position as usize;
+    }
+
     fn restore(&mut self, position: u64) -> std::io::Result<()> {
         self.buffer.clear();
         let mut f = self.file.0.lock().unwrap();
         let position = position as usize;
+        assert!(
+            position >= f.committed,
+            "restored to {position}, below the committed checkpoint at {}",
+            f.committed
+        );
         if f.data.len() < position {
             return Err(std::io::Error::other("sink shorter than its checkpoint"));
         }
@@ -509,6 +526,11 @@ async fn scenario(net: &Net, sc: Scenario) -> Outcome {
     let got = file.contents();
     let want = expected(sc.count);
     assert_eq!(got.len(), want.len(), "output length (seed {seed})");
+    assert_eq!(
+        file.0.lock().unwrap().committed,
+        want.len(),
+        "the final checkpoint was reported committed to the sink (seed {seed})"
+    );
     assert!(got == want, "output differs from input (seed {seed})");
     Outcome {
         crashes,

@@ -18,7 +18,8 @@
 //!
 //! Merge mode (`--merge`, in [`crate::merge_out`]) serves senders
 //! concurrently and writes their messages to `--out` or `--to` as records in
-//! send-time order, through each sender's clock estimate.
+//! send-time order, through each sender's clock estimate; with `--state`
+//! (`--out FILE` only) durably, across restarts.
 //!
 //! Per-source mode (`--out-dir DIR`, in [`crate::out_dir`]) serves senders
 //! concurrently, each into its own file, listed in `DIR/index.jsonl`.
@@ -122,11 +123,6 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
     args.idle.apply(&mut config.protocol)?;
     config.protocol.security = security;
     config.protocol.path_mode = args.mode.into();
-    if args.merge.merge && args.state.common.state.is_some() {
-        bail!(UsageError(
-            "--merge does not keep durable state yet: run it without --state".into()
-        ));
-    }
     #[cfg(feature = "etcd")]
     if let Some(group) = args.group.connect().await? {
         let plan = group_plan(&args, group, listen, config).await?;
@@ -146,6 +142,10 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
             keep_state: args.state.common.keep_state,
         })
         .await;
+    }
+    if let (Some(state), true) = (&args.state.common.state, args.merge.merge) {
+        let plan = durable_merge_plan(&args, state.clone(), listen, config)?;
+        return crate::merge_out::durable::run(plan).await;
     }
     if !args.route.is_empty() && args.state.common.state.is_some() {
         bail!(UsageError(
@@ -247,6 +247,34 @@ fn durable_plan(
     Ok(DurableRecv {
         output,
         dir,
+        options: args.state.session_options()?,
+        listen,
+        config,
+        once: args.once,
+        keep_state: args.state.common.keep_state,
+    })
+}
+
+/// Checks the options of `recv --merge --state` and gathers what the durable
+/// merge needs.
+fn durable_merge_plan(
+    args: &RecvArgs,
+    state: PathBuf,
+    listen: Vec<SocketAddr>,
+    config: EndpointConfig,
+) -> anyhow::Result<crate::merge_out::durable::DurableMergePlan> {
+    let output = match (&args.to, args.output.as_deref()) {
+        (None, Some(path)) if path != "-" => PathBuf::from(path),
+        _ => bail!(UsageError(
+            "--merge --state needs --out FILE: the merged output is cut back to its last \
+             checkpoint after a restart, which standard output and datagrams cannot be"
+                .into()
+        )),
+    };
+    Ok(crate::merge_out::durable::DurableMergePlan {
+        output,
+        state,
+        merge: args.merge.config(),
         options: args.state.session_options()?,
         listen,
         config,

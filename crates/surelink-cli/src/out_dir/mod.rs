@@ -225,8 +225,9 @@ fn file_name(source: Source, session: &str) -> String {
     format!("{}-{session}.bin", source.name())
 }
 
-/// This host's wall clock, µs since the Unix epoch.
-fn wall_clock_us() -> u64 {
+/// This host's wall clock, µs since the Unix epoch (the clock of the
+/// connections' corrected times).
+pub(crate) fn wall_clock_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))

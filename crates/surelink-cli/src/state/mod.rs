@@ -46,8 +46,8 @@ pub enum DurabilityArg {
 pub struct StateArgs {
     /// Keep a durable session in this directory: killed and restarted with the same
     /// arguments, the transfer resumes where it stopped, nothing lost or repeated.
-    /// The other side must use --state too. Needs `--in FILE` (send), or `--out FILE` or
-    /// `--out-dir DIR` (recv).
+    /// The other side must use --state too. Needs `--in FILE` (send), or `--out FILE`,
+    /// `--out-dir DIR` or `--merge --out FILE` (recv).
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
     /// With --state: when checkpoints are fsynced. Every policy survives kill -9; the

@@ -29,6 +29,10 @@
 //! sender has finished): what is held is then written out in order, so an
 //! existing PATH is replaced only by a complete merge. The counts (records,
 //! late, duplicates) are printed on stderr at the end.
+//!
+//! With `--state DIR` (a file output only) the merge is durable across
+//! restarts: each sender's session is spooled ([`spool`]), the merge reads
+//! the spools and journals its progress ([`progress`]), see [`durable`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,12 +53,19 @@ use crate::ending::recv_error;
 use crate::routes::Destination;
 use crate::source::Source;
 
+pub mod durable;
+pub mod progress;
+pub mod spool;
+
 /// `recv`'s merge options.
 #[derive(Debug, Clone, Args)]
 pub struct MergeArgs {
     /// Merge the messages of all senders into one stream (--out or --to) ordered by their
     /// send times on this host's clock (through each sender's clock estimate); each record
     /// carries its source and corrected time (format: `surelink recv --help`, docs/MERGE.md).
+    /// With --state (and --out FILE; senders with send --state) each sender's session is
+    /// spooled under DIR and the merge's progress journaled: restarted after kill -9, it
+    /// continues with nothing lost or repeated.
     #[arg(long, conflicts_with = "out_dir")]
     pub merge: bool,
     /// With --merge: hold each message this long after its send time before writing it,
@@ -76,7 +87,8 @@ pub enum LateArg {
 }
 
 impl MergeArgs {
-    fn config(&self) -> MergeConfig {
+    /// The merge's configuration from these options.
+    pub fn config(&self) -> MergeConfig {
         MergeConfig {
             window_us: u64::try_from(self.merge_window.as_micros()).unwrap_or(u64::MAX),
             late: match self.late {
