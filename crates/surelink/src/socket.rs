@@ -229,11 +229,20 @@ pub(crate) fn bind_udp(addr: SocketAddr, buffer_size: usize) -> io::Result<std::
 /// size is logged, not fatal). Several share the address through
 /// `SO_REUSEPORT` (Linux: the kernel spreads peers over them by a hash of
 /// the addresses); with port 0 the first picks the port and the others join it.
+///
+/// `SO_REUSEPORT` would also let another process of the same user join a
+/// port it binds the same way, and take a share of its peers. So before it
+/// binds a given port for several sockets, it binds it once without the
+/// option and lets it go: a port held by anyone fails with
+/// [`io::ErrorKind::AddrInUse`], as it does for one socket.
 pub(crate) fn bind_udp_group(
     addr: SocketAddr,
     buffer_size: usize,
     count: usize,
 ) -> io::Result<Vec<std::net::UdpSocket>> {
+    if count > 1 && addr.port() != 0 {
+        drop(bind_udp(addr, 0)?);
+    }
     let mut sockets: Vec<std::net::UdpSocket> = Vec::with_capacity(count);
     let mut bind_to = addr;
     for _ in 0..count.max(1) {

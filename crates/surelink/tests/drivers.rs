@@ -4,14 +4,17 @@
 //! another driver's socket (every answer to a client endpoint lands on one
 //! of its sockets, whichever driver its connection lives on; a second path
 //! comes from another address) keeps working, through a cut of its primary
-//! path. Every wait is bounded; nothing asserts on timing.
+//! path. A port someone holds is refused as with one driver. Every wait is
+//! bounded; nothing asserts on timing.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use surelink::impair::{ImpairConfig, Impairer, LinkConfig};
-use surelink::{Bytes, Connection, ConnectionEvent, Endpoint, EndpointConfig, PathId, PathMode};
+use surelink::{
+    BindError, Bytes, Connection, ConnectionEvent, Endpoint, EndpointConfig, PathId, PathMode,
+};
 
 /// Upper bound on any single test's run time (debug builds on a small machine).
 const TEST_LIMIT: Duration = Duration::from_secs(120);
@@ -198,4 +201,40 @@ async fn a_backup_path_takes_over_for_connections_on_either_driver() {
         assert!(stats.datagrams_handed_over > 0, "{stats:?}");
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_refused_with_several_drivers_too() {
+    let in_use = |result: Result<Endpoint, BindError>| match result {
+        Err(BindError::Io { source, .. }) => source.kind() == std::io::ErrorKind::AddrInUse,
+        _ => false,
+    };
+    // Held by an endpoint with two drivers (its sockets share the port) …
+    let first = Endpoint::bind(loopback(), two_drivers()).unwrap();
+    assert_eq!(first.drivers(), 2);
+    assert!(in_use(Endpoint::bind(first.local_addr(), two_drivers())));
+    assert!(in_use(Endpoint::bind(
+        first.local_addr(),
+        EndpointConfig::default().with_drivers(1)
+    )));
+    // … or by a plain socket.
+    let plain = std::net::UdpSocket::bind(loopback()).unwrap();
+    assert!(in_use(Endpoint::bind(
+        plain.local_addr().unwrap(),
+        two_drivers()
+    )));
+    // Free again once the endpoint is gone (its drivers have nothing to drain).
+    let addr = first.local_addr();
+    drop(first);
+    let mut rebound = None;
+    for _ in 0..200 {
+        match Endpoint::bind(addr, two_drivers()) {
+            Ok(endpoint) => {
+                rebound = Some(endpoint);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    assert_eq!(rebound.expect("the port is free again").drivers(), 2);
 }
