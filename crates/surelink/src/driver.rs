@@ -1,8 +1,9 @@
 //! The driver task: the one place where an endpoint's socket, clock and timers
 //! meet the protocol core.
 //!
-//! One task per endpoint owns the endpoint's sockets (one, or one per
-//! listening address for several paths) and runs rounds. The sockets are a
+//! One task per endpoint (per shard of an endpoint with several drivers)
+//! owns its sockets (one, or one per listening address for several paths)
+//! and runs rounds. The sockets are a
 //! [`DatagramIo`]: real UDP sockets, or a simulated network's (`crate::sim`);
 //! the driver is generic over it, so the UDP path pays nothing for the
 //! abstraction.

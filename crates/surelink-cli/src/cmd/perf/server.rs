@@ -7,6 +7,8 @@
 //! One client brings many connections from one address, so the per-source
 //! handshake budget is lifted; `--max-connections` caps the total.
 //! `--drivers N` sets the endpoint's driver tasks (`EndpointConfig::drivers`).
+//! When stopped it prints how many connections it accepted and datagrams it
+//! received, and how many of those one driver handed to another.
 
 use anyhow::{bail, Context as _};
 use surelink::{Connection, Endpoint, EndpointConfig, Message, ProtocolConfig};
@@ -46,7 +48,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     tokio::select! {
         () = accepting => bail!("the endpoint stopped accepting connections"),
-        () = crate::shutdown::signal() => Ok(()),
+        () = crate::shutdown::signal() => {
+            let stats = endpoint.stats();
+            eprintln!(
+                "surelink perf: server stopped: {} connections accepted, {} datagrams received, \
+                 {} handed over between drivers",
+                stats.protocol.accepted, stats.datagrams_received, stats.datagrams_handed_over
+            );
+            Ok(())
+        }
     }
 }
 
