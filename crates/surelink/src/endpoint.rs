@@ -686,8 +686,6 @@ impl Endpoint {
     }
 }
 
-/// The core endpoint for a real socket: seeded from the operating system's
-/// randomness, on the wall clock.
 /// Caps the protocol's receive window at what the sockets can queue: 3/4 of
 /// the smallest receive buffer the kernel granted, never below one maximal
 /// message. A window beyond the socket buffer lets the peer put more in
