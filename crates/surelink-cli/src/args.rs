@@ -31,6 +31,24 @@ impl IdleTimeoutArgs {
     }
 }
 
+/// How many driver tasks a listening endpoint runs (`recv`, `perf server`).
+#[derive(Debug, Clone, Args)]
+pub struct DriversArgs {
+    /// Driver tasks the endpoint spreads its connections over, each on a core
+    /// of its own when the machine has them (default: one per core, at most 4).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub drivers: Option<u16>,
+}
+
+impl DriversArgs {
+    /// Sets the number of drivers in `config` if one was given.
+    pub fn apply(&self, config: &mut surelink::EndpointConfig) {
+        if let Some(drivers) = self.drivers {
+            config.drivers = usize::from(drivers);
+        }
+    }
+}
+
 /// Parses a duration: a number followed by `ns`, `us`, `ms`, `s`, `m` or `h`
 /// (a bare number means seconds). Fractions are allowed: `1.5s`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

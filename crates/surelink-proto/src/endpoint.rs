@@ -23,6 +23,12 @@
 //! Resets are rate-limited endpoint-wide, always smaller than the packet that
 //! caused them, and never sent in answer to a Reset (a Reset for an unknown id
 //! is dropped), so they cannot amplify or loop.
+//!
+//! Shards: a runtime that spreads one endpoint's connections over several
+//! cores runs one core `Endpoint` per shard ([`Endpoint::set_shard`]). Every
+//! connection id a shard issues is congruent to its index modulo the number
+//! of shards, so whoever receives a datagram can tell from its header which
+//! shard owns it ([`shard_route`]) without asking any shard.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -211,6 +217,69 @@ impl VisitStats for EndpointStats {
     }
 }
 
+/// Which shard of an endpoint should handle a datagram (see [`shard_route`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardRoute {
+    /// The shard that received it: a client's Initial (a new connection
+    /// belongs to the shard that took its first packet, and a client's
+    /// Initials all come from one address), or not a surelink packet.
+    Receiver,
+    /// The shard that issued its destination connection id.
+    Shard(usize),
+    /// Every shard: a stateless Reset is addressed to an id the peer issued,
+    /// which says nothing about the shard.
+    Every,
+}
+
+/// Where `datagram` goes among `shards` shards whose connection ids were
+/// issued by [`Endpoint`]s configured with [`Endpoint::set_shard`]. Reads
+/// only the packet header; one shard (or none) always means
+/// [`ShardRoute::Receiver`].
+pub fn shard_route(datagram: &[u8], shards: usize) -> ShardRoute {
+    if shards <= 1 {
+        return ShardRoute::Receiver;
+    }
+    let Ok(header) = Header::decode(&mut Reader::new(datagram)) else {
+        return ShardRoute::Receiver;
+    };
+    match header.kind {
+        PacketKind::Initial => ShardRoute::Receiver,
+        PacketKind::Reset => ShardRoute::Every,
+        PacketKind::Handshake | PacketKind::Data | PacketKind::Retry | PacketKind::Reject => {
+            ShardRoute::Shard((header.dcid % shards as u64) as usize)
+        }
+    }
+}
+
+impl EndpointStats {
+    /// Adds `other`'s counters to these (the counters of an endpoint made
+    /// of several shards).
+    pub fn add(&mut self, other: &Self) {
+        let Self {
+            malformed,
+            unknown_connection,
+            refused,
+            accepted,
+            retries_sent,
+            rejects_sent,
+            rate_limited,
+            bad_tokens,
+            resets_sent,
+            resets_suppressed,
+        } = other;
+        self.malformed += malformed;
+        self.unknown_connection += unknown_connection;
+        self.refused += refused;
+        self.accepted += accepted;
+        self.retries_sent += retries_sent;
+        self.rejects_sent += rejects_sent;
+        self.rate_limited += rate_limited;
+        self.bad_tokens += bad_tokens;
+        self.resets_sent += resets_sent;
+        self.resets_suppressed += resets_suppressed;
+    }
+}
+
 /// The ids a connection is known by.
 #[derive(Debug, Clone, Copy)]
 struct Cids {
@@ -245,6 +314,9 @@ pub struct Endpoint {
     initials: HashMap<(SocketAddr, u64), ConnectionHandle>,
     cids: HashMap<ConnectionHandle, Cids>,
     next_handle: u64,
+    /// This endpoint's shard and the number of shards: every id it issues
+    /// is congruent to the first modulo the second.
+    shard: (u64, u64),
     stats: EndpointStats,
 }
 
@@ -289,6 +361,7 @@ impl Endpoint {
             initials: HashMap::new(),
             cids: HashMap::new(),
             next_handle: 0,
+            shard: (0, 1),
             stats: EndpointStats::default(),
         })
     }
@@ -330,9 +403,33 @@ impl Endpoint {
         self.cids.len()
     }
 
+    /// Makes this endpoint shard `index` of `count` (`index < count`), before
+    /// it makes or accepts any connection: every connection id it issues is
+    /// then congruent to `index` modulo `count` (see [`shard_route`]).
+    ///
+    /// The shards of one endpoint are made from the same seed, so they share
+    /// the identity, the retry secret and the reset key drawn at creation;
+    /// from here on shard `index` draws from its own stream of the generator
+    /// (shard 0 keeps the stream an unsharded endpoint uses), so no two
+    /// shards give their connections the same ids or key material.
+    pub fn set_shard(&mut self, index: usize, count: usize) {
+        debug_assert!(index < count && self.cids.is_empty());
+        let count = count.max(1) as u64;
+        let index = (index as u64).min(count - 1);
+        self.shard = (index, count);
+        if index != 0 {
+            self.rng.set_stream(index);
+        }
+    }
+
     fn fresh_cid(&mut self) -> u64 {
+        let (index, count) = self.shard;
         loop {
-            let cid = self.rng.next_u64();
+            let raw = self.rng.next_u64();
+            // The nearest id at or below `raw` in this shard's class.
+            let Some(cid) = (raw - raw % count).checked_add(index) else {
+                continue;
+            };
             if cid != 0 && !self.by_cid.contains_key(&cid) {
                 return cid;
             }
@@ -661,5 +758,89 @@ impl Endpoint {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shards(count: usize) -> Vec<Endpoint> {
+        (0..count)
+            .map(|index| {
+                let mut ep = Endpoint::new(Config::default(), 7, true).unwrap();
+                ep.set_shard(index, count);
+                ep
+            })
+            .collect()
+    }
+
+    fn datagram(kind: PacketKind, dcid: u64) -> Vec<u8> {
+        let mut data = Vec::new();
+        Header {
+            kind,
+            flags: 0,
+            dcid,
+            pn: 0,
+        }
+        .encode(&mut data);
+        data
+    }
+
+    #[test]
+    fn shards_issue_ids_of_their_own_class_and_share_the_identity() {
+        let now = Instant::now();
+        let remote: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut eps = shards(3);
+        let mut seen = std::collections::HashSet::new();
+        for (index, ep) in eps.iter_mut().enumerate() {
+            for _ in 0..50 {
+                let (_, conn) = ep.connect(now, remote);
+                let cid = conn.local_cid();
+                assert_eq!(cid % 3, index as u64, "shard {index} issued {cid}");
+                assert!(seen.insert(cid), "id {cid} issued twice");
+                assert_eq!(
+                    shard_route(&datagram(PacketKind::Data, cid), 3),
+                    ShardRoute::Shard(index)
+                );
+            }
+        }
+        let key = |ep: &Endpoint| ep.identity().map(Identity::public);
+        assert!(key(&eps[0]).is_some());
+        assert!(eps.iter().all(|ep| key(ep) == key(&eps[0])));
+    }
+
+    #[test]
+    fn one_shard_draws_the_ids_an_unsharded_endpoint_draws() {
+        let now = Instant::now();
+        let remote: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut plain = Endpoint::new(Config::default(), 7, true).unwrap();
+        let mut sharded = shards(1).remove(0);
+        for _ in 0..20 {
+            assert_eq!(
+                plain.connect(now, remote).1.local_cid(),
+                sharded.connect(now, remote).1.local_cid()
+            );
+        }
+    }
+
+    #[test]
+    fn initials_stay_with_the_receiver_and_resets_go_everywhere() {
+        for kind in [PacketKind::Handshake, PacketKind::Retry, PacketKind::Reject] {
+            assert_eq!(shard_route(&datagram(kind, 7), 2), ShardRoute::Shard(1));
+        }
+        assert_eq!(
+            shard_route(&datagram(PacketKind::Initial, 7), 2),
+            ShardRoute::Receiver
+        );
+        assert_eq!(
+            shard_route(&datagram(PacketKind::Reset, 7), 2),
+            ShardRoute::Every
+        );
+        assert_eq!(shard_route(b"\xff", 2), ShardRoute::Receiver);
+        assert_eq!(
+            shard_route(&datagram(PacketKind::Data, 7), 1),
+            ShardRoute::Receiver
+        );
     }
 }

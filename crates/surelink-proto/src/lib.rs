@@ -28,6 +28,6 @@ pub use conn::{
 };
 pub use crypto::{CryptoConfig, Identity, PublicKey, Security};
 pub use endpoint::{
-    ConnectionHandle, DatagramEvent, DropReason, Endpoint, EndpointStats, Response, Seed,
-    RESET_PACKET_LEN,
+    shard_route, ConnectionHandle, DatagramEvent, DropReason, Endpoint, EndpointStats, Response,
+    Seed, ShardRoute, RESET_PACKET_LEN,
 };

@@ -1,6 +1,6 @@
 //! Settings of an [`Endpoint`](crate::Endpoint): the protocol core's
 //! [`ProtocolConfig`] plus what only the runtime knows about (connect timeout,
-//! socket buffer sizes, batched I/O).
+//! socket buffer sizes, batched I/O, driver tasks).
 //!
 //! ```
 //! use std::time::Duration;
@@ -18,6 +18,12 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default size requested for the socket's kernel send and receive buffers (8 MiB).
 pub const DEFAULT_SOCKET_BUFFER_SIZE: usize = 8 << 20;
+
+/// Most driver tasks [`EndpointConfig::drivers`] = 0 picks (one per core up to this).
+pub const MAX_AUTOMATIC_DRIVERS: usize = 4;
+
+/// Most driver tasks an endpoint runs, whatever [`EndpointConfig::drivers`] asks.
+pub const MAX_DRIVERS: usize = 64;
 
 /// Settings of an endpoint and of every connection it makes or accepts.
 ///
@@ -49,6 +55,19 @@ pub struct EndpointConfig {
     /// then see a host whose clock is that far ahead (or behind, negative).
     /// For demonstrations and tests of clock synchronisation on one host.
     pub clock_offset_us: i64,
+    /// Driver tasks (shards) the endpoint spreads its connections over, each
+    /// with its own sockets bound to the same addresses (`SO_REUSEPORT`; the
+    /// kernel spreads peers over them), its own lock and its own
+    /// connections, so an endpoint can use that many cores. 0 (the default)
+    /// picks one per available core, at most [`MAX_AUTOMATIC_DRIVERS`], on
+    /// an endpoint that accepts connections, and one on a client endpoint
+    /// (whose few connections gain nothing from more). Linux only: elsewhere,
+    /// on the simulated network and over sockets the caller made
+    /// ([`Endpoint::from_std_socket`](crate::Endpoint::from_std_socket)),
+    /// an endpoint has one driver. The connection limits of the protocol
+    /// settings (`max_connections`, `retry_threshold`) are split evenly
+    /// over the drivers.
+    pub drivers: usize,
 }
 
 impl Default for EndpointConfig {
@@ -59,6 +78,7 @@ impl Default for EndpointConfig {
             socket_buffer_size: DEFAULT_SOCKET_BUFFER_SIZE,
             batched_io: true,
             clock_offset_us: 0,
+            drivers: 0,
         }
     }
 }
@@ -87,6 +107,29 @@ impl EndpointConfig {
     pub fn with_clock_offset_us(mut self, offset_us: i64) -> Self {
         self.clock_offset_us = offset_us;
         self
+    }
+
+    /// Sets the number of driver tasks (0: automatic; see [`drivers`](Self::drivers)).
+    pub fn with_drivers(mut self, drivers: usize) -> Self {
+        self.drivers = drivers;
+        self
+    }
+
+    /// The number of driver tasks an endpoint with these settings runs over
+    /// UDP sockets: [`drivers`](Self::drivers), or when 0 one per available
+    /// core up to [`MAX_AUTOMATIC_DRIVERS`] if it `accepts` connections and
+    /// one otherwise; always one outside Linux, at most [`MAX_DRIVERS`].
+    pub fn driver_count(&self, accepts: bool) -> usize {
+        if !cfg!(target_os = "linux") {
+            return 1;
+        }
+        match self.drivers {
+            0 if accepts => std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .min(MAX_AUTOMATIC_DRIVERS),
+            0 => 1,
+            n => n.min(MAX_DRIVERS),
+        }
     }
 
     /// Turns batched I/O (GSO/GRO, `recvmmsg`) on or off.

@@ -1,8 +1,9 @@
 //! The driver task: the one place where an endpoint's socket, clock and timers
 //! meet the protocol core.
 //!
-//! One task per endpoint owns the endpoint's sockets (one, or one per
-//! listening address for several paths) and runs rounds. The sockets are a
+//! One task per endpoint (per shard of an endpoint with several drivers)
+//! owns its sockets (one, or one per listening address for several paths)
+//! and runs rounds. The sockets are a
 //! [`DatagramIo`]: real UDP sockets, or a simulated network's (`crate::sim`);
 //! the driver is generic over it, so the UDP path pays nothing for the
 //! abstraction.
@@ -33,6 +34,11 @@
 //!
 //! The task ends when no `Endpoint` handle is left and every connection has
 //! drained and lost its handles.
+//!
+//! An endpoint with several drivers runs one per shard (`crate::shard`):
+//! each has its own sockets, lock and connections; in step 1 a datagram
+//! that belongs to another shard is handed to that shard's driver, and
+//! what other drivers handed to this one joins the round's batch.
 
 use std::cmp::Reverse;
 use std::future::poll_fn;
@@ -46,6 +52,7 @@ use surelink_proto::conn::PathAddr;
 use surelink_proto::{ConnectionHandle, DatagramEvent, Side};
 
 use crate::handshake_event::HandshakeEvent;
+use crate::shard::Router;
 use crate::socket::{DatagramIo, MAX_SEND_BYTES};
 use crate::state::{ConnState, IoCounters, Shared, State};
 
@@ -66,7 +73,7 @@ const IDLE_SLEEP: Duration = Duration::from_secs(3600);
 /// Datagrams stored back to back in one buffer, each with the index of the
 /// local socket it came in on or goes out of.
 #[derive(Debug, Default)]
-struct Datagrams {
+pub(crate) struct Datagrams {
     bytes: Vec<u8>,
     items: Vec<(u16, SocketAddr, Range<usize>)>,
     /// Index of the first item not yet sent (for the outgoing queue).
@@ -74,10 +81,22 @@ struct Datagrams {
 }
 
 impl Datagrams {
-    fn push(&mut self, local: u16, addr: SocketAddr, data: &[u8]) {
+    pub(crate) fn push(&mut self, local: u16, addr: SocketAddr, data: &[u8]) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(data);
         self.items.push((local, addr, start..self.bytes.len()));
+    }
+
+    /// Moves every datagram of `other` not yet taken to the end of this
+    /// queue, leaving `other` empty.
+    pub(crate) fn append(&mut self, other: &mut Datagrams) {
+        let base = self.bytes.len();
+        for (local, addr, r) in &other.items[other.head..] {
+            self.items
+                .push((*local, *addr, base + r.start..base + r.end));
+        }
+        self.bytes.extend_from_slice(&other.bytes);
+        other.clear();
     }
 
     fn clear(&mut self) {
@@ -86,11 +105,11 @@ impl Datagrams {
         self.head = 0;
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.items.len() - self.head
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
@@ -124,7 +143,7 @@ impl Datagrams {
         count
     }
 
-    fn iter(&self) -> impl Iterator<Item = (PathAddr, &[u8])> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (PathAddr, &[u8])> + '_ {
         self.items[self.head..].iter().map(|(local, addr, r)| {
             (
                 PathAddr {
@@ -179,8 +198,9 @@ async fn any_ready<T: DatagramIo>(io: &T, write: bool) -> io::Result<()> {
     .await
 }
 
-/// Runs an endpoint until nothing is left to drive.
-pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T) {
+/// Runs an endpoint (or one shard of it, `router` telling which) until
+/// nothing is left to drive.
+pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T, mut router: Router) {
     let _stop = StopGuard(shared.clone());
     let mut received = Datagrams::default();
     let mut outgoing = Datagrams::default();
@@ -190,11 +210,8 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T) {
     loop {
         // 1. Receive a batch.
         received.clear();
-        let socket_busy = receive(&mut sockets, &mut received, &shared.io);
-        if !received.is_empty() {
-            IoCounters::add(&shared.io.datagrams_received, received.len() as u64);
-            IoCounters::add(&shared.io.bytes_received, received.bytes.len() as u64);
-        }
+        let socket_busy = receive(&mut sockets, &mut received, &mut router, &shared.io);
+        router.take_handed(&mut received);
 
         // 2. Drive the core.
         let now = crate::util::now();
@@ -462,16 +479,28 @@ fn next_deadline(st: &mut State) -> Option<Instant> {
 }
 
 /// Reads a round's batch from every socket into `received` (cleared by the
-/// caller); returns true if it stopped at the round's limit rather than
-/// because the sockets would block.
-fn receive<T: DatagramIo>(sockets: &mut T, received: &mut Datagrams, io: &IoCounters) -> bool {
+/// caller), handing datagrams that belong to other shards to them; returns
+/// true if it stopped at the round's limit rather than because the sockets
+/// would block.
+fn receive<T: DatagramIo>(
+    sockets: &mut T,
+    received: &mut Datagrams,
+    router: &mut Router,
+    io: &IoCounters,
+) -> bool {
     let mut calls = 0;
     let mut reads = 0u64;
+    let (mut datagrams, mut bytes) = (0u64, 0u64);
     for local in 0..sockets.sockets() {
         while calls < RECV_BATCH && received.len() < RECV_BATCH {
             calls += 1;
             let tag = local as u16;
-            match sockets.try_recv(local, |from, data| received.push(tag, from, data)) {
+            let sink = |from, data: &[u8]| {
+                datagrams += 1;
+                bytes += data.len() as u64;
+                router.sort(received, tag, from, data);
+            };
+            match sockets.try_recv(local, sink) {
                 Ok(_) => reads += 1,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -482,6 +511,9 @@ fn receive<T: DatagramIo>(sockets: &mut T, received: &mut Datagrams, io: &IoCoun
         }
     }
     IoCounters::add(&io.recv_calls, reads);
+    IoCounters::add(&io.datagrams_received, datagrams);
+    IoCounters::add(&io.bytes_received, bytes);
+    IoCounters::add(&io.handed_over, router.hand_over() as u64);
     calls == RECV_BATCH || received.len() >= RECV_BATCH
 }
 

@@ -1,24 +1,30 @@
 //! [`Endpoint`]: a UDP socket with its driver task, making and accepting connections.
 //!
-//! An endpoint is created inside a tokio runtime; it spawns one driver task
+//! An endpoint is created inside a tokio runtime; it spawns a driver task
 //! (see the `driver` module) that owns the socket (a UDP socket, or a host
-//! on a [`SimNetwork`](crate::sim::SimNetwork) for [`Endpoint::simulated`]). Handles are cheap clones.
+//! on a [`SimNetwork`](crate::sim::SimNetwork) for [`Endpoint::simulated`]),
+//! or several, one per shard, each with its own sockets on the same
+//! addresses and its share of the connections (see the `shard` module and
+//! [`EndpointConfig::drivers`]). Handles are cheap clones.
 //! When the last handle is dropped the endpoint stops accepting (connections
 //! waiting in the accept queue are aborted), while connections already handed
 //! out keep working; the driver ends when they have all drained.
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rand::RngCore;
 use surelink_proto::config::MESSAGE_CREDIT_OVERHEAD;
 use surelink_proto::stats_schema::{Metric, StatsVisitor, Unit, Value, VisitStats};
 use tokio::net::UdpSocket;
+use tokio::sync::Notify;
 
 use crate::connection::Connection;
 use crate::error::{BindError, ConnectError};
 use crate::handshake_event::HandshakeEvent;
+use crate::shard::Router;
 use crate::socket::{DatagramIo, UdpIo};
 use crate::state::{ConnState, IoCounters, Shared, State};
 use crate::{driver, socket, EndpointConfig};
@@ -48,6 +54,10 @@ pub struct EndpointStats {
     pub send_errors: u64,
     /// Errors reading from the socket.
     pub recv_errors: u64,
+    /// Datagrams one driver read for a connection of another (an endpoint
+    /// with several [`drivers`](crate::EndpointConfig::drivers): a peer's
+    /// new path, the answers to a client connection) and handed over.
+    pub datagrams_handed_over: u64,
     /// Connections not yet drained.
     pub connections: usize,
     /// Most connections held at once since the endpoint started (live, or
@@ -140,6 +150,15 @@ impl VisitStats for EndpointStats {
             ),
             self.recv_errors,
         );
+        v.counter(
+            &c(
+                "handed_over_datagrams",
+                "endpoint_handed_over_datagrams",
+                Count,
+                "Datagrams one driver read for another driver's connection and handed over.",
+            ),
+            self.datagrams_handed_over,
+        );
         v.gauge(
             &Metric::gauge(
                 "connections",
@@ -222,13 +241,24 @@ pub struct Endpoint {
 
 /// Owned by every clone of an [`Endpoint`]; dropping the last one closes the endpoint.
 struct EndpointInner {
-    shared: Arc<Shared>,
+    /// One per driver task (at least one); a connection lives in exactly one.
+    shards: Vec<Arc<Shared>>,
+    /// Counts `connect` calls, which take the shards in turn.
+    connects: AtomicUsize,
+}
+
+impl EndpointInner {
+    /// The first shard: the addresses and settings are the same in all.
+    fn first(&self) -> &Shared {
+        &self.shards[0]
+    }
 }
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Endpoint")
-            .field("local_addr", &self.inner.shared.local_addr)
+            .field("local_addr", &self.inner.first().local_addr)
+            .field("drivers", &self.inner.shards.len())
             .finish_non_exhaustive()
     }
 }
@@ -240,7 +270,7 @@ impl Endpoint {
     /// Must be called inside a tokio runtime. Port 0 picks a free port; see
     /// [`local_addr`](Endpoint::local_addr).
     pub fn bind(addr: SocketAddr, config: EndpointConfig) -> Result<Self, BindError> {
-        Self::create(addr, config, true)
+        Self::create(&[addr], config, true)
     }
 
     /// A client endpoint on `addr` (typically `0.0.0.0:0` or `[::]:0`) with the
@@ -251,7 +281,7 @@ impl Endpoint {
 
     /// A client endpoint on `addr` with `config`; it does not accept connections.
     pub fn client_with_config(addr: SocketAddr, config: EndpointConfig) -> Result<Self, BindError> {
-        Self::create(addr, config, false)
+        Self::create(&[addr], config, false)
     }
 
     /// An endpoint over a socket the caller created (already bound). It accepts
@@ -270,30 +300,24 @@ impl Endpoint {
             .map_err(|source| BindError::Io { addr, source })?;
         let mut config = config;
         fit_window(&mut config, &[&socket]);
-        let proto = os_core(&config, accept)?;
-        Self::start(runtime, socket, proto, config, accept, addr)
+        Self::start(runtime, vec![vec![(socket, addr)]], config, accept)
     }
 
     /// A server endpoint listening on several addresses at once (one socket
     /// each): a connection can then have one path per address (see
     /// `Connection::add_path` on the client side). The first address is the
-    /// endpoint's [`local_addr`](Endpoint::local_addr).
+    /// endpoint's [`local_addr`](Endpoint::local_addr). With several
+    /// [`drivers`](EndpointConfig::drivers), each has a socket on every address.
     pub fn bind_many(addrs: &[SocketAddr], config: EndpointConfig) -> Result<Self, BindError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
-        let mut sockets = Vec::new();
-        for &addr in addrs {
-            let socket = socket::bind_udp(addr, config.socket_buffer_size)
-                .map_err(|source| BindError::Io { addr, source })?;
-            sockets.push((socket, addr));
-        }
-        Self::serve_many(runtime, sockets, config)
+        Self::create(addrs, config, true)
     }
 
     /// A server endpoint over sockets the caller created and bound, one per
     /// address, as [`bind_many`](Endpoint::bind_many) would have made them:
     /// a caller can hold its ports before it serves, and datagrams that
     /// arrive meanwhile wait in the sockets instead of being refused. They
-    /// are made non-blocking and their buffers raised as `config` says.
+    /// are made non-blocking and their buffers raised as `config` says. The
+    /// endpoint has one driver, whatever `config.drivers` says.
     pub fn from_std_sockets(
         sockets: Vec<std::net::UdpSocket>,
         config: EndpointConfig,
@@ -308,85 +332,99 @@ impl Endpoint {
                 .map_err(|source| BindError::Io { addr, source })?;
             prepared.push((socket, addr));
         }
-        Self::serve_many(runtime, prepared, config)
-    }
-
-    /// A server endpoint over bound, prepared sockets.
-    fn serve_many(
-        runtime: tokio::runtime::Handle,
-        sockets: Vec<(std::net::UdpSocket, SocketAddr)>,
-        config: EndpointConfig,
-    ) -> Result<Self, BindError> {
         let mut config = config;
         fit_window(
             &mut config,
-            &sockets.iter().map(|(s, _)| s).collect::<Vec<_>>(),
+            &prepared.iter().map(|(s, _)| s).collect::<Vec<_>>(),
         );
-        let proto = os_core(&config, true)?;
-        Self::start_many(runtime, sockets, proto, config, true)
+        Self::start(runtime, vec![prepared], config, true)
     }
 
-    fn create(addr: SocketAddr, config: EndpointConfig, accept: bool) -> Result<Self, BindError> {
+    /// An endpoint with a socket on each of `addrs` per driver
+    /// ([`EndpointConfig::driver_count`]).
+    fn create(
+        addrs: &[SocketAddr],
+        config: EndpointConfig,
+        accept: bool,
+    ) -> Result<Self, BindError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
-        let socket = socket::bind_udp(addr, config.socket_buffer_size)
-            .map_err(|source| BindError::Io { addr, source })?;
+        let drivers = config.driver_count(accept);
+        let mut shards: Vec<Vec<(std::net::UdpSocket, SocketAddr)>> =
+            (0..drivers).map(|_| Vec::new()).collect();
+        for &addr in addrs {
+            let sockets = socket::bind_udp_group(addr, config.socket_buffer_size, drivers)
+                .map_err(|source| BindError::Io { addr, source })?;
+            for (shard, socket) in shards.iter_mut().zip(sockets) {
+                shard.push((socket, addr));
+            }
+        }
         let mut config = config;
-        fit_window(&mut config, &[&socket]);
-        let proto = os_core(&config, accept)?;
-        Self::start(runtime, socket, proto, config, accept, addr)
+        fit_window(
+            &mut config,
+            &shards.iter().flatten().map(|(s, _)| s).collect::<Vec<_>>(),
+        );
+        Self::start(runtime, shards, config, accept)
     }
 
+    /// Starts a driver per shard over bound, prepared sockets (each shard
+    /// has one per listening address, in the same order), with cores made
+    /// from one seed drawn from the operating system.
     fn start(
         runtime: tokio::runtime::Handle,
-        socket: std::net::UdpSocket,
-        proto: surelink_proto::Endpoint,
-        config: EndpointConfig,
-        accept: bool,
-        addr: SocketAddr,
-    ) -> Result<Self, BindError> {
-        Self::start_many(runtime, vec![(socket, addr)], proto, config, accept)
-    }
-
-    fn start_many(
-        runtime: tokio::runtime::Handle,
-        sockets: Vec<(std::net::UdpSocket, SocketAddr)>,
-        proto: surelink_proto::Endpoint,
+        shards: Vec<Vec<(std::net::UdpSocket, SocketAddr)>>,
         config: EndpointConfig,
         accept: bool,
     ) -> Result<Self, BindError> {
-        let mut local_addrs = Vec::new();
-        let mut tokio_sockets = Vec::new();
-        for (socket, addr) in sockets {
-            let io_err = |source| BindError::Io { addr, source };
-            local_addrs.push(socket.local_addr().map_err(io_err)?);
-            let _entered = runtime.enter();
-            tokio_sockets.push(UdpSocket::from_std(socket).map_err(io_err)?);
+        let mut seed = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut seed);
+        let (now, clock_us) = (crate::util::now(), crate::util::wall_clock_us());
+        let count = shards.len();
+        let mut drivers = Vec::with_capacity(count);
+        for (index, sockets) in shards.into_iter().enumerate() {
+            let mut local_addrs = Vec::new();
+            let mut tokio_sockets = Vec::new();
+            for (socket, addr) in sockets {
+                let io_err = |source| BindError::Io { addr, source };
+                local_addrs.push(socket.local_addr().map_err(io_err)?);
+                let _entered = runtime.enter();
+                tokio_sockets.push(UdpSocket::from_std(socket).map_err(io_err)?);
+            }
+            let core = new_core(&config, accept, seed, now, clock_us, (index, count))?;
+            let io = UdpIo::new(tokio_sockets, config.batched_io);
+            drivers.push((io, local_addrs, core));
         }
-        Ok(Self::launch(
-            &runtime,
-            UdpIo::new(tokio_sockets, config.batched_io),
-            local_addrs,
-            proto,
-            config,
-            accept,
-        ))
+        Ok(Self::launch(&runtime, drivers, config, accept))
     }
 
-    /// Spawns the driver over `io`, whose sockets have `local_addrs`.
+    /// Spawns a driver per shard: over its I/O, whose sockets have the given
+    /// local addresses, with its core.
     fn launch<T: DatagramIo>(
         runtime: &tokio::runtime::Handle,
-        io: T,
-        local_addrs: Vec<SocketAddr>,
-        proto: surelink_proto::Endpoint,
+        drivers: Vec<(T, Vec<SocketAddr>, surelink_proto::Endpoint)>,
         config: EndpointConfig,
         accept: bool,
     ) -> Self {
-        let local_addr = local_addrs[0];
-        let shared = Arc::new(Shared::new(State::new(proto, accept), local_addrs, config));
-        runtime.spawn(driver::run(shared.clone(), io));
-        tracing::debug!(%local_addr, accept, "endpoint started");
+        let inboxes = Router::inboxes(drivers.len());
+        let endpoint_changed = Arc::new(Notify::new());
+        let mut shards = Vec::with_capacity(drivers.len());
+        for (index, (io, local_addrs, core)) in drivers.into_iter().enumerate() {
+            let shared = Arc::new(Shared::new(
+                State::new(core, accept),
+                local_addrs,
+                config.clone(),
+                inboxes[index].wake.clone(),
+                endpoint_changed.clone(),
+            ));
+            let router = Router::new(index, inboxes.clone());
+            runtime.spawn(driver::run(shared.clone(), io, router));
+            shards.push(shared);
+        }
+        tracing::debug!(local_addr = %shards[0].local_addr, accept, drivers = shards.len(), "endpoint started");
         Self {
-            inner: Arc::new(EndpointInner { shared }),
+            inner: Arc::new(EndpointInner {
+                shards,
+                connects: AtomicUsize::new(0),
+            }),
         }
     }
 
@@ -414,16 +452,21 @@ impl Endpoint {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
         let _entered = runtime.enter();
         let now = crate::util::now();
-        let proto = new_core(&config, accept, seed, now, network.wall_clock_us(now))?;
+        let proto = new_core(
+            &config,
+            accept,
+            seed,
+            now,
+            network.wall_clock_us(now),
+            (0, 1),
+        )?;
         let socket = network
             .bind(addr, config.socket_buffer_size)
             .map_err(|source| BindError::Io { addr, source })?;
         let local = socket.local_addr();
         Ok(Self::launch(
             &runtime,
-            socket,
-            vec![local],
-            proto,
+            vec![(socket, vec![local], proto)],
             config,
             accept,
         ))
@@ -431,19 +474,25 @@ impl Endpoint {
 
     /// The address the (first) socket is bound to.
     pub fn local_addr(&self) -> SocketAddr {
-        self.inner.shared.local_addr
+        self.inner.first().local_addr
     }
 
     /// The addresses of every socket of the endpoint (see [`bind_many`](Endpoint::bind_many)).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.inner.shared.local_addrs.clone()
+        self.inner.first().local_addrs.clone()
+    }
+
+    /// How many driver tasks (shards) the endpoint runs (see
+    /// [`EndpointConfig::drivers`]).
+    pub fn drivers(&self) -> usize {
+        self.inner.shards.len()
     }
 
     /// This endpoint's static public key, which peers authenticate it by
     /// (`None` in insecure plaintext mode).
     pub fn public_key(&self) -> Option<crate::PublicKey> {
         self.inner
-            .shared
+            .first()
             .lock()
             .endpoint
             .identity()
@@ -452,7 +501,7 @@ impl Endpoint {
 
     /// The endpoint's settings.
     pub fn config(&self) -> &EndpointConfig {
-        &self.inner.shared.config
+        &self.inner.first().config
     }
 
     /// Connects to `remote` and waits for the handshake to complete.
@@ -466,8 +515,11 @@ impl Endpoint {
     /// after this returned: the connection then ends with
     /// [`ConnectionError::Rejected`](crate::ConnectionError::Rejected), which
     /// the next `send`, `recv`, `close` or `closed` reports.
+    ///
+    /// With several drivers, connections are made on each in turn.
     pub async fn connect(&self, remote: SocketAddr) -> Result<Connection, ConnectError> {
-        let shared = &self.inner.shared;
+        let shards = &self.inner.shards;
+        let shared = &shards[self.inner.connects.fetch_add(1, Ordering::Relaxed) % shards.len()];
         let timeout = shared.config.connect_timeout;
         let conn = {
             let mut st = shared.lock();
@@ -499,25 +551,33 @@ impl Endpoint {
     /// Returns `None` on a client endpoint (which does not accept), or once the
     /// endpoint's driver has stopped.
     pub async fn accept(&self) -> Option<Connection> {
-        let shared = &self.inner.shared;
-        self.wait_for(|st| {
-            while let Some(handle) = st.incoming.pop_front() {
-                if let Some(cs) = st.conns.get_mut(&handle) {
-                    cs.queued = false;
-                    cs.has_handle = true;
-                    let remote = cs.conn.remote();
-                    tracing::debug!(%remote, "connection accepted");
-                    let notify = cs.notify.clone();
-                    st.touch(handle);
-                    return Some(Some(Connection::new(
-                        shared.clone(),
-                        handle,
-                        notify,
-                        remote,
-                    )));
+        self.wait_for(|shards| {
+            for shared in shards {
+                let mut st = shared.lock();
+                while let Some(handle) = st.incoming.pop_front() {
+                    if let Some(cs) = st.conns.get_mut(&handle) {
+                        cs.queued = false;
+                        cs.has_handle = true;
+                        let remote = cs.conn.remote();
+                        tracing::debug!(%remote, "connection accepted");
+                        let notify = cs.notify.clone();
+                        st.touch(handle);
+                        return Some(Some(Connection::new(
+                            shared.clone(),
+                            handle,
+                            notify,
+                            remote,
+                        )));
+                    }
                 }
             }
-            (!st.accepting || !st.driver_running).then_some(None)
+            shards
+                .iter()
+                .any(|shared| {
+                    let st = shared.lock();
+                    !st.accepting || !st.driver_running
+                })
+                .then_some(None)
         })
         .await
     }
@@ -543,9 +603,20 @@ impl Endpoint {
     /// # }
     /// ```
     pub async fn next_handshake_event(&self) -> Option<HandshakeEvent> {
-        self.wait_for(|st| match st.handshakes.pop() {
-            Some(event) => Some(Some(event)),
-            None => (!st.driver_running || !st.accepting).then_some(None),
+        self.wait_for(|shards| {
+            if let Some(event) = shards
+                .iter()
+                .find_map(|shared| shared.lock().handshakes.pop())
+            {
+                return Some(Some(event));
+            }
+            shards
+                .iter()
+                .any(|shared| {
+                    let st = shared.lock();
+                    !st.driver_running || !st.accepting
+                })
+                .then_some(None)
         })
         .await
     }
@@ -554,64 +625,67 @@ impl Endpoint {
     /// done answering the peer's last packets. Call it before exiting the
     /// process after a close, so the peer's close completes too.
     pub async fn wait_idle(&self) {
-        self.wait_for(|st| {
-            (!st.driver_running || st.conns.values().all(|cs| cs.conn.is_drained())).then_some(())
+        self.wait_for(|shards| {
+            shards
+                .iter()
+                .all(|shared| {
+                    let st = shared.lock();
+                    !st.driver_running || st.conns.values().all(|cs| cs.conn.is_drained())
+                })
+                .then_some(())
         })
         .await
     }
 
-    /// Waits until `check`, run under the lock whenever the endpoint changes,
-    /// returns a value. The waiter registers before it checks, so a change in
-    /// between still wakes it.
-    async fn wait_for<T>(&self, mut check: impl FnMut(&mut State) -> Option<T>) -> T {
-        let shared = &self.inner.shared;
+    /// Waits until `check`, run over the shards (locking each as it needs)
+    /// whenever the endpoint changes, returns a value. The waiter registers
+    /// before it checks, so a change in between still wakes it.
+    async fn wait_for<T>(&self, mut check: impl FnMut(&[Arc<Shared>]) -> Option<T>) -> T {
+        let shards = &self.inner.shards;
         loop {
-            let notified = shared.endpoint_changed.notified();
+            let notified = shards[0].endpoint_changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(out) = check(&mut shared.lock()) {
+            if let Some(out) = check(shards) {
                 return out;
             }
             notified.await;
         }
     }
 
-    /// Endpoint-wide counters.
+    /// Endpoint-wide counters (the sum over the drivers; `peak_connections`
+    /// sums each driver's peak).
     pub fn stats(&self) -> EndpointStats {
-        let shared = &self.inner.shared;
-        let (protocol, connections, peak_connections, handshakes_failed, handshake_events_dropped) = {
-            let st = shared.lock();
-            let live = st.conns.values().filter(|cs| !cs.conn.is_drained()).count();
-            (
-                st.endpoint.stats().clone(),
-                live,
-                st.peak_connections,
-                st.handshakes_failed,
-                st.handshakes.dropped,
-            )
-        };
-        let io = &shared.io;
-        EndpointStats {
-            protocol,
-            datagrams_received: IoCounters::get(&io.datagrams_received),
-            bytes_received: IoCounters::get(&io.bytes_received),
-            datagrams_sent: IoCounters::get(&io.datagrams_sent),
-            bytes_sent: IoCounters::get(&io.bytes_sent),
-            send_calls: IoCounters::get(&io.send_calls),
-            recv_calls: IoCounters::get(&io.recv_calls),
-            send_errors: IoCounters::get(&io.send_errors),
-            recv_errors: IoCounters::get(&io.recv_errors),
-            connections,
-            peak_connections,
-            handshakes_failed: handshakes_failed.total(),
-            handshake_failures: handshakes_failed,
-            handshake_events_dropped,
+        let mut total = EndpointStats::default();
+        for shared in &self.inner.shards {
+            {
+                let st = shared.lock();
+                total.protocol.add(st.endpoint.stats());
+                total.connections += st.conns.values().filter(|cs| !cs.conn.is_drained()).count();
+                total.peak_connections += st.peak_connections;
+                total.handshake_failures.add(&st.handshakes_failed);
+                total.handshake_events_dropped += st.handshakes.dropped;
+            }
+            let io = &shared.io;
+            for (sum, counter) in [
+                (&mut total.datagrams_received, &io.datagrams_received),
+                (&mut total.bytes_received, &io.bytes_received),
+                (&mut total.datagrams_sent, &io.datagrams_sent),
+                (&mut total.bytes_sent, &io.bytes_sent),
+                (&mut total.send_calls, &io.send_calls),
+                (&mut total.recv_calls, &io.recv_calls),
+                (&mut total.send_errors, &io.send_errors),
+                (&mut total.recv_errors, &io.recv_errors),
+                (&mut total.datagrams_handed_over, &io.handed_over),
+            ] {
+                *sum += IoCounters::get(counter);
+            }
         }
+        total.handshakes_failed = total.handshake_failures.total();
+        total
     }
 }
 
-/// The core endpoint for a real socket: seeded from the operating system's
-/// randomness, on the wall clock.
 /// Caps the protocol's receive window at what the sockets can queue: 3/4 of
 /// the smallest receive buffer the kernel granted, never below one maximal
 /// message. A window beyond the socket buffer lets the peer put more in
@@ -639,30 +713,26 @@ fn fit_window(config: &mut EndpointConfig, sockets: &[&std::net::UdpSocket]) {
     }
 }
 
-fn os_core(config: &EndpointConfig, accept: bool) -> Result<surelink_proto::Endpoint, BindError> {
-    let mut seed = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut seed);
-    new_core(
-        config,
-        accept,
-        seed,
-        crate::util::now(),
-        crate::util::wall_clock_us(),
-    )
-}
-
-/// The core endpoint, seeded with `seed`, its connections timestamping with
-/// a wall clock that reads `clock_us` at `now` (so that peers' clock
-/// estimates relate real times), moved by the configured
-/// [`clock_offset_us`](EndpointConfig::clock_offset_us).
+/// The core endpoint of shard `index` of `count` (`(0, 1)`: the only one),
+/// seeded with `seed` (the same for every shard of an endpoint: they share
+/// its identity and keys), its connections timestamping with a wall clock
+/// that reads `clock_us` at `now` (so that peers' clock estimates relate
+/// real times), moved by the configured
+/// [`clock_offset_us`](EndpointConfig::clock_offset_us). The connection
+/// limits are split evenly over the shards.
 fn new_core(
     config: &EndpointConfig,
     accept: bool,
     seed: impl Into<surelink_proto::Seed>,
     now: std::time::Instant,
     clock_us: u64,
+    (index, count): (usize, usize),
 ) -> Result<surelink_proto::Endpoint, BindError> {
-    let mut core = surelink_proto::Endpoint::new(config.protocol.clone(), seed, accept)?;
+    let mut protocol = config.protocol.clone();
+    protocol.max_connections = protocol.max_connections.div_ceil(count);
+    protocol.retry_threshold = protocol.retry_threshold.div_ceil(count);
+    let mut core = surelink_proto::Endpoint::new(protocol, seed, accept)?;
+    core.set_shard(index, count);
     core.set_clock(now, clock_us.saturating_add_signed(config.clock_offset_us));
     Ok(core)
 }
@@ -670,20 +740,22 @@ fn new_core(
 impl Drop for EndpointInner {
     fn drop(&mut self) {
         let now = crate::util::now();
-        let mut st = self.shared.lock();
-        st.open = false;
-        st.accepting = false;
-        let queued: Vec<_> = st.incoming.drain(..).collect();
-        for handle in queued {
-            if let Some(cs) = st.conns.get_mut(&handle) {
-                cs.queued = false;
-                cs.conn.abort(now, "the endpoint was closed");
-                cs.sync();
+        for shared in &self.shards {
+            let mut st = shared.lock();
+            st.open = false;
+            st.accepting = false;
+            let queued: Vec<_> = st.incoming.drain(..).collect();
+            for handle in queued {
+                if let Some(cs) = st.conns.get_mut(&handle) {
+                    cs.queued = false;
+                    cs.conn.abort(now, "the endpoint was closed");
+                    cs.sync();
+                }
+                st.touch(handle);
             }
-            st.touch(handle);
+            drop(st);
+            shared.wake_driver.notify_one();
         }
-        drop(st);
-        self.shared.wake_driver.notify_one();
-        self.shared.endpoint_changed.notify_waiters();
+        self.first().endpoint_changed.notify_waiters();
     }
 }

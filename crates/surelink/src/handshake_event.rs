@@ -58,6 +58,22 @@ impl HandshakeFailures {
         *counter += 1;
     }
 
+    /// Adds `more`'s counts to these (the attempts of several drivers).
+    pub(crate) fn add(&mut self, more: &Self) {
+        let Self {
+            not_allowed,
+            failed,
+            refused_by_peer,
+            timed_out,
+            other,
+        } = *more;
+        self.not_allowed += not_allowed;
+        self.failed += failed;
+        self.refused_by_peer += refused_by_peer;
+        self.timed_out += timed_out;
+        self.other += other;
+    }
+
     /// Every failed attempt, whatever the reason.
     pub fn total(&self) -> u64 {
         self.not_allowed + self.failed + self.refused_by_peer + self.timed_out + self.other

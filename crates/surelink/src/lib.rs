@@ -1,9 +1,10 @@
 //! surelink: fault-tolerant, low-latency, reliable messaging over UDP.
 //!
 //! This crate is the tokio runtime around the sans-IO protocol core
-//! ([`surelink_proto`], re-exported as [`proto`]). An [`Endpoint`] owns one UDP
+//! ([`surelink_proto`], re-exported as [`proto`]). An [`Endpoint`] owns a UDP
 //! socket and a driver task that feeds the core datagrams and timeouts and sends
-//! what it produces; [`Connection`] handles let the application send and receive
+//! what it produces (or several, one per core, each with its share of the
+//! connections: [`EndpointConfig::drivers`]); [`Connection`] handles let the application send and receive
 //! whole messages, in order, exactly once, with back-pressure.
 //!
 //! ```no_run
@@ -44,6 +45,7 @@ mod endpoint;
 mod error;
 mod handshake_event;
 pub mod impair;
+mod shard;
 pub mod sim;
 mod socket;
 mod state;
@@ -62,7 +64,10 @@ pub use surelink_proto::{
     Identity, Message, PublicKey, Security,
 };
 
-pub use config::{EndpointConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SOCKET_BUFFER_SIZE};
+pub use config::{
+    EndpointConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SOCKET_BUFFER_SIZE, MAX_AUTOMATIC_DRIVERS,
+    MAX_DRIVERS,
+};
 pub use connection::Connection;
 pub use endpoint::{Endpoint, EndpointStats};
 pub use error::{BindError, CloseError, ConnectError, RecvError, SendError};

@@ -220,11 +220,60 @@ impl DatagramIo for UdpIo {
 /// Binds a non-blocking UDP socket to `addr`, asking for `buffer_size` bytes of
 /// kernel send and receive buffer. A refused buffer size is logged, not fatal.
 pub(crate) fn bind_udp(addr: SocketAddr, buffer_size: usize) -> io::Result<std::net::UdpSocket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    configure(&socket, buffer_size);
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
+    let mut sockets = bind_udp_group(addr, buffer_size, 1)?;
+    Ok(sockets.remove(0))
+}
+
+/// Binds `count` (at least one) non-blocking UDP sockets to `addr`, asking
+/// for `buffer_size` bytes of kernel send and receive buffer each (a refused
+/// size is logged, not fatal). Several share the address through
+/// `SO_REUSEPORT` (Linux: the kernel spreads peers over them by a hash of
+/// the addresses); with port 0 the first picks the port and the others join it.
+///
+/// `SO_REUSEPORT` would also let another process of the same user join a
+/// port it binds the same way, and take a share of its peers. So before it
+/// binds a given port for several sockets, it binds it once without the
+/// option and lets it go: a port held by anyone fails with
+/// [`io::ErrorKind::AddrInUse`], as it does for one socket.
+pub(crate) fn bind_udp_group(
+    addr: SocketAddr,
+    buffer_size: usize,
+    count: usize,
+) -> io::Result<Vec<std::net::UdpSocket>> {
+    if count > 1 && addr.port() != 0 {
+        drop(bind_udp(addr, 0)?);
+    }
+    let mut sockets: Vec<std::net::UdpSocket> = Vec::with_capacity(count);
+    let mut bind_to = addr;
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        configure(&socket, buffer_size);
+        socket.set_nonblocking(true)?;
+        if count > 1 {
+            share_port(&socket)?;
+        }
+        socket.bind(&bind_to.into())?;
+        let socket: std::net::UdpSocket = socket.into();
+        bind_to = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+/// Lets several sockets bind the same address (`SO_REUSEPORT`).
+#[cfg(target_os = "linux")]
+fn share_port(socket: &Socket) -> io::Result<()> {
+    socket.set_reuse_port(true)
+}
+
+/// Several sockets per address are only made on Linux
+/// ([`EndpointConfig::driver_count`](crate::EndpointConfig::driver_count)).
+#[cfg(not(target_os = "linux"))]
+fn share_port(_socket: &Socket) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "several sockets on one address need Linux",
+    ))
 }
 
 /// The receive buffer the kernel granted `socket`, as `SO_RCVBUF` reports it

@@ -1,5 +1,8 @@
 //! The state an endpoint's driver task shares with the application's handles.
 //!
+//! One [`Shared`] per driver: an endpoint with several drivers (shards,
+//! `crate::shard`) has one per shard, and a connection belongs to exactly
+//! one of them; only the endpoint-wide `Notify` is common to all shards.
 //! Everything lives behind one mutex ([`Shared::lock`]) that is held only for
 //! short, non-blocking calls into the protocol core — never across an `.await`
 //! or a system call. Wake-ups go two ways:
@@ -36,10 +39,12 @@ pub const EVENT_CAPACITY: usize = 1024;
 #[derive(Debug)]
 pub(crate) struct Shared {
     state: Mutex<State>,
-    /// Wakes the driver after a handle changed something.
-    pub(crate) wake_driver: Notify,
-    /// Wakes endpoint-wide waiters: accept queue, drained connections, driver exit.
-    pub(crate) endpoint_changed: Notify,
+    /// Wakes the driver after a handle changed something (or another
+    /// shard's driver handed it datagrams).
+    pub(crate) wake_driver: Arc<Notify>,
+    /// Wakes endpoint-wide waiters: accept queue, drained connections,
+    /// driver exit (shared by every shard of the endpoint).
+    pub(crate) endpoint_changed: Arc<Notify>,
     /// The socket's local address.
     pub(crate) local_addr: SocketAddr,
     /// Every socket's address, by the index the core's paths use.
@@ -51,12 +56,20 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(state: State, local_addrs: Vec<SocketAddr>, config: EndpointConfig) -> Self {
+    /// The shared state of one driver, woken through `wake_driver`, its
+    /// endpoint's waiters through `endpoint_changed`.
+    pub(crate) fn new(
+        state: State,
+        local_addrs: Vec<SocketAddr>,
+        config: EndpointConfig,
+        wake_driver: Arc<Notify>,
+        endpoint_changed: Arc<Notify>,
+    ) -> Self {
         let local_addr = local_addrs[0];
         Self {
             state: Mutex::new(state),
-            wake_driver: Notify::new(),
-            endpoint_changed: Notify::new(),
+            wake_driver,
+            endpoint_changed,
             local_addr,
             local_addrs,
             config,
@@ -82,6 +95,8 @@ pub(crate) struct IoCounters {
     pub(crate) recv_calls: AtomicU64,
     pub(crate) send_errors: AtomicU64,
     pub(crate) recv_errors: AtomicU64,
+    /// Datagrams this driver read for another shard and handed over.
+    pub(crate) handed_over: AtomicU64,
 }
 
 impl IoCounters {
@@ -124,7 +139,8 @@ pub(crate) struct State {
     /// exactly these (and those due or with input), not every connection.
     pub(crate) touched: Vec<ConnectionHandle>,
     /// Connections that may still have datagrams to send, in the order the
-    /// transmit budget serves them (each at most once).
+    /// transmit budget serves them (each at most once; those still
+    /// handshaking first).
     pub(crate) sending: VecDeque<ConnectionHandle>,
 }
 
@@ -158,7 +174,15 @@ impl State {
             }
             if !cs.sending {
                 cs.sending = true;
-                self.sending.push_back(h);
+                // Handshakes first: a connection still handshaking goes to
+                // the head of the transmit queue, so that under load a new
+                // peer's answer does not wait behind the data and
+                // heartbeats of every established connection.
+                if cs.connected {
+                    self.sending.push_back(h);
+                } else {
+                    self.sending.push_front(h);
+                }
             }
         }
     }

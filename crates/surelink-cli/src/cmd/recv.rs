@@ -95,6 +95,8 @@ pub struct RecvArgs {
     #[command(flatten)]
     pub idle: crate::args::IdleTimeoutArgs,
     #[command(flatten)]
+    pub drivers: crate::args::DriversArgs,
+    #[command(flatten)]
     pub playout: crate::delivery::PlayoutArgs,
     #[command(flatten)]
     pub stats: StatsArgs,
@@ -121,6 +123,7 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
     let mut config = EndpointConfig::default();
     args.playout.apply(&mut config.protocol);
     args.idle.apply(&mut config.protocol)?;
+    args.drivers.apply(&mut config);
     config.protocol.security = security;
     config.protocol.path_mode = args.mode.into();
     #[cfg(feature = "etcd")]

@@ -1,8 +1,8 @@
 //! `surelink perf`: a load generator and sink, like iperf or quinn's perf tool.
 //!
 //! `surelink perf server --listen ADDR` accepts any number of connections and
-//! counts what arrives (`--drivers N`: N endpoints sharing the port, one
-//! driver task each); `surelink perf client --to ADDR --connections N
+//! counts what arrives (`--drivers N`: its connections spread over N
+//! driver tasks); `surelink perf client --to ADDR --connections N
 //! --rate MSGS_PER_S --size BYTES --duration 10s` opens N connections, sends
 //! messages of `--size` bytes on channel 0 of each (at `--rate` messages per
 //! second per connection, or as fast as the transport accepts them), and
@@ -48,13 +48,11 @@ pub struct ServerArgs {
     /// Address to listen on, HOST:PORT (port 0 picks a free port; the address is printed on stderr).
     #[arg(long, value_name = "ADDR", value_parser = parse_host_port)]
     pub listen: HostPort,
-    /// Most connections open at once, per driver (every client connection counts).
+    /// Most connections open at once (every client connection counts).
     #[arg(long, value_name = "N", default_value_t = 20_000)]
     pub max_connections: usize,
-    /// Endpoints on the same port (`SO_REUSEPORT`), one driver task each; the
-    /// kernel spreads clients over them by address.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub drivers: u16,
+    #[command(flatten)]
+    pub drivers: crate::args::DriversArgs,
 }
 
 /// Arguments of `surelink perf client`.

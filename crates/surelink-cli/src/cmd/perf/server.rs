@@ -5,13 +5,13 @@
 //! been received, the task answers with a [`ServerReport`] and the histogram.
 //!
 //! One client brings many connections from one address, so the per-source
-//! handshake budget is lifted; `--max-connections` caps the total per
-//! endpoint. With `--drivers N`, N endpoints share the port through
-//! `SO_REUSEPORT` and each accepts the clients the kernel hashes to it.
+//! handshake budget is lifted; `--max-connections` caps the total.
+//! `--drivers N` sets the endpoint's driver tasks (`EndpointConfig::drivers`).
+//! When stopped it prints how many connections it accepted and datagrams it
+//! received, and how many of those one driver handed to another.
 
 use anyhow::{bail, Context as _};
 use surelink::{Connection, Endpoint, EndpointConfig, Message, ProtocolConfig};
-use tokio::task::JoinSet;
 
 use hdrhistogram::Histogram;
 
@@ -31,33 +31,32 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         source_handshake_rate: budget,
         ..ProtocolConfig::default()
     };
-    let config = EndpointConfig::default().with_protocol(protocol);
-    let endpoints = if args.drivers == 1 {
-        vec![Endpoint::bind(listen, config).with_context(|| format!("cannot listen on {listen}"))?]
-    } else {
-        crate::net::bind_reuse_port(listen, usize::from(args.drivers))?
-            .into_iter()
-            .map(|socket| Endpoint::from_std_socket(socket, config.clone(), true))
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("cannot listen on {listen}"))?
-    };
+    let mut config = EndpointConfig::default().with_protocol(protocol);
+    args.drivers.apply(&mut config);
+    let endpoint =
+        Endpoint::bind(listen, config).with_context(|| format!("cannot listen on {listen}"))?;
+    let drivers = endpoint.drivers();
     eprintln!(
-        "surelink perf: listening on {} ({} driver{})",
-        endpoints[0].local_addr(),
-        endpoints.len(),
-        if endpoints.len() == 1 { "" } else { "s" }
+        "surelink perf: listening on {} ({drivers} driver{})",
+        endpoint.local_addr(),
+        if drivers == 1 { "" } else { "s" }
     );
-    let mut accept_loops = JoinSet::new();
-    for endpoint in endpoints {
-        accept_loops.spawn(async move {
-            while let Some(conn) = endpoint.accept().await {
-                tokio::spawn(serve(conn));
-            }
-        });
-    }
+    let accepting = async {
+        while let Some(conn) = endpoint.accept().await {
+            tokio::spawn(serve(conn));
+        }
+    };
     tokio::select! {
-        _ = accept_loops.join_next() => bail!("an endpoint stopped accepting connections"),
-        () = crate::shutdown::signal() => Ok(()),
+        () = accepting => bail!("the endpoint stopped accepting connections"),
+        () = crate::shutdown::signal() => {
+            let stats = endpoint.stats();
+            eprintln!(
+                "surelink perf: server stopped: {} connections accepted, {} datagrams received, \
+                 {} handed over between drivers",
+                stats.protocol.accepted, stats.datagrams_received, stats.datagrams_handed_over
+            );
+            Ok(())
+        }
     }
 }
 
