@@ -19,7 +19,9 @@
 //! UDP socket and committed it) or at or above it (the new leader's
 //! share), and the collector's own socket reports how many datagrams the
 //! kernel dropped on it (the `drops` column of `/proc/net/udp`) — a
-//! collector thread starved of CPU, not the group, if they add up. The
+//! collector thread starved of CPU, not the group, if they add up — and
+//! the members' logs say how many datagrams their output sockets refused
+//! to send (`cannot forward a datagram`, printed per run). The
 //! collector's socket asks for a receive buffer of [`COLLECTOR_RCVBUF`].
 
 use std::io::Read as _;
@@ -65,6 +67,8 @@ struct Run {
     lost_below_watermark: usize,
     /// Datagrams the kernel dropped on the collector's socket.
     collector_drops: u64,
+    /// Datagrams the members' output sockets could not send (each logged).
+    refused: usize,
     duplicated: u64,
     commits_per_sec: f64,
 }
@@ -88,11 +92,12 @@ pub fn main(argv: impl Iterator<Item = std::ffi::OsString>) -> anyhow::Result<()
             let r = run(&bin, ttl)?;
             eprintln!(
                 "standby: takeover {:.0} ms, lost {} ({} below the watermark), collector \
-                 socket drops {}, duplicated {}",
+                 socket drops {}, sends refused {}, duplicated {}",
                 r.takeover.as_secs_f64() * 1e3,
                 r.lost,
                 r.lost_below_watermark,
                 r.collector_drops,
+                r.refused,
                 r.duplicated
             );
             runs.push(r);
@@ -125,6 +130,15 @@ fn free_tcp() -> anyhow::Result<SocketAddr> {
 /// A free UDP address on 127.0.0.1.
 fn free_udp() -> anyhow::Result<SocketAddr> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// How many of a member's stderr `lines` say its output socket refused
+/// a datagram (the group's datagram mode logs it and goes on).
+fn refused_datagrams(lines: &[String]) -> usize {
+    lines
+        .iter()
+        .filter(|l| l.contains("cannot forward a datagram"))
+        .count()
 }
 
 /// The collector's socket: 127.0.0.1, a receive buffer of [`COLLECTOR_RCVBUF`].
@@ -341,8 +355,11 @@ fn run(bin: &std::path::Path, ttl: u64) -> anyhow::Result<Run> {
     // "… N checkpoints committed to etcd in this term" (its stderr may
     // still be arriving: bounded).
     let mut commits = None;
+    let mut refused = refused_datagrams(&a.take_lines());
     for _ in 0..100 {
-        commits = b.take_lines().iter().find_map(|l| {
+        let lines = b.take_lines();
+        refused += refused_datagrams(&lines);
+        commits = lines.iter().find_map(|l| {
             let (before, _) = l.split_once(" checkpoints committed to etcd")?;
             before.rsplit(' ').next()?.parse::<u64>().ok()
         });
@@ -369,6 +386,7 @@ fn run(bin: &std::path::Path, ttl: u64) -> anyhow::Result<Run> {
             .filter(|&&c| c == 0)
             .count(),
         collector_drops,
+        refused,
         duplicated: a
             .counts
             .iter()
