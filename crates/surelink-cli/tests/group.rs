@@ -206,11 +206,12 @@ fn committed(line: &str) -> u64 {
         .unwrap_or_else(|_| panic!("no watermark in {line:?}"))
 }
 
-/// File mode: members A and B on one shared output; A leads and is killed
-/// (or paused) once the output has grown; B takes over and the output
-/// ends byte-identical to the input.
-fn file_mode_takeover(fault: Fault) {
-    let bench = Bench::new(1);
+/// File mode: members A and B on one shared output, with leases of
+/// `lease_ttl`; A leads and is killed (or paused) once the output has
+/// grown; B takes over — ending A's term early first if the TTL allows it
+/// (`early_end`) — and the output ends byte-identical to the input.
+fn file_mode_takeover(fault: Fault, lease_ttl: &'static str, early_end: bool) {
+    let bench = Bench::with_lease_ttl(1, lease_ttl);
     let input = bench.path("in.bin");
     let output = bench.path("out.bin");
     let data = random_file(&input, 6 << 20, 13);
@@ -225,6 +226,9 @@ fn file_mode_takeover(fault: Fault) {
     match fault {
         Fault::Kill => a.kill(),
         Fault::Pause => a.signal("STOP"),
+    }
+    if early_end {
+        bench.expect_line(&mut b, "ending its term early");
     }
     bench.expect_line(&mut b, "leading (term");
     bench.expect_line(&mut b, "resumed by");
@@ -251,12 +255,21 @@ enum Fault {
 
 #[test]
 fn file_mode_kill_9_of_the_leader_mid_stream_leaves_the_output_exact() {
-    file_mode_takeover(Fault::Kill);
+    file_mode_takeover(Fault::Kill, LEASE_TTL, false);
 }
 
 #[test]
 fn a_leader_paused_beyond_its_lease_wakes_up_deposed_and_writes_nothing() {
-    file_mode_takeover(Fault::Pause);
+    file_mode_takeover(Fault::Pause, LEASE_TTL, false);
+}
+
+/// SIGSTOP of the leader with 2 s leases: its sender suspects it, the
+/// standby ends its term early (the lease still alive) and serves; woken
+/// up, the old leader is past its own deadline and stops without writing
+/// (nor trying a stale commit); the output is exact.
+#[test]
+fn a_leader_paused_while_suspected_is_replaced_early_and_wakes_up_deposed() {
+    file_mode_takeover(Fault::Pause, EARLY_END_TTL, true);
 }
 
 /// With a 2 s lease, kill -9 of the leader mid-stream: the sender finds

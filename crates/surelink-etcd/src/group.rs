@@ -803,6 +803,12 @@ impl StepDown {
     pub fn trigger(&self) {
         self.owned_until.send_replace(None);
     }
+
+    /// True while the term is still owned at `now` (its lease known alive,
+    /// not stepped down): a term already lost has nothing to step down from.
+    pub fn owned(&self, now: Instant) -> bool {
+        self.owned_until.borrow().is_some_and(|until| until > now)
+    }
 }
 
 impl Leadership {

@@ -218,13 +218,17 @@ async fn lead<K: DurableSink>(
         tokio::select! {
             served = &mut run => served,
             suspected = unheard_and_suspected(&endpoint, suspicions, detection) => {
-                eprintln!(
-                    "surelink recv: group {name}: suspected by {} and nothing heard for {detection:?}: \
-                     stepping down (term {term})",
-                    suspected.join(", ")
-                );
-                stepped_down = true;
-                step_down.trigger();
+                // A leader woken from a pause may find its term already
+                // lost: the receiver then ends with `Deposed` by itself.
+                if step_down.owned(Instant::now()) {
+                    eprintln!(
+                        "surelink recv: group {name}: suspected by {} and nothing heard for \
+                         {detection:?}: stepping down (term {term})",
+                        suspected.join(", ")
+                    );
+                    stepped_down = true;
+                    step_down.trigger();
+                }
                 run.await
             }
         }
