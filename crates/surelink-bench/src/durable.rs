@@ -573,13 +573,13 @@ impl Proc {
         Ok(Self { child, lines })
     }
 
-    /// Waits (bounded) for a stderr line containing `marker`.
-    pub(crate) fn wait_line(&mut self, marker: &str) -> anyhow::Result<()> {
+    /// Waits (bounded) for a stderr line containing `marker` and returns it.
+    pub(crate) fn wait_line(&mut self, marker: &str) -> anyhow::Result<String> {
         let deadline = Instant::now() + WAIT_LIMIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(marker) => return Ok(()),
+                Ok(line) if line.contains(marker) => return Ok(line),
                 Ok(_) => {}
                 Err(_) => bail!("no line with {marker:?} from the CLI"),
             }

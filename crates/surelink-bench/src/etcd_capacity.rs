@@ -117,7 +117,7 @@ async fn step(
             .await
             .with_context(|| format!("group {i}: cannot connect to etcd"))?;
             let leadership = group
-                .campaign("127.0.0.1:1", |_| {}, |_| {})
+                .campaign("127.0.0.1:1", |_| {})
                 .await
                 .with_context(|| format!("group {i}: campaign failed"))?;
             leaders.push(leadership);

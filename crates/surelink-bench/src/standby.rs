@@ -13,6 +13,16 @@
 //! the new leader), the records lost (must be 0) and duplicated once the
 //! sender exited, and the new leader's etcd commits per second (its
 //! checkpoints over the rest of the transfer). Every wait is bounded.
+//!
+//! A lost record is told apart by where it went missing: below the
+//! watermark the new leader took over from (the old leader wrote it to its
+//! UDP socket and committed it) or at or above it (the new leader's
+//! share), and the collector's own socket reports how many datagrams the
+//! kernel dropped on it (the `drops` column of `/proc/net/udp`) — a
+//! collector thread starved of CPU, not the group, if they add up — and
+//! the members' logs say how many datagrams their output sockets refused
+//! to send (`cannot forward a datagram`, printed per run). The
+//! collector's socket asks for a receive buffer of [`COLLECTOR_RCVBUF`].
 
 use std::io::Read as _;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -33,6 +43,9 @@ const RECORD: usize = 1024;
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
 /// Pause between two polls.
 const POLL: Duration = Duration::from_millis(2);
+/// Receive buffer the collector's socket asks for (Linux caps it at
+/// `net.core.rmem_max`, and doubles it for its bookkeeping).
+const COLLECTOR_RCVBUF: usize = 4 << 20;
 
 /// `surelink-bench standby`: leader kill -9 → first delivery by the new leader.
 #[derive(Debug, Parser)]
@@ -50,6 +63,12 @@ struct Args {
 struct Run {
     takeover: Duration,
     lost: usize,
+    /// Lost records below the watermark the new leader took over from.
+    lost_below_watermark: usize,
+    /// Datagrams the kernel dropped on the collector's socket.
+    collector_drops: u64,
+    /// Datagrams the members' output sockets could not send (each logged).
+    refused: usize,
     duplicated: u64,
     commits_per_sec: f64,
 }
@@ -62,25 +81,40 @@ pub fn main(argv: impl Iterator<Item = std::ffi::OsString>) -> anyhow::Result<()
     }
     let bin = cli()?;
     println!(
-        "| lease TTL | runs | takeover median (min–max) | lost | duplicated | etcd commits/s |"
+        "| lease TTL | runs | takeover median (min–max) | lost (below / from the watermark) \
+         | collector socket drops | duplicated | etcd commits/s |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for &ttl in &args.ttls {
         let mut runs = Vec::new();
         for i in 0..args.runs {
             eprintln!("standby: TTL {ttl} s, run {}/{}", i + 1, args.runs);
-            runs.push(run(&bin, ttl)?);
+            let r = run(&bin, ttl)?;
+            eprintln!(
+                "standby: takeover {:.0} ms, lost {} ({} below the watermark), collector \
+                 socket drops {}, sends refused {}, duplicated {}",
+                r.takeover.as_secs_f64() * 1e3,
+                r.lost,
+                r.lost_below_watermark,
+                r.collector_drops,
+                r.refused,
+                r.duplicated
+            );
+            runs.push(r);
         }
         let mut takeovers: Vec<Duration> = runs.iter().map(|r| r.takeover).collect();
         takeovers.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let lost = runs.iter().map(|r| r.lost).sum::<usize>();
+        let below = runs.iter().map(|r| r.lost_below_watermark).sum::<usize>();
         println!(
-            "| {ttl} s | {} | {:.0} ms ({:.0}–{:.0}) | {} | {} | {:.0} |",
+            "| {ttl} s | {} | {:.0} ms ({:.0}–{:.0}) | {lost} ({below} / {}) | {} | {} | {:.0} |",
             runs.len(),
             ms(takeovers[takeovers.len() / 2]),
             ms(takeovers[0]),
             ms(takeovers[takeovers.len() - 1]),
-            runs.iter().map(|r| r.lost).sum::<usize>(),
+            lost - below,
+            runs.iter().map(|r| r.collector_drops).sum::<u64>(),
             runs.iter().map(|r| r.duplicated).sum::<u64>(),
             runs.iter().map(|r| r.commits_per_sec).sum::<f64>() / runs.len() as f64,
         );
@@ -96,6 +130,45 @@ fn free_tcp() -> anyhow::Result<SocketAddr> {
 /// A free UDP address on 127.0.0.1.
 fn free_udp() -> anyhow::Result<SocketAddr> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// How many of a member's stderr `lines` say its output socket refused
+/// a datagram (the group's datagram mode logs it and goes on).
+fn refused_datagrams(lines: &[String]) -> usize {
+    lines
+        .iter()
+        .filter(|l| l.contains("cannot forward a datagram"))
+        .count()
+}
+
+/// The collector's socket: 127.0.0.1, a receive buffer of [`COLLECTOR_RCVBUF`].
+fn collector_socket() -> anyhow::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_recv_buffer_size(COLLECTOR_RCVBUF)?;
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    Ok(socket.into())
+}
+
+/// Datagrams the kernel dropped on the IPv4 UDP socket bound to `addr`
+/// since it was made: the `drops` column (the last) of its line in
+/// `/proc/net/udp`, whose local address is `HEXADDR:HEXPORT`.
+fn socket_drops(addr: SocketAddr) -> anyhow::Result<u64> {
+    let SocketAddr::V4(v4) = addr else {
+        bail!("{addr} is not IPv4");
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/udp").context("cannot read /proc/net/udp")?;
+    table
+        .lines()
+        .skip(1)
+        .find(|line| line.split_whitespace().nth(1) == Some(local.as_str()))
+        .and_then(|line| line.split_whitespace().last()?.parse().ok())
+        .with_context(|| format!("no line for {addr} in /proc/net/udp"))
 }
 
 /// Starts a one-member etcd in `dir` and waits (bounded) until it is healthy.
@@ -165,9 +238,10 @@ fn run(bin: &std::path::Path, ttl: u64) -> anyhow::Result<Run> {
     }
     std::fs::write(&input, &data)?;
 
-    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    let socket = collector_socket()?;
     socket.set_read_timeout(Some(Duration::from_millis(20)))?;
-    let to = format!("udp://{}", socket.local_addr()?);
+    let collector_addr = socket.local_addr()?;
+    let to = format!("udp://{collector_addr}");
     let arrivals = Arc::new(Mutex::new(Arrivals {
         counts: vec![0; RECORDS],
         ..Arrivals::default()
@@ -265,6 +339,14 @@ fn run(bin: &std::path::Path, ttl: u64) -> anyhow::Result<Run> {
     wait_distinct(RECORDS / 4)?;
     arrivals.lock().expect("lock").kill = Some(Instant::now());
     a.kill();
+    // "… session …: N messages committed, …": the watermark B took over from.
+    let took_over = b.wait_line("messages committed")?;
+    let watermark = took_over
+        .split(" messages committed")
+        .next()
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .with_context(|| format!("no watermark in {took_over:?}"))?;
     b.wait_line("resumed by")?;
     let resumed = Instant::now();
     send.wait_success("the sender")?;
@@ -273,8 +355,11 @@ fn run(bin: &std::path::Path, ttl: u64) -> anyhow::Result<Run> {
     // "… N checkpoints committed to etcd in this term" (its stderr may
     // still be arriving: bounded).
     let mut commits = None;
+    let mut refused = refused_datagrams(&a.take_lines());
     for _ in 0..100 {
-        commits = b.take_lines().iter().find_map(|l| {
+        let lines = b.take_lines();
+        refused += refused_datagrams(&lines);
+        commits = lines.iter().find_map(|l| {
             let (before, _) = l.split_once(" checkpoints committed to etcd")?;
             before.rsplit(' ').next()?.parse::<u64>().ok()
         });
@@ -286,6 +371,7 @@ fn run(bin: &std::path::Path, ttl: u64) -> anyhow::Result<Run> {
     let commits = commits.context("the new leader did not report its etcd commits")?;
     // Everything was confirmed to the sender: wait (bounded) for the rest to land.
     let _ = wait_distinct(RECORDS);
+    let collector_drops = socket_drops(collector_addr)?;
     stop.store(true, Ordering::Relaxed);
     let _ = collector.join();
     let a = arrivals.lock().expect("lock");
@@ -295,6 +381,12 @@ fn run(bin: &std::path::Path, ttl: u64) -> anyhow::Result<Run> {
     Ok(Run {
         takeover: first - kill,
         lost: RECORDS - a.distinct,
+        lost_below_watermark: a.counts[..watermark.min(RECORDS)]
+            .iter()
+            .filter(|&&c| c == 0)
+            .count(),
+        collector_drops,
+        refused,
         duplicated: a
             .counts
             .iter()
@@ -302,4 +394,35 @@ fn run(bin: &std::path::Path, ttl: u64) -> anyhow::Result<Run> {
             .sum(),
         commits_per_sec: commits as f64 / (finished - resumed).as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket nobody reads, sent more than its buffer holds: the kernel
+    /// drops the rest, and `socket_drops` reads exactly how many.
+    #[test]
+    fn socket_drops_counts_what_an_unread_socket_dropped() {
+        let collector = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = collector.local_addr().unwrap();
+        assert_eq!(socket_drops(addr).unwrap(), 0);
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sent = 2000;
+        for _ in 0..sent {
+            sender.send_to(&[0u8; RECORD], addr).unwrap();
+        }
+        collector.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; RECORD];
+        let mut read = 0;
+        while collector.recv(&mut buf).is_ok() {
+            read += 1;
+        }
+        let drops = socket_drops(addr).unwrap();
+        assert!(
+            drops > 0,
+            "a default buffer holds fewer than {sent} datagrams"
+        );
+        assert_eq!(read + drops, sent);
+    }
 }

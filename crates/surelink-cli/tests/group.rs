@@ -38,6 +38,9 @@ const WAIT_LIMIT: Duration = Duration::from_secs(60);
 /// The lease TTL the tests run with (etcd's minimum is below it with the
 /// test cluster's timings).
 const LEASE_TTL: &str = "1s";
+/// A lease TTL from which a standby can end a dead leader's term before
+/// etcd expires its lease (a 1 s TTL gives no proof of a missed renewal).
+const EARLY_END_TTL: &str = "2s";
 /// Size of a datagram-mode message (one record of the input).
 const RECORD: usize = 1024;
 
@@ -48,10 +51,16 @@ struct Bench {
     dir: tempfile::TempDir,
     key: String,
     log: Arc<Mutex<String>>,
+    lease_ttl: &'static str,
 }
 
 impl Bench {
     fn new(etcd_members: usize) -> Bench {
+        Bench::with_lease_ttl(etcd_members, LEASE_TTL)
+    }
+
+    /// A bench whose members hold leases of `lease_ttl`.
+    fn with_lease_ttl(etcd_members: usize, lease_ttl: &'static str) -> Bench {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("group.key");
         let out = support::run(&["keygen", "--out", s(&key)]);
@@ -61,6 +70,7 @@ impl Bench {
             key: s(&key).to_owned(),
             dir,
             log: Arc::new(Mutex::new(String::new())),
+            lease_ttl,
         }
     }
 
@@ -93,7 +103,7 @@ impl Bench {
             "--etcd",
             etcd,
             "--lease-ttl",
-            LEASE_TTL,
+            self.lease_ttl,
             "--key",
             &self.key,
             "--once",
@@ -196,11 +206,12 @@ fn committed(line: &str) -> u64 {
         .unwrap_or_else(|_| panic!("no watermark in {line:?}"))
 }
 
-/// File mode: members A and B on one shared output; A leads and is killed
-/// (or paused) once the output has grown; B takes over and the output
-/// ends byte-identical to the input.
-fn file_mode_takeover(fault: Fault) {
-    let bench = Bench::new(1);
+/// File mode: members A and B on one shared output, with leases of
+/// `lease_ttl`; A leads and is killed (or paused) once the output has
+/// grown; B takes over — ending A's term early first if the TTL allows it
+/// (`early_end`) — and the output ends byte-identical to the input.
+fn file_mode_takeover(fault: Fault, lease_ttl: &'static str, early_end: bool) {
+    let bench = Bench::with_lease_ttl(1, lease_ttl);
     let input = bench.path("in.bin");
     let output = bench.path("out.bin");
     let data = random_file(&input, 6 << 20, 13);
@@ -215,6 +226,9 @@ fn file_mode_takeover(fault: Fault) {
     match fault {
         Fault::Kill => a.kill(),
         Fault::Pause => a.signal("STOP"),
+    }
+    if early_end {
+        bench.expect_line(&mut b, "ending its term early");
     }
     bench.expect_line(&mut b, "leading (term");
     bench.expect_line(&mut b, "resumed by");
@@ -241,12 +255,59 @@ enum Fault {
 
 #[test]
 fn file_mode_kill_9_of_the_leader_mid_stream_leaves_the_output_exact() {
-    file_mode_takeover(Fault::Kill);
+    file_mode_takeover(Fault::Kill, LEASE_TTL, false);
 }
 
 #[test]
 fn a_leader_paused_beyond_its_lease_wakes_up_deposed_and_writes_nothing() {
-    file_mode_takeover(Fault::Pause);
+    file_mode_takeover(Fault::Pause, LEASE_TTL, false);
+}
+
+/// SIGSTOP of the leader with 2 s leases: its sender suspects it, the
+/// standby ends its term early (the lease still alive) and serves; woken
+/// up, the old leader is past its own deadline and stops without writing
+/// (nor trying a stale commit); the output is exact.
+#[test]
+fn a_leader_paused_while_suspected_is_replaced_early_and_wakes_up_deposed() {
+    file_mode_takeover(Fault::Pause, EARLY_END_TTL, true);
+}
+
+/// With a 2 s lease, kill -9 of the leader mid-stream: the sender finds
+/// every path down and records a suspicion at once; the standby sees it,
+/// reads from the lease's remaining TTL that the leader stopped renewing,
+/// and revokes the lease, so it leads before etcd would have expired the
+/// lease (the revocation succeeds only while the lease lives). The output
+/// is exact.
+#[test]
+fn kill_9_of_a_suspected_leader_ends_its_term_before_its_lease_expires() {
+    let bench = Bench::with_lease_ttl(1, EARLY_END_TTL);
+    let input = bench.path("in.bin");
+    let output = bench.path("out.bin");
+    let data = random_file(&input, 6 << 20, 17);
+    let etcd = bench.etcd.endpoints();
+    let mut a = bench.member("A", &["--out", &output], &etcd);
+    let term = term_of(&bench.expect_line(&mut a, "leading (term"));
+    bench.expect_line(&mut a, "listening on");
+    let mut b = bench.member("B", &["--out", &output], &etcd);
+    bench.expect_line(&mut b, "standing by");
+    let mut send = bench.sender(&input);
+    bench.wait_progress(1 << 20, || file_len(&output));
+    a.kill();
+    bench.expect_line(&mut send, "is unreachable; told etcd");
+    // In this order: B ends A's term (its lease still alive in etcd, or
+    // the revocation would have failed), then leads.
+    let ended = bench.expect_line(&mut b, "ending its term early");
+    if !ended.contains(&format!("(term {term})")) {
+        bench.fail(&format!("B ended another term than A's {term}: {ended}"));
+    }
+    let leading = bench.expect_line(&mut b, "leading (term");
+    if term_of(&leading) == term {
+        bench.fail(&format!("B leads A's term: {leading}"));
+    }
+    bench.expect_line(&mut b, "resumed by");
+    bench.expect_success(&mut send, "the sender");
+    bench.expect_success(&mut b, "the new leader");
+    bench.expect_exact(&output, &data);
 }
 
 /// Collects datagrams into per-index counts until stopped.
@@ -550,11 +611,13 @@ fn term_of(line: &str) -> String {
 }
 
 /// A suspicion of the leader's term written to etcd while the leader still
-/// hears its sender (a wrong or lying sender) does not depose it: the
-/// leader serves the whole transfer, and the standby never leads during it.
+/// hears its sender (a wrong or lying sender) and still renews its lease
+/// does not depose it: the leader serves the whole transfer, the standby
+/// (which reads the lease's TTL while the suspicion lasts) never ends its
+/// term, and never leads during it.
 #[test]
 fn a_suspicion_from_a_sender_the_leader_still_hears_does_not_depose_it() {
-    let bench = Bench::new(1);
+    let bench = Bench::with_lease_ttl(1, EARLY_END_TTL);
     let input = bench.path("in.bin");
     let output = bench.path("out.bin");
     let data = random_file(&input, 4 << 20, 73);
@@ -574,6 +637,9 @@ fn a_suspicion_from_a_sender_the_leader_still_hears_does_not_depose_it() {
     bench.expect_success(&mut a, "the leader");
     if a.stderr().contains("stepping down") {
         bench.fail("the leader stepped down on a suspicion while it heard its sender");
+    }
+    if b.stderr().contains("ending its term early") {
+        bench.fail("the standby ended the term of a leader that renewed its lease");
     }
     // B leads only once A resigned after the transfer: it found it complete.
     let took_over = bench.expect_line(&mut b, "messages committed");

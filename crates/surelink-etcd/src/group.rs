@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,71 @@ const LEADER_RECHECK: Duration = Duration::from_secs(1);
 /// the leader to see it and measure its own silence (its failure-detection
 /// time, a second by default), short enough that a stale one goes away.
 pub const SUSPICION_TTL: Duration = Duration::from_secs(5);
+/// How often a standby reads the remaining TTL of a suspected leader's
+/// lease (only while a sender suspects it).
+const EVIDENCE_POLL: Duration = Duration::from_millis(20);
+
+/// How a leader keeps a lease of a given TTL, and when a standby may end
+/// its term before etcd expires it ([`lease_timing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LeaseTiming {
+    /// The leader renews its lease this often; an answer that takes longer
+    /// does not count.
+    renew_every: Duration,
+    /// After a renewal *sent* at `s` and answered in time, the leader
+    /// writes and confirms until `s + own_for`, never longer.
+    own_for: Duration,
+    /// When a standby may revoke the lease of a suspected leader early:
+    /// `None` if etcd's whole-second TTL readings cannot tell a missed
+    /// renewal before the lease expires anyway (a 1 s TTL).
+    early_end: Option<EarlyEnd>,
+}
+
+/// The evidence that a suspected leader stopped renewing its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct EarlyEnd {
+    /// etcd's remaining TTL reading (whole seconds, rounded down) at or
+    /// below which the lease has not been renewed for more than `silent`.
+    remaining_at_most: i64,
+    /// How long the leader has then been silent to etcd at least.
+    silent: Duration,
+}
+
+/// The lease timing for a TTL etcd granted. etcd reports a lease's
+/// remaining TTL in whole seconds, rounded down, so a reading of `k`
+/// proves only that the last renewal etcd processed is more than
+/// `TTL − k − 1` s old. With a TTL of 2 s or more, a standby takes a
+/// reading of `TTL − 1 − E` or less (E: half the TTL in whole seconds) as
+/// proof that the leader has been silent to etcd for more than E, and the
+/// leader renews every E/4, counts a renewal only if it is answered within
+/// E/4, and owns its term until 3E/4 after *sending* it. So when a standby
+/// revokes on that proof, the leader's ownership has already ended: a
+/// renewal etcd processed before the reading was sent more than E before
+/// it (ownership ended E/4 before the reading); one processed after the
+/// reading was sent while the leader still owned its term, so more than
+/// E/4 before the reading, and was answered too late to count. With a 1 s
+/// TTL there is no such proof before the lease expires anyway: a renewal
+/// every third of the TTL and ownership until the TTL after it was sent,
+/// as etcd counts.
+fn lease_timing(ttl: Duration) -> LeaseTiming {
+    let secs = ttl.as_secs();
+    if secs < 2 {
+        return LeaseTiming {
+            renew_every: ttl / 3,
+            own_for: ttl,
+            early_end: None,
+        };
+    }
+    let silent = Duration::from_secs((secs / 2).max(1));
+    LeaseTiming {
+        renew_every: silent / 4,
+        own_for: silent * 3 / 4,
+        early_end: Some(EarlyEnd {
+            remaining_at_most: (secs - 1) as i64 - silent.as_secs() as i64,
+            silent,
+        }),
+    }
+}
 
 /// Why a group operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +139,33 @@ pub struct Leader {
     /// Its term: the leader key's creation revision, which is also its
     /// fencing token. A new leader always has a larger one.
     pub term: i64,
+    /// The etcd lease the leader key is attached to (0 if none).
+    pub lease: i64,
+}
+
+/// What a standby reports while it campaigns ([`Group::campaign`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CampaignEvent<'a> {
+    /// Another member leads (reported once per term).
+    StandingBy(&'a Leader),
+    /// A sender suspects the leader and etcd shows that its lease missed
+    /// its renewals: this member revoked the lease, ending the term before
+    /// etcd would have expired it.
+    EndedEarly {
+        /// The leader whose term ended.
+        leader: &'a Leader,
+        /// The senders that suspected it.
+        suspected_by: &'a [String],
+        /// etcd's reading of the lease's remaining TTL, whole seconds.
+        remaining: i64,
+        /// The TTL etcd granted the lease.
+        granted: Duration,
+        /// How long the leader had been silent to etcd at least.
+        silent: Duration,
+    },
+    /// etcd could not be reached (waited out).
+    Unreachable(&'a GroupError),
 }
 
 /// A connection to the etcd cluster for one receiver group.
@@ -182,14 +275,17 @@ impl Group {
 
     /// Waits until this member leads the group and returns its
     /// [`Leadership`]. `member` is what senders read to find it (the
-    /// addresses it advertises). Each leader seen meanwhile is reported once to
-    /// `on_standby`; an unreachable etcd is reported to `on_error` and
-    /// waited out. Runs until it wins: a standby's whole job.
+    /// addresses it advertises). Each leader seen meanwhile is reported
+    /// once ([`CampaignEvent::StandingBy`]); an unreachable etcd is
+    /// reported and waited out. While a sender suspects the leader, the
+    /// standby also reads the remaining TTL of the leader's lease and, if
+    /// it shows that the leader stopped renewing it, revokes it
+    /// ([`CampaignEvent::EndedEarly`]; see [`Group::suspect`]). Runs until
+    /// it wins: a standby's whole job.
     pub async fn campaign(
         &self,
         member: &str,
-        mut on_standby: impl FnMut(&Leader),
-        mut on_error: impl FnMut(&GroupError),
+        mut on_event: impl FnMut(CampaignEvent<'_>),
     ) -> Result<Leadership, GroupError> {
         let mut seen = None;
         loop {
@@ -197,24 +293,117 @@ impl Group {
                 Ok(Some(leader)) => {
                     if seen != Some(leader.term) {
                         seen = Some(leader.term);
-                        on_standby(&leader);
+                        on_event(CampaignEvent::StandingBy(&leader));
                     }
-                    // Campaign as soon as etcd deletes the key (its lease
-                    // expired or its leader resigned).
-                    let deleted =
-                        |event: &Event| (event.event_type() == EventType::Delete).then_some(());
-                    self.watch_leader(leader.term, deleted).await;
+                    self.outlive(&leader, &mut on_event).await;
                     continue;
                 }
                 Ok(None) => match self.try_lead(member).await {
                     Ok(Some(leadership)) => return Ok(leadership),
                     Ok(None) => continue,
                     Err(e @ GroupError::BadCheckpoint(_)) => return Err(e),
-                    Err(e) => on_error(&e),
+                    Err(e) => on_event(CampaignEvent::Unreachable(&e)),
                 },
-                Err(e) => on_error(&e),
+                Err(e) => on_event(CampaignEvent::Unreachable(&e)),
             }
             tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Waits while `leader` leads: until etcd deletes its key (its lease
+    /// expired or was revoked, or it resigned) or the key names another
+    /// term. Meanwhile, [judges](Self::end_if_dead) the suspicions of its
+    /// term.
+    async fn outlive(&self, leader: &Leader, on_event: &mut impl FnMut(CampaignEvent<'_>)) {
+        let revoking = AtomicBool::new(false);
+        let judge = self.end_if_dead(leader, &revoking);
+        tokio::pin!(judge);
+        let mut judging = true;
+        let mut report = |ended: EndedEarly| {
+            on_event(CampaignEvent::EndedEarly {
+                leader,
+                suspected_by: &ended.suspected_by,
+                remaining: ended.reading.ttl(),
+                granted: Duration::from_secs(ended.reading.granted_ttl().max(0) as u64),
+                silent: ended.silent,
+            })
+        };
+        loop {
+            let deleted = |event: &Event| (event.event_type() == EventType::Delete).then_some(());
+            tokio::select! {
+                ended = &mut judge, if judging => match ended {
+                    Some(ended) => return report(ended),
+                    None => judging = false,
+                },
+                gone = self.watch_leader(leader.term, deleted) => {
+                    if gone.is_some() {
+                        // Deleted by this member's own revocation, whose
+                        // answer may come after the watch event: report it.
+                        if judging && revoking.load(Ordering::Relaxed) {
+                            if let Ok(Some(ended)) = tokio::time::timeout(LEADER_RECHECK, &mut judge).await {
+                                report(ended);
+                            }
+                        }
+                        return;
+                    }
+                    // The watch's recheck: still the same term?
+                    match self.leader().await {
+                        Ok(Some(now)) if now.term == leader.term => {}
+                        _ => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends `leader`'s term early if it is dead: once a sender suspects
+    /// that term (`suspicions/TERM/`) *and* etcd's remaining TTL of the
+    /// leader's lease shows that the leader has not renewed it for longer
+    /// than it may own its term after a renewal ([`lease_timing`]), revokes
+    /// the lease (`revoking` is set just before) and returns what proved
+    /// it; `None` if the lease turned out to be gone already. Never
+    /// resolves for a lease whose TTL gives no such proof (1 s), nor while
+    /// the leader renews (a wrong or lying suspicion does nothing).
+    async fn end_if_dead(&self, leader: &Leader, revoking: &AtomicBool) -> Option<EndedEarly> {
+        if leader.lease == 0 {
+            return std::future::pending().await;
+        }
+        let mut client = self.client.clone();
+        let (suspected, mut suspicions) = watch::channel(BTreeSet::new());
+        let _watch = AbortOnDrop(tokio::spawn(watch_suspicions(
+            client.clone(),
+            self.suspicions_prefix(leader.term),
+            suspected,
+        )));
+        loop {
+            let suspected_by: Vec<String> =
+                match suspicions.wait_for(|senders| !senders.is_empty()).await {
+                    Ok(senders) => senders.iter().cloned().collect(),
+                    Err(_) => return std::future::pending().await,
+                };
+            if let Ok(reading) = client.lease_time_to_live(leader.lease, None).await {
+                if reading.ttl() < 0 {
+                    return None;
+                }
+                let granted = Duration::from_secs(reading.granted_ttl().max(0) as u64);
+                let Some(early) = lease_timing(granted).early_end else {
+                    // No proof possible before the lease expires by itself.
+                    return std::future::pending().await;
+                };
+                if reading.ttl() <= early.remaining_at_most {
+                    revoking.store(true, Ordering::Relaxed);
+                    return client
+                        .lease_revoke(leader.lease)
+                        .await
+                        .ok()
+                        .map(|_| EndedEarly {
+                            suspected_by,
+                            reading,
+                            silent: early.silent,
+                        });
+                }
+            }
+            tokio::time::sleep(EVIDENCE_POLL).await;
         }
     }
 
@@ -371,9 +560,15 @@ impl Group {
             })
             .map(|bytes| decode_checkpoint(&bytes))
             .transpose()?;
-        let (owned_until, owned) = watch::channel(Some(requested + ttl));
+        let timing = lease_timing(ttl);
+        let (owned_until, owned) = watch::channel(Some(requested + timing.own_for));
         let owned_until = Arc::new(owned_until);
-        let keepalive = tokio::spawn(keep_alive(client.clone(), lease, ttl, owned_until.clone()));
+        let keepalive = tokio::spawn(keep_alive(
+            client.clone(),
+            lease,
+            timing,
+            owned_until.clone(),
+        ));
         let (suspected, suspicions) = watch::channel(BTreeSet::new());
         let suspicion_watch = tokio::spawn(watch_suspicions(
             client.clone(),
@@ -403,6 +598,23 @@ fn leader_of(kv: &etcd_client::KeyValue) -> Leader {
     Leader {
         member: String::from_utf8_lossy(kv.value()).into_owned(),
         term: kv.create_revision(),
+        lease: kv.lease(),
+    }
+}
+
+/// What proved a suspected leader dead, once its lease was revoked.
+struct EndedEarly {
+    suspected_by: Vec<String>,
+    reading: etcd_client::LeaseTimeToLiveResponse,
+    silent: Duration,
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -477,18 +689,20 @@ fn decode_checkpoint(bytes: &[u8]) -> Result<SessionRecord, GroupError> {
     }
 }
 
-/// Renews `lease` every third of its TTL and publishes until when it is
-/// known to be alive: the moment a renewal was *sent* plus the TTL etcd
-/// granted, so the local deadline never outlives etcd's. Stops, publishing
-/// `None`, once the lease is gone or its deadline passed (an expired lease
-/// is never revived: a paused or cut-off leader stays deposed).
+/// Renews `lease` as `timing` says and publishes until when this member
+/// owns its term: the moment a renewal answered in time was *sent* plus
+/// `timing.own_for` (at most the TTL etcd granted), so the local deadline
+/// never outlives etcd's, nor the moment a standby may end the term early
+/// ([`lease_timing`]). Stops, publishing `None`, once the lease is gone or
+/// its deadline passed (an expired lease is never revived, nor renewed: a
+/// paused or cut-off leader stays deposed).
 async fn keep_alive(
     mut client: Client,
     lease: i64,
-    ttl: Duration,
+    timing: LeaseTiming,
     owned_until: Arc<watch::Sender<Option<Instant>>>,
 ) {
-    let period = ttl / 3;
+    let period = timing.renew_every;
     let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
     loop {
         let sent = tokio::time::Instant::now().into_std();
@@ -496,28 +710,34 @@ async fn keep_alive(
             owned_until.send_replace(None);
             return;
         }
-        // The TTL etcd renewed the lease with (0: the lease is gone).
+        // How long the answer lets this member own its term (zero: the
+        // lease is gone): `own_for`, or less if etcd renewed the lease for
+        // less.
         let renewal = async {
             match &mut stream {
                 Some((keeper, responses)) => {
                     keeper.keep_alive().await?;
-                    Ok(responses.message().await?.map(|r| r.ttl()))
+                    Ok(responses.message().await?.map(|r| {
+                        timing
+                            .own_for
+                            .min(Duration::from_secs(r.ttl().max(0) as u64))
+                    }))
                 }
                 // Opening the stream renews once and checks the answer (an
                 // error if the lease is gone).
                 None => {
                     stream = Some(client.lease_keep_alive(lease).await?);
-                    Ok::<_, etcd_client::Error>(Some(ttl.as_secs() as i64))
+                    Ok::<_, etcd_client::Error>(Some(timing.own_for))
                 }
             }
         };
+        // An answer later than `period` does not count (lease_timing).
         match tokio::time::timeout(period, renewal).await {
-            Ok(Ok(Some(renewed))) if renewed > 0 => {
-                let granted = Duration::from_secs(renewed as u64);
+            Ok(Ok(Some(owned_for))) if !owned_for.is_zero() => {
                 // A term that ended meanwhile (stepped down) stays ended.
                 let extended = owned_until.send_if_modified(|until| match until {
                     Some(_) => {
-                        *until = Some(sent + granted);
+                        *until = Some(sent + owned_for);
                         true
                     }
                     None => false,
@@ -582,6 +802,12 @@ impl StepDown {
     /// Ends the ownership now.
     pub fn trigger(&self) {
         self.owned_until.send_replace(None);
+    }
+
+    /// True while the term is still owned at `now` (its lease known alive,
+    /// not stepped down): a term already lost has nothing to step down from.
+    pub fn owned(&self, now: Instant) -> bool {
+        self.owned_until.borrow().is_some_and(|until| until > now)
     }
 }
 
@@ -729,6 +955,56 @@ impl ReceiverStore for Leadership {
             SessionError::Deposed(format!(
                 "the lease of term {term} is no longer held: not renewed in time, or given up"
             ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_one_second_lease_gives_no_early_end_and_is_owned_for_its_ttl() {
+        let timing = lease_timing(Duration::from_secs(1));
+        assert_eq!(timing.early_end, None);
+        assert_eq!(timing.own_for, Duration::from_secs(1));
+        assert_eq!(timing.renew_every, Duration::from_secs(1) / 3);
+    }
+
+    /// The safety argument of `lease_timing`, checked for every TTL a
+    /// member accepts: the ownership after a renewal plus the time an
+    /// answer may take stays within the silence a standby's reading
+    /// proves; the reading is one etcd can give while the lease lives; a
+    /// leader keeps its term through one lost renewal; and a leader that
+    /// renews on time always reads above the threshold.
+    #[test]
+    fn an_early_end_needs_a_silence_longer_than_any_ownership_after_a_renewal() {
+        for secs in 2..=60u64 {
+            let ttl = Duration::from_secs(secs);
+            let timing = lease_timing(ttl);
+            let early = timing.early_end.expect("an early end from 2 s on");
+            assert!(
+                timing.own_for + timing.renew_every <= early.silent,
+                "{secs} s"
+            );
+            assert!(early.remaining_at_most >= 0, "{secs} s");
+            // Reading k: the last renewal is more than TTL − k − 1 s old.
+            assert_eq!(
+                secs as i64 - early.remaining_at_most - 1,
+                early.silent.as_secs() as i64,
+                "{secs} s"
+            );
+            // One renewal lost: the next, sent a period later and answered
+            // within a period, lands while the term is still owned.
+            assert!(timing.renew_every * 3 <= timing.own_for, "{secs} s");
+            // A leader renewing every period leaves at least
+            // TTL − 2 periods (one late answer), which reads above k.
+            let healthy = ttl - timing.renew_every * 2;
+            assert!(
+                (healthy.as_secs() as i64) > early.remaining_at_most,
+                "{secs} s"
+            );
+            assert!(timing.own_for <= ttl && early.silent < ttl, "{secs} s");
         }
     }
 }

@@ -33,6 +33,13 @@
 //!    and [`Leadership::resign`]s, then waits for another member to lead
 //!    ([`Group::next_leader`]) before campaigning again.
 //!
+//! 6. a leader that died (or is paused) cannot resign: while a sender
+//!    suspects it, the standbys read the remaining TTL of its lease, and
+//!    once that shows it has stopped renewing for longer than a leader may
+//!    own its term after a renewal, one of them revokes the lease
+//!    ([`CampaignEvent::EndedEarly`]) and the campaign goes on at once,
+//!    without waiting for etcd to expire it (TTLs of 2 s or more).
+//!
 //! Senders find the leader with [`Group::leader`] and follow it with
 //! [`Group::next_leader`] (a watch of the leader key): the leader key's
 //! value is the addresses the leader advertises.
@@ -52,4 +59,4 @@ mod group;
 #[cfg(feature = "etcd")]
 pub use access::EtcdAccess;
 #[cfg(feature = "etcd")]
-pub use group::{Group, GroupError, Leader, Leadership, StepDown, SUSPICION_TTL};
+pub use group::{CampaignEvent, Group, GroupError, Leader, Leadership, StepDown, SUSPICION_TTL};

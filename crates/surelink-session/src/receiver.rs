@@ -659,7 +659,14 @@ impl<K: DurableSink, St: ReceiverStore> DurableReceiver<K, St> {
                     h = hellos.recv() => Step::Hello(h),
                     () = tokio::time::sleep(linger) => Step::Lingered,
                 },
-                None => Step::Hello(hellos.recv().await),
+                // Between connections too, a receiver whose store is no
+                // longer owned stops at once (a group leader woken from a
+                // pause after its sender left), instead of on the next HELLO.
+                None => tokio::select! {
+                    biased;
+                    deposed = self.store.deposed() => Step::Served(Err(deposed)),
+                    h = hellos.recv() => Step::Hello(h),
+                },
             };
             match step {
                 Step::Lingered => return Ok(()),

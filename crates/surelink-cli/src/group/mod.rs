@@ -209,19 +209,40 @@ impl Leaders {
     /// The sender's failure detector gave up on the last leader: records
     /// a suspicion of its term in etcd (if etcd still names it), signed
     /// `who` (the session). The leader steps down on it only if it has not
-    /// heard from the sender for its own failure-detection time either.
+    /// heard from the sender for its own failure-detection time either; a
+    /// standby ends the term early on it only if the leader's lease shows
+    /// missed renewals.
     pub async fn suspect_last(&self, who: &str) {
-        let Some((addr, term)) = self.last else {
-            return;
-        };
-        match self.group.suspect(term, who).await {
-            Ok(true) => eprintln!(
-                "surelink send: group {}: the leader at {addr} (term {term}) is unreachable; \
-                 told etcd",
-                self.group.name()
-            ),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot record the suspicion in etcd"),
+        if let Some((addr, term)) = self.last {
+            record_suspicion(&self.group, addr, term, who).await;
+        }
+    }
+
+    /// Resolves once every path of `conn` (to the last leader) is down by
+    /// the failure detector (tens of milliseconds of silence while data
+    /// flows), having recorded a suspicion of the leader's term then, as
+    /// [`suspect_last`](Self::suspect_last) does: the standbys can judge
+    /// a dead leader long before the connection's peer timeout. Sampled
+    /// every [`PATHS_SAMPLE`]; never resolves before a leader was chosen.
+    pub fn suspect_when_unreachable(
+        &self,
+        conn: surelink::Connection,
+        who: String,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let group = self.group.clone();
+        let last = self.last;
+        async move {
+            let Some((addr, term)) = last else {
+                return std::future::pending().await;
+            };
+            loop {
+                tokio::time::sleep(PATHS_SAMPLE).await;
+                let paths = conn.path_stats();
+                if !paths.is_empty() && paths.iter().all(|p| p.state == surelink::PathState::Down) {
+                    record_suspicion(&group, addr, term, &who).await;
+                    return;
+                }
+            }
         }
     }
 
@@ -243,6 +264,23 @@ impl Leaders {
                 }
             }
         }
+    }
+}
+
+/// How often [`Leaders::suspect_when_unreachable`] looks at the paths.
+const PATHS_SAMPLE: Duration = Duration::from_millis(10);
+
+/// Records in etcd that sender `who` lost the leader at `addr` of `term`
+/// (if etcd still names that term), and says so.
+async fn record_suspicion(group: &Group, addr: SocketAddr, term: i64, who: &str) {
+    match group.suspect(term, who).await {
+        Ok(true) => eprintln!(
+            "surelink send: group {}: the leader at {addr} (term {term}) is unreachable; \
+             told etcd",
+            group.name()
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot record the suspicion in etcd"),
     }
 }
 

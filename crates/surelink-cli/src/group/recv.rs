@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use surelink::{Endpoint, EndpointConfig};
-use surelink_etcd::{Group, Leadership};
+use surelink_etcd::{CampaignEvent, Group, Leadership};
 use surelink_session::{DurableReceiver, DurableSink, FileSink, SessionError, SessionOptions};
 
 use super::sink::DatagramSink;
@@ -82,16 +82,30 @@ pub async fn run(plan: GroupRecv) -> anyhow::Result<()> {
         eprintln!("surelink recv: group {name}: campaigning as {member}");
         let leadership = plan
             .group
-            .campaign(
-                &member,
-                |leader| {
-                    eprintln!(
-                        "surelink recv: group {name}: standing by; the leader is {} (term {})",
-                        leader.member, leader.term
-                    )
-                },
-                |e| eprintln!("surelink recv: group {name}: {e}; trying again"),
-            )
+            .campaign(&member, |event| match event {
+                CampaignEvent::StandingBy(leader) => eprintln!(
+                    "surelink recv: group {name}: standing by; the leader is {} (term {})",
+                    leader.member, leader.term
+                ),
+                CampaignEvent::EndedEarly {
+                    leader,
+                    suspected_by,
+                    remaining,
+                    granted,
+                    silent,
+                } => eprintln!(
+                    "surelink recv: group {name}: the leader {} (term {}) is suspected by {} \
+                     and has not renewed its lease for over {silent:?} ({remaining} s of \
+                     {granted:?} left): revoked it, ending its term early",
+                    leader.member,
+                    leader.term,
+                    suspected_by.join(", ")
+                ),
+                CampaignEvent::Unreachable(e) => {
+                    eprintln!("surelink recv: group {name}: {e}; trying again")
+                }
+                _ => {}
+            })
             .await?;
         eprintln!(
             "surelink recv: group {name}: leading (term {}, lease {:?})",
@@ -204,13 +218,17 @@ async fn lead<K: DurableSink>(
         tokio::select! {
             served = &mut run => served,
             suspected = unheard_and_suspected(&endpoint, suspicions, detection) => {
-                eprintln!(
-                    "surelink recv: group {name}: suspected by {} and nothing heard for {detection:?}: \
-                     stepping down (term {term})",
-                    suspected.join(", ")
-                );
-                stepped_down = true;
-                step_down.trigger();
+                // A leader woken from a pause may find its term already
+                // lost: the receiver then ends with `Deposed` by itself.
+                if step_down.owned(Instant::now()) {
+                    eprintln!(
+                        "surelink recv: group {name}: suspected by {} and nothing heard for \
+                         {detection:?}: stepping down (term {term})",
+                        suspected.join(", ")
+                    );
+                    stepped_down = true;
+                    step_down.trigger();
+                }
                 run.await
             }
         }
@@ -247,7 +265,16 @@ async fn lead<K: DurableSink>(
             }
             Ok(Term::Complete)
         }
-        Err(SessionError::Deposed(reason)) => Ok(Term::Deposed(reason)),
+        Err(SessionError::Deposed(reason)) => {
+            // Its own deadline may pass before etcd expires the lease (it
+            // owns its term for less than the TTL after a renewal):
+            // revoking it lets a standby lead now. Output closed first.
+            let (sink, leadership) = rx.into_parts();
+            drop(sink);
+            drop(endpoint);
+            let _ = tokio::time::timeout(plan.group.lease_ttl(), leadership.resign()).await;
+            Ok(Term::Deposed(reason))
+        }
         Err(e) => Err(anyhow::Error::new(e).context(format!("group {name}"))),
     }
 }

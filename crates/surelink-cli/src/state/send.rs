@@ -134,6 +134,33 @@ impl Target {
         let _ = session;
     }
 
+    /// Resolves once the receiver of `conn` (last returned by
+    /// [`next`](Self::next)) has every path down, having reported it as a
+    /// group's leader suspected by this sender (`session`); never for a
+    /// fixed address.
+    fn suspect_when_unreachable(
+        &self,
+        conn: &surelink::Connection,
+        session: &str,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        #[cfg(feature = "etcd")]
+        let group = match self {
+            Target::Group { leaders, .. } => {
+                Some(leaders.suspect_when_unreachable(conn.clone(), session.to_owned()))
+            }
+            Target::Fixed(..) => None,
+        };
+        #[cfg(not(feature = "etcd"))]
+        let _ = (conn, session);
+        async move {
+            #[cfg(feature = "etcd")]
+            if let Some(suspect) = group {
+                return suspect.await;
+            }
+            std::future::pending().await
+        }
+    }
+
     /// The pause before the next attempt after a failure; following a
     /// group, a new leader ends it at once.
     async fn pause(&self, pause: Duration) {
@@ -343,6 +370,11 @@ pub async fn run(mut plan: DurableSend) -> anyhow::Result<()> {
                 conn.abort("the group has a new leader");
             }
         }));
+        // Following a group: every path down tells etcd at once, so a
+        // standby can end a dead leader's term early.
+        let _suspicion = AbortOnDrop(tokio::spawn(
+            plan.target.suspect_when_unreachable(&conn, &session_name),
+        ));
         for addr in &plan.extra_paths {
             conn.add_path(*addr);
         }
