@@ -64,24 +64,6 @@ fn modelled_stream() -> Vec<(Duration, usize)> {
         .collect()
 }
 
-/// ffmpeg's datagrams as they arrived from `ffmpeg -re` playing the
-/// benchmark's clip (`data/mpegts_datagrams.txt`): bursts of 10 to 93
-/// datagrams about every 80 ms rather than one per frame, with short
-/// datagrams where a stream's packet ends; (offset from the start, bytes).
-fn captured_stream() -> Vec<(Duration, usize)> {
-    include_str!("data/mpegts_datagrams.txt")
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .map(|line| {
-            let (offset, size) = line.split_once(' ').expect("offset and size");
-            (
-                Duration::from_micros(offset.parse().expect("offset")),
-                size.parse().expect("size"),
-            )
-        })
-        .collect()
-}
-
 /// What one stream observed.
 #[derive(Debug)]
 struct BurstRun {
@@ -280,7 +262,7 @@ fn below_two_round_trips_fec_recovers_nine_tenths_of_the_losses() {
 
 #[test]
 fn on_ffmpegs_own_timing_fec_recovers_nine_tenths_of_the_losses() {
-    let input = captured_stream();
+    let input = harness::ffmpeg_datagrams();
     for loss in [0.02, 0.05] {
         let share = fec_auto_recovery(&input, loss);
         assert!(

@@ -212,6 +212,11 @@ pub struct Path {
     /// An outage probe (a PING that ignores the congestion window and the
     /// pacer) is due on this path (see `outage_probe.rs`).
     pub(super) outage_probe: bool,
+    /// A tail probe is due on this path: a PING right after the last packet
+    /// of deadline data sent (ignoring the congestion window and the pacer,
+    /// like an outage probe), so that a later packet is acknowledged and
+    /// loss detection judges that one within a round trip (see `transmit.rs`).
+    pub(super) tail_probe: bool,
     /// Outage probes sent since the path was last heard from, and when the
     /// newest left.
     pub(super) outage_probes: (u32, Option<Instant>),
@@ -288,6 +293,7 @@ impl Path {
             pong: None,
             probes: 0,
             outage_probe: false,
+            tail_probe: false,
             outage_probes: (0, None),
             unvalidated_received: 0,
             unvalidated_sent: 0,

@@ -98,6 +98,14 @@ impl Fragment {
         }
     }
 
+    /// True for a deadline fragment whose loss, found a round trip after it
+    /// left, still leaves time for a retransmission to arrive (the opposite
+    /// of [`Fragment::last_chance`]): worth a tail probe after it (see
+    /// `transmit.rs`).
+    pub fn repairable_in_time(&self, now_us: u64, slack_us: u64) -> bool {
+        matches!(self.delivery, Delivery::Deadline(_)) && !self.last_chance(now_us, slack_us)
+    }
+
     /// When a deadline fragment is due at the receiver, µs since the
     /// connection epoch (`None` for other delivery modes).
     fn due_us(&self) -> Option<u64> {

@@ -5,10 +5,25 @@
 //! pending handshake message, path probes (PATH_CHALLENGE / PATH_RESPONSE on
 //! their own path), broadcast copies, data packets on the data paths chosen
 //! by the [`PathSet`](super::path_set::PathSet), and finally heartbeats
-//! (PING, PONG, PTO probes) on every path. Each `write_*` function builds one
-//! kind of datagram; a Data packet is built for a [`Role`]. Data packets are
-//! limited by the path's congestion window and paced at its controller's
-//! rate; probes and CLOSE are not.
+//! (PING, PONG, PTO probes, outage and tail probes) on every path. Each
+//! `write_*` function builds one kind of datagram; a Data packet is built for
+//! a [`Role`]. Data packets are limited by the path's congestion window and
+//! paced at its controller's rate; probes and CLOSE are not.
+//!
+//! **Tail probes.** Loss detection (RACK) learns that a packet was lost only
+//! from the acknowledgement of a packet sent after it. The last packet of a
+//! video frame's burst, or a lone deadline retransmission, has no such
+//! successor until the next heartbeat (up to an interval later) or the next
+//! frame, and when that successor's acknowledgement is lost, another
+//! interval passes: a retransmission found lost that late leaves no time
+//! for the next attempt within a budget of a few round trips. So when a
+//! packet carrying deadline data that a retransmission could still repair in
+//! time leaves, and nothing else is ready to follow it, a small PING follows
+//! at once (ignoring the window and the pacer, and leaving the heartbeat
+//! schedule alone): its acknowledgement judges the packet one round trip
+//! later. Data past that point (a budget below two round trips, or a last
+//! chance) gets none: finding its loss early would only abandon it early,
+//! before a repair symbol could rebuild it.
 
 use std::time::Instant;
 
@@ -76,7 +91,7 @@ impl Connection {
         // Heartbeats, PONGs and probes on every path.
         for i in 0..self.paths.len() {
             let p = &self.paths[i];
-            if p.ping || p.outage_probe || p.pong.is_some() || p.probes > 0 {
+            if p.ping || p.outage_probe || p.tail_probe || p.pong.is_some() || p.probes > 0 {
                 if let Some(t) = self.write_packet(now, buf, i, Role::Heartbeat) {
                     return Some(t);
                 }
@@ -267,9 +282,9 @@ impl Connection {
         let is_data = matches!(role, Role::Data);
         let p = &self.paths[path];
         let probe = p.probes > 0;
-        // An outage probe is one small PING: it leaves whatever the window
-        // and the pacer say (outage_probe.rs).
-        let outage = !is_data && p.outage_probe;
+        // An outage or tail probe is one small PING: it leaves whatever the
+        // window and the pacer say (outage_probe.rs, and the module docs).
+        let outage = !is_data && (p.outage_probe || p.tail_probe);
         // A CLOSE is one small last packet: it leaves whatever the window
         // (else it would wait for an ACK, which a vanished peer never sends).
         let closing = is_data && self.pending.close.is_some();
@@ -279,6 +294,7 @@ impl Connection {
             || p.pong.is_some()
             || p.ping
             || p.outage_probe
+            || p.tail_probe
             || probe;
         let data_pending = is_data && !draining && self.send_queue.has_sendable(self.peer_max_data);
         let mut eliciting_ok = match &role {
@@ -387,6 +403,7 @@ impl Connection {
                 .encode(buf);
                 eliciting = true;
             }
+            let mut needs_tail_probe = false;
             if is_data {
                 self.send_queue.begin_packet();
                 let now_us = self.micros(now);
@@ -416,20 +433,33 @@ impl Connection {
                     eliciting = true;
                 }
                 self.fec_protect(now, buf, pn, protected_start, &frames[frames_before..]);
+                let repairable = frames[frames_before..].iter().any(|f| {
+                    matches!(f, SentFrame::Msg(frag) if frag.repairable_in_time(now_us, slack_us))
+                });
+                needs_tail_probe = repairable && !self.send_queue.has_sendable(self.peer_max_data);
             }
             let data_flowing = self.data_flowing(path);
             let p = &mut self.paths[path];
             let probe = p.probes > 0;
             let ping = std::mem::take(&mut p.ping);
             let outage = std::mem::take(&mut p.outage_probe);
-            if ping || outage || (probe && !eliciting) {
+            // Any ack-eliciting packet that follows the one that asked for
+            // a tail probe judges it: a PING only when nothing else is sent.
+            let tail = std::mem::take(&mut p.tail_probe);
+            let heartbeat = ping || outage || (probe && !eliciting);
+            if heartbeat || (tail && !eliciting) {
                 let (base, max) = (
                     self.config.heartbeat_interval,
                     self.config.heartbeat_max_interval,
                 );
                 // An outage probe goes while deadline data waits: the next
-                // heartbeat is due at the base interval.
-                let interval = p.on_ping_sent(now, base, max, data_flowing || outage);
+                // heartbeat is due at the base interval. A tail probe alone
+                // leaves the heartbeat schedule as it was.
+                let interval = if heartbeat {
+                    p.on_ping_sent(now, base, max, data_flowing || outage)
+                } else {
+                    p.heartbeat_interval()
+                };
                 Frame::Ping {
                     timestamp_us: self.clock_us(now),
                     interval_us: interval.as_micros() as u64,
@@ -442,6 +472,8 @@ impl Connection {
             if p.probes > 0 {
                 p.probes -= 1;
             }
+            // The last packet of deadline data for now needs a successor.
+            p.tail_probe = needs_tail_probe;
         }
         if buf.len() == header_len {
             buf.clear();

@@ -66,8 +66,58 @@ pub fn message(seq: u64, max_size: usize) -> Bytes {
     Bytes::from(v)
 }
 
+/// ffmpeg's datagrams as they arrived from `ffmpeg -re` playing the
+/// benchmark's MPEG-TS clip (`data/mpegts_datagrams.txt`, the first 5 s):
+/// bursts of 10 to 93 datagrams about every 80 ms rather than one per
+/// frame, with short datagrams where a stream's packet ends; (offset from
+/// the start, bytes).
+pub fn ffmpeg_datagrams() -> Vec<(Duration, usize)> {
+    include_str!("../data/mpegts_datagrams.txt")
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| {
+            let (offset, size) = line.split_once(' ').expect("offset and size");
+            (
+                Duration::from_micros(offset.parse().expect("offset")),
+                size.parse().expect("size"),
+            )
+        })
+        .collect()
+}
+
 /// Datagrams recorded from (client, server).
 pub type Capture = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+/// One datagram a side handed to its link, with what the link did with it.
+#[derive(Debug, Clone)]
+pub struct Traced {
+    /// When it was sent (true time).
+    pub at: Instant,
+    /// Sent by the client (else by the server).
+    pub from_client: bool,
+    /// The datagram.
+    pub data: Vec<u8>,
+    /// What the link did with it.
+    pub fate: surelink_netem::Fate,
+}
+
+/// Adds `data`, just sent, to `trace` if a trace is on.
+fn record(
+    trace: &mut Option<Vec<Traced>>,
+    at: Instant,
+    from_client: bool,
+    data: &[u8],
+    fate: surelink_netem::Fate,
+) {
+    if let Some(trace) = trace.as_mut() {
+        trace.push(Traced {
+            at,
+            from_client,
+            data: data.to_vec(),
+            fate,
+        });
+    }
+}
 
 /// A two-party simulated network.
 pub struct Sim {
@@ -83,6 +133,8 @@ pub struct Sim {
     pub s2c: Link<Vec<u8>>,
     /// When set, every datagram either side sends is recorded here (client's first).
     pub capture: Option<Capture>,
+    /// When set, every datagram either side sends is recorded here with its fate, in sending order.
+    pub trace: Option<Vec<Traced>>,
     /// Consecutive steps in which time could not advance (a stuck timer).
     stuck: u64,
     /// The server's clock runs this many ppm fast (negative: slow): the server
@@ -123,6 +175,7 @@ impl Sim {
             c2s: Link::new(c2s, seed.wrapping_mul(3), start).unwrap(),
             s2c: Link::new(s2c, seed.wrapping_mul(5).wrapping_add(1), start).unwrap(),
             capture: None,
+            trace: None,
             stuck: 0,
             server_ppm: 0.0,
             buf: Vec::with_capacity(65536),
@@ -190,7 +243,8 @@ impl Sim {
                 if let Some((c, _)) = self.capture.as_mut() {
                     c.push(self.buf[..t.size].to_vec());
                 }
-                self.c2s.send(now, t.size, self.buf[..t.size].to_vec());
+                let fate = self.c2s.send(now, t.size, self.buf[..t.size].to_vec());
+                record(&mut self.trace, now, true, &self.buf[..t.size], fate);
             }
             if let Some(s) = self.server.as_mut() {
                 while let Some(t) = s.poll_transmit(snow, &mut self.buf) {
@@ -198,7 +252,8 @@ impl Sim {
                     if let Some((_, c)) = self.capture.as_mut() {
                         c.push(self.buf[..t.size].to_vec());
                     }
-                    self.s2c.send(now, t.size, self.buf[..t.size].to_vec());
+                    let fate = self.s2c.send(now, t.size, self.buf[..t.size].to_vec());
+                    record(&mut self.trace, now, false, &self.buf[..t.size], fate);
                 }
             }
             if !progressed {
