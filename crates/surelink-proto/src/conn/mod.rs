@@ -823,6 +823,14 @@ impl Connection {
             self.on_handshake_packet(now, &header, payload, datagram.len());
             return;
         }
+        if !self.can_send_data() {
+            // Data before our handshake completed (the server's, when the
+            // client's last message was lost and its first data was not):
+            // dropped unread in both modes. Accepted, it would want an ACK
+            // that nothing may carry yet; the client repeats its last
+            // message until we answer, and repairs the data as any loss.
+            return;
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
         match self
             .protection

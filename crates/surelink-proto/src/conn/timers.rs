@@ -184,5 +184,11 @@ impl Connection {
                 return;
             }
         }
+        // The delayed ACK's action is `poll_transmit`'s: armed while no Data
+        // packet may leave, it would stay due and `poll_timeout` in the past.
+        debug_assert!(
+            self.deadline(Timer::Ack).is_none() || self.can_send_data(),
+            "a delayed ACK is armed while no Data packet may carry it"
+        );
     }
 }

@@ -55,7 +55,7 @@ impl Connection {
                 return Some(t);
             }
         }
-        if !self.protection.is_ready() || self.lifecycle.is_handshaking() {
+        if !self.can_send_data() {
             return None;
         }
         // Path validation: challenges and responses go on their own path.
@@ -98,6 +98,14 @@ impl Connection {
             }
         }
         None
+    }
+
+    /// True once Data packets may be sent and received: the handshake is
+    /// done on our side and the packet keys are in place. Before that only
+    /// handshake packets move, and a timer whose action is a Data packet
+    /// (the delayed ACK) must not be armed.
+    pub(super) fn can_send_data(&self) -> bool {
+        self.protection.is_ready() && !self.lifecycle.is_handshaking()
     }
 
     /// The header flag of our mode.
