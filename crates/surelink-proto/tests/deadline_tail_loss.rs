@@ -66,7 +66,7 @@ fn link(loss: f64) -> LinkConfig {
 /// channel 0 a deadline channel, the receiver playing out at [`BUDGET`],
 /// after a second of heartbeats on `link` (the clock estimate rests on
 /// samples, and the live controller has the heartbeats' delivery-rate
-/// samples), with a trace on; the handshake itself runs on a loss-free link.
+/// samples), with a trace on; the handshake runs on `link` too.
 fn connected(seed: u64, link: LinkConfig) -> Sim {
     let client = Config {
         security: Security::InsecurePlaintext,
@@ -78,10 +78,12 @@ fn connected(seed: u64, link: LinkConfig) -> Sim {
         playout_delay: Some(BUDGET),
         ..client.clone()
     };
-    let mut sim = Sim::with_configs(client, server, self::link(0.0), self::link(0.0), seed);
-    sim.run_handshake(Duration::from_secs(5));
-    sim.c2s.set_config(link.clone()).expect("link");
-    sim.s2c.set_config(link).expect("link");
+    let mut sim = Sim::with_configs(client, server, link.clone(), link, seed);
+    let (client_events, server_events) = sim.run_handshake(Duration::from_secs(5));
+    assert!(
+        client_events.contains(&Event::Connected) && server_events.contains(&Event::Connected),
+        "seed {seed}: no handshake: {client_events:?} {server_events:?}"
+    );
     sim.client
         .set_channel_delivery(0, Delivery::Deadline(BUDGET.as_micros() as u64));
     let warm = sim.now + Duration::from_secs(1);
