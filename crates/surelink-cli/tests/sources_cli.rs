@@ -2,13 +2,16 @@
 //! --out-dir` (one file per sender and an index), with `--state` across a
 //! `kill -9` of the receiver and of one sender, and `recv --to udp://
 //! --tag-source` (each datagram tagged with its sender) and `--route` (each
-//! sender's datagrams to its own address); `recv --merge`, also with
-//! `--state` across a `kill -9` of the receiver.
+//! sender's datagrams to its own address); `recv --merge`, stopped by
+//! SIGTERM with every acknowledged message written, also with `--state`
+//! across a `kill -9` of the receiver.
 
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -708,5 +711,96 @@ fn a_durable_merge_to_datagrams_is_a_usage_error() {
         done.stderr.contains("--merge --state needs --out FILE"),
         "{}",
         done.stderr
+    );
+}
+
+/// Reads the datagrams of a merge (`recv --merge --to`) from `sink` until
+/// `receiver_gone` is set and none is left; returns them as records.
+fn read_merged_datagrams(sink: &UdpSocket, receiver_gone: &AtomicBool) -> Vec<Record> {
+    let be = |b: &[u8]| -> u64 { b.iter().fold(0, |v, &x| (v << 8) | u64::from(x)) };
+    let mut records = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let deadline = Instant::now() + PROCESS_LIMIT;
+    while Instant::now() < deadline {
+        // Read after looking at the flag: a datagram sent before the flag
+        // was set is in the socket's buffer by then.
+        let gone = receiver_gone.load(Ordering::SeqCst);
+        match sink.recv(&mut buf) {
+            Ok(n) => {
+                assert!(n >= 32, "a datagram without its record header");
+                records.push((
+                    buf[..8].try_into().unwrap(),
+                    be(&buf[8..16]),
+                    be(&buf[16..24]),
+                    be(&buf[24..28]) as u32,
+                    be(&buf[28..32]) as u32,
+                    buf[32..n].to_vec(),
+                ));
+            }
+            Err(_) if gone => break,
+            Err(_) => {}
+        }
+    }
+    records
+}
+
+#[test]
+fn a_stopped_merge_forwards_every_message_its_senders_had_acknowledged() {
+    const SENDERS: u64 = 12;
+    let work = tempfile::tempdir().unwrap();
+    let (sink, target) = udp_sink();
+    let receiver_gone = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let receiver_gone = receiver_gone.clone();
+        std::thread::spawn(move || read_merged_datagrams(&sink, &receiver_gone))
+    };
+    let mut recv = Proc::spawn(
+        "recv",
+        &[
+            "recv",
+            "--listen",
+            "127.0.0.1:0",
+            "--merge",
+            "--to",
+            &target,
+            "--late",
+            "deliver",
+        ],
+    );
+    let addr = recv.listening_addr();
+    // Many small messages from many senders: the transport acknowledges
+    // them faster than the merge reads them from the connections.
+    let mut inputs = Vec::new();
+    let mut senders = Vec::new();
+    for i in 0..SENDERS {
+        let data = random_bytes(300 + i, (1 << 20) + i as usize);
+        let input = work.path().join(format!("in-{i}.bin"));
+        std::fs::write(&input, &data).unwrap();
+        inputs.push(data);
+        let args = [
+            "send",
+            "--to",
+            &addr.to_string(),
+            "--in",
+            s(&input),
+            "--chunk",
+            "256",
+        ];
+        senders.push(Proc::spawn("send", &args));
+    }
+    // A sender exits successfully only once the receiver's transport has
+    // acknowledged its every message; the receiver is stopped right then.
+    for sender in &mut senders {
+        sender.wait_success();
+    }
+    recv.terminate();
+    recv.wait_success();
+    receiver_gone.store(true, Ordering::SeqCst);
+    let records = reader.join().unwrap();
+    check_merged(records, &inputs);
+    assert!(
+        recv.stderr().contains("surelink recv: merged "),
+        "{}",
+        recv.stderr()
     );
 }

@@ -181,7 +181,8 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
     crate::security::spawn_handshake_log(&endpoint);
 
     let outcome = if args.merge.merge {
-        // Stops on Ctrl-C or SIGTERM by itself, writing out what it holds.
+        // Stops on Ctrl-C or SIGTERM by itself, reading what the connections
+        // hold and writing out everything.
         crate::merge_out::serve(&endpoint, sink, &args.merge, args.once).await
     } else {
         let serve = async {

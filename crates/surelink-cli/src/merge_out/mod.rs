@@ -24,10 +24,13 @@
 //! | 4 | late by, µs: 0 in order; else how far the output had passed its time |
 //! | 4 | message length (stream mode only) |
 //!
-//! A file output is written under a temporary name and renamed over PATH
-//! when the merge ends (Ctrl-C or SIGTERM, or with `--once` when the first
-//! sender has finished): what is held is then written out in order, so an
-//! existing PATH is replaced only by a complete merge. The counts (records,
+//! The merge ends on Ctrl-C or SIGTERM (or, with `--once`, when the first
+//! sender has finished): it then takes no new connection, reads every
+//! message the connections already received (acknowledged to their senders)
+//! without waiting for new data, and writes out everything held in order; a
+//! second signal ends it at once without the output. A file output is written
+//! under a temporary name and renamed over PATH at that end, so an existing
+//! PATH is replaced only by a complete merge. The counts (records,
 //! late, duplicates) are printed on stderr at the end.
 //!
 //! With `--state DIR` (a file output only) the merge is durable across
@@ -44,7 +47,7 @@ use surelink::proto::merge::{Arrival, LatePolicy, Merge, MergeConfig, Merged};
 use surelink::{Bytes, Connection, Endpoint};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::args::parse_duration;
@@ -149,6 +152,14 @@ impl Clock {
         }
     }
 
+    /// Hands `m` to `merge` at the connections' clock reading when it was
+    /// taken (anchoring the clock on the first message).
+    fn push(&mut self, merge: &mut Merge<(Source, Bytes)>, m: Incoming) {
+        self.anchor.get_or_insert((m.taken, m.arrived_us));
+        let now_us = self.now_us(m.taken).max(m.arrived_us);
+        merge.push(now_us, m.arrival);
+    }
+
     /// The instant at which the connections' clock reads `us`.
     fn instant_at(&self, us: u64) -> Option<Instant> {
         let (instant, anchor_us) = self.anchor?;
@@ -156,9 +167,19 @@ impl Clock {
     }
 }
 
+/// How long a graceful stop may spend reading what the connections already
+/// hold before it gives up on the rest (a sender still sending fast could
+/// otherwise keep it reading).
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
 /// Serves senders concurrently and writes their merged messages to `sink`
-/// until Ctrl-C or SIGTERM (or, with `once`, the first sender finished);
-/// then writes out what is held and, for a file, syncs and renames it.
+/// until Ctrl-C or SIGTERM (or, with `once`, the first sender finished).
+///
+/// Then it stops accepting connections, reads every message the transport
+/// already accepted on every connection (without waiting for new data, within
+/// [`DRAIN_LIMIT`]), merges them, writes out what is held and, for a file,
+/// syncs and renames it. A second signal meanwhile ends it at once, without
+/// the output.
 pub async fn serve(
     endpoint: &Endpoint,
     sink: Sink,
@@ -168,42 +189,29 @@ pub async fn serve(
     let mut writer = RecordWriter::new(sink)?;
     let (tx, mut incoming) = mpsc::channel::<Incoming>(1024);
     let (finished_tx, mut finished) = mpsc::channel::<()>(1);
-    let mut accepting = tokio::task::JoinSet::new();
-    {
-        let endpoint = endpoint.clone();
-        accepting.spawn(async move {
-            let mut next_connection = 0u64;
-            while let Some(conn) = endpoint.accept().await {
-                let (tx, finished_tx) = (tx.clone(), finished_tx.clone());
-                let key = next_connection;
-                next_connection += 1;
-                tokio::spawn(async move {
-                    let remote = conn.remote_addr();
-                    match feed(&conn, key, &tx).await {
-                        Ok(count) => eprintln!(
-                            "surelink recv: sender {} ({remote}) finished: {count} messages",
-                            Source::of(&conn).name()
-                        ),
-                        Err(e) => tracing::warn!(%remote, "sender failed: {e:#}"),
-                    }
-                    let _ = finished_tx.try_send(());
-                });
-            }
-        });
-    }
+    let (draining_tx, draining) = watch::channel(false);
+    let mut feeds = Feeds {
+        tasks: tokio::task::JoinSet::new(),
+        next_key: 0,
+        tx,
+        draining,
+        finished: finished_tx,
+    };
     let mut merge = Merge::new(args.config());
     let mut clock = Clock { anchor: None };
     let stop = crate::shutdown::signal();
     tokio::pin!(stop);
+    let mut accepting = true;
     loop {
         let due = merge.poll_timeout().and_then(|us| clock.instant_at(us));
         tokio::select! {
             biased;
-            Some(m) = incoming.recv() => {
-                clock.anchor.get_or_insert((m.taken, m.arrived_us));
-                let now_us = clock.now_us(m.taken).max(m.arrived_us);
-                merge.push(now_us, m.arrival);
-            }
+            Some(m) = incoming.recv() => clock.push(&mut merge, m),
+            conn = endpoint.accept(), if accepting => match conn {
+                Some(conn) => feeds.start(conn),
+                None => accepting = false,
+            },
+            Some(_) = feeds.tasks.join_next(), if !feeds.tasks.is_empty() => {}
             () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {}
             () = &mut stop => break,
             Some(()) = finished.recv(), if once => break,
@@ -214,12 +222,40 @@ pub async fn serve(
         }
         writer.flush().await?;
     }
-    drop(accepting);
-    // What already reached us is part of the merge.
-    while let Ok(m) = incoming.try_recv() {
-        let now_us = clock.now_us(m.taken).max(m.arrived_us);
-        merge.push(now_us, m.arrival);
+    // Stopping: every connection hands over what it already holds, then its
+    // feed ends. The connections already established and waiting to be
+    // accepted are taken too (the transport may have acknowledged their
+    // messages); no other is.
+    let _ = draining_tx.send(true);
+    while accepting {
+        tokio::select! {
+            biased;
+            Some(conn) = endpoint.accept() => feeds.start(conn),
+            () = std::future::ready(()) => accepting = false,
+        }
     }
+    let Feeds { mut tasks, tx, .. } = feeds;
+    drop(tx);
+    let drained = async {
+        while let Some(m) = incoming.recv().await {
+            clock.push(&mut merge, m);
+        }
+    };
+    tokio::select! {
+        biased;
+        () = crate::shutdown::second_signal() => bail!(crate::exit::Interrupted(
+            "interrupted again while reading what the connections held: the merge was not \
+             written out"
+                .into()
+        )),
+        drained = tokio::time::timeout(DRAIN_LIMIT, drained) => if drained.is_err() {
+            tracing::warn!(
+                "still reading the connections after {DRAIN_LIMIT:?}: what they hold beyond \
+                 that is dropped"
+            );
+        },
+    }
+    tasks.abort_all();
     while let Some(record) = merge.flush() {
         writer.write(&record).await?;
     }
@@ -237,12 +273,87 @@ pub async fn serve(
     Ok(())
 }
 
-/// Hands one connection's messages to the merge until it closes; returns
-/// how many there were.
-async fn feed(conn: &Connection, key: u64, tx: &mpsc::Sender<Incoming>) -> anyhow::Result<u64> {
+/// The tasks feeding the senders' connections to the merge, and what each
+/// new one is given.
+struct Feeds {
+    tasks: tokio::task::JoinSet<()>,
+    /// The merge's key for the next connection.
+    next_key: u64,
+    tx: mpsc::Sender<Incoming>,
+    /// Turns true when the merge stops.
+    draining: watch::Receiver<bool>,
+    /// Told when a connection has ended (for `--once`).
+    finished: mpsc::Sender<()>,
+}
+
+impl Feeds {
+    /// Starts feeding `conn` to the merge.
+    fn start(&mut self, conn: Connection) {
+        self.tasks.spawn(serve_sender(
+            conn,
+            self.next_key,
+            self.tx.clone(),
+            self.draining.clone(),
+            self.finished.clone(),
+        ));
+        self.next_key += 1;
+    }
+}
+
+/// Feeds one sender's connection to the merge (see [`feed`]) and reports how
+/// it ended: on stderr, and on `finished` when it closed gracefully or failed.
+async fn serve_sender(
+    conn: Connection,
+    key: u64,
+    tx: mpsc::Sender<Incoming>,
+    draining: watch::Receiver<bool>,
+    finished: mpsc::Sender<()>,
+) {
+    let remote = conn.remote_addr();
+    match feed(&conn, key, &tx, draining).await {
+        Ok(Fed::Closed(count)) => eprintln!(
+            "surelink recv: sender {} ({remote}) finished: {count} messages",
+            Source::of(&conn).name()
+        ),
+        Ok(Fed::Stopped(count)) => {
+            tracing::info!(%remote, messages = count, "sender still connected at the stop");
+            return;
+        }
+        Err(e) => tracing::warn!(%remote, "sender failed: {e:#}"),
+    }
+    let _ = finished.try_send(());
+}
+
+/// How a connection's feed ended, with how many messages it handed over.
+enum Fed {
+    /// The connection closed gracefully and every message was handed over.
+    Closed(u64),
+    /// The merge is stopping: every message the connection held was handed
+    /// over; the connection itself is still open.
+    Stopped(u64),
+}
+
+/// Hands one connection's messages to the merge until it closes or, once
+/// `draining` turns true, until it holds no more received messages (no new
+/// data is awaited then).
+async fn feed(
+    conn: &Connection,
+    key: u64,
+    tx: &mpsc::Sender<Incoming>,
+    mut draining: watch::Receiver<bool>,
+) -> anyhow::Result<Fed> {
     let source = Source::of(conn);
     let mut count = 0;
-    while let Some(msg) = conn.recv_message().await.map_err(|e| recv_error(conn, e))? {
+    loop {
+        let msg = tokio::select! {
+            // A message already received comes first, even when stopping.
+            biased;
+            msg = conn.recv_message() => msg.map_err(|e| recv_error(conn, e))?,
+            _ = draining.wait_for(|&stopping| stopping) => return Ok(Fed::Stopped(count)),
+        };
+        let Some(msg) = msg else {
+            return Ok(Fed::Closed(count));
+        };
         crate::state::refuse_session(conn, &msg)?;
         let error_bound_us = conn
             .clock_estimate()
@@ -263,7 +374,6 @@ async fn feed(conn: &Connection, key: u64, tx: &mpsc::Sender<Incoming>) -> anyho
         }
         count += 1;
     }
-    Ok(count)
 }
 
 /// Writes records to the merge's output.
