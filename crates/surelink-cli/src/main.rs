@@ -40,6 +40,7 @@ mod security;
 mod shutdown;
 mod source;
 mod state;
+mod stop;
 
 /// Examples and exit statuses at the end of `surelink --help`.
 const MAIN_HELP: &str = concat!(

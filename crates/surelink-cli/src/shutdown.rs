@@ -32,6 +32,11 @@ pub fn install() {
     });
 }
 
+/// True once a stop signal has arrived (after [`install`]).
+pub fn signalled() -> bool {
+    STOPPED.get().is_some_and(|stopped| *stopped.borrow() >= 1)
+}
+
 /// Completes when the process is asked to stop (installing the handlers if
 /// [`install`] has not run yet).
 pub async fn signal() {

@@ -18,27 +18,8 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
-use support::{Proc, PROCESS_LIMIT};
+use support::{random_bytes, udp_with_big_buffer, Proc, PROCESS_LIMIT};
 use surelink::proto::wire::{Header, PacketKind};
-
-/// A loopback UDP socket with a large receive buffer, so that the test's own
-/// socket does not drop datagrams when this thread is descheduled for a while
-/// (only the path through surelink is under test).
-fn udp_with_big_buffer() -> UdpSocket {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
-    socket.set_recv_buffer_size(8 << 20).unwrap();
-    socket
-        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    socket.into()
-}
-
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    SmallRng::seed_from_u64(seed).fill_bytes(&mut data);
-    data
-}
 
 fn start_receiver(extra: &[&str]) -> (Proc, SocketAddr) {
     let mut args = vec!["recv", "--listen", "127.0.0.1:0"];
@@ -464,6 +445,102 @@ fn an_interrupted_receiver_leaves_an_existing_output_untouched() {
     );
     assert_eq!(std::fs::read(&output).unwrap(), b"precious data\n");
     assert_eq!(files_in(dir.path()), ["precious.txt"]);
+}
+
+#[test]
+fn a_stopped_receiver_completes_the_file_of_a_sender_that_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("copy.bin");
+    std::fs::write(&output, b"the previous contents\n").unwrap();
+    let input = dir.path().join("in.bin");
+    let data = random_bytes(5, 4 << 20);
+    std::fs::write(&input, &data).unwrap();
+    let (mut recv, addr) = start_receiver(&["--out", output.to_str().unwrap()]);
+    // Many small messages: the receiver's transport acknowledges them faster
+    // than the output writes them.
+    let mut send = Proc::spawn(
+        "send",
+        &[
+            "send",
+            "--to",
+            &addr.to_string(),
+            "--in",
+            input.to_str().unwrap(),
+            "--chunk",
+            "256",
+        ],
+    );
+    // The sender exits successfully only once every message is acknowledged;
+    // the receiver is stopped right then.
+    send.wait_success();
+    recv.terminate();
+    recv.wait_success();
+    let got = std::fs::read(&output).unwrap();
+    assert_eq!(got.len(), data.len(), "{}", recv.stderr());
+    assert!(got == data, "output differs from input");
+    assert_eq!(files_in(dir.path()), ["copy.bin", "in.bin"]);
+}
+
+#[test]
+fn a_stopped_receiver_writes_out_what_it_held_for_a_blocked_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.bin");
+    let data = random_bytes(7, 2 << 20);
+    std::fs::write(&input, &data).unwrap();
+    // Nothing reads the receiver's stdout yet: it writes a pipe's worth and
+    // waits, while its transport acknowledges the rest (the flow-control
+    // window holds it all).
+    let mut recv = Proc::spawn_holding_stdout("recv", &["recv", "--listen", "127.0.0.1:0"]);
+    let addr = recv.listening_addr();
+    let mut send = Proc::spawn(
+        "send",
+        &[
+            "send",
+            "--to",
+            &addr.to_string(),
+            "--in",
+            input.to_str().unwrap(),
+        ],
+    );
+    // The sender exits successfully only once every message is acknowledged.
+    send.wait_success();
+    recv.terminate();
+    recv.read_stdout();
+    let got = recv.wait_success_bytes();
+    assert_eq!(got.len(), data.len(), "{}", recv.stderr());
+    assert!(got == data, "output differs from input");
+}
+
+#[test]
+fn a_receiver_stopped_mid_stream_leaves_an_existing_output_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("precious.txt");
+    std::fs::write(&output, b"precious data\n").unwrap();
+    let (mut recv, addr) = start_receiver(&["--out", output.to_str().unwrap()]);
+    let mut send = Proc::spawn_with("send", &["send", "--to", &addr.to_string()], Stdio::piped());
+    let mut stdin = send.child().stdin.take().unwrap();
+    stdin.write_all(&random_bytes(6, 64 << 10)).unwrap();
+    stdin.flush().unwrap();
+    // The stream has begun, and the sender is not done: its stdin is open.
+    recv.wait_for_line("sender connected");
+    recv.terminate();
+    let (status, _) = recv.wait();
+    assert!(
+        status.success(),
+        "without --once a stop is the normal end: {}",
+        recv.stderr()
+    );
+    assert!(
+        recv.stderr().contains("no sender finished"),
+        "{}",
+        recv.stderr()
+    );
+    assert_eq!(std::fs::read(&output).unwrap(), b"precious data\n");
+    assert_eq!(files_in(dir.path()), ["precious.txt"]);
+    // The sender learns that the receiver stopped.
+    drop(stdin);
+    let (status, _) = send.wait();
+    assert!(!status.success(), "{}", send.stderr());
 }
 
 #[test]

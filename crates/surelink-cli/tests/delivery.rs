@@ -9,12 +9,12 @@ mod support;
 
 use std::collections::HashSet;
 use std::io::Write as _;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::{json_lines, Proc, PROCESS_LIMIT};
+use support::{json_lines, udp_with_big_buffer, Proc, PROCESS_LIMIT};
 
 /// Wall-clock µs since the Unix epoch: the processes on this host share it.
 fn wall_us() -> u64 {
@@ -22,18 +22,6 @@ fn wall_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_micros() as u64
-}
-
-/// A loopback UDP socket with a large receive buffer (only the path through
-/// surelink is under test, not this thread's scheduling).
-fn udp_with_big_buffer() -> UdpSocket {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
-    socket.set_recv_buffer_size(8 << 20).expect("SO_RCVBUF");
-    socket
-        .bind(&"127.0.0.1:0".parse::<SocketAddr>().expect("addr").into())
-        .expect("bind");
-    socket.into()
 }
 
 #[test]

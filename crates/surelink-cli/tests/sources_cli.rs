@@ -2,9 +2,10 @@
 //! --out-dir` (one file per sender and an index), with `--state` across a
 //! `kill -9` of the receiver and of one sender, and `recv --to udp://
 //! --tag-source` (each datagram tagged with its sender) and `--route` (each
-//! sender's datagrams to its own address); `recv --merge`, stopped by
-//! SIGTERM with every acknowledged message written, also with `--state`
-//! across a `kill -9` of the receiver.
+//! sender's datagrams to its own address); `recv --merge`, also with
+//! `--state` across a `kill -9` of the receiver; and a receiver stopped by
+//! SIGTERM right after its senders finished writes every message they saw
+//! acknowledged, in each of these modes.
 
 mod support;
 
@@ -14,15 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::rngs::SmallRng;
-use rand::{RngCore, SeedableRng};
-use support::{s, Proc, PROCESS_LIMIT, STARTUP_LIMIT};
-
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    SmallRng::seed_from_u64(seed).fill_bytes(&mut data);
-    data
-}
+use support::{random_bytes, s, udp_with_big_buffer, Proc, PROCESS_LIMIT, STARTUP_LIMIT};
 
 /// Starts `count` senders of distinct content (`len` bytes each) to `addr`;
 /// returns the inputs.
@@ -228,17 +221,6 @@ fn udp_sink() -> (UdpSocket, String) {
         .unwrap();
     let target = format!("udp://{}", sink.local_addr().unwrap());
     (sink, target)
-}
-
-/// A UDP socket on loopback with an 8 MiB receive buffer.
-fn udp_with_big_buffer() -> UdpSocket {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
-    socket.set_recv_buffer_size(8 << 20).unwrap();
-    socket
-        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    socket.into()
 }
 
 #[test]
@@ -714,11 +696,10 @@ fn a_durable_merge_to_datagrams_is_a_usage_error() {
     );
 }
 
-/// Reads the datagrams of a merge (`recv --merge --to`) from `sink` until
-/// `receiver_gone` is set and none is left; returns them as records.
-fn read_merged_datagrams(sink: &UdpSocket, receiver_gone: &AtomicBool) -> Vec<Record> {
-    let be = |b: &[u8]| -> u64 { b.iter().fold(0, |v, &x| (v << 8) | u64::from(x)) };
-    let mut records = Vec::new();
+/// Reads datagrams from `sink` until `receiver_gone` is set and none is
+/// left (bounded); returns them in arrival order.
+fn read_until_gone(sink: &UdpSocket, receiver_gone: &AtomicBool) -> Vec<Vec<u8>> {
+    let mut datagrams = Vec::new();
     let mut buf = vec![0u8; 65536];
     let deadline = Instant::now() + PROCESS_LIMIT;
     while Instant::now() < deadline {
@@ -726,27 +707,177 @@ fn read_merged_datagrams(sink: &UdpSocket, receiver_gone: &AtomicBool) -> Vec<Re
         // was set is in the socket's buffer by then.
         let gone = receiver_gone.load(Ordering::SeqCst);
         match sink.recv(&mut buf) {
-            Ok(n) => {
-                assert!(n >= 32, "a datagram without its record header");
-                records.push((
-                    buf[..8].try_into().unwrap(),
-                    be(&buf[8..16]),
-                    be(&buf[16..24]),
-                    be(&buf[24..28]) as u32,
-                    be(&buf[28..32]) as u32,
-                    buf[32..n].to_vec(),
-                ));
-            }
+            Ok(n) => datagrams.push(buf[..n].to_vec()),
             Err(_) if gone => break,
             Err(_) => {}
         }
     }
-    records
+    datagrams
+}
+
+/// Reads the datagrams of a merge (`recv --merge --to`) from `sink` until
+/// `receiver_gone` is set and none is left; returns them as records.
+fn read_merged_datagrams(sink: &UdpSocket, receiver_gone: &AtomicBool) -> Vec<Record> {
+    let be = |b: &[u8]| -> u64 { b.iter().fold(0, |v, &x| (v << 8) | u64::from(x)) };
+    read_until_gone(sink, receiver_gone)
+        .into_iter()
+        .map(|d| {
+            assert!(d.len() >= 32, "a datagram without its record header");
+            (
+                d[..8].try_into().unwrap(),
+                be(&d[8..16]),
+                be(&d[16..24]),
+                be(&d[24..28]) as u32,
+                be(&d[28..32]) as u32,
+                d[32..].to_vec(),
+            )
+        })
+        .collect()
+}
+
+/// How many senders the stop tests start: enough that the receiver's output
+/// falls behind its transport.
+const SENDERS: u64 = 12;
+
+/// Starts `count` senders of `len`-byte inputs (and a few more bytes each)
+/// sent in 256-byte messages: many small messages, so that the receiver's
+/// transport acknowledges them faster than its output takes them from the
+/// connections. Returns the inputs.
+fn start_small_message_senders(
+    dir: &std::path::Path,
+    addr: SocketAddr,
+    count: u64,
+    len: usize,
+) -> (Vec<Vec<u8>>, Vec<Proc>) {
+    let mut inputs = Vec::new();
+    let mut senders = Vec::new();
+    for i in 0..count {
+        let data = random_bytes(300 + i, len + i as usize);
+        let input = dir.join(format!("in-{i}.bin"));
+        std::fs::write(&input, &data).unwrap();
+        inputs.push(data);
+        let args = [
+            "send",
+            "--to",
+            &addr.to_string(),
+            "--in",
+            s(&input),
+            "--chunk",
+            "256",
+        ];
+        senders.push(Proc::spawn("send", &args));
+    }
+    (inputs, senders)
+}
+
+/// Runs `recv --to udp://… [--tag-source]` with `count` senders, waits until
+/// every sender has exited successfully (the receiver's transport then has
+/// acknowledged all of its messages), stops the receiver with SIGTERM right
+/// then and returns the inputs and every datagram the receiver forwarded.
+fn stop_a_datagram_receiver_after_its_senders(
+    count: u64,
+    tag_source: bool,
+) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let work = tempfile::tempdir().unwrap();
+    let (sink, target) = udp_sink();
+    let receiver_gone = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let receiver_gone = receiver_gone.clone();
+        std::thread::spawn(move || read_until_gone(&sink, &receiver_gone))
+    };
+    let mut args = vec!["recv", "--listen", "127.0.0.1:0", "--to", &target];
+    if tag_source {
+        args.push("--tag-source");
+    }
+    let mut recv = Proc::spawn("recv", &args);
+    let addr = recv.listening_addr();
+    let (inputs, mut senders) = start_small_message_senders(work.path(), addr, count, 1 << 20);
+    for sender in &mut senders {
+        sender.wait_success();
+    }
+    recv.terminate();
+    recv.wait_success();
+    receiver_gone.store(true, Ordering::SeqCst);
+    (inputs, reader.join().unwrap())
+}
+
+#[test]
+fn a_stopped_datagram_receiver_forwards_every_message_its_senders_had_acknowledged() {
+    let (inputs, mut datagrams) = stop_a_datagram_receiver_after_its_senders(SENDERS, false);
+    // Untagged, the senders' datagrams interleave: every 256-byte message of
+    // every input is forwarded once (the messages of random inputs differ).
+    let mut messages: Vec<Vec<u8>> = inputs
+        .iter()
+        .flat_map(|i| i.chunks(256).map(<[u8]>::to_vec))
+        .collect();
+    messages.sort();
+    datagrams.sort();
+    assert_eq!(datagrams.len(), messages.len(), "datagrams forwarded");
+    assert!(
+        datagrams == messages,
+        "the datagrams are not the inputs' messages"
+    );
+}
+
+#[test]
+fn a_stopped_tagging_receiver_forwards_every_message_its_senders_had_acknowledged() {
+    let (inputs, datagrams) = stop_a_datagram_receiver_after_its_senders(SENDERS, true);
+    // Per source: the sequence numbers and payloads, in arrival order.
+    let mut streams: BTreeMap<[u8; 8], Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+    for d in &datagrams {
+        assert!(d.len() >= 16, "a datagram without its header");
+        let seq = u64::from_be_bytes(d[8..16].try_into().unwrap());
+        streams
+            .entry(d[..8].try_into().unwrap())
+            .or_default()
+            .push((seq, d[16..].to_vec()));
+    }
+    assert_eq!(streams.len(), SENDERS as usize, "one stream per sender");
+    let mut matched = BTreeSet::new();
+    for messages in streams.values() {
+        let seqs: Vec<u64> = messages.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+        let stream: Vec<u8> = messages.iter().flat_map(|(_, d)| d.clone()).collect();
+        let which = inputs
+            .iter()
+            .position(|i| *i == stream)
+            .unwrap_or_else(|| panic!("a stream of {} bytes is no sender's input", stream.len()));
+        assert!(matched.insert(which));
+    }
+}
+
+#[test]
+fn a_stopped_out_dir_receiver_writes_every_message_its_senders_had_acknowledged() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    let mut recv = Proc::spawn(
+        "recv",
+        &["recv", "--listen", "127.0.0.1:0", "--out-dir", s(&out)],
+    );
+    let addr = recv.listening_addr();
+    let (inputs, mut senders) = start_small_message_senders(work.path(), addr, SENDERS, 1 << 20);
+    for sender in &mut senders {
+        sender.wait_success();
+    }
+    recv.terminate();
+    recv.wait_success();
+    let entries = index(&out);
+    assert_eq!(entries.len(), SENDERS as usize, "{entries:?}");
+    let mut matched = BTreeSet::new();
+    for entry in &entries {
+        assert_eq!(entry["complete"], true, "{entry}");
+        let data = std::fs::read(out.join(entry["file"].as_str().unwrap())).unwrap();
+        assert_eq!(entry["bytes"], data.len() as u64, "{entry}");
+        let which = inputs
+            .iter()
+            .position(|i| *i == data)
+            .unwrap_or_else(|| panic!("{entry}: not a sender's input"));
+        assert!(matched.insert(which));
+    }
 }
 
 #[test]
 fn a_stopped_merge_forwards_every_message_its_senders_had_acknowledged() {
-    const SENDERS: u64 = 12;
     let work = tempfile::tempdir().unwrap();
     let (sink, target) = udp_sink();
     let receiver_gone = Arc::new(AtomicBool::new(false));
@@ -768,26 +899,7 @@ fn a_stopped_merge_forwards_every_message_its_senders_had_acknowledged() {
         ],
     );
     let addr = recv.listening_addr();
-    // Many small messages from many senders: the transport acknowledges
-    // them faster than the merge reads them from the connections.
-    let mut inputs = Vec::new();
-    let mut senders = Vec::new();
-    for i in 0..SENDERS {
-        let data = random_bytes(300 + i, (1 << 20) + i as usize);
-        let input = work.path().join(format!("in-{i}.bin"));
-        std::fs::write(&input, &data).unwrap();
-        inputs.push(data);
-        let args = [
-            "send",
-            "--to",
-            &addr.to_string(),
-            "--in",
-            s(&input),
-            "--chunk",
-            "256",
-        ];
-        senders.push(Proc::spawn("send", &args));
-    }
+    let (inputs, mut senders) = start_small_message_senders(work.path(), addr, SENDERS, 1 << 20);
     // A sender exits successfully only once the receiver's transport has
     // acknowledged its every message; the receiver is stopped right then.
     for sender in &mut senders {

@@ -29,6 +29,20 @@
 //! connection ended gracefully, 1 if it failed. Without `--once` it serves
 //! senders until Ctrl-C or SIGTERM, and a failed sender is only logged.
 //!
+//! A stop (Ctrl-C or SIGTERM, and with `--once` the first sender's end) loses
+//! nothing the transport acknowledged to a sender ([`crate::stop`]): the
+//! receiver takes no new connection, reads what every connection (and every
+//! one waiting to be accepted) already holds, without waiting for new data
+//! (at most 10 s), writes it out as at a sender's end, and exits 0; a second
+//! signal ends it at once (130). A sender still connected is then aborted:
+//! `--out-dir` lists its file as incomplete. In stream mode the stop reads
+//! the sender being served and, while each one turns out to have finished,
+//! the senders waiting after it; a file takes its real name only if a sender
+//! finished, so a stop in the middle of the first stream leaves an existing
+//! PATH as it was (and with `--once` exits 130). With `--state` a sender is
+//! told a message is safe only once it is checkpointed, so a stop loses
+//! nothing it was told; the rest is sent again when it resumes.
+//!
 //! Every connection attempt is reported on stderr: accepted ones with the
 //! sender's key fingerprint, refused ones (not on `--allow`, pre-shared key or
 //! security mode mismatch) with the reason. A refused attempt never reaches
@@ -45,12 +59,13 @@ use surelink::{Connection, Endpoint, EndpointConfig};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::args::{parse_host_port, HostPort};
-use crate::ending::{abort_with_reason, recv_error, Side};
+use crate::ending::{abort_with_reason, Side};
 use crate::exit::UsageError;
 use crate::progress::{summary, Progress};
 use crate::report::{spawn_reporter, stats_line, StatsArgs};
 use crate::routes::{Destination, Routes};
 use crate::state::recv::DurableRecv;
+use crate::stop::{End, Next, Stopping};
 
 /// Arguments of `surelink recv`.
 #[derive(Debug, Args)]
@@ -65,7 +80,9 @@ pub struct RecvArgs {
     pub mode: crate::paths::ModeArg,
     /// Stream mode: write the received bytes to this file, or `-` for stdout (the default).
     /// The bytes go to a temporary file beside it, renamed over PATH once the first sender
-    /// has finished: an existing file is replaced only then, never lost to a failed run.
+    /// has finished: an existing file is replaced only then, never lost to a failed run. A
+    /// stop (Ctrl-C, SIGTERM) first writes out what the connection already holds: the file
+    /// is completed if the sender had finished, and left as it was if it was mid-stream.
     #[arg(long = "out", value_name = "PATH|-", conflicts_with_all = ["to", "out_dir"])]
     pub output: Option<String>,
     /// Stream mode, one file per sender: write each sender's stream to DIR/SOURCE-SESSION.bin
@@ -180,40 +197,32 @@ pub async fn run(args: RecvArgs) -> anyhow::Result<()> {
     crate::security::announce_receiver(&endpoint);
     crate::security::spawn_handshake_log(&endpoint);
 
-    let outcome = if args.merge.merge {
-        // Stops on Ctrl-C or SIGTERM by itself, reading what the connections
-        // hold and writing out everything.
-        crate::merge_out::serve(&endpoint, sink, &args.merge, args.once).await
-    } else {
-        let serve = async {
+    // Every mode stops on Ctrl-C or SIGTERM by itself, writing out what the
+    // connections already hold (see crate::stop); a second signal ends it
+    // at once.
+    let outcome = crate::stop::unless_interrupted_again(
+        async {
             match sink {
+                _ if args.merge.merge => {
+                    crate::merge_out::serve(&endpoint, sink, &args.merge, args.once).await
+                }
                 Sink::Stream(out) => serve_stream(&endpoint, out, &args).await,
                 Sink::Dir(out) => crate::out_dir::serve(&endpoint, out, args.once).await,
                 Sink::Datagrams(routes) => serve_datagrams(&endpoint, routes, &args).await,
             }
-        };
-        tokio::select! {
-            r = serve => r,
-            () = crate::shutdown::signal() => {
-                if args.once {
-                    bail!(crate::exit::Interrupted(
-                        "interrupted before a sender finished".into()
-                    ));
-                }
-                tracing::info!("stopping");
-                return Ok(());
-            }
-        }
-    };
-    // Let the last connections finish their close handshake (we acknowledge the
-    // sender's CLOSE while draining), so the sender's close completes too. A
-    // merge may stop with other senders still connected: it waits less.
-    let drain = if args.merge.merge {
+        },
+        "the output is not complete",
+    )
+    .await;
+    // Let the last connections finish their close handshake (we acknowledge
+    // the sender's CLOSE while draining), so the sender's close completes
+    // too; those still open at a stop were aborted, which needs less.
+    let linger = if crate::shutdown::signalled() {
         crate::cmd::send::CLOSE_LINGER
     } else {
         idle_timeout
     };
-    if tokio::time::timeout(drain, endpoint.wait_idle())
+    if tokio::time::timeout(linger, endpoint.wait_idle())
         .await
         .is_err()
     {
@@ -443,39 +452,85 @@ impl Output {
     }
 }
 
-/// Serves senders one after another, writing their byte streams to `out`.
+/// Serves senders one after another, writing their byte streams to `out`,
+/// until the stop (a signal or, with `--once`, the first sender's end).
+///
+/// At a stop the sender being served hands over what its connection holds;
+/// if that completes its stream (it had closed), the senders already
+/// waiting follow in turn, each with what it holds, until one is still
+/// connected: its stream ends the output. A file takes its real name only
+/// once a sender has finished, so a stop before that leaves PATH as it was.
 async fn serve_stream(endpoint: &Endpoint, mut out: Output, args: &RecvArgs) -> anyhow::Result<()> {
-    while let Some(conn) = endpoint.accept().await {
+    let switch = crate::stop::StopSwitch::on_signal();
+    let mut stopping = switch.stopping();
+    let mut finished_any = false;
+    loop {
+        let stopped = stopping.is_stopping();
+        let conn = if stopped {
+            crate::stop::take_waiting(endpoint).await
+        } else {
+            tokio::select! {
+                biased;
+                () = stopping.begun() => continue,
+                conn = endpoint.accept() => match conn {
+                    Some(conn) => Some(conn),
+                    None => bail!("the endpoint stopped accepting connections"),
+                },
+            }
+        };
+        let Some(conn) = conn else { break };
         let remote = conn.remote_addr();
         tracing::info!(%remote, "sender connected");
-        let result = receive_stream(&conn, &mut out, args.stats.stats_interval).await;
-        let finished = out.finish(result.is_ok()).await;
-        if let Some(e) = result.as_ref().err().or(finished.as_ref().err()) {
+        let result =
+            receive_stream(&conn, &mut out, args.stats.stats_interval, stopping.clone()).await;
+        let finished = matches!(result, Ok(End::Finished));
+        let written = out.finish(finished).await;
+        if let Some(e) = result.as_ref().err().or(written.as_ref().err()) {
             // A local failure (the output cannot be written) is told to the
             // sender; a connection that already ended is left as it is.
             abort_with_reason(&conn, Side::Receiver, e);
         }
-        finished?;
+        written?;
         match result {
-            Ok(()) => {
+            Ok(End::Finished) => {
                 tracing::info!(%remote, "sender finished");
+                finished_any = true;
                 if args.once {
                     return Ok(());
                 }
+            }
+            Ok(End::Stopped) => {
+                tracing::info!(%remote, "sender still connected at the stop");
+                break;
             }
             Err(e) if args.once => return Err(e),
             Err(e) => tracing::warn!(%remote, "sender failed: {e:#}"),
         }
     }
-    bail!("the endpoint stopped accepting connections")
+    if !finished_any {
+        if let Output::File(f) = &out {
+            eprintln!(
+                "surelink recv: no sender finished: {} was left as it was",
+                f.path.display()
+            );
+        }
+        if args.once {
+            bail!(crate::exit::Interrupted(
+                "interrupted before a sender finished".into()
+            ));
+        }
+    }
+    Ok(())
 }
 
-/// Writes one connection's messages to `out` until it closes.
+/// Writes one connection's messages to `out` until it closes or, at the
+/// stop, until it holds no more.
 async fn receive_stream(
     conn: &Connection,
     out: &mut Output,
     stats_interval: Option<Duration>,
-) -> anyhow::Result<()> {
+    mut stopping: Stopping,
+) -> anyhow::Result<End> {
     let started = Instant::now();
     let reporter = spawn_reporter(stats_interval, "recv", conn);
     let name = out.name();
@@ -485,7 +540,11 @@ async fn receive_stream(
     }
     let mut received = 0u64;
     let result = async {
-        while let Some(msg) = conn.recv_message().await.map_err(|e| recv_error(conn, e))? {
+        loop {
+            let msg = match stopping.next(conn).await? {
+                Next::Message(msg) => msg,
+                Next::End(end) => return Ok(end),
+            };
             crate::state::refuse_session(conn, &msg)?;
             let data = msg.data;
             let w = out.writer();
@@ -500,14 +559,13 @@ async fn receive_stream(
                 progress.add(data.len() as u64);
             }
         }
-        Ok(())
     }
     .await;
     drop(reporter);
     if stats_interval.is_some() {
         eprintln!("{}", stats_line("recv", conn, started));
     }
-    if let (Some(progress), Ok(())) = (&progress, &result) {
+    if let (Some(progress), Ok(End::Finished)) = (&progress, &result) {
         progress.finish();
         let what = format!("received {name} from {}", conn.remote_addr());
         eprintln!(
@@ -518,8 +576,9 @@ async fn receive_stream(
     result
 }
 
-/// Serves senders concurrently (or just the first with `--once`), forwarding
-/// each message as one datagram to its sender's destination in `routes`.
+/// Serves senders concurrently, forwarding each message as one datagram to
+/// its sender's destination in `routes`, until the stop (see
+/// [`crate::stop::serve_concurrently`]).
 async fn serve_datagrams(
     endpoint: &Endpoint,
     routes: Routes,
@@ -527,41 +586,43 @@ async fn serve_datagrams(
 ) -> anyhow::Result<()> {
     let interval = args.stats.stats_interval;
     let tag = args.tag_source;
-    while let Some(conn) = endpoint.accept().await {
+    crate::stop::serve_concurrently(endpoint, args.once, |conn, stopping| {
         let remote = conn.remote_addr();
         let destination = routes.for_connection(&conn).clone();
         tracing::info!(%remote, target = %destination.target, "sender connected");
-        if args.once {
-            return forward(conn, &destination, interval, tag).await;
-        }
-        tokio::spawn(async move {
-            match forward(conn, &destination, interval, tag).await {
-                Ok(()) => tracing::info!(%remote, "sender finished"),
+        async move {
+            let result = forward(&conn, &destination, interval, tag, stopping).await;
+            match &result {
+                Ok(End::Finished) => tracing::info!(%remote, "sender finished"),
+                Ok(End::Stopped) => tracing::info!(%remote, "sender still connected at the stop"),
                 Err(e) => tracing::warn!(%remote, "sender failed: {e:#}"),
             }
-        });
-    }
-    bail!("the endpoint stopped accepting connections")
+            result
+        }
+    })
+    .await
 }
 
 /// Sends one connection's messages as datagrams to `destination` until it
-/// closes, each after a [`SourceHeader`](crate::source::SourceHeader) if `tag`.
+/// closes (or, at the stop, holds no more), each after a
+/// [`SourceHeader`](crate::source::SourceHeader) if `tag`.
 async fn forward(
-    conn: Connection,
+    conn: &Connection,
     destination: &Destination,
     stats_interval: Option<Duration>,
     tag: bool,
-) -> anyhow::Result<()> {
-    let source = crate::source::Source::of(&conn);
+    mut stopping: Stopping,
+) -> anyhow::Result<End> {
+    let source = crate::source::Source::of(conn);
     let started = Instant::now();
-    let reporter = spawn_reporter(stats_interval, "recv", &conn);
+    let reporter = spawn_reporter(stats_interval, "recv", conn);
     let result = async {
-        while let Some(msg) = conn
-            .recv_message()
-            .await
-            .map_err(|e| recv_error(&conn, e))?
-        {
-            crate::state::refuse_session(&conn, &msg)?;
+        loop {
+            let msg = match stopping.next(conn).await? {
+                Next::Message(msg) => msg,
+                Next::End(end) => return Ok(end),
+            };
+            crate::state::refuse_session(conn, &msg)?;
             let data = if tag {
                 let mut tagged =
                     Vec::with_capacity(crate::source::SourceHeader::LEN + msg.data.len());
@@ -580,12 +641,11 @@ async fn forward(
                 tracing::warn!(%target, len = data.len(), error = %e, "cannot forward a datagram");
             }
         }
-        Ok(())
     }
     .await;
     drop(reporter);
     if stats_interval.is_some() {
-        eprintln!("{}", stats_line("recv", &conn, started));
+        eprintln!("{}", stats_line("recv", conn, started));
     }
     result
 }

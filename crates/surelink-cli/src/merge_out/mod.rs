@@ -47,14 +47,14 @@ use surelink::proto::merge::{Arrival, LatePolicy, Merge, MergeConfig, Merged};
 use surelink::{Bytes, Connection, Endpoint};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::args::parse_duration;
 use crate::cmd::recv::{Output, Sink};
-use crate::ending::recv_error;
 use crate::routes::Destination;
 use crate::source::Source;
+use crate::stop::{take_waiting, ConnectionTasks, End, Next, Stopping};
 
 pub mod durable;
 pub mod progress;
@@ -167,19 +167,14 @@ impl Clock {
     }
 }
 
-/// How long a graceful stop may spend reading what the connections already
-/// hold before it gives up on the rest (a sender still sending fast could
-/// otherwise keep it reading).
-const DRAIN_LIMIT: Duration = Duration::from_secs(10);
-
 /// Serves senders concurrently and writes their merged messages to `sink`
 /// until Ctrl-C or SIGTERM (or, with `once`, the first sender finished).
 ///
 /// Then it stops accepting connections, reads every message the transport
 /// already accepted on every connection (without waiting for new data, within
-/// [`DRAIN_LIMIT`]), merges them, writes out what is held and, for a file,
-/// syncs and renames it. A second signal meanwhile ends it at once, without
-/// the output.
+/// [`DRAIN_LIMIT`](crate::stop::DRAIN_LIMIT)), merges them, writes out what
+/// is held and, for a file, syncs and renames it (see [`crate::stop`]; the
+/// caller ends it at once on a second signal, without the output).
 pub async fn serve(
     endpoint: &Endpoint,
     sink: Sink,
@@ -189,31 +184,27 @@ pub async fn serve(
     let mut writer = RecordWriter::new(sink)?;
     let (tx, mut incoming) = mpsc::channel::<Incoming>(1024);
     let (finished_tx, mut finished) = mpsc::channel::<()>(1);
-    let (draining_tx, draining) = watch::channel(false);
     let mut feeds = Feeds {
-        tasks: tokio::task::JoinSet::new(),
+        tasks: ConnectionTasks::new(),
         next_key: 0,
         tx,
-        draining,
         finished: finished_tx,
     };
     let mut merge = Merge::new(args.config());
     let mut clock = Clock { anchor: None };
-    let stop = crate::shutdown::signal();
-    tokio::pin!(stop);
-    let mut accepting = true;
+    let mut stopping = feeds.tasks.stopping();
     loop {
         let due = merge.poll_timeout().and_then(|us| clock.instant_at(us));
         tokio::select! {
             biased;
             Some(m) = incoming.recv() => clock.push(&mut merge, m),
-            conn = endpoint.accept(), if accepting => match conn {
+            conn = endpoint.accept() => match conn {
                 Some(conn) => feeds.start(conn),
-                None => accepting = false,
+                None => bail!("the endpoint stopped accepting connections"),
             },
             Some(_) = feeds.tasks.join_next(), if !feeds.tasks.is_empty() => {}
             () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {}
-            () = &mut stop => break,
+            () = stopping.begun() => break,
             Some(()) = finished.recv(), if once => break,
         }
         let now_us = clock.now_us(Instant::now());
@@ -226,36 +217,17 @@ pub async fn serve(
     // feed ends. The connections already established and waiting to be
     // accepted are taken too (the transport may have acknowledged their
     // messages); no other is.
-    let _ = draining_tx.send(true);
-    while accepting {
-        tokio::select! {
-            biased;
-            Some(conn) = endpoint.accept() => feeds.start(conn),
-            () = std::future::ready(()) => accepting = false,
-        }
+    feeds.tasks.stop();
+    while let Some(conn) = take_waiting(endpoint).await {
+        feeds.start(conn);
     }
-    let Feeds { mut tasks, tx, .. } = feeds;
+    let Feeds { tasks, tx, .. } = feeds;
     drop(tx);
-    let drained = async {
-        while let Some(m) = incoming.recv().await {
-            clock.push(&mut merge, m);
-        }
-    };
-    tokio::select! {
-        biased;
-        () = crate::shutdown::second_signal() => bail!(crate::exit::Interrupted(
-            "interrupted again while reading what the connections held: the merge was not \
-             written out"
-                .into()
-        )),
-        drained = tokio::time::timeout(DRAIN_LIMIT, drained) => if drained.is_err() {
-            tracing::warn!(
-                "still reading the connections after {DRAIN_LIMIT:?}: what they hold beyond \
-                 that is dropped"
-            );
-        },
+    // Each feed ends within the stop's limit; then the channel closes.
+    while let Some(m) = incoming.recv().await {
+        clock.push(&mut merge, m);
     }
-    tasks.abort_all();
+    drop(tasks);
     while let Some(record) = merge.flush() {
         writer.write(&record).await?;
     }
@@ -276,12 +248,10 @@ pub async fn serve(
 /// The tasks feeding the senders' connections to the merge, and what each
 /// new one is given.
 struct Feeds {
-    tasks: tokio::task::JoinSet<()>,
+    tasks: ConnectionTasks<()>,
     /// The merge's key for the next connection.
     next_key: u64,
     tx: mpsc::Sender<Incoming>,
-    /// Turns true when the merge stops.
-    draining: watch::Receiver<bool>,
     /// Told when a connection has ended (for `--once`).
     finished: mpsc::Sender<()>,
 }
@@ -289,13 +259,9 @@ struct Feeds {
 impl Feeds {
     /// Starts feeding `conn` to the merge.
     fn start(&mut self, conn: Connection) {
-        self.tasks.spawn(serve_sender(
-            conn,
-            self.next_key,
-            self.tx.clone(),
-            self.draining.clone(),
-            self.finished.clone(),
-        ));
+        let (key, tx, finished) = (self.next_key, self.tx.clone(), self.finished.clone());
+        self.tasks
+            .spawn(|stopping| serve_sender(conn, key, tx, stopping, finished));
         self.next_key += 1;
     }
 }
@@ -306,16 +272,16 @@ async fn serve_sender(
     conn: Connection,
     key: u64,
     tx: mpsc::Sender<Incoming>,
-    draining: watch::Receiver<bool>,
+    stopping: Stopping,
     finished: mpsc::Sender<()>,
 ) {
     let remote = conn.remote_addr();
-    match feed(&conn, key, &tx, draining).await {
-        Ok(Fed::Closed(count)) => eprintln!(
+    match feed(&conn, key, &tx, stopping).await {
+        Ok((End::Finished, count)) => eprintln!(
             "surelink recv: sender {} ({remote}) finished: {count} messages",
             Source::of(&conn).name()
         ),
-        Ok(Fed::Stopped(count)) => {
+        Ok((End::Stopped, count)) => {
             tracing::info!(%remote, messages = count, "sender still connected at the stop");
             return;
         }
@@ -324,35 +290,21 @@ async fn serve_sender(
     let _ = finished.try_send(());
 }
 
-/// How a connection's feed ended, with how many messages it handed over.
-enum Fed {
-    /// The connection closed gracefully and every message was handed over.
-    Closed(u64),
-    /// The merge is stopping: every message the connection held was handed
-    /// over; the connection itself is still open.
-    Stopped(u64),
-}
-
-/// Hands one connection's messages to the merge until it closes or, once
-/// `draining` turns true, until it holds no more received messages (no new
-/// data is awaited then).
+/// Hands one connection's messages to the merge until it closes or, at the
+/// stop, until it holds no more received messages (no new data is awaited
+/// then); returns how it ended and how many messages it handed over.
 async fn feed(
     conn: &Connection,
     key: u64,
     tx: &mpsc::Sender<Incoming>,
-    mut draining: watch::Receiver<bool>,
-) -> anyhow::Result<Fed> {
+    mut stopping: Stopping,
+) -> anyhow::Result<(End, u64)> {
     let source = Source::of(conn);
     let mut count = 0;
     loop {
-        let msg = tokio::select! {
-            // A message already received comes first, even when stopping.
-            biased;
-            msg = conn.recv_message() => msg.map_err(|e| recv_error(conn, e))?,
-            _ = draining.wait_for(|&stopping| stopping) => return Ok(Fed::Stopped(count)),
-        };
-        let Some(msg) = msg else {
-            return Ok(Fed::Closed(count));
+        let msg = match stopping.next(conn).await? {
+            Next::Message(msg) => msg,
+            Next::End(end) => return Ok((end, count)),
         };
         crate::state::refuse_session(conn, &msg)?;
         let error_bound_us = conn

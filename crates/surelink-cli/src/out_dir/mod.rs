@@ -36,13 +36,14 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use serde_json::{json, Value};
 use surelink::{Connection, Endpoint};
 use tokio::io::AsyncWriteExt as _;
 
-use crate::ending::{abort_with_reason, recv_error, Side};
+use crate::ending::{abort_with_reason, Side};
 use crate::source::Source;
+use crate::stop::{End, Next, Stopping};
 
 pub mod durable;
 
@@ -233,38 +234,35 @@ pub(crate) fn wall_clock_us() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// Serves senders concurrently, each into its own file (with `once`: returns
-/// when the first one has finished).
+/// Serves senders concurrently, each into its own file, until the stop (a
+/// signal or, with `once`, the first sender's end; see
+/// [`crate::stop::serve_concurrently`]). A sender still connected at the
+/// stop has what its connection held written and its file listed as
+/// incomplete.
 pub async fn serve(endpoint: &Endpoint, out: Arc<OutDir>, once: bool) -> anyhow::Result<()> {
-    let (finished_tx, mut finished) = tokio::sync::mpsc::channel::<anyhow::Result<()>>(1);
-    loop {
-        let conn = tokio::select! {
-            biased;
-            Some(result) = finished.recv() => return result,
-            conn = endpoint.accept() => conn,
-        };
-        let Some(conn) = conn else {
-            bail!("the endpoint stopped accepting connections")
-        };
+    crate::stop::serve_concurrently(endpoint, once, |conn, stopping| {
         let out = out.clone();
-        let finished_tx = finished_tx.clone();
-        tokio::spawn(async move {
+        async move {
             let remote = conn.remote_addr();
-            let result = receive_source(&conn, &out).await;
+            let result = receive_source(&conn, &out, stopping).await;
             match &result {
-                Ok(()) => tracing::info!(%remote, "sender finished"),
+                Ok(End::Finished) => tracing::info!(%remote, "sender finished"),
+                Ok(End::Stopped) => tracing::info!(%remote, "sender still connected at the stop"),
                 Err(e) => tracing::warn!(%remote, "sender failed: {e:#}"),
             }
-            if once {
-                let _ = finished_tx.send(result).await;
-            }
-        });
-    }
+            result
+        }
+    })
+    .await
 }
 
 /// Writes one connection's messages to a new file of its source, then
 /// records the outcome in the index.
-async fn receive_source(conn: &Connection, out: &OutDir) -> anyhow::Result<()> {
+async fn receive_source(
+    conn: &Connection,
+    out: &OutDir,
+    mut stopping: Stopping,
+) -> anyhow::Result<End> {
     let source = Source::of(conn);
     let session = format!("{:016x}", rand::RngCore::next_u64(&mut rand::rngs::OsRng));
     let (file, name) = match out.start(source, &session) {
@@ -283,7 +281,11 @@ async fn receive_source(conn: &Connection, out: &OutDir) -> anyhow::Result<()> {
     let mut writer = tokio::io::BufWriter::new(file);
     let mut bytes = 0u64;
     let received = async {
-        while let Some(msg) = conn.recv_message().await.map_err(|e| recv_error(conn, e))? {
+        loop {
+            let msg = match stopping.next(conn).await? {
+                Next::Message(msg) => msg,
+                Next::End(end) => return anyhow::Ok(end),
+            };
             crate::state::refuse_session(conn, &msg)?;
             writer
                 .write_all(&msg.data)
@@ -291,7 +293,6 @@ async fn receive_source(conn: &Connection, out: &OutDir) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot write {name}"))?;
             bytes += msg.data.len() as u64;
         }
-        anyhow::Ok(())
     }
     .await;
     let written = async {
@@ -300,20 +301,17 @@ async fn receive_source(conn: &Connection, out: &OutDir) -> anyhow::Result<()> {
     }
     .await
     .with_context(|| format!("cannot write {name}"));
-    let result = received.and(written);
+    let result = received.and_then(|end| written.map(|()| end));
     if let Err(e) = &result {
         abort_with_reason(conn, Side::Receiver, e);
     }
-    out.finish(&name, bytes, result.is_ok())?;
+    let complete = matches!(result, Ok(End::Finished));
+    out.finish(&name, bytes, complete)?;
     eprintln!(
         "surelink recv: sender {}: {} ({bytes} bytes) {}",
         source.name(),
         name,
-        if result.is_ok() {
-            "complete"
-        } else {
-            "incomplete"
-        }
+        if complete { "complete" } else { "incomplete" }
     );
     result
 }

@@ -35,6 +35,8 @@ pub struct Proc {
     stderr: Arc<Mutex<String>>,
     stderr_reader: Option<thread::JoinHandle<()>>,
     stdout: Option<thread::JoinHandle<Vec<u8>>>,
+    /// Stdout not read yet ([`Proc::spawn_holding_stdout`]).
+    held_stdout: Option<std::process::ChildStdout>,
 }
 
 /// What a finished process left.
@@ -75,6 +77,21 @@ impl Proc {
     /// appended to `shared` as "[name] line" (one log for many processes).
     pub fn spawn_logged(name: &str, args: &[&str], shared: &Arc<Mutex<String>>) -> Self {
         Self::start(name, args, Stdio::null(), None, Some(shared.clone()))
+    }
+
+    /// Like [`Proc::spawn`], but nothing reads its stdout until
+    /// [`Proc::read_stdout`]: once the pipe is full, its writes wait.
+    pub fn spawn_holding_stdout(name: &str, args: &[&str]) -> Self {
+        let mut command = Command::new(BIN);
+        command.args(args);
+        Self::start_holding_stdout(name, command, Stdio::null(), Some("info"), None)
+    }
+
+    /// Starts reading the stdout held back by [`Proc::spawn_holding_stdout`].
+    pub fn read_stdout(&mut self) {
+        if let Some(out) = self.held_stdout.take() {
+            self.stdout = Some(read_to_end(out));
+        }
     }
 
     /// Like [`Proc::spawn_logged`], with extra environment variables.
@@ -118,6 +135,19 @@ impl Proc {
 
     fn start_command(
         name: &str,
+        command: Command,
+        stdin: Stdio,
+        log: Option<&str>,
+        shared: Option<Arc<Mutex<String>>>,
+    ) -> Self {
+        let mut proc = Self::start_holding_stdout(name, command, stdin, log, shared);
+        proc.read_stdout();
+        proc
+    }
+
+    /// Starts `command` with its stdout held back (see [`Proc::read_stdout`]).
+    fn start_holding_stdout(
+        name: &str,
         mut command: Command,
         stdin: Stdio,
         log: Option<&str>,
@@ -152,19 +182,15 @@ impl Proc {
                 let _ = tx.send(line);
             }
         });
-        let mut out = child.stdout.take().expect("stdout");
-        let stdout = thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = out.read_to_end(&mut bytes);
-            bytes
-        });
+        let held_stdout = child.stdout.take();
         Self {
             name: name.to_owned(),
             child,
             lines,
             stderr,
             stderr_reader: Some(stderr_reader),
-            stdout: Some(stdout),
+            stdout: None,
+            held_stdout,
         }
     }
 
@@ -334,6 +360,15 @@ impl Proc {
     }
 }
 
+/// A thread reading `out` to its end.
+fn read_to_end(mut out: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = out.read_to_end(&mut bytes);
+        bytes
+    })
+}
+
 /// True if the reader thread `h` is gone or done.
 fn finished<T>(h: &Option<thread::JoinHandle<T>>) -> bool {
     h.as_ref().is_none_or(thread::JoinHandle::is_finished)
@@ -375,6 +410,27 @@ pub fn free_port() -> u16 {
 /// `127.0.0.1:PORT` with a [`free_port`].
 pub fn free_addr() -> String {
     format!("127.0.0.1:{}", free_port())
+}
+
+/// `len` pseudo-random bytes from `seed` (test inputs).
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut data = vec![0u8; len];
+    rand::rngs::SmallRng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+/// A loopback UDP socket with an 8 MiB receive buffer, so that the test's
+/// own socket does not drop datagrams when its thread is descheduled for a
+/// while (only the path through surelink is under test).
+pub fn udp_with_big_buffer() -> std::net::UdpSocket {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
+    socket.set_recv_buffer_size(8 << 20).expect("SO_RCVBUF");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    socket.into()
 }
 
 /// A path as a command-line argument.
