@@ -791,7 +791,9 @@ fn stop_a_datagram_receiver_after_its_senders(
     }
     let mut recv = Proc::spawn("recv", &args);
     let addr = recv.listening_addr();
-    let (inputs, mut senders) = start_small_message_senders(work.path(), addr, count, 1 << 20);
+    // 256 KiB each: enough messages for the output to fall behind, few
+    // enough datagrams that the test's socket keeps them all.
+    let (inputs, mut senders) = start_small_message_senders(work.path(), addr, count, 256 << 10);
     for sender in &mut senders {
         sender.wait_success();
     }
