@@ -89,7 +89,7 @@ pub use receiver::{
 pub use replay::{FileSource, ReplaySource, SourceIdentity};
 pub use secret::{reset_secret, RESET_SECRET_FILE};
 pub use sender::{DurableSender, Outgoing, Resumed, SenderStats};
-pub use sink::{Delivery, DurableSink, FileSink};
+pub use sink::{AppendFile, Delivery, DurableSink, FileSink};
 pub use store::{JournalStore, ReceiverStore};
 pub use surelink_journal::{
     Durability, FsStorage, JournalError, JournalMetrics, JournalOptions, MemStorage, SessionRecord,

@@ -87,31 +87,83 @@ pub trait DurableSink: Send {
 /// first session, to zero.
 #[derive(Debug)]
 pub struct FileSink {
-    file: File,
-    path: PathBuf,
-    /// Bytes written to the file.
-    written: u64,
-    /// Bytes accepted but not yet written.
-    buffer: Vec<u8>,
+    file: AppendFile,
 }
-
-/// Bytes collected before a write to the file.
-const FILE_BUFFER: usize = 1 << 20;
 
 impl FileSink {
     /// Opens (or creates) `path` without truncating it.
     pub fn open(path: impl AsRef<Path>) -> io::Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)?;
-        let written = file.seek(SeekFrom::End(0))?;
         Ok(FileSink {
+            file: AppendFile::new(file, path, 0)?,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+}
+
+impl DurableSink for FileSink {
+    fn describe(&self) -> String {
+        self.path().display().to_string()
+    }
+
+    fn write(&mut self, _channel: u64, data: &[u8]) -> io::Result<()> {
+        self.file.append(data)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync()
+    }
+
+    fn position(&self) -> u64 {
+        self.file.position()
+    }
+
+    fn restore(&mut self, position: u64) -> io::Result<()> {
+        self.file.restore(position)
+    }
+}
+
+/// Bytes collected before a write to an [`AppendFile`].
+const APPEND_BUFFER: usize = 1 << 20;
+
+/// An append-only file written through a buffer, whose position is its
+/// length after a fixed-size header: the storage of file sinks ([`FileSink`],
+/// a spool of records). Positions count from the end of the header.
+#[derive(Debug)]
+pub struct AppendFile {
+    file: File,
+    path: PathBuf,
+    /// Length of the header before the first position.
+    header_len: u64,
+    /// Bytes written to the file after the header.
+    written: u64,
+    /// Bytes accepted but not yet written.
+    buffer: Vec<u8>,
+}
+
+impl AppendFile {
+    /// Appends to `file` (opened for reading and writing, found at `path`),
+    /// after its first `header_len` bytes and what follows them.
+    pub fn new(mut file: File, path: PathBuf, header_len: u64) -> io::Result<Self> {
+        let written = file.seek(SeekFrom::End(0))?.saturating_sub(header_len);
+        Ok(AppendFile {
             file,
             path,
+            header_len,
             written,
             buffer: Vec::new(),
         })
@@ -122,26 +174,12 @@ impl FileSink {
         &self.path
     }
 
-    fn write_buffer(&mut self) -> io::Result<()> {
-        if !self.buffer.is_empty() {
-            self.file.write_all(&self.buffer)?;
-            self.written += self.buffer.len() as u64;
-            self.buffer.clear();
+    /// Appends `data` (buffered; a large write goes straight to the file).
+    pub fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.buffer.len() + data.len() > APPEND_BUFFER {
+            self.flush()?;
         }
-        Ok(())
-    }
-}
-
-impl DurableSink for FileSink {
-    fn describe(&self) -> String {
-        self.path.display().to_string()
-    }
-
-    fn write(&mut self, _channel: u64, data: &[u8]) -> io::Result<()> {
-        if self.buffer.len() + data.len() > FILE_BUFFER {
-            self.write_buffer()?;
-        }
-        if data.len() >= FILE_BUFFER {
+        if data.len() >= APPEND_BUFFER {
             self.file.write_all(data)?;
             self.written += data.len() as u64;
         } else {
@@ -150,36 +188,47 @@ impl DurableSink for FileSink {
         Ok(())
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        self.write_buffer()
+    /// Writes what is buffered to the file.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if !self.buffer.is_empty() {
+            self.file.write_all(&self.buffer)?;
+            self.written += self.buffer.len() as u64;
+            self.buffer.clear();
+        }
+        Ok(())
     }
 
-    fn sync(&mut self) -> io::Result<()> {
-        self.write_buffer()?;
+    /// Writes what is buffered and makes it durable (`fdatasync`).
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.flush()?;
         self.file.sync_data()
     }
 
-    fn position(&self) -> u64 {
+    /// Bytes appended after the header, buffered ones included.
+    pub fn position(&self) -> u64 {
         self.written + self.buffer.len() as u64
     }
 
-    fn restore(&mut self, position: u64) -> io::Result<()> {
+    /// Cuts the file back to `position` (dropping what is buffered); an
+    /// error if it holds less than that.
+    pub fn restore(&mut self, position: u64) -> io::Result<()> {
         self.buffer.clear();
-        let len = self.file.metadata()?.len();
+        let len = self.file.metadata()?.len().saturating_sub(self.header_len);
         if len < position {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
-                    "{} is {len} bytes, shorter than the {position} bytes its checkpoint \
+                    "{} holds {len} bytes, fewer than the {position} bytes its checkpoint \
                      covers: it was modified, or lost writes in a power failure",
                     self.path.display()
                 ),
             ));
         }
         if len > position {
-            self.file.set_len(position)?;
+            self.file.set_len(self.header_len + position)?;
         }
-        self.file.seek(SeekFrom::Start(position))?;
+        self.file
+            .seek(SeekFrom::Start(self.header_len + position))?;
         self.written = position;
         Ok(())
     }
@@ -211,7 +260,11 @@ mod tests {
         sink.sync().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"hello!");
         let err = sink.restore(100).unwrap_err();
-        assert!(err.to_string().contains("shorter than"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("fewer than the 100 bytes its checkpoint covers"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -45,10 +45,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use surelink::proto::merge::{Arrival, LatePolicy, Merge, MergeCheckpoint, MergeConfig, Pushed};
-use surelink::{Bytes, Connection, Endpoint, EndpointConfig};
+use surelink::{Bytes, Endpoint, EndpointConfig};
 use surelink_session::{
-    read_hello, Durability, DurableReceiver, DurableSink as _, Hello, ReceiverEvent, SessionError,
-    SessionId, SessionOptions,
+    Durability, DurableReceiver, DurableSink as _, ReceiverEvent, SessionId, SessionOptions,
 };
 use tokio::sync::{mpsc, Notify};
 
@@ -57,6 +56,7 @@ use super::progress::{MergeProgress, ProgressJournal, SessionCursor};
 use super::spool::{read_records, trim, SpoolProgress, SpoolSink};
 use crate::out_dir::wall_clock_us;
 use crate::source::Source;
+use crate::state::{greet_senders, greeted, Greeting};
 
 /// The merge journal's directory inside the state directory.
 const JOURNAL_DIR: &str = "merge";
@@ -68,9 +68,6 @@ const SPOOL_FILE: &str = "spool";
 const TRIM_STEP: u64 = 1 << 20;
 #[cfg(test)]
 const TRIM_STEP: u64 = 4 << 10;
-
-/// A connection with its HELLO (or why it has none).
-type Greeting = (Connection, Result<Hello, SessionError>);
 
 /// The state directory of session `id`.
 fn session_dir(state: &Path, id: SessionId) -> PathBuf {
@@ -524,22 +521,8 @@ pub async fn run(plan: DurableMergePlan) -> anyhow::Result<()> {
     crate::security::announce_receiver(&endpoint);
     crate::security::spawn_handshake_log(&endpoint);
 
-    let (greeting_tx, mut greetings) = mpsc::channel::<Greeting>(16);
     // Dropped (so the acceptor aborted) when this returns.
-    let mut acceptor = tokio::task::JoinSet::new();
-    {
-        let endpoint = endpoint.clone();
-        let timeout = plan.options.handshake_timeout;
-        acceptor.spawn(async move {
-            while let Some(conn) = endpoint.accept().await {
-                let tx = greeting_tx.clone();
-                tokio::spawn(async move {
-                    let hello = read_hello(&conn, timeout).await;
-                    let _ = tx.send((conn, hello)).await;
-                });
-            }
-        });
-    }
+    let (acceptor, mut greetings) = greet_senders(&endpoint, plan.options.handshake_timeout);
     let (done_tx, mut done) = mpsc::channel::<SessionEnd>(16);
     let mut sessions: HashMap<SessionId, mpsc::Sender<Greeting>> = HashMap::new();
     // The sessions of the previous run are resumed at once: their spools'
@@ -576,16 +559,7 @@ pub async fn run(plan: DurableMergePlan) -> anyhow::Result<()> {
                 }
             }
             greeting = greetings.recv() => {
-                let Some((conn, hello)) = greeting else {
-                    bail!("the endpoint stopped accepting connections");
-                };
-                let hello = match hello {
-                    Ok(hello) => hello,
-                    Err(e) => {
-                        eprintln!("surelink recv: refused a sender from {}: {e}", conn.remote_addr());
-                        continue;
-                    }
-                };
+                let Some((conn, hello)) = greeted(greeting)? else { continue };
                 let id = hello.session_id;
                 let session = match sessions.get(&id) {
                     Some(tx) if !tx.is_closed() => tx.clone(),
@@ -629,16 +603,7 @@ pub async fn run(plan: DurableMergePlan) -> anyhow::Result<()> {
     merge.flush()?;
     merge.commit(Instant::now(), true)?;
     merge.retire_merged(plan.keep_state)?;
-    let stats = merge.stats();
-    eprintln!(
-        "surelink recv: merged {} records in order, {} late ({} dropped, {} delivered flagged), \
-         {} duplicates dropped",
-        stats.released,
-        stats.late_dropped + stats.late_delivered,
-        stats.late_dropped,
-        stats.late_delivered,
-        stats.duplicates
-    );
+    super::report_counts(&merge.stats());
     match failure {
         Some(e) => Err(e),
         None => Ok(()),

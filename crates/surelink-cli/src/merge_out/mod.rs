@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
-use surelink::proto::merge::{Arrival, LatePolicy, Merge, MergeConfig, Merged};
+use surelink::proto::merge::{Arrival, LatePolicy, Merge, MergeConfig, MergeStats, Merged};
 use surelink::{Bytes, Connection, Endpoint};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::UdpSocket;
@@ -232,7 +232,12 @@ pub async fn serve(
         writer.write(&record).await?;
     }
     writer.finish().await?;
-    let stats = merge.stats();
+    report_counts(&merge.stats());
+    Ok(())
+}
+
+/// Prints a merge's counts on stderr at its end.
+fn report_counts(stats: &MergeStats) {
     eprintln!(
         "surelink recv: merged {} records in order, {} late ({} dropped, {} delivered flagged), \
          {} duplicates dropped",
@@ -242,7 +247,6 @@ pub async fn serve(
         stats.late_delivered,
         stats.duplicates
     );
-    Ok(())
 }
 
 /// The tasks feeding the senders' connections to the merge, and what each

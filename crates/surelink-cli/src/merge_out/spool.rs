@@ -31,12 +31,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use surelink::Bytes;
-use surelink_session::{Delivery, DurableSink};
+use surelink_session::{AppendFile, Delivery, DurableSink};
 
 use super::UNKNOWN_BOUND;
 use tokio::sync::Notify;
@@ -47,8 +47,6 @@ const MAGIC: &[u8; 8] = b"SLSPOOL1";
 pub const HEADER_LEN: u64 = 8;
 /// Length of a record's header.
 pub const RECORD_HEADER_LEN: usize = 32;
-/// Bytes collected before a write to the file.
-const WRITE_BUFFER: usize = 1 << 20;
 
 /// One spooled message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,11 +97,8 @@ impl SpoolProgress {
 /// The spool as a session's sink; see the [module docs](self).
 #[derive(Debug)]
 pub struct SpoolSink {
-    file: File,
-    path: PathBuf,
-    /// Record bytes in the file (after the header).
-    written: u64,
-    buffer: Vec<u8>,
+    /// The records, after the header.
+    file: AppendFile,
     progress: Arc<SpoolProgress>,
 }
 
@@ -125,23 +120,10 @@ impl SpoolSink {
         } else {
             read_header(&mut file, path)?;
         }
-        let written = file.seek(SeekFrom::End(0))? - HEADER_LEN;
         Ok(SpoolSink {
-            file,
-            path: path.to_path_buf(),
-            written,
-            buffer: Vec::new(),
+            file: AppendFile::new(file, path.to_path_buf(), HEADER_LEN)?,
             progress,
         })
-    }
-
-    fn write_buffer(&mut self) -> io::Result<()> {
-        if !self.buffer.is_empty() {
-            self.file.write_all(&self.buffer)?;
-            self.written += self.buffer.len() as u64;
-            self.buffer.clear();
-        }
-        Ok(())
     }
 }
 
@@ -170,53 +152,33 @@ impl DurableSink for SpoolSink {
     fn write_delivery(&mut self, delivery: &Delivery, data: &[u8]) -> io::Result<()> {
         let len = u32::try_from(data.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "message over 4 GiB"))?;
-        if self.buffer.len() + RECORD_HEADER_LEN + data.len() > WRITE_BUFFER {
-            self.write_buffer()?;
-        }
         let bound = delivery.error_bound_us.map_or(UNKNOWN_BOUND, |b| {
             u32::try_from(b).unwrap_or(UNKNOWN_BOUND - 1)
         });
-        self.buffer.extend_from_slice(&delivery.id.to_be_bytes());
-        self.buffer
-            .extend_from_slice(&delivery.source_time_us.to_be_bytes());
-        self.buffer
-            .extend_from_slice(&delivery.arrived_us.to_be_bytes());
-        self.buffer.extend_from_slice(&bound.to_be_bytes());
-        self.buffer.extend_from_slice(&len.to_be_bytes());
-        self.buffer.extend_from_slice(data);
-        Ok(())
+        let mut header = [0u8; RECORD_HEADER_LEN];
+        header[..8].copy_from_slice(&delivery.id.to_be_bytes());
+        header[8..16].copy_from_slice(&delivery.source_time_us.to_be_bytes());
+        header[16..24].copy_from_slice(&delivery.arrived_us.to_be_bytes());
+        header[24..28].copy_from_slice(&bound.to_be_bytes());
+        header[28..32].copy_from_slice(&len.to_be_bytes());
+        self.file.append(&header)?;
+        self.file.append(data)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.write_buffer()
+        self.file.flush()
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        self.write_buffer()?;
-        self.file.sync_data()
+        self.file.sync()
     }
 
     fn position(&self) -> u64 {
-        self.written + self.buffer.len() as u64
+        self.file.position()
     }
 
     fn restore(&mut self, position: u64) -> io::Result<()> {
-        self.buffer.clear();
-        let len = self.file.metadata()?.len().saturating_sub(HEADER_LEN);
-        if len < position {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{} holds {len} bytes of messages, fewer than the {position} its checkpoint \
-                     covers: it was modified, or lost writes in a power failure",
-                    self.path.display()
-                ),
-            ));
-        }
-        self.file.set_len(HEADER_LEN + position)?;
-        self.file.seek(SeekFrom::Start(HEADER_LEN + position))?;
-        self.written = position;
-        Ok(())
+        self.file.restore(position)
     }
 
     fn committed(&mut self, position: u64) {
@@ -224,7 +186,7 @@ impl DurableSink for SpoolSink {
     }
 
     fn describe(&self) -> String {
-        self.path.display().to_string()
+        self.file.path().display().to_string()
     }
 }
 

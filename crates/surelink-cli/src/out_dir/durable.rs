@@ -24,18 +24,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
-use surelink::{Connection, Endpoint, EndpointConfig};
+use surelink::{Endpoint, EndpointConfig};
 use surelink_session::{
-    read_hello, DurableReceiver, DurableSink as _, FileSink, Hello, ReceiverEvent, SessionError,
-    SessionId, SessionOptions,
+    DurableReceiver, DurableSink as _, FileSink, ReceiverEvent, SessionId, SessionOptions,
 };
 use tokio::sync::mpsc;
 
 use super::{file_name, OutDir};
 use crate::source::Source;
-
-/// A connection with its HELLO (or why it has none).
-type Greeting = (Connection, Result<Hello, SessionError>);
+use crate::state::{greet_senders, greeted, Greeting};
 
 /// What `recv --out-dir DIR --state STATE` needs.
 pub struct DurableOutDir {
@@ -94,22 +91,8 @@ pub async fn run(plan: DurableOutDir) -> anyhow::Result<()> {
 /// Routes every connection's HELLO to its session's receiver until the
 /// endpoint stops (or, with `once`, the first session completes).
 async fn serve(endpoint: &Endpoint, plan: &DurableOutDir) -> anyhow::Result<()> {
-    let (greeting_tx, mut greetings) = mpsc::channel::<Greeting>(16);
     // Dropped (so the acceptor aborted) when this returns.
-    let mut acceptor = tokio::task::JoinSet::new();
-    {
-        let endpoint = endpoint.clone();
-        let timeout = plan.options.handshake_timeout;
-        acceptor.spawn(async move {
-            while let Some(conn) = endpoint.accept().await {
-                let tx = greeting_tx.clone();
-                tokio::spawn(async move {
-                    let hello = read_hello(&conn, timeout).await;
-                    let _ = tx.send((conn, hello)).await;
-                });
-            }
-        });
-    }
+    let (_acceptor, mut greetings) = greet_senders(endpoint, plan.options.handshake_timeout);
     let mut sessions: HashMap<SessionId, mpsc::Sender<Greeting>> = HashMap::new();
     let (done_tx, mut done) = mpsc::channel::<(SessionId, anyhow::Result<()>)>(16);
     loop {
@@ -125,16 +108,7 @@ async fn serve(endpoint: &Endpoint, plan: &DurableOutDir) -> anyhow::Result<()> 
                 }
             }
             greeting = greetings.recv() => {
-                let Some((conn, hello)) = greeting else {
-                    bail!("the endpoint stopped accepting connections");
-                };
-                let hello = match hello {
-                    Ok(hello) => hello,
-                    Err(e) => {
-                        eprintln!("surelink recv: refused a sender from {}: {e}", conn.remote_addr());
-                        continue;
-                    }
-                };
+                let Some((conn, hello)) = greeted(greeting)? else { continue };
                 let id = hello.session_id;
                 let session = match sessions.get(&id) {
                     Some(tx) if !tx.is_closed() => tx.clone(),

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
-use surelink_session::{Durability, JournalError, SessionError, SessionOptions};
+use surelink_session::{read_hello, Durability, Hello, JournalError, SessionError, SessionOptions};
 
 use crate::args::parse_duration;
 use crate::exit::UsageError;
@@ -139,6 +139,55 @@ impl RecvStateArgs {
             .common
             .session_options()?
             .with_checkpoint_interval(self.checkpoint_interval))
+    }
+}
+
+/// A connection with its HELLO (or why it has none).
+pub type Greeting = (surelink::Connection, Result<Hello, SessionError>);
+
+/// Reads the HELLO of every connection `endpoint` accepts, each on a task of
+/// its own (within `timeout`), and hands them over as they come. The
+/// acceptor runs until the returned task set is dropped.
+pub fn greet_senders(
+    endpoint: &surelink::Endpoint,
+    timeout: Duration,
+) -> (
+    tokio::task::JoinSet<()>,
+    tokio::sync::mpsc::Receiver<Greeting>,
+) {
+    let (greeting_tx, greetings) = tokio::sync::mpsc::channel::<Greeting>(16);
+    let mut acceptor = tokio::task::JoinSet::new();
+    let endpoint = endpoint.clone();
+    acceptor.spawn(async move {
+        while let Some(conn) = endpoint.accept().await {
+            let tx = greeting_tx.clone();
+            tokio::spawn(async move {
+                let hello = read_hello(&conn, timeout).await;
+                let _ = tx.send((conn, hello)).await;
+            });
+        }
+    });
+    (acceptor, greetings)
+}
+
+/// The sender of a greeting from [`greet_senders`] with its HELLO; None,
+/// said on stderr, if its HELLO was refused; an error once the endpoint
+/// stopped accepting connections (`greeting` is None).
+pub fn greeted(
+    greeting: Option<Greeting>,
+) -> anyhow::Result<Option<(surelink::Connection, Hello)>> {
+    let Some((conn, hello)) = greeting else {
+        bail!("the endpoint stopped accepting connections");
+    };
+    match hello {
+        Ok(hello) => Ok(Some((conn, hello))),
+        Err(e) => {
+            eprintln!(
+                "surelink recv: refused a sender from {}: {e}",
+                conn.remote_addr()
+            );
+            Ok(None)
+        }
     }
 }
 
