@@ -512,6 +512,39 @@ fn a_stopped_receiver_writes_out_what_it_held_for_a_blocked_stdout() {
 }
 
 #[test]
+fn a_second_signal_ends_a_receiver_stuck_writing_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.bin");
+    std::fs::write(&input, random_bytes(8, 2 << 20)).unwrap();
+    // Nothing ever reads the receiver's stdout: after the first signal it
+    // waits to write out what it holds, for good.
+    let mut recv = Proc::spawn_holding_stdout("recv", &["recv", "--listen", "127.0.0.1:0"]);
+    let addr = recv.listening_addr();
+    let mut send = Proc::spawn(
+        "send",
+        &[
+            "send",
+            "--to",
+            &addr.to_string(),
+            "--in",
+            input.to_str().unwrap(),
+        ],
+    );
+    send.wait_success();
+    recv.terminate();
+    recv.wait_for_line("stopping");
+    assert!(recv.is_running(), "{}", recv.stderr());
+    recv.terminate();
+    let (status, _) = recv.wait_bytes();
+    assert_eq!(status.code(), Some(130), "{}", recv.stderr());
+    assert!(
+        recv.stderr().contains("interrupted again"),
+        "{}",
+        recv.stderr()
+    );
+}
+
+#[test]
 fn a_receiver_stopped_mid_stream_leaves_an_existing_output_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("precious.txt");
