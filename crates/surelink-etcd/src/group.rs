@@ -17,6 +17,7 @@ use surelink_session::{ReceiverStore, SessionError, SessionRecord};
 use tokio::sync::watch;
 
 use crate::access::EtcdAccess;
+use crate::batch::{Coalescer, CommitFailure, CommitStats};
 
 /// The pause after a failed etcd request before the next one (and how often
 /// a standby looks at the leader key when it cannot watch it).
@@ -28,6 +29,10 @@ const LEADER_RECHECK: Duration = Duration::from_secs(1);
 /// the leader to see it and measure its own silence (its failure-detection
 /// time, a second by default), short enough that a stale one goes away.
 pub const SUSPICION_TTL: Duration = Duration::from_secs(5);
+/// The default [`Group::with_batch_window`]: the default checkpoint
+/// interval of a session, so a leader streaming any number of sessions
+/// commits about one transaction per interval.
+pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// How often a standby reads the remaining TTL of a suspected leader's
 /// lease (only while a sender suspects it).
 const EVIDENCE_POLL: Duration = Duration::from_millis(20);
@@ -174,6 +179,7 @@ pub struct Group {
     client: Client,
     name: String,
     lease_ttl: Duration,
+    batch_window: Duration,
 }
 
 impl std::fmt::Debug for Group {
@@ -181,6 +187,7 @@ impl std::fmt::Debug for Group {
         f.debug_struct("Group")
             .field("name", &self.name)
             .field("lease_ttl", &self.lease_ttl)
+            .field("batch_window", &self.batch_window)
             .finish_non_exhaustive()
     }
 }
@@ -216,6 +223,7 @@ impl Group {
             client,
             name: name.to_owned(),
             lease_ttl,
+            batch_window: DEFAULT_BATCH_WINDOW,
         };
         group.leader().await.map_err(|e| match e {
             GroupError::Etcd(e) if is_status(&e, "permission denied") => {
@@ -227,6 +235,18 @@ impl Group {
             other => other,
         })?;
         Ok(group)
+    }
+
+    /// Sets how often, at most, a leader of this member starts a batch of
+    /// checkpoint transactions: every session's checkpoint submitted
+    /// meanwhile goes into the same fenced transaction (split beyond
+    /// [`MAX_TXN_PUTS`](crate::MAX_TXN_PUTS) puts). A checkpoint into an
+    /// idle leader goes at once; one that follows within the window waits
+    /// for it. Default [`DEFAULT_BATCH_WINDOW`]; zero commits whatever is
+    /// pending as soon as the previous transaction returned.
+    pub fn with_batch_window(mut self, window: Duration) -> Self {
+        self.batch_window = window;
+        self
     }
 
     /// The group's name.
@@ -250,6 +270,12 @@ impl Group {
 
     fn checkpoint_key(&self) -> String {
         format!("{}checkpoint", self.prefix())
+    }
+
+    /// Where the leader keeps the checkpoint of session slot `name`
+    /// ([`Leadership::open_session`]).
+    fn session_key(prefix: &str, name: &str) -> String {
+        format!("{prefix}sessions/{name}")
     }
 
     /// Where the suspicions of the leader of `term` are kept.
@@ -575,20 +601,33 @@ impl Group {
             self.suspicions_prefix(term),
             suspected,
         ));
+        let (coalescer, coalescing) = Coalescer::spawn(
+            client.clone(),
+            leader_key,
+            term,
+            owned_until.clone(),
+            self.batch_window,
+        );
+        let group_session = GroupSession {
+            key: checkpoint_key,
+            term,
+            owned,
+            coalescer,
+            checkpoint,
+            commits: 0,
+        };
         Ok(Some(Leadership {
             client,
-            leader_key,
-            checkpoint_key,
+            prefix: self.prefix(),
             lease,
             ttl,
             term,
             owned_until,
-            owned,
             keepalive,
             suspicions,
             suspicion_watch,
-            checkpoint,
-            commits: 0,
+            coalescing,
+            group_session,
         }))
     }
 }
@@ -766,25 +805,26 @@ async fn keep_alive(
 }
 
 /// This member's term as the group's leader: its lease (kept alive in the
-/// background), its fencing token, the group's checkpoint and the senders'
-/// suspicions of this term (watched in the background). A
-/// [`ReceiverStore`] whose commits are transactions conditional on the
-/// fencing token. Dropping it stops renewing the lease; [`resign`]
-/// (Self::resign) also deletes it, so a standby takes over at once.
+/// background), its fencing token, the senders' suspicions of this term
+/// (watched in the background), and its commit coalescer (every checkpoint
+/// of the term goes through it, batched into fenced transactions). A
+/// [`ReceiverStore`] for the group's own session (the key `checkpoint`);
+/// [`open_session`](Self::open_session) gives a store for each further
+/// session the leader serves. Dropping it stops renewing the lease and
+/// committing; [`resign`](Self::resign) also deletes it, so a standby
+/// takes over at once.
 pub struct Leadership {
     client: Client,
-    leader_key: String,
-    checkpoint_key: String,
+    prefix: String,
     lease: i64,
     ttl: Duration,
     term: i64,
     owned_until: Arc<watch::Sender<Option<Instant>>>,
-    owned: watch::Receiver<Option<Instant>>,
     keepalive: tokio::task::JoinHandle<()>,
     suspicions: watch::Receiver<BTreeSet<String>>,
     suspicion_watch: tokio::task::JoinHandle<()>,
-    checkpoint: Option<SessionRecord>,
-    commits: u64,
+    coalescing: tokio::task::JoinHandle<()>,
+    group_session: GroupSession,
 }
 
 /// Ends a [`Leadership`]'s ownership at once, from outside the receiver
@@ -822,9 +862,45 @@ impl Leadership {
         self.ttl
     }
 
-    /// Checkpoints committed to etcd in this term.
+    /// Checkpoints of the group's own session committed to etcd in this
+    /// term.
     pub fn commits(&self) -> u64 {
-        self.commits
+        self.group_session.commits
+    }
+
+    /// The transactions this term committed and the session checkpoints
+    /// they carried, over all its sessions (the commit coalescer's
+    /// counters).
+    pub fn commit_stats(&self) -> CommitStats {
+        self.group_session.coalescer.stats()
+    }
+
+    /// A store for one more session served by this leader, in slot `name`
+    /// (a name the application gives it, e.g. its output's; non-empty,
+    /// without `/`): its checkpoint lives in the group's key
+    /// `sessions/NAME`, read now, and its commits go through this term's
+    /// coalescer with every other session's. Valid for this term only:
+    /// once the term ends, it is deposed with the others.
+    pub async fn open_session(&self, name: &str) -> Result<GroupSession, GroupError> {
+        if name.is_empty() || name.contains('/') {
+            return Err(GroupError::BadName(name.to_owned()));
+        }
+        let key = Group::session_key(&self.prefix, name);
+        let mut client = self.client.clone();
+        let response = client.get(key.clone(), None).await?;
+        let checkpoint = response
+            .kvs()
+            .first()
+            .map(|kv| decode_checkpoint(kv.value()))
+            .transpose()?;
+        Ok(GroupSession {
+            key,
+            term: self.term,
+            owned: self.owned_until.subscribe(),
+            coalescer: self.group_session.coalescer.clone(),
+            checkpoint,
+            commits: 0,
+        })
     }
 
     /// The senders currently suspecting this term's leader ([`Group::suspect`]),
@@ -854,6 +930,65 @@ impl Leadership {
         self.client.lease_revoke(self.lease).await?;
         Ok(())
     }
+}
+
+impl std::fmt::Debug for Leadership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leadership")
+            .field("term", &self.term)
+            .field("lease", &self.lease)
+            .field("ttl", &self.ttl)
+            .field("commits", &self.group_session.commits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.keepalive.abort();
+        self.suspicion_watch.abort();
+        self.coalescing.abort();
+    }
+}
+
+impl ReceiverStore for Leadership {
+    fn checkpoint(&self) -> Option<&SessionRecord> {
+        self.group_session.checkpoint()
+    }
+
+    async fn commit(&mut self, record: SessionRecord, sync: bool) -> Result<(), SessionError> {
+        self.group_session.commit(record, sync).await
+    }
+
+    fn owned(&self, now: Instant) -> bool {
+        self.group_session.owned(now)
+    }
+
+    fn deposed(&self) -> impl Future<Output = SessionError> + Send + 'static {
+        self.group_session.deposed()
+    }
+}
+
+/// One session served by a group's leader: its checkpoint key, and the
+/// term's ownership and coalescer. A [`ReceiverStore`] whose commits join
+/// the term's batched, fenced transactions
+/// ([`Leadership::open_session`]; the leadership itself holds the one of
+/// the group's own session).
+#[derive(Debug)]
+pub struct GroupSession {
+    key: String,
+    term: i64,
+    owned: watch::Receiver<Option<Instant>>,
+    coalescer: Coalescer,
+    checkpoint: Option<SessionRecord>,
+    commits: u64,
+}
+
+impl GroupSession {
+    /// Checkpoints of this session committed in this term.
+    pub fn commits(&self) -> u64 {
+        self.commits
+    }
 
     fn stale(&self) -> SessionError {
         SessionError::Deposed(format!(
@@ -863,71 +998,33 @@ impl Leadership {
     }
 }
 
-impl std::fmt::Debug for Leadership {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Leadership")
-            .field("term", &self.term)
-            .field("lease", &self.lease)
-            .field("ttl", &self.ttl)
-            .field("commits", &self.commits)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Drop for Leadership {
-    fn drop(&mut self) {
-        self.keepalive.abort();
-        self.suspicion_watch.abort();
-    }
-}
-
-impl ReceiverStore for Leadership {
+impl ReceiverStore for GroupSession {
     fn checkpoint(&self) -> Option<&SessionRecord> {
         self.checkpoint.as_ref()
     }
 
-    /// One transaction: put the checkpoint if the leader key still has
+    /// Submits the checkpoint to the term's coalescer and waits for the
+    /// transaction that carries it: a put of this session's key, with the
+    /// other sessions' pending checkpoints, if the leader key still has
     /// this term's creation revision. Retried on errors until the lease's
     /// deadline, then [`SessionError::Deposed`] (nothing confirmed). etcd
     /// has the write on its quorum's disks when it answers, whatever `sync`.
     async fn commit(&mut self, record: SessionRecord, _sync: bool) -> Result<(), SessionError> {
-        let now = tokio::time::Instant::now().into_std();
-        let Some(deadline) = (*self.owned.borrow()).filter(|until| *until > now) else {
+        if !self.owned(tokio::time::Instant::now().into_std()) {
             return Err(self.stale());
-        };
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                self.leader_key.clone(),
-                CompareOp::Equal,
-                self.term,
-            )])
-            .and_then([TxnOp::put(
-                self.checkpoint_key.clone(),
-                CheckpointRecord::Session(record.clone()).to_bytes(),
-                None,
-            )]);
-        let committed = async {
-            loop {
-                match self.client.txn(txn.clone()).await {
-                    Ok(response) => return response.succeeded(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot commit the checkpoint to etcd; trying again");
-                        tokio::time::sleep(POLL_INTERVAL).await;
-                    }
-                }
-            }
-        };
-        match tokio::time::timeout_at(deadline.into(), committed).await {
-            Ok(true) => {
+        }
+        let bytes = CheckpointRecord::Session(record.clone()).to_bytes();
+        match self.coalescer.commit(self.key.clone(), bytes).await {
+            Ok(()) => {
                 self.checkpoint = Some(record);
                 self.commits += 1;
                 Ok(())
             }
-            Ok(false) => Err(SessionError::Deposed(format!(
+            Err(CommitFailure::Fenced) => Err(SessionError::Deposed(format!(
                 "fencing token {} is stale: another member leads the group",
                 self.term
             ))),
-            Err(_) => Err(self.stale()),
+            Err(CommitFailure::Expired) => Err(self.stale()),
         }
     }
 
