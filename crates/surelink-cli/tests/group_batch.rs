@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use support::etcd::Etcd;
 use surelink::{Endpoint, EndpointConfig};
-use surelink_etcd::{EtcdAccess, Group, GroupSession, Leadership, MAX_TXN_PUTS};
+use surelink_etcd::{
+    EtcdAccess, Group, GroupSession, Leadership, DEFAULT_BATCH_WINDOW, MAX_TXN_PUTS,
+};
 use surelink_session::{
     DurableReceiver, DurableSender, FileSink, MemStorage, ReceiverStore, SessionError,
     SessionOptions, SessionRecord,
@@ -35,11 +37,13 @@ const SCENARIO_LIMIT: Duration = Duration::from_secs(90);
 /// The leader's lease (long: these tests are not about expiry).
 const LEASE_TTL: Duration = Duration::from_secs(5);
 
-/// Connects to `etcd` as a member of `group` and wins its leadership.
-async fn lead(etcd: &Etcd, group: &str) -> (Group, Leadership) {
+/// Connects to `etcd` as a member of `group` whose leaders start a batch
+/// about once per `window`, and wins its leadership.
+async fn lead(etcd: &Etcd, group: &str, window: Duration) -> (Group, Leadership) {
     let group = Group::connect(&EtcdAccess::new(vec![etcd.endpoint(0)]), group, LEASE_TTL)
         .await
-        .expect("connect to etcd");
+        .expect("connect to etcd")
+        .with_batch_window(window);
     let leadership = tokio::time::timeout(SCENARIO_LIMIT, group.campaign("127.0.0.1:1", |_| {}))
         .await
         .expect("elected within the bound")
@@ -102,7 +106,9 @@ async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> V
 async fn checkpoints_of_many_sessions_go_in_few_fenced_transactions_and_a_failed_fence_deposes_all()
 {
     let etcd = Etcd::start(1);
-    let (_group, leadership) = lead(&etcd, "batch").await;
+    // A long window: each round is at most two batches, however the
+    // submissions and the coalescer interleave.
+    let (_group, leadership) = lead(&etcd, "batch", Duration::from_secs(1)).await;
     // More sessions than one transaction may carry: every batch is split.
     let count = 2 * MAX_TXN_PUTS + 44;
     let mut sessions = Vec::with_capacity(count);
@@ -228,7 +234,7 @@ async fn send(index: usize, addr: std::net::SocketAddr, count: u64, options: Ses
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_sessions_streamed_through_one_leader_each_end_exact() {
     let etcd = Etcd::start(1);
-    let (_group, leadership) = lead(&etcd, "streams").await;
+    let (_group, leadership) = lead(&etcd, "streams", DEFAULT_BATCH_WINDOW).await;
     let dir = tempfile::tempdir().unwrap();
     let count = 400;
     let sessions = 6;

@@ -6,9 +6,9 @@
 //! [`Leadership`](crate::Leadership) itself for the group's own session)
 //! *submits* its new checkpoint (key and bytes) and awaits the outcome of
 //! the transaction that carries it. A background task, spawned with the
-//! term ([`Coalescer::spawn`]), takes everything submitted, at most once
-//! per window (a submission into an idle coalescer goes at once; the next
-//! batch waits until one window after the previous batch started), and
+//! term ([`Coalescer::spawn`]), takes everything submitted, about once per
+//! window (a submission into an idle coalescer goes at once; the next
+//! batch waits until one window after the previous one was due), and
 //! commits it as transactions of at most [`MAX_TXN_PUTS`] puts (etcd's
 //! default `--max-txn-ops` is 128), each conditional on the leader key
 //! still having the term's creation revision. A submission is answered
@@ -28,6 +28,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// The most puts in one transaction: etcd's default `--max-txn-ops`.
 /// Larger batches are split into several transactions.
 pub const MAX_TXN_PUTS: usize = 128;
+
+/// How early, in windows, a batch may start before its slot (see `run`).
+const SLOT_TOLERANCE: f64 = 0.125;
 
 /// The pause after a failed transaction before it is sent again.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -135,20 +138,28 @@ impl Coalescer {
     }
 }
 
-/// The coalescer's task: batches, at most one started per `window`, until
-/// every handle is gone.
+/// The coalescer's task: batches, about one per `window`, until every
+/// handle is gone. Each batch has a *slot*: when it was first submitted to,
+/// or one window after the previous batch's slot if that is later. It
+/// waits for its slot unless that is within a tolerance of
+/// [`SLOT_TOLERANCE`] windows. Slots are counted from when batches were
+/// allowed, not from when the task woke up, so timer rounding does not add
+/// up: a session checkpointing exactly once per window is never held back.
 async fn run(
     mut fence: Fence,
     window: Duration,
     mut queue: mpsc::UnboundedReceiver<Submission>,
     counters: Arc<Counters>,
 ) {
-    let mut last_start: Option<tokio::time::Instant> = None;
+    let tolerance = window.mul_f64(SLOT_TOLERANCE);
+    let mut last_slot: Option<tokio::time::Instant> = None;
     while let Some(first) = queue.recv().await {
-        if let Some(last) = last_start {
-            tokio::time::sleep_until(last + window).await;
+        let now = tokio::time::Instant::now();
+        let slot = last_slot.map_or(now, |last| now.max(last + window));
+        if slot > now + tolerance {
+            tokio::time::sleep_until(slot).await;
         }
-        last_start = Some(tokio::time::Instant::now());
+        last_slot = Some(slot);
         let mut batch = vec![first];
         while let Ok(more) = queue.try_recv() {
             batch.push(more);

@@ -34,11 +34,13 @@
 //!    ([`Group::next_leader`]) before campaigning again.
 //!
 //! 6. a leader that died (or is paused) cannot resign: while a sender
-//!    suspects it, the standbys read the remaining TTL of its lease, and
-//!    once that shows it has stopped renewing for longer than a leader may
-//!    own its term after a renewal, one of them revokes the lease
+//!    suspects it, the standbys read the remaining TTL of its lease (TTLs
+//!    of 2 s or more) or read its *alive key* `alive/TERM`, which a leader
+//!    with a shorter lease puts, fenced by its term, at every renewal; once
+//!    that shows it has stopped renewing for longer than a leader may own
+//!    its term after a renewal, one of them revokes the lease
 //!    ([`CampaignEvent::EndedEarly`]) and the campaign goes on at once,
-//!    without waiting for etcd to expire it (TTLs of 2 s or more).
+//!    without waiting for etcd to expire it.
 //!
 //! 7. a leader may serve several sessions of its group at once: the
 //!    leadership is the store of the group's own session, and
@@ -57,7 +59,9 @@
 //! Keys, under `/surelink/groups/NAME/`: `leader` (the leader's addresses,
 //! attached to its lease), `checkpoint` (the last committed checkpoint:
 //! one SESSION record of the checkpoint journal's format),
-//! `sessions/NAME` (the same, for each further session a leader serves) and
+//! `sessions/NAME` (the same, for each further session a leader serves),
+//! `alive/TERM` (put at every renewal by a leader whose lease is shorter
+//! than 2 s) and
 //! `suspicions/TERM/SENDER` (a sender's report that it lost the leader of
 //! TERM, attached to a short lease of its own). The design, with
 //! diagrams, is in `docs/CHECKPOINTS.md`.
