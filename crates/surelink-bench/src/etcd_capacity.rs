@@ -13,15 +13,23 @@
 //! interval. Measured: the commit latency (p50, p99, max), the commits/s
 //! achieved against the N / interval asked for, the failed commits, and the
 //! ticks missed because a session's previous commit had not returned yet
-//! (commits fall behind the interval). Every wait is bounded.
+//! (commits fall behind the interval), and the etcd transactions that
+//! carried the commits (the leaders' coalescer counters).
+//!
+//! With `--batched`, the N sessions are served by *one* leader of one group
+//! instead (`Leadership::open_session`), as one receiver carrying many
+//! sessions does: their checkpoints go through the leader's commit
+//! coalescer, one fenced transaction per batch window (20 ms, split beyond
+//! 128 puts), so the transactions/s stay about 50 × ⌈N / 128⌉ whatever N.
+//! Every wait is bounded.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use surelink_etcd::{EtcdAccess, Group, Leadership};
-use surelink_session::{ReceiverStore as _, SessionOptions, SessionRecord};
+use surelink_etcd::{CommitStats, EtcdAccess, Group, Leadership};
+use surelink_session::{ReceiverStore, SessionOptions, SessionRecord};
 
 use crate::standby::start_etcd;
 
@@ -43,6 +51,10 @@ struct Args {
     /// Seconds of committing per count.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// One leader serves all the sessions, batching their checkpoints into
+    /// shared transactions (instead of one group and leader per session).
+    #[arg(long)]
+    batched: bool,
 }
 
 /// One session's figures.
@@ -62,9 +74,9 @@ pub fn main(argv: impl Iterator<Item = std::ffi::OsString>) -> anyhow::Result<()
     let interval = SessionOptions::default().checkpoint_interval;
     let duration = Duration::from_secs(args.seconds);
     println!(
-        "| sessions | commits/s asked | commits/s done | p50 | p99 | max | failed | ticks missed |"
+        "| sessions | commits/s asked | commits/s done | etcd txns/s | p50 | p99 | max | failed | ticks missed |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &args.sessions {
         eprintln!("etcd-capacity: {n} sessions for {duration:?}");
         let dir = tempfile::tempdir()?;
@@ -73,7 +85,7 @@ pub fn main(argv: impl Iterator<Item = std::ffi::OsString>) -> anyhow::Result<()
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let figures = runtime.block_on(step(&url, n, interval, duration))?;
+        let (figures, txns) = runtime.block_on(step(&url, n, interval, duration, args.batched))?;
         runtime.shutdown_timeout(Duration::from_secs(2));
         let mut latency = Histogram::<u64>::new(3).expect("valid precision");
         let (mut commits, mut errors, mut missed) = (0, 0, 0);
@@ -86,9 +98,10 @@ pub fn main(argv: impl Iterator<Item = std::ffi::OsString>) -> anyhow::Result<()
         let ticks = commits + errors + missed;
         let ms = |us: u64| us as f64 / 1e3;
         println!(
-            "| {n} | {:.0} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {errors} | {missed} ({:.1} %) |",
+            "| {n} | {:.0} | {:.0} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {errors} | {missed} ({:.1} %) |",
             n as f64 / interval.as_secs_f64(),
             commits as f64 / duration.as_secs_f64(),
+            txns.transactions as f64 / duration.as_secs_f64(),
             ms(latency.value_at_quantile(0.5)),
             ms(latency.value_at_quantile(0.99)),
             ms(latency.max()),
@@ -98,29 +111,22 @@ pub fn main(argv: impl Iterator<Item = std::ffi::OsString>) -> anyhow::Result<()
     Ok(())
 }
 
-/// Elects `n` leaders on the etcd at `url`, then has each commit a
-/// checkpoint every `interval` for `duration`.
+/// Elects the leaders on the etcd at `url` (`n`, or one with `n` sessions
+/// if `batched`), then has each session commit a checkpoint every
+/// `interval` for `duration`. Returns each session's figures and the
+/// leaders' transactions.
 async fn step(
     url: &str,
     n: usize,
     interval: Duration,
     duration: Duration,
-) -> anyhow::Result<Vec<SessionFigures>> {
+    batched: bool,
+) -> anyhow::Result<(Vec<SessionFigures>, CommitStats)> {
+    let groups = if batched { 1 } else { n };
     let elected = async {
-        let mut leaders = Vec::with_capacity(n);
-        for i in 0..n {
-            let group = Group::connect(
-                &EtcdAccess::new(vec![url.to_owned()]),
-                &format!("capacity-{i}"),
-                LEASE_TTL,
-            )
-            .await
-            .with_context(|| format!("group {i}: cannot connect to etcd"))?;
-            let leadership = group
-                .campaign("127.0.0.1:1", |_| {})
-                .await
-                .with_context(|| format!("group {i}: campaign failed"))?;
-            leaders.push(leadership);
+        let mut leaders = Vec::with_capacity(groups);
+        for i in 0..groups {
+            leaders.push(elect(url, i).await?);
         }
         anyhow::Ok(leaders)
     };
@@ -128,37 +134,82 @@ async fn step(
         .await
         .context("electing the leaders took too long")??;
     let start = Instant::now() + interval;
-    let tasks: Vec<_> = leaders
+    let first = |i: usize| start + interval.mul_f64(i as f64 / n as f64);
+    let end = start + duration;
+    if batched {
+        let leadership = &leaders[0];
+        let mut tasks = Vec::with_capacity(n);
+        for i in 0..n {
+            let session = leadership.open_session(&format!("s{i}")).await?;
+            tasks.push(tokio::spawn(commit_every(
+                session,
+                i,
+                first(i),
+                interval,
+                end,
+            )));
+        }
+        let (figures, _) = finish(tasks).await?;
+        return Ok((figures, leadership.commit_stats()));
+    }
+    // Each leader commits its group's own session.
+    let tasks = leaders
         .into_iter()
         .enumerate()
-        .map(|(i, leadership)| {
-            let first = start + interval.mul_f64(i as f64 / n as f64);
-            tokio::spawn(commit_every(
-                leadership,
-                i,
-                first,
-                interval,
-                start + duration,
-            ))
-        })
+        .map(|(i, leadership)| tokio::spawn(commit_every(leadership, i, first(i), interval, end)))
         .collect();
-    let mut figures = Vec::with_capacity(n);
-    for task in tasks {
-        figures.push(task.await.context("a session task failed")?);
-    }
-    Ok(figures)
+    let (figures, leaders) = finish(tasks).await?;
+    let txns =
+        leaders
+            .iter()
+            .map(Leadership::commit_stats)
+            .fold(CommitStats::default(), |sum, one| CommitStats {
+                transactions: sum.transactions + one.transactions,
+                checkpoints: sum.checkpoints + one.checkpoints,
+            });
+    Ok((figures, txns))
 }
 
-/// Commits a checkpoint of session `index` at `first`, then every
-/// `interval` until `end`; a tick that passed while a commit was still
-/// pending is missed, not made up for.
-async fn commit_every(
-    mut leadership: Leadership,
+/// Connects to the etcd at `url` as a member of group `capacity-INDEX` and
+/// wins its leadership.
+async fn elect(url: &str, index: usize) -> anyhow::Result<Leadership> {
+    let group = Group::connect(
+        &EtcdAccess::new(vec![url.to_owned()]),
+        &format!("capacity-{index}"),
+        LEASE_TTL,
+    )
+    .await
+    .with_context(|| format!("group {index}: cannot connect to etcd"))?;
+    group
+        .campaign("127.0.0.1:1", |_| {})
+        .await
+        .with_context(|| format!("group {index}: campaign failed"))
+}
+
+/// Waits for the session tasks: their figures, and their stores back.
+async fn finish<S>(
+    tasks: Vec<tokio::task::JoinHandle<(SessionFigures, S)>>,
+) -> anyhow::Result<(Vec<SessionFigures>, Vec<S>)> {
+    let mut figures = Vec::with_capacity(tasks.len());
+    let mut stores = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let (session, store) = task.await.context("a session task failed")?;
+        figures.push(session);
+        stores.push(store);
+    }
+    Ok((figures, stores))
+}
+
+/// Commits a checkpoint of session `index` to `store` at `first`, then
+/// every `interval` until `end`; a tick that passed while a commit was
+/// still pending is missed, not made up for. Hands the store back.
+async fn commit_every<S: ReceiverStore>(
+    mut store: S,
     index: usize,
     first: Instant,
     interval: Duration,
     end: Instant,
-) -> SessionFigures {
+) -> (SessionFigures, S) {
     let mut figures = SessionFigures {
         latency_us: Histogram::new(3).expect("valid precision"),
         commits: 0,
@@ -178,7 +229,7 @@ async fn commit_every(
             peer,
         };
         let sent = Instant::now();
-        match leadership.commit(record, true).await {
+        match store.commit(record, true).await {
             Ok(()) => {
                 figures.commits += 1;
                 let us = sent.elapsed().as_micros().max(1) as u64;
@@ -196,5 +247,5 @@ async fn commit_every(
             next += interval;
         }
     }
-    figures
+    (figures, store)
 }

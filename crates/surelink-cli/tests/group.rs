@@ -280,7 +280,22 @@ fn a_leader_paused_while_suspected_is_replaced_early_and_wakes_up_deposed() {
 /// is exact.
 #[test]
 fn kill_9_of_a_suspected_leader_ends_its_term_before_its_lease_expires() {
-    let bench = Bench::with_lease_ttl(1, EARLY_END_TTL);
+    a_killed_suspected_leader_is_replaced_before_its_lease_expires(EARLY_END_TTL);
+}
+
+/// The same with a 1 s lease, whose remaining-TTL readings prove nothing:
+/// the standby's proof is the leader's alive key, unchanged for longer
+/// than the leader may own its term after a renewal.
+#[test]
+fn kill_9_of_a_suspected_leader_with_a_one_second_lease_ends_its_term_on_its_alive_key() {
+    a_killed_suspected_leader_is_replaced_before_its_lease_expires(LEASE_TTL);
+}
+
+/// kill -9 of the leader mid-stream with leases of `lease_ttl`: the
+/// standby ends the dead leader's term (revoking a lease still alive),
+/// then leads, and the output is exact.
+fn a_killed_suspected_leader_is_replaced_before_its_lease_expires(lease_ttl: &'static str) {
+    let bench = Bench::with_lease_ttl(1, lease_ttl);
     let input = bench.path("in.bin");
     let output = bench.path("out.bin");
     let data = random_file(&input, 6 << 20, 17);
@@ -617,7 +632,20 @@ fn term_of(line: &str) -> String {
 /// term, and never leads during it.
 #[test]
 fn a_suspicion_from_a_sender_the_leader_still_hears_does_not_depose_it() {
-    let bench = Bench::with_lease_ttl(1, EARLY_END_TTL);
+    a_suspicion_of_a_leader_that_renews_deposes_nothing(EARLY_END_TTL);
+}
+
+/// The same with a 1 s lease: the standby watches the leader's alive key,
+/// which keeps changing, so it never ends the term.
+#[test]
+fn a_suspicion_of_a_leader_renewing_a_one_second_lease_deposes_nothing() {
+    a_suspicion_of_a_leader_that_renews_deposes_nothing(LEASE_TTL);
+}
+
+/// A lying suspicion while the leader serves with leases of `lease_ttl`:
+/// nothing happens, and the transfer completes with the first leader.
+fn a_suspicion_of_a_leader_that_renews_deposes_nothing(lease_ttl: &'static str) {
+    let bench = Bench::with_lease_ttl(1, lease_ttl);
     let input = bench.path("in.bin");
     let output = bench.path("out.bin");
     let data = random_file(&input, 4 << 20, 73);

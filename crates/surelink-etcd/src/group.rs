@@ -17,6 +17,7 @@ use surelink_session::{ReceiverStore, SessionError, SessionRecord};
 use tokio::sync::watch;
 
 use crate::access::EtcdAccess;
+use crate::batch::{Coalescer, CommitFailure, CommitStats};
 
 /// The pause after a failed etcd request before the next one (and how often
 /// a standby looks at the leader key when it cannot watch it).
@@ -28,8 +29,12 @@ const LEADER_RECHECK: Duration = Duration::from_secs(1);
 /// the leader to see it and measure its own silence (its failure-detection
 /// time, a second by default), short enough that a stale one goes away.
 pub const SUSPICION_TTL: Duration = Duration::from_secs(5);
+/// The default [`Group::with_batch_window`]: the default checkpoint
+/// interval of a session, so a leader streaming any number of sessions
+/// commits about one transaction per interval.
+pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// How often a standby reads the remaining TTL of a suspected leader's
-/// lease (only while a sender suspects it).
+/// lease (only while a sender suspects it), or its alive key (all along).
 const EVIDENCE_POLL: Duration = Duration::from_millis(20);
 
 /// How a leader keeps a lease of a given TTL, and when a standby may end
@@ -42,55 +47,61 @@ struct LeaseTiming {
     /// After a renewal *sent* at `s` and answered in time, the leader
     /// writes and confirms until `s + own_for`, never longer.
     own_for: Duration,
-    /// When a standby may revoke the lease of a suspected leader early:
-    /// `None` if etcd's whole-second TTL readings cannot tell a missed
-    /// renewal before the lease expires anyway (a 1 s TTL).
-    early_end: Option<EarlyEnd>,
-}
-
-/// The evidence that a suspected leader stopped renewing its lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct EarlyEnd {
-    /// etcd's remaining TTL reading (whole seconds, rounded down) at or
-    /// below which the lease has not been renewed for more than `silent`.
-    remaining_at_most: i64,
-    /// How long the leader has then been silent to etcd at least.
+    /// The silence to etcd that proves a leader's ownership over: at least
+    /// `own_for + renew_every`.
     silent: Duration,
+    /// How a standby observes that silence.
+    evidence: Evidence,
 }
 
-/// The lease timing for a TTL etcd granted. etcd reports a lease's
-/// remaining TTL in whole seconds, rounded down, so a reading of `k`
-/// proves only that the last renewal etcd processed is more than
-/// `TTL − k − 1` s old. With a TTL of 2 s or more, a standby takes a
-/// reading of `TTL − 1 − E` or less (E: half the TTL in whole seconds) as
-/// proof that the leader has been silent to etcd for more than E, and the
-/// leader renews every E/4, counts a renewal only if it is answered within
-/// E/4, and owns its term until 3E/4 after *sending* it. So when a standby
-/// revokes on that proof, the leader's ownership has already ended: a
-/// renewal etcd processed before the reading was sent more than E before
-/// it (ownership ended E/4 before the reading); one processed after the
-/// reading was sent while the leader still owned its term, so more than
-/// E/4 before the reading, and was answered too late to count. With a 1 s
-/// TTL there is no such proof before the lease expires anyway: a renewal
-/// every third of the TTL and ownership until the TTL after it was sent,
-/// as etcd counts.
+/// What shows a standby that a suspected leader stopped renewing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Evidence {
+    /// etcd's remaining TTL reading of the lease (whole seconds, rounded
+    /// down): at or below this, the lease has not been renewed for more
+    /// than `silent`.
+    RemainingTtl(i64),
+    /// The leader's *alive key* (`alive/TERM`): every renewal also puts it,
+    /// in a transaction fenced by the term, and counts only if that put
+    /// succeeded in time. A standby that has seen the key's revision
+    /// unchanged from a read answered at `a` to a read sent at `a + silent`
+    /// or later has proof of the silence. For TTLs whose readings are all
+    /// 0 s while the lease lives (below 2 s).
+    AliveKey,
+}
+
+/// The lease timing for a TTL etcd granted. In both cases the leader
+/// renews every `renew_every` (W), counts a renewal only if it is answered
+/// within W, and owns its term until `own_for` (3W) after *sending* it; a
+/// standby revokes only on proof that no renewal reached etcd for
+/// `silent` (4W) or more. So when it revokes, the leader's ownership has
+/// already ended: a renewal etcd processed before the silence began was
+/// sent before it, so its ownership ended W before the proof; one
+/// processed after the proof was sent while the leader still owned its
+/// term, so more than W before it, and was answered too late to count.
+///
+/// The proof: etcd reports a lease's remaining TTL in whole seconds,
+/// rounded down, so a reading of `k` proves only that the last renewal
+/// etcd processed is more than `TTL − k − 1` s old. With a TTL of 2 s or
+/// more, `silent` is E, half the TTL in whole seconds, and a reading of
+/// `TTL − 1 − E` or less proves it ([`Evidence::RemainingTtl`]). Below 2 s
+/// every reading of a live lease is 0, which proves nothing: `silent` is
+/// then three quarters of the TTL and the proof is the leader's alive key
+/// ([`Evidence::AliveKey`]).
 fn lease_timing(ttl: Duration) -> LeaseTiming {
     let secs = ttl.as_secs();
-    if secs < 2 {
-        return LeaseTiming {
-            renew_every: ttl / 3,
-            own_for: ttl,
-            early_end: None,
-        };
-    }
-    let silent = Duration::from_secs((secs / 2).max(1));
+    let (silent, evidence) = if secs < 2 {
+        (ttl * 3 / 4, Evidence::AliveKey)
+    } else {
+        let silent = Duration::from_secs(secs / 2);
+        let remaining_at_most = (secs - 1) as i64 - silent.as_secs() as i64;
+        (silent, Evidence::RemainingTtl(remaining_at_most))
+    };
     LeaseTiming {
         renew_every: silent / 4,
         own_for: silent * 3 / 4,
-        early_end: Some(EarlyEnd {
-            remaining_at_most: (secs - 1) as i64 - silent.as_secs() as i64,
-            silent,
-        }),
+        silent,
+        evidence,
     }
 }
 
@@ -174,6 +185,7 @@ pub struct Group {
     client: Client,
     name: String,
     lease_ttl: Duration,
+    batch_window: Duration,
 }
 
 impl std::fmt::Debug for Group {
@@ -181,6 +193,7 @@ impl std::fmt::Debug for Group {
         f.debug_struct("Group")
             .field("name", &self.name)
             .field("lease_ttl", &self.lease_ttl)
+            .field("batch_window", &self.batch_window)
             .finish_non_exhaustive()
     }
 }
@@ -216,6 +229,7 @@ impl Group {
             client,
             name: name.to_owned(),
             lease_ttl,
+            batch_window: DEFAULT_BATCH_WINDOW,
         };
         group.leader().await.map_err(|e| match e {
             GroupError::Etcd(e) if is_status(&e, "permission denied") => {
@@ -227,6 +241,18 @@ impl Group {
             other => other,
         })?;
         Ok(group)
+    }
+
+    /// Sets how often, at most, a leader of this member starts a batch of
+    /// checkpoint transactions: every session's checkpoint submitted
+    /// meanwhile goes into the same fenced transaction (split beyond
+    /// [`MAX_TXN_PUTS`](crate::MAX_TXN_PUTS) puts). A checkpoint into an
+    /// idle leader goes at once; one that follows within the window waits
+    /// for it. Default [`DEFAULT_BATCH_WINDOW`]; zero commits whatever is
+    /// pending as soon as the previous transaction returned.
+    pub fn with_batch_window(mut self, window: Duration) -> Self {
+        self.batch_window = window;
+        self
     }
 
     /// The group's name.
@@ -250,6 +276,18 @@ impl Group {
 
     fn checkpoint_key(&self) -> String {
         format!("{}checkpoint", self.prefix())
+    }
+
+    /// Where the leader keeps the checkpoint of session slot `name`
+    /// ([`Leadership::open_session`]).
+    fn session_key(prefix: &str, name: &str) -> String {
+        format!("{prefix}sessions/{name}")
+    }
+
+    /// The key the leader of `term` puts with each renewal of a short
+    /// lease ([`Evidence::AliveKey`]).
+    fn alive_key(&self, term: i64) -> String {
+        format!("{}alive/{term}", self.prefix())
     }
 
     /// Where the suspicions of the leader of `term` are kept.
@@ -357,13 +395,13 @@ impl Group {
     }
 
     /// Ends `leader`'s term early if it is dead: once a sender suspects
-    /// that term (`suspicions/TERM/`) *and* etcd's remaining TTL of the
-    /// leader's lease shows that the leader has not renewed it for longer
-    /// than it may own its term after a renewal ([`lease_timing`]), revokes
-    /// the lease (`revoking` is set just before) and returns what proved
-    /// it; `None` if the lease turned out to be gone already. Never
-    /// resolves for a lease whose TTL gives no such proof (1 s), nor while
-    /// the leader renews (a wrong or lying suspicion does nothing).
+    /// that term (`suspicions/TERM/`) *and* etcd shows that the leader has
+    /// not renewed for longer than it may own its term after a renewal
+    /// ([`lease_timing`]: the lease's remaining TTL, or for short TTLs the
+    /// leader's alive key, read all along), revokes the lease (`revoking`
+    /// is set just before) and returns what proved it; `None` if the lease
+    /// turned out to be gone already. Never resolves while the leader
+    /// renews (a wrong or lying suspicion does nothing).
     async fn end_if_dead(&self, leader: &Leader, revoking: &AtomicBool) -> Option<EndedEarly> {
         if leader.lease == 0 {
             return std::future::pending().await;
@@ -375,33 +413,67 @@ impl Group {
             self.suspicions_prefix(leader.term),
             suspected,
         )));
+        // The leader's timing follows from the TTL etcd granted it.
+        let timing = loop {
+            match client.lease_time_to_live(leader.lease, None).await {
+                Ok(reading) if reading.ttl() < 0 => return None,
+                Ok(reading) => {
+                    break lease_timing(Duration::from_secs(reading.granted_ttl().max(1) as u64))
+                }
+                Err(_) => tokio::time::sleep(EVIDENCE_POLL).await,
+            }
+        };
+        let alive_key = self.alive_key(leader.term);
+        // The alive key's revision, and when a read first showed it.
+        let mut alive_seen: Option<(i64, Instant)> = None;
         loop {
-            let suspected_by: Vec<String> =
-                match suspicions.wait_for(|senders| !senders.is_empty()).await {
-                    Ok(senders) => senders.iter().cloned().collect(),
-                    Err(_) => return std::future::pending().await,
-                };
-            if let Ok(reading) = client.lease_time_to_live(leader.lease, None).await {
+            if let Evidence::RemainingTtl(_) = timing.evidence {
+                // Read only while suspected.
+                if suspicions
+                    .wait_for(|senders| !senders.is_empty())
+                    .await
+                    .is_err()
+                {
+                    return std::future::pending().await;
+                }
+            }
+            let sent = Instant::now();
+            let silent_long_enough = match timing.evidence {
+                Evidence::RemainingTtl(remaining_at_most) => {
+                    match client.lease_time_to_live(leader.lease, None).await {
+                        Ok(reading) if reading.ttl() < 0 => return None,
+                        Ok(reading) => reading.ttl() <= remaining_at_most,
+                        Err(_) => false,
+                    }
+                }
+                Evidence::AliveKey => match client.get(alive_key.as_str(), None).await {
+                    Ok(read) => {
+                        let revision = read.kvs().first().map_or(0, |kv| kv.mod_revision());
+                        let since = match alive_seen {
+                            Some((seen, at)) if seen == revision => at,
+                            _ => alive_seen.insert((revision, Instant::now())).1,
+                        };
+                        sent.saturating_duration_since(since) >= timing.silent
+                    }
+                    Err(_) => false,
+                },
+            };
+            let suspected_by: Vec<String> = suspicions.borrow().iter().cloned().collect();
+            if silent_long_enough && !suspected_by.is_empty() {
+                revoking.store(true, Ordering::Relaxed);
+                let reading = client.lease_time_to_live(leader.lease, None).await.ok()?;
                 if reading.ttl() < 0 {
                     return None;
                 }
-                let granted = Duration::from_secs(reading.granted_ttl().max(0) as u64);
-                let Some(early) = lease_timing(granted).early_end else {
-                    // No proof possible before the lease expires by itself.
-                    return std::future::pending().await;
-                };
-                if reading.ttl() <= early.remaining_at_most {
-                    revoking.store(true, Ordering::Relaxed);
-                    return client
-                        .lease_revoke(leader.lease)
-                        .await
-                        .ok()
-                        .map(|_| EndedEarly {
-                            suspected_by,
-                            reading,
-                            silent: early.silent,
-                        });
-                }
+                return client
+                    .lease_revoke(leader.lease)
+                    .await
+                    .ok()
+                    .map(|_| EndedEarly {
+                        suspected_by,
+                        reading,
+                        silent: timing.silent,
+                    });
             }
             tokio::time::sleep(EVIDENCE_POLL).await;
         }
@@ -563,10 +635,16 @@ impl Group {
         let timing = lease_timing(ttl);
         let (owned_until, owned) = watch::channel(Some(requested + timing.own_for));
         let owned_until = Arc::new(owned_until);
+        let alive = (timing.evidence == Evidence::AliveKey).then(|| AliveBump {
+            leader_key: leader_key.clone(),
+            key: self.alive_key(term),
+            term,
+        });
         let keepalive = tokio::spawn(keep_alive(
             client.clone(),
             lease,
             timing,
+            alive,
             owned_until.clone(),
         ));
         let (suspected, suspicions) = watch::channel(BTreeSet::new());
@@ -575,20 +653,33 @@ impl Group {
             self.suspicions_prefix(term),
             suspected,
         ));
+        let (coalescer, coalescing) = Coalescer::spawn(
+            client.clone(),
+            leader_key,
+            term,
+            owned_until.clone(),
+            self.batch_window,
+        );
+        let group_session = GroupSession {
+            key: checkpoint_key,
+            term,
+            owned,
+            coalescer,
+            checkpoint,
+            commits: 0,
+        };
         Ok(Some(Leadership {
             client,
-            leader_key,
-            checkpoint_key,
+            prefix: self.prefix(),
             lease,
             ttl,
             term,
             owned_until,
-            owned,
             keepalive,
             suspicions,
             suspicion_watch,
-            checkpoint,
-            commits: 0,
+            coalescing,
+            group_session,
         }))
     }
 }
@@ -689,21 +780,52 @@ fn decode_checkpoint(bytes: &[u8]) -> Result<SessionRecord, GroupError> {
     }
 }
 
+/// The alive key a leader with a short lease puts at every renewal
+/// ([`Evidence::AliveKey`]), fenced by its term.
+struct AliveBump {
+    leader_key: String,
+    key: String,
+    term: i64,
+}
+
+impl AliveBump {
+    /// Puts the alive key (attached to `lease`) if the leader key still
+    /// has this term's creation revision; `false` if it has not.
+    async fn put(&self, client: &mut Client, lease: i64) -> Result<bool, etcd_client::Error> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.leader_key.clone(),
+                CompareOp::Equal,
+                self.term,
+            )])
+            .and_then([TxnOp::put(
+                self.key.clone(),
+                "",
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        Ok(client.txn(txn).await?.succeeded())
+    }
+}
+
 /// Renews `lease` as `timing` says and publishes until when this member
 /// owns its term: the moment a renewal answered in time was *sent* plus
 /// `timing.own_for` (at most the TTL etcd granted), so the local deadline
 /// never outlives etcd's, nor the moment a standby may end the term early
-/// ([`lease_timing`]). Stops, publishing `None`, once the lease is gone or
-/// its deadline passed (an expired lease is never revived, nor renewed: a
-/// paused or cut-off leader stays deposed).
+/// ([`lease_timing`]). With `alive` (short leases), a renewal is the lease
+/// keep-alive *and* the fenced put of the alive key, both answered in
+/// time. Stops, publishing `None`, once the lease is gone, the leader key
+/// belongs to another term, or the deadline passed (an expired lease is
+/// never revived, nor renewed: a paused or cut-off leader stays deposed).
 async fn keep_alive(
     mut client: Client,
     lease: i64,
     timing: LeaseTiming,
+    alive: Option<AliveBump>,
     owned_until: Arc<watch::Sender<Option<Instant>>>,
 ) {
     let period = timing.renew_every;
     let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
+    let mut bumper = client.clone();
     loop {
         let sent = tokio::time::Instant::now().into_std();
         if owned_until.borrow().is_none_or(|until| until <= sent) {
@@ -731,9 +853,20 @@ async fn keep_alive(
                 }
             }
         };
+        let bump = async {
+            match &alive {
+                Some(alive) => alive.put(&mut bumper, lease).await,
+                None => Ok(true),
+            }
+        };
         // An answer later than `period` does not count (lease_timing).
-        match tokio::time::timeout(period, renewal).await {
-            Ok(Ok(Some(owned_for))) if !owned_for.is_zero() => {
+        match tokio::time::timeout(period, async { tokio::join!(renewal, bump) }).await {
+            Ok((_, Ok(false))) => {
+                tracing::warn!(lease, "the leader key belongs to another term");
+                owned_until.send_replace(None);
+                return;
+            }
+            Ok((Ok(Some(owned_for)), Ok(true))) if !owned_for.is_zero() => {
                 // A term that ended meanwhile (stepped down) stays ended.
                 let extended = owned_until.send_if_modified(|until| match until {
                     Some(_) => {
@@ -746,15 +879,16 @@ async fn keep_alive(
                     return;
                 }
             }
-            Ok(Ok(Some(_))) => {
+            Ok((Ok(Some(_)), Ok(true))) => {
                 tracing::warn!(lease, "the lease expired in etcd");
                 owned_until.send_replace(None);
                 return;
             }
             failed => {
                 let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    Ok(Ok(_)) => "the renewal stream ended".to_owned(),
+                    Ok((Err(e), _)) => e.to_string(),
+                    Ok((_, Err(e))) => format!("cannot put the alive key: {e}"),
+                    Ok((Ok(_), Ok(_))) => "the renewal stream ended".to_owned(),
                     Err(_) => format!("no answer within {period:?}"),
                 };
                 tracing::warn!(lease, "cannot renew the lease ({why}); trying again");
@@ -766,25 +900,26 @@ async fn keep_alive(
 }
 
 /// This member's term as the group's leader: its lease (kept alive in the
-/// background), its fencing token, the group's checkpoint and the senders'
-/// suspicions of this term (watched in the background). A
-/// [`ReceiverStore`] whose commits are transactions conditional on the
-/// fencing token. Dropping it stops renewing the lease; [`resign`]
-/// (Self::resign) also deletes it, so a standby takes over at once.
+/// background), its fencing token, the senders' suspicions of this term
+/// (watched in the background), and its commit coalescer (every checkpoint
+/// of the term goes through it, batched into fenced transactions). A
+/// [`ReceiverStore`] for the group's own session (the key `checkpoint`);
+/// [`open_session`](Self::open_session) gives a store for each further
+/// session the leader serves. Dropping it stops renewing the lease and
+/// committing; [`resign`](Self::resign) also deletes it, so a standby
+/// takes over at once.
 pub struct Leadership {
     client: Client,
-    leader_key: String,
-    checkpoint_key: String,
+    prefix: String,
     lease: i64,
     ttl: Duration,
     term: i64,
     owned_until: Arc<watch::Sender<Option<Instant>>>,
-    owned: watch::Receiver<Option<Instant>>,
     keepalive: tokio::task::JoinHandle<()>,
     suspicions: watch::Receiver<BTreeSet<String>>,
     suspicion_watch: tokio::task::JoinHandle<()>,
-    checkpoint: Option<SessionRecord>,
-    commits: u64,
+    coalescing: tokio::task::JoinHandle<()>,
+    group_session: GroupSession,
 }
 
 /// Ends a [`Leadership`]'s ownership at once, from outside the receiver
@@ -822,9 +957,45 @@ impl Leadership {
         self.ttl
     }
 
-    /// Checkpoints committed to etcd in this term.
+    /// Checkpoints of the group's own session committed to etcd in this
+    /// term.
     pub fn commits(&self) -> u64 {
-        self.commits
+        self.group_session.commits
+    }
+
+    /// The transactions this term committed and the session checkpoints
+    /// they carried, over all its sessions (the commit coalescer's
+    /// counters).
+    pub fn commit_stats(&self) -> CommitStats {
+        self.group_session.coalescer.stats()
+    }
+
+    /// A store for one more session served by this leader, in slot `name`
+    /// (a name the application gives it, e.g. its output's; non-empty,
+    /// without `/`): its checkpoint lives in the group's key
+    /// `sessions/NAME`, read now, and its commits go through this term's
+    /// coalescer with every other session's. Valid for this term only:
+    /// once the term ends, it is deposed with the others.
+    pub async fn open_session(&self, name: &str) -> Result<GroupSession, GroupError> {
+        if name.is_empty() || name.contains('/') {
+            return Err(GroupError::BadName(name.to_owned()));
+        }
+        let key = Group::session_key(&self.prefix, name);
+        let mut client = self.client.clone();
+        let response = client.get(key.clone(), None).await?;
+        let checkpoint = response
+            .kvs()
+            .first()
+            .map(|kv| decode_checkpoint(kv.value()))
+            .transpose()?;
+        Ok(GroupSession {
+            key,
+            term: self.term,
+            owned: self.owned_until.subscribe(),
+            coalescer: self.group_session.coalescer.clone(),
+            checkpoint,
+            commits: 0,
+        })
     }
 
     /// The senders currently suspecting this term's leader ([`Group::suspect`]),
@@ -854,6 +1025,65 @@ impl Leadership {
         self.client.lease_revoke(self.lease).await?;
         Ok(())
     }
+}
+
+impl std::fmt::Debug for Leadership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leadership")
+            .field("term", &self.term)
+            .field("lease", &self.lease)
+            .field("ttl", &self.ttl)
+            .field("commits", &self.group_session.commits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.keepalive.abort();
+        self.suspicion_watch.abort();
+        self.coalescing.abort();
+    }
+}
+
+impl ReceiverStore for Leadership {
+    fn checkpoint(&self) -> Option<&SessionRecord> {
+        self.group_session.checkpoint()
+    }
+
+    async fn commit(&mut self, record: SessionRecord, sync: bool) -> Result<(), SessionError> {
+        self.group_session.commit(record, sync).await
+    }
+
+    fn owned(&self, now: Instant) -> bool {
+        self.group_session.owned(now)
+    }
+
+    fn deposed(&self) -> impl Future<Output = SessionError> + Send + 'static {
+        self.group_session.deposed()
+    }
+}
+
+/// One session served by a group's leader: its checkpoint key, and the
+/// term's ownership and coalescer. A [`ReceiverStore`] whose commits join
+/// the term's batched, fenced transactions
+/// ([`Leadership::open_session`]; the leadership itself holds the one of
+/// the group's own session).
+#[derive(Debug)]
+pub struct GroupSession {
+    key: String,
+    term: i64,
+    owned: watch::Receiver<Option<Instant>>,
+    coalescer: Coalescer,
+    checkpoint: Option<SessionRecord>,
+    commits: u64,
+}
+
+impl GroupSession {
+    /// Checkpoints of this session committed in this term.
+    pub fn commits(&self) -> u64 {
+        self.commits
+    }
 
     fn stale(&self) -> SessionError {
         SessionError::Deposed(format!(
@@ -863,71 +1093,33 @@ impl Leadership {
     }
 }
 
-impl std::fmt::Debug for Leadership {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Leadership")
-            .field("term", &self.term)
-            .field("lease", &self.lease)
-            .field("ttl", &self.ttl)
-            .field("commits", &self.commits)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Drop for Leadership {
-    fn drop(&mut self) {
-        self.keepalive.abort();
-        self.suspicion_watch.abort();
-    }
-}
-
-impl ReceiverStore for Leadership {
+impl ReceiverStore for GroupSession {
     fn checkpoint(&self) -> Option<&SessionRecord> {
         self.checkpoint.as_ref()
     }
 
-    /// One transaction: put the checkpoint if the leader key still has
+    /// Submits the checkpoint to the term's coalescer and waits for the
+    /// transaction that carries it: a put of this session's key, with the
+    /// other sessions' pending checkpoints, if the leader key still has
     /// this term's creation revision. Retried on errors until the lease's
     /// deadline, then [`SessionError::Deposed`] (nothing confirmed). etcd
     /// has the write on its quorum's disks when it answers, whatever `sync`.
     async fn commit(&mut self, record: SessionRecord, _sync: bool) -> Result<(), SessionError> {
-        let now = tokio::time::Instant::now().into_std();
-        let Some(deadline) = (*self.owned.borrow()).filter(|until| *until > now) else {
+        if !self.owned(tokio::time::Instant::now().into_std()) {
             return Err(self.stale());
-        };
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                self.leader_key.clone(),
-                CompareOp::Equal,
-                self.term,
-            )])
-            .and_then([TxnOp::put(
-                self.checkpoint_key.clone(),
-                CheckpointRecord::Session(record.clone()).to_bytes(),
-                None,
-            )]);
-        let committed = async {
-            loop {
-                match self.client.txn(txn.clone()).await {
-                    Ok(response) => return response.succeeded(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot commit the checkpoint to etcd; trying again");
-                        tokio::time::sleep(POLL_INTERVAL).await;
-                    }
-                }
-            }
-        };
-        match tokio::time::timeout_at(deadline.into(), committed).await {
-            Ok(true) => {
+        }
+        let bytes = CheckpointRecord::Session(record.clone()).to_bytes();
+        match self.coalescer.commit(self.key.clone(), bytes).await {
+            Ok(()) => {
                 self.checkpoint = Some(record);
                 self.commits += 1;
                 Ok(())
             }
-            Ok(false) => Err(SessionError::Deposed(format!(
+            Err(CommitFailure::Fenced) => Err(SessionError::Deposed(format!(
                 "fencing token {} is stale: another member leads the group",
                 self.term
             ))),
-            Err(_) => Err(self.stale()),
+            Err(CommitFailure::Expired) => Err(self.stale()),
         }
     }
 
@@ -964,47 +1156,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_one_second_lease_gives_no_early_end_and_is_owned_for_its_ttl() {
+    fn a_one_second_lease_ends_early_on_its_alive_key() {
         let timing = lease_timing(Duration::from_secs(1));
-        assert_eq!(timing.early_end, None);
-        assert_eq!(timing.own_for, Duration::from_secs(1));
-        assert_eq!(timing.renew_every, Duration::from_secs(1) / 3);
+        assert_eq!(timing.evidence, Evidence::AliveKey);
+        assert_eq!(timing.silent, Duration::from_millis(750));
+        assert_eq!(timing.own_for, Duration::from_micros(562_500));
     }
 
     /// The safety argument of `lease_timing`, checked for every TTL a
     /// member accepts: the ownership after a renewal plus the time an
-    /// answer may take stays within the silence a standby's reading
-    /// proves; the reading is one etcd can give while the lease lives; a
-    /// leader keeps its term through one lost renewal; and a leader that
-    /// renews on time always reads above the threshold.
+    /// answer may take stays within the silence a standby's proof shows,
+    /// and within the TTL (etcd's own expiry); a leader keeps its term
+    /// through one lost renewal; and from 2 s on, the remaining-TTL
+    /// reading that proves the silence is one etcd can give while the
+    /// lease lives, never one of a leader that renews on time.
     #[test]
     fn an_early_end_needs_a_silence_longer_than_any_ownership_after_a_renewal() {
-        for secs in 2..=60u64 {
+        for secs in 1..=60u64 {
             let ttl = Duration::from_secs(secs);
             let timing = lease_timing(ttl);
-            let early = timing.early_end.expect("an early end from 2 s on");
             assert!(
-                timing.own_for + timing.renew_every <= early.silent,
+                timing.own_for + timing.renew_every <= timing.silent,
                 "{secs} s"
             );
-            assert!(early.remaining_at_most >= 0, "{secs} s");
-            // Reading k: the last renewal is more than TTL − k − 1 s old.
-            assert_eq!(
-                secs as i64 - early.remaining_at_most - 1,
-                early.silent.as_secs() as i64,
-                "{secs} s"
-            );
+            assert!(timing.silent < ttl, "{secs} s");
             // One renewal lost: the next, sent a period later and answered
             // within a period, lands while the term is still owned.
             assert!(timing.renew_every * 3 <= timing.own_for, "{secs} s");
-            // A leader renewing every period leaves at least
-            // TTL − 2 periods (one late answer), which reads above k.
-            let healthy = ttl - timing.renew_every * 2;
-            assert!(
-                (healthy.as_secs() as i64) > early.remaining_at_most,
-                "{secs} s"
-            );
-            assert!(timing.own_for <= ttl && early.silent < ttl, "{secs} s");
+            match timing.evidence {
+                Evidence::AliveKey => assert!(secs < 2, "{secs} s"),
+                Evidence::RemainingTtl(remaining_at_most) => {
+                    assert!(secs >= 2 && remaining_at_most >= 0, "{secs} s");
+                    // Reading k: the last renewal is more than TTL − k − 1 s old.
+                    assert_eq!(
+                        Duration::from_secs(secs - remaining_at_most as u64 - 1),
+                        timing.silent,
+                        "{secs} s"
+                    );
+                    // A leader renewing every period leaves at least
+                    // TTL − 2 periods (one late answer), which reads above k.
+                    let healthy = ttl - timing.renew_every * 2;
+                    assert!((healthy.as_secs() as i64) > remaining_at_most, "{secs} s");
+                }
+            }
         }
     }
 }

@@ -34,11 +34,23 @@
 //!    ([`Group::next_leader`]) before campaigning again.
 //!
 //! 6. a leader that died (or is paused) cannot resign: while a sender
-//!    suspects it, the standbys read the remaining TTL of its lease, and
-//!    once that shows it has stopped renewing for longer than a leader may
-//!    own its term after a renewal, one of them revokes the lease
+//!    suspects it, the standbys read the remaining TTL of its lease (TTLs
+//!    of 2 s or more) or read its *alive key* `alive/TERM`, which a leader
+//!    with a shorter lease puts, fenced by its term, at every renewal; once
+//!    that shows it has stopped renewing for longer than a leader may own
+//!    its term after a renewal, one of them revokes the lease
 //!    ([`CampaignEvent::EndedEarly`]) and the campaign goes on at once,
-//!    without waiting for etcd to expire it (TTLs of 2 s or more).
+//!    without waiting for etcd to expire it.
+//!
+//! 7. a leader may serve several sessions of its group at once: the
+//!    leadership is the store of the group's own session, and
+//!    [`Leadership::open_session`] gives a [`GroupSession`] store for each
+//!    further one (its checkpoint in `sessions/NAME`). All of the term's
+//!    checkpoints go through one coalescer, which commits whatever the
+//!    sessions submitted in one fenced transaction per batch window
+//!    ([`Group::with_batch_window`], split beyond [`MAX_TXN_PUTS`] puts),
+//!    and answers each session only once the transaction holding its
+//!    checkpoint committed ([`Leadership::commit_stats`] counts them).
 //!
 //! Senders find the leader with [`Group::leader`] and follow it with
 //! [`Group::next_leader`] (a watch of the leader key): the leader key's
@@ -46,7 +58,10 @@
 //!
 //! Keys, under `/surelink/groups/NAME/`: `leader` (the leader's addresses,
 //! attached to its lease), `checkpoint` (the last committed checkpoint:
-//! one SESSION record of the checkpoint journal's format) and
+//! one SESSION record of the checkpoint journal's format),
+//! `sessions/NAME` (the same, for each further session a leader serves),
+//! `alive/TERM` (put at every renewal by a leader whose lease is shorter
+//! than 2 s) and
 //! `suspicions/TERM/SENDER` (a sender's report that it lost the leader of
 //! TERM, attached to a short lease of its own). The design, with
 //! diagrams, is in `docs/CHECKPOINTS.md`.
@@ -54,9 +69,16 @@
 #[cfg(feature = "etcd")]
 mod access;
 #[cfg(feature = "etcd")]
+mod batch;
+#[cfg(feature = "etcd")]
 mod group;
 
 #[cfg(feature = "etcd")]
 pub use access::EtcdAccess;
 #[cfg(feature = "etcd")]
-pub use group::{CampaignEvent, Group, GroupError, Leader, Leadership, StepDown, SUSPICION_TTL};
+pub use batch::{CommitStats, MAX_TXN_PUTS};
+#[cfg(feature = "etcd")]
+pub use group::{
+    CampaignEvent, Group, GroupError, GroupSession, Leader, Leadership, StepDown,
+    DEFAULT_BATCH_WINDOW, SUSPICION_TTL,
+};

@@ -160,6 +160,31 @@ impl Etcd {
         assert!(answer.contains(" 200 "), "etcd put {key}: {answer}");
     }
 
+    /// Deletes `key` through member 0's JSON gateway (plain HTTP,
+    /// authentication off).
+    pub fn delete(&self, key: &str) {
+        let body = format!(r#"{{"key":"{}"}}"#, base64(key.as_bytes()));
+        let answer = post(self.members[0].client, "/v3/kv/deleterange", &body);
+        assert!(answer.contains(" 200 "), "etcd delete {key}: {answer}");
+    }
+
+    /// The cluster's current revision, as member 0 reports it (every
+    /// committed transaction that writes advances it by one).
+    pub fn revision(&self) -> i64 {
+        let body = format!(r#"{{"key":"{}"}}"#, base64(b"/"));
+        let answer = post(self.members[0].client, "/v3/kv/range", &body);
+        let field = "\"revision\":\"";
+        let start = answer
+            .find(field)
+            .unwrap_or_else(|| panic!("etcd range without a revision: {answer}"))
+            + field.len();
+        let digits: String = answer[start..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().expect("a revision")
+    }
+
     /// Switches authentication on (through member 0's JSON gateway, plain
     /// HTTP only): a `root` user, and user `name` with `password` whose
     /// role may read and write the keys under `prefix` and nothing else.
