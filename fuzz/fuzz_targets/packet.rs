@@ -10,6 +10,10 @@ fuzz_target!(|data: &[u8]| {
         let payload = &data[data.len() - r.remaining()..];
         for frame in FrameIter::new(payload) {
             if let Ok(f) = frame {
+                // A decoded bundle yields exactly the messages it counts.
+                if let surelink_proto::wire::Frame::Bundle(b) = &f {
+                    assert_eq!(b.messages().count() as u64, b.count);
+                }
                 // Re-encoding a decoded frame must decode to the same frame.
                 let mut buf = Vec::new();
                 f.encode(&mut buf);

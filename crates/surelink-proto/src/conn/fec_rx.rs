@@ -25,14 +25,14 @@ pub(super) struct FecReceiver {
     decoder: FecDecoder,
 }
 
-/// True if `frames` (the body of an FEC_SOURCE frame) decodes to MSG, SKIP
-/// and PADDING frames only: nothing else may be protected, and nesting is
-/// refused.
+/// True if `frames` (the body of an FEC_SOURCE frame) decodes to MSG,
+/// MSG_BUNDLE, SKIP and PADDING frames only: nothing else may be protected,
+/// and nesting is refused.
 pub(super) fn protected_frames_valid(frames: &[u8]) -> bool {
     FrameIter::new(frames).all(|f| {
         matches!(
             f,
-            Ok(Frame::Msg(_) | Frame::Skip { .. } | Frame::Padding(_))
+            Ok(Frame::Msg(_) | Frame::Bundle(_) | Frame::Skip { .. } | Frame::Padding(_))
         )
     })
 }

@@ -918,7 +918,10 @@ impl Connection {
             &copy[start..start + data.len()]
         }
         for f in frames.drain(..) {
-            if matches!(f, Frame::Msg(_) | Frame::FecSource { .. }) {
+            if matches!(
+                f,
+                Frame::Msg(_) | Frame::Bundle(_) | Frame::FecSource { .. }
+            ) {
                 carries_data = true;
                 self.last_data = Some(now);
             }
@@ -930,6 +933,12 @@ impl Connection {
                 Frame::Msg(m) => {
                     let data = in_copy(&packet, payload, m.data);
                     self.on_msg(now, &MsgFrame { data, ..m });
+                }
+                Frame::Bundle(b) => {
+                    for m in b.messages() {
+                        let data = in_copy(&packet, payload, m.data);
+                        self.on_msg(now, &MsgFrame { data, ..m });
+                    }
                 }
                 f => self.handle_frame(now, path, f),
             }
@@ -993,6 +1002,7 @@ impl Connection {
             }
             Frame::Ack(ack) => self.on_ack_frame(now, path, &ack),
             Frame::Msg(m) => self.on_msg(now, &m),
+            Frame::Bundle(b) => b.messages().for_each(|m| self.on_msg(now, &m)),
             Frame::Close { code, reason } => self.on_close_frame(now, code, reason),
             Frame::MaxData { max } => self.peer_max_data = self.peer_max_data.max(max),
             Frame::PathChallenge(data) => self.paths[path].response = Some(data),

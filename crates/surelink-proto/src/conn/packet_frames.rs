@@ -8,7 +8,7 @@
 //! has no effect at all. Which malformed packets are dropped and which close
 //! the connection is decided here, by the first offending frame:
 //! an undecodable frame, or an FEC_SOURCE frame protecting anything but MSG,
-//! SKIP and PADDING frames, drops the packet; a handshake frame (CONNECT,
+//! MSG_BUNDLE, SKIP and PADDING frames, drops the packet; a handshake frame (CONNECT,
 //! ACCEPT, HANDSHAKE, TOKEN) is a protocol violation.
 
 use smallvec::SmallVec;
@@ -28,7 +28,8 @@ pub(super) type FrameViews<'a> = SmallVec<[Frame<'a>; INLINE_FRAMES]>;
 pub(super) struct PacketSummary {
     /// True if a frame obliges us to acknowledge the packet.
     pub(super) ack_eliciting: bool,
-    /// True if the packet carries a MSG frame (outside FEC_SOURCE frames).
+    /// True if the packet carries a MSG or MSG_BUNDLE frame (outside
+    /// FEC_SOURCE frames).
     pub(super) has_msg: bool,
 }
 
@@ -66,7 +67,7 @@ pub(super) fn read_packet_frames<'a>(
             Frame::FecSource {
                 frames: protected, ..
             } if !fec_rx::protected_frames_valid(protected) => return Err(Refusal::Malformed),
-            Frame::Msg(_) => summary.has_msg = true,
+            Frame::Msg(_) | Frame::Bundle(_) => summary.has_msg = true,
             _ => {}
         }
         summary.ack_eliciting |= frame.is_ack_eliciting();
@@ -102,7 +103,10 @@ mod tests {
             // Protect this packet's MSG and SKIP frames once more in an FEC_SOURCE.
             let mut protected = Vec::new();
             for f in &owned {
-                if matches!(f, OwnedFrame::Msg(..) | OwnedFrame::Skip(..)) {
+                if matches!(
+                    f,
+                    OwnedFrame::Msg(..) | OwnedFrame::Bundle(..) | OwnedFrame::Skip(..)
+                ) {
                     f.frame().encode(&mut protected);
                 }
             }
@@ -130,7 +134,10 @@ mod tests {
                     if !FrameIter::new(frames).all(|f| {
                         matches!(
                             f,
-                            Ok(Frame::Msg(_) | Frame::Skip { .. } | Frame::Padding(_))
+                            Ok(Frame::Msg(_)
+                                | Frame::Bundle(_)
+                                | Frame::Skip { .. }
+                                | Frame::Padding(_))
                         )
                     }) =>
                 {
@@ -159,7 +166,10 @@ mod tests {
             prop_assert_eq!(&read[..], &frames[..]);
             let decoded: Vec<_> = FrameIter::new(&payload).collect::<Result<_, _>>().unwrap();
             prop_assert_eq!(&read[..], &decoded[..]);
-            prop_assert_eq!(summary.has_msg, frames.iter().any(|f| matches!(f, Frame::Msg(_))));
+            prop_assert_eq!(
+                summary.has_msg,
+                frames.iter().any(|f| matches!(f, Frame::Msg(_) | Frame::Bundle(_)))
+            );
             prop_assert_eq!(summary.ack_eliciting, frames.iter().any(Frame::is_ack_eliciting));
         }
 

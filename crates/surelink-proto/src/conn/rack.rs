@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
-use super::send_queue::Fragment;
+use super::sent::SentFrame;
 
 /// Reordering tolerance in packets, used until reordering has been seen.
 pub const PACKET_THRESHOLD: u64 = 3;
@@ -41,8 +41,9 @@ pub const MAX_REMEMBERED_LOSSES: usize = 4096;
 pub struct LostPacket {
     /// When it was declared lost.
     pub declared: Instant,
-    /// The message fragments it carried (acknowledged after all if it was).
-    pub fragments: Vec<Fragment>,
+    /// The message fragments and bundles it carried (`SentFrame::Msg` and
+    /// `SentFrame::Bundle`; acknowledged after all if it was).
+    pub messages: Vec<SentFrame>,
     /// The loss episode it belonged to.
     episode: u64,
 }
@@ -63,8 +64,8 @@ pub struct Spurious {
     /// Every packet of the newest loss episode proved delivered: undo the
     /// congestion reaction to it.
     pub undo: bool,
-    /// The message fragments the packet carried.
-    pub fragments: Vec<Fragment>,
+    /// The message fragments and bundles the packet carried.
+    pub messages: Vec<SentFrame>,
 }
 
 /// RACK state and the memory of recent losses for one path.
@@ -126,7 +127,7 @@ impl Rack {
                 .is_some_and(|newest| newest >= pn + PACKET_THRESHOLD)
     }
 
-    /// Remembers packet `pn` (sent at `sent`, carrying `fragments`) as declared
+    /// Remembers packet `pn` (sent at `sent`, carrying `messages`) as declared
     /// lost at `now`; returns true if it opens a new loss episode (the caller
     /// reports a congestion event for it).
     pub fn on_declared_lost(
@@ -134,7 +135,7 @@ impl Rack {
         now: Instant,
         pn: u64,
         sent: Instant,
-        fragments: Vec<Fragment>,
+        messages: Vec<SentFrame>,
     ) -> bool {
         let new_episode = self.episode.is_none_or(|e| sent > e.start);
         if new_episode {
@@ -156,7 +157,7 @@ impl Rack {
             pn,
             LostPacket {
                 declared: now,
-                fragments,
+                messages,
                 episode: id,
             },
         );
@@ -203,7 +204,7 @@ impl Rack {
         }
         Some(Spurious {
             undo,
-            fragments: lost.fragments,
+            messages: lost.messages,
         })
     }
 }

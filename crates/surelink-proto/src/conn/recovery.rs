@@ -100,13 +100,18 @@ impl Connection {
                     p.cc.on_spurious_loss(now);
                 }
             }
-            for frag in outcome.spurious.iter().flat_map(|s| &s.fragments) {
-                self.send_queue.on_acked(frag);
+            for carried in outcome.spurious.iter().flat_map(|s| &s.messages) {
+                match carried {
+                    SentFrame::Msg(frag) => self.send_queue.on_acked(frag),
+                    SentFrame::Bundle(bundle) => self.send_queue.on_bundle_acked(bundle),
+                    _ => {}
+                }
             }
             for (_, mut pkt) in outcome.acked {
                 for f in pkt.frames.drain(..) {
                     match f {
                         SentFrame::Msg(frag) => self.send_queue.on_acked(&frag),
+                        SentFrame::Bundle(bundle) => self.send_queue.on_bundle_acked(&bundle),
                         SentFrame::Skip { .. } => self.send_queue.on_skip_acked(),
                         SentFrame::Ack(largest) => self.received.on_ack_acked(largest),
                         SentFrame::Close if self.lifecycle.is_close_sent() => {
@@ -158,6 +163,7 @@ impl Connection {
             for f in p.frames {
                 match f {
                     SentFrame::Msg(frag) => self.send_queue.on_lost(frag),
+                    SentFrame::Bundle(bundle) => self.send_queue.on_bundle_lost(&bundle),
                     SentFrame::MaxData => self.pending.max_data = true,
                     SentFrame::Close if self.lifecycle.is_close_sent() => {
                         self.pending.close = Some((close_code::NO_ERROR, String::new()));

@@ -18,6 +18,17 @@
 //! acknowledged whole by one packet (the common case for small messages)
 //! never builds a byte-range set.
 //!
+//! **Bundles.** When several whole reliable messages of one channel wait
+//! at the front of the queue together (a `send_many` batch, or messages
+//! queued behind the congestion window), [`SendQueue::next_bundle`] writes
+//! them into one MSG_BUNDLE frame as length-prefixed records and the packet
+//! remembers one [`Bundle`] (channel, first sequence, count) instead of a
+//! [`Fragment`] per message: acknowledged, it acknowledges each message
+//! whole; lost, each message goes to the retransmission queue as a fragment
+//! of its own. Only what is already queued is bundled (nothing waits to fill
+//! a bundle), and deadline and unreliable messages never are: each keeps its
+//! own frame, deadline and fate.
+//!
 //! Deadline messages are abandoned once a (re)transmission could no longer
 //! arrive in time, unreliable ones as soon as a fragment is lost; abandoning a
 //! message abandons everything before it on its channel, and a SKIP frame tells
@@ -32,7 +43,7 @@ use super::reassembly::give_up_margin_us;
 use super::ChannelMap;
 use crate::config::MESSAGE_CREDIT_OVERHEAD;
 use crate::range_set::RangeSet;
-use crate::wire::{Delivery, MsgFrame};
+use crate::wire::{BundleHeader, Delivery, MsgFrame};
 
 /// A piece of a message carried by one packet: which bytes of which message
 /// (the bytes themselves stay in the [`SendQueue`]).
@@ -60,6 +71,21 @@ pub struct Fragment {
 }
 
 impl Fragment {
+    /// A fragment of message `seq` of `channel` from byte `offset` to its end.
+    fn rest_of(channel: u64, seq: u64, u: &Unacked, offset: usize) -> Self {
+        Self {
+            channel,
+            seq,
+            offset: offset as u64,
+            len: u.data.len() - offset,
+            msg_len: u.data.len() as u64,
+            timestamp_us: u.timestamp_us,
+            delivery: u.delivery,
+            copy: false,
+            retransmission: false,
+        }
+    }
+
     /// The frame carrying this fragment, whose bytes are `data`.
     fn frame<'a>(&self, data: &'a [u8]) -> MsgFrame<'a> {
         MsgFrame {
@@ -125,15 +151,42 @@ impl Fragment {
     }
 }
 
-/// True for delivery modes whose messages are not split across packets when
-/// a packet can carry them whole: a deadline or unreliable message cut in two
-/// needs both packets to arrive, so one lost packet would cost two messages
-/// (and leave a partial message at the head of the receiver's channel). A
-/// message that does not fit in what is left of a packet that already
-/// carries a fragment starts the next packet instead; a message larger than a
-/// packet is cut from a packet boundary. Reliable messages are packed tightly.
-fn kept_whole(delivery: Delivery) -> bool {
-    !matches!(delivery, Delivery::Reliable)
+/// Whole reliable messages `first_seq..first_seq + count` of `channel`,
+/// carried by one packet in one MSG_BUNDLE frame (the bytes stay in the
+/// [`SendQueue`], like a [`Fragment`]'s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bundle {
+    /// Channel of the messages.
+    pub channel: u64,
+    /// Sequence number of the first message.
+    pub first_seq: u64,
+    /// Number of messages.
+    pub count: u64,
+}
+
+impl Bundle {
+    /// The sequence numbers of its messages.
+    fn seqs(&self) -> std::ops::Range<u64> {
+        self.first_seq..self.first_seq + self.count
+    }
+}
+
+/// Reliable messages up to this many bytes are not cut across packets
+/// either (see [`kept_whole`]).
+const SMALL_MESSAGE: usize = 256;
+
+/// True for fragments that are not split across packets when a packet can
+/// carry them whole: a deadline or unreliable message cut in two needs both
+/// packets to arrive, so one lost packet would cost two messages (and leave
+/// a partial message at the head of the receiver's channel); a small
+/// reliable one (up to [`SMALL_MESSAGE`] bytes) cut in two would cost both
+/// ends a byte-range set and the receiver a partial buffer, for a few bytes
+/// of packet space. A fragment that does not fit in what is left of a packet
+/// that already carries one starts the next packet instead; a message larger
+/// than a packet is cut from a packet boundary. Larger reliable messages are
+/// packed tightly.
+fn kept_whole(delivery: Delivery, len: usize) -> bool {
+    !matches!(delivery, Delivery::Reliable) || len <= SMALL_MESSAGE
 }
 
 #[derive(Debug)]
@@ -200,6 +253,28 @@ impl ChannelQueue {
         self.messages.get_mut(i)?.as_mut()
     }
 
+    /// Marks bytes `range` of message `seq` acknowledged; the message leaves
+    /// the queue once all its bytes are. `None` if it is not queued.
+    fn acknowledge(&mut self, seq: u64, range: std::ops::Range<u64>) -> Option<Acknowledged> {
+        let u = self.get_mut(seq)?;
+        let len = u.data.len() as u64;
+        let whole = range == (0..len) && u.acked.is_empty();
+        let newly_acked = if whole {
+            // The whole message at once, nothing acknowledged before.
+            len
+        } else {
+            u.acked.insert(range)
+        };
+        let complete = whole || u.acked.contains_range(&(0..len));
+        if complete {
+            self.remove(seq);
+        }
+        Some(Acknowledged {
+            newly_acked,
+            complete,
+        })
+    }
+
     /// Takes message `seq` out, dropping the empty slots this leaves at the front.
     fn remove(&mut self, seq: u64) -> Option<Unacked> {
         let i = self.index(seq)?;
@@ -213,6 +288,15 @@ impl ChannelQueue {
         }
         Some(u)
     }
+}
+
+/// What acknowledging bytes of a message did.
+#[derive(Debug, Clone, Copy)]
+struct Acknowledged {
+    /// Bytes acknowledged now that were not before.
+    newly_acked: u64,
+    /// The message is acknowledged whole and left the queue.
+    complete: bool,
 }
 
 /// A message with bytes never sent, in the order messages were queued.
@@ -451,7 +535,7 @@ impl SendQueue {
                 return None;
             }
             let fit = space - fixed;
-            if f.len > fit && self.packet_has_fragment && kept_whole(f.delivery) {
+            if f.len > fit && self.packet_has_fragment && kept_whole(f.delivery, f.len) {
                 self.retransmit.push_front(f);
                 return None;
             }
@@ -482,17 +566,7 @@ impl SendQueue {
                 self.fresh.pop_front();
                 continue;
             };
-            let mut f = Fragment {
-                channel,
-                seq,
-                offset: next as u64,
-                len: u.data.len() - next,
-                msg_len: u.data.len() as u64,
-                timestamp_us: u.timestamp_us,
-                delivery: u.delivery,
-                copy: false,
-                retransmission: false,
-            };
+            let mut f = Fragment::rest_of(channel, seq, u, next);
             if f.expired(now_us, slack_us) {
                 self.abandon_through(channel, seq);
                 continue;
@@ -502,7 +576,7 @@ impl SendQueue {
                 return None;
             }
             let take = f.len.min(space - fixed);
-            if take < f.len && self.packet_has_fragment && kept_whole(f.delivery) {
+            if take < f.len && self.packet_has_fragment && kept_whole(f.delivery, f.len) {
                 return None;
             }
             f.len = take;
@@ -520,29 +594,166 @@ impl SendQueue {
         }
     }
 
+    /// Writes the next bundle into `out` if the front of the queue holds at
+    /// least two whole reliable messages of one channel, never sent, with
+    /// consecutive sequence numbers, that fit together in `space` bytes and
+    /// within `credit_limit`; as many as fit go in. Retransmissions go
+    /// first: nothing is bundled while one waits.
+    pub fn next_bundle(
+        &mut self,
+        space: usize,
+        credit_limit: u64,
+        out: &mut Vec<u8>,
+    ) -> Option<Bundle> {
+        if !self.retransmit.is_empty() {
+            return None;
+        }
+        let first = *self.fresh.front()?;
+        let ch = self.channels.get(&first.channel)?;
+        let mut header = BundleHeader {
+            channel: first.channel,
+            first_seq: first.seq,
+            count: 0,
+            timestamp_us: 0,
+            records_len: 0,
+        };
+        let mut credit_used = self.credit_used;
+        let mut previous_us = 0;
+        for m in &self.fresh {
+            let seq = first.seq + header.count;
+            let Some(u) = ch.get(seq) else {
+                break;
+            };
+            let fresh_whole = m.channel == first.channel && m.seq == seq && m.next == 0;
+            if !fresh_whole || u.delivery != Delivery::Reliable {
+                break;
+            }
+            if header.count == 0 {
+                header.timestamp_us = u.timestamp_us;
+                previous_us = u.timestamp_us;
+            }
+            let Some(delta_us) = u.timestamp_us.checked_sub(previous_us) else {
+                break;
+            };
+            let credit = credit_used + u.data.len() as u64 + MESSAGE_CREDIT_OVERHEAD;
+            let grown = BundleHeader {
+                count: header.count + 1,
+                records_len: header.records_len + BundleHeader::record_len(delta_us, u.data.len()),
+                ..header
+            };
+            if credit > credit_limit || grown.encoded_len() + grown.records_len > space {
+                break;
+            }
+            header = grown;
+            credit_used = credit;
+            previous_us = u.timestamp_us;
+        }
+        if header.count < 2 {
+            return None;
+        }
+        header.encode(out);
+        let mut previous_us = header.timestamp_us;
+        for seq in first.seq..first.seq + header.count {
+            let u = ch.get(seq).expect("checked above");
+            BundleHeader::write_record(out, u.timestamp_us - previous_us, &u.data);
+            previous_us = u.timestamp_us;
+        }
+        self.fresh.drain(..header.count as usize);
+        self.credit_used = credit_used;
+        self.packet_has_fragment = true;
+        Some(Bundle {
+            channel: first.channel,
+            first_seq: first.seq,
+            count: header.count,
+        })
+    }
+
+    /// Writes `b` again into `out` (a broadcast copy) and returns true, if
+    /// all its messages are still waiting for acknowledgement; otherwise
+    /// writes nothing (the rest travel in the original or in
+    /// retransmissions of their own).
+    pub fn write_bundle_copy(&self, b: &Bundle, out: &mut Vec<u8>) -> bool {
+        let Some(ch) = self.channels.get(&b.channel) else {
+            return false;
+        };
+        let Some(first) = ch.get(b.first_seq) else {
+            return false;
+        };
+        let mut header = BundleHeader {
+            channel: b.channel,
+            first_seq: b.first_seq,
+            count: b.count,
+            timestamp_us: first.timestamp_us,
+            records_len: 0,
+        };
+        let mut previous_us = first.timestamp_us;
+        for seq in b.seqs() {
+            let Some(u) = ch.get(seq) else {
+                return false;
+            };
+            let delta_us = u.timestamp_us.saturating_sub(previous_us);
+            header.records_len += BundleHeader::record_len(delta_us, u.data.len());
+            previous_us = previous_us.max(u.timestamp_us);
+        }
+        header.encode(out);
+        let mut previous_us = first.timestamp_us;
+        for seq in b.seqs() {
+            let u = ch.get(seq).expect("checked above");
+            BundleHeader::write_record(out, u.timestamp_us.saturating_sub(previous_us), &u.data);
+            previous_us = previous_us.max(u.timestamp_us);
+        }
+        true
+    }
+
     /// The packet carrying `f` was acknowledged.
     pub fn on_acked(&mut self, f: &Fragment) {
         let Some(ch) = self.channels.get_mut(&f.channel) else {
             return;
         };
-        let Some(u) = ch.get_mut(f.seq) else {
+        if let Some(acked) = ch.acknowledge(f.seq, f.range()) {
+            let complete = u64::from(acked.complete);
+            let recovered = complete * u64::from(acked.newly_acked > 0 && f.retransmission);
+            self.count_acknowledged(acked.newly_acked, complete, recovered);
+        }
+    }
+
+    /// The packet carrying bundle `b` was acknowledged: each of its messages
+    /// is, whole.
+    pub fn on_bundle_acked(&mut self, b: &Bundle) {
+        let Some(ch) = self.channels.get_mut(&b.channel) else {
             return;
         };
-        let len = u.data.len() as u64;
-        let whole = f.offset == 0 && f.len as u64 == len && u.acked.is_empty();
-        let newly = if whole {
-            // The whole message in one fragment, nothing acknowledged before.
-            len
-        } else {
-            u.acked.insert(f.range())
-        };
-        self.buffered -= newly;
-        if whole || u.acked.contains_range(&(0..len)) {
-            ch.remove(f.seq);
-            self.unacked -= 1;
-            self.messages_acked += 1;
-            if newly > 0 && f.retransmission {
-                self.messages_recovered_by_retransmission += 1;
+        let (mut bytes, mut messages) = (0, 0);
+        for seq in b.seqs() {
+            let Some(len) = ch.get(seq).map(|u| u.data.len() as u64) else {
+                continue;
+            };
+            if let Some(acked) = ch.acknowledge(seq, 0..len) {
+                bytes += acked.newly_acked;
+                messages += u64::from(acked.complete);
+            }
+        }
+        self.count_acknowledged(bytes, messages, 0);
+    }
+
+    /// Counts `bytes` newly acknowledged and `messages` acknowledged whole,
+    /// `recovered` of them by a retransmission.
+    fn count_acknowledged(&mut self, bytes: u64, messages: u64, recovered: u64) {
+        self.buffered -= bytes;
+        self.unacked -= messages as usize;
+        self.messages_acked += messages;
+        self.messages_recovered_by_retransmission += recovered;
+    }
+
+    /// The packet carrying bundle `b` was declared lost: each message still
+    /// waiting for acknowledgement is queued again as a fragment of its own.
+    pub fn on_bundle_lost(&mut self, b: &Bundle) {
+        for seq in b.seqs() {
+            if let Some(f) = self
+                .get(b.channel, seq)
+                .map(|u| Fragment::rest_of(b.channel, seq, u, 0))
+            {
+                self.on_lost(f);
             }
         }
     }
@@ -612,6 +823,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::conn::sent::SentFrame;
     use crate::wire::{Frame, FrameIter};
 
     fn push(q: &mut SendQueue, ch: u64, data: Bytes) -> u64 {
@@ -630,8 +842,11 @@ mod tests {
         assert_eq!(push(&mut q, 3, Bytes::new()), 0);
         assert_eq!(q.buffered(), 12);
         // Frame overhead here is 7 bytes.
+        q.begin_packet();
         let a = next(&mut q, 11).unwrap();
+        q.begin_packet();
         let b = next(&mut q, 11).unwrap();
+        q.begin_packet();
         let c = next(&mut q, 11).unwrap();
         assert_eq!((a.offset, a.len), (0, 4));
         assert_eq!((b.offset, b.len), (4, 4));
@@ -639,20 +854,165 @@ mod tests {
         q.on_acked(&a);
         q.on_lost(b.clone());
         // Retransmission comes first and is split to fit.
+        q.begin_packet();
         let r1 = next(&mut q, 9).unwrap();
         assert_eq!((r1.offset, r1.len), (4, 2));
         q.on_acked(&r1);
         q.on_acked(&b); // late ack of the "lost" packet: counted once
+        q.begin_packet();
         let r2 = next(&mut q, 12).unwrap();
         assert_eq!(r2.seq, 1, "rest of the retransmission was acked, skipped");
         q.on_acked(&c);
         assert_eq!(q.messages_acked(), 1);
         q.on_acked(&r2);
+        q.begin_packet();
         let e = next(&mut q, 12).unwrap();
         assert_eq!((e.channel, e.msg_len), (3, 0));
         q.on_acked(&e);
         assert!(q.is_empty());
         assert_eq!(q.buffered(), 0);
+    }
+
+    /// The messages of every MSG_BUNDLE frame in `payload`: (channel, seq, bytes).
+    fn bundled(payload: &[u8]) -> Vec<(u64, u64, Vec<u8>)> {
+        FrameIter::new(payload)
+            .flat_map(|f| match f.expect("a well-formed frame") {
+                Frame::Bundle(b) => b.messages(),
+                other => panic!("a bundle expected, not {other:?}"),
+            })
+            .map(|m| (m.channel, m.seq, m.data.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn queued_reliable_messages_go_as_one_bundle_and_are_acknowledged_together() {
+        let mut q = SendQueue::default();
+        for i in 0..50u8 {
+            q.push(
+                4,
+                Bytes::from(vec![i; 64]),
+                1_000 + u64::from(i),
+                Delivery::Reliable,
+            );
+        }
+        q.begin_packet();
+        let mut buf = Vec::new();
+        let b = q.next_bundle(1_200, u64::MAX, &mut buf).unwrap();
+        assert!(buf.len() <= 1_200);
+        // 64 bytes and 3 bytes of record each, plus a header of 8 bytes.
+        assert_eq!((b.channel, b.first_seq, b.count), (4, 0, 17));
+        assert_eq!(buf.len(), 8 + 17 * 67);
+        let got = bundled(&buf);
+        assert_eq!(got.len(), 17);
+        for (i, (channel, seq, data)) in got.iter().enumerate() {
+            assert_eq!((*channel, *seq), (4, i as u64));
+            assert_eq!(data, &vec![i as u8; 64]);
+        }
+        // The next bundle starts where this one ended.
+        let mut second = Vec::new();
+        let c = q.next_bundle(1_200, u64::MAX, &mut second).unwrap();
+        assert_eq!((c.first_seq, c.count), (17, 17));
+        q.on_bundle_acked(&b);
+        assert_eq!(q.messages_acked(), 17);
+        assert_eq!(q.buffered(), 33 * 64);
+        // Acknowledged twice (a broadcast copy): counted once.
+        q.on_bundle_acked(&b);
+        assert_eq!(q.messages_acked(), 17);
+        // A lost bundle: each message is retransmitted on its own, and no
+        // new bundle goes before the retransmissions.
+        q.on_bundle_lost(&c);
+        assert!(q.next_bundle(1_200, u64::MAX, &mut Vec::new()).is_none());
+        let retransmitted: Vec<u64> = (0..17)
+            .map(|_| next(&mut q, 1_200).unwrap())
+            .inspect(|f| assert!(f.retransmission && f.len == 64))
+            .map(|f| f.seq)
+            .collect();
+        assert_eq!(retransmitted, (17..34).collect::<Vec<_>>());
+        assert!(next(&mut q, 1_200).is_some_and(|f| f.seq == 34 && !f.retransmission));
+    }
+
+    #[test]
+    fn only_whole_reliable_fresh_messages_of_one_channel_are_bundled() {
+        let mut q = SendQueue::default();
+        let mut buf = Vec::new();
+        // One message alone is a plain MSG frame.
+        q.push(0, Bytes::from_static(b"alone"), 0, Delivery::Reliable);
+        assert!(q.next_bundle(1_000, u64::MAX, &mut buf).is_none());
+        assert!(buf.is_empty());
+        next(&mut q, 1_000).unwrap();
+        // Deadline and unreliable messages are never bundled.
+        for delivery in [Delivery::Deadline(50_000), Delivery::Unreliable] {
+            q.push(1, Bytes::from_static(b"a"), 0, delivery);
+            q.push(1, Bytes::from_static(b"b"), 0, delivery);
+            assert!(q.next_bundle(1_000, u64::MAX, &mut buf).is_none());
+            while next(&mut q, 1_000).is_some() {}
+        }
+        // A bundle ends where the channel changes.
+        q.push(2, Bytes::from_static(b"x"), 0, Delivery::Reliable);
+        q.push(2, Bytes::from_static(b"y"), 0, Delivery::Reliable);
+        q.push(3, Bytes::from_static(b"z"), 0, Delivery::Reliable);
+        let b = q.next_bundle(1_000, u64::MAX, &mut buf).unwrap();
+        assert_eq!((b.channel, b.count), (2, 2));
+        assert!(q.next_bundle(1_000, u64::MAX, &mut buf).is_none());
+        // A message partly sent is finished as a fragment first.
+        buf.clear();
+        next(&mut q, 1_000).unwrap();
+        q.push(5, Bytes::from(vec![9u8; 100]), 0, Delivery::Reliable);
+        q.push(5, Bytes::from(vec![8u8; 10]), 0, Delivery::Reliable);
+        q.push(5, Bytes::from(vec![7u8; 10]), 0, Delivery::Reliable);
+        q.begin_packet();
+        assert_eq!(next(&mut q, 50).unwrap().len, 50 - 9);
+        assert!(q.next_bundle(1_000, u64::MAX, &mut buf).is_none());
+        assert_eq!(next(&mut q, 1_000).unwrap().seq, 0);
+        let b = q.next_bundle(1_000, u64::MAX, &mut buf).unwrap();
+        assert_eq!((b.first_seq, b.count), (1, 2));
+    }
+
+    #[test]
+    fn a_bundle_takes_only_what_fits_in_the_packet_and_the_credit() {
+        let mut q = SendQueue::default();
+        for _ in 0..10 {
+            push(&mut q, 0, Bytes::from(vec![1u8; 10]));
+        }
+        let mut buf = Vec::new();
+        // Credit for three messages.
+        let credit = 3 * (10 + MESSAGE_CREDIT_OVERHEAD);
+        let b = q.next_bundle(1_000, credit, &mut buf).unwrap();
+        assert_eq!(b.count, 3);
+        assert!(!q.has_sendable(credit));
+        // Room for four records (12 bytes each) and the header (6 bytes).
+        buf.clear();
+        let b = q.next_bundle(6 + 4 * 12 + 11, u64::MAX, &mut buf).unwrap();
+        assert_eq!((b.first_seq, b.count), (3, 4));
+        assert_eq!(buf.len(), 6 + 4 * 12);
+        // Too little room for two: nothing is written.
+        buf.clear();
+        assert!(q.next_bundle(6 + 12 + 11, u64::MAX, &mut buf).is_none());
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_bundle_copy_is_written_only_while_all_its_messages_wait() {
+        let mut q = SendQueue::default();
+        for data in [&b"one"[..], b"two", b"three"] {
+            q.push(0, Bytes::from_static(data), 7, Delivery::Reliable);
+        }
+        let mut original = Vec::new();
+        let b = q.next_bundle(1_000, u64::MAX, &mut original).unwrap();
+        let mut copy = Vec::new();
+        assert!(q.write_bundle_copy(&b, &mut copy));
+        assert_eq!(copy, original);
+        // One of its messages acknowledged by other means: no copy.
+        let lost = Bundle { count: 1, ..b };
+        q.on_bundle_lost(&lost);
+        let again = next(&mut q, 1_000).unwrap();
+        q.on_acked(&again);
+        copy.clear();
+        assert!(!q.write_bundle_copy(&b, &mut copy));
+        assert!(copy.is_empty());
+        q.on_bundle_acked(&b);
+        assert_eq!(q.messages_acked(), 3);
+        assert!(q.is_empty());
     }
 
     #[test]
@@ -732,15 +1092,15 @@ mod tests {
     }
 
     #[test]
-    fn deadline_messages_are_not_split_across_packets_reliable_ones_are() {
+    fn deadline_and_small_messages_are_not_split_across_packets_large_reliable_ones_are() {
         let mut q = SendQueue::default();
         let msg = Bytes::from(vec![7u8; 60]);
         for _ in 0..2 {
             q.push(0, msg.clone(), 0, Delivery::Deadline(50_000));
         }
-        for _ in 0..2 {
-            q.push(1, msg.clone(), 0, Delivery::Reliable);
-        }
+        q.push(1, msg.clone(), 0, Delivery::Reliable);
+        let large = Bytes::from(vec![3u8; SMALL_MESSAGE + 1]);
+        q.push(1, large.clone(), 0, Delivery::Reliable);
         // A 100-byte packet holds one deadline message whole; the second
         // starts the next packet instead of being cut in two.
         q.begin_packet();
@@ -750,10 +1110,14 @@ mod tests {
         q.begin_packet();
         let b = q.next_fragment(100, u64::MAX, 0, 1_000).unwrap();
         assert_eq!((b.seq, b.len), (1, 60));
-        // Reliable messages fill what is left of a packet.
-        let c = q.next_fragment(100 - 75, u64::MAX, 0, 1_000).unwrap();
-        assert_eq!(c.channel, 1);
-        assert!(c.len < 60);
+        // Nor is a small reliable message; a larger one fills what is left.
+        assert!(q.next_fragment(100 - 75, u64::MAX, 0, 1_000).is_none());
+        q.begin_packet();
+        let c = q.next_fragment(100, u64::MAX, 0, 1_000).unwrap();
+        assert_eq!((c.channel, c.seq, c.len), (1, 0, 60));
+        let d = q.next_fragment(100 - 70, u64::MAX, 0, 1_000).unwrap();
+        assert_eq!((d.channel, d.seq), (1, 1));
+        assert!(d.len < 30);
         // A deadline message larger than a packet is still cut, from the
         // start of a packet.
         q.push(
@@ -912,15 +1276,23 @@ mod tests {
             .collect()
     }
 
-    /// One packet of `space` bytes as the transmit path builds it: every
-    /// fragment cut encoded as a MSG frame from the queue's bytes.
-    fn packet(q: &mut SendQueue, space: usize) -> (Vec<u8>, Vec<Fragment>) {
+    /// One packet of `space` bytes as the transmit path builds it: bundles
+    /// where the queue offers them, every other fragment cut encoded as a
+    /// MSG frame from the queue's bytes.
+    fn packet(q: &mut SendQueue, space: usize) -> (Vec<u8>, Vec<SentFrame>) {
         q.begin_packet();
         let (mut buf, mut carried) = (Vec::new(), Vec::new());
-        while let Some(f) = next(q, space - buf.len()) {
+        loop {
+            if let Some(b) = q.next_bundle(space - buf.len(), u64::MAX, &mut buf) {
+                carried.push(SentFrame::Bundle(b));
+                continue;
+            }
+            let Some(f) = next(q, space - buf.len()) else {
+                break;
+            };
             let frame = q.frame(&f).expect("a fragment cut now has its bytes");
             Frame::Msg(frame).encode(&mut buf);
-            carried.push(f);
+            carried.push(SentFrame::Msg(f));
         }
         assert!(
             buf.len() <= space,
@@ -930,8 +1302,27 @@ mod tests {
         (buf, carried)
     }
 
+    /// What the connection does when the packet that carried `f` is acknowledged.
+    fn acked(q: &mut SendQueue, f: &SentFrame) {
+        match f {
+            SentFrame::Msg(frag) => q.on_acked(frag),
+            SentFrame::Bundle(b) => q.on_bundle_acked(b),
+            other => panic!("not a message: {other:?}"),
+        }
+    }
+
+    /// What the connection does when the packet that carried `f` is lost.
+    fn lost(q: &mut SendQueue, f: SentFrame) {
+        match f {
+            SentFrame::Msg(frag) => q.on_lost(frag),
+            SentFrame::Bundle(b) => q.on_bundle_lost(&b),
+            other => panic!("not a message: {other:?}"),
+        }
+    }
+
     proptest! {
-        /// Messages of random sizes packed many to a packet, the packets
+        /// Messages of random sizes packed many to a packet (several whole
+        /// ones of a channel bundled where they wait together), the packets
         /// lost or delivered in any order and what was lost sent again: the
         /// receiver, reading only the packets' bytes, rebuilds every message
         /// exactly (its length and every byte), and no packet overflows.
@@ -943,12 +1334,14 @@ mod tests {
             let mut sent: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
             // What the receiver rebuilt: (channel, seq) -> bytes, or None where missing.
             let mut rebuilt: HashMap<(u64, u64), Vec<Option<u8>>> = HashMap::new();
-            let mut in_flight: Vec<(Vec<u8>, Vec<Fragment>)> = Vec::new();
+            let mut in_flight: Vec<(Vec<u8>, Vec<SentFrame>)> = Vec::new();
             let deliver = |rebuilt: &mut HashMap<(u64, u64), Vec<Option<u8>>>, payload: &[u8]| {
-                for frame in FrameIter::new(payload) {
-                    let Ok(Frame::Msg(m)) = frame else {
-                        panic!("only MSG frames were written: {frame:?}");
-                    };
+                let messages = FrameIter::new(payload).flat_map(|frame| match frame {
+                    Ok(Frame::Msg(m)) => vec![m],
+                    Ok(Frame::Bundle(b)) => b.messages().collect(),
+                    other => panic!("only MSG and MSG_BUNDLE frames were written: {other:?}"),
+                });
+                for m in messages {
                     let msg = rebuilt
                         .entry((m.channel, m.seq))
                         .or_insert_with(|| vec![None; m.msg_len as usize]);
@@ -972,11 +1365,11 @@ mod tests {
                     Op::Ack(i) if !in_flight.is_empty() => {
                         let (payload, carried) = in_flight.swap_remove(i % in_flight.len());
                         deliver(&mut rebuilt, &payload);
-                        carried.iter().for_each(|f| q.on_acked(f));
+                        carried.iter().for_each(|f| acked(&mut q, f));
                     }
                     Op::Lose(i) if !in_flight.is_empty() => {
                         let (_, carried) = in_flight.swap_remove(i % in_flight.len());
-                        carried.into_iter().for_each(|f| q.on_lost(f));
+                        carried.into_iter().for_each(|f| lost(&mut q, f));
                     }
                     Op::Ack(_) | Op::Lose(_) => {}
                 }
@@ -984,7 +1377,7 @@ mod tests {
             for _ in 0..10_000 {
                 for (payload, carried) in in_flight.drain(..) {
                     deliver(&mut rebuilt, &payload);
-                    carried.iter().for_each(|f| q.on_acked(f));
+                    carried.iter().for_each(|f| acked(&mut q, f));
                 }
                 let p = packet(&mut q, 64);
                 if p.1.is_empty() {

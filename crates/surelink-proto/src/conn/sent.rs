@@ -16,13 +16,15 @@ use std::time::{Duration, Instant};
 
 use super::congestion::DeliveryState;
 use super::rack::{Rack, Spurious};
-use super::send_queue::Fragment;
+use super::send_queue::{Bundle, Fragment};
 
 /// What a packet carried that may need action when it is acknowledged or lost.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SentFrame {
     /// A message fragment.
     Msg(Fragment),
+    /// Whole messages in one MSG_BUNDLE frame.
+    Bundle(Bundle),
     /// A MAX_DATA credit update.
     MaxData,
     /// A CLOSE frame.
@@ -199,15 +201,13 @@ impl SentPackets {
                 let p = self.packets.remove(&pn).expect("present");
                 self.forget(&p);
                 if p.ack_eliciting {
-                    let fragments = p
+                    let messages = p
                         .frames
                         .iter()
-                        .filter_map(|f| match f {
-                            SentFrame::Msg(frag) => Some(frag.clone()),
-                            _ => None,
-                        })
+                        .filter(|f| matches!(f, SentFrame::Msg(_) | SentFrame::Bundle(_)))
+                        .cloned()
                         .collect();
-                    out.new_episode |= self.rack.on_declared_lost(now, pn, p.time, fragments);
+                    out.new_episode |= self.rack.on_declared_lost(now, pn, p.time, messages);
                 }
                 out.lost.push((pn, p));
             } else {

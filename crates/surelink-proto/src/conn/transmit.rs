@@ -349,6 +349,11 @@ impl Connection {
                         // Acknowledged or abandoned meanwhile: no copy needed.
                         None => continue,
                     },
+                    SentFrame::Bundle(bundle) => {
+                        if !self.send_queue.write_bundle_copy(bundle, buf) {
+                            continue;
+                        }
+                    }
                     SentFrame::MaxData => Frame::MaxData {
                         max: self.max_data_sent,
                     }
@@ -427,12 +432,19 @@ impl Connection {
                     frames.push(SentFrame::Skip { channel, up_to });
                     eliciting = true;
                 }
-                while let Some(f) = self.send_queue.next_fragment(
-                    room.saturating_sub(buf.len()),
-                    self.peer_max_data,
-                    now_us,
-                    slack_us,
-                ) {
+                loop {
+                    let space = room.saturating_sub(buf.len());
+                    if let Some(b) = self.send_queue.next_bundle(space, self.peer_max_data, buf) {
+                        frames.push(SentFrame::Bundle(b));
+                        eliciting = true;
+                        continue;
+                    }
+                    let Some(f) =
+                        self.send_queue
+                            .next_fragment(space, self.peer_max_data, now_us, slack_us)
+                    else {
+                        break;
+                    };
                     let Some(frame) = self.send_queue.frame(&f) else {
                         continue;
                     };

@@ -1,7 +1,9 @@
 //! Frames: the units of meaning inside a packet.
 //!
 //! Each frame starts with a varint type. Types 0x00–0x0b and 0x10–0x13 are
-//! defined in v1, 0x20–0x21 carry forward error correction (docs/FEC.md);
+//! defined in v1, 0x0c (MSG_BUNDLE: several whole reliable messages of one
+//! channel as length-prefixed records) since v3, 0x20–0x21 carry forward
+//! error correction (docs/FEC.md);
 //! 0x14–0x1f are reserved for path status, checkpoint and resume frames of
 //! later versions; anything else is rejected. [`FrameIter`] walks the
 //! frames of a packet payload and yields an error (then stops) on malformed input.
@@ -22,6 +24,7 @@ const ACCEPT: u64 = 0x08;
 const MSG_DEADLINE: u64 = 0x09;
 const MSG_UNRELIABLE: u64 = 0x0a;
 const SKIP: u64 = 0x0b;
+const MSG_BUNDLE: u64 = 0x0c;
 const HANDSHAKE: u64 = 0x10;
 const TOKEN: u64 = 0x11;
 const PATH_CHALLENGE: u64 = 0x12;
@@ -64,6 +67,9 @@ pub enum Frame<'a> {
     Ack(AckFrame),
     /// A fragment of an application message.
     Msg(MsgFrame<'a>),
+    /// Several whole reliable messages of one channel with consecutive
+    /// sequence numbers, as length-prefixed records.
+    Bundle(BundleFrame<'a>),
     /// The sender abandoned every message of `channel` below `up_to` (their
     /// deadline passed): the receiver skips them.
     Skip {
@@ -161,6 +167,166 @@ pub struct MsgFrame<'a> {
     pub delivery: Delivery,
     /// Fragment bytes.
     pub data: &'a [u8],
+}
+
+/// Several whole reliable messages of one channel, sequence numbers
+/// `first_seq..first_seq + count`, carried as records in one frame.
+///
+/// Each record is a varint timestamp delta (µs after the previous record's
+/// timestamp, the first one's after `timestamp_us`), a varint length and
+/// that many bytes. The decoder checks every record (count, lengths,
+/// timestamps) before the frame is handed out, so [`BundleFrame::messages`]
+/// yields exactly `count` messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleFrame<'a> {
+    /// Channel of every message in the bundle.
+    pub channel: u64,
+    /// Sequence number of the first message.
+    pub first_seq: u64,
+    /// Number of messages (at least 1).
+    pub count: u64,
+    /// Source time the first record's delta is counted from, µs since the
+    /// sender's connection epoch.
+    pub timestamp_us: u64,
+    /// The encoded records.
+    pub records: &'a [u8],
+}
+
+impl<'a> BundleFrame<'a> {
+    /// The messages of the bundle, each as the MSG frame that would carry it
+    /// whole (offset 0, reliable).
+    pub fn messages(&self) -> BundleMessages<'a> {
+        BundleMessages {
+            r: Reader::new(self.records),
+            channel: self.channel,
+            next_seq: self.first_seq,
+            left: self.count,
+            timestamp_us: self.timestamp_us,
+        }
+    }
+
+    /// Reads the body after the type, checking every record.
+    fn decode(r: &mut Reader<'a>) -> Result<Self, WireError> {
+        let frame = Self {
+            channel: r.varint()?,
+            first_seq: r.varint()?,
+            count: r.varint()?,
+            timestamp_us: r.varint()?,
+            records: r.len_prefixed()?,
+        };
+        if frame.count == 0 {
+            return Err(WireError::Invalid("empty bundle"));
+        }
+        // The last message's sequence number must be a varint too.
+        if frame.count - 1 > varint::MAX - frame.first_seq {
+            return Err(WireError::Invalid("bundle sequence range"));
+        }
+        let mut records = frame.messages();
+        for _ in 0..frame.count {
+            records.read_record()?;
+        }
+        if !records.r.is_empty() {
+            return Err(WireError::Invalid("bytes after the bundle's last record"));
+        }
+        Ok(frame)
+    }
+}
+
+/// The start of a MSG_BUNDLE frame: everything before its records. A sender
+/// writes the header, then each record with [`BundleHeader::write_record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BundleHeader {
+    /// Channel of every message.
+    pub channel: u64,
+    /// Sequence number of the first message.
+    pub first_seq: u64,
+    /// Number of messages (at least 1).
+    pub count: u64,
+    /// Timestamp of the first message, µs since the connection epoch.
+    pub timestamp_us: u64,
+    /// Encoded size of all records together.
+    pub records_len: usize,
+}
+
+impl BundleHeader {
+    /// Appends the header.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        varint::write(out, MSG_BUNDLE);
+        varint::write(out, self.channel);
+        varint::write(out, self.first_seq);
+        varint::write(out, self.count);
+        varint::write(out, self.timestamp_us);
+        varint::write(out, self.records_len as u64);
+    }
+
+    /// Encoded size of the header.
+    pub fn encoded_len(&self) -> usize {
+        varint::size(MSG_BUNDLE)
+            + varint::size(self.channel)
+            + varint::size(self.first_seq)
+            + varint::size(self.count)
+            + varint::size(self.timestamp_us)
+            + varint::size(self.records_len as u64)
+    }
+
+    /// Encoded size of a record of `len` bytes, `delta_us` after the previous one.
+    pub fn record_len(delta_us: u64, len: usize) -> usize {
+        varint::size(delta_us) + varint::size(len as u64) + len
+    }
+
+    /// Appends one record: `data`, `delta_us` after the previous record.
+    pub fn write_record(out: &mut Vec<u8>, delta_us: u64, data: &[u8]) {
+        varint::write(out, delta_us);
+        varint::write(out, data.len() as u64);
+        out.extend_from_slice(data);
+    }
+}
+
+/// The messages of a [`BundleFrame`], in sequence order.
+#[derive(Debug, Clone)]
+pub struct BundleMessages<'a> {
+    r: Reader<'a>,
+    channel: u64,
+    next_seq: u64,
+    left: u64,
+    timestamp_us: u64,
+}
+
+impl<'a> BundleMessages<'a> {
+    fn read_record(&mut self) -> Result<MsgFrame<'a>, WireError> {
+        let delta = self.r.varint()?;
+        let timestamp_us = self
+            .timestamp_us
+            .checked_add(delta)
+            .filter(|&t| t <= varint::MAX)
+            .ok_or(WireError::Invalid("bundle timestamp"))?;
+        let data = self.r.len_prefixed()?;
+        let m = MsgFrame {
+            channel: self.channel,
+            seq: self.next_seq,
+            msg_len: data.len() as u64,
+            offset: 0,
+            timestamp_us,
+            delivery: Delivery::Reliable,
+            data,
+        };
+        self.timestamp_us = timestamp_us;
+        self.next_seq += 1;
+        self.left -= 1;
+        Ok(m)
+    }
+}
+
+impl<'a> Iterator for BundleMessages<'a> {
+    type Item = MsgFrame<'a>;
+
+    fn next(&mut self) -> Option<MsgFrame<'a>> {
+        if self.left == 0 {
+            return None;
+        }
+        // Checked when the frame was decoded; a failure here ends the walk.
+        self.read_record().ok()
+    }
 }
 
 /// Parameters each side announces in the handshake.
@@ -272,6 +438,17 @@ impl Frame<'_> {
             Frame::Msg(m) => {
                 m.encode_header(out);
                 out.extend_from_slice(m.data);
+            }
+            Frame::Bundle(b) => {
+                BundleHeader {
+                    channel: b.channel,
+                    first_seq: b.first_seq,
+                    count: b.count,
+                    timestamp_us: b.timestamp_us,
+                    records_len: b.records.len(),
+                }
+                .encode(out);
+                out.extend_from_slice(b.records);
             }
             Frame::Close { code, reason } => {
                 varint::write(out, CLOSE);
@@ -519,6 +696,7 @@ impl<'a> FrameIter<'a> {
                     data,
                 })
             }
+            MSG_BUNDLE => Frame::Bundle(BundleFrame::decode(r)?),
             SKIP => Frame::Skip {
                 channel: r.varint()?,
                 up_to: r.varint()?,
@@ -626,6 +804,8 @@ pub(crate) mod tests {
         Pong(u64, u64, u64),
         Ack(AckFrame),
         Msg(u64, u64, u64, u64, Delivery, Vec<u8>),
+        /// Channel, first sequence, count, timestamp, encoded records.
+        Bundle(u64, u64, u64, u64, Vec<u8>),
         Skip(u64, u64),
         Close(u64, String),
         MaxData(u64),
@@ -663,6 +843,15 @@ pub(crate) mod tests {
                     delivery: *delivery,
                     data,
                 }),
+                Owned::Bundle(channel, first_seq, count, timestamp_us, records) => {
+                    Frame::Bundle(BundleFrame {
+                        channel: *channel,
+                        first_seq: *first_seq,
+                        count: *count,
+                        timestamp_us: *timestamp_us,
+                        records,
+                    })
+                }
                 Owned::Skip(c, u) => Frame::Skip {
                     channel: *c,
                     up_to: *u,
@@ -708,6 +897,7 @@ pub(crate) mod tests {
                 proptest::collection::vec(any::<u8>(), 1..300)
             )
                 .prop_map(|(c, s, o, t, m, d)| Owned::Msg(c, s, o, t, m, d)),
+            bundle(),
             (v.clone(), v.clone()).prop_map(|(c, u)| Owned::Skip(c, u)),
             (v.clone(), "\\PC{0,40}").prop_map(|(c, r)| Owned::Close(c, r)),
             v.clone().prop_map(Owned::MaxData),
@@ -721,6 +911,122 @@ pub(crate) mod tests {
                 .prop_map(|(s, f)| Owned::FecSource(s, f)),
             proptest::collection::vec(any::<u8>(), 0..200).prop_map(Owned::FecRepair),
         ]
+    }
+
+    /// Records of a bundle: (timestamp delta, bytes) each.
+    fn records() -> impl Strategy<Value = Vec<(u64, Vec<u8>)>> {
+        proptest::collection::vec(
+            (
+                prop_oneof![Just(0u64), 0u64..100, 0u64..1 << 20],
+                proptest::collection::vec(any::<u8>(), 0..80),
+            ),
+            1..20,
+        )
+    }
+
+    fn encode_records(records: &[(u64, Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (delta, data) in records {
+            BundleHeader::write_record(&mut out, *delta, data);
+        }
+        out
+    }
+
+    /// A well-formed MSG_BUNDLE frame.
+    fn bundle() -> impl Strategy<Value = Owned> {
+        (0u64..1 << 16, 0u64..1 << 40, 0u64..1 << 40, records()).prop_map(
+            |(channel, first_seq, ts, records)| {
+                Owned::Bundle(
+                    channel,
+                    first_seq,
+                    records.len() as u64,
+                    ts,
+                    encode_records(&records),
+                )
+            },
+        )
+    }
+
+    proptest! {
+        /// A bundle's records come out as the messages that went in: each
+        /// whole, reliable, with consecutive sequence numbers and its own
+        /// timestamp.
+        #[test]
+        fn bundle_records_are_the_messages(
+            channel in 0u64..1 << 16,
+            first_seq in 0u64..1 << 40,
+            ts in 0u64..1 << 40,
+            records in records(),
+        ) {
+            let encoded = encode_records(&records);
+            let mut buf = Vec::new();
+            Frame::Bundle(BundleFrame {
+                channel,
+                first_seq,
+                count: records.len() as u64,
+                timestamp_us: ts,
+                records: &encoded,
+            })
+            .encode(&mut buf);
+            let decoded: Vec<_> = FrameIter::new(&buf).collect::<Result<_, _>>().unwrap();
+            let [Frame::Bundle(b)] = &decoded[..] else {
+                panic!("one bundle expected: {decoded:?}");
+            };
+            let messages: Vec<_> = b.messages().collect();
+            prop_assert_eq!(messages.len(), records.len());
+            let mut t = ts;
+            for (i, (m, (delta, data))) in messages.iter().zip(&records).enumerate() {
+                t += delta;
+                prop_assert_eq!(m.channel, channel);
+                prop_assert_eq!(m.seq, first_seq + i as u64);
+                prop_assert_eq!(m.timestamp_us, t);
+                prop_assert_eq!((m.offset, m.msg_len), (0, data.len() as u64));
+                prop_assert_eq!(m.delivery, Delivery::Reliable);
+                prop_assert_eq!(m.data, &data[..]);
+            }
+        }
+
+        /// A bundle whose count, record lengths or bytes disagree is an
+        /// error (never a panic, never a partial bundle).
+        #[test]
+        fn malformed_bundles_are_errors(
+            records in records(),
+            count_change in prop_oneof![Just(-1i64), Just(1i64), 2i64..5],
+            flip_at in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let encoded = encode_records(&records);
+            let count = (records.len() as i64 + count_change).max(0) as u64;
+            let mut buf = Vec::new();
+            Frame::Bundle(BundleFrame {
+                channel: 1,
+                first_seq: 0,
+                count,
+                timestamp_us: 5,
+                records: &encoded,
+            })
+            .encode(&mut buf);
+            let res: Result<Vec<_>, _> = FrameIter::new(&buf).collect();
+            prop_assert!(res.is_err(), "count {} for {} records accepted", count, records.len());
+            // Any flipped byte of a good bundle: an error, or a bundle whose
+            // messages are exactly as many as it says.
+            let mut good = Vec::new();
+            Frame::Bundle(BundleFrame {
+                channel: 1,
+                first_seq: 0,
+                count: records.len() as u64,
+                timestamp_us: 5,
+                records: &encoded,
+            })
+            .encode(&mut good);
+            let i = flip_at.index(good.len());
+            good[i] ^= flip;
+            for f in FrameIter::new(&good) {
+                if let Ok(Frame::Bundle(b)) = f {
+                    prop_assert_eq!(b.messages().count() as u64, b.count);
+                }
+            }
+        }
     }
 
     proptest! {
@@ -783,6 +1089,28 @@ pub(crate) mod tests {
             (&[0x10, 5, 1, 2], "truncated handshake"),
             (&[0x3f], "unknown frame type"),
             (&[0x03, 5, 0, 0x41, 0x00, 0], "too many ranges"),
+            (&[0x0c, 0, 0, 0, 0, 0], "empty bundle"),
+            (&[0x0c, 0, 0, 1, 0, 3, 0, 5, 1], "record beyond the bundle"),
+            (
+                &[0x0c, 0, 0, 1, 0, 4, 0, 1, 9, 9],
+                "bytes after the last record",
+            ),
+            (
+                &[0x0c, 0, 0, 2, 0, 3, 0, 1, 9],
+                "fewer records than the count",
+            ),
+            (
+                &[
+                    0x0c, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 4, 0, 0, 0, 0,
+                ],
+                "sequence range overflows",
+            ),
+            (
+                &[
+                    0x0c, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 3, 1, 1, 9,
+                ],
+                "timestamp overflows",
+            ),
         ];
         for (bytes, why) in cases {
             let res: Result<Vec<_>, _> = FrameIter::new(bytes).collect();

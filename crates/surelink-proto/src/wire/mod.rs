@@ -12,7 +12,10 @@ pub mod varint;
 /// Frame generators for property tests elsewhere in the crate.
 #[cfg(test)]
 pub(crate) use frame::tests::{frame as any_frame, Owned as OwnedFrame};
-pub use frame::{AckFrame, Delivery, Frame, FrameIter, MsgFrame, TransportParams};
+pub use frame::{
+    AckFrame, BundleFrame, BundleHeader, BundleMessages, Delivery, Frame, FrameIter, MsgFrame,
+    TransportParams,
+};
 pub use header::{Header, PacketKind, FLAG_KEY_PHASE, FLAG_PLAINTEXT, HEADER_MAX_LEN, VERSION};
 
 /// Why a datagram could not be decoded.
