@@ -602,8 +602,13 @@ fn a_durable_merge_survives_killing_the_receiver() {
             ],
         ));
     }
-    // Kill the receiver once records are being merged, well before the
-    // 6 MiB are through.
+    // Kill the receiver once every sender's session has started and records
+    // are being merged, well before the 6 MiB are through (a sender that had
+    // not connected yet would start afresh, not resume).
+    for _ in 0..SENDERS {
+        recv.find_line(" started by ", PROCESS_LIMIT)
+            .unwrap_or_else(|| panic!("not every session started:\n{}", recv.stderr()));
+    }
     let merged_len = || std::fs::metadata(&output).map_or(0, |m| m.len());
     wait_until("nothing was merged", || merged_len() >= 256 << 10);
     recv.kill();
