@@ -481,15 +481,15 @@ fn a_stopped_receiver_completes_the_file_of_a_sender_that_finished() {
     assert_eq!(files_in(dir.path()), ["copy.bin", "in.bin"]);
 }
 
-#[test]
-fn a_stopped_receiver_writes_out_what_it_held_for_a_blocked_stdout() {
+/// Sends 2 MiB (random, from `seed`) to a receiver whose stdout nobody reads
+/// yet: it writes a pipe's worth and waits, while its transport acknowledges
+/// the rest (the flow-control window holds it all). Returns once the sender
+/// has exited successfully, i.e. once every message is acknowledged.
+fn acknowledged_to_a_receiver_holding_stdout(seed: u64) -> (Proc, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.bin");
-    let data = random_bytes(7, 2 << 20);
+    let data = random_bytes(seed, 2 << 20);
     std::fs::write(&input, &data).unwrap();
-    // Nothing reads the receiver's stdout yet: it writes a pipe's worth and
-    // waits, while its transport acknowledges the rest (the flow-control
-    // window holds it all).
     let mut recv = Proc::spawn_holding_stdout("recv", &["recv", "--listen", "127.0.0.1:0"]);
     let addr = recv.listening_addr();
     let mut send = Proc::spawn(
@@ -502,8 +502,13 @@ fn a_stopped_receiver_writes_out_what_it_held_for_a_blocked_stdout() {
             input.to_str().unwrap(),
         ],
     );
-    // The sender exits successfully only once every message is acknowledged.
     send.wait_success();
+    (recv, data)
+}
+
+#[test]
+fn a_stopped_receiver_writes_out_what_it_held_for_a_blocked_stdout() {
+    let (mut recv, data) = acknowledged_to_a_receiver_holding_stdout(7);
     recv.terminate();
     recv.read_stdout();
     let got = recv.wait_success_bytes();
@@ -513,24 +518,9 @@ fn a_stopped_receiver_writes_out_what_it_held_for_a_blocked_stdout() {
 
 #[test]
 fn a_second_signal_ends_a_receiver_stuck_writing_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.bin");
-    std::fs::write(&input, random_bytes(8, 2 << 20)).unwrap();
     // Nothing ever reads the receiver's stdout: after the first signal it
     // waits to write out what it holds, for good.
-    let mut recv = Proc::spawn_holding_stdout("recv", &["recv", "--listen", "127.0.0.1:0"]);
-    let addr = recv.listening_addr();
-    let mut send = Proc::spawn(
-        "send",
-        &[
-            "send",
-            "--to",
-            &addr.to_string(),
-            "--in",
-            input.to_str().unwrap(),
-        ],
-    );
-    send.wait_success();
+    let (mut recv, _) = acknowledged_to_a_receiver_holding_stdout(8);
     recv.terminate();
     recv.wait_for_line("stopping");
     assert!(recv.is_running(), "{}", recv.stderr());
