@@ -7,7 +7,10 @@
 //! connection's reader ([`Stopping::next`]) goes on handing over the
 //! messages its connection already holds, then reports [`Next::Stopped`]
 //! instead of waiting for new data (and aborts the connection, telling the
-//! sender the receiver stopped). The connections already established and
+//! sender the receiver stopped). Messages a playout delay (`--playout`)
+//! still holds back were acknowledged too: the stop lifts the hold
+//! ([`Connection::release_held`]) and they are written out at once, in
+//! order, counted in the connection's `messages_released_early`. The connections already established and
 //! waiting in the accept queue are taken too ([`take_waiting`]). Reading
 //! what the connections hold is bounded: [`DRAIN_LIMIT`] after the stop a
 //! reader stops even if more keeps arriving. The output is then written out
@@ -130,18 +133,44 @@ impl Stopping {
             conn.abort(STOP_REASON);
             return Ok(Next::End(End::Stopped));
         }
-        tokio::select! {
-            biased;
-            msg = conn.recv_message() => Ok(match msg.map_err(|e| recv_error(conn, e))? {
-                Some(msg) => Next::Message(msg),
-                None => Next::End(End::Finished),
-            }),
-            () = self.begun() => {
-                conn.abort(STOP_REASON);
-                Ok(Next::End(End::Stopped))
+        // Once stopping, the playout hold is lifted before reading: what it
+        // holds back was acknowledged to the sender too.
+        let mut released = self.is_stopping() && release_held(conn);
+        loop {
+            tokio::select! {
+                biased;
+                msg = conn.recv_message() => return Ok(match msg.map_err(|e| recv_error(conn, e))? {
+                    Some(msg) => Next::Message(msg),
+                    None => Next::End(End::Finished),
+                }),
+                () = self.begun() => {
+                    // The stop began while waiting: read what the hold
+                    // released before ending.
+                    if !released {
+                        released = release_held(conn);
+                        continue;
+                    }
+                    conn.abort(STOP_REASON);
+                    return Ok(Next::End(End::Stopped));
+                }
             }
         }
     }
+}
+
+/// Lifts `conn`'s playout hold (`recv --playout`) for the stop: the
+/// messages it held back are handed over at once, in order. Returns true
+/// (the hold is lifted for good, so once is enough).
+fn release_held(conn: &Connection) -> bool {
+    let released = conn.release_held();
+    if released > 0 {
+        tracing::info!(
+            remote = %conn.remote_addr(),
+            released,
+            "stopping: messages held for their playout time are written out early"
+        );
+    }
+    true
 }
 
 /// How a connection's reader ended without an error.

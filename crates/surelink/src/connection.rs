@@ -204,6 +204,27 @@ impl Connection {
             .await
     }
 
+    /// Lifts the playout hold ([`ProtocolConfig::playout_delay`](crate::ProtocolConfig::playout_delay))
+    /// for the rest of the connection: every message waiting for its playout
+    /// time is handed over now, in order, to the next
+    /// [`recv_message`](Connection::recv_message) calls, and messages that
+    /// complete later are handed over as soon as they are in order. For a
+    /// receiver that stops and must not drop what the transport already
+    /// acknowledged. Returns how many messages were released early (also
+    /// counted in [`ConnectionStats::messages_released_early`]); 0 without a
+    /// playout delay or once the connection is gone.
+    pub fn release_held(&self) -> u64 {
+        let released = self
+            .inner
+            .with(|cs| cs.conn.release_held(crate::util::now()))
+            .unwrap_or(0);
+        if released > 0 {
+            self.inner.notify.notify_waiters();
+        }
+        self.inner.shared.wake_driver.notify_one();
+        released
+    }
+
     /// Closes the connection gracefully and waits until it is done.
     ///
     /// No more messages can be sent. Everything already queued is still

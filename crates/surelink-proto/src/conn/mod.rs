@@ -708,6 +708,19 @@ impl Connection {
         Some(m)
     }
 
+    /// Lifts the playout hold for the rest of the connection: every message
+    /// waiting for its playout time is handed over now, in order (the next
+    /// `recv` calls return them), and messages completed later are handed
+    /// over as soon as they are in order. For a receiver that stops and
+    /// must not drop what it holds. Returns how many messages were released
+    /// early (also counted in `messages_released_early`); 0 without a
+    /// playout delay.
+    pub fn release_held(&mut self, now: Instant) -> u64 {
+        let released = self.reassembly.release_held(self.clock_us(now));
+        self.report_closed_after_playout();
+        released
+    }
+
     /// True if taking messages opened the receive window far enough that a
     /// window update waits to be sent (the next `poll_transmit` carries it).
     pub fn window_update_pending(&self) -> bool {
@@ -744,6 +757,7 @@ impl Connection {
             messages_skipped: self.reassembly.skipped(),
             messages_late: self.reassembly.late(),
             messages_abandoned: self.send_queue.messages_abandoned(),
+            messages_released_early: self.reassembly.released_early(),
             messages_recovered_by_retransmission: self
                 .send_queue
                 .messages_recovered_by_retransmission(),
@@ -935,6 +949,7 @@ impl Connection {
                     self.on_msg(now, &MsgFrame { data, ..m });
                 }
                 Frame::Bundle(b) => {
+                    self.stats.bundles_received += 1;
                     for m in b.messages() {
                         let data = in_copy(&packet, payload, m.data);
                         self.on_msg(now, &MsgFrame { data, ..m });
@@ -1002,7 +1017,10 @@ impl Connection {
             }
             Frame::Ack(ack) => self.on_ack_frame(now, path, &ack),
             Frame::Msg(m) => self.on_msg(now, &m),
-            Frame::Bundle(b) => b.messages().for_each(|m| self.on_msg(now, &m)),
+            Frame::Bundle(b) => {
+                self.stats.bundles_received += 1;
+                b.messages().for_each(|m| self.on_msg(now, &m));
+            }
             Frame::Close { code, reason } => self.on_close_frame(now, code, reason),
             Frame::MaxData { max } => self.peer_max_data = self.peer_max_data.max(max),
             Frame::PathChallenge(data) => self.paths[path].response = Some(data),

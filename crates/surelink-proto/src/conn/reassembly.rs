@@ -143,8 +143,11 @@ pub struct Reassembly {
     consumed: u64,
     window: u64,
     max_message: u64,
+    /// The playout delay, until [`Reassembly::release_held`] lifts it.
     playout_delay_us: Option<u64>,
     delivered: u64,
+    /// Messages handed over before their playout time by `release_held`.
+    released_early: u64,
     skipped: u64,
     late: u64,
     skips: Vec<SkippedRange>,
@@ -168,6 +171,7 @@ impl Reassembly {
             max_message,
             playout_delay_us,
             delivered: 0,
+            released_early: 0,
             skipped: 0,
             late: 0,
             skips: Vec::new(),
@@ -192,6 +196,28 @@ impl Reassembly {
     /// Messages that completed after their deadline and were dropped.
     pub fn late(&self) -> u64 {
         self.late
+    }
+
+    /// Messages handed over before their playout time by
+    /// [`release_held`](Self::release_held) so far.
+    pub fn released_early(&self) -> u64 {
+        self.released_early
+    }
+
+    /// Lifts the playout hold for good at `now_us`: every message waiting
+    /// for its playout time is released now, in order, and later messages
+    /// are released as soon as they are in order. Returns how many were
+    /// released early.
+    pub fn release_held(&mut self, now_us: u64) -> u64 {
+        self.playout_delay_us = None;
+        let released = self.playout.len() as u64;
+        while let Some(mut m) = self.playout.pop_front() {
+            m.latency_us = now_us.saturating_sub(m.source_time_us);
+            self.delivered += 1;
+            self.ready.push_back(m);
+        }
+        self.released_early += released;
+        released
     }
 
     /// Takes the ranges skipped since the last call.
@@ -727,5 +753,30 @@ mod tests {
         let got = r.pop().unwrap();
         assert_eq!((got.seq, got.latency_us), (2, 500));
         assert_eq!(r.skipped(), 2);
+    }
+
+    #[test]
+    fn releasing_the_held_messages_hands_them_over_in_order_and_lifts_the_hold() {
+        let mut r = Reassembly::new(1 << 20, 1 << 16, Some(5_000_000));
+        for seq in 0..3 {
+            r.on_fragment(&frag(0, seq, b"held", 0, 4), 1_000, 2_000, None)
+                .unwrap();
+        }
+        r.poll(2_000);
+        assert!(r.pop().is_none(), "held for playout");
+        assert_eq!(r.release_held(3_000), 3);
+        assert_eq!(r.released_early(), 3);
+        assert_eq!(r.delivered(), 3);
+        let got: Vec<(u64, u64)> = std::iter::from_fn(|| r.pop())
+            .map(|m| (m.seq, m.latency_us))
+            .collect();
+        assert_eq!(got, [(0, 2_000), (1, 2_000), (2, 2_000)]);
+        assert_eq!(r.next_wake(), None, "nothing waits for a playout time");
+        // The hold stays lifted: a later message goes straight through.
+        r.on_fragment(&frag(0, 3, b"late", 0, 4), 4_000, 4_100, None)
+            .unwrap();
+        assert_eq!(r.pop().map(|m| m.seq), Some(3));
+        assert_eq!(r.release_held(5_000), 0);
+        assert_eq!(r.released_early(), 3);
     }
 }

@@ -78,6 +78,15 @@ pub struct ConnectionStats {
     pub messages_late: u64,
     /// Messages the sender gave up on (deadline passed, or unreliable and lost).
     pub messages_abandoned: u64,
+    /// Messages held for their playout time that were handed over before it
+    /// because the application lifted the hold (`Connection::release_held`).
+    pub messages_released_early: u64,
+    /// MSG_BUNDLE frames sent (several whole small messages in one frame).
+    pub bundles_sent: u64,
+    /// Messages carried by those frames.
+    pub bundled_messages_sent: u64,
+    /// MSG_BUNDLE frames received (duplicates included).
+    pub bundles_received: u64,
     /// Messages the sender repaired by retransmission: their last missing
     /// bytes were acknowledged in a retransmitted packet (next to
     /// `fec_recovered_packets`, the receiver's repairs by FEC).
@@ -400,6 +409,42 @@ impl VisitStats for ConnectionStats {
                 "Messages the sender gave up on.",
             ),
             self.messages_abandoned,
+        );
+        v.counter(
+            &c(
+                "messages_released_early",
+                "messages_released_early",
+                Count,
+                "Messages held for their playout time handed over before it (the hold lifted at a stop).",
+            ),
+            self.messages_released_early,
+        );
+        v.counter(
+            &c(
+                "bundles_sent",
+                "bundles_sent",
+                Count,
+                "MSG_BUNDLE frames sent (several whole small messages in one frame).",
+            ),
+            self.bundles_sent,
+        );
+        v.counter(
+            &c(
+                "bundled_messages_sent",
+                "bundled_messages_sent",
+                Count,
+                "Messages carried in MSG_BUNDLE frames sent.",
+            ),
+            self.bundled_messages_sent,
+        );
+        v.counter(
+            &c(
+                "bundles_received",
+                "bundles_received",
+                Count,
+                "MSG_BUNDLE frames received (duplicates included).",
+            ),
+            self.bundles_received,
         );
         v.counter(
             &c(

@@ -435,6 +435,8 @@ impl Connection {
                 loop {
                     let space = room.saturating_sub(buf.len());
                     if let Some(b) = self.send_queue.next_bundle(space, self.peer_max_data, buf) {
+                        self.stats.bundles_sent += 1;
+                        self.stats.bundled_messages_sent += b.count;
                         frames.push(SentFrame::Bundle(b));
                         eliciting = true;
                         continue;
