@@ -66,7 +66,8 @@ fn parse_deadline(text: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, Default, Args)]
 pub struct PlayoutArgs {
     /// Hold each message until this long after it was sent (e.g. 100ms), so that messages come out
-    /// evenly spaced despite jitter and retransmissions (like SRT's latency).
+    /// evenly spaced despite jitter and retransmissions (like SRT's latency). A stop (Ctrl-C,
+    /// SIGTERM) lifts the hold: the messages still held are written out at once, in order.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub playout: Option<Duration>,
 }

@@ -483,9 +483,10 @@ impl<S: Storage + Send> DurableSender<S> {
         // re-send it in the order it was first queued.
         let resend = self.outbox_messages()?;
         let resent = resend.len() as u64;
-        for (channel, msg) in resend {
-            self.send_wire(conn, channel, msg).await?;
-            self.stats.messages_resent += 1;
+        for (channel, msgs) in channel_runs(resend) {
+            let count = msgs.len() as u64;
+            self.send_wire(conn, channel, msgs).await?;
+            self.stats.messages_resent += count;
         }
         Ok(Resumed {
             receiver_next: progress.next,
@@ -717,9 +718,10 @@ impl<S: Storage + Send> DurableSender<S> {
             }
             Ok(wire)
         })?;
-        for (channel, msg) in wire {
-            self.send_wire(&conn, channel, msg).await?;
-            self.stats.messages_sent += 1;
+        for (channel, msgs) in channel_runs(wire) {
+            let count = msgs.len() as u64;
+            self.send_wire(&conn, channel, msgs).await?;
+            self.stats.messages_sent += count;
         }
         Ok(())
     }
@@ -732,7 +734,7 @@ impl<S: Storage + Send> DurableSender<S> {
         let conn = self.conn.clone().ok_or(SessionError::NotAttached)?;
         if !self.meta.complete {
             let end = Control::End(self.next_id.clone()).encode();
-            self.send_wire(&conn, CONTROL_CHANNEL, end).await?;
+            self.send_wire(&conn, CONTROL_CHANNEL, vec![end]).await?;
             while !self.end_confirmed {
                 self.next_control(&conn).await?;
             }
@@ -747,23 +749,29 @@ impl<S: Storage + Send> DurableSender<S> {
         Ok(())
     }
 
-    /// Sends one message on the connection, handling the receiver's control
-    /// messages and checking liveness while the send buffer is full.
+    /// Sends messages of one channel on the connection in one batch
+    /// ([`Connection::send_many`]: queued together, small ones travel in
+    /// MSG_BUNDLE frames), handling the receiver's control messages and
+    /// checking liveness while the send buffer is full.
     async fn send_wire(
         &mut self,
         conn: &Connection,
         channel: u64,
-        msg: Bytes,
+        msgs: Vec<Bytes>,
     ) -> Result<(), SessionError> {
-        // Queuing a message rarely waits, so a burst (a batch, a re-sent
+        // Queuing messages rarely waits, so a burst (batches, a re-sent
         // outbox) would otherwise keep this worker thread from the tasks that
         // move the data (the driver, a receiver in the same process).
         tokio::task::yield_now().await;
+        // Polled to its end across control messages: dropping it half-way
+        // would leave unknown how much of the batch was queued.
+        let send = conn.send_many(channel, msgs);
+        tokio::pin!(send);
         loop {
             tokio::select! {
                 biased;
                 m = conn.recv_message() => self.on_message(m)?,
-                sent = conn.send_on(channel, msg.clone()) => {
+                sent = &mut send => {
                     sent?;
                     return Ok(());
                 }
@@ -829,6 +837,19 @@ impl<S: Storage + Send> DurableSender<S> {
         }
         Ok(())
     }
+}
+
+/// `messages` cut into runs of consecutive messages of one channel, in
+/// order: each run is queued with one [`Connection::send_many`].
+fn channel_runs(messages: Vec<(u64, Bytes)>) -> Vec<(u64, Vec<Bytes>)> {
+    let mut runs: Vec<(u64, Vec<Bytes>)> = Vec::new();
+    for (channel, msg) in messages {
+        match runs.last_mut() {
+            Some((c, run)) if *c == channel => run.push(msg),
+            _ => runs.push((channel, vec![msg])),
+        }
+    }
+    runs
 }
 
 /// A received message that must be a control message.

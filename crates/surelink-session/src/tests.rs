@@ -22,6 +22,7 @@ use super::*;
 use surelink::sim::SimNetwork;
 use surelink::{Endpoint, EndpointConfig};
 
+mod bundle_cuts;
 mod replay;
 mod shared_store;
 mod sim;

@@ -33,8 +33,9 @@
 //! nothing the transport acknowledged to a sender ([`crate::stop`]): the
 //! receiver takes no new connection, reads what every connection (and every
 //! one waiting to be accepted) already holds, without waiting for new data
-//! (at most 10 s), writes it out as at a sender's end, and exits 0; a second
-//! signal ends it at once (130). A sender still connected is then aborted:
+//! (at most 10 s), including the messages `--playout` still holds back
+//! (released early, in order), writes it out as at a sender's end, and
+//! exits 0; a second signal ends it at once (130). A sender still connected is then aborted:
 //! `--out-dir` lists its file as incomplete. In stream mode the stop reads
 //! the sender being served and, while each one turns out to have finished,
 //! the senders waiting after it; a file takes its real name only if a sender

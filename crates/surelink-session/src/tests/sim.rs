@@ -38,7 +38,7 @@ fn sim_seeds() -> u64 {
 /// to a third of it as jitter, sometimes reordering, duplication, burst
 /// loss (Gilbert: bursts of 2–5 datagrams on average) and a flapping link
 /// (down 20–200 ms every 1–3 s); the same in both directions.
-fn network(seed: u64) -> SimNetwork {
+pub(super) fn network(seed: u64) -> SimNetwork {
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x5151_5151);
     let delay = Duration::from_micros(rng.gen_range(1_000..30_000));
     let mut link = LinkConfig::clean()
