@@ -205,6 +205,40 @@ async fn close_returns_after_the_peer_acknowledged_everything() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn released_playout_hands_over_the_held_messages_in_order() {
+    bounded(async {
+        // An hour of playout: nothing is handed over by the clock here.
+        let config = with_protocol(|p| p.playout_delay = Some(Duration::from_secs(3600)));
+        let (_server, _client, client, server) = pair(config).await;
+        let count = 300;
+        let queued = client
+            .send_many(0, (0..count).map(|i| message(i, 100)))
+            .await
+            .unwrap();
+        assert_eq!(queued, count);
+        // The close returns once the server's transport acknowledged every
+        // message, all of them still held back for their playout time.
+        client.close().await.expect("graceful close");
+        let held = server.stats();
+        assert_eq!(held.messages_delivered, 0, "{held:?}");
+        assert!(held.bundles_received > 0, "{held:?}");
+        assert!(client.stats().bundled_messages_sent > 0);
+        assert_eq!(server.release_held(), count as u64);
+        let got = recv_all(&server).await;
+        assert_eq!(got.len(), count);
+        assert!(got
+            .iter()
+            .enumerate()
+            .all(|(i, m)| m.seq == i as u64 && m.data == message(i, 100)));
+        let stats = server.stats();
+        assert_eq!(stats.messages_released_early, count as u64);
+        assert_eq!(stats.messages_delivered, count as u64);
+        assert_eq!(server.release_held(), 0, "the hold stays lifted");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_directions_and_server_initiated_close() {
     bounded(async {
         let (_server, _client, client, server) = pair(EndpointConfig::default()).await;
