@@ -219,9 +219,11 @@ impl Connection {
             .with(|cs| cs.conn.release_held(crate::util::now()))
             .unwrap_or(0);
         if released > 0 {
+            // Readers waiting for a message, and the driver for its timers
+            // (no playout time to wait for any more).
             self.inner.notify.notify_waiters();
+            self.inner.shared.wake_driver.notify_one();
         }
-        self.inner.shared.wake_driver.notify_one();
         released
     }
 
