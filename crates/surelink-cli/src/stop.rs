@@ -10,8 +10,9 @@
 //! sender the receiver stopped). Messages a playout delay (`--playout`)
 //! still holds back were acknowledged too: the stop lifts the hold
 //! ([`Connection::release_held`]) and they are written out at once, in
-//! order, counted in the connection's `messages_released_early`. The connections already established and
-//! waiting in the accept queue are taken too ([`take_waiting`]). Reading
+//! order, counted in the connection's `messages_released_early`. The
+//! connections already established and waiting in the accept queue are
+//! taken too ([`take_waiting`]). Reading
 //! what the connections hold is bounded: [`DRAIN_LIMIT`] after the stop a
 //! reader stops even if more keeps arriving. The output is then written out
 //! as at any sender's end. A second signal ends the command at once
@@ -135,7 +136,10 @@ impl Stopping {
         }
         // Once stopping, the playout hold is lifted before reading: what it
         // holds back was acknowledged to the sender too.
-        let mut released = self.is_stopping() && release_held(conn);
+        let mut released = self.is_stopping();
+        if released {
+            release_held(conn);
+        }
         loop {
             tokio::select! {
                 biased;
@@ -147,7 +151,8 @@ impl Stopping {
                     // The stop began while waiting: read what the hold
                     // released before ending.
                     if !released {
-                        released = release_held(conn);
+                        release_held(conn);
+                        released = true;
                         continue;
                     }
                     conn.abort(STOP_REASON);
@@ -159,9 +164,9 @@ impl Stopping {
 }
 
 /// Lifts `conn`'s playout hold (`recv --playout`) for the stop: the
-/// messages it held back are handed over at once, in order. Returns true
-/// (the hold is lifted for good, so once is enough).
-fn release_held(conn: &Connection) -> bool {
+/// messages it held back are handed over at once, in order, and the hold
+/// stays lifted (once per connection is enough).
+fn release_held(conn: &Connection) {
     let released = conn.release_held();
     if released > 0 {
         tracing::info!(
@@ -170,7 +175,6 @@ fn release_held(conn: &Connection) -> bool {
             "stopping: messages held for their playout time are written out early"
         );
     }
-    true
 }
 
 /// How a connection's reader ended without an error.
