@@ -775,14 +775,15 @@ fn start_small_message_senders(
     (inputs, senders)
 }
 
-/// Runs `recv --to udp://… [--tag-source]` with `count` senders, waits until
-/// every sender has exited successfully (the receiver's transport then has
-/// acknowledged all of its messages), stops the receiver with SIGTERM right
-/// then and returns the inputs and every datagram the receiver forwarded.
+/// Runs `recv --to udp://…` with `extra` arguments and `count` senders,
+/// waits until every sender has exited successfully (the receiver's
+/// transport then has acknowledged all of its messages), stops the receiver
+/// with SIGTERM right then and returns the inputs and every datagram the
+/// receiver forwarded.
 fn stop_a_datagram_receiver_after_its_senders(
     count: u64,
-    tag_source: bool,
-) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    extra: &[&str],
+) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, String) {
     let work = tempfile::tempdir().unwrap();
     let (sink, target) = udp_sink();
     let receiver_gone = Arc::new(AtomicBool::new(false));
@@ -791,9 +792,7 @@ fn stop_a_datagram_receiver_after_its_senders(
         std::thread::spawn(move || read_until_gone(&sink, &receiver_gone))
     };
     let mut args = vec!["recv", "--listen", "127.0.0.1:0", "--to", &target];
-    if tag_source {
-        args.push("--tag-source");
-    }
+    args.extend_from_slice(extra);
     let mut recv = Proc::spawn("recv", &args);
     let addr = recv.listening_addr();
     // 256 KiB each: enough messages for the output to fall behind, few
@@ -805,14 +804,13 @@ fn stop_a_datagram_receiver_after_its_senders(
     recv.terminate();
     recv.wait_success();
     receiver_gone.store(true, Ordering::SeqCst);
-    (inputs, reader.join().unwrap())
+    (inputs, reader.join().unwrap(), recv.stderr())
 }
 
-#[test]
-fn a_stopped_datagram_receiver_forwards_every_message_its_senders_had_acknowledged() {
-    let (inputs, mut datagrams) = stop_a_datagram_receiver_after_its_senders(SENDERS, false);
-    // Untagged, the senders' datagrams interleave: every 256-byte message of
-    // every input is forwarded once (the messages of random inputs differ).
+/// Untagged, the senders' datagrams interleave: checks that every 256-byte
+/// message of every input was forwarded once (the messages of random inputs
+/// differ).
+fn assert_every_message_forwarded_once(inputs: &[Vec<u8>], mut datagrams: Vec<Vec<u8>>) {
     let mut messages: Vec<Vec<u8>> = inputs
         .iter()
         .flat_map(|i| i.chunks(256).map(<[u8]>::to_vec))
@@ -827,8 +825,25 @@ fn a_stopped_datagram_receiver_forwards_every_message_its_senders_had_acknowledg
 }
 
 #[test]
+fn a_stopped_datagram_receiver_forwards_every_message_its_senders_had_acknowledged() {
+    let (inputs, datagrams, _) = stop_a_datagram_receiver_after_its_senders(SENDERS, &[]);
+    assert_every_message_forwarded_once(&inputs, datagrams);
+}
+
+#[test]
+fn a_stopped_datagram_receiver_forwards_what_its_playout_held() {
+    // A playout delay no transfer here comes near: when the stop comes,
+    // every acknowledged message is still held back for its playout time.
+    let (inputs, datagrams, log) =
+        stop_a_datagram_receiver_after_its_senders(2, &["--playout", "1h"]);
+    assert!(log.contains("written out early"), "{log}");
+    assert_every_message_forwarded_once(&inputs, datagrams);
+}
+
+#[test]
 fn a_stopped_tagging_receiver_forwards_every_message_its_senders_had_acknowledged() {
-    let (inputs, datagrams) = stop_a_datagram_receiver_after_its_senders(SENDERS, true);
+    let (inputs, datagrams, _) =
+        stop_a_datagram_receiver_after_its_senders(SENDERS, &["--tag-source"]);
     // Per source: the sequence numbers and payloads, in arrival order.
     let mut streams: BTreeMap<[u8; 8], Vec<(u64, Vec<u8>)>> = BTreeMap::new();
     for d in &datagrams {
