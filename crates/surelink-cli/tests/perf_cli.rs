@@ -158,3 +158,52 @@ fn bad_arguments_are_usage_errors() {
         assert_eq!(finished.status.code(), Some(2), "{args:?}: {finished:?}");
     }
 }
+
+#[test]
+fn sessions_that_fail_after_connecting_are_counted_and_the_run_exits_5() {
+    // At -vv the server logs each connection it accepts.
+    let mut server = Proc::spawn_default_log(
+        "perf server",
+        &["perf", "server", "-vv", "--listen", "127.0.0.1:0"],
+    );
+    let addr = server.addr_after("listening on ").to_string();
+    let mut client = Proc::spawn(
+        "perf client",
+        &[
+            "perf",
+            "client",
+            "--to",
+            &addr,
+            "--json",
+            "--connections",
+            "3",
+            "--rate",
+            "0",
+            "--duration",
+            "2s",
+        ],
+    );
+    for _ in 0..3 {
+        server.wait_for_line("perf connection accepted");
+    }
+    // The server vanishes while every session idles: each one fails.
+    server.kill();
+    let (status, stdout) = client.wait();
+    assert_eq!(
+        status.code(),
+        Some(5),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        client.stderr()
+    );
+    let result: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}):\n{stdout}"));
+    assert_eq!(result["connections"].as_u64(), Some(3), "{result:#}");
+    assert_eq!(result["sessions_failed"].as_u64(), Some(3), "{result:#}");
+    assert!(
+        client
+            .stderr()
+            .contains("3 of 3 sessions failed after connecting"),
+        "{}",
+        client.stderr()
+    );
+}

@@ -33,7 +33,11 @@ pub struct Config {
     pub initial_window_packets: u64,
     /// Most connections an endpoint accepts at once (default 1024).
     pub max_connections: usize,
-    /// A server drops a connection whose handshake has not completed in this time (default 5 s).
+    /// A server drops a half-open connection it has not answered (its answer
+    /// held back by the anti-amplification limit) after this time (default
+    /// 5 s). Once answered, the client counts itself connected and repeats
+    /// its last message until the server hears it: the server then keeps the
+    /// half-open state up to the idle timeout.
     pub handshake_timeout: Duration,
     /// Above this many handshakes started within `handshake_timeout`, a server
     /// answers new Initials with a stateless Retry first (default 64; 0 = always).

@@ -197,3 +197,39 @@ fn a_cut_while_data_flows_is_detected_as_fast_as_with_fixed_heartbeats() {
         );
     }
 }
+
+/// A backed-off idle connection whose server stalls: for `stall`, every
+/// datagram the server sends takes that much longer (its driver, busy with
+/// thousands of other sessions, sends late). Returns the suspicions seen by
+/// either side and the datagrams each side sent in the 20 s around it.
+fn idle_through_a_stall(seed: u64, stall: Duration) -> (usize, (usize, usize)) {
+    let mut sim = connected(config(true), seed);
+    let mut seen = Seen::default();
+    run_idle(&mut sim, Duration::from_secs(10), &mut seen);
+    sim.capture = Some((Vec::new(), Vec::new()));
+    sim.s2c
+        .set_config(link().with_delay(ms(5) + stall))
+        .expect("valid link");
+    run_idle(&mut sim, Duration::from_secs(5), &mut seen);
+    sim.s2c.set_config(link()).expect("valid link");
+    run_idle(&mut sim, Duration::from_secs(15), &mut seen);
+    assert!(!sim.client.is_closed(), "seed {seed}: the connection ended");
+    let suspected = suspicions(&seen.0).len() + suspicions(&seen.1).len();
+    (suspected, datagrams_sent(&sim))
+}
+
+#[test]
+fn a_stall_of_a_tenth_of_the_backed_off_interval_is_not_a_suspicion() {
+    // Thousands of idle sessions on one loaded endpoint: a heartbeat that
+    // leaves 100 ms late was enough to suspect every one of them, and each
+    // suspect path went back to 20 ms heartbeats (and made its peer expect
+    // them), which loaded the endpoint further.
+    for seed in 0..4 {
+        let (suspected, (client, server)) = idle_through_a_stall(seed, ms(100));
+        assert_eq!(suspected, 0, "seed {seed}: a 100 ms stall was suspected");
+        assert!(
+            client < 20 * 4 && server < 20 * 4,
+            "seed {seed}: {client} / {server} datagrams in 20 s"
+        );
+    }
+}

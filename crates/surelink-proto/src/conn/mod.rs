@@ -590,8 +590,15 @@ impl Connection {
     }
 
     fn idle_timeout(&self) -> Duration {
-        let local = if self.side == Side::Server && self.lifecycle.is_handshaking() {
-            // Half-open connections are dropped sooner.
+        let local = if self.side == Side::Server
+            && self.lifecycle.is_handshaking()
+            && self.handshake_sends == 0
+        {
+            // Half-open connections we have not answered are dropped sooner.
+            // Once our answer is out, the client counts itself connected
+            // and repeats its last message until it hears from us, for up
+            // to its idle timeout: dropping our state before that would
+            // leave it connected to nobody (tests/half_open.rs).
             self.config.idle_timeout.min(self.config.handshake_timeout)
         } else {
             self.config.idle_timeout

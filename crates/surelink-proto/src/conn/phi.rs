@@ -30,7 +30,8 @@
 //! 1.0 for a heartbeat exactly on time) and judges the current silence
 //! against the latest announced interval: expected gap = mean ratio ×
 //! announced interval, deviation = deviation of the ratios × announced
-//! interval, never below the floor. While the interval stays the same this
+//! interval, never below the floor (`phi_min_std_dev`, and a tenth of the
+//! announced interval). While the interval stays the same this
 //! is exactly the absolute model; when it grows, the detector expects the
 //! longer gap at once instead of suspecting it. A heartbeat that arrives
 //! with a *shorter* announced interval than the previous one (the peer
@@ -51,6 +52,13 @@ const WINDOW: usize = 200;
 /// Bounds on an announced heartbeat interval that the detector believes (a
 /// peer announcing nonsense only makes its own path judged oddly).
 const ANNOUNCED_MS: (f64, f64) = (1.0, 60_000.0);
+/// Floor on the deviation relative to the announced interval. A backed-off
+/// heartbeat (1 s) from a clean path teaches a deviation far below the
+/// absolute floor, so a heartbeat sent 20 ms late, as a driver busy with
+/// thousands of sessions sends it, looked like a failing path; the sender's
+/// lateness grows with its interval, not with the path. At 20 ms heartbeats
+/// (data flowing, fresh connections) the absolute floor is the larger.
+const MIN_STD_RATIO: f64 = 0.1;
 /// Coefficients of the logistic approximation of the normal tail:
 /// P(X > y) ≈ e / (1 + e) with e = exp(−y(A + B y²)).
 const A: f64 = 1.5976;
@@ -150,7 +158,8 @@ impl PhiDetector {
         }
         let mean = self.sum / n;
         let var = (self.sum_sq / n - mean * mean).max(0.0);
-        (mean * scale, (var.sqrt() * scale).max(self.min_std_ms))
+        let floor = self.min_std_ms.max(scale * MIN_STD_RATIO);
+        (mean * scale, (var.sqrt() * scale).max(floor))
     }
 
     /// φ for a gap of `elapsed_ms` since the last arrival.

@@ -5,6 +5,9 @@
 //! (starts spread evenly over one interval) or unbounded. Each connection
 //! then sends its [`Finished`], takes the server's report and closes; the
 //! figures of all connections are summed (histograms merged) and printed.
+//! A session that fails after connecting is counted (`sessions_failed`)
+//! and the run goes on; the figures of the others are printed, then the
+//! first failure is the command's error.
 //!
 //! Messages/s and MiB/s are what the server received over the span from its
 //! first to its last data message (one clock, the server's). Latency is the
@@ -92,11 +95,22 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
     // Histograms are merged as connections finish, not kept one per connection.
     let mut histogram = latency_histogram();
     let mut results = Vec::with_capacity(count);
+    // Sessions that ended with an error after connecting: counted, and the
+    // first one's error is the run's, once the figures are printed.
+    let mut failed = 0usize;
+    let mut first_failure = None;
     while let Some(joined) = tasks.join_next().await {
-        let (result, latencies) = joined.context("a connection task failed")??;
-        // Same bounds (or empty): adding cannot fail.
-        let _ = histogram.add(&latencies);
-        results.push(result);
+        match joined.context("a connection task failed")? {
+            Ok((result, latencies)) => {
+                // Same bounds (or empty): adding cannot fail.
+                let _ = histogram.add(&latencies);
+                results.push(result);
+            }
+            Err(e) => {
+                failed += 1;
+                first_failure.get_or_insert(e);
+            }
+        }
     }
     let elapsed = started.elapsed();
     let usage_after = Usage::now();
@@ -105,6 +119,7 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
     let summary = summarise(
         &args,
         &results,
+        failed,
         &histogram,
         (connect_time, elapsed),
         usage_before,
@@ -115,7 +130,12 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", summary_text(&summary));
     }
-    Ok(())
+    match first_failure {
+        Some(e) => Err(e.context(format!(
+            "{failed} of {count} sessions failed after connecting; the first"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Opens `count` connections, round-robin over `endpoints`, at most
@@ -212,6 +232,7 @@ async fn next_control(conn: &Connection) -> anyhow::Result<Bytes> {
 fn summarise(
     args: &ClientArgs,
     results: &[ConnectionResult],
+    sessions_failed: usize,
     histogram: &Histogram<u64>,
     (connect_time, elapsed): (Duration, Duration),
     before: Usage,
@@ -247,7 +268,8 @@ fn summarise(
     let server_peak_first = server_peaks.min().unwrap_or(0);
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1e3;
     json!({
-        "connections": results.len(),
+        "connections": results.len() + sessions_failed,
+        "sessions_failed": sessions_failed,
         "client_drivers": args.drivers,
         "size": args.size,
         "rate_per_connection": args.rate,
@@ -292,7 +314,7 @@ fn summary_text(s: &Value) -> String {
     let mib = |kib: &Value| kib.as_f64().unwrap_or(0.0) / 1024.0;
     let wall = s["client"]["wall_s"].as_f64().unwrap_or(f64::NAN);
     format!(
-        "surelink perf: {} connections ({} client drivers, all connected in {:.2} s), {}-byte messages, {rate}, {} s\n\
+        "surelink perf: {} connections ({} client drivers, all connected in {:.2} s; {} failed after connecting), {}-byte messages, {rate}, {} s\n\
          \x20 messages    sent {}  received {}  lost {}  retransmissions {}\n\
          \x20 throughput  {:.0} msg/s  {:.2} MiB/s  (received, over {:.2} s)\n\
          \x20 latency     p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  (one way, {} messages)\n\
@@ -301,6 +323,7 @@ fn summary_text(s: &Value) -> String {
         s["connections"],
         s["client_drivers"],
         s["connect_s"].as_f64().unwrap_or(0.0),
+        s["sessions_failed"],
         s["size"],
         s["duration_s"],
         s["messages_sent"],

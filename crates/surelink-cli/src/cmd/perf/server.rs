@@ -43,6 +43,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     );
     let accepting = async {
         while let Some(conn) = endpoint.accept().await {
+            tracing::debug!(remote = %conn.remote_addr(), "perf connection accepted");
             tokio::spawn(serve(conn));
         }
     };
