@@ -438,4 +438,45 @@ mod tests {
             () = tokio::time::sleep(Duration::from_secs(10)) => {}
         }
     }
+
+    /// How late the timer fires against `tokio::time::sleep_until`, on a
+    /// real clock: prints percentiles (docs/BENCHMARKS.md, "Precise timers
+    /// in the driver and the impairer"); asserts only that neither fires
+    /// before its deadline. A measurement, so not run by default:
+    /// `cargo test -p surelink --lib precise_timer -- --ignored --nocapture`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement; run on demand"]
+    async fn lateness_against_tokio_sleep() {
+        const ROUNDS: u64 = 2000;
+        let mut timer = PreciseTimer::new();
+        let (mut precise, mut wheel) = (Vec::new(), Vec::new());
+        for i in 0..ROUNDS {
+            // Deadlines 0.5–9.5 ms ahead, spread over the timer wheel's slots.
+            let at = now() + Duration::from_micros(500 + (i * 7919) % 9000);
+            if i % 2 == 0 {
+                timer.set(Some(at));
+                timer.wait().await;
+                precise.push(now().duration_since(at));
+            } else {
+                tokio::time::sleep_until(at.into()).await;
+                wheel.push(now().duration_since(at));
+            }
+            assert!(now() >= at, "fired before its deadline");
+        }
+        for (name, mut late) in [
+            ("PreciseTimer", precise),
+            ("tokio::time::sleep_until", wheel),
+        ] {
+            late.sort();
+            let at = |q: f64| late[((late.len() - 1) as f64 * q) as usize].as_micros();
+            println!(
+                "{name}: {} deadlines, late by p50 {} µs, p90 {} µs, p99 {} µs, max {} µs",
+                late.len(),
+                at(0.5),
+                at(0.9),
+                at(0.99),
+                at(1.0)
+            );
+        }
+    }
 }
