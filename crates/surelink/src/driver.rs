@@ -28,9 +28,11 @@
 //!    control sees the back-pressure. Datagrams are never dropped silently: only
 //!    a hard send error drops one, and it is logged and counted (the protocol
 //!    recovers it like a loss);
-//! 4. sleep until the earliest `poll_timeout`, socket readability (or
-//!    writability when blocked), or a wake-up from a handle. A round that hit a
-//!    batch limit yields to the scheduler and goes on at once instead.
+//! 4. sleep until the earliest `poll_timeout` (on the driver's
+//!    [`PreciseTimer`], which fires within tens of microseconds of it on
+//!    Linux), socket readability (or writability when blocked), or a wake-up
+//!    from a handle. A round that hit a batch limit yields to the scheduler
+//!    and goes on at once instead.
 //!
 //! The task ends when no `Endpoint` handle is left and every connection has
 //! drained and lost its handles.
@@ -52,6 +54,7 @@ use surelink_proto::conn::PathAddr;
 use surelink_proto::{ConnectionHandle, DatagramEvent, Side};
 
 use crate::handshake_event::HandshakeEvent;
+use crate::precise_timer::PreciseTimer;
 use crate::shard::Router;
 use crate::socket::{DatagramIo, MAX_SEND_BYTES};
 use crate::state::{ConnState, IoCounters, Shared, State};
@@ -65,7 +68,7 @@ pub(crate) const TRANSMIT_BUDGET: usize = 128;
 /// Consecutive rounds with an already-expired timer and nothing else happening
 /// after which the driver sleeps a little instead of spinning.
 const STALL_ROUNDS: u32 = 3;
-/// How long it then sleeps (the timer wheel's resolution).
+/// How long it then sleeps.
 const STALL_SLEEP: Duration = Duration::from_millis(1);
 /// Sleep used when no connection has a timer.
 const IDLE_SLEEP: Duration = Duration::from_secs(3600);
@@ -207,6 +210,7 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T, mut 
     let mut scratch = Vec::with_capacity(MAX_SEND_BYTES);
     let mut stalled = 0u32;
     let mut stall_logged = false;
+    let mut timer = PreciseTimer::new();
     loop {
         // 1. Receive a batch.
         received.clear();
@@ -249,6 +253,7 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T, mut 
         } else {
             stalled = 0;
         }
+        timer.set(Some(deadline));
         // Biased: a fixed polling order keeps simulated runs deterministic.
         tokio::select! {
             biased;
@@ -265,7 +270,7 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T, mut 
                 }
             }
             () = shared.wake_driver.notified() => {}
-            () = tokio::time::sleep_until(deadline.into()) => {}
+            () = timer.wait() => {}
         }
     }
 }

@@ -46,12 +46,15 @@
 //!
 //! # Timing
 //!
-//! Each direction of each flow has a single timer, armed at its link's
-//! [`next_delivery`](surelink_netem::Link::next_delivery); the flow task
-//! sleeps until a datagram arrives or a timer fires, then releases every
-//! datagram due. Datagrams are never released before their scheduled time;
-//! they may leave up to about a millisecond late (tokio's timer resolution),
-//! except those due immediately (no delay), which are sent at once.
+//! Each flow has a single delivery timer, armed at the earlier of its two
+//! links' [`next_delivery`](surelink_netem::Link::next_delivery); the flow
+//! task sleeps until a datagram arrives or the timer fires, then releases
+//! every datagram due. Datagrams are never released before their scheduled
+//! time. On Linux the timer is a `timerfd`, so they leave within tens of
+//! microseconds of it (plus scheduling delay on a loaded machine); elsewhere,
+//! or if the `timerfd` cannot be used, the timer is tokio's and they may
+//! leave up to about a millisecond late. Datagrams due immediately (no
+//! delay) are sent at once.
 //!
 //! Nothing an impairer receives can make it panic, and I/O errors are
 //! counted ([`DirectionStats`]) and logged with `tracing`, never fatal: a

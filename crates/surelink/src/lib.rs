@@ -45,6 +45,7 @@ mod endpoint;
 mod error;
 mod handshake_event;
 pub mod impair;
+mod precise_timer;
 mod shard;
 pub mod sim;
 mod socket;

@@ -6,15 +6,17 @@
 //! - a UDP socket bound to an ephemeral port and connected to the target, so
 //!   that whatever the target sends back to that port belongs to this client;
 //! - two [`Link`]s, upstream and downstream, each with its own seed;
-//! - one timer per direction, armed at that link's
-//!   [`next_delivery`](Link::next_delivery).
+//! - one [`PreciseTimer`], armed at the earlier of the two links'
+//!   [`next_delivery`](Link::next_delivery): on Linux a `timerfd` that
+//!   fires within tens of microseconds of it, so a datagram leaves when its
+//!   drawn delay has passed rather than up to a millisecond later.
 //!
 //! The task is a single `select!` loop over: upstream datagrams handed over by
 //! the relay (with the instant they arrived), datagrams read from the
-//! connected socket, the two timers, the idle timer and shutdown. After every
-//! event it releases whatever is due on both links, re-arms the timers, and
-//! publishes its counters to the [`StatsBook`]. Nothing polls: the task sleeps
-//! until a datagram or a delivery time comes.
+//! connected socket, the delivery timer, the idle timer and shutdown. After
+//! every event it releases whatever is due on both links, re-arms the timer,
+//! and publishes its counters to the [`StatsBook`]. Nothing polls: the task
+//! sleeps until a datagram or a delivery time comes.
 //!
 //! I/O errors are counted and logged, never fatal: a refused send loses that
 //! one datagram, a failed read is skipped.
@@ -30,6 +32,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
 use super::stats::{DirectionStats, FlowCounters, StatsBook};
+use crate::precise_timer::PreciseTimer;
 
 /// Largest UDP payload, and the size of every receive buffer.
 pub(crate) const MAX_DATAGRAM: usize = 65_535;
@@ -148,21 +151,18 @@ impl Flow {
         let start = clock_now();
         let mut last_activity = start;
 
-        let up_timer = tokio::time::sleep_until(start.into());
-        let down_timer = tokio::time::sleep_until(start.into());
+        let mut delivery_timer = PreciseTimer::new();
         let idle_timer = tokio::time::sleep_until(later(start, self.idle_timeout).into());
-        tokio::pin!(up_timer, down_timer, idle_timer);
-        let mut up_deadline: Option<Instant> = None;
-        let mut down_deadline: Option<Instant> = None;
+        tokio::pin!(idle_timer);
+        let mut delivery_deadline: Option<Instant> = None;
 
         loop {
             if *self.shutdown.borrow() {
                 return End::Stop;
             }
-            // The deadline of a direction's timer that fired: what it
+            // The deadline of the delivery timer if it fired: what it
             // announced is due even if the clock reads a hair earlier.
-            let mut up_fired: Option<Instant> = None;
-            let mut down_fired: Option<Instant> = None;
+            let mut fired: Option<Instant> = None;
             // Unbiased: a flood in one direction must not starve the other.
             tokio::select! {
                 changed = self.shutdown.changed() => {
@@ -171,11 +171,8 @@ impl Flow {
                         return End::Stop;
                     }
                 }
-                () = &mut up_timer, if up_deadline.is_some() => {
-                    up_fired = up_deadline.take(); // and force re-arming below
-                }
-                () = &mut down_timer, if down_deadline.is_some() => {
-                    down_fired = down_deadline.take();
+                () = delivery_timer.wait() => {
+                    fired = delivery_deadline;
                 }
                 received = self.inbox.recv() => match received {
                     Some(datagram) => {
@@ -229,14 +226,13 @@ impl Flow {
 
             // Release everything due by now.
             let now = clock_now();
-            let up_until = up_fired.map_or(now, |deadline| deadline.max(now));
-            let down_until = down_fired.map_or(now, |deadline| deadline.max(now));
+            let until = fired.map_or(now, |deadline| deadline.max(now));
             let upstream = &mut counters.upstream;
-            while let Some(payload) = self.upstream.poll_deliver(up_until) {
+            while let Some(payload) = self.upstream.poll_deliver(until) {
                 send_connected(&self.socket, &payload, upstream, self.id).await;
             }
             let downstream = &mut counters.downstream;
-            while let Some(payload) = self.downstream.poll_deliver(down_until) {
+            while let Some(payload) = self.downstream.poll_deliver(until) {
                 match self.listen.send_to(&payload, self.client).await {
                     Ok(_) => downstream.forwarded += 1,
                     Err(error) => {
@@ -246,16 +242,11 @@ impl Flow {
                 }
             }
 
-            rearm(
-                &mut up_timer,
-                &mut up_deadline,
+            delivery_deadline = earliest(
                 self.upstream.next_delivery(),
-            );
-            rearm(
-                &mut down_timer,
-                &mut down_deadline,
                 self.downstream.next_delivery(),
             );
+            delivery_timer.set(delivery_deadline);
             counters.upstream.link = *self.upstream.stats();
             counters.downstream.link = *self.downstream.stats();
             self.shared.stats.update_flow(self.id, counters);
@@ -280,17 +271,11 @@ async fn send_connected(socket: &UdpSocket, payload: &[u8], stats: &mut Directio
     }
 }
 
-/// Points a direction's timer at the link's next delivery, if it changed.
-fn rearm(
-    timer: &mut std::pin::Pin<&mut tokio::time::Sleep>,
-    armed: &mut Option<Instant>,
-    next: Option<Instant>,
-) {
-    if *armed != next {
-        if let Some(at) = next {
-            timer.as_mut().reset(at.into());
-        }
-        *armed = next;
+/// The earlier of two optional instants (`None`: no deadline).
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -326,6 +311,17 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
+    }
+
+    #[test]
+    fn the_delivery_timer_follows_the_earlier_direction() {
+        let t = Instant::now();
+        let later_t = t + Duration::from_millis(1);
+        assert_eq!(earliest(Some(t), Some(later_t)), Some(t));
+        assert_eq!(earliest(Some(later_t), Some(t)), Some(t));
+        assert_eq!(earliest(None, Some(t)), Some(t));
+        assert_eq!(earliest(Some(t), None), Some(t));
+        assert_eq!(earliest(None, None), None);
     }
 
     #[test]
