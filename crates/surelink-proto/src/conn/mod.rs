@@ -308,9 +308,10 @@ pub struct Connection {
     /// Emptied frame lists of acknowledged packets, reused for new packets
     /// (a data packet of small messages lists dozens of frames).
     spare_frame_lists: Vec<Vec<sent::SentFrame>>,
-    /// The payload of the data packet being processed, when it carries
-    /// message frames: a message that arrives whole is delivered as a slice
-    /// of it, without a copy or an allocation of its own.
+    /// The payload of the data packet whose FEC_SOURCE frame is being
+    /// processed, when it carries a whole message: a message protected by
+    /// the frame that arrives whole is delivered as a slice of it, without
+    /// a copy or an allocation of its own.
     packet: Bytes,
     /// Frames in the last packet built: the size of a new frame list when
     /// no spare one is left.
@@ -917,15 +918,15 @@ impl Connection {
             return;
         }
         let mut carries_data = false;
-        // A packet with message frames is copied once into shared bytes,
+        // A packet with a whole message is copied once into shared bytes,
         // and its frames' data are read from there: the messages delivered
-        // whole then point into it.
-        let packet = if read.has_msg {
+        // whole then point into it. (The fragments of larger messages are
+        // copied into their messages' buffers: their packet is not copied.)
+        let packet = if read.has_whole_msg {
             Bytes::copy_from_slice(payload)
         } else {
             Bytes::new()
         };
-        self.packet = packet.clone();
         // `data`, a slice of `payload`, as the same bytes of its copy.
         fn in_copy<'p>(copy: &'p Bytes, payload: &[u8], data: &'p [u8]) -> &'p [u8] {
             if copy.is_empty() {
@@ -945,26 +946,29 @@ impl Connection {
             match f {
                 Frame::FecSource { seq, frames } => {
                     let frames = in_copy(&packet, payload, frames);
+                    // The messages it protects are read through
+                    // `handle_frame`, and find the packet here.
+                    self.packet = packet.clone();
                     self.on_fec_source(now, path, header.pn, seq, frames);
+                    self.packet = Bytes::new();
                 }
                 Frame::Msg(m) => {
                     let data = in_copy(&packet, payload, m.data);
-                    self.on_msg(now, &MsgFrame { data, ..m });
+                    self.on_msgs(now, std::iter::once(MsgFrame { data, ..m }), &packet);
                 }
                 Frame::Bundle(b) => {
-                    for m in b.messages() {
-                        let data = in_copy(&packet, payload, m.data);
-                        self.on_msg(now, &MsgFrame { data, ..m });
-                    }
+                    let messages = b.messages().map(|m| MsgFrame {
+                        data: in_copy(&packet, payload, m.data),
+                        ..m
+                    });
+                    self.on_msgs(now, messages, &packet);
                 }
                 f => self.handle_frame(now, path, f),
             }
             if self.lifecycle.is_closed() {
-                self.packet = Bytes::new();
                 return;
             }
         }
-        self.packet = Bytes::new();
         if carries_data
             && self.paths.is_newest_data(header.pn)
             && path != self.paths.active
@@ -1018,8 +1022,8 @@ impl Connection {
                 self.reassembly.on_skip(channel, up_to, now_us);
             }
             Frame::Ack(ack) => self.on_ack_frame(now, path, &ack),
-            Frame::Msg(m) => self.on_msg(now, &m),
-            Frame::Bundle(b) => self.on_msgs(now, b.messages()),
+            Frame::Msg(m) => self.on_fec_msgs(now, std::iter::once(m)),
+            Frame::Bundle(b) => self.on_fec_msgs(now, b.messages()),
             Frame::Close { code, reason } => self.on_close_frame(now, code, reason),
             Frame::MaxData { max } => self.peer_max_data = self.peer_max_data.max(max),
             Frame::PathChallenge(data) => self.paths[path].response = Some(data),
@@ -1030,17 +1034,29 @@ impl Connection {
         }
     }
 
-    fn on_msg(&mut self, now: Instant, m: &MsgFrame<'_>) {
-        self.on_msgs(now, std::iter::once(m.clone()));
+    /// Message fragments read outside a data packet's own frames (protected
+    /// by an FEC_SOURCE frame, or rebuilt by FEC): their data may lie in
+    /// `self.packet`.
+    fn on_fec_msgs<'a>(&mut self, now: Instant, frames: impl Iterator<Item = MsgFrame<'a>>) {
+        let packet = std::mem::take(&mut self.packet);
+        self.on_msgs(now, frames, &packet);
+        self.packet = packet;
     }
 
     /// Hands message fragments that arrived together at `now` (one frame's,
-    /// or a bundle's) to reassembly; the clocks are read once for all.
-    fn on_msgs<'a>(&mut self, now: Instant, frames: impl Iterator<Item = MsgFrame<'a>>) {
+    /// or a bundle's) to reassembly; the clocks are read once for all. A
+    /// fragment whose data lies in `packet` is delivered, if whole, as a
+    /// slice of it.
+    fn on_msgs<'a>(
+        &mut self,
+        now: Instant,
+        frames: impl Iterator<Item = MsgFrame<'a>>,
+        packet: &Bytes,
+    ) {
         let peer_origin = self.peer_params.map_or(0, |p| p.clock_origin_us);
         let now_us = self.clock_us(now);
         let peer_offset_us = self.peer_offset_us(now_us);
-        let packet = (self.packet.as_ptr() as usize, self.packet.len());
+        let (packet_at, packet_len) = (packet.as_ptr() as usize, packet.len());
         for m in frames {
             if self.is_closed() {
                 return;
@@ -1049,8 +1065,8 @@ impl Connection {
             // The data as a slice of the packet, when it lies in it (a message
             // rebuilt by FEC does not).
             let at = m.data.as_ptr() as usize;
-            let in_packet = at >= packet.0 && at + m.data.len() <= packet.0 + packet.1;
-            let shared = in_packet.then_some(&self.packet);
+            let in_packet = at >= packet_at && at + m.data.len() <= packet_at + packet_len;
+            let shared = in_packet.then_some(packet);
             match self.reassembly.on_fragment(&m, source, now_us, shared) {
                 Ok(FragmentOutcome::New) => {}
                 Ok(FragmentOutcome::Duplicate) => self.stats.duplicate_fragments += 1,

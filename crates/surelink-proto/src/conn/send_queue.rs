@@ -232,49 +232,90 @@ impl Unacked {
     }
 }
 
+/// Bytes per chunk of [`CopiedBytes`].
+const COPIED_CHUNK: usize = 64 << 10;
+
 /// The bytes of one channel's small messages, copied one after another in
-/// the order they were queued: a byte stream of which the buffer holds the
-/// part from offset `first` on (everything before it belonged to messages
-/// that left the queue).
+/// the order they were queued, as a byte stream kept in chunks of
+/// [`COPIED_CHUNK`] bytes: a message that does not fit in what is left of
+/// the last chunk starts the next one, so each message lies in one chunk,
+/// and the stream offset of a message says which chunk and where. A chunk
+/// is given back whole once every message in it has left the queue; no
+/// byte is ever moved.
 #[derive(Debug, Default)]
 struct CopiedBytes {
-    bytes: Vec<u8>,
-    /// Stream offset of `bytes[0]`.
-    first: u64,
+    /// The chunks still needed, oldest first; only the last one grows.
+    chunks: VecDeque<Vec<u8>>,
+    /// Chunk number (stream offset ÷ [`COPIED_CHUNK`]) of `chunks[0]`.
+    first_chunk: u64,
+    /// A chunk given back, kept for the next one so that a steady stream
+    /// of messages allocates nothing.
+    spare: Option<Vec<u8>>,
 }
 
 impl CopiedBytes {
-    /// Stream offset of the next byte appended.
+    /// Stream offset of the next byte appended (unless it starts a new chunk).
     fn end(&self) -> u64 {
-        self.first + self.bytes.len() as u64
+        let full = (self.first_chunk + self.chunks.len() as u64).saturating_sub(1);
+        full * COPIED_CHUNK as u64 + self.chunks.back().map_or(0, |c| c.len() as u64)
     }
 
-    /// Appends `data`; returns its stream offset.
+    /// Appends `data` (at most [`COPIED_CHUNK`] bytes); returns its stream offset.
     fn append(&mut self, data: &[u8]) -> u64 {
+        debug_assert!(data.len() <= COPIED_CHUNK);
+        if self
+            .chunks
+            .back()
+            .is_none_or(|c| c.len() + data.len() > COPIED_CHUNK)
+        {
+            if self.chunks.is_empty() {
+                // Everything was given back: the stream goes on in a new chunk.
+                self.first_chunk += 1;
+            }
+            let mut chunk = self
+                .spare
+                .take()
+                .unwrap_or_else(|| Vec::with_capacity(COPIED_CHUNK));
+            chunk.clear();
+            self.chunks.push_back(chunk);
+        }
         let at = self.end();
-        self.bytes.extend_from_slice(data);
+        self.chunks
+            .back_mut()
+            .expect("a chunk was just ensured")
+            .extend_from_slice(data);
         at
     }
 
-    /// The `len` bytes from stream offset `at` (appended, not yet released).
+    /// The `len` bytes from stream offset `at` (appended, not yet given back).
     fn get(&self, at: u64, len: usize) -> &[u8] {
-        let start = (at - self.first) as usize;
-        &self.bytes[start..start + len]
+        let chunk = (at / COPIED_CHUNK as u64 - self.first_chunk) as usize;
+        let start = (at % COPIED_CHUNK as u64) as usize;
+        &self.chunks[chunk][start..start + len]
     }
 
-    /// No byte before stream offset `at` is needed any more. The buffer
-    /// gives them back once they are at least half of it, so each byte is
-    /// moved at most once on average.
+    /// No byte before stream offset `at` is needed any more: the chunks
+    /// that end at or before it are given back.
     fn release_before(&mut self, at: u64) {
-        let n = (at.saturating_sub(self.first) as usize).min(self.bytes.len());
-        if n == self.bytes.len() {
-            self.bytes.clear();
-        } else if n >= self.bytes.len() / 2 {
-            self.bytes.drain(..n);
-        } else {
-            return;
+        while !self.chunks.is_empty() && (self.first_chunk + 1) * COPIED_CHUNK as u64 <= at {
+            self.spare = self.chunks.pop_front();
+            self.first_chunk += 1;
         }
-        self.first += n as u64;
+    }
+
+    /// Gives back every chunk.
+    fn clear(&mut self) {
+        if let Some(last) = self.chunks.pop_back() {
+            self.spare = Some(last);
+        }
+        self.first_chunk += self.chunks.len() as u64;
+        self.chunks.clear();
+    }
+
+    /// Chunks held.
+    #[cfg(test)]
+    fn held_chunks(&self) -> usize {
+        self.chunks.len()
     }
 }
 
@@ -344,7 +385,7 @@ impl ChannelQueue {
         self.base = self.next_seq();
         self.messages.clear();
         self.deadline_messages = 0;
-        self.copied.release_before(self.copied.end());
+        self.copied.clear();
     }
 
     fn get_mut(&mut self, seq: u64) -> Option<&mut Unacked> {
@@ -428,7 +469,7 @@ impl ChannelQueue {
                 ..
             })) => self.copied.release_before(*at),
             Some(_) => {}
-            None => self.copied.release_before(self.copied.end()),
+            None => self.copied.clear(),
         }
     }
 }
@@ -1379,37 +1420,53 @@ mod tests {
     }
 
     #[test]
-    fn small_messages_are_copied_and_their_bytes_given_back_as_the_front_leaves() {
+    fn small_messages_are_copied_and_their_chunks_given_back_as_the_front_leaves() {
         let mut ch = ChannelQueue::default();
         let large = Bytes::from(vec![3u8; SMALL_MESSAGE + 1]);
-        for i in 0..10u8 {
-            ch.push(Bytes::from(vec![i; 10]), 0, Delivery::Reliable);
+        // 10-byte messages: 6,553 fill a chunk (6 bytes of it left unused).
+        let per_chunk = (COPIED_CHUNK / 10) as u64;
+        let message = |seq: u64| vec![(seq % 251) as u8; 10];
+        for seq in 0..per_chunk + 10 {
+            ch.push(Bytes::from(message(seq)), 0, Delivery::Reliable);
         }
         ch.push(large.clone(), 0, Delivery::Reliable);
         ch.push(Bytes::from_static(b"after"), 0, Delivery::Reliable);
+        let last = per_chunk + 11;
+        assert_eq!(ch.copied.held_chunks(), 2);
         // The large message is not copied: its bytes are the application's.
-        assert_eq!(ch.data(ch.get(10).unwrap()).as_ptr(), large.as_ptr());
-        assert_eq!(ch.copied.bytes.len(), 105);
-        // Acknowledged out of order: nothing is given back while the front stays.
-        assert_eq!(ch.acknowledge_whole(5..8), (30, 3));
-        assert_eq!((ch.copied.first, ch.copied.bytes.len()), (0, 105));
-        // The front goes up to message 8: 80 of 105 bytes are given back.
-        assert_eq!(ch.acknowledge_whole(0..5), (50, 5));
-        assert_eq!(ch.base, 8);
-        assert_eq!((ch.copied.first, ch.copied.bytes.len()), (80, 25));
-        for seq in 8..10 {
-            assert_eq!(data_of(&ch, seq), &[seq as u8; 10]);
+        assert_eq!(ch.data(ch.get(last - 1).unwrap()).as_ptr(), large.as_ptr());
+        // Every small one reads back, on both sides of the chunk boundary.
+        for seq in (0..per_chunk + 10).chain([0, per_chunk - 1, per_chunk]) {
+            assert_eq!(data_of(&ch, seq), message(seq), "message {seq}");
         }
-        assert_eq!(data_of(&ch, 11), b"after");
+        // Acknowledged out of order: nothing is given back while the front stays.
+        assert_eq!(
+            ch.acknowledge_whole(5..per_chunk),
+            ((per_chunk - 5) * 10, per_chunk - 5)
+        );
+        assert_eq!(ch.copied.held_chunks(), 2);
+        // The front leaves the first chunk: it is given back.
+        assert_eq!(ch.acknowledge_whole(0..5), (50, 5));
+        assert_eq!(ch.base, per_chunk);
+        assert_eq!(ch.copied.held_chunks(), 1);
+        for seq in per_chunk..per_chunk + 10 {
+            assert_eq!(data_of(&ch, seq), message(seq));
+        }
+        assert_eq!(data_of(&ch, last), b"after");
         // Acknowledged again (a broadcast copy): nothing more is counted.
-        assert_eq!(ch.acknowledge_whole(0..8), (0, 0));
+        assert_eq!(ch.acknowledge_whole(0..per_chunk), (0, 0));
         // A partly acknowledged message counts only its remaining bytes.
-        ch.acknowledge(8, 0..4);
-        assert_eq!(ch.acknowledge_whole(8..12), (6 + 10 + 257 + 5, 4));
-        assert!(ch.messages.is_empty() && ch.copied.bytes.is_empty());
-        assert_eq!(ch.copied.first, 105);
+        ch.acknowledge(per_chunk, 0..4);
+        assert_eq!(
+            ch.acknowledge_whole(per_chunk..last + 1),
+            (6 + 9 * 10 + 257 + 5, 12)
+        );
+        assert!(ch.messages.is_empty());
+        assert_eq!(ch.copied.held_chunks(), 0);
+        // The stream goes on, in the chunk kept aside.
         push_reliable(&mut ch, b"next");
-        assert_eq!(data_of(&ch, 12), b"next");
+        assert_eq!(data_of(&ch, last + 1), b"next");
+        assert_eq!(ch.copied.held_chunks(), 1);
     }
 
     /// What the queue is asked to do in the property test below.
@@ -1552,7 +1609,7 @@ mod tests {
             }
             prop_assert!(q.is_empty());
             prop_assert!(
-                q.channels.values().all(|ch| ch.copied.bytes.is_empty()),
+                q.channels.values().all(|ch| ch.copied.held_chunks() == 0),
                 "every copied byte is given back once its message is acknowledged"
             );
             prop_assert_eq!(rebuilt.len(), sent.len());
