@@ -308,9 +308,10 @@ pub struct Connection {
     /// Emptied frame lists of acknowledged packets, reused for new packets
     /// (a data packet of small messages lists dozens of frames).
     spare_frame_lists: Vec<Vec<sent::SentFrame>>,
-    /// The payload of the data packet being processed, when it carries
-    /// message frames: a message that arrives whole is delivered as a slice
-    /// of it, without a copy or an allocation of its own.
+    /// The payload of the data packet whose FEC_SOURCE frame is being
+    /// processed, when it carries a whole message: a message protected by
+    /// the frame that arrives whole is delivered as a slice of it, without
+    /// a copy or an allocation of its own.
     packet: Bytes,
     /// Frames in the last packet built: the size of a new frame list when
     /// no spare one is left.
@@ -530,13 +531,13 @@ impl Connection {
         self.clock.estimate(self.clock_us(now))
     }
 
-    /// Converts a peer timestamp (µs on its clock) to ours.
-    fn peer_to_local(&self, now: Instant, peer_us: u64) -> u64 {
-        let offset = match self.clock.estimate(self.clock_us(now)) {
+    /// The peer's clock minus ours when our clock reads `now_us`, µs: a peer
+    /// timestamp `t` is `t - offset` on our clock (see [`to_local_us`]).
+    fn peer_offset_us(&self, now_us: u64) -> f64 {
+        match self.clock.estimate(now_us) {
             Some(e) => e.offset_us,
             None => self.provisional_offset_us.unwrap_or(0.0),
-        };
-        (peer_us as f64 - offset).max(0.0) as u64
+        }
     }
 
     /// Provisional clock offset from the handshake: the peer's clock read
@@ -643,15 +644,24 @@ impl Connection {
         I: Iterator<Item = Bytes>,
     {
         let mut queued = 0;
+        let (timestamp_us, delivery) = (self.micros(now), self.delivery_on(channel));
         while let Some(data) = messages.peek() {
             if let Err(e) = self.check_send(data.len()) {
                 return (queued, Err(e));
             }
             let data = messages.next().expect("peeked");
-            self.queue_message(now, channel, data);
+            self.queue_stamped(now, timestamp_us, channel, delivery, data);
             queued += 1;
         }
         (queued, Ok(()))
+    }
+
+    /// The delivery mode of `channel`.
+    fn delivery_on(&self, channel: u64) -> Delivery {
+        self.channel_delivery
+            .get(&channel)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Why a message of `len` bytes cannot be queued now, if it cannot.
@@ -675,19 +685,27 @@ impl Connection {
 
     /// Queues a message that `check_send` accepted; returns its sequence number.
     fn queue_message(&mut self, now: Instant, channel: u64, data: Bytes) -> u64 {
+        let delivery = self.delivery_on(channel);
+        self.queue_stamped(now, self.micros(now), channel, delivery, data)
+    }
+
+    /// `queue_message` with the source time already in µs since the epoch
+    /// and the channel's delivery mode already looked up (once for a batch).
+    fn queue_stamped(
+        &mut self,
+        now: Instant,
+        timestamp_us: u64,
+        channel: u64,
+        delivery: Delivery,
+        data: Bytes,
+    ) -> u64 {
         self.stats.messages_sent += 1;
         self.stats.payload_bytes_sent += data.len() as u64;
         self.last_data = Some(now);
         for p in self.paths.iter_mut() {
             p.cc.on_offered(now, data.len() as u64);
         }
-        let delivery = self
-            .channel_delivery
-            .get(&channel)
-            .copied()
-            .unwrap_or_default();
-        self.send_queue
-            .push(channel, data, self.micros(now), delivery)
+        self.send_queue.push(channel, data, timestamp_us, delivery)
     }
 
     /// Bytes the application can still queue before `send` returns `Blocked`.
@@ -921,15 +939,15 @@ impl Connection {
             return;
         }
         let mut carries_data = false;
-        // A packet with message frames is copied once into shared bytes,
+        // A packet with a whole message is copied once into shared bytes,
         // and its frames' data are read from there: the messages delivered
-        // whole then point into it.
-        let packet = if read.has_msg {
+        // whole then point into it. (The fragments of larger messages are
+        // copied into their messages' buffers: their packet is not copied.)
+        let packet = if read.has_whole_msg {
             Bytes::copy_from_slice(payload)
         } else {
             Bytes::new()
         };
-        self.packet = packet.clone();
         // `data`, a slice of `payload`, as the same bytes of its copy.
         fn in_copy<'p>(copy: &'p Bytes, payload: &[u8], data: &'p [u8]) -> &'p [u8] {
             if copy.is_empty() {
@@ -949,27 +967,30 @@ impl Connection {
             match f {
                 Frame::FecSource { seq, frames } => {
                     let frames = in_copy(&packet, payload, frames);
+                    // The messages it protects are read through
+                    // `handle_frame`, and find the packet here.
+                    self.packet = packet.clone();
                     self.on_fec_source(now, path, header.pn, seq, frames);
+                    self.packet = Bytes::new();
                 }
                 Frame::Msg(m) => {
                     let data = in_copy(&packet, payload, m.data);
-                    self.on_msg(now, &MsgFrame { data, ..m });
+                    self.on_msgs(now, std::iter::once(MsgFrame { data, ..m }), &packet);
                 }
                 Frame::Bundle(b) => {
                     self.stats.bundles_received += 1;
-                    for m in b.messages() {
-                        let data = in_copy(&packet, payload, m.data);
-                        self.on_msg(now, &MsgFrame { data, ..m });
-                    }
+                    let messages = b.messages().map(|m| MsgFrame {
+                        data: in_copy(&packet, payload, m.data),
+                        ..m
+                    });
+                    self.on_msgs(now, messages, &packet);
                 }
                 f => self.handle_frame(now, path, f),
             }
             if self.lifecycle.is_closed() {
-                self.packet = Bytes::new();
                 return;
             }
         }
-        self.packet = Bytes::new();
         if carries_data
             && self.paths.is_newest_data(header.pn)
             && path != self.paths.active
@@ -1023,10 +1044,10 @@ impl Connection {
                 self.reassembly.on_skip(channel, up_to, now_us);
             }
             Frame::Ack(ack) => self.on_ack_frame(now, path, &ack),
-            Frame::Msg(m) => self.on_msg(now, &m),
+            Frame::Msg(m) => self.on_fec_msgs(now, std::iter::once(m)),
             Frame::Bundle(b) => {
                 self.stats.bundles_received += 1;
-                b.messages().for_each(|m| self.on_msg(now, &m));
+                self.on_fec_msgs(now, b.messages());
             }
             Frame::Close { code, reason } => self.on_close_frame(now, code, reason),
             Frame::MaxData { max } => self.peer_max_data = self.peer_max_data.max(max),
@@ -1038,28 +1059,50 @@ impl Connection {
         }
     }
 
-    fn on_msg(&mut self, now: Instant, m: &MsgFrame<'_>) {
-        if self.is_closed() {
-            return;
-        }
+    /// Message fragments read outside a data packet's own frames (protected
+    /// by an FEC_SOURCE frame, or rebuilt by FEC): their data may lie in
+    /// `self.packet`.
+    fn on_fec_msgs<'a>(&mut self, now: Instant, frames: impl Iterator<Item = MsgFrame<'a>>) {
+        let packet = std::mem::take(&mut self.packet);
+        self.on_msgs(now, frames, &packet);
+        self.packet = packet;
+    }
+
+    /// Hands message fragments that arrived together at `now` (one frame's,
+    /// or a bundle's) to reassembly; the clocks are read once for all. A
+    /// fragment whose data lies in `packet` is delivered, if whole, as a
+    /// slice of it.
+    fn on_msgs<'a>(
+        &mut self,
+        now: Instant,
+        frames: impl Iterator<Item = MsgFrame<'a>>,
+        packet: &Bytes,
+    ) {
         let peer_origin = self.peer_params.map_or(0, |p| p.clock_origin_us);
-        let source = self.peer_to_local(now, peer_origin.saturating_add(m.timestamp_us));
         let now_us = self.clock_us(now);
-        // The data as a slice of the packet, when it lies in it (a message
-        // rebuilt by FEC does not).
-        let (start, end) = (self.packet.as_ptr() as usize, m.data.as_ptr() as usize);
-        let in_packet = end >= start && end + m.data.len() <= start + self.packet.len();
-        let shared = in_packet.then_some(&self.packet);
-        match self.reassembly.on_fragment(m, source, now_us, shared) {
-            Ok(FragmentOutcome::New) => {}
-            Ok(FragmentOutcome::Duplicate) => self.stats.duplicate_fragments += 1,
-            Err(e) => {
-                let code = match e {
-                    ReassemblyError::FlowControl => close_code::FLOW_CONTROL,
-                    ReassemblyError::TooLarge(_) => close_code::MESSAGE_TOO_LARGE,
-                    _ => close_code::PROTOCOL_VIOLATION,
-                };
-                self.protocol_violation(now, code, e.to_string());
+        let peer_offset_us = self.peer_offset_us(now_us);
+        let (packet_at, packet_len) = (packet.as_ptr() as usize, packet.len());
+        for m in frames {
+            if self.is_closed() {
+                return;
+            }
+            let source = to_local_us(peer_origin.saturating_add(m.timestamp_us), peer_offset_us);
+            // The data as a slice of the packet, when it lies in it (a message
+            // rebuilt by FEC does not).
+            let at = m.data.as_ptr() as usize;
+            let in_packet = at >= packet_at && at + m.data.len() <= packet_at + packet_len;
+            let shared = in_packet.then_some(packet);
+            match self.reassembly.on_fragment(&m, source, now_us, shared) {
+                Ok(FragmentOutcome::New) => {}
+                Ok(FragmentOutcome::Duplicate) => self.stats.duplicate_fragments += 1,
+                Err(e) => {
+                    let code = match e {
+                        ReassemblyError::FlowControl => close_code::FLOW_CONTROL,
+                        ReassemblyError::TooLarge(_) => close_code::MESSAGE_TOO_LARGE,
+                        _ => close_code::PROTOCOL_VIOLATION,
+                    };
+                    self.protocol_violation(now, code, e.to_string());
+                }
             }
         }
     }
@@ -1076,6 +1119,12 @@ impl Connection {
         }
         self.report_closed_after_playout();
     }
+}
+
+/// Peer timestamp `peer_us` on our clock, given the peer's clock offset
+/// (see `Connection::peer_offset_us`); 0 at the earliest.
+fn to_local_us(peer_us: u64, peer_offset_us: f64) -> u64 {
+    (peer_us as f64 - peer_offset_us).max(0.0) as u64
 }
 
 #[cfg(test)]

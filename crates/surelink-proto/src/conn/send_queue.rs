@@ -18,6 +18,16 @@
 //! acknowledged whole by one packet (the common case for small messages)
 //! never builds a byte-range set.
 //!
+//! **Small messages are copied.** The bytes of a message of at most
+//! [`SMALL_MESSAGE`] bytes are copied, as it is queued, to the end of its
+//! channel's [`CopiedBytes`], one buffer for all of them in queue order;
+//! the application's `Bytes` is dropped on the caller's thread at once.
+//! Queueing, acknowledging and dropping a small message then touches no
+//! reference count (a count shared with the application's thread is an
+//! atomic that bounces between cores for every message), and the buffer's
+//! front is given back as the channel's oldest messages leave the queue.
+//! Larger messages keep the application's buffer, uncopied.
+//!
 //! **Bundles.** When several whole reliable messages of one channel wait
 //! at the front of the queue together (a `send_many` batch, or messages
 //! queued behind the congestion window), [`SendQueue::next_bundle`] writes
@@ -77,8 +87,8 @@ impl Fragment {
             channel,
             seq,
             offset: offset as u64,
-            len: u.data.len() - offset,
-            msg_len: u.data.len() as u64,
+            len: u.len() - offset,
+            msg_len: u.len() as u64,
             timestamp_us: u.timestamp_us,
             delivery: u.delivery,
             copy: false,
@@ -189,18 +199,123 @@ fn kept_whole(delivery: Delivery, len: usize) -> bool {
     !matches!(delivery, Delivery::Reliable) || len <= SMALL_MESSAGE
 }
 
+/// Where the bytes of a queued message are.
+#[derive(Debug)]
+enum Payload {
+    /// Copied into its channel's [`CopiedBytes`], from offset `at` of the
+    /// channel's copied byte stream (small messages).
+    Copied { at: u64, len: usize },
+    /// The application's own buffer (larger messages).
+    Shared(Bytes),
+}
+
 #[derive(Debug)]
 struct Unacked {
     acked: RangeSet,
-    data: Bytes,
+    payload: Payload,
     timestamp_us: u64,
     delivery: Delivery,
 }
 
 impl Unacked {
+    /// Length of the message.
+    fn len(&self) -> usize {
+        match &self.payload {
+            Payload::Copied { len, .. } => *len,
+            Payload::Shared(data) => data.len(),
+        }
+    }
+
     /// Bytes of the message acknowledged so far.
     fn acked_bytes(&self) -> u64 {
         self.acked.iter().map(|r| r.end - r.start).sum()
+    }
+}
+
+/// Bytes per chunk of [`CopiedBytes`].
+const COPIED_CHUNK: usize = 64 << 10;
+
+/// The bytes of one channel's small messages, copied one after another in
+/// the order they were queued, as a byte stream kept in chunks of
+/// [`COPIED_CHUNK`] bytes: a message that does not fit in what is left of
+/// the last chunk starts the next one, so each message lies in one chunk,
+/// and the stream offset of a message says which chunk and where. A chunk
+/// is given back whole once every message in it has left the queue; no
+/// byte is ever moved.
+#[derive(Debug, Default)]
+struct CopiedBytes {
+    /// The chunks still needed, oldest first; only the last one grows.
+    chunks: VecDeque<Vec<u8>>,
+    /// Chunk number (stream offset ÷ [`COPIED_CHUNK`]) of `chunks[0]`.
+    first_chunk: u64,
+    /// A chunk given back, kept for the next one so that a steady stream
+    /// of messages allocates nothing.
+    spare: Option<Vec<u8>>,
+}
+
+impl CopiedBytes {
+    /// Stream offset of the next byte appended (unless it starts a new chunk).
+    fn end(&self) -> u64 {
+        let full = (self.first_chunk + self.chunks.len() as u64).saturating_sub(1);
+        full * COPIED_CHUNK as u64 + self.chunks.back().map_or(0, |c| c.len() as u64)
+    }
+
+    /// Appends `data` (at most [`COPIED_CHUNK`] bytes); returns its stream offset.
+    fn append(&mut self, data: &[u8]) -> u64 {
+        debug_assert!(data.len() <= COPIED_CHUNK);
+        if self
+            .chunks
+            .back()
+            .is_none_or(|c| c.len() + data.len() > COPIED_CHUNK)
+        {
+            if self.chunks.is_empty() {
+                // Everything was given back: the stream goes on in a new chunk.
+                self.first_chunk += 1;
+            }
+            let mut chunk = self
+                .spare
+                .take()
+                .unwrap_or_else(|| Vec::with_capacity(COPIED_CHUNK));
+            chunk.clear();
+            self.chunks.push_back(chunk);
+        }
+        let at = self.end();
+        self.chunks
+            .back_mut()
+            .expect("a chunk was just ensured")
+            .extend_from_slice(data);
+        at
+    }
+
+    /// The `len` bytes from stream offset `at` (appended, not yet given back).
+    fn get(&self, at: u64, len: usize) -> &[u8] {
+        let chunk = (at / COPIED_CHUNK as u64 - self.first_chunk) as usize;
+        let start = (at % COPIED_CHUNK as u64) as usize;
+        &self.chunks[chunk][start..start + len]
+    }
+
+    /// No byte before stream offset `at` is needed any more: the chunks
+    /// that end at or before it are given back.
+    fn release_before(&mut self, at: u64) {
+        while !self.chunks.is_empty() && (self.first_chunk + 1) * COPIED_CHUNK as u64 <= at {
+            self.spare = self.chunks.pop_front();
+            self.first_chunk += 1;
+        }
+    }
+
+    /// Gives back every chunk.
+    fn clear(&mut self) {
+        if let Some(last) = self.chunks.pop_back() {
+            self.spare = Some(last);
+        }
+        self.first_chunk += self.chunks.len() as u64;
+        self.chunks.clear();
+    }
+
+    /// Chunks held.
+    #[cfg(test)]
+    fn held_chunks(&self) -> usize {
+        self.chunks.len()
     }
 }
 
@@ -217,6 +332,8 @@ struct ChannelQueue {
     /// latest deadline skips a channel without any (every reliable one)
     /// instead of walking its messages.
     deadline_messages: usize,
+    /// The bytes of its small messages.
+    copied: CopiedBytes,
 }
 
 impl ChannelQueue {
@@ -233,12 +350,34 @@ impl ChannelQueue {
         self.messages.get(self.index(seq)?)?.as_ref()
     }
 
-    /// Appends a message; it gets sequence number [`next_seq`](Self::next_seq).
-    fn push(&mut self, u: Unacked) {
-        if matches!(u.delivery, Delivery::Deadline(_)) {
+    /// The bytes of message `u` of this channel.
+    fn data<'a>(&'a self, u: &'a Unacked) -> &'a [u8] {
+        match &u.payload {
+            Payload::Copied { at, len } => self.copied.get(*at, *len),
+            Payload::Shared(data) => data,
+        }
+    }
+
+    /// Appends a message (copying it if it is small); it gets sequence
+    /// number [`next_seq`](Self::next_seq).
+    fn push(&mut self, data: Bytes, timestamp_us: u64, delivery: Delivery) {
+        if matches!(delivery, Delivery::Deadline(_)) {
             self.deadline_messages += 1;
         }
-        self.messages.push_back(Some(u));
+        let payload = if data.len() <= SMALL_MESSAGE {
+            Payload::Copied {
+                at: self.copied.append(&data),
+                len: data.len(),
+            }
+        } else {
+            Payload::Shared(data)
+        };
+        self.messages.push_back(Some(Unacked {
+            acked: RangeSet::new(),
+            payload,
+            timestamp_us,
+            delivery,
+        }));
     }
 
     /// Empties the queue; the next message keeps the next sequence number.
@@ -246,6 +385,7 @@ impl ChannelQueue {
         self.base = self.next_seq();
         self.messages.clear();
         self.deadline_messages = 0;
+        self.copied.clear();
     }
 
     fn get_mut(&mut self, seq: u64) -> Option<&mut Unacked> {
@@ -257,7 +397,7 @@ impl ChannelQueue {
     /// the queue once all its bytes are. `None` if it is not queued.
     fn acknowledge(&mut self, seq: u64, range: std::ops::Range<u64>) -> Option<Acknowledged> {
         let u = self.get_mut(seq)?;
-        let len = u.data.len() as u64;
+        let len = u.len() as u64;
         let whole = range == (0..len) && u.acked.is_empty();
         let newly_acked = if whole {
             // The whole message at once, nothing acknowledged before.
@@ -279,14 +419,58 @@ impl ChannelQueue {
     fn remove(&mut self, seq: u64) -> Option<Unacked> {
         let i = self.index(seq)?;
         let u = self.messages.get_mut(i)?.take()?;
+        if matches!(u.delivery, Delivery::Deadline(_)) {
+            self.deadline_messages -= 1;
+        }
+        self.drop_empty_front();
+        Some(u)
+    }
+
+    /// Acknowledges every byte of each message `seqs` still queued, and
+    /// removes them together: one pass over their slots, one trim of the
+    /// front. Returns the bytes newly acknowledged and how many messages
+    /// left the queue.
+    fn acknowledge_whole(&mut self, seqs: std::ops::Range<u64>) -> (u64, u64) {
+        let start = seqs
+            .start
+            .saturating_sub(self.base)
+            .min(self.messages.len() as u64);
+        let end = seqs
+            .end
+            .saturating_sub(self.base)
+            .min(self.messages.len() as u64);
+        let (mut bytes, mut messages) = (0, 0);
+        for slot in self.messages.range_mut(start as usize..end as usize) {
+            let Some(u) = slot.take() else {
+                continue;
+            };
+            bytes += u.len() as u64 - u.acked_bytes();
+            messages += 1;
+            if matches!(u.delivery, Delivery::Deadline(_)) {
+                self.deadline_messages -= 1;
+            }
+        }
+        if messages > 0 {
+            self.drop_empty_front();
+        }
+        (bytes, messages)
+    }
+
+    /// Drops the empty slots at the front, and the copied bytes of the
+    /// messages that held them.
+    fn drop_empty_front(&mut self) {
         while matches!(self.messages.front(), Some(None)) {
             self.messages.pop_front();
             self.base += 1;
         }
-        if matches!(u.delivery, Delivery::Deadline(_)) {
-            self.deadline_messages -= 1;
+        match self.messages.front() {
+            Some(Some(Unacked {
+                payload: Payload::Copied { at, .. },
+                ..
+            })) => self.copied.release_before(*at),
+            Some(_) => {}
+            None => self.copied.clear(),
         }
-        Some(u)
     }
 }
 
@@ -368,12 +552,7 @@ impl SendQueue {
         let seq = ch.next_seq();
         let len = data.len();
         self.buffered += len as u64;
-        ch.push(Unacked {
-            acked: RangeSet::new(),
-            data,
-            timestamp_us,
-            delivery,
-        });
+        ch.push(data, timestamp_us, delivery);
         self.unacked += 1;
         self.fresh.push_back(FreshMessage {
             channel,
@@ -391,9 +570,10 @@ impl SendQueue {
     /// The frame carrying `f`, made from its message's bytes; `None` once
     /// the message was acknowledged or abandoned (nothing left to send).
     pub fn frame(&self, f: &Fragment) -> Option<MsgFrame<'_>> {
-        let u = self.get(f.channel, f.seq)?;
+        let ch = self.channels.get(&f.channel)?;
+        let u = ch.get(f.seq)?;
         let start = usize::try_from(f.offset).ok()?;
-        let data = u.data.get(start..start.checked_add(f.len)?)?;
+        let data = ch.data(u).get(start..start.checked_add(f.len)?)?;
         Some(f.frame(data))
     }
 
@@ -469,7 +649,7 @@ impl SendQueue {
             let end = seq.saturating_add(1).min(ch.next_seq());
             for s in ch.base..end {
                 if let Some(u) = ch.remove(s) {
-                    self.buffered -= u.data.len() as u64 - u.acked_bytes();
+                    self.buffered -= u.len() as u64 - u.acked_bytes();
                     self.unacked -= 1;
                     self.messages_abandoned += 1;
                 }
@@ -635,10 +815,10 @@ impl SendQueue {
             let Some(delta_us) = u.timestamp_us.checked_sub(previous_us) else {
                 break;
             };
-            let credit = credit_used + u.data.len() as u64 + MESSAGE_CREDIT_OVERHEAD;
+            let credit = credit_used + u.len() as u64 + MESSAGE_CREDIT_OVERHEAD;
             let grown = BundleHeader {
                 count: header.count + 1,
-                records_len: header.records_len + BundleHeader::record_len(delta_us, u.data.len()),
+                records_len: header.records_len + BundleHeader::record_len(delta_us, u.len()),
                 ..header
             };
             if credit > credit_limit || grown.encoded_len() + grown.records_len > space {
@@ -655,7 +835,7 @@ impl SendQueue {
         let mut previous_us = header.timestamp_us;
         for seq in first.seq..first.seq + header.count {
             let u = ch.get(seq).expect("checked above");
-            BundleHeader::write_record(out, u.timestamp_us - previous_us, &u.data);
+            BundleHeader::write_record(out, u.timestamp_us - previous_us, ch.data(u));
             previous_us = u.timestamp_us;
         }
         self.fresh.drain(..header.count as usize);
@@ -692,14 +872,14 @@ impl SendQueue {
                 return false;
             };
             let delta_us = u.timestamp_us.saturating_sub(previous_us);
-            header.records_len += BundleHeader::record_len(delta_us, u.data.len());
+            header.records_len += BundleHeader::record_len(delta_us, u.len());
             previous_us = previous_us.max(u.timestamp_us);
         }
         header.encode(out);
         let mut previous_us = first.timestamp_us;
         for seq in b.seqs() {
             let u = ch.get(seq).expect("checked above");
-            BundleHeader::write_record(out, u.timestamp_us.saturating_sub(previous_us), &u.data);
+            BundleHeader::write_record(out, u.timestamp_us.saturating_sub(previous_us), ch.data(u));
             previous_us = previous_us.max(u.timestamp_us);
         }
         true
@@ -718,21 +898,12 @@ impl SendQueue {
     }
 
     /// The packet carrying bundle `b` was acknowledged: each of its messages
-    /// is, whole.
+    /// is, whole, and they leave the queue together.
     pub fn on_bundle_acked(&mut self, b: &Bundle) {
         let Some(ch) = self.channels.get_mut(&b.channel) else {
             return;
         };
-        let (mut bytes, mut messages) = (0, 0);
-        for seq in b.seqs() {
-            let Some(len) = ch.get(seq).map(|u| u.data.len() as u64) else {
-                continue;
-            };
-            if let Some(acked) = ch.acknowledge(seq, 0..len) {
-                bytes += acked.newly_acked;
-                messages += u64::from(acked.complete);
-            }
-        }
+        let (bytes, messages) = ch.acknowledge_whole(b.seqs());
         self.count_acknowledged(bytes, messages, 0);
     }
 
@@ -1216,23 +1387,22 @@ mod tests {
         assert_eq!(q.latest_deadline_us(), None);
     }
 
-    fn unacked(data: &'static [u8]) -> Unacked {
-        Unacked {
-            acked: RangeSet::new(),
-            data: Bytes::from_static(data),
-            timestamp_us: 0,
-            delivery: Delivery::Reliable,
-        }
+    fn push_reliable(ch: &mut ChannelQueue, data: &'static [u8]) {
+        ch.push(Bytes::from_static(data), 0, Delivery::Reliable);
+    }
+
+    fn data_of(ch: &ChannelQueue, seq: u64) -> &[u8] {
+        ch.data(ch.get(seq).unwrap())
     }
 
     #[test]
     fn channel_queue_indexes_by_sequence_and_drops_the_acknowledged_front() {
         let mut ch = ChannelQueue::default();
         for data in [&b"a"[..], b"b", b"c"] {
-            ch.push(unacked(data));
+            push_reliable(&mut ch, data);
         }
         assert_eq!(ch.next_seq(), 3);
-        assert_eq!(&ch.get(1).unwrap().data[..], b"b");
+        assert_eq!(data_of(&ch, 1), b"b");
         assert!(ch.get(3).is_none());
         // Out of order: the middle one leaves a hole, the front stays.
         assert!(ch.remove(1).is_some());
@@ -1242,11 +1412,61 @@ mod tests {
         assert!(ch.remove(0).is_some());
         assert_eq!((ch.base, ch.messages.len()), (2, 1));
         assert!(ch.get(0).is_none() && ch.get(1).is_none());
-        assert_eq!(&ch.get(2).unwrap().data[..], b"c");
+        assert_eq!(data_of(&ch, 2), b"c");
         assert!(ch.remove(2).is_some());
         assert_eq!((ch.base, ch.next_seq()), (3, 3));
-        ch.push(unacked(b"d"));
-        assert_eq!(&ch.get(3).unwrap().data[..], b"d");
+        push_reliable(&mut ch, b"d");
+        assert_eq!(data_of(&ch, 3), b"d");
+    }
+
+    #[test]
+    fn small_messages_are_copied_and_their_chunks_given_back_as_the_front_leaves() {
+        let mut ch = ChannelQueue::default();
+        let large = Bytes::from(vec![3u8; SMALL_MESSAGE + 1]);
+        // 10-byte messages: 6,553 fill a chunk (6 bytes of it left unused).
+        let per_chunk = (COPIED_CHUNK / 10) as u64;
+        let message = |seq: u64| vec![(seq % 251) as u8; 10];
+        for seq in 0..per_chunk + 10 {
+            ch.push(Bytes::from(message(seq)), 0, Delivery::Reliable);
+        }
+        ch.push(large.clone(), 0, Delivery::Reliable);
+        ch.push(Bytes::from_static(b"after"), 0, Delivery::Reliable);
+        let last = per_chunk + 11;
+        assert_eq!(ch.copied.held_chunks(), 2);
+        // The large message is not copied: its bytes are the application's.
+        assert_eq!(ch.data(ch.get(last - 1).unwrap()).as_ptr(), large.as_ptr());
+        // Every small one reads back, on both sides of the chunk boundary.
+        for seq in (0..per_chunk + 10).chain([0, per_chunk - 1, per_chunk]) {
+            assert_eq!(data_of(&ch, seq), message(seq), "message {seq}");
+        }
+        // Acknowledged out of order: nothing is given back while the front stays.
+        assert_eq!(
+            ch.acknowledge_whole(5..per_chunk),
+            ((per_chunk - 5) * 10, per_chunk - 5)
+        );
+        assert_eq!(ch.copied.held_chunks(), 2);
+        // The front leaves the first chunk: it is given back.
+        assert_eq!(ch.acknowledge_whole(0..5), (50, 5));
+        assert_eq!(ch.base, per_chunk);
+        assert_eq!(ch.copied.held_chunks(), 1);
+        for seq in per_chunk..per_chunk + 10 {
+            assert_eq!(data_of(&ch, seq), message(seq));
+        }
+        assert_eq!(data_of(&ch, last), b"after");
+        // Acknowledged again (a broadcast copy): nothing more is counted.
+        assert_eq!(ch.acknowledge_whole(0..per_chunk), (0, 0));
+        // A partly acknowledged message counts only its remaining bytes.
+        ch.acknowledge(per_chunk, 0..4);
+        assert_eq!(
+            ch.acknowledge_whole(per_chunk..last + 1),
+            (6 + 9 * 10 + 257 + 5, 12)
+        );
+        assert!(ch.messages.is_empty());
+        assert_eq!(ch.copied.held_chunks(), 0);
+        // The stream goes on, in the chunk kept aside.
+        push_reliable(&mut ch, b"next");
+        assert_eq!(data_of(&ch, last + 1), b"next");
+        assert_eq!(ch.copied.held_chunks(), 1);
     }
 
     /// What the queue is asked to do in the property test below.
@@ -1260,7 +1480,9 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0u64..3, 0usize..40).prop_map(|(channel, len)| Op::Push { channel, len }),
+            // Mostly small messages (copied), some larger than SMALL_MESSAGE.
+            (0u64..3, prop_oneof![4 => 0usize..40, 1 => 250usize..270])
+                .prop_map(|(channel, len)| Op::Push { channel, len }),
             (8usize..80).prop_map(|space| Op::Send { space }),
             any::<usize>().prop_map(Op::Ack),
             any::<usize>().prop_map(Op::Lose),
@@ -1386,6 +1608,10 @@ mod tests {
                 in_flight.push(p);
             }
             prop_assert!(q.is_empty());
+            prop_assert!(
+                q.channels.values().all(|ch| ch.copied.held_chunks() == 0),
+                "every copied byte is given back once its message is acknowledged"
+            );
             prop_assert_eq!(rebuilt.len(), sent.len());
             for (key, data) in &sent {
                 let got: Option<Vec<u8>> = rebuilt[key].iter().copied().collect();

@@ -528,6 +528,11 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
 }
 
 impl MsgFrame<'_> {
+    /// True if the frame carries its whole message (offset 0, every byte).
+    pub fn is_whole(&self) -> bool {
+        self.offset == 0 && self.data.len() as u64 == self.msg_len
+    }
+
     /// Bytes the frame needs before its data (computed with the current
     /// `data` length, which bounds the length field of any shorter fragment).
     pub fn overhead(&self) -> usize {

@@ -133,6 +133,10 @@ pub struct Sim {
     pub s2c: Link<Vec<u8>>,
     /// When set, every datagram either side sends is recorded here (client's first).
     pub capture: Option<Capture>,
+    /// When above 1, `run_transfer` hands a workload without an interval to
+    /// the client this many messages per `send_many` call instead of one
+    /// `send` each.
+    pub send_batch: u64,
     /// When set, every datagram either side sends is recorded here with its fate, in sending order.
     pub trace: Option<Vec<Traced>>,
     /// Consecutive steps in which time could not advance (a stuck timer).
@@ -175,6 +179,7 @@ impl Sim {
             c2s: Link::new(c2s, seed.wrapping_mul(3), start).unwrap(),
             s2c: Link::new(s2c, seed.wrapping_mul(5).wrapping_add(1), start).unwrap(),
             capture: None,
+            send_batch: 1,
             trace: None,
             stuck: 0,
             server_ppm: 0.0,
@@ -364,6 +369,19 @@ impl Sim {
         let mut pending: Option<Bytes> = None;
         while self.now < deadline {
             // Sender application.
+            while self.send_batch > 1 && w.interval.is_zero() && next_seq < w.messages {
+                let end = (next_seq + self.send_batch).min(w.messages);
+                let mut batch = (next_seq..end)
+                    .map(|seq| message(seq, w.max_size))
+                    .peekable();
+                let (queued, result) = self.client.send_many(self.now, 0, &mut batch);
+                next_seq += queued as u64;
+                match result {
+                    Ok(()) => {}
+                    Err(surelink_proto::SendError::Blocked) => break,
+                    Err(e) => panic!("send_many failed: {e}"),
+                }
+            }
             while next_seq < w.messages && self.now >= next_send_at {
                 let msg = pending
                     .take()
