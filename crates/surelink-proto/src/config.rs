@@ -56,9 +56,9 @@ pub struct Config {
     /// While no stream of application data flows either way, each heartbeat
     /// doubles the interval to the next, up to this bound, and announces it
     /// in its PING so the peer's failure detector expects it; a stream
-    /// (messages at most five `heartbeat_interval`s apart), a suspicion or a
-    /// path change bring it back to `heartbeat_interval` at once. Sparser
-    /// messages leave it backed off. Set it to `heartbeat_interval` to never
+    /// (data packets at most five `heartbeat_interval`s apart), a suspicion
+    /// or a path change bring it back to `heartbeat_interval` at once.
+    /// Sparser data leaves it backed off. Set it to `heartbeat_interval` to never
     /// back off.
     pub heartbeat_max_interval: Duration,
     /// Phi at which a path is declared down (default 8); at half of it the

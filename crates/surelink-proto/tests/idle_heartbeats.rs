@@ -202,7 +202,7 @@ fn a_cut_while_data_flows_is_detected_as_fast_as_with_fixed_heartbeats() {
 
 #[test]
 fn a_message_a_second_leaves_the_heartbeats_backed_off() {
-    // A message a second is no stream (messages more than five base
+    // A message a second is no stream (data packets more than five base
     // intervals apart): each side keeps one heartbeat a second, as idle.
     // Before, every message (queued, or arrived) sent the next PING back to
     // 20 ms and the backoff restarted: about seven PINGs a second per side,
@@ -234,7 +234,7 @@ fn a_message_a_second_leaves_the_heartbeats_backed_off() {
 #[test]
 fn a_cut_under_a_message_every_10_ms_is_detected_as_fast_as_with_fixed_heartbeats() {
     // Messages 10 ms apart are a stream: the heartbeats go back to the base
-    // interval with the second message, so a cut is detected within the
+    // interval with the second data packet, so a cut is detected within the
     // same few base intervals as with heartbeats that never back off.
     for seed in 0..6 {
         let mut times = Vec::new();
@@ -246,6 +246,7 @@ fn a_cut_under_a_message_every_10_ms_is_detected_as_fast_as_with_fixed_heartbeat
             times.push(detect_cut(&mut sim, &mut seen, Some(ms(10))));
         }
         let (backed_off, fixed) = (times[0], times[1]);
+        eprintln!("seed {seed}: cut under 10 ms messages detected after {backed_off:?} with backoff, {fixed:?} without");
         assert!(
             backed_off <= fixed + ms(2) && fixed < ms(100),
             "seed {seed}: {backed_off:?} with backoff vs {fixed:?} without"

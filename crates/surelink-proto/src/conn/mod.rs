@@ -321,8 +321,8 @@ pub struct Connection {
     amp_sent: u64,
     pending: Pending,
     last_received: Instant,
-    /// The pace of application messages, queued or arriving (heartbeats
-    /// stay fast while a stream of data flows either way).
+    /// The pace of packets carrying application data, sent or arriving
+    /// (heartbeats stay fast while a stream of data flows either way).
     data_pace: DataPace,
     events: VecDeque<Event>,
     stats: ConnectionStats,
@@ -701,7 +701,6 @@ impl Connection {
     ) -> u64 {
         self.stats.messages_sent += 1;
         self.stats.payload_bytes_sent += data.len() as u64;
-        self.data_pace.on_message(now);
         for p in self.paths.iter_mut() {
             p.cc.on_offered(now, data.len() as u64);
         }
@@ -961,11 +960,10 @@ impl Connection {
                 f,
                 Frame::Msg(_) | Frame::Bundle(_) | Frame::FecSource { .. }
             ) {
-                carries_data = true;
-                // Each message counts once, by its first fragment.
-                if !matches!(&f, Frame::Msg(m) if m.offset > 0) {
-                    self.data_pace.on_message(now);
+                if !carries_data {
+                    self.data_pace.on_data_packet(now);
                 }
+                carries_data = true;
             }
             match f {
                 Frame::FecSource { seq, frames } => {
