@@ -53,11 +53,13 @@ pub struct Config {
     /// 5 kB/s per path.
     pub heartbeat_interval: Duration,
     /// Longest heartbeat interval of an idle, healthy path (default 1 s).
-    /// While no application data flows either way, each heartbeat doubles
-    /// the interval to the next, up to this bound, and announces it in its
-    /// PING so the peer's failure detector expects it; data, a suspicion or a
-    /// path change bring it back to `heartbeat_interval` at once. Set it to
-    /// `heartbeat_interval` to never back off.
+    /// While no stream of application data flows either way, each heartbeat
+    /// doubles the interval to the next, up to this bound, and announces it
+    /// in its PING so the peer's failure detector expects it; a stream
+    /// (data packets at most five `heartbeat_interval`s apart), a suspicion
+    /// or a path change bring it back to `heartbeat_interval` at once.
+    /// Sparser data leaves it backed off. Set it to `heartbeat_interval` to never
+    /// back off.
     pub heartbeat_max_interval: Duration,
     /// Phi at which a path is declared down (default 8); at half of it the
     /// path is suspect and backup mode fails over.

@@ -1,8 +1,9 @@
 //! Heartbeats of idle connections, on virtual time: an idle, healthy path
 //! backs its heartbeats off up to `heartbeat_max_interval` (a handful of
 //! datagrams a second instead of fifty), the peer's failure detector expects
-//! the longer gaps (no suspicion), a cut idle path is still detected, and a
-//! cut while data flows is detected as fast as with fixed heartbeats.
+//! the longer gaps (no suspicion), a cut idle path is still detected, a
+//! cut while data flows is detected as fast as with fixed heartbeats, and
+//! sparse messages (one a second) leave the heartbeats backed off.
 
 mod harness;
 
@@ -70,15 +71,16 @@ fn collect(sim: &mut Sim, seen: &mut Seen) {
     }
 }
 
-/// Sends a 100-byte message every millisecond for `span`, collecting events.
-fn run_stream(sim: &mut Sim, span: Duration, seen: &mut Seen) {
+/// Sends a 100-byte message every `period` for `span` (the first at once),
+/// collecting events.
+fn run_messages(sim: &mut Sim, span: Duration, period: Duration, seen: &mut Seen) {
     let until = sim.now + span;
     let mut next = sim.now;
     while sim.now < until {
         if sim.now >= next {
             // Blocked sends are fine: the flow only has to keep going.
             let _ = sim.client.send(sim.now, 0, Bytes::from(vec![7u8; 100]));
-            next += ms(1);
+            next += period;
         }
         collect(sim, seen);
         sim.step(next.min(until));
@@ -135,10 +137,11 @@ fn without_backoff_an_idle_connection_heartbeats_every_interval() {
     assert!(client > 1_400 && server > 1_400, "{client} / {server}");
 }
 
-/// Cuts both directions at the current instant; returns when the client
-/// first reported the path suspect, relative to the cut. Nothing may have
-/// been suspected before the cut.
-fn detect_cut(sim: &mut Sim, seen: &mut Seen, stream: bool) -> Duration {
+/// Cuts both directions at the current instant and keeps sending a message
+/// every `period` (or nothing); returns when the client first reported the
+/// path suspect, relative to the cut. Nothing may have been suspected
+/// before the cut.
+fn detect_cut(sim: &mut Sim, seen: &mut Seen, period: Option<Duration>) -> Duration {
     assert!(
         suspicions(&seen.0).is_empty() && suspicions(&seen.1).is_empty(),
         "suspected before the cut: {seen:?}"
@@ -147,10 +150,9 @@ fn detect_cut(sim: &mut Sim, seen: &mut Seen, stream: bool) -> Duration {
     sim.c2s.set_cut(true);
     sim.s2c.set_cut(true);
     let before = seen.0.len();
-    if stream {
-        run_stream(sim, Duration::from_secs(5), seen);
-    } else {
-        run_idle(sim, Duration::from_secs(5), seen);
+    match period {
+        Some(period) => run_messages(sim, Duration::from_secs(5), period, seen),
+        None => run_idle(sim, Duration::from_secs(5), seen),
     }
     seen.0[before..]
         .iter()
@@ -165,7 +167,7 @@ fn an_idle_connection_still_detects_a_cut_path() {
         let mut sim = connected(config(true), seed);
         let mut seen = Seen::default();
         run_idle(&mut sim, Duration::from_secs(10), &mut seen);
-        let detected = detect_cut(&mut sim, &mut seen, false);
+        let detected = detect_cut(&mut sim, &mut seen, None);
         // The peer announced 1 s heartbeats: suspicion comes within about
         // one interval plus the learned deviation of the last packet heard.
         assert!(
@@ -184,13 +186,67 @@ fn a_cut_while_data_flows_is_detected_as_fast_as_with_fixed_heartbeats() {
             let mut seen = Seen::default();
             // Idle long enough to back off fully, then a stream, then the cut.
             run_idle(&mut sim, Duration::from_secs(5), &mut seen);
-            run_stream(&mut sim, ms(500 + seed * 37), &mut seen);
-            times.push(detect_cut(&mut sim, &mut seen, true));
+            run_messages(&mut sim, ms(500 + seed * 37), ms(1), &mut seen);
+            times.push(detect_cut(&mut sim, &mut seen, Some(ms(1))));
         }
         let (backed_off, fixed) = (times[0], times[1]);
         // The same few heartbeat intervals (the learned history differs a
         // little: allow a tenth of one interval).
         eprintln!("seed {seed}: cut detected after {backed_off:?} with backoff, {fixed:?} without");
+        assert!(
+            backed_off <= fixed + ms(2) && fixed < ms(100),
+            "seed {seed}: {backed_off:?} with backoff vs {fixed:?} without"
+        );
+    }
+}
+
+#[test]
+fn a_message_a_second_leaves_the_heartbeats_backed_off() {
+    // A message a second is no stream (data packets more than five base
+    // intervals apart): each side keeps one heartbeat a second, as idle.
+    // Before, every message (queued, or arrived) sent the next PING back to
+    // 20 ms and the backoff restarted: about seven PINGs a second per side,
+    // each answered by a PONG, over 15 datagrams a second per side.
+    for seed in 0..4 {
+        let mut sim = connected(config(true), seed);
+        let mut seen = Seen::default();
+        run_messages(&mut sim, Duration::from_secs(5), ms(1_000), &mut seen);
+        sim.capture = Some((Vec::new(), Vec::new()));
+        run_messages(&mut sim, Duration::from_secs(60), ms(1_000), &mut seen);
+        let (client, server) = datagrams_sent(&sim);
+        eprintln!("seed {seed}: {client} / {server} datagrams in 60 s at a message a second");
+        // Idle, a side sends fewer than 4 datagrams a second (its PING, its
+        // PONG to the peer's, ACKs of them); the message adds one packet on
+        // the client and its ACK on the server.
+        assert!(
+            client < 60 * 5 && server < 60 * 5,
+            "seed {seed}: {client} / {server} datagrams in 60 s at a message a second"
+        );
+        assert!(
+            suspicions(&seen.0).is_empty() && suspicions(&seen.1).is_empty(),
+            "seed {seed}: a healthy path was suspected: {seen:?}"
+        );
+        let delivered = sim.server.as_ref().map(|s| s.stats().messages_delivered);
+        assert_eq!(delivered, Some(65), "seed {seed}: every message arrives");
+    }
+}
+
+#[test]
+fn a_cut_under_a_message_every_10_ms_is_detected_as_fast_as_with_fixed_heartbeats() {
+    // Messages 10 ms apart are a stream: the heartbeats go back to the base
+    // interval with the second data packet, so a cut is detected within the
+    // same few base intervals as with heartbeats that never back off.
+    for seed in 0..6 {
+        let mut times = Vec::new();
+        for backoff in [true, false] {
+            let mut sim = connected(config(backoff), seed);
+            let mut seen = Seen::default();
+            run_idle(&mut sim, Duration::from_secs(5), &mut seen);
+            run_messages(&mut sim, ms(500 + seed * 37), ms(10), &mut seen);
+            times.push(detect_cut(&mut sim, &mut seen, Some(ms(10))));
+        }
+        let (backed_off, fixed) = (times[0], times[1]);
+        eprintln!("seed {seed}: cut under 10 ms messages detected after {backed_off:?} with backoff, {fixed:?} without");
         assert!(
             backed_off <= fixed + ms(2) && fixed < ms(100),
             "seed {seed}: {backed_off:?} with backoff vs {fixed:?} without"

@@ -75,7 +75,7 @@ use handshake::{Handshake, ResetToken};
 use lifecycle::Lifecycle;
 use packet_frames::{read_packet_frames, FrameViews, Refusal};
 use path::Path;
-use path_set::PathSet;
+use path_set::{DataPace, PathSet};
 use protection::{OpenError, Protection};
 use reassembly::{FragmentOutcome, Reassembly};
 use received::ReceivedPackets;
@@ -321,9 +321,9 @@ pub struct Connection {
     amp_sent: u64,
     pending: Pending,
     last_received: Instant,
-    /// When application data was last queued or arrived (heartbeats stay
-    /// fast while data flows either way).
-    last_data: Option<Instant>,
+    /// The pace of packets carrying application data, sent or arriving
+    /// (heartbeats stay fast while a stream of data flows either way).
+    data_pace: DataPace,
     events: VecDeque<Event>,
     stats: ConnectionStats,
     error: Option<ConnectionError>,
@@ -436,7 +436,7 @@ impl Connection {
             peer_max_data: 0,
             pending: Pending::default(),
             last_received: now,
-            last_data: None,
+            data_pace: DataPace::default(),
             events: VecDeque::new(),
             stats: ConnectionStats::default(),
             error: None,
@@ -701,7 +701,6 @@ impl Connection {
     ) -> u64 {
         self.stats.messages_sent += 1;
         self.stats.payload_bytes_sent += data.len() as u64;
-        self.last_data = Some(now);
         for p in self.paths.iter_mut() {
             p.cc.on_offered(now, data.len() as u64);
         }
@@ -961,8 +960,10 @@ impl Connection {
                 f,
                 Frame::Msg(_) | Frame::Bundle(_) | Frame::FecSource { .. }
             ) {
+                if !carries_data {
+                    self.data_pace.on_data_packet(now);
+                }
                 carries_data = true;
-                self.last_data = Some(now);
             }
             match f {
                 Frame::FecSource { seq, frames } => {

@@ -8,8 +8,9 @@
 //! lost). Liveness is judged by a phi-accrual detector that learns the gaps
 //! between the peer's heartbeats and measures the silence since any packet
 //! arrived on the path (`on_heard`, `on_heartbeat`); heartbeats keep idle
-//! paths talking. On a healthy path with no application data flowing the
-//! heartbeat interval doubles with each PING up to a bound
+//! paths talking. On a healthy path with no stream of application data
+//! flowing (sparse messages do not count: see `Connection::data_flowing`)
+//! the heartbeat interval doubles with each PING up to a bound
 //! (`Config::heartbeat_max_interval`); each PING announces the interval to
 //! the next, so the peer's detector expects the longer gap
 //! (`on_ping_sent`, `heartbeat_deadline`).

@@ -15,11 +15,52 @@
 
 use std::collections::VecDeque;
 use std::ops::{Index, IndexMut};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::path::{Path, PathAddr, PathId, PathState, PathStats};
 use super::sent::SentFrame;
 use super::{Connection, Event, PathMode, Side};
+
+/// Data packets at most this many base heartbeat intervals apart are a
+/// stream (100 ms at the default 20 ms): while one flows, heartbeats stay at
+/// the base interval. Sparser data leaves the heartbeats backed off; the
+/// loss-detection timers find a sparse message that a cut swallows.
+const STREAM_GAP_INTERVALS: u32 = 5;
+
+/// The pace of a connection's application data, either way: when a packet
+/// carrying some was last sent or arrived, and how long after the one
+/// before. Fed by packet assembly (`transmit.rs`: packets with message
+/// fragments or bundles; broadcast copies do not count) and by packet
+/// processing (packets with message fragments, bundles or FEC-protected
+/// data); read by the heartbeat rule (`Connection::data_flowing`).
+#[derive(Debug, Default)]
+pub(super) struct DataPace {
+    /// The latest data packet.
+    last: Option<Instant>,
+    /// The gap between the latest data packet and the one before it.
+    gap: Option<Duration>,
+}
+
+impl DataPace {
+    /// A packet carrying application data was sent or arrived at `now`.
+    pub(super) fn on_data_packet(&mut self, now: Instant) {
+        if let Some(last) = self.last {
+            self.gap = Some(now.saturating_duration_since(last));
+        }
+        self.last = Some(now);
+    }
+
+    /// The latest data packet, sent or arriving.
+    fn last(&self) -> Option<Instant> {
+        self.last
+    }
+
+    /// True when the latest data packet came within `max_gap` of the one
+    /// before it: the data is a stream, not sparse messages.
+    fn is_stream(&self, max_gap: Duration) -> bool {
+        self.gap.is_some_and(|gap| gap <= max_gap)
+    }
+}
 
 /// A connection's paths and how data is spread over them.
 #[derive(Debug)]
@@ -359,17 +400,21 @@ impl Connection {
         )
     }
 
-    /// True while application data flows on the connection, either way,
-    /// as seen from `path`'s heartbeats: messages are queued or
-    /// unacknowledged, or data was sent or arrived since the path's latest
-    /// PING. Heartbeats then stay at the base interval, so a path carrying
-    /// data is judged as fast as ever.
+    /// True while a stream of application data flows on the connection,
+    /// either way, as seen from `path`'s heartbeats: the latest data packet
+    /// came within `STREAM_GAP_INTERVALS` base intervals of the one before
+    /// it, and messages are queued or unacknowledged or data was sent or
+    /// arrived since the path's latest PING. Heartbeats then stay at the
+    /// base interval, so a path carrying a stream is judged as fast as ever;
+    /// a sparse message (one packet after a pause) leaves them backed off.
     pub(super) fn data_flowing(&self, path: usize) -> bool {
-        !self.send_queue.is_empty()
-            || self.last_data.is_some_and(|t| {
-                self.paths[path]
-                    .last_ping
-                    .is_none_or(|last_ping| t >= last_ping)
-            })
+        let stream_gap = self.config.heartbeat_interval * STREAM_GAP_INTERVALS;
+        self.data_pace.is_stream(stream_gap)
+            && (!self.send_queue.is_empty()
+                || self.data_pace.last().is_some_and(|t| {
+                    self.paths[path]
+                        .last_ping
+                        .is_none_or(|last_ping| t >= last_ping)
+                }))
     }
 }

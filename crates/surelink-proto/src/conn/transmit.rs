@@ -459,6 +459,12 @@ impl Connection {
                     matches!(f, SentFrame::Msg(frag) if frag.repairable_in_time(now_us, slack_us))
                 });
                 needs_tail_probe = repairable && !self.send_queue.has_sendable(self.peer_max_data);
+                if frames[frames_before..]
+                    .iter()
+                    .any(|f| matches!(f, SentFrame::Msg(_) | SentFrame::Bundle(_)))
+                {
+                    self.data_pace.on_data_packet(now);
+                }
             }
             let data_flowing = self.data_flowing(path);
             let p = &mut self.paths[path];
