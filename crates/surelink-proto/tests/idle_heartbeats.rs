@@ -177,27 +177,35 @@ fn an_idle_connection_still_detects_a_cut_path() {
     }
 }
 
-#[test]
-fn a_cut_while_data_flows_is_detected_as_fast_as_with_fixed_heartbeats() {
+/// Over 6 seeds: a connection idle long enough to back its heartbeats off
+/// fully, then carrying a message every `period`, then cut, detects the cut
+/// within the same few heartbeat intervals as one whose heartbeats never
+/// back off (the learned history differs a little: a tenth of one interval
+/// is allowed).
+fn assert_a_cut_under_messages_is_detected_as_fast_as_with_fixed_heartbeats(period: Duration) {
     for seed in 0..6 {
         let mut times = Vec::new();
         for backoff in [true, false] {
             let mut sim = connected(config(backoff), seed);
             let mut seen = Seen::default();
-            // Idle long enough to back off fully, then a stream, then the cut.
             run_idle(&mut sim, Duration::from_secs(5), &mut seen);
-            run_messages(&mut sim, ms(500 + seed * 37), ms(1), &mut seen);
-            times.push(detect_cut(&mut sim, &mut seen, Some(ms(1))));
+            run_messages(&mut sim, ms(500 + seed * 37), period, &mut seen);
+            times.push(detect_cut(&mut sim, &mut seen, Some(period)));
         }
         let (backed_off, fixed) = (times[0], times[1]);
-        // The same few heartbeat intervals (the learned history differs a
-        // little: allow a tenth of one interval).
-        eprintln!("seed {seed}: cut detected after {backed_off:?} with backoff, {fixed:?} without");
+        eprintln!(
+            "seed {seed}: cut under messages every {period:?} detected after {backed_off:?} with backoff, {fixed:?} without"
+        );
         assert!(
             backed_off <= fixed + ms(2) && fixed < ms(100),
             "seed {seed}: {backed_off:?} with backoff vs {fixed:?} without"
         );
     }
+}
+
+#[test]
+fn a_cut_while_data_flows_is_detected_as_fast_as_with_fixed_heartbeats() {
+    assert_a_cut_under_messages_is_detected_as_fast_as_with_fixed_heartbeats(ms(1));
 }
 
 #[test]
@@ -236,22 +244,7 @@ fn a_cut_under_a_message_every_10_ms_is_detected_as_fast_as_with_fixed_heartbeat
     // Messages 10 ms apart are a stream: the heartbeats go back to the base
     // interval with the second data packet, so a cut is detected within the
     // same few base intervals as with heartbeats that never back off.
-    for seed in 0..6 {
-        let mut times = Vec::new();
-        for backoff in [true, false] {
-            let mut sim = connected(config(backoff), seed);
-            let mut seen = Seen::default();
-            run_idle(&mut sim, Duration::from_secs(5), &mut seen);
-            run_messages(&mut sim, ms(500 + seed * 37), ms(10), &mut seen);
-            times.push(detect_cut(&mut sim, &mut seen, Some(ms(10))));
-        }
-        let (backed_off, fixed) = (times[0], times[1]);
-        eprintln!("seed {seed}: cut under 10 ms messages detected after {backed_off:?} with backoff, {fixed:?} without");
-        assert!(
-            backed_off <= fixed + ms(2) && fixed < ms(100),
-            "seed {seed}: {backed_off:?} with backoff vs {fixed:?} without"
-        );
-    }
+    assert_a_cut_under_messages_is_detected_as_fast_as_with_fixed_heartbeats(ms(10));
 }
 
 /// A backed-off idle connection whose server stalls: for `stall`, every
