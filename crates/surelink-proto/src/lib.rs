@@ -23,8 +23,8 @@ pub mod wire;
 
 pub use config::{Config, ConfigError};
 pub use conn::{
-    close_code, Connection, ConnectionError, ConnectionStats, Event, Message, SendError, Side,
-    Transmit,
+    close_code, Connection, ConnectionError, ConnectionStats, Event, Message, MessageBytes,
+    SendError, Side, Transmit,
 };
 pub use crypto::{CryptoConfig, Identity, PublicKey, Security};
 pub use endpoint::{

@@ -202,9 +202,14 @@ pub struct Histogram {
 impl Histogram {
     /// Counts one sample of `us` microseconds.
     pub fn record_us(&mut self, us: u64) {
+        self.record_us_n(us, 1);
+    }
+
+    /// Counts `n` samples of `us` microseconds each.
+    pub fn record_us_n(&mut self, us: u64, n: u64) {
         let bucket = HISTOGRAM_BOUNDS_US.partition_point(|&bound| bound < us);
-        self.buckets[bucket] += 1;
-        self.sum_us = self.sum_us.saturating_add(us);
+        self.buckets[bucket] += n;
+        self.sum_us = self.sum_us.saturating_add(us.saturating_mul(n));
     }
 
     /// Counts one sample of `duration`.

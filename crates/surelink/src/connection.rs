@@ -120,9 +120,20 @@ impl Connection {
     /// how many were queued, once all were. On an error the messages before
     /// the failing one stay queued (for [`SendError::TooLarge`], the
     /// connection is still usable).
-    pub async fn send_many<I>(&self, channel: u64, messages: I) -> Result<usize, SendError>
+    ///
+    /// Messages may be [`Bytes`] or borrowed `&[u8]` ([`MessageBytes`]):
+    /// messages of up to 256 bytes are copied into the connection's send
+    /// queue either way, so many small messages are best staged in one
+    /// buffer of the caller's, a [`MessageBatch`], and sent with
+    /// `send_many(channel, batch.iter())`, which costs no `Bytes` per message.
+    /// Larger borrowed messages are copied; larger `Bytes` are kept as they are.
+    ///
+    /// [`MessageBytes`]: crate::MessageBytes
+    /// [`MessageBatch`]: crate::MessageBatch
+    pub async fn send_many<M, I>(&self, channel: u64, messages: I) -> Result<usize, SendError>
     where
-        I: IntoIterator<Item = Bytes>,
+        M: surelink_proto::MessageBytes,
+        I: IntoIterator<Item = M>,
     {
         let source_time = crate::util::now();
         let mut messages = messages.into_iter().peekable();
@@ -187,18 +198,9 @@ impl Connection {
             .wait_for(
                 Err(RecvError::EndpointClosed),
                 DriverWake::WindowUpdate,
-                |cs| {
-                    let before = out.len();
-                    while out.len() - before < max {
-                        match cs.conn.recv() {
-                            Some(m) => out.push(m),
-                            None => break,
-                        }
-                    }
-                    match out.len() - before {
-                        0 => end_of_messages(cs).map(|end| end.map(|()| 0)),
-                        n => Some(Ok(n)),
-                    }
+                |cs| match cs.conn.recv_many(out, max) {
+                    0 => end_of_messages(cs).map(|end| end.map(|()| 0)),
+                    n => Some(Ok(n)),
                 },
             )
             .await

@@ -1,14 +1,17 @@
 //! The batch calls `Connection::send_many` and `Connection::recv_many` on a
 //! simulated lossy network, on virtual time: every message arrives once, in
-//! order, intact; a batch larger than the send buffer waits for room and
-//! completes; a message that is too large stops the batch with the messages
-//! before it queued and the connection still usable.
+//! order, intact, whether the batch is of `Bytes` or a `MessageBatch` of
+//! borrowed slices of every size; a batch larger than the send buffer waits
+//! for room and completes; a message that is too large stops the batch with
+//! the messages before it queued and the connection still usable.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use surelink::sim::SimNetwork;
-use surelink::{Bytes, Connection, Endpoint, EndpointConfig, Message, ProtocolConfig, SendError};
+use surelink::{
+    Bytes, Connection, Endpoint, EndpointConfig, Message, MessageBatch, ProtocolConfig, SendError,
+};
 
 /// Bound on a test in virtual time.
 const LIMIT: Duration = Duration::from_secs(600);
@@ -113,6 +116,43 @@ async fn a_too_large_message_stops_the_batch_after_the_ones_before_it() {
         let data: Vec<Bytes> = got.into_iter().map(|m| m.data).collect();
         let expected: Vec<Bytes> = (0..5).map(|i| message(i, 100)).collect();
         assert_eq!(data, expected);
+    })
+    .await
+    .expect("did not finish in virtual time");
+}
+
+#[tokio::test(start_paused = true)]
+async fn message_batches_of_every_size_arrive_whole_and_in_order() {
+    tokio::time::timeout(LIMIT, async {
+        let network = SimNetwork::new(13);
+        // 16 KiB of send buffer: batches wait for room; sizes cross the
+        // 256-byte line between copied and kept messages, and reach a
+        // message larger than a packet.
+        let (_server, _client, conn, accepted) = pair(&network, 16 << 10).await;
+        let receiver = tokio::spawn(async move {
+            let (got, _) = recv_all_many(&accepted, 500).await;
+            (got, accepted.stats())
+        });
+        let sizes = [0, 1, 8, 64, 255, 256, 257, 1_000, 3_000];
+        let mut batch = MessageBatch::new();
+        let mut sent = Vec::new();
+        for b in 0..30 {
+            for size in sizes.iter().cycle().skip(b).take(200) {
+                let m = message(sent.len() as u64, *size);
+                batch.push(&m);
+                sent.push(m);
+            }
+            assert_eq!(conn.send_many(0, batch.iter()).await.unwrap(), 200);
+            batch.clear();
+        }
+        conn.close().await.expect("graceful close");
+        let (got, stats) = receiver.await.unwrap();
+        let data: Vec<Bytes> = got.into_iter().map(|m| m.data).collect();
+        assert_eq!(data.len(), sent.len());
+        assert!(data == sent, "messages differ");
+        // Every message taken had its latency recorded, once.
+        assert_eq!(stats.latency_histogram.count(), sent.len() as u64);
+        assert!(network.stats().links.dropped() > 0, "the link lost nothing");
     })
     .await
     .expect("did not finish in virtual time");

@@ -9,7 +9,9 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 use surelink::stats_schema::{Histogram, Metric, PathLabel, StatsVisitor, Value, VisitStats};
-use surelink::{Connection, Endpoint, EndpointConfig, Message, ProtocolConfig, Security};
+use surelink::{
+    Connection, Endpoint, EndpointConfig, Message, MessageBatch, ProtocolConfig, Security,
+};
 
 use super::{loopback, wire, Diagnostics, Mode, Pair, Route, Rx, Tx};
 
@@ -20,14 +22,15 @@ const STAGE: usize = 64 << 10;
 const RECV_BATCH: usize = 1024;
 
 /// Sends on channel 0 of a connection: each message with `send`, or, when
-/// the mode batches, 64 KiB of messages at a time with `send_many`.
+/// the mode batches, 64 KiB of messages at a time staged in a
+/// [`MessageBatch`] (one copy each, like the stream peers' staged write) and
+/// queued with `send_many`.
 pub struct SurelinkTx {
     conn: Connection,
     /// The connection's endpoint, for the socket counters.
     endpoint: Endpoint,
     batches: bool,
-    staged: Vec<Bytes>,
-    staged_bytes: usize,
+    staged: MessageBatch,
 }
 
 impl SurelinkTx {
@@ -37,8 +40,7 @@ impl SurelinkTx {
             conn,
             endpoint,
             batches: mode.batches(),
-            staged: Vec::new(),
-            staged_bytes: 0,
+            staged: MessageBatch::with_capacity(STAGE / 16, STAGE + 1024),
         }
     }
 
@@ -58,21 +60,17 @@ impl Tx for SurelinkTx {
                 .map(|_| ())
                 .map_err(io::Error::other);
         }
-        self.staged_bytes += msg.len();
-        self.staged.push(msg);
-        if self.staged_bytes >= STAGE {
+        self.staged.push(&msg);
+        if self.staged.bytes() >= STAGE {
             self.flush().await?;
         }
         Ok(())
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        self.staged_bytes = 0;
-        self.conn
-            .send_many(0, self.staged.drain(..))
-            .await
-            .map(|_| ())
-            .map_err(io::Error::other)
+        let sent = self.conn.send_many(0, self.staged.iter()).await;
+        self.staged.clear();
+        sent.map(|_| ()).map_err(io::Error::other)
     }
 
     fn diagnostics(&self) -> Option<Diagnostics> {

@@ -294,7 +294,8 @@ impl Connection {
         let bytes = std::mem::take(&mut self.fec_tx.unoffered);
         if bytes > 0 {
             for p in self.paths.iter_mut() {
-                p.cc.on_offered(now, bytes);
+                // Offered as one message: the repairs since the last call.
+                p.cc.on_offered(now, bytes, 1);
             }
         }
     }

@@ -65,6 +65,7 @@ pub use congestion::{CongestionControl, CongestionController};
 pub use path::{PathAddr, PathId, PathState, PathStats};
 pub use phi::phi_trade_off;
 pub use reassembly::{Message, ReassemblyError, SkippedRange, MAX_CHANNELS};
+pub use send_queue::MessageBytes;
 pub use stats::ConnectionStats;
 
 use crate::clock::{ClockEstimate, ClockEstimator, ClockSample};
@@ -79,7 +80,7 @@ use path_set::{DataPace, PathSet};
 use protection::{OpenError, Protection};
 use reassembly::{FragmentOutcome, Reassembly};
 use received::ReceivedPackets;
-use send_queue::SendQueue;
+use send_queue::{BatchLimits, BatchRefusal, SendQueue};
 
 /// A map keyed by channel number. Channels are looked up per message, on
 /// both ends, so the hasher is foldhash (fast on a `u64`, seeded per map)
@@ -632,28 +633,45 @@ impl Connection {
     /// Queues messages from the front of `messages` on `channel`, as `send`
     /// would one at a time, until `messages` runs out or one cannot be
     /// queued: that one stays at the front of `messages`, and its error is
-    /// returned with the number queued before it. No message is copied or
-    /// cloned on the way in.
-    pub fn send_many<I>(
+    /// returned with the number queued before it. Messages of up to 256
+    /// bytes are copied into the send queue's own buffer (so they may be
+    /// borrowed slices of one buffer of the caller's); larger ones given as
+    /// [`Bytes`] are kept without a copy. The channel, the clock and the
+    /// congestion controllers are consulted once for the whole batch.
+    pub fn send_many<M, I>(
         &mut self,
         now: Instant,
         channel: u64,
         messages: &mut std::iter::Peekable<I>,
     ) -> (usize, Result<(), SendError>)
     where
-        I: Iterator<Item = Bytes>,
+        M: MessageBytes,
+        I: Iterator<Item = M>,
     {
-        let mut queued = 0;
-        let (timestamp_us, delivery) = (self.micros(now), self.delivery_on(channel));
-        while let Some(data) = messages.peek() {
-            if let Err(e) = self.check_send(data.len()) {
-                return (queued, Err(e));
-            }
-            let data = messages.next().expect("peeked");
-            self.queue_stamped(now, timestamp_us, channel, delivery, data);
-            queued += 1;
+        if let Err(e) = self.check_open() {
+            return (0, Err(e));
         }
-        (queued, Ok(()))
+        let limits = BatchLimits {
+            max_message: self.max_message(),
+            send_buffer: self.config.send_buffer as u64,
+        };
+        let (timestamp_us, delivery) = (self.micros(now), self.delivery_on(channel));
+        let queued = self
+            .send_queue
+            .push_batch(channel, timestamp_us, delivery, messages, limits);
+        if queued.messages > 0 {
+            self.stats.messages_sent += queued.messages as u64;
+            self.stats.payload_bytes_sent += queued.bytes;
+            for p in self.paths.iter_mut() {
+                p.cc.on_offered(now, queued.bytes, queued.messages as u64);
+            }
+        }
+        let result = match queued.refused {
+            None => Ok(()),
+            Some(BatchRefusal::Blocked) => Err(SendError::Blocked),
+            Some(BatchRefusal::TooLarge { size, max }) => Err(SendError::TooLarge { size, max }),
+        };
+        (queued.messages, result)
     }
 
     /// The delivery mode of `channel`.
@@ -664,14 +682,21 @@ impl Connection {
             .unwrap_or_default()
     }
 
-    /// Why a message of `len` bytes cannot be queued now, if it cannot.
-    fn check_send(&self, len: usize) -> Result<(), SendError> {
+    /// Why no message can be queued, if none can: the connection is
+    /// closed or closing.
+    fn check_open(&self) -> Result<(), SendError> {
         if self.is_closed() {
             return Err(SendError::Closed);
         }
         if self.lifecycle.close_requested() {
             return Err(SendError::Closing);
         }
+        Ok(())
+    }
+
+    /// Why a message of `len` bytes cannot be queued now, if it cannot.
+    fn check_send(&self, len: usize) -> Result<(), SendError> {
+        self.check_open()?;
         let max = self.max_message();
         if len > max {
             return Err(SendError::TooLarge { size: len, max });
@@ -686,25 +711,13 @@ impl Connection {
     /// Queues a message that `check_send` accepted; returns its sequence number.
     fn queue_message(&mut self, now: Instant, channel: u64, data: Bytes) -> u64 {
         let delivery = self.delivery_on(channel);
-        self.queue_stamped(now, self.micros(now), channel, delivery, data)
-    }
-
-    /// `queue_message` with the source time already in µs since the epoch
-    /// and the channel's delivery mode already looked up (once for a batch).
-    fn queue_stamped(
-        &mut self,
-        now: Instant,
-        timestamp_us: u64,
-        channel: u64,
-        delivery: Delivery,
-        data: Bytes,
-    ) -> u64 {
         self.stats.messages_sent += 1;
         self.stats.payload_bytes_sent += data.len() as u64;
         for p in self.paths.iter_mut() {
-            p.cc.on_offered(now, data.len() as u64);
+            p.cc.on_offered(now, data.len() as u64, 1);
         }
-        self.send_queue.push(channel, data, timestamp_us, delivery)
+        self.send_queue
+            .push(channel, data, self.micros(now), delivery)
     }
 
     /// Bytes the application can still queue before `send` returns `Blocked`.
@@ -720,16 +733,62 @@ impl Connection {
     /// Takes the next message delivered in order.
     pub fn recv(&mut self) -> Option<Message> {
         let m = self.reassembly.pop()?;
+        self.record_latency(m.latency_us, 1);
+        self.note_taken();
+        Some(m)
+    }
+
+    /// Takes up to `max` messages delivered in order, appending them to
+    /// `out`: `recv` for a batch, with the latency of a run of messages
+    /// that took equally long (a bundle's, typically) recorded once for
+    /// the run. Returns how many were appended.
+    pub fn recv_many(&mut self, out: &mut Vec<Message>, max: usize) -> usize {
+        let mut taken = 0;
+        // (latency, messages) of the run not recorded yet.
+        let mut run = (0, 0);
+        while taken < max {
+            let Some(m) = self.reassembly.pop() else {
+                break;
+            };
+            if m.latency_us != run.0 {
+                self.record_latency(run.0, run.1);
+                run = (m.latency_us, 0);
+            }
+            run.1 += 1;
+            out.push(m);
+            taken += 1;
+        }
+        self.record_latency(run.0, run.1);
+        if taken > 0 {
+            self.note_taken();
+        }
+        taken
+    }
+
+    /// Counts `messages` delivered after a one-way latency of `latency_us` each.
+    fn record_latency(&mut self, latency_us: u64, messages: u64) {
+        if messages == 0 {
+            return;
+        }
         self.latency
             .get_or_insert_with(|| {
                 Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds")
             })
-            .saturating_record(m.latency_us.max(1));
-        self.stats.latency_histogram.record_us(m.latency_us);
+            .saturating_record_n(
+                latency_us.max(1),
+                u32::try_from(messages).unwrap_or(u32::MAX),
+            );
+        self.stats
+            .latency_histogram
+            .record_us_n(latency_us, messages);
+    }
+
+    /// The application took messages: a window update is due once it
+    /// opened the receive window by a quarter.
+    fn note_taken(&mut self) {
         if self.reassembly.max_data() - self.max_data_sent >= self.config.receive_window / 4 {
             self.pending.max_data = true;
         }
-        Some(m)
     }
 
     /// Lifts the playout hold for the rest of the connection: every message

@@ -22,6 +22,7 @@
 //! copy, no allocation, and the packet's buffer lives as long as one of its
 //! messages does.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
@@ -287,10 +288,12 @@ impl Reassembly {
         if f.msg_len > self.max_message {
             return Err(ReassemblyError::TooLarge(f.msg_len));
         }
-        if !self.channels.contains_key(&f.channel) && self.channels.len() >= MAX_CHANNELS {
-            return Err(ReassemblyError::TooManyChannels);
-        }
-        let ch = self.channels.entry(f.channel).or_default();
+        let full = self.channels.len() >= MAX_CHANNELS;
+        let ch = match self.channels.entry(f.channel) {
+            Entry::Occupied(ch) => ch.into_mut(),
+            Entry::Vacant(_) if full => return Err(ReassemblyError::TooManyChannels),
+            Entry::Vacant(slot) => slot.insert(Channel::default()),
+        };
         if f.seq < ch.next_seq {
             return Ok(FragmentOutcome::Duplicate);
         }

@@ -53,7 +53,7 @@ use super::reassembly::give_up_margin_us;
 use super::ChannelMap;
 use crate::config::MESSAGE_CREDIT_OVERHEAD;
 use crate::range_set::RangeSet;
-use crate::wire::{BundleHeader, Delivery, MsgFrame};
+use crate::wire::{BundleWriter, Delivery, MsgFrame};
 
 /// A piece of a message carried by one packet: which bytes of which message
 /// (the bytes themselves stay in the [`SendQueue`]).
@@ -197,6 +197,63 @@ const SMALL_MESSAGE: usize = 256;
 /// packed tightly.
 fn kept_whole(delivery: Delivery, len: usize) -> bool {
     !matches!(delivery, Delivery::Reliable) || len <= SMALL_MESSAGE
+}
+
+/// The bytes of a message as the application hands them over: shared
+/// ([`Bytes`], kept as they are when the message is large) or borrowed
+/// (`&[u8]`, copied). Small messages are copied either way (see the module
+/// documentation), so a batch of them can come from one buffer of the
+/// application's without a `Bytes` per message.
+pub trait MessageBytes: AsRef<[u8]> {
+    /// The bytes, owned (a copy for borrowed bytes).
+    fn into_bytes(self) -> Bytes;
+}
+
+impl MessageBytes for Bytes {
+    fn into_bytes(self) -> Bytes {
+        self
+    }
+}
+
+impl MessageBytes for &[u8] {
+    fn into_bytes(self) -> Bytes {
+        Bytes::copy_from_slice(self)
+    }
+}
+
+/// What [`SendQueue::push_batch`] checks each message against.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Largest message accepted.
+    pub max_message: usize,
+    /// Bytes the queue may hold; a message that would take it past this
+    /// waits, unless the queue is empty.
+    pub send_buffer: u64,
+}
+
+/// Why [`SendQueue::push_batch`] stopped before the end of its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchRefusal {
+    /// The next message is larger than [`BatchLimits::max_message`].
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The largest accepted.
+        max: usize,
+    },
+    /// The next message does not fit in the send buffer now.
+    Blocked,
+}
+
+/// What [`SendQueue::push_batch`] queued.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchQueued {
+    /// Messages queued.
+    pub messages: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Why it stopped early, if it did.
+    pub refused: Option<BatchRefusal>,
 }
 
 /// Where the bytes of a queued message are.
@@ -360,17 +417,18 @@ impl ChannelQueue {
 
     /// Appends a message (copying it if it is small); it gets sequence
     /// number [`next_seq`](Self::next_seq).
-    fn push(&mut self, data: Bytes, timestamp_us: u64, delivery: Delivery) {
+    fn push(&mut self, data: impl MessageBytes, timestamp_us: u64, delivery: Delivery) {
         if matches!(delivery, Delivery::Deadline(_)) {
             self.deadline_messages += 1;
         }
-        let payload = if data.len() <= SMALL_MESSAGE {
+        let len = data.as_ref().len();
+        let payload = if len <= SMALL_MESSAGE {
             Payload::Copied {
-                at: self.copied.append(&data),
-                len: data.len(),
+                at: self.copied.append(data.as_ref()),
+                len,
             }
         } else {
-            Payload::Shared(data)
+            Payload::Shared(data.into_bytes())
         };
         self.messages.push_back(Some(Unacked {
             acked: RangeSet::new(),
@@ -561,6 +619,54 @@ impl SendQueue {
             len,
         });
         seq
+    }
+
+    /// Queues messages from the front of `messages` on `channel`, all with
+    /// source time `timestamp_us`, until `messages` runs out or the next one
+    /// is refused by `limits`: that one stays at the front, and the refusal
+    /// is returned. The channel is looked up once for the whole batch.
+    pub fn push_batch<M, I>(
+        &mut self,
+        channel: u64,
+        timestamp_us: u64,
+        delivery: Delivery,
+        messages: &mut std::iter::Peekable<I>,
+        limits: BatchLimits,
+    ) -> BatchQueued
+    where
+        M: MessageBytes,
+        I: Iterator<Item = M>,
+    {
+        let ch = self.channels.entry(channel).or_default();
+        let mut queued = BatchQueued::default();
+        while let Some(data) = messages.peek() {
+            let len = data.as_ref().len();
+            if len > limits.max_message {
+                queued.refused = Some(BatchRefusal::TooLarge {
+                    size: len,
+                    max: limits.max_message,
+                });
+                break;
+            }
+            if self.buffered > 0 && self.buffered + len as u64 > limits.send_buffer {
+                queued.refused = Some(BatchRefusal::Blocked);
+                break;
+            }
+            let data = messages.next().expect("peeked");
+            let seq = ch.next_seq();
+            ch.push(data, timestamp_us, delivery);
+            self.fresh.push_back(FreshMessage {
+                channel,
+                seq,
+                next: 0,
+                len,
+            });
+            self.buffered += len as u64;
+            queued.messages += 1;
+            queued.bytes += len as u64;
+        }
+        self.unacked += queued.messages;
+        queued
     }
 
     fn get(&self, channel: u64, seq: u64) -> Option<&Unacked> {
@@ -790,17 +896,12 @@ impl SendQueue {
         }
         let first = *self.fresh.front()?;
         let ch = self.channels.get(&first.channel)?;
-        let mut header = BundleHeader {
-            channel: first.channel,
-            first_seq: first.seq,
-            count: 0,
-            timestamp_us: 0,
-            records_len: 0,
-        };
+        let timestamp_us = ch.get(first.seq)?.timestamp_us;
+        let mut writer = BundleWriter::begin(out, first.channel, first.seq, timestamp_us, space)?;
         let mut credit_used = self.credit_used;
-        let mut previous_us = 0;
+        let mut previous_us = timestamp_us;
         for m in &self.fresh {
-            let seq = first.seq + header.count;
+            let seq = first.seq + writer.count();
             let Some(u) = ch.get(seq) else {
                 break;
             };
@@ -808,80 +909,61 @@ impl SendQueue {
             if !fresh_whole || u.delivery != Delivery::Reliable {
                 break;
             }
-            if header.count == 0 {
-                header.timestamp_us = u.timestamp_us;
-                previous_us = u.timestamp_us;
-            }
             let Some(delta_us) = u.timestamp_us.checked_sub(previous_us) else {
                 break;
             };
             let credit = credit_used + u.len() as u64 + MESSAGE_CREDIT_OVERHEAD;
-            let grown = BundleHeader {
-                count: header.count + 1,
-                records_len: header.records_len + BundleHeader::record_len(delta_us, u.len()),
-                ..header
-            };
-            if credit > credit_limit || grown.encoded_len() + grown.records_len > space {
+            if credit > credit_limit || !writer.push(out, delta_us, ch.data(u)) {
                 break;
             }
-            header = grown;
             credit_used = credit;
             previous_us = u.timestamp_us;
         }
-        if header.count < 2 {
+        let count = writer.count();
+        if count < 2 {
+            writer.abandon(out);
             return None;
         }
-        header.encode(out);
-        let mut previous_us = header.timestamp_us;
-        for seq in first.seq..first.seq + header.count {
-            let u = ch.get(seq).expect("checked above");
-            BundleHeader::write_record(out, u.timestamp_us - previous_us, ch.data(u));
-            previous_us = u.timestamp_us;
-        }
-        self.fresh.drain(..header.count as usize);
+        writer.finish(out);
+        self.fresh.drain(..count as usize);
         self.credit_used = credit_used;
         self.packet_has_fragment = true;
         Some(Bundle {
             channel: first.channel,
             first_seq: first.seq,
-            count: header.count,
+            count,
         })
     }
 
-    /// Writes `b` again into `out` (a broadcast copy) and returns true, if
-    /// all its messages are still waiting for acknowledgement; otherwise
-    /// writes nothing (the rest travel in the original or in
-    /// retransmissions of their own).
-    pub fn write_bundle_copy(&self, b: &Bundle, out: &mut Vec<u8>) -> bool {
+    /// Writes `b` again into `out` (a broadcast copy), in at most `space`
+    /// bytes, and returns true, if all its messages are still waiting for
+    /// acknowledgement; otherwise writes nothing (the rest travel in the
+    /// original or in retransmissions of their own).
+    pub fn write_bundle_copy(&self, b: &Bundle, space: usize, out: &mut Vec<u8>) -> bool {
         let Some(ch) = self.channels.get(&b.channel) else {
             return false;
         };
         let Some(first) = ch.get(b.first_seq) else {
             return false;
         };
-        let mut header = BundleHeader {
-            channel: b.channel,
-            first_seq: b.first_seq,
-            count: b.count,
-            timestamp_us: first.timestamp_us,
-            records_len: 0,
+        let Some(mut writer) =
+            BundleWriter::begin(out, b.channel, b.first_seq, first.timestamp_us, space)
+        else {
+            return false;
         };
         let mut previous_us = first.timestamp_us;
         for seq in b.seqs() {
-            let Some(u) = ch.get(seq) else {
+            let written = ch.get(seq).is_some_and(|u| {
+                let delta_us = u.timestamp_us.saturating_sub(previous_us);
+                previous_us = previous_us.max(u.timestamp_us);
+                writer.push(out, delta_us, ch.data(u))
+            });
+            if !written {
+                writer.abandon(out);
                 return false;
-            };
-            let delta_us = u.timestamp_us.saturating_sub(previous_us);
-            header.records_len += BundleHeader::record_len(delta_us, u.len());
-            previous_us = previous_us.max(u.timestamp_us);
+            }
         }
-        header.encode(out);
-        let mut previous_us = first.timestamp_us;
-        for seq in b.seqs() {
-            let u = ch.get(seq).expect("checked above");
-            BundleHeader::write_record(out, u.timestamp_us.saturating_sub(previous_us), ch.data(u));
-            previous_us = previous_us.max(u.timestamp_us);
-        }
+        writer.finish(out);
         true
     }
 
@@ -1070,9 +1152,10 @@ mod tests {
         let mut buf = Vec::new();
         let b = q.next_bundle(1_200, u64::MAX, &mut buf).unwrap();
         assert!(buf.len() <= 1_200);
-        // 64 bytes and 3 bytes of record each, plus a header of 8 bytes.
+        // 64 bytes and 3 bytes of record each, plus a header of 9 bytes
+        // (its count and length 2 bytes each, as a 1,200-byte frame may need).
         assert_eq!((b.channel, b.first_seq, b.count), (4, 0, 17));
-        assert_eq!(buf.len(), 8 + 17 * 67);
+        assert_eq!(buf.len(), 9 + 17 * 67);
         let got = bundled(&buf);
         assert_eq!(got.len(), 17);
         for (i, (channel, seq, data)) in got.iter().enumerate() {
@@ -1151,12 +1234,15 @@ mod tests {
         let b = q.next_bundle(1_000, credit, &mut buf).unwrap();
         assert_eq!(b.count, 3);
         assert!(!q.has_sendable(credit));
-        // Room for four records (12 bytes each) and the header (6 bytes).
+        // Room for four records (12 bytes each) and the header (8 bytes:
+        // its count and length take the 2 bytes a frame of 64 to 16,383
+        // bytes may need).
         buf.clear();
-        let b = q.next_bundle(6 + 4 * 12 + 11, u64::MAX, &mut buf).unwrap();
+        let b = q.next_bundle(8 + 4 * 12 + 11, u64::MAX, &mut buf).unwrap();
         assert_eq!((b.first_seq, b.count), (3, 4));
-        assert_eq!(buf.len(), 6 + 4 * 12);
-        // Too little room for two: nothing is written.
+        assert_eq!(buf.len(), 8 + 4 * 12);
+        // Too little room for two (below 64 bytes the header takes 6):
+        // nothing is written.
         buf.clear();
         assert!(q.next_bundle(6 + 12 + 11, u64::MAX, &mut buf).is_none());
         assert!(buf.is_empty());
@@ -1171,7 +1257,7 @@ mod tests {
         let mut original = Vec::new();
         let b = q.next_bundle(1_000, u64::MAX, &mut original).unwrap();
         let mut copy = Vec::new();
-        assert!(q.write_bundle_copy(&b, &mut copy));
+        assert!(q.write_bundle_copy(&b, 1_000, &mut copy));
         assert_eq!(copy, original);
         // One of its messages acknowledged by other means: no copy.
         let lost = Bundle { count: 1, ..b };
@@ -1179,7 +1265,7 @@ mod tests {
         let again = next(&mut q, 1_000).unwrap();
         q.on_acked(&again);
         copy.clear();
-        assert!(!q.write_bundle_copy(&b, &mut copy));
+        assert!(!q.write_bundle_copy(&b, 1_000, &mut copy));
         assert!(copy.is_empty());
         q.on_bundle_acked(&b);
         assert_eq!(q.messages_acked(), 3);

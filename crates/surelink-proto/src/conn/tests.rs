@@ -267,6 +267,25 @@ fn send_many_stops_at_the_first_refused_message_and_leaves_it_first() {
 }
 
 #[test]
+fn recv_many_takes_at_most_max_in_order_and_records_every_latency() {
+    let mut p = Pair::new(Config::default());
+    let mut batch = (0..10u8).map(|i| Bytes::from(vec![i; 20])).peekable();
+    let (queued, result) = p.client.send_many(p.now, 0, &mut batch);
+    assert_eq!((queued, result), (10, Ok(())));
+    p.flush();
+    let mut out = Vec::new();
+    assert_eq!(p.server().recv_many(&mut out, 4), 4);
+    assert_eq!(p.server().recv_many(&mut out, 100), 6);
+    assert_eq!(p.server().recv_many(&mut out, 100), 0);
+    for (i, m) in out.iter().enumerate() {
+        assert_eq!((m.seq, &m.data[..]), (i as u64, &[i as u8; 20][..]));
+    }
+    let stats = p.server().stats();
+    assert_eq!(stats.latency_histogram.count(), 10);
+    assert_eq!(stats.messages_delivered, 10);
+}
+
+#[test]
 fn send_buffer_pushes_back() {
     let mut p = Pair::new(Config {
         send_buffer: 10_000,

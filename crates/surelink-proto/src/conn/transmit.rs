@@ -350,7 +350,9 @@ impl Connection {
                         None => continue,
                     },
                     SentFrame::Bundle(bundle) => {
-                        if !self.send_queue.write_bundle_copy(bundle, buf) {
+                        // Written as wide as the original (whose space was
+                        // at most `mtu`), so it fits as the original did.
+                        if !self.send_queue.write_bundle_copy(bundle, mtu, buf) {
                             continue;
                         }
                     }

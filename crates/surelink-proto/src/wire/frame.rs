@@ -232,53 +232,101 @@ impl<'a> BundleFrame<'a> {
     }
 }
 
-/// The start of a MSG_BUNDLE frame: everything before its records. A sender
-/// writes the header, then each record with [`BundleHeader::write_record`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BundleHeader {
-    /// Channel of every message.
-    pub channel: u64,
-    /// Sequence number of the first message.
-    pub first_seq: u64,
-    /// Number of messages (at least 1).
-    pub count: u64,
-    /// Timestamp of the first message, µs since the connection epoch.
-    pub timestamp_us: u64,
-    /// Encoded size of all records together.
-    pub records_len: usize,
+/// Writes a MSG_BUNDLE frame in one pass, record by record, into at most
+/// `space` bytes: the frame's `count` and records length are written as
+/// varints of the width `space` needs (the reader accepts any width) and
+/// filled in by [`finish`](Self::finish), so the sender need not measure
+/// the records before writing them.
+#[derive(Debug)]
+pub struct BundleWriter {
+    /// Where the frame starts in the output.
+    start: usize,
+    /// Where its `count` field is.
+    count_at: usize,
+    /// Where its records length field is (the records follow it).
+    len_at: usize,
+    /// Width of both fields.
+    width: usize,
+    /// Most bytes the whole frame may take.
+    space: usize,
+    /// Records written.
+    count: u64,
 }
 
-impl BundleHeader {
-    /// Appends the header.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+impl BundleWriter {
+    /// Starts a bundle of `channel`'s messages from `first_seq`, the first
+    /// record's delta counted from `timestamp_us`, at the end of `out`, to
+    /// take at most `space` bytes; `None` (and nothing written) if not even
+    /// the header fits.
+    pub fn begin(
+        out: &mut Vec<u8>,
+        channel: u64,
+        first_seq: u64,
+        timestamp_us: u64,
+        space: usize,
+    ) -> Option<Self> {
+        let width = varint::size(space as u64);
+        let header = varint::size(MSG_BUNDLE)
+            + varint::size(channel)
+            + varint::size(first_seq)
+            + varint::size(timestamp_us)
+            + 2 * width;
+        if header > space {
+            return None;
+        }
+        let start = out.len();
         varint::write(out, MSG_BUNDLE);
-        varint::write(out, self.channel);
-        varint::write(out, self.first_seq);
-        varint::write(out, self.count);
-        varint::write(out, self.timestamp_us);
-        varint::write(out, self.records_len as u64);
+        varint::write(out, channel);
+        varint::write(out, first_seq);
+        let count_at = out.len();
+        out.resize(count_at + width, 0);
+        varint::write(out, timestamp_us);
+        let len_at = out.len();
+        out.resize(len_at + width, 0);
+        Some(Self {
+            start,
+            count_at,
+            len_at,
+            width,
+            space,
+            count: 0,
+        })
     }
 
-    /// Encoded size of the header.
-    pub fn encoded_len(&self) -> usize {
-        varint::size(MSG_BUNDLE)
-            + varint::size(self.channel)
-            + varint::size(self.first_seq)
-            + varint::size(self.count)
-            + varint::size(self.timestamp_us)
-            + varint::size(self.records_len as u64)
-    }
-
-    /// Encoded size of a record of `len` bytes, `delta_us` after the previous one.
-    pub fn record_len(delta_us: u64, len: usize) -> usize {
-        varint::size(delta_us) + varint::size(len as u64) + len
-    }
-
-    /// Appends one record: `data`, `delta_us` after the previous record.
-    pub fn write_record(out: &mut Vec<u8>, delta_us: u64, data: &[u8]) {
+    /// Appends a record of `data`, `delta_us` after the previous record's
+    /// timestamp, if the frame still fits in its space; false (and nothing
+    /// written) if not.
+    pub fn push(&mut self, out: &mut Vec<u8>, delta_us: u64, data: &[u8]) -> bool {
+        let record = varint::size(delta_us) + varint::size(data.len() as u64) + data.len();
+        if out.len() - self.start + record > self.space {
+            return false;
+        }
         varint::write(out, delta_us);
         varint::write(out, data.len() as u64);
         out.extend_from_slice(data);
+        self.count += 1;
+        true
+    }
+
+    /// Records written so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Completes the frame (its count and records length).
+    pub fn finish(self, out: &mut [u8]) {
+        let records = self.len_at + self.width;
+        let records_len = (out.len() - records) as u64;
+        varint::write_fixed(
+            &mut out[self.count_at..self.count_at + self.width],
+            self.count,
+        );
+        varint::write_fixed(&mut out[self.len_at..records], records_len);
+    }
+
+    /// Takes the frame back out of `out`, as if never begun.
+    pub fn abandon(self, out: &mut Vec<u8>) {
+        out.truncate(self.start);
     }
 }
 
@@ -440,14 +488,12 @@ impl Frame<'_> {
                 out.extend_from_slice(m.data);
             }
             Frame::Bundle(b) => {
-                BundleHeader {
-                    channel: b.channel,
-                    first_seq: b.first_seq,
-                    count: b.count,
-                    timestamp_us: b.timestamp_us,
-                    records_len: b.records.len(),
-                }
-                .encode(out);
+                varint::write(out, MSG_BUNDLE);
+                varint::write(out, b.channel);
+                varint::write(out, b.first_seq);
+                varint::write(out, b.count);
+                varint::write(out, b.timestamp_us);
+                varint::write(out, b.records.len() as u64);
                 out.extend_from_slice(b.records);
             }
             Frame::Close { code, reason } => {
@@ -932,7 +978,9 @@ pub(crate) mod tests {
     fn encode_records(records: &[(u64, Vec<u8>)]) -> Vec<u8> {
         let mut out = Vec::new();
         for (delta, data) in records {
-            BundleHeader::write_record(&mut out, *delta, data);
+            varint::write(&mut out, *delta);
+            varint::write(&mut out, data.len() as u64);
+            out.extend_from_slice(data);
         }
         out
     }
@@ -987,6 +1035,61 @@ pub(crate) mod tests {
                 prop_assert_eq!(m.timestamp_us, t);
                 prop_assert_eq!((m.offset, m.msg_len), (0, data.len() as u64));
                 prop_assert_eq!(m.delivery, Delivery::Reliable);
+                prop_assert_eq!(m.data, &data[..]);
+            }
+        }
+
+        /// A bundle written record by record within `space` bytes decodes
+        /// to the records that were taken, in order; a record that does not
+        /// fit is refused without writing a byte, and an abandoned bundle
+        /// leaves nothing behind.
+        #[test]
+        fn a_written_bundle_holds_the_records_that_fitted(
+            channel in 0u64..1 << 16,
+            first_seq in 0u64..1 << 40,
+            ts in 0u64..1 << 40,
+            records in records(),
+            space in prop_oneof![0usize..40, 40usize..2_000, 16_000usize..20_000],
+            prefix in proptest::collection::vec(any::<u8>(), 0..20),
+        ) {
+            let mut buf = prefix.clone();
+            let Some(mut w) = BundleWriter::begin(&mut buf, channel, first_seq, ts, space) else {
+                prop_assert_eq!(&buf, &prefix);
+                return Ok(());
+            };
+            let mut taken = 0;
+            for (delta, data) in &records {
+                let before = buf.clone();
+                if !w.push(&mut buf, *delta, data) {
+                    prop_assert_eq!(&buf, &before);
+                    break;
+                }
+                taken += 1;
+            }
+            prop_assert_eq!(w.count(), taken as u64);
+            let mut abandoned = buf.clone();
+            BundleWriter::begin(&mut abandoned, channel, first_seq, ts, space)
+                .expect("the header fitted before")
+                .abandon(&mut abandoned);
+            prop_assert_eq!(&abandoned, &buf);
+            w.finish(&mut buf);
+            prop_assert!(buf.len() - prefix.len() <= space);
+            if taken == 0 {
+                // An empty bundle is not a valid frame: a writer with no
+                // record is abandoned, never finished, by its users.
+                return Ok(());
+            }
+            let decoded: Vec<_> = FrameIter::new(&buf[prefix.len()..])
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let [Frame::Bundle(b)] = &decoded[..] else {
+                panic!("one bundle expected: {decoded:?}");
+            };
+            prop_assert_eq!((b.channel, b.first_seq, b.count), (channel, first_seq, taken as u64));
+            let mut t = ts;
+            for (m, (delta, data)) in b.messages().zip(&records) {
+                t += delta;
+                prop_assert_eq!(m.timestamp_us, t);
                 prop_assert_eq!(m.data, &data[..]);
             }
         }

@@ -13,7 +13,7 @@ pub mod varint;
 #[cfg(test)]
 pub(crate) use frame::tests::{frame as any_frame, Owned as OwnedFrame};
 pub use frame::{
-    AckFrame, BundleFrame, BundleHeader, BundleMessages, Delivery, Frame, FrameIter, MsgFrame,
+    AckFrame, BundleFrame, BundleMessages, BundleWriter, Delivery, Frame, FrameIter, MsgFrame,
     TransportParams,
 };
 pub use header::{Header, PacketKind, FLAG_KEY_PHASE, FLAG_PLAINTEXT, HEADER_MAX_LEN, VERSION};

@@ -34,6 +34,25 @@ pub fn write(out: &mut Vec<u8>, v: u64) {
     }
 }
 
+/// Writes `v` into all of `buf` (1, 2, 4 or 8 bytes), a wider encoding
+/// than [`write()`]'s when `buf` is longer than [`size`]`(v)`: for a field
+/// whose width is fixed before its value is known. The reader accepts any
+/// width.
+///
+/// # Panics
+///
+/// If `buf` is not 1, 2, 4 or 8 bytes long or `v` does not fit in it (a
+/// caller's sizing bug, never input).
+pub fn write_fixed(buf: &mut [u8], v: u64) {
+    let width = buf.len();
+    assert!(
+        matches!(width, 1 | 2 | 4 | 8) && size(v) <= width,
+        "{v} does not fit a {width}-byte varint"
+    );
+    let prefix = u64::from(width.trailing_zeros()) << (width * 8 - 2);
+    buf.copy_from_slice(&(v | prefix).to_be_bytes()[8 - width..]);
+}
+
 /// Reads one varint from `r`.
 pub fn read(r: &mut Reader<'_>) -> Result<u64, WireError> {
     let first = r.u8()?;
@@ -67,6 +86,18 @@ mod tests {
             write(&mut buf, v);
             buf.pop();
             prop_assert!(read(&mut Reader::new(&buf)).is_err());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn fixed_width_round_trip(v in 0..=MAX, wider in 0usize..4) {
+            let width = (size(v) << wider).min(8);
+            let mut buf = vec![0; width];
+            write_fixed(&mut buf, v);
+            let mut r = Reader::new(&buf);
+            prop_assert_eq!(read(&mut r).unwrap(), v);
+            prop_assert!(r.is_empty());
         }
     }
 

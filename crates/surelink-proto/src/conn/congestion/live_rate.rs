@@ -209,9 +209,9 @@ impl CongestionController for LiveRate {
     /// Nothing was reduced, so nothing is undone.
     fn on_spurious_loss(&mut self, _now: Instant) {}
 
-    fn on_offered(&mut self, now: Instant, bytes: u64) {
+    fn on_offered(&mut self, now: Instant, bytes: u64, messages: u64) {
         self.forget_before(now);
-        let wire = bytes + PER_MESSAGE_OVERHEAD;
+        let wire = bytes + PER_MESSAGE_OVERHEAD * messages;
         match self.offered.back_mut() {
             Some((start, span)) if now.saturating_duration_since(*start) < PEAK_SPAN => {
                 *span += wire;
@@ -235,7 +235,7 @@ mod tests {
         for f in 0..frames {
             now = t0 + 33 * MS * f;
             for _ in 0..13 {
-                cc.on_offered(now, 1316);
+                cc.on_offered(now, 1316, 1);
             }
         }
         now
@@ -283,6 +283,26 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_is_offered_as_its_messages_one_by_one() {
+        let t0 = Instant::now();
+        let mut one_by_one = LiveRate::new(LiveParams::default(), 1452, 4);
+        let mut batched = LiveRate::new(LiveParams::default(), 1452, 4);
+        for f in 0..60u32 {
+            let now = t0 + 33 * MS * f;
+            for _ in 0..13 {
+                one_by_one.on_offered(now, 1316, 1);
+            }
+            batched.on_offered(now, 13 * 1316, 13);
+        }
+        assert_eq!(batched.input_rate(), one_by_one.input_rate());
+        assert_eq!(
+            batched.average_input_rate(),
+            one_by_one.average_input_rate()
+        );
+        assert_eq!(batched.rate(), one_by_one.rate());
+    }
+
+    #[test]
     fn max_bw_caps_the_rate() {
         let t0 = Instant::now();
         let params = LiveParams {
@@ -315,7 +335,7 @@ mod tests {
             let t = now + 10 * MS * i;
             if i % 3 == 0 {
                 for _ in 0..13 {
-                    cc.on_offered(t, 1316);
+                    cc.on_offered(t, 1316, 1);
                 }
             }
             // Data waits for the path: these samples are not app-limited.
@@ -342,7 +362,7 @@ mod tests {
         // The stream starts with a large first frame.
         let start = t0 + 500 * MS;
         for _ in 0..89 {
-            cc.on_offered(start, 1316);
+            cc.on_offered(start, 1316, 1);
         }
         assert_eq!(cc.rate(), cc.input_rate() * 5 / 4);
         assert!(cc.rate() > 5_000_000, "{}", cc.rate());

@@ -128,9 +128,10 @@ pub trait CongestionController: Debug + Send {
     /// that loss caused, if the controller can.
     fn on_spurious_loss(&mut self, now: Instant);
 
-    /// The application queued a message of `bytes` at `now` (what it offers,
-    /// before retransmissions). Window-based controllers ignore it.
-    fn on_offered(&mut self, _now: Instant, _bytes: u64) {}
+    /// The application queued `messages` messages of `bytes` in all at `now`
+    /// (what it offers, before retransmissions; a batch is offered in one
+    /// call). Window-based controllers ignore it.
+    fn on_offered(&mut self, _now: Instant, _bytes: u64, _messages: u64) {}
 }
 
 /// Which congestion controller each path runs (part of [`Config`](crate::Config)).
