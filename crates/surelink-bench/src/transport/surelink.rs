@@ -5,8 +5,6 @@
 
 use std::io;
 
-use std::collections::VecDeque;
-
 use bytes::Bytes;
 use surelink::stats_schema::{Histogram, Metric, PathLabel, StatsVisitor, Value, VisitStats};
 use surelink::{
@@ -86,7 +84,8 @@ impl Tx for SurelinkTx {
 pub struct SurelinkRx {
     conn: Connection,
     batches: bool,
-    ready: VecDeque<Message>,
+    /// Messages taken by the last `recv_many`, handed out one by one.
+    ready: std::vec::IntoIter<Message>,
     scratch: Vec<Message>,
 }
 
@@ -96,7 +95,7 @@ impl SurelinkRx {
         Self {
             conn,
             batches: mode.batches(),
-            ready: VecDeque::new(),
+            ready: Vec::new().into_iter(),
             scratch: Vec::new(),
         }
     }
@@ -107,19 +106,20 @@ impl Rx for SurelinkRx {
         if !self.batches {
             return self.conn.recv().await.map_err(io::Error::other);
         }
-        if self.ready.is_empty() {
-            // Cancel-safe: what recv_many took is in `scratch` once it returns.
-            let n = self
-                .conn
-                .recv_many(&mut self.scratch, RECV_BATCH)
-                .await
-                .map_err(io::Error::other)?;
-            if n == 0 {
-                return Ok(None);
-            }
-            self.ready.extend(self.scratch.drain(..));
+        if let Some(m) = self.ready.next() {
+            return Ok(Some(m.data));
         }
-        Ok(self.ready.pop_front().map(|m| m.data))
+        // Cancel-safe: what recv_many took is in `scratch` once it returns.
+        let n = self
+            .conn
+            .recv_many(&mut self.scratch, RECV_BATCH)
+            .await
+            .map_err(io::Error::other)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.ready = std::mem::take(&mut self.scratch).into_iter();
+        Ok(self.ready.next().map(|m| m.data))
     }
 
     fn diagnostics(&self) -> Option<Diagnostics> {
