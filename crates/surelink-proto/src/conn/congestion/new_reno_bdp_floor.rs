@@ -48,6 +48,9 @@ pub struct NewRenoBdpFloor {
     /// Recent delivery rates, bytes per second (one per round trip).
     rates: VecDeque<u64>,
     min_rtt: Duration,
+    /// The floor as of the latest rate and `min_rtt` ([`Self::compute_floor`]):
+    /// the window is asked for far more often than they change.
+    floor: u64,
     /// Window and threshold before the last reduction, and the recovery
     /// period that preceded it (restored if that loss proves spurious).
     before_reduction: Option<(u64, u64, Option<Instant>)>,
@@ -66,11 +69,14 @@ impl NewRenoBdpFloor {
             sample: None,
             rates: VecDeque::new(),
             min_rtt: Duration::MAX,
+            floor: 2 * mss,
             before_reduction: None,
         }
     }
 
-    fn floor(&self) -> u64 {
+    /// Twice the bandwidth-delay product of the best recent delivery rate
+    /// and the smallest RTT, at least `min_window`.
+    fn compute_floor(&self) -> u64 {
         let Some(&rate) = self.rates.iter().max() else {
             return self.min_window;
         };
@@ -86,6 +92,7 @@ impl NewRenoBdpFloor {
     /// sender was not using its window.
     fn on_delivered(&mut self, now: Instant, bytes: u64, min_rtt: Duration, app_limited: bool) {
         self.min_rtt = self.min_rtt.min(min_rtt.max(Duration::from_micros(100)));
+        self.floor = self.compute_floor();
         let (start, acked, limited) = self.sample.get_or_insert((now, 0, false));
         *acked += bytes;
         *limited |= app_limited;
@@ -98,6 +105,7 @@ impl NewRenoBdpFloor {
                 if self.rates.len() > RATE_WINDOW {
                     self.rates.pop_front();
                 }
+                self.floor = self.compute_floor();
             }
             self.sample = Some((now, 0, false));
         }
@@ -124,7 +132,7 @@ impl NewRenoBdpFloor {
 impl CongestionController for NewRenoBdpFloor {
     /// NewReno's window, but at least twice the recent bandwidth-delay product.
     fn window(&self) -> u64 {
-        self.window.max(self.floor())
+        self.window.max(self.floor)
     }
 
     fn ssthresh(&self) -> u64 {
