@@ -378,15 +378,20 @@ impl ClockEstimator {
             .partition_point(|p| newest - p.t > span)
             .min(self.points.len().saturating_sub(FILTER_LEN));
         let recent = self.points.range(first..);
-        let best = recent
-            .clone()
-            .map(|p| p.delay)
-            .fold(f64::INFINITY, f64::min);
-        self.scratch.clear();
-        self.scratch.extend(recent.clone().map(|p| p.delay));
-        let limit = median(&mut self.scratch)
-            .min(best + BAD_MARGIN_US)
-            .max(best + GOOD_MARGIN_US);
+        let (best, worst) = recent.clone().fold((f64::INFINITY, 0.0f64), |(lo, hi), p| {
+            (lo.min(p.delay), hi.max(p.delay))
+        });
+        let limit = if worst <= best + GOOD_MARGIN_US {
+            // Every sample is within the good margin, the median too: the
+            // limit is the margin, and the median need not be found.
+            best + GOOD_MARGIN_US
+        } else {
+            self.scratch.clear();
+            self.scratch.extend(recent.clone().map(|p| p.delay));
+            median(&mut self.scratch)
+                .min(best + BAD_MARGIN_US)
+                .max(best + GOOD_MARGIN_US)
+        };
         // Average the lower half by delay, drift-corrected to now.
         let now = now_us as f64;
         let (mut n, mut offset, mut asymmetry, mut age) = (0.0, 0.0, 0.0, 0.0);
