@@ -358,11 +358,12 @@ impl Endpoint {
                 shard.push((socket, addr));
             }
         }
+        let sockets = shards.iter().flatten().map(|(s, _)| s).collect::<Vec<_>>();
+        if accept {
+            warn_if_recv_buffer_capped(&sockets, config.socket_buffer_size);
+        }
         let mut config = config;
-        fit_window(
-            &mut config,
-            &shards.iter().flatten().map(|(s, _)| s).collect::<Vec<_>>(),
-        );
+        fit_window(&mut config, &sockets);
         Self::start(runtime, shards, config, accept)
     }
 
@@ -683,6 +684,22 @@ impl Endpoint {
         }
         total.handshakes_failed = total.handshake_failures.total();
         total
+    }
+}
+
+/// Warns when the kernel granted a listening endpoint's sockets less
+/// receive buffer than configured: a server's socket queue is where a burst
+/// of handshakes (thousands of clients connecting at once) or of data
+/// waits while the driver catches up, and what does not fit is dropped.
+fn warn_if_recv_buffer_capped(sockets: &[&std::net::UdpSocket], asked: usize) {
+    if let Some(granted) = socket::capped_recv_buffer(sockets, asked) {
+        tracing::warn!(
+            asked,
+            granted,
+            "the kernel capped the socket receive buffer (granted as SO_RCVBUF reports it, \
+             twice the usable size on Linux): bursts beyond it are dropped; raise \
+             net.core.rmem_max, or run with CAP_NET_ADMIN"
+        );
     }
 }
 
