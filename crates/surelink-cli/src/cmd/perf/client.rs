@@ -4,7 +4,8 @@
 //! on all of them for `--duration`, at `--rate` messages per second each
 //! (starts spread evenly over one interval) or unbounded. Each connection
 //! then sends its [`Finished`], takes the server's report and closes; the
-//! figures of all connections are summed (histograms merged) and printed.
+//! figures of all connections are summed (latencies merged into one
+//! histogram) and printed.
 //! A session that fails after connecting is counted (`sessions_failed`)
 //! and the run goes on; the figures of the others are printed, then the
 //! first failure is the command's error.
@@ -26,7 +27,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::report::{
-    decode_histogram, latency_histogram, Finished, ServerReport, Usage, CONTROL_CHANNEL,
+    latency_histogram, CompactLatencies, Finished, ServerReport, Usage, CONTROL_CHANNEL,
 };
 use super::ClientArgs;
 use crate::args::wildcard_for;
@@ -79,9 +80,9 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
     let deadline = started + args.duration;
     let payload = Bytes::from(vec![0u8; args.size]);
     let count = connections.len();
-    // Each connection merges the server's histogram into this one as soon as
-    // it has it: one full histogram per connection held until joined took
-    // ~180 KiB per session.
+    // Each connection adds the server's latencies to this one histogram as
+    // soon as it has them: a histogram per connection held until joined
+    // took ~180 KiB per session.
     let histogram = Arc::new(Mutex::new(latency_histogram()));
     let mut tasks = JoinSet::new();
     for (index, conn) in connections.into_iter().enumerate() {
@@ -172,7 +173,7 @@ async fn connect_all(
 }
 
 /// Sends on one connection until `deadline`, then finishes it with the
-/// server and adds the server's latency histogram to `histogram`.
+/// server and adds the server's latencies to `histogram`.
 /// `pacing` is (interval, first send's offset from `started`) for a rate,
 /// `None` for unbounded. A paced connection sends on a fixed schedule (a late
 /// send is followed by the next ones at once), so it sends the same count
@@ -210,13 +211,9 @@ async fn exercise(
             .await?;
         let report = ServerReport::decode(&next_control(&conn).await?)
             .context("bad report from the server")?;
-        let latencies = decode_histogram(&next_control(&conn).await?)?;
-        // Same bounds (or empty): adding cannot fail.
-        let _ = histogram
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .add(&latencies);
-        drop(latencies);
+        CompactLatencies::decode(&next_control(&conn).await?)
+            .context("bad latencies from the server")?
+            .add_to(&mut histogram.lock().unwrap_or_else(PoisonError::into_inner));
         let retransmissions = conn.stats().retransmissions;
         conn.close().await?;
         anyhow::Ok(ConnectionResult {

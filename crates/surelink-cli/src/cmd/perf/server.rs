@@ -2,9 +2,9 @@
 //! SIGTERM), one task per connection counting the data on channel 0 and
 //! recording each message's one-way latency; when the client's
 //! [`Finished`] arrives on the control channel and that many messages have
-//! been received, the task answers with a [`ServerReport`] and the histogram.
-//! Latencies are kept sparse per connection ([`CompactLatencies`]) until
-//! then, so a session costs the server little more than its connection.
+//! been received, the task answers with a [`ServerReport`] and its latencies.
+//! Latencies are kept sparse per connection ([`CompactLatencies`]), so a
+//! session costs the server little more than its connection.
 //!
 //! One client brings many connections from one address, so the per-source
 //! handshake budget is lifted; `--max-connections` caps the total.
@@ -16,8 +16,7 @@ use anyhow::{bail, Context as _};
 use surelink::{Connection, Endpoint, EndpointConfig, Message, ProtocolConfig};
 
 use super::report::{
-    encode_histogram, wall_clock_us, CompactLatencies, Finished, ServerReport, Usage,
-    CONTROL_CHANNEL,
+    wall_clock_us, CompactLatencies, Finished, ServerReport, Usage, CONTROL_CHANNEL,
 };
 use super::ServerArgs;
 
@@ -80,8 +79,8 @@ async fn serve(conn: Connection) {
 /// `None` if the connection closed without a [`Finished`].
 async fn count_and_report(conn: &Connection) -> anyhow::Result<Option<ServerReport>> {
     let cpu_s_at_accept = Usage::now().cpu_s;
-    // Sparse until the report: a dense histogram per connection took
-    // ~180 KiB of each session (see `CompactLatencies`).
+    // Sparse: a dense histogram per connection took ~180 KiB of each
+    // session (see `CompactLatencies`).
     let mut latencies = CompactLatencies::default();
     let (mut messages, mut bytes, mut first_us, mut last_us) = (0u64, 0u64, 0u64, 0u64);
     let mut expected: Option<u64> = None;
@@ -120,10 +119,7 @@ async fn count_and_report(conn: &Connection) -> anyhow::Result<Option<ServerRepo
         usage: Usage::now(),
     };
     conn.send_on(CONTROL_CHANNEL, report.encode()).await?;
-    // The dense histogram lives only while it is encoded, not across the send.
-    let encoded = encode_histogram(&latencies.to_histogram())?;
-    drop(latencies);
-    conn.send_on(CONTROL_CHANNEL, encoded).await?;
+    conn.send_on(CONTROL_CHANNEL, latencies.encode()).await?;
     // The client closes once it has both; wait for that (or its loss).
     let _ = conn.closed().await;
     Ok(Some(report))
