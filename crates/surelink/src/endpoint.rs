@@ -298,6 +298,9 @@ impl Endpoint {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
         let socket = socket::prepare_std(socket, config.socket_buffer_size)
             .map_err(|source| BindError::Io { addr, source })?;
+        if accept {
+            warn_if_recv_buffer_capped(&[&socket], config.socket_buffer_size);
+        }
         let mut config = config;
         fit_window(&mut config, &[&socket]);
         Self::start(runtime, vec![vec![(socket, addr)]], config, accept)
@@ -332,11 +335,10 @@ impl Endpoint {
                 .map_err(|source| BindError::Io { addr, source })?;
             prepared.push((socket, addr));
         }
+        let sockets = prepared.iter().map(|(s, _)| s).collect::<Vec<_>>();
+        warn_if_recv_buffer_capped(&sockets, config.socket_buffer_size);
         let mut config = config;
-        fit_window(
-            &mut config,
-            &prepared.iter().map(|(s, _)| s).collect::<Vec<_>>(),
-        );
+        fit_window(&mut config, &sockets);
         Self::start(runtime, vec![prepared], config, true)
     }
 

@@ -350,3 +350,22 @@ fn configure(socket: &Socket, buffer_size: usize) {
         "socket buffers"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_falls_short_only_below_a_full_grant() {
+        let asked = 8 << 20;
+        let full = if cfg!(target_os = "linux") {
+            2 * asked
+        } else {
+            asked
+        };
+        assert!(!recv_buffer_falls_short(full, asked));
+        assert!(recv_buffer_falls_short(full - 1, asked));
+        // Linux's default cap (net.core.rmem_max = 208 KiB) reported doubled.
+        assert!(recv_buffer_falls_short(2 * 212_992, asked));
+    }
+}
