@@ -116,8 +116,6 @@ pub enum DropReason {
     Refused,
     /// The source address exceeded its handshake budget.
     RateLimited,
-    /// A retry token that is forged, expired or for another address.
-    BadToken,
 }
 
 /// Endpoint-wide counters.
@@ -138,7 +136,8 @@ pub struct EndpointStats {
     pub rejects_sent: u64,
     /// Initials dropped by the per-source handshake budget.
     pub rate_limited: u64,
-    /// Initials with an invalid retry token.
+    /// Initials with an invalid (expired, forged, misdirected) retry token,
+    /// answered with a fresh Retry while the server is under load.
     pub bad_tokens: u64,
     /// Stateless Resets sent for unknown connection ids.
     pub resets_sent: u64,
@@ -699,9 +698,13 @@ impl Endpoint {
         });
         let under_load = self.recent_handshakes.len() >= self.config.retry_threshold;
         if under_load && !token_ok {
+            // An expired, forged or misdirected token gets a fresh Retry, as
+            // a missing one does (it costs the same and is smaller than the
+            // Initial): dropping it would fail a client whose Initials were
+            // all lost in a burst for the token's lifetime, while the
+            // server is still under load.
             if token.is_some() {
                 self.stats.bad_tokens += 1;
-                return DatagramEvent::Dropped(DropReason::BadToken);
             }
             self.stats.retries_sent += 1;
             let t = self.retry.issue(now_ms, remote, header.dcid);
@@ -822,6 +825,60 @@ mod tests {
                 sharded.connect(now, remote).1.local_cid()
             );
         }
+    }
+
+    /// The client's next datagram, as the server receives it.
+    fn next_datagram(conn: &mut Connection, now: Instant) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let t = conn
+            .poll_transmit(now, &mut buf)
+            .expect("a datagram to send");
+        buf.truncate(t.size);
+        buf
+    }
+
+    #[test]
+    fn an_expired_retry_token_gets_a_fresh_retry_that_the_client_takes() {
+        let start = Instant::now();
+        // A client that waits longer than a token lives (by default both
+        // are 10 s, and the token is issued after the client started).
+        let config = Config {
+            retry_threshold: 0,
+            idle_timeout: TOKEN_LIFETIME * 3,
+            ..Config::default()
+        };
+        let mut server = Endpoint::new(config.clone(), 1, true).unwrap();
+        let mut client = Endpoint::new(config, 2, false).unwrap();
+        let server_addr: SocketAddr = "127.0.0.1:4433".parse().unwrap();
+        let client_addr: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let (_, mut conn) = client.connect(start, server_addr);
+        let retry = |event| match event {
+            DatagramEvent::Respond(r) => r.data,
+            other => panic!("expected a Retry, got {other:?}"),
+        };
+        let first = next_datagram(&mut conn, start);
+        let first_retry = retry(server.handle(start, client_addr, &first));
+        conn.handle_datagram(start, server_addr, &first_retry);
+        let with_token = next_datagram(&mut conn, start);
+        // Every copy of the Initial with the token is lost until it expires;
+        // the server, still under load, answers the late copy with a new
+        // token instead of dropping it.
+        let late = start + TOKEN_LIFETIME + Duration::from_secs(1);
+        let second_retry = retry(server.handle(late, client_addr, &with_token));
+        assert_ne!(first_retry, second_retry, "a fresh token");
+        assert_eq!(server.stats().bad_tokens, 1);
+        conn.handle_datagram(late, server_addr, &second_retry);
+        // The replacement is not sent at once: the handshake timer repeats
+        // the Initial, now with the fresh token, and the server takes it.
+        let mut buf = Vec::new();
+        assert!(conn.poll_transmit(late, &mut buf).is_none());
+        let due = conn.poll_timeout().expect("the handshake timer").max(late);
+        conn.handle_timeout(due);
+        let repeated = next_datagram(&mut conn, due);
+        assert!(matches!(
+            server.handle(due, client_addr, &repeated),
+            DatagramEvent::New(..)
+        ));
     }
 
     #[test]

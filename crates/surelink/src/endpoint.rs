@@ -298,6 +298,9 @@ impl Endpoint {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
         let socket = socket::prepare_std(socket, config.socket_buffer_size)
             .map_err(|source| BindError::Io { addr, source })?;
+        if accept {
+            warn_if_recv_buffer_capped(&[&socket], config.socket_buffer_size);
+        }
         let mut config = config;
         fit_window(&mut config, &[&socket]);
         Self::start(runtime, vec![vec![(socket, addr)]], config, accept)
@@ -332,11 +335,10 @@ impl Endpoint {
                 .map_err(|source| BindError::Io { addr, source })?;
             prepared.push((socket, addr));
         }
+        let sockets = prepared.iter().map(|(s, _)| s).collect::<Vec<_>>();
+        warn_if_recv_buffer_capped(&sockets, config.socket_buffer_size);
         let mut config = config;
-        fit_window(
-            &mut config,
-            &prepared.iter().map(|(s, _)| s).collect::<Vec<_>>(),
-        );
+        fit_window(&mut config, &sockets);
         Self::start(runtime, vec![prepared], config, true)
     }
 
@@ -358,11 +360,12 @@ impl Endpoint {
                 shard.push((socket, addr));
             }
         }
+        let sockets = shards.iter().flatten().map(|(s, _)| s).collect::<Vec<_>>();
+        if accept {
+            warn_if_recv_buffer_capped(&sockets, config.socket_buffer_size);
+        }
         let mut config = config;
-        fit_window(
-            &mut config,
-            &shards.iter().flatten().map(|(s, _)| s).collect::<Vec<_>>(),
-        );
+        fit_window(&mut config, &sockets);
         Self::start(runtime, shards, config, accept)
     }
 
@@ -683,6 +686,22 @@ impl Endpoint {
         }
         total.handshakes_failed = total.handshake_failures.total();
         total
+    }
+}
+
+/// Warns when the kernel granted a listening endpoint's sockets less
+/// receive buffer than configured: a server's socket queue is where a burst
+/// of handshakes (thousands of clients connecting at once) or of data
+/// waits while the driver catches up, and what does not fit is dropped.
+fn warn_if_recv_buffer_capped(sockets: &[&std::net::UdpSocket], asked: usize) {
+    if let Some(granted) = socket::capped_recv_buffer(sockets, asked) {
+        tracing::warn!(
+            asked,
+            granted,
+            "the kernel capped the socket receive buffer (granted as SO_RCVBUF reports it, \
+             twice the usable size on Linux): bursts beyond it are dropped; raise \
+             net.core.rmem_max, or run with CAP_NET_ADMIN"
+        );
     }
 }
 

@@ -294,12 +294,51 @@ pub(crate) fn prepare_std(
     Ok(socket.into())
 }
 
+/// Whether a receive buffer that `SO_RCVBUF` reports as `granted` falls
+/// short of `asked`: Linux grants twice the size asked for (its own
+/// bookkeeping counted in) and reports that, so a full grant reads 2 × asked.
+fn recv_buffer_falls_short(granted: usize, asked: usize) -> bool {
+    let full = if cfg!(target_os = "linux") {
+        asked.saturating_mul(2)
+    } else {
+        asked
+    };
+    granted < full
+}
+
+/// The smallest receive buffer granted to `sockets` (as `SO_RCVBUF`
+/// reports it), if it falls short of the `asked` bytes: the kernel capped
+/// it (`net.core.rmem_max` on Linux, for a process without
+/// `CAP_NET_ADMIN`).
+pub(crate) fn capped_recv_buffer(sockets: &[&std::net::UdpSocket], asked: usize) -> Option<usize> {
+    let granted = sockets
+        .iter()
+        .filter_map(|s| granted_recv_buffer(s))
+        .min()?;
+    (asked > 0 && recv_buffer_falls_short(granted, asked)).then_some(granted)
+}
+
 fn configure(socket: &Socket, buffer_size: usize) {
     if buffer_size == 0 {
         return;
     }
     if let Err(e) = socket.set_recv_buffer_size(buffer_size) {
         tracing::warn!(error = %e, buffer_size, "could not set SO_RCVBUF");
+    }
+    #[cfg(target_os = "linux")]
+    if socket
+        .recv_buffer_size()
+        .is_ok_and(|granted| recv_buffer_falls_short(granted, buffer_size))
+    {
+        // Capped at net.core.rmem_max: a process with CAP_NET_ADMIN may go
+        // beyond it (SO_RCVBUFFORCE); others keep what they were granted.
+        if let Err(e) = nix::sys::socket::setsockopt(
+            socket,
+            nix::sys::socket::sockopt::RcvBufForce,
+            &buffer_size,
+        ) {
+            tracing::debug!(error = %e, buffer_size, "SO_RCVBUFFORCE refused");
+        }
     }
     if let Err(e) = socket.set_send_buffer_size(buffer_size) {
         tracing::warn!(error = %e, buffer_size, "could not set SO_SNDBUF");
@@ -310,4 +349,23 @@ fn configure(socket: &Socket, buffer_size: usize) {
         sndbuf = socket.send_buffer_size().ok(),
         "socket buffers"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_falls_short_only_below_a_full_grant() {
+        let asked = 8 << 20;
+        let full = if cfg!(target_os = "linux") {
+            2 * asked
+        } else {
+            asked
+        };
+        assert!(!recv_buffer_falls_short(full, asked));
+        assert!(recv_buffer_falls_short(full - 1, asked));
+        // Linux's default cap (net.core.rmem_max = 208 KiB) reported doubled.
+        assert!(recv_buffer_falls_short(2 * 212_992, asked));
+    }
 }

@@ -303,6 +303,13 @@ pub struct Connection {
     handshake: Handshake,
     handshake_out: Option<Vec<u8>>,
     last_handshake_sent: Option<Instant>,
+    /// Client: how much longer than the probe timeout the wait before the
+    /// next repetition of the handshake message is, in 1/1024ths of half the
+    /// probe timeout (so up to +50 %), drawn at each send
+    /// (`Timer::Handshake`). Clients that started together (a burst of
+    /// connects) would otherwise repeat their lost Initials in the same
+    /// instant, round after round, into the same full server queue.
+    handshake_spread: u64,
     retry_token: Option<Vec<u8>>,
     protection: Protection,
     scratch: Vec<u8>,
@@ -394,6 +401,7 @@ impl Connection {
             handshake,
             handshake_out: None,
             last_handshake_sent: None,
+            handshake_spread: 0,
             retry_token: None,
             scratch: Vec::new(),
             spare_frame_lists: Vec::new(),

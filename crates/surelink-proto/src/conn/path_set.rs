@@ -75,7 +75,8 @@ pub(super) struct PathSet {
     pub(super) copies: VecDeque<(usize, Vec<SentFrame>)>,
     /// Broadcast: the frames of the last data packet, to copy to other paths.
     pub(super) last_frames: Option<Vec<SentFrame>>,
-    /// A small deterministic generator for challenge data.
+    /// A small deterministic generator for challenge data and the spread of
+    /// handshake repetitions.
     jitter_state: u64,
     /// Every path is down (`Event::ConnectionLost` was emitted).
     pub(super) all_down: bool,
@@ -142,7 +143,8 @@ impl PathSet {
         self.paths.len() - 1
     }
 
-    /// The next challenge datum.
+    /// The next number of the connection's deterministic generator (path
+    /// challenge data, the spread of handshake repetitions).
     pub(super) fn next_jitter(&mut self) -> u64 {
         // xorshift64: deterministic per connection.
         let mut x = self.jitter_state;

@@ -86,7 +86,9 @@ impl Connection {
                 if self.side != Side::Client || self.is_closed() || self.handshake_out.is_none() {
                     return None;
                 }
-                Some(self.last_handshake_sent? + self.pto_duration(0))
+                let pto = self.pto_duration(0);
+                let spread = pto.mul_f64(self.handshake_spread as f64 / 2048.0);
+                Some(self.last_handshake_sent? + pto + spread)
             }
             Timer::Keepalive => {
                 let p = self.ap();

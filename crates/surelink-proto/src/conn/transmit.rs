@@ -185,6 +185,9 @@ impl Connection {
         self.pending.handshake = false;
         self.last_handshake_sent = Some(now);
         self.handshake_sends += 1;
+        if self.side == Side::Client {
+            self.handshake_spread = self.paths.next_jitter() % 1024;
+        }
         self.finish_transmit(buf, 0)
     }
 

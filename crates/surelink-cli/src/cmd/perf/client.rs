@@ -4,7 +4,8 @@
 //! on all of them for `--duration`, at `--rate` messages per second each
 //! (starts spread evenly over one interval) or unbounded. Each connection
 //! then sends its [`Finished`], takes the server's report and closes; the
-//! figures of all connections are summed (histograms merged) and printed.
+//! figures of all connections are summed (latencies merged into one
+//! histogram) and printed.
 //! A session that fails after connecting is counted (`sessions_failed`)
 //! and the run goes on; the figures of the others are printed, then the
 //! first failure is the command's error.
@@ -14,7 +15,7 @@
 //! server's one-way latency of each message: its arrival minus the send time,
 //! mapped onto the server's clock by its estimate of ours.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
@@ -26,7 +27,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::report::{
-    decode_histogram, latency_histogram, Finished, ServerReport, Usage, CONTROL_CHANNEL,
+    latency_histogram, CompactLatencies, Finished, ServerReport, Usage, CONTROL_CHANNEL,
 };
 use super::ClientArgs;
 use crate::args::wildcard_for;
@@ -79,6 +80,10 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
     let deadline = started + args.duration;
     let payload = Bytes::from(vec![0u8; args.size]);
     let count = connections.len();
+    // Each connection adds the server's latencies to this one histogram as
+    // soon as it has them: a histogram per connection held until joined
+    // took ~180 KiB per session.
+    let histogram = Arc::new(Mutex::new(latency_histogram()));
     let mut tasks = JoinSet::new();
     for (index, conn) in connections.into_iter().enumerate() {
         // Rate-limited connections start spread evenly over one interval;
@@ -90,10 +95,15 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
             let interval = Duration::from_secs_f64(1.0 / rate);
             (interval, interval.mul_f64(index as f64 / count as f64))
         });
-        tasks.spawn(exercise(conn, payload.clone(), started, deadline, pacing));
+        tasks.spawn(exercise(
+            conn,
+            payload.clone(),
+            started,
+            deadline,
+            pacing,
+            Arc::clone(&histogram),
+        ));
     }
-    // Histograms are merged as connections finish, not kept one per connection.
-    let mut histogram = latency_histogram();
     let mut results = Vec::with_capacity(count);
     // Sessions that ended with an error after connecting: counted, and the
     // first one's error is the run's, once the figures are printed.
@@ -101,11 +111,7 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
     let mut first_failure = None;
     while let Some(joined) = tasks.join_next().await {
         match joined.context("a connection task failed")? {
-            Ok((result, latencies)) => {
-                // Same bounds (or empty): adding cannot fail.
-                let _ = histogram.add(&latencies);
-                results.push(result);
-            }
+            Ok(result) => results.push(result),
             Err(e) => {
                 failed += 1;
                 first_failure.get_or_insert(e);
@@ -115,6 +121,10 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     let usage_after = Usage::now();
     drop(endpoints);
+    let histogram = std::mem::replace(
+        &mut *histogram.lock().unwrap_or_else(PoisonError::into_inner),
+        latency_histogram(),
+    );
 
     let summary = summarise(
         &args,
@@ -162,7 +172,8 @@ async fn connect_all(
     Ok(connections)
 }
 
-/// Sends on one connection until `deadline`, then finishes it with the server.
+/// Sends on one connection until `deadline`, then finishes it with the
+/// server and adds the server's latencies to `histogram`.
 /// `pacing` is (interval, first send's offset from `started`) for a rate,
 /// `None` for unbounded. A paced connection sends on a fixed schedule (a late
 /// send is followed by the next ones at once), so it sends the same count
@@ -173,7 +184,8 @@ async fn exercise(
     started: Instant,
     deadline: Instant,
     pacing: Option<(Duration, Duration)>,
-) -> anyhow::Result<(ConnectionResult, Histogram<u64>)> {
+    histogram: Arc<Mutex<Histogram<u64>>>,
+) -> anyhow::Result<ConnectionResult> {
     let mut sent = 0u64;
     match pacing {
         Some((interval, offset)) => {
@@ -199,17 +211,16 @@ async fn exercise(
             .await?;
         let report = ServerReport::decode(&next_control(&conn).await?)
             .context("bad report from the server")?;
-        let histogram = decode_histogram(&next_control(&conn).await?)?;
+        CompactLatencies::decode(&next_control(&conn).await?)
+            .context("bad latencies from the server")?
+            .add_to(&mut histogram.lock().unwrap_or_else(PoisonError::into_inner));
         let retransmissions = conn.stats().retransmissions;
         conn.close().await?;
-        anyhow::Ok((
-            ConnectionResult {
-                sent,
-                retransmissions,
-                report,
-            },
-            histogram,
-        ))
+        anyhow::Ok(ConnectionResult {
+            sent,
+            retransmissions,
+            report,
+        })
     };
     tokio::time::timeout(FINISH_LIMIT, finish)
         .await
@@ -267,8 +278,9 @@ fn summarise(
     // end-of-test messages (and made their latency histograms).
     let server_peak_first = server_peaks.min().unwrap_or(0);
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1e3;
+    let connections = results.len() + sessions_failed;
     json!({
-        "connections": results.len() + sessions_failed,
+        "connections": connections,
         "sessions_failed": sessions_failed,
         "client_drivers": args.drivers,
         "size": args.size,
@@ -300,6 +312,9 @@ fn summarise(
             "cpu_s": server_cpu_s,
             "peak_rss_kib": server_peak,
             "peak_rss_kib_first_report": server_peak_first,
+            // An upper bound on a session's memory: the process's own
+            // (runtime, buffers) is counted in it too.
+            "peak_rss_kib_per_connection": server_peak as f64 / connections.max(1) as f64,
         },
     })
 }
@@ -319,7 +334,7 @@ fn summary_text(s: &Value) -> String {
          \x20 throughput  {:.0} msg/s  {:.2} MiB/s  (received, over {:.2} s)\n\
          \x20 latency     p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  (one way, {} messages)\n\
          \x20 cpu         client {:.2} s ({:.0} % of one core)  server {:.2} s\n\
-         \x20 memory      client peak {:.1} MiB  server peak {:.1} MiB\n",
+         \x20 memory      client peak {:.1} MiB  server peak {:.1} MiB ({:.1} KiB per connection)\n",
         s["connections"],
         s["client_drivers"],
         s["connect_s"].as_f64().unwrap_or(0.0),
@@ -344,5 +359,8 @@ fn summary_text(s: &Value) -> String {
         s["server"]["cpu_s"].as_f64().unwrap_or(0.0),
         mib(&s["client"]["peak_rss_kib"]),
         mib(&s["server"]["peak_rss_kib"]),
+        s["server"]["peak_rss_kib_per_connection"]
+            .as_f64()
+            .unwrap_or(0.0),
     )
 }

@@ -13,7 +13,7 @@
 //! which carries nothing else: the client says how many messages it sent; once
 //! the server has received that many on channel 0 (channels are ordered
 //! independently, so it may still be receiving), it answers with its counts,
-//! its latency histogram (the core's per-message latency, measured against its
+//! its latencies (the core's per-message latency, measured against its
 //! estimate of the client's clock) and its own CPU time and peak memory.
 
 mod client;

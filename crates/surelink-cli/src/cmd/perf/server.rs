@@ -2,7 +2,9 @@
 //! SIGTERM), one task per connection counting the data on channel 0 and
 //! recording each message's one-way latency; when the client's
 //! [`Finished`] arrives on the control channel and that many messages have
-//! been received, the task answers with a [`ServerReport`] and the histogram.
+//! been received, the task answers with a [`ServerReport`] and its latencies.
+//! Latencies are kept sparse per connection ([`CompactLatencies`]), so a
+//! session costs the server little more than its connection.
 //!
 //! One client brings many connections from one address, so the per-source
 //! handshake budget is lifted; `--max-connections` caps the total.
@@ -13,11 +15,8 @@
 use anyhow::{bail, Context as _};
 use surelink::{Connection, Endpoint, EndpointConfig, Message, ProtocolConfig};
 
-use hdrhistogram::Histogram;
-
 use super::report::{
-    empty_histogram, encode_histogram, latency_histogram, wall_clock_us, Finished, ServerReport,
-    Usage, CONTROL_CHANNEL,
+    wall_clock_us, CompactLatencies, Finished, ServerReport, Usage, CONTROL_CHANNEL,
 };
 use super::ServerArgs;
 
@@ -80,9 +79,9 @@ async fn serve(conn: Connection) {
 /// `None` if the connection closed without a [`Finished`].
 async fn count_and_report(conn: &Connection) -> anyhow::Result<Option<ServerReport>> {
     let cpu_s_at_accept = Usage::now().cpu_s;
-    // Made at the first data message: an idle connection does not pay its
-    // ~180 KiB (so idle sessions can be measured).
-    let mut histogram: Option<Histogram<u64>> = None;
+    // Sparse: a dense histogram per connection took ~180 KiB of each
+    // session (see `CompactLatencies`).
+    let mut latencies = CompactLatencies::default();
     let (mut messages, mut bytes, mut first_us, mut last_us) = (0u64, 0u64, 0u64, 0u64);
     let mut expected: Option<u64> = None;
     while expected.is_none_or(|sent| messages < sent) {
@@ -109,9 +108,7 @@ async fn count_and_report(conn: &Connection) -> anyhow::Result<Option<ServerRepo
         }
         messages += 1;
         bytes += data.len() as u64;
-        histogram
-            .get_or_insert_with(latency_histogram)
-            .saturating_record(latency_us.max(1));
+        latencies.record(latency_us);
     }
     let report = ServerReport {
         messages,
@@ -122,9 +119,7 @@ async fn count_and_report(conn: &Connection) -> anyhow::Result<Option<ServerRepo
         usage: Usage::now(),
     };
     conn.send_on(CONTROL_CHANNEL, report.encode()).await?;
-    let histogram = histogram.unwrap_or_else(empty_histogram);
-    conn.send_on(CONTROL_CHANNEL, encode_histogram(&histogram)?)
-        .await?;
+    conn.send_on(CONTROL_CHANNEL, latencies.encode()).await?;
     // The client closes once it has both; wait for that (or its loss).
     let _ = conn.closed().await;
     Ok(Some(report))

@@ -68,10 +68,18 @@ impl Connection {
                 }
             }
             (Side::Client, PacketKind::Retry) => {
+                // Until the server answers, a Retry's token replaces the one
+                // we hold: a server still under load when our token expired
+                // (its Initials lost in a burst for the token's lifetime)
+                // answers with a fresh one. Only the first goes out at once;
+                // a replacement waits for the handshake timer, so a server
+                // that keeps answering Retry cannot make us repeat faster.
                 if let Some(t) = token {
-                    if self.lifecycle.is_handshaking() && self.retry_token.is_none() {
+                    if self.lifecycle.is_handshaking() && self.retry_token.as_deref() != Some(t) {
+                        if self.retry_token.is_none() {
+                            self.pending.handshake = true;
+                        }
                         self.retry_token = Some(t.to_vec());
-                        self.pending.handshake = true;
                     }
                 }
             }
