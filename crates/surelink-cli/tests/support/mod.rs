@@ -420,13 +420,20 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     data
 }
 
-/// A loopback UDP socket with an 8 MiB receive buffer, so that the test's
+/// A loopback UDP socket with a receive buffer of 8 MiB (64 MiB where the
+/// process may exceed `net.core.rmem_max`), so that the test's
 /// own socket does not drop datagrams when its thread is descheduled for a
 /// while (only the path through surelink is under test).
 pub fn udp_with_big_buffer() -> std::net::UdpSocket {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
     socket.set_recv_buffer_size(8 << 20).expect("SO_RCVBUF");
+    // Beyond net.core.rmem_max where allowed (as root): a receiver that
+    // stops forwards everything it held in one burst of small datagrams,
+    // each charged at several times its size, and a sink thread starved on
+    // a loaded machine must not have the kernel drop some of them.
+    let _ =
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBufForce, &(64 << 20));
     socket
         .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
         .expect("bind");
