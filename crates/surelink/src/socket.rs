@@ -8,7 +8,14 @@
 //!
 //! The trait moves datagrams in batches: one `try_send` writes a run of
 //! datagrams of equal size (the last may be shorter) to one destination, one
-//! `try_recv` reads whatever one system call returns. [`UdpIo`] does this with
+//! `try_recv` reads whatever one system call returns, each datagram in a
+//! buffer of its own that the caller takes over (the core decrypts it in
+//! place and delivers whole messages as slices of it). [`UdpIo`] receives
+//! into buffers of [`RECV_BUFFER`] bytes: one that came back well filled
+//! (a GRO batch) is handed out whole, its datagrams split off it without a
+//! copy, and a new zeroed buffer takes its place; one that holds less than
+//! [`HAND_OUT_AT`] bytes has its datagrams copied out and is used again,
+//! as zeroing a new buffer would cost more than the copy. [`UdpIo`] does this with
 //! the `quinn-udp` crate: on Linux, UDP GSO (`UDP_SEGMENT`) on send and GRO
 //! (`UDP_GRO`) plus `recvmmsg` on receive; elsewhere, whatever that crate
 //! supports, down to one datagram per call. When the kernel refuses GSO
@@ -21,6 +28,7 @@ use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
+use bytes::BytesMut;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
@@ -31,6 +39,11 @@ use tokio::net::UdpSocket;
 const RECV_BUFFER: usize = 65_536;
 /// Receive buffers handed to one `recvmmsg` when batching (1 MiB in all).
 const RECV_BUFFERS: usize = 16;
+/// A receive buffer that came back with at least this many bytes is handed
+/// out with its datagrams (and replaced); below, they are copied out of it.
+/// Zeroing a new buffer of [`RECV_BUFFER`] bytes costs about as much as
+/// copying a quarter of one.
+const HAND_OUT_AT: usize = RECV_BUFFER / 4;
 /// Most bytes in one GSO send: the 16-bit UDP length minus the UDP and IPv6
 /// headers (IPv4's limit, 65,507, is higher).
 pub(crate) const MAX_SEND_BYTES: usize = u16::MAX as usize - 48;
@@ -62,9 +75,14 @@ pub(crate) trait DatagramIo: Send + Sync + 'static {
     ) -> io::Result<()>;
 
     /// Reads what one call returns from socket `local` (one or more
-    /// datagrams) and hands each datagram with its sender to `sink`: how many
-    /// there were, or [`io::ErrorKind::WouldBlock`] when none is waiting.
-    fn try_recv(&mut self, local: usize, sink: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize>;
+    /// datagrams) and hands each datagram, in a buffer of its own, with its
+    /// sender to `sink`: how many there were, or
+    /// [`io::ErrorKind::WouldBlock`] when none is waiting.
+    fn try_recv(
+        &mut self,
+        local: usize,
+        sink: impl FnMut(SocketAddr, BytesMut),
+    ) -> io::Result<usize>;
 
     /// Ready when some socket may have a datagram to read.
     fn poll_recv_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
@@ -80,9 +98,10 @@ pub(crate) struct UdpIo {
     sockets: Vec<UdpSocket>,
     /// One `quinn-udp` state per socket when batching; `None`: plain calls.
     batch: Option<Vec<UdpSocketState>>,
-    /// Receive buffers, [`RECV_BUFFER`] bytes each ([`RECV_BUFFERS`] of them
-    /// when batching, else one).
-    recv_buf: Vec<u8>,
+    /// Receive buffers, [`RECV_BUFFER`] zeroed bytes each ([`RECV_BUFFERS`]
+    /// of them when batching, else one); one handed out is empty until the
+    /// next receive replaces it.
+    recv_bufs: Vec<BytesMut>,
     /// Per receive buffer: what `recvmmsg` put there.
     recv_meta: Vec<RecvMeta>,
 }
@@ -117,7 +136,9 @@ impl UdpIo {
         Self {
             sockets,
             batch,
-            recv_buf: vec![0; RECV_BUFFER * buffers],
+            recv_bufs: (0..buffers)
+                .map(|_| BytesMut::zeroed(RECV_BUFFER))
+                .collect(),
             recv_meta: vec![RecvMeta::default(); buffers],
         }
     }
@@ -181,29 +202,30 @@ impl DatagramIo for UdpIo {
     fn try_recv(
         &mut self,
         local: usize,
-        mut sink: impl FnMut(SocketAddr, &[u8]),
+        mut sink: impl FnMut(SocketAddr, BytesMut),
     ) -> io::Result<usize> {
+        for buf in &mut self.recv_bufs {
+            if buf.is_empty() {
+                *buf = BytesMut::zeroed(RECV_BUFFER);
+            }
+        }
         let socket = &self.sockets[local];
         let Some(state) = self.batch.as_ref().and_then(|states| states.get(local)) else {
-            let (n, from) = socket.try_recv_from(&mut self.recv_buf)?;
-            sink(from, &self.recv_buf[..n]);
-            return Ok(1);
+            let (n, from) = socket.try_recv_from(&mut self.recv_bufs[0])?;
+            return Ok(hand_out(&mut self.recv_bufs[0], n, n, from, &mut sink));
         };
-        let mut chunks = self.recv_buf.chunks_mut(RECV_BUFFER);
-        let mut bufs: [IoSliceMut<'_>; RECV_BUFFERS] =
-            std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+        let mut chunks = self.recv_bufs.iter_mut();
+        let mut bufs: [IoSliceMut<'_>; RECV_BUFFERS] = std::array::from_fn(|_| {
+            IoSliceMut::new(chunks.next().map_or(&mut [][..], |b| &mut b[..]))
+        });
         let meta = &mut self.recv_meta;
         let filled = socket.try_io(Interest::READABLE, || {
             state.recv(socket.into(), &mut bufs, meta)
         })?;
         let mut datagrams = 0;
-        for (buf, meta) in bufs.iter().zip(meta.iter()).take(filled) {
-            let data = &buf[..meta.len.min(buf.len())];
+        for (buf, meta) in self.recv_bufs.iter_mut().zip(meta.iter()).take(filled) {
             // GRO: several datagrams of `stride` bytes, the last maybe shorter.
-            for datagram in data.chunks(meta.stride.max(1)) {
-                sink(meta.addr, datagram);
-                datagrams += 1;
-            }
+            datagrams += hand_out(buf, meta.len, meta.stride, meta.addr, &mut sink);
         }
         Ok(datagrams)
     }
@@ -215,6 +237,38 @@ impl DatagramIo for UdpIo {
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_any(|s| s.poll_send_ready(cx))
     }
+}
+
+/// Hands the datagrams that the first `len` bytes of `buf` hold, `stride`
+/// bytes each (the last may be shorter), to `sink` from `from`; returns how
+/// many there were. A well-filled buffer is taken, its datagrams split off
+/// it (`buf` is left empty, to be replaced); otherwise they are copied and
+/// `buf` stays as it is, to be received into again.
+fn hand_out(
+    buf: &mut BytesMut,
+    len: usize,
+    stride: usize,
+    from: SocketAddr,
+    sink: &mut impl FnMut(SocketAddr, BytesMut),
+) -> usize {
+    let len = len.min(buf.len());
+    let stride = stride.max(1);
+    if len < HAND_OUT_AT {
+        let datagrams = buf[..len].chunks(stride);
+        let count = datagrams.len();
+        for datagram in datagrams {
+            sink(from, BytesMut::from(datagram));
+        }
+        return count;
+    }
+    let mut data = std::mem::take(buf);
+    data.truncate(len);
+    let mut count = 0;
+    while !data.is_empty() {
+        sink(from, data.split_to(stride.min(data.len())));
+        count += 1;
+    }
+    count
 }
 
 /// Binds a non-blocking UDP socket to `addr`, asking for `buffer_size` bytes of
@@ -310,4 +364,70 @@ fn configure(socket: &Socket, buffer_size: usize) {
         sndbuf = socket.send_buffer_size().ok(),
         "socket buffers"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use super::*;
+
+    /// The next datagrams `io` reads (one call), with their contents.
+    async fn recv_one_call(io: &mut UdpIo) -> Vec<BytesMut> {
+        for _ in 0..100 {
+            poll_fn(|cx| io.poll_recv_ready(cx)).await.unwrap();
+            let mut got = Vec::new();
+            match io.try_recv(0, |_, data| got.push(data)) {
+                Ok(_) => return got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("nothing received");
+    }
+
+    #[test]
+    fn a_batch_is_split_at_its_stride_whether_copied_or_handed_out() {
+        let from = SocketAddr::from(([127, 0, 0, 1], 9));
+        for (len, stride) in [(HAND_OUT_AT - 1, 1400), (RECV_BUFFER - 7, 1400)] {
+            let mut buf = BytesMut::zeroed(RECV_BUFFER);
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = (i / stride) as u8;
+            }
+            let mut got = Vec::new();
+            let count = hand_out(&mut buf, len, stride, from, &mut |_, d| got.push(d));
+            assert_eq!(count, len.div_ceil(stride));
+            assert_eq!(got.len(), count);
+            for (i, d) in got.iter().enumerate() {
+                let expected = stride.min(len - i * stride);
+                assert_eq!(d.len(), expected, "datagram {i} of {len} bytes");
+                assert!(
+                    d.iter().all(|&b| b == i as u8),
+                    "datagram {i} of {len} bytes"
+                );
+            }
+            let handed_out = len >= HAND_OUT_AT;
+            assert_eq!(buf.is_empty(), handed_out, "{len} bytes");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_receive_buffer_used_again_holds_only_the_new_datagram() {
+        for batched in [true, false] {
+            let rx = UdpSocket::from_std(bind_udp(([127, 0, 0, 1], 0).into(), 0).unwrap()).unwrap();
+            let to = rx.local_addr().unwrap();
+            let tx = std::net::UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+            let mut io = UdpIo::new(vec![rx], batched);
+            // Below `HAND_OUT_AT`, copied out: the next datagram lands in the
+            // same buffer. Above, handed out: the next lands in a new one.
+            for long in [HAND_OUT_AT - 1, HAND_OUT_AT + 1000] {
+                for (len, byte) in [(long, 0xee), (5, 1), (long / 2, 0xdd), (1, 2)] {
+                    tx.send_to(&vec![byte; len], to).unwrap();
+                    let got = recv_one_call(&mut io).await;
+                    assert_eq!(got.len(), 1, "batched {batched}, {len} bytes");
+                    assert_eq!(got[0], vec![byte; len], "batched {batched}, {len} bytes");
+                }
+            }
+        }
+    }
 }
