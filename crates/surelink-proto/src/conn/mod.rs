@@ -3,7 +3,7 @@
 //! The connection owns no socket and reads no clock. It is driven by the caller:
 //!
 //! ```text
-//! conn.handle_datagram(now, remote, &bytes);   // a datagram arrived
+//! conn.handle_datagram(now, remote, &bytes);   // a datagram arrived (or handle_datagram_owned: no copy)
 //! conn.handle_timeout(now);                     // the time from poll_timeout came
 //! conn.send(channel, message)?;                 // the application queued a message
 //! while let Some(t) = conn.poll_transmit(now, &mut buf) { /* send buf[..t.size] to t.destination */ }
