@@ -8,14 +8,7 @@
 //!
 //! The trait moves datagrams in batches: one `try_send` writes a run of
 //! datagrams of equal size (the last may be shorter) to one destination, one
-//! `try_recv` reads whatever one system call returns, each datagram in a
-//! buffer of its own that the caller takes over (the core decrypts it in
-//! place and delivers whole messages as slices of it). [`UdpIo`] receives
-//! into buffers of [`RECV_BUFFER`] bytes: one that came back well filled
-//! (a GRO batch) is handed out whole, its datagrams split off it without a
-//! copy, and a new zeroed buffer takes its place; one that holds less than
-//! [`HAND_OUT_AT`] bytes has its datagrams copied out and is used again,
-//! as zeroing a new buffer would cost more than the copy. [`UdpIo`] does this with
+//! `try_recv` reads whatever one system call returns. [`UdpIo`] does this with
 //! the `quinn-udp` crate: on Linux, UDP GSO (`UDP_SEGMENT`) on send and GRO
 //! (`UDP_GRO`) plus `recvmmsg` on receive; elsewhere, whatever that crate
 //! supports, down to one datagram per call. When the kernel refuses GSO
@@ -23,6 +16,19 @@
 //! to 1 and the driver goes on one datagram at a time. With
 //! [`EndpointConfig::batched_io`](crate::EndpointConfig::batched_io) off,
 //! [`UdpIo`] uses tokio's plain `try_send_to` / `try_recv_from` instead.
+//!
+//! `try_recv` hands over each datagram in a buffer of its own, which the
+//! caller keeps (the core decrypts it in place and delivers whole messages
+//! as slices of it). [`UdpIo`] receives into buffers of [`RECV_BUFFER`]
+//! bytes. One that comes back well filled (a GRO batch) is handed out, its
+//! datagrams split off it without a copy; before the next receive it is
+//! taken back if nothing refers to it any more (else a new one is
+//! allocated) and zeroed again, as safe Rust cannot receive into
+//! uninitialised memory. The datagrams of one that holds less than
+//! [`HAND_OUT_AT`] bytes (ACKs, a lone datagram) are copied out, back to
+//! back into a shared block that is likewise taken back once its datagrams
+//! are gone: zeroing a whole buffer for them would cost more than the copy,
+//! and allocating one buffer per datagram too.
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
@@ -41,9 +47,12 @@ const RECV_BUFFER: usize = 65_536;
 const RECV_BUFFERS: usize = 16;
 /// A receive buffer that came back with at least this many bytes is handed
 /// out with its datagrams (and replaced); below, they are copied out of it.
-/// Zeroing a new buffer of [`RECV_BUFFER`] bytes costs about as much as
-/// copying a quarter of one.
+/// The choice weighs zeroing a whole buffer again against copying what this
+/// one holds; a quarter is a judgement, not a measured crossover.
 const HAND_OUT_AT: usize = RECV_BUFFER / 4;
+/// Size of the blocks the datagrams of sparsely filled receive buffers are
+/// copied into.
+const COPY_BLOCK: usize = RECV_BUFFER;
 /// Most bytes in one GSO send: the 16-bit UDP length minus the UDP and IPv6
 /// headers (IPv4's limit, 65,507, is higher).
 pub(crate) const MAX_SEND_BYTES: usize = u16::MAX as usize - 48;
@@ -98,10 +107,13 @@ pub(crate) struct UdpIo {
     sockets: Vec<UdpSocket>,
     /// One `quinn-udp` state per socket when batching; `None`: plain calls.
     batch: Option<Vec<UdpSocketState>>,
-    /// Receive buffers, [`RECV_BUFFER`] zeroed bytes each ([`RECV_BUFFERS`]
-    /// of them when batching, else one); one handed out is empty until the
-    /// next receive replaces it.
+    /// Receive buffers, [`RECV_BUFFER`] initialised bytes each
+    /// ([`RECV_BUFFERS`] of them when batching, else one); one handed out
+    /// is left empty, still holding its allocation, until the next receive
+    /// makes it whole again.
     recv_bufs: Vec<BytesMut>,
+    /// Where the datagrams of sparsely filled receive buffers are copied.
+    copies: BytesMut,
     /// Per receive buffer: what `recvmmsg` put there.
     recv_meta: Vec<RecvMeta>,
 }
@@ -140,6 +152,7 @@ impl UdpIo {
                 .map(|_| BytesMut::zeroed(RECV_BUFFER))
                 .collect(),
             recv_meta: vec![RecvMeta::default(); buffers],
+            copies: BytesMut::new(),
         }
     }
 
@@ -205,14 +218,20 @@ impl DatagramIo for UdpIo {
         mut sink: impl FnMut(SocketAddr, BytesMut),
     ) -> io::Result<usize> {
         for buf in &mut self.recv_bufs {
-            if buf.is_empty() {
-                *buf = BytesMut::zeroed(RECV_BUFFER);
-            }
+            make_whole(buf);
         }
         let socket = &self.sockets[local];
+        let copies = &mut self.copies;
         let Some(state) = self.batch.as_ref().and_then(|states| states.get(local)) else {
             let (n, from) = socket.try_recv_from(&mut self.recv_bufs[0])?;
-            return Ok(hand_out(&mut self.recv_bufs[0], n, n, from, &mut sink));
+            return Ok(hand_out(
+                &mut self.recv_bufs[0],
+                copies,
+                n,
+                n,
+                from,
+                &mut sink,
+            ));
         };
         let mut chunks = self.recv_bufs.iter_mut();
         let mut bufs: [IoSliceMut<'_>; RECV_BUFFERS] = std::array::from_fn(|_| {
@@ -225,7 +244,7 @@ impl DatagramIo for UdpIo {
         let mut datagrams = 0;
         for (buf, meta) in self.recv_bufs.iter_mut().zip(meta.iter()).take(filled) {
             // GRO: several datagrams of `stride` bytes, the last maybe shorter.
-            datagrams += hand_out(buf, meta.len, meta.stride, meta.addr, &mut sink);
+            datagrams += hand_out(buf, copies, meta.len, meta.stride, meta.addr, &mut sink);
         }
         Ok(datagrams)
     }
@@ -239,13 +258,29 @@ impl DatagramIo for UdpIo {
     }
 }
 
+/// Makes `buf` a receive buffer of [`RECV_BUFFER`] initialised bytes again
+/// after its datagrams were handed out: its own allocation if nothing
+/// refers to it any more, else a new one.
+fn make_whole(buf: &mut BytesMut) {
+    if buf.len() == RECV_BUFFER {
+        return;
+    }
+    buf.clear();
+    if !buf.try_reclaim(RECV_BUFFER) {
+        *buf = BytesMut::with_capacity(RECV_BUFFER);
+    }
+    buf.resize(RECV_BUFFER, 0);
+}
+
 /// Hands the datagrams that the first `len` bytes of `buf` hold, `stride`
 /// bytes each (the last may be shorter), to `sink` from `from`; returns how
-/// many there were. A well-filled buffer is taken, its datagrams split off
-/// it (`buf` is left empty, to be replaced); otherwise they are copied and
-/// `buf` stays as it is, to be received into again.
+/// many there were. A well-filled buffer is handed out, its datagrams split
+/// off it (`buf` is left empty, for [`make_whole`]); otherwise they are
+/// copied into `copies` and split off there, and `buf` stays as it is, to
+/// be received into again.
 fn hand_out(
     buf: &mut BytesMut,
+    copies: &mut BytesMut,
     len: usize,
     stride: usize,
     from: SocketAddr,
@@ -257,15 +292,18 @@ fn hand_out(
         let datagrams = buf[..len].chunks(stride);
         let count = datagrams.len();
         for datagram in datagrams {
-            sink(from, BytesMut::from(datagram));
+            if !copies.try_reclaim(datagram.len()) {
+                *copies = BytesMut::with_capacity(COPY_BLOCK.max(datagram.len()));
+            }
+            copies.extend_from_slice(datagram);
+            sink(from, copies.split());
         }
         return count;
     }
-    let mut data = std::mem::take(buf);
-    data.truncate(len);
+    buf.truncate(len);
     let mut count = 0;
-    while !data.is_empty() {
-        sink(from, data.split_to(stride.min(data.len())));
+    while !buf.is_empty() {
+        sink(from, buf.split_to(stride.min(buf.len())));
         count += 1;
     }
     count
@@ -395,7 +433,10 @@ mod tests {
                 *b = (i / stride) as u8;
             }
             let mut got = Vec::new();
-            let count = hand_out(&mut buf, len, stride, from, &mut |_, d| got.push(d));
+            let mut copies = BytesMut::new();
+            let count = hand_out(&mut buf, &mut copies, len, stride, from, &mut |_, d| {
+                got.push(d)
+            });
             assert_eq!(count, len.div_ceil(stride));
             assert_eq!(got.len(), count);
             for (i, d) in got.iter().enumerate() {
@@ -409,6 +450,63 @@ mod tests {
             let handed_out = len >= HAND_OUT_AT;
             assert_eq!(buf.is_empty(), handed_out, "{len} bytes");
         }
+    }
+
+    #[test]
+    fn buffers_come_back_for_the_next_receive_zeroed_once_their_datagrams_are_gone() {
+        let from = SocketAddr::from(([127, 0, 0, 1], 9));
+        let mut copies = BytesMut::new();
+        for keep_one in [true, false] {
+            let mut buf = BytesMut::zeroed(RECV_BUFFER);
+            buf.fill(0xee);
+            let at = buf.as_ptr();
+            let mut got = Vec::new();
+            hand_out(
+                &mut buf,
+                &mut copies,
+                RECV_BUFFER,
+                1400,
+                from,
+                &mut |_, d| got.push(d),
+            );
+            let kept = if keep_one { got.pop() } else { None };
+            drop(got);
+            make_whole(&mut buf);
+            assert_eq!(buf.len(), RECV_BUFFER);
+            // A datagram still alive keeps the buffer: a new one is made.
+            // Otherwise the buffer itself comes back.
+            assert_eq!(buf.as_ptr() == at, kept.is_none());
+            assert!(buf.iter().all(|&b| b == 0), "no stale byte");
+        }
+
+        // Copies share a block, taken back once its datagrams are gone.
+        let mut small = BytesMut::zeroed(RECV_BUFFER);
+        small[..1000].fill(7);
+        let mut got = Vec::new();
+        hand_out(&mut small, &mut copies, 300, 100, from, &mut |_, d| {
+            got.push(d)
+        });
+        assert_eq!(got.len(), 3);
+        let block = got[0].as_ptr();
+        assert_eq!(got[1].as_ptr(), block.wrapping_add(100), "back to back");
+        drop(got);
+        // The next copies follow in the same block; once it is full, it is
+        // taken back from its start.
+        let mut next = block.wrapping_add(300);
+        let reused = (0..100).any(|_| {
+            let mut at = None;
+            hand_out(&mut small, &mut copies, 1000, 1000, from, &mut |_, d| {
+                assert_eq!(d, vec![7; 1000]);
+                at = Some(d.as_ptr());
+            });
+            if at == Some(block) {
+                return true;
+            }
+            assert_eq!(at, Some(next));
+            next = next.wrapping_add(1000);
+            false
+        });
+        assert!(reused, "the block is used again");
     }
 
     #[tokio::test]
