@@ -50,6 +50,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use surelink_proto::conn::PathAddr;
 use surelink_proto::{ConnectionHandle, DatagramEvent, Side};
 
@@ -73,8 +74,8 @@ const STALL_SLEEP: Duration = Duration::from_millis(1);
 /// Sleep used when no connection has a timer.
 const IDLE_SLEEP: Duration = Duration::from_secs(3600);
 
-/// Datagrams stored back to back in one buffer, each with the index of the
-/// local socket it came in on or goes out of.
+/// Datagrams to send, stored back to back in one buffer, each with the
+/// index of the local socket it goes out of.
 #[derive(Debug, Default)]
 pub(crate) struct Datagrams {
     bytes: Vec<u8>,
@@ -88,18 +89,6 @@ impl Datagrams {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(data);
         self.items.push((local, addr, start..self.bytes.len()));
-    }
-
-    /// Moves every datagram of `other` not yet taken to the end of this
-    /// queue, leaving `other` empty.
-    pub(crate) fn append(&mut self, other: &mut Datagrams) {
-        let base = self.bytes.len();
-        for (local, addr, r) in &other.items[other.head..] {
-            self.items
-                .push((*local, *addr, base + r.start..base + r.end));
-        }
-        self.bytes.extend_from_slice(&other.bytes);
-        other.clear();
     }
 
     fn clear(&mut self) {
@@ -145,17 +134,38 @@ impl Datagrams {
         }
         count
     }
+}
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (PathAddr, &[u8])> + '_ {
-        self.items[self.head..].iter().map(|(local, addr, r)| {
-            (
-                PathAddr {
-                    local: *local,
-                    remote: *addr,
-                },
-                &self.bytes[r.clone()],
-            )
-        })
+/// Received datagrams, each in a buffer of its own that the core takes over
+/// (it decrypts in place there, and delivers whole messages as slices of
+/// it), with the local socket it came in on and its sender.
+#[derive(Debug, Default)]
+pub(crate) struct Received {
+    items: Vec<(PathAddr, BytesMut)>,
+}
+
+impl Received {
+    pub(crate) fn push(&mut self, local: u16, remote: SocketAddr, data: BytesMut) {
+        self.items.push((PathAddr { local, remote }, data));
+    }
+
+    /// Moves every datagram of `other` to the end of this queue, leaving
+    /// `other` empty.
+    pub(crate) fn append(&mut self, other: &mut Received) {
+        self.items.append(&mut other.items);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Takes every datagram, in the order received.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = (PathAddr, BytesMut)> + '_ {
+        self.items.drain(..)
     }
 }
 
@@ -205,7 +215,7 @@ async fn any_ready<T: DatagramIo>(io: &T, write: bool) -> io::Result<()> {
 /// nothing is left to drive.
 pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T, mut router: Router) {
     let _stop = StopGuard(shared.clone());
-    let mut received = Datagrams::default();
+    let mut received = Received::default();
     let mut outgoing = Datagrams::default();
     let mut scratch = Vec::with_capacity(MAX_SEND_BYTES);
     let mut stalled = 0u32;
@@ -213,16 +223,16 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T, mut 
     let mut timer = PreciseTimer::new();
     loop {
         // 1. Receive a batch.
-        received.clear();
         let socket_busy = receive(&mut sockets, &mut received, &mut router, &shared.io);
         router.take_handed(&mut received);
+        let nothing_received = received.is_empty();
 
-        // 2. Drive the core.
+        // 2. Drive the core (it takes the received datagrams).
         let now = crate::util::now();
         let before = outgoing.len();
         let round = {
             let mut st = shared.lock();
-            drive(&mut st, now, &received, &mut outgoing, &mut scratch)
+            drive(&mut st, now, &mut received, &mut outgoing, &mut scratch)
         };
         let produced = outgoing.len() > before;
         if round.endpoint_changed {
@@ -241,7 +251,7 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T, mut 
 
         // 4. Sleep.
         let mut deadline = round.deadline.unwrap_or(now + IDLE_SLEEP);
-        if deadline <= now && received.is_empty() && !produced {
+        if deadline <= now && nothing_received && !produced {
             stalled += 1;
             if stalled >= STALL_ROUNDS {
                 if !stall_logged {
@@ -284,7 +294,7 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T, mut 
 fn drive(
     st: &mut State,
     now: Instant,
-    received: &Datagrams,
+    received: &mut Received,
     outgoing: &mut Datagrams,
     scratch: &mut Vec<u8>,
 ) -> Round {
@@ -295,18 +305,18 @@ fn drive(
     let socket_blocked = !outgoing.is_empty();
 
     // Route and feed datagrams.
-    for (path, data) in received.iter() {
+    for (path, data) in received.drain() {
         let from = path.remote;
-        match st.endpoint.handle(now, from, data) {
+        match st.endpoint.handle(now, from, &data) {
             DatagramEvent::Known(h) => {
                 if let Some(cs) = st.conns.get_mut(&h) {
-                    cs.conn.handle_datagram_on(now, path, data);
+                    cs.conn.handle_datagram_owned(now, path, data);
                     st.touch(h);
                 }
             }
             DatagramEvent::New(h, conn) => {
                 let mut cs = ConnState::new(*conn, false);
-                cs.conn.handle_datagram_on(now, path, data);
+                cs.conn.handle_datagram_owned(now, path, data);
                 if !st.accepting {
                     cs.conn
                         .abort(now, "the endpoint is not accepting connections");
@@ -483,13 +493,13 @@ fn next_deadline(st: &mut State) -> Option<Instant> {
     None
 }
 
-/// Reads a round's batch from every socket into `received` (cleared by the
-/// caller), handing datagrams that belong to other shards to them; returns
+/// Reads a round's batch from every socket into `received` (emptied by the
+/// last round), handing datagrams that belong to other shards to them; returns
 /// true if it stopped at the round's limit rather than because the sockets
 /// would block.
 fn receive<T: DatagramIo>(
     sockets: &mut T,
-    received: &mut Datagrams,
+    received: &mut Received,
     router: &mut Router,
     io: &IoCounters,
 ) -> bool {
@@ -500,7 +510,7 @@ fn receive<T: DatagramIo>(
         while calls < RECV_BATCH && received.len() < RECV_BATCH {
             calls += 1;
             let tag = local as u16;
-            let sink = |from, data: &[u8]| {
+            let sink = |from, data: BytesMut| {
                 datagrams += 1;
                 bytes += data.len() as u64;
                 router.sort(received, tag, from, data);
@@ -650,7 +660,7 @@ mod tests {
         fn try_recv(
             &mut self,
             _local: usize,
-            _sink: impl FnMut(SocketAddr, &[u8]),
+            _sink: impl FnMut(SocketAddr, BytesMut),
         ) -> io::Result<usize> {
             Err(io::ErrorKind::WouldBlock.into())
         }

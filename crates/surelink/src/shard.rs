@@ -17,9 +17,9 @@
 //! So each shard's core issues connection ids congruent to the shard's
 //! index ([`surelink_proto::Endpoint::set_shard`]), and a driver that reads
 //! a datagram belonging to another shard ([`surelink_proto::shard_route`])
-//! hands it over: the datagram is copied into that shard's [`Inbox`] and its
-//! driver woken. Stateless Resets, addressed to ids the peer issued, go to
-//! every shard.
+//! hands it over: the datagram's buffer is moved into that shard's
+//! [`Inbox`] and its driver woken. Stateless Resets, addressed to ids the
+//! peer issued, go to every shard (a copy to each other shard).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,12 +27,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use surelink_proto::ShardRoute;
 use tokio::sync::Notify;
 
-use crate::driver::Datagrams;
+use bytes::BytesMut;
+
+use crate::driver::Received;
 
 /// Datagrams other shards' drivers read for this shard, waiting for its driver.
 #[derive(Debug, Default)]
 pub(crate) struct Inbox {
-    datagrams: Mutex<Datagrams>,
+    datagrams: Mutex<Received>,
     /// The owning shard's driver wake-up (also its handles').
     pub(crate) wake: Arc<Notify>,
 }
@@ -44,7 +46,7 @@ pub(crate) struct Router {
     index: usize,
     inboxes: Arc<[Inbox]>,
     /// Per shard, what this driver read for it in the current round.
-    outgoing: Vec<Datagrams>,
+    outgoing: Vec<Received>,
 }
 
 impl Router {
@@ -55,7 +57,7 @@ impl Router {
 
     /// The router of shard `index` among `inboxes`.
     pub(crate) fn new(index: usize, inboxes: Arc<[Inbox]>) -> Self {
-        let outgoing = (0..inboxes.len()).map(|_| Datagrams::default()).collect();
+        let outgoing = (0..inboxes.len()).map(|_| Received::default()).collect();
         Self {
             index,
             inboxes,
@@ -65,18 +67,24 @@ impl Router {
 
     /// Sorts one datagram this shard's driver read: into `own` if it belongs
     /// here, else aside for the shard that owns it (or for every shard).
-    pub(crate) fn sort(&mut self, own: &mut Datagrams, local: u16, from: SocketAddr, data: &[u8]) {
-        match surelink_proto::shard_route(data, self.inboxes.len()) {
+    pub(crate) fn sort(
+        &mut self,
+        own: &mut Received,
+        local: u16,
+        from: SocketAddr,
+        data: BytesMut,
+    ) {
+        match surelink_proto::shard_route(&data, self.inboxes.len()) {
             ShardRoute::Receiver => own.push(local, from, data),
             ShardRoute::Shard(shard) if shard == self.index => own.push(local, from, data),
             ShardRoute::Shard(shard) => self.outgoing[shard].push(local, from, data),
             ShardRoute::Every => {
-                own.push(local, from, data);
                 for (shard, out) in self.outgoing.iter_mut().enumerate() {
                     if shard != self.index {
-                        out.push(local, from, data);
+                        out.push(local, from, data.clone());
                     }
                 }
+                own.push(local, from, data);
             }
         }
     }
@@ -102,7 +110,7 @@ impl Router {
     }
 
     /// Moves what other shards handed to this one into `own`.
-    pub(crate) fn take_handed(&self, own: &mut Datagrams) {
+    pub(crate) fn take_handed(&self, own: &mut Received) {
         if self.inboxes.len() > 1 {
             own.append(
                 &mut self.inboxes[self.index]
@@ -133,8 +141,8 @@ mod tests {
         data
     }
 
-    fn contents(d: &Datagrams) -> Vec<Vec<u8>> {
-        d.iter().map(|(_, data)| data.to_vec()).collect()
+    fn contents(d: &mut Received) -> Vec<Vec<u8>> {
+        d.drain().map(|(_, data)| data.to_vec()).collect()
     }
 
     #[test]
@@ -142,27 +150,27 @@ mod tests {
         let inboxes = Router::inboxes(3);
         let mut router = Router::new(1, inboxes.clone());
         let from = SocketAddr::from(([127, 0, 0, 1], 9));
-        let mut own = Datagrams::default();
+        let mut own = Received::default();
         let initial = packet(PacketKind::Initial, 5);
         let mine = packet(PacketKind::Data, 4);
         let theirs = packet(PacketKind::Data, 5);
         let reset = packet(PacketKind::Reset, 6);
         for d in [&initial, &mine, &theirs, &reset] {
-            router.sort(&mut own, 0, from, d);
+            router.sort(&mut own, 0, from, BytesMut::from(&d[..]));
         }
         assert_eq!(
             router.hand_over(),
             3,
             "one to shard 2, the Reset to 0 and 2"
         );
-        assert_eq!(contents(&own), [initial, mine, reset.clone()]);
-        let mut shard0 = Datagrams::default();
+        assert_eq!(contents(&mut own), [initial, mine, reset.clone()]);
+        let mut shard0 = Received::default();
         Router::new(0, inboxes.clone()).take_handed(&mut shard0);
-        assert_eq!(contents(&shard0), std::slice::from_ref(&reset));
-        let mut shard2 = Datagrams::default();
+        assert_eq!(contents(&mut shard0), std::slice::from_ref(&reset));
+        let mut shard2 = Received::default();
         Router::new(2, inboxes.clone()).take_handed(&mut shard2);
-        assert_eq!(contents(&shard2), [theirs, reset]);
-        let mut again = Datagrams::default();
+        assert_eq!(contents(&mut shard2), [theirs, reset]);
+        let mut again = Received::default();
         Router::new(2, inboxes).take_handed(&mut again);
         assert!(again.is_empty(), "taken once");
     }

@@ -78,7 +78,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use surelink_netem::{Fate, Link, LinkConfig, LinkStats, NetemError};
 use tokio::time::Sleep;
 
@@ -495,7 +495,7 @@ impl DatagramIo for SimSocket {
     fn try_recv(
         &mut self,
         _local: usize,
-        mut sink: impl FnMut(SocketAddr, &[u8]),
+        mut sink: impl FnMut(SocketAddr, BytesMut),
     ) -> io::Result<usize> {
         let now = crate::util::now();
         let mut net = self.lock();
@@ -514,7 +514,7 @@ impl DatagramIo for SimSocket {
         };
         host.inbox_bytes -= data.len();
         drop(net);
-        sink(from, &data);
+        sink(from, BytesMut::from(&data[..]));
         Ok(1)
     }
 

@@ -16,11 +16,25 @@
 //! to 1 and the driver goes on one datagram at a time. With
 //! [`EndpointConfig::batched_io`](crate::EndpointConfig::batched_io) off,
 //! [`UdpIo`] uses tokio's plain `try_send_to` / `try_recv_from` instead.
+//!
+//! `try_recv` hands over each datagram in a buffer of its own, which the
+//! caller keeps (the core decrypts it in place and delivers whole messages
+//! as slices of it). [`UdpIo`] receives into buffers of [`RECV_BUFFER`]
+//! bytes. One that comes back well filled (a GRO batch) is handed out, its
+//! datagrams split off it without a copy; before the next receive it is
+//! taken back if nothing refers to it any more (else a new one is
+//! allocated) and zeroed again, as safe Rust cannot receive into
+//! uninitialised memory. The datagrams of one that holds less than
+//! [`HAND_OUT_AT`] bytes (ACKs, a lone datagram) are copied out, back to
+//! back into a shared block that is likewise taken back once its datagrams
+//! are gone: zeroing a whole buffer for them would cost more than the copy,
+//! and allocating one buffer per datagram too.
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
+use bytes::BytesMut;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
@@ -31,6 +45,14 @@ use tokio::net::UdpSocket;
 const RECV_BUFFER: usize = 65_536;
 /// Receive buffers handed to one `recvmmsg` when batching (1 MiB in all).
 const RECV_BUFFERS: usize = 16;
+/// A receive buffer that came back with at least this many bytes is handed
+/// out with its datagrams (and replaced); below, they are copied out of it.
+/// The choice weighs zeroing a whole buffer again against copying what this
+/// one holds; a quarter is a judgement, not a measured crossover.
+const HAND_OUT_AT: usize = RECV_BUFFER / 4;
+/// Size of the blocks the datagrams of sparsely filled receive buffers are
+/// copied into.
+const COPY_BLOCK: usize = RECV_BUFFER;
 /// Most bytes in one GSO send: the 16-bit UDP length minus the UDP and IPv6
 /// headers (IPv4's limit, 65,507, is higher).
 pub(crate) const MAX_SEND_BYTES: usize = u16::MAX as usize - 48;
@@ -62,9 +84,14 @@ pub(crate) trait DatagramIo: Send + Sync + 'static {
     ) -> io::Result<()>;
 
     /// Reads what one call returns from socket `local` (one or more
-    /// datagrams) and hands each datagram with its sender to `sink`: how many
-    /// there were, or [`io::ErrorKind::WouldBlock`] when none is waiting.
-    fn try_recv(&mut self, local: usize, sink: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize>;
+    /// datagrams) and hands each datagram, in a buffer of its own, with its
+    /// sender to `sink`: how many there were, or
+    /// [`io::ErrorKind::WouldBlock`] when none is waiting.
+    fn try_recv(
+        &mut self,
+        local: usize,
+        sink: impl FnMut(SocketAddr, BytesMut),
+    ) -> io::Result<usize>;
 
     /// Ready when some socket may have a datagram to read.
     fn poll_recv_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
@@ -80,9 +107,13 @@ pub(crate) struct UdpIo {
     sockets: Vec<UdpSocket>,
     /// One `quinn-udp` state per socket when batching; `None`: plain calls.
     batch: Option<Vec<UdpSocketState>>,
-    /// Receive buffers, [`RECV_BUFFER`] bytes each ([`RECV_BUFFERS`] of them
-    /// when batching, else one).
-    recv_buf: Vec<u8>,
+    /// Receive buffers, [`RECV_BUFFER`] initialised bytes each
+    /// ([`RECV_BUFFERS`] of them when batching, else one); one handed out
+    /// is left empty, still holding its allocation, until the next receive
+    /// makes it whole again.
+    recv_bufs: Vec<BytesMut>,
+    /// Where the datagrams of sparsely filled receive buffers are copied.
+    copies: BytesMut,
     /// Per receive buffer: what `recvmmsg` put there.
     recv_meta: Vec<RecvMeta>,
 }
@@ -117,8 +148,11 @@ impl UdpIo {
         Self {
             sockets,
             batch,
-            recv_buf: vec![0; RECV_BUFFER * buffers],
+            recv_bufs: (0..buffers)
+                .map(|_| BytesMut::zeroed(RECV_BUFFER))
+                .collect(),
             recv_meta: vec![RecvMeta::default(); buffers],
+            copies: BytesMut::new(),
         }
     }
 
@@ -181,29 +215,36 @@ impl DatagramIo for UdpIo {
     fn try_recv(
         &mut self,
         local: usize,
-        mut sink: impl FnMut(SocketAddr, &[u8]),
+        mut sink: impl FnMut(SocketAddr, BytesMut),
     ) -> io::Result<usize> {
+        for buf in &mut self.recv_bufs {
+            make_whole(buf);
+        }
         let socket = &self.sockets[local];
+        let copies = &mut self.copies;
         let Some(state) = self.batch.as_ref().and_then(|states| states.get(local)) else {
-            let (n, from) = socket.try_recv_from(&mut self.recv_buf)?;
-            sink(from, &self.recv_buf[..n]);
-            return Ok(1);
+            let (n, from) = socket.try_recv_from(&mut self.recv_bufs[0])?;
+            return Ok(hand_out(
+                &mut self.recv_bufs[0],
+                copies,
+                n,
+                n,
+                from,
+                &mut sink,
+            ));
         };
-        let mut chunks = self.recv_buf.chunks_mut(RECV_BUFFER);
-        let mut bufs: [IoSliceMut<'_>; RECV_BUFFERS] =
-            std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+        let mut chunks = self.recv_bufs.iter_mut();
+        let mut bufs: [IoSliceMut<'_>; RECV_BUFFERS] = std::array::from_fn(|_| {
+            IoSliceMut::new(chunks.next().map_or(&mut [][..], |b| &mut b[..]))
+        });
         let meta = &mut self.recv_meta;
         let filled = socket.try_io(Interest::READABLE, || {
             state.recv(socket.into(), &mut bufs, meta)
         })?;
         let mut datagrams = 0;
-        for (buf, meta) in bufs.iter().zip(meta.iter()).take(filled) {
-            let data = &buf[..meta.len.min(buf.len())];
+        for (buf, meta) in self.recv_bufs.iter_mut().zip(meta.iter()).take(filled) {
             // GRO: several datagrams of `stride` bytes, the last maybe shorter.
-            for datagram in data.chunks(meta.stride.max(1)) {
-                sink(meta.addr, datagram);
-                datagrams += 1;
-            }
+            datagrams += hand_out(buf, copies, meta.len, meta.stride, meta.addr, &mut sink);
         }
         Ok(datagrams)
     }
@@ -215,6 +256,57 @@ impl DatagramIo for UdpIo {
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_any(|s| s.poll_send_ready(cx))
     }
+}
+
+/// Makes `buf` a receive buffer of [`RECV_BUFFER`] initialised bytes again
+/// after its datagrams were handed out: its own allocation if nothing
+/// refers to it any more, else a new one.
+fn make_whole(buf: &mut BytesMut) {
+    if buf.len() == RECV_BUFFER {
+        return;
+    }
+    buf.clear();
+    if !buf.try_reclaim(RECV_BUFFER) {
+        *buf = BytesMut::with_capacity(RECV_BUFFER);
+    }
+    buf.resize(RECV_BUFFER, 0);
+}
+
+/// Hands the datagrams that the first `len` bytes of `buf` hold, `stride`
+/// bytes each (the last may be shorter), to `sink` from `from`; returns how
+/// many there were. A well-filled buffer is handed out, its datagrams split
+/// off it (`buf` is left empty, for [`make_whole`]); otherwise they are
+/// copied into `copies` and split off there, and `buf` stays as it is, to
+/// be received into again.
+fn hand_out(
+    buf: &mut BytesMut,
+    copies: &mut BytesMut,
+    len: usize,
+    stride: usize,
+    from: SocketAddr,
+    sink: &mut impl FnMut(SocketAddr, BytesMut),
+) -> usize {
+    let len = len.min(buf.len());
+    let stride = stride.max(1);
+    if len < HAND_OUT_AT {
+        let datagrams = buf[..len].chunks(stride);
+        let count = datagrams.len();
+        for datagram in datagrams {
+            if !copies.try_reclaim(datagram.len()) {
+                *copies = BytesMut::with_capacity(COPY_BLOCK.max(datagram.len()));
+            }
+            copies.extend_from_slice(datagram);
+            sink(from, copies.split());
+        }
+        return count;
+    }
+    buf.truncate(len);
+    let mut count = 0;
+    while !buf.is_empty() {
+        sink(from, buf.split_to(stride.min(buf.len())));
+        count += 1;
+    }
+    count
 }
 
 /// Binds a non-blocking UDP socket to `addr`, asking for `buffer_size` bytes of
@@ -353,6 +445,8 @@ fn configure(socket: &Socket, buffer_size: usize) {
 
 #[cfg(test)]
 mod tests {
+    use std::future::poll_fn;
+
     use super::*;
 
     #[test]
@@ -367,5 +461,124 @@ mod tests {
         assert!(recv_buffer_falls_short(full - 1, asked));
         // Linux's default cap (net.core.rmem_max = 208 KiB) reported doubled.
         assert!(recv_buffer_falls_short(2 * 212_992, asked));
+    }
+
+    /// The next datagrams `io` reads (one call), with their contents.
+    async fn recv_one_call(io: &mut UdpIo) -> Vec<BytesMut> {
+        for _ in 0..100 {
+            poll_fn(|cx| io.poll_recv_ready(cx)).await.unwrap();
+            let mut got = Vec::new();
+            match io.try_recv(0, |_, data| got.push(data)) {
+                Ok(_) => return got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("nothing received");
+    }
+
+    #[test]
+    fn a_batch_is_split_at_its_stride_whether_copied_or_handed_out() {
+        let from = SocketAddr::from(([127, 0, 0, 1], 9));
+        for (len, stride) in [(HAND_OUT_AT - 1, 1400), (RECV_BUFFER - 7, 1400)] {
+            let mut buf = BytesMut::zeroed(RECV_BUFFER);
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = (i / stride) as u8;
+            }
+            let mut got = Vec::new();
+            let mut copies = BytesMut::new();
+            let count = hand_out(&mut buf, &mut copies, len, stride, from, &mut |_, d| {
+                got.push(d)
+            });
+            assert_eq!(count, len.div_ceil(stride));
+            assert_eq!(got.len(), count);
+            for (i, d) in got.iter().enumerate() {
+                let expected = stride.min(len - i * stride);
+                assert_eq!(d.len(), expected, "datagram {i} of {len} bytes");
+                assert!(
+                    d.iter().all(|&b| b == i as u8),
+                    "datagram {i} of {len} bytes"
+                );
+            }
+            let handed_out = len >= HAND_OUT_AT;
+            assert_eq!(buf.is_empty(), handed_out, "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn buffers_come_back_for_the_next_receive_zeroed_once_their_datagrams_are_gone() {
+        let from = SocketAddr::from(([127, 0, 0, 1], 9));
+        let mut copies = BytesMut::new();
+        for keep_one in [true, false] {
+            let mut buf = BytesMut::zeroed(RECV_BUFFER);
+            buf.fill(0xee);
+            let at = buf.as_ptr();
+            let mut got = Vec::new();
+            hand_out(
+                &mut buf,
+                &mut copies,
+                RECV_BUFFER,
+                1400,
+                from,
+                &mut |_, d| got.push(d),
+            );
+            let kept = if keep_one { got.pop() } else { None };
+            drop(got);
+            make_whole(&mut buf);
+            assert_eq!(buf.len(), RECV_BUFFER);
+            // A datagram still alive keeps the buffer: a new one is made.
+            // Otherwise the buffer itself comes back.
+            assert_eq!(buf.as_ptr() == at, kept.is_none());
+            assert!(buf.iter().all(|&b| b == 0), "no stale byte");
+        }
+
+        // Copies share a block, taken back once its datagrams are gone.
+        let mut small = BytesMut::zeroed(RECV_BUFFER);
+        small[..1000].fill(7);
+        let mut got = Vec::new();
+        hand_out(&mut small, &mut copies, 300, 100, from, &mut |_, d| {
+            got.push(d)
+        });
+        assert_eq!(got.len(), 3);
+        let block = got[0].as_ptr();
+        assert_eq!(got[1].as_ptr(), block.wrapping_add(100), "back to back");
+        drop(got);
+        // The next copies follow in the same block; once it is full, it is
+        // taken back from its start.
+        let mut next = block.wrapping_add(300);
+        let reused = (0..100).any(|_| {
+            let mut at = None;
+            hand_out(&mut small, &mut copies, 1000, 1000, from, &mut |_, d| {
+                assert_eq!(d, vec![7; 1000]);
+                at = Some(d.as_ptr());
+            });
+            if at == Some(block) {
+                return true;
+            }
+            assert_eq!(at, Some(next));
+            next = next.wrapping_add(1000);
+            false
+        });
+        assert!(reused, "the block is used again");
+    }
+
+    #[tokio::test]
+    async fn a_receive_buffer_used_again_holds_only_the_new_datagram() {
+        for batched in [true, false] {
+            let rx = UdpSocket::from_std(bind_udp(([127, 0, 0, 1], 0).into(), 0).unwrap()).unwrap();
+            let to = rx.local_addr().unwrap();
+            let tx = std::net::UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+            let mut io = UdpIo::new(vec![rx], batched);
+            // Below `HAND_OUT_AT`, copied out: the next datagram lands in the
+            // same buffer. Above, handed out: the next lands in a new one.
+            for long in [HAND_OUT_AT - 1, HAND_OUT_AT + 1000] {
+                for (len, byte) in [(long, 0xee), (5, 1), (long / 2, 0xdd), (1, 2)] {
+                    tx.send_to(&vec![byte; len], to).unwrap();
+                    let got = recv_one_call(&mut io).await;
+                    assert_eq!(got.len(), 1, "batched {batched}, {len} bytes");
+                    assert_eq!(got[0], vec![byte; len], "batched {batched}, {len} bytes");
+                }
+            }
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! The connection owns no socket and reads no clock. It is driven by the caller:
 //!
 //! ```text
-//! conn.handle_datagram(now, remote, &bytes);   // a datagram arrived
+//! conn.handle_datagram(now, remote, &bytes);   // a datagram arrived (or handle_datagram_owned: no copy)
 //! conn.handle_timeout(now);                     // the time from poll_timeout came
 //! conn.send(channel, message)?;                 // the application queued a message
 //! while let Some(t) = conn.poll_transmit(now, &mut buf) { /* send buf[..t.size] to t.destination */ }
@@ -58,7 +58,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 
 pub use congestion::{CongestionControl, CongestionController};
@@ -312,14 +312,12 @@ pub struct Connection {
     handshake_spread: u64,
     retry_token: Option<Vec<u8>>,
     protection: Protection,
-    scratch: Vec<u8>,
     /// Emptied frame lists of acknowledged packets, reused for new packets
     /// (a data packet of small messages lists dozens of frames).
     spare_frame_lists: Vec<Vec<sent::SentFrame>>,
     /// The payload of the data packet whose FEC_SOURCE frame is being
-    /// processed, when it carries a whole message: a message protected by
-    /// the frame that arrives whole is delivered as a slice of it, without
-    /// a copy or an allocation of its own.
+    /// processed: a message protected by the frame that arrives whole is
+    /// delivered as a slice of it, without a copy or an allocation of its own.
     packet: Bytes,
     /// Frames in the last packet built: the size of a new frame list when
     /// no spare one is left.
@@ -403,7 +401,6 @@ impl Connection {
             last_handshake_sent: None,
             handshake_spread: 0,
             retry_token: None,
-            scratch: Vec::new(),
             spare_frame_lists: Vec::new(),
             packet: Bytes::new(),
             last_frame_count: 0,
@@ -874,6 +871,8 @@ impl Connection {
 
     /// Handles one datagram from `remote`. Malformed, forged or unexpected
     /// datagrams are dropped and counted; they never panic and never corrupt state.
+    /// Copies the datagram once; a caller that owns it gives it to
+    /// [`handle_datagram_owned`](Self::handle_datagram_owned) instead.
     pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, datagram: &[u8]) {
         self.handle_datagram_on(now, PathAddr { local: 0, remote }, datagram);
     }
@@ -881,6 +880,15 @@ impl Connection {
     /// Like `handle_datagram`, for a datagram that arrived on the caller's
     /// local socket `addr.local` from `addr.remote` (several paths).
     pub fn handle_datagram_on(&mut self, now: Instant, addr: PathAddr, datagram: &[u8]) {
+        self.handle_datagram_owned(now, addr, BytesMut::from(datagram));
+    }
+
+    /// Like `handle_datagram_on`, taking the datagram's buffer: a Data
+    /// packet is decrypted in place there, and the messages it carries whole
+    /// are delivered as slices of that same buffer, without a copy. The
+    /// buffer is dropped whatever happens to the datagram, so nothing of a
+    /// refused one can reach a later message.
+    pub fn handle_datagram_owned(&mut self, now: Instant, addr: PathAddr, mut datagram: BytesMut) {
         match &self.lifecycle {
             Lifecycle::Closed => return,
             Lifecycle::Draining {
@@ -896,12 +904,13 @@ impl Connection {
             }
             _ => {}
         }
-        let mut r = Reader::new(datagram);
+        let size = datagram.len();
+        let mut r = Reader::new(&datagram);
         let Ok(header) = Header::decode(&mut r) else {
             self.stats.malformed_packets += 1;
             return;
         };
-        let header_len = datagram.len() - r.remaining();
+        let header_len = size - r.remaining();
         let payload = &datagram[header_len..];
         let ours = header.dcid == self.local_cid;
         let routed = match (self.side, header.kind) {
@@ -925,7 +934,7 @@ impl Connection {
                 self.stats.malformed_packets += 1;
                 return;
             }
-            self.on_handshake_packet(now, &header, payload, datagram.len());
+            self.on_handshake_packet(now, &header, payload, size);
             return;
         }
         if !self.can_send_data() {
@@ -936,35 +945,34 @@ impl Connection {
             // message until we answer, and repairs the data as any loss.
             return;
         }
-        let mut scratch = std::mem::take(&mut self.scratch);
-        match self
-            .protection
-            .open(&header, &datagram[..header_len], payload, &mut scratch)
-        {
-            Ok(plain) => {
+        match self.protection.open(&header, &mut datagram, header_len) {
+            Ok(len) => {
                 // Authenticated: a packet from a new address opens a path.
                 let path = path.unwrap_or_else(|| self.open_path(now, addr));
-                self.on_data_packet(now, path, &header, plain, datagram.len())
+                datagram.truncate(header_len + len);
+                datagram.advance(header_len);
+                self.on_data_packet(now, path, &header, datagram.freeze(), size)
             }
             Err(OpenError::Authentication) => self.stats.auth_failures += 1,
             Err(OpenError::Replay) => self.stats.duplicate_packets += 1,
             Err(OpenError::Mode) => self.stats.malformed_packets += 1,
         }
-        self.scratch = scratch;
     }
 
+    /// Acts on the frames of an authenticated Data packet whose plaintext
+    /// payload is `packet` (`size` bytes on the wire).
     fn on_data_packet(
         &mut self,
         now: Instant,
         path: usize,
         header: &Header,
-        payload: &[u8],
+        packet: Bytes,
         size: usize,
     ) {
         // Each frame read once, checked as it is read; nothing acts before
         // the whole packet proved valid.
         let mut frames = FrameViews::new();
-        let read = match read_packet_frames(payload, &mut frames) {
+        let read = match read_packet_frames(&packet, &mut frames) {
             Ok(summary) => summary,
             Err(Refusal::Malformed) => {
                 self.stats.malformed_packets += 1;
@@ -1005,23 +1013,9 @@ impl Connection {
             return;
         }
         let mut carries_data = false;
-        // A packet with a whole message is copied once into shared bytes,
-        // and its frames' data are read from there: the messages delivered
-        // whole then point into it. (The fragments of larger messages are
-        // copied into their messages' buffers: their packet is not copied.)
-        let packet = if read.has_whole_msg {
-            Bytes::copy_from_slice(payload)
-        } else {
-            Bytes::new()
-        };
-        // `data`, a slice of `payload`, as the same bytes of its copy.
-        fn in_copy<'p>(copy: &'p Bytes, payload: &[u8], data: &'p [u8]) -> &'p [u8] {
-            if copy.is_empty() {
-                return data;
-            }
-            let start = data.as_ptr() as usize - payload.as_ptr() as usize;
-            &copy[start..start + data.len()]
-        }
+        // The messages in `packet` that arrive whole are delivered as slices
+        // of it (the buffer the datagram was received and decrypted in); the
+        // fragments of larger messages are copied into their messages' buffers.
         for f in frames.drain(..) {
             if matches!(
                 f,
@@ -1034,24 +1028,16 @@ impl Connection {
             }
             match f {
                 Frame::FecSource { seq, frames } => {
-                    let frames = in_copy(&packet, payload, frames);
                     // The messages it protects are read through
                     // `handle_frame`, and find the packet here.
                     self.packet = packet.clone();
                     self.on_fec_source(now, path, header.pn, seq, frames);
                     self.packet = Bytes::new();
                 }
-                Frame::Msg(m) => {
-                    let data = in_copy(&packet, payload, m.data);
-                    self.on_msgs(now, std::iter::once(MsgFrame { data, ..m }), &packet);
-                }
+                Frame::Msg(m) => self.on_msgs(now, std::iter::once(m), &packet),
                 Frame::Bundle(b) => {
                     self.stats.bundles_received += 1;
-                    let messages = b.messages().map(|m| MsgFrame {
-                        data: in_copy(&packet, payload, m.data),
-                        ..m
-                    });
-                    self.on_msgs(now, messages, &packet);
+                    self.on_msgs(now, b.messages(), &packet);
                 }
                 f => self.handle_frame(now, path, f),
             }

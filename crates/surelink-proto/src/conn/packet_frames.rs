@@ -28,11 +28,6 @@ pub(super) type FrameViews<'a> = SmallVec<[Frame<'a>; INLINE_FRAMES]>;
 pub(super) struct PacketSummary {
     /// True if a frame obliges us to acknowledge the packet.
     pub(super) ack_eliciting: bool,
-    /// True if the packet carries a message whole (outside FEC_SOURCE
-    /// frames): a MSG frame with all of its message, or a MSG_BUNDLE frame.
-    /// Only such a message can be delivered as a slice of the packet; a
-    /// fragment of a larger one is copied into its message's buffer.
-    pub(super) has_whole_msg: bool,
 }
 
 /// Why a data packet was refused.
@@ -58,7 +53,6 @@ pub(super) fn read_packet_frames<'a>(
     }
     let mut summary = PacketSummary {
         ack_eliciting: false,
-        has_whole_msg: false,
     };
     for frame in FrameIter::new(payload) {
         let frame = frame.map_err(|_| Refusal::Malformed)?;
@@ -69,8 +63,6 @@ pub(super) fn read_packet_frames<'a>(
             Frame::FecSource {
                 frames: protected, ..
             } if !fec_rx::protected_frames_valid(protected) => return Err(Refusal::Malformed),
-            Frame::Msg(m) if m.is_whole() => summary.has_whole_msg = true,
-            Frame::Bundle(_) => summary.has_whole_msg = true,
             _ => {}
         }
         summary.ack_eliciting |= frame.is_ack_eliciting();
@@ -169,14 +161,6 @@ mod tests {
             prop_assert_eq!(&read[..], &frames[..]);
             let decoded: Vec<_> = FrameIter::new(&payload).collect::<Result<_, _>>().unwrap();
             prop_assert_eq!(&read[..], &decoded[..]);
-            prop_assert_eq!(
-                summary.has_whole_msg,
-                frames.iter().any(|f| match f {
-                    Frame::Msg(m) => m.offset == 0 && m.data.len() as u64 == m.msg_len,
-                    Frame::Bundle(_) => true,
-                    _ => false,
-                })
-            );
             prop_assert_eq!(summary.ack_eliciting, frames.iter().any(Frame::is_ack_eliciting));
         }
 

@@ -128,55 +128,59 @@ impl Protection {
         }
     }
 
-    /// Authenticates a Data packet and returns its plaintext payload (in `scratch`).
-    pub fn open<'a>(
+    /// Authenticates a Data packet and decrypts its payload in place:
+    /// `packet[..header_len]` is the header, the rest the sealed payload and
+    /// its tag. Returns the plaintext's length; the plaintext then starts at
+    /// `header_len`. On failure the payload's bytes are unspecified (`ring`
+    /// zeroes what it decrypted) and must not be read.
+    pub fn open(
         &mut self,
         header: &Header,
-        header_bytes: &[u8],
-        payload: &[u8],
-        scratch: &'a mut Vec<u8>,
-    ) -> Result<&'a [u8], OpenError> {
+        packet: &mut [u8],
+        header_len: usize,
+    ) -> Result<usize, OpenError> {
         if (header.flags & FLAG_PLAINTEXT != 0) != self.plaintext {
             return Err(OpenError::Mode);
         }
         if !self.replay.check(header.pn) {
             return Err(OpenError::Replay);
         }
-        scratch.clear();
-        scratch.extend_from_slice(payload);
+        let (header_bytes, payload) = packet.split_at_mut(header_len);
         let len = if self.plaintext {
-            scratch.len()
+            payload.len()
         } else {
             let k = self.keys.as_mut().ok_or(OpenError::Authentication)?;
             let phase = header.flags & FLAG_KEY_PHASE != 0;
             if phase == k.recv_phase {
                 k.recv
-                    .open(header.pn, header_bytes, scratch)
+                    .open(header.pn, header_bytes, payload)
                     .map_err(|_| OpenError::Authentication)?
                     .len()
             } else {
                 // Either the peer moved to the next key, or this is a late
-                // packet under the previous one.
+                // packet under the previous one. A failed attempt garbles
+                // the payload, so when a previous key is there to try second
+                // it gets a copy (only packets of the other phase pay for it).
                 let next = k.recv.next();
-                let mut copy = scratch.clone();
-                if let Ok(p) = next.open(header.pn, header_bytes, &mut copy) {
+                let sealed = k.recv_prev.is_some().then(|| payload.to_vec());
+                if let Ok(p) = next.open(header.pn, header_bytes, payload) {
                     let n = p.len();
-                    copy.truncate(n);
-                    *scratch = copy;
                     k.recv_prev = Some(std::mem::replace(&mut k.recv, next));
                     k.recv_phase = phase;
                     self.key_updates += 1;
                     n
                 } else {
-                    let prev = k.recv_prev.as_ref().ok_or(OpenError::Authentication)?;
-                    prev.open(header.pn, header_bytes, scratch)
+                    let (Some(prev), Some(sealed)) = (k.recv_prev.as_ref(), sealed) else {
+                        return Err(OpenError::Authentication);
+                    };
+                    payload.copy_from_slice(&sealed);
+                    prev.open(header.pn, header_bytes, payload)
                         .map_err(|_| OpenError::Authentication)?
                         .len()
                 }
             }
         };
-        scratch.truncate(len);
         self.replay.record(header.pn);
-        Ok(&scratch[..])
+        Ok(len)
     }
 }

@@ -640,3 +640,69 @@ fn a_lost_reject_is_repeated_when_the_client_retransmits() {
         t - now
     );
 }
+
+/// The datagrams `c` sends now.
+fn transmit_all(c: &mut Connection, now: Instant) -> Vec<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::iter::from_fn(|| {
+        c.poll_transmit(now, &mut buf)
+            .map(|t| buf[..t.size].to_vec())
+    })
+    .collect()
+}
+
+#[test]
+fn a_tampered_datagram_is_refused_and_its_reused_buffer_carries_nothing_into_the_next_message() {
+    let mut p = Pair::new(Config::default());
+    p.flush();
+    let (now, addr) = (
+        p.now,
+        PathAddr {
+            local: 0,
+            remote: p.c_addr,
+        },
+    );
+    let long = Bytes::from(vec![0xab; 900]);
+    p.client.send(now, 1, long).unwrap();
+    let long_datagrams = transmit_all(&mut p.client, now);
+    let short = Bytes::from_static(b"short message");
+    p.client.send(now, 0, short.clone()).unwrap();
+    let short_datagrams = transmit_all(&mut p.client, now);
+    assert_eq!((long_datagrams.len(), short_datagrams.len()), (1, 1));
+    let (long_datagram, short_datagram) = (&long_datagrams[0], &short_datagrams[0]);
+    assert!(long_datagram.len() > short_datagram.len() + 800);
+
+    // One buffer, received into twice, as a socket's would be: first the
+    // long datagram with one bit flipped in its payload.
+    let mut storage = BytesMut::with_capacity(2048);
+    storage.extend_from_slice(long_datagram);
+    let last = storage.len() - 1;
+    storage[last] ^= 0x01;
+    let at = storage.as_ptr();
+    let before = p.server().stats();
+    p.server().handle_datagram_owned(now, addr, storage.split());
+    let after = p.server().stats();
+    assert_eq!(after.auth_failures, before.auth_failures + 1);
+    assert_eq!(after.packets_received, before.packets_received);
+    assert!(p.server().recv().is_none());
+
+    // The core dropped the refused datagram's buffer: the same memory takes
+    // the short datagram, and its message is exactly what was sent, a slice
+    // of that memory (no copy).
+    storage.reserve(2048);
+    assert_eq!(storage.as_ptr(), at, "the buffer is used again");
+    storage.extend_from_slice(short_datagram);
+    let range = at as usize..at as usize + storage.len();
+    p.server().handle_datagram_owned(now, addr, storage.split());
+    let m = p.server().recv().expect("the short message");
+    assert_eq!((m.channel, &m.data), (0, &short));
+    assert!(
+        range.contains(&(m.data.as_ptr() as usize)),
+        "delivered in place"
+    );
+    assert!(
+        p.server().recv().is_none(),
+        "the refused message is not delivered"
+    );
+    assert_eq!(p.server().stats().auth_failures, after.auth_failures);
+}
