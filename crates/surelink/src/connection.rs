@@ -122,14 +122,15 @@ impl Connection {
     /// connection is still usable).
     ///
     /// Messages may be [`Bytes`] or borrowed `&[u8]` ([`MessageBytes`]):
-    /// messages of up to 256 bytes are copied into the connection's send
-    /// queue either way, so many small messages are best staged in one
+    /// messages of up to [`SMALL_MESSAGE`] bytes are copied into the
+    /// connection's send queue either way, so many small messages are best staged in one
     /// buffer of the caller's, a [`MessageBatch`], and sent with
     /// `send_many(channel, batch.iter())`, which costs no `Bytes` per message.
     /// Larger borrowed messages are copied; larger `Bytes` are kept as they are.
     ///
     /// [`MessageBytes`]: crate::MessageBytes
     /// [`MessageBatch`]: crate::MessageBatch
+    /// [`SMALL_MESSAGE`]: crate::SMALL_MESSAGE
     pub async fn send_many<M, I>(&self, channel: u64, messages: I) -> Result<usize, SendError>
     where
         M: surelink_proto::MessageBytes,

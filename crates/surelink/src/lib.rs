@@ -57,7 +57,7 @@ pub use bytes::Bytes;
 pub use surelink_proto as proto;
 pub use surelink_proto::clock::ClockEstimate;
 pub use surelink_proto::conn::congestion::{CongestionControl, LiveParams};
-pub use surelink_proto::conn::{PathId, PathMode, PathState, PathStats};
+pub use surelink_proto::conn::{PathId, PathMode, PathState, PathStats, SMALL_MESSAGE};
 pub use surelink_proto::stats_schema;
 pub use surelink_proto::wire::Delivery;
 pub use surelink_proto::Event as ConnectionEvent;

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use surelink::stats_schema::{Histogram, Metric, PathLabel, StatsVisitor, Value, VisitStats};
 use surelink::{
     Connection, Endpoint, EndpointConfig, Message, MessageBatch, ProtocolConfig, Security,
+    SMALL_MESSAGE,
 };
 
 use super::{loopback, wire, Diagnostics, Mode, Pair, Route, Rx, Tx};
@@ -20,9 +21,10 @@ const STAGE: usize = 64 << 10;
 const RECV_BATCH: usize = 1024;
 
 /// Sends on channel 0 of a connection: each message with `send`, or, when
-/// the mode batches, 64 KiB of messages at a time staged in a
+/// the mode batches, 64 KiB of small messages at a time staged in a
 /// [`MessageBatch`] (one copy each, like the stream peers' staged write) and
-/// queued with `send_many`.
+/// queued with `send_many`; a message larger than [`SMALL_MESSAGE`] goes
+/// whole with `send`, uncopied.
 pub struct SurelinkTx {
     conn: Connection,
     /// The connection's endpoint, for the socket counters.
@@ -58,6 +60,17 @@ impl Tx for SurelinkTx {
                 .map(|_| ())
                 .map_err(io::Error::other);
         }
+        if msg.len() > SMALL_MESSAGE {
+            // Kept by the transport as it is, uncopied: handed over whole,
+            // after the small messages staged before it.
+            self.flush().await?;
+            return self
+                .conn
+                .send(msg)
+                .await
+                .map(|_| ())
+                .map_err(io::Error::other);
+        }
         self.staged.push(&msg);
         if self.staged.bytes() >= STAGE {
             self.flush().await?;
@@ -66,6 +79,9 @@ impl Tx for SurelinkTx {
     }
 
     async fn flush(&mut self) -> io::Result<()> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
         let sent = self.conn.send_many(0, self.staged.iter()).await;
         self.staged.clear();
         sent.map(|_| ()).map_err(io::Error::other)

@@ -65,7 +65,7 @@ pub use congestion::{CongestionControl, CongestionController};
 pub use path::{PathAddr, PathId, PathState, PathStats};
 pub use phi::phi_trade_off;
 pub use reassembly::{Message, ReassemblyError, SkippedRange, MAX_CHANNELS};
-pub use send_queue::MessageBytes;
+pub use send_queue::{MessageBytes, SMALL_MESSAGE};
 pub use stats::ConnectionStats;
 
 use crate::clock::{ClockEstimate, ClockEstimator, ClockSample};

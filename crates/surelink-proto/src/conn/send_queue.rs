@@ -181,9 +181,12 @@ impl Bundle {
     }
 }
 
-/// Reliable messages up to this many bytes are not cut across packets
-/// either (see [`kept_whole`]).
-const SMALL_MESSAGE: usize = 256;
+/// Messages up to this many bytes are copied into the send queue as they
+/// are queued (see the module documentation), so the application may hand
+/// them over as borrowed slices at no extra cost; larger ones given as
+/// [`Bytes`] are kept without a copy. Reliable messages up to this size are
+/// not cut across packets either (see [`kept_whole`]).
+pub const SMALL_MESSAGE: usize = 256;
 
 /// True for fragments that are not split across packets when a packet can
 /// carry them whole: a deadline or unreliable message cut in two needs both
