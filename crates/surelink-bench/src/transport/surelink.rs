@@ -52,30 +52,21 @@ impl SurelinkTx {
 
 impl Tx for SurelinkTx {
     async fn send(&mut self, msg: Bytes) -> io::Result<()> {
-        if !self.batches {
-            return self
-                .conn
-                .send(msg)
-                .await
-                .map(|_| ())
-                .map_err(io::Error::other);
+        if self.batches && msg.len() <= SMALL_MESSAGE {
+            self.staged.push(&msg);
+            if self.staged.bytes() >= STAGE {
+                self.flush().await?;
+            }
+            return Ok(());
         }
-        if msg.len() > SMALL_MESSAGE {
-            // Kept by the transport as it is, uncopied: handed over whole,
-            // after the small messages staged before it.
-            self.flush().await?;
-            return self
-                .conn
-                .send(msg)
-                .await
-                .map(|_| ())
-                .map_err(io::Error::other);
-        }
-        self.staged.push(&msg);
-        if self.staged.bytes() >= STAGE {
-            self.flush().await?;
-        }
-        Ok(())
+        // One at a time, or a large message, which the transport keeps as
+        // it is, uncopied: after the small messages staged before it.
+        self.flush().await?;
+        self.conn
+            .send(msg)
+            .await
+            .map(|_| ())
+            .map_err(io::Error::other)
     }
 
     async fn flush(&mut self) -> io::Result<()> {
