@@ -306,6 +306,26 @@ impl SenderInput {
     }
 }
 
+/// Connects `client` to `server` and attaches the connection to `tx`, again
+/// and again until an attach succeeds: a connection that fails on the way
+/// is retried, any other error returned.
+async fn attach_connected<S: Storage + Send>(
+    tx: &mut DurableSender<S>,
+    client: &Endpoint,
+    server: SocketAddr,
+) -> Result<(), SessionError> {
+    loop {
+        let Ok(conn) = client.connect(server).await else {
+            continue;
+        };
+        match tx.attach(conn).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_connection() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// One sender incarnation: opens the journal, connects, resumes, sends from
 /// the resume cursor in small batches, and finishes. Runs until killed (its
 /// task aborted) or done.
@@ -323,15 +343,7 @@ async fn sender(
     }
     let mut next = input.next_message(tx.resume_cursor());
     loop {
-        let conn = match client.connect(server).await {
-            Ok(conn) => conn,
-            Err(_) => continue,
-        };
-        match tx.attach(conn).await {
-            Ok(_) => {}
-            Err(e) if e.is_connection() => continue,
-            Err(e) => return Err(e),
-        }
+        attach_connected(&mut tx, &client, server).await?;
         let result = async {
             while next < count {
                 let batch: Vec<Outgoing> = (next..count.min(next + 4))

@@ -175,15 +175,7 @@ async fn sender(
     // The cursor after message i is i + 1: the next message to read.
     let mut next = tx.resume_cursor();
     loop {
-        let conn = match client.connect(net.server_addr()).await {
-            Ok(conn) => conn,
-            Err(_) => continue,
-        };
-        match tx.attach(conn).await {
-            Ok(_) => {}
-            Err(e) if e.is_connection() => continue,
-            Err(e) => return Err(e),
-        }
+        attach_connected(&mut tx, &client, net.server_addr()).await?;
         let result = async {
             while next < MESSAGES {
                 let end = MESSAGES.min(next + BATCH);
