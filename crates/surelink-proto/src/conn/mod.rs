@@ -71,16 +71,14 @@ pub use stats::ConnectionStats;
 use crate::clock::{ClockEstimate, ClockEstimator, ClockSample};
 use crate::config::Config;
 use crate::crypto::{Identity, PublicKey};
-use crate::wire::{
-    BundleFrame, Delivery, Frame, Header, MsgFrame, PacketKind, Reader, TransportParams,
-};
+use crate::wire::{Delivery, Frame, Header, MsgFrame, PacketKind, Reader, TransportParams};
 use handshake::{Handshake, ResetToken};
 use lifecycle::Lifecycle;
 use packet_frames::{read_packet_frames, FrameViews, Refusal};
 use path::Path;
 use path_set::{DataPace, PathSet};
 use protection::{OpenError, Protection};
-use reassembly::{FragmentOutcome, PeerClock, Reassembly};
+use reassembly::{FragmentOutcome, Reassembly};
 use received::ReceivedPackets;
 use send_queue::{BatchLimits, BatchRefusal, SendQueue};
 
@@ -540,20 +538,11 @@ impl Connection {
     }
 
     /// The peer's clock minus ours when our clock reads `now_us`, µs: a peer
-    /// timestamp `t` is `t - offset` on our clock (see [`PeerClock`]).
+    /// timestamp `t` is `t - offset` on our clock (see [`to_local_us`]).
     fn peer_offset_us(&self, now_us: u64) -> f64 {
         match self.clock.estimate(now_us) {
             Some(e) => e.offset_us,
             None => self.provisional_offset_us.unwrap_or(0.0),
-        }
-    }
-
-    /// How the peer's message timestamps map to our clock when our clock
-    /// reads `now_us`.
-    fn peer_clock(&self, now_us: u64) -> PeerClock {
-        PeerClock {
-            origin_us: self.peer_params.map_or(0, |p| p.clock_origin_us),
-            offset_us: self.peer_offset_us(now_us),
         }
     }
 
@@ -1048,7 +1037,7 @@ impl Connection {
                 Frame::Msg(m) => self.on_msgs(now, std::iter::once(m), &packet),
                 Frame::Bundle(b) => {
                     self.stats.bundles_received += 1;
-                    self.on_bundle(now, &b, &packet);
+                    self.on_msgs(now, b.messages(), &packet);
                 }
                 f => self.handle_frame(now, path, f),
             }
@@ -1143,16 +1132,20 @@ impl Connection {
         frames: impl Iterator<Item = MsgFrame<'a>>,
         packet: &Bytes,
     ) {
+        let peer_origin = self.peer_params.map_or(0, |p| p.clock_origin_us);
         let now_us = self.clock_us(now);
-        let clock = self.peer_clock(now_us);
+        let peer_offset_us = self.peer_offset_us(now_us);
+        let (packet_at, packet_len) = (packet.as_ptr() as usize, packet.len());
         for m in frames {
             if self.is_closed() {
                 return;
             }
-            let source = clock.local_us(m.timestamp_us);
+            let source = to_local_us(peer_origin.saturating_add(m.timestamp_us), peer_offset_us);
             // The data as a slice of the packet, when it lies in it (a message
             // rebuilt by FEC does not).
-            let shared = lies_in(m.data, packet).then_some(packet);
+            let at = m.data.as_ptr() as usize;
+            let in_packet = at >= packet_at && at + m.data.len() <= packet_at + packet_len;
+            let shared = in_packet.then_some(packet);
             match self.reassembly.on_fragment(&m, source, now_us, shared) {
                 Ok(FragmentOutcome::New) => {}
                 Ok(FragmentOutcome::Duplicate) => self.stats.duplicate_fragments += 1,
@@ -1166,26 +1159,6 @@ impl Connection {
                 }
             }
         }
-    }
-
-    /// Hands a bundle that arrived in `packet` at `now` to reassembly: as
-    /// one entry when its messages are the next ones of their channel and
-    /// nothing else is held there (the common case: a stream of small
-    /// messages in order), each message then cut from the packet only when
-    /// the application takes it; otherwise message by message, like MSG
-    /// frames.
-    fn on_bundle(&mut self, now: Instant, bundle: &BundleFrame<'_>, packet: &Bytes) {
-        if !self.is_closed() && lies_in(bundle.records, packet) {
-            let now_us = self.clock_us(now);
-            let clock = self.peer_clock(now_us);
-            if self
-                .reassembly
-                .on_bundle_in_order(bundle, packet, clock, now_us)
-            {
-                return;
-            }
-        }
-        self.on_msgs(now, bundle.messages(), packet);
     }
 
     /// Runs deadline skipping and playout, and reports what was skipped.
@@ -1202,11 +1175,10 @@ impl Connection {
     }
 }
 
-/// True if `data` lies within `packet`'s bytes (a message rebuilt by FEC
-/// does not).
-fn lies_in(data: &[u8], packet: &Bytes) -> bool {
-    let (at, packet_at) = (data.as_ptr() as usize, packet.as_ptr() as usize);
-    at >= packet_at && at + data.len() <= packet_at + packet.len()
+/// Peer timestamp `peer_us` on our clock, given the peer's clock offset
+/// (see `Connection::peer_offset_us`); 0 at the earliest.
+fn to_local_us(peer_us: u64, peer_offset_us: f64) -> u64 {
+    (peer_us as f64 - peer_offset_us).max(0.0) as u64
 }
 
 #[cfg(test)]

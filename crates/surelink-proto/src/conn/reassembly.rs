@@ -21,24 +21,16 @@
 //! packet it came in as shared bytes, such a message is a slice of it: no
 //! copy, no allocation, and the packet's buffer lives as long as one of its
 //! messages does.
-//!
-//! A bundle whose messages are all the next ones of their channel, with
-//! nothing else held there, is taken as one entry of the ready queue (one
-//! channel lookup, one credit check, one reference to the packet): its
-//! messages are cut from the packet one at a time as the application takes
-//! them ([`Reassembly::pop`]), so the reference count of the packet's buffer
-//! is raised and dropped on the application's side for each message, not
-//! raised by whoever drives the connection and dropped by the application.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 
 use super::ChannelMap;
 use crate::config::MESSAGE_CREDIT_OVERHEAD;
 use crate::range_set::RangeSet;
-use crate::wire::{BundleFrame, Delivery, MsgFrame};
+use crate::wire::{Delivery, MsgFrame};
 
 /// Most channels a peer may open (bounds per-channel state).
 pub const MAX_CHANNELS: usize = 1 << 16;
@@ -71,87 +63,6 @@ pub struct Message {
     pub source_time_us: u64,
     /// One-way latency from send to delivery, µs.
     pub latency_us: u64,
-}
-
-/// How the peer's message timestamps map to our clock at one moment: the
-/// peer's clock read `origin_us` at its connection epoch, and its clock
-/// minus ours is `offset_us`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct PeerClock {
-    /// The peer's clock at its connection epoch, µs (message timestamps
-    /// count from it).
-    pub(crate) origin_us: u64,
-    /// The peer's clock minus ours, µs.
-    pub(crate) offset_us: f64,
-}
-
-impl PeerClock {
-    /// The peer's message timestamp `timestamp_us` on our clock, µs; 0 at
-    /// the earliest.
-    pub(crate) fn local_us(self, timestamp_us: u64) -> u64 {
-        (self.origin_us.saturating_add(timestamp_us) as f64 - self.offset_us).max(0.0) as u64
-    }
-}
-
-/// What waits for the application, in delivery order.
-#[derive(Debug)]
-enum Ready {
-    /// One message.
-    Message(Message),
-    /// The messages of a bundle not taken yet.
-    Bundle(ReadyBundle),
-}
-
-/// The messages of a bundle that arrived whole and in order, left in the
-/// packet they came in until the application takes them.
-#[derive(Debug)]
-struct ReadyBundle {
-    /// The records not taken yet: a slice of the packet.
-    records: Bytes,
-    channel: u64,
-    /// Sequence number of the next message.
-    next_seq: u64,
-    /// Messages not taken yet (at least 1 while queued).
-    left: u64,
-    /// The peer's timestamp the next record's delta counts from.
-    timestamp_us: u64,
-    /// The peer's clock as it was when the bundle arrived.
-    clock: PeerClock,
-    /// When the bundle arrived, our clock (µs).
-    arrived_us: u64,
-}
-
-impl ReadyBundle {
-    /// Cuts the next message from the packet; `None` once none is left (or
-    /// if a record does not parse, which the frame's decoder rules out).
-    fn take(&mut self) -> Option<Message> {
-        let rest = BundleFrame {
-            channel: self.channel,
-            first_seq: self.next_seq,
-            count: self.left,
-            timestamp_us: self.timestamp_us,
-            records: &self.records,
-        };
-        let record = rest.messages().next()?;
-        let start = record.data.as_ptr() as usize - self.records.as_ptr() as usize;
-        let end = start + record.data.len();
-        let timestamp_us = record.timestamp_us;
-        let data = self.records.slice(start..end);
-        // Moves the start on, without touching the reference count.
-        self.records.advance(end);
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.left -= 1;
-        self.timestamp_us = timestamp_us;
-        let source_time_us = self.clock.local_us(timestamp_us);
-        Some(Message {
-            channel: self.channel,
-            seq,
-            data,
-            source_time_us,
-            latency_us: self.arrived_us.saturating_sub(source_time_us),
-        })
-    }
 }
 
 /// What a fragment did.
@@ -226,7 +137,7 @@ pub struct Reassembly {
     channels: ChannelMap<Channel>,
     /// Released in order, waiting for their playout time.
     playout: VecDeque<Message>,
-    ready: VecDeque<Ready>,
+    ready: VecDeque<Message>,
     /// Credit charged for messages held (partial, playout or ready).
     held: u64,
     /// Credit returned by the application taking messages, or by skips.
@@ -304,7 +215,7 @@ impl Reassembly {
         while let Some(mut m) = self.playout.pop_front() {
             m.latency_us = now_us.saturating_sub(m.source_time_us);
             self.delivered += 1;
-            self.ready.push_back(Ready::Message(m));
+            self.ready.push_back(m);
         }
         self.released_early += released;
         released
@@ -322,19 +233,7 @@ impl Reassembly {
 
     /// Takes the next in-order message.
     pub fn pop(&mut self) -> Option<Message> {
-        let m = match self.ready.front_mut()? {
-            Ready::Bundle(bundle) => {
-                let m = bundle.take();
-                if bundle.left == 0 || m.is_none() {
-                    self.ready.pop_front();
-                }
-                m?
-            }
-            Ready::Message(_) => match self.ready.pop_front()? {
-                Ready::Message(m) => m,
-                Ready::Bundle(_) => return None,
-            },
-        };
+        let m = self.ready.pop_front()?;
         let c = cost(m.data.len() as u64);
         self.held -= c;
         self.consumed += c;
@@ -353,7 +252,7 @@ impl Reassembly {
             Some(l) if now_us < source_us.saturating_add(l) => self.playout.push_back(m),
             _ => {
                 self.delivered += 1;
-                self.ready.push_back(Ready::Message(m));
+                self.ready.push_back(m);
             }
         }
     }
@@ -373,54 +272,6 @@ impl Reassembly {
             Some(s) if s.channel == channel && s.to == from => s.to = to,
             _ => self.skips.push(SkippedRange { channel, from, to }),
         }
-    }
-
-    /// Takes `bundle`, which arrived in `packet` (its records lie there) at
-    /// `now_us`, as one entry of the ready queue if its messages are the
-    /// next ones its channel expects, nothing else of the channel is held,
-    /// no playout delay holds messages back, and the flow-control window
-    /// has room for all of them; its messages are then cut from the packet
-    /// as they are taken ([`pop`](Self::pop)). Returns false, having changed
-    /// nothing, otherwise: the caller hands the messages over one by one
-    /// ([`on_fragment`](Self::on_fragment)), which also reports what breaks
-    /// the protocol.
-    pub(crate) fn on_bundle_in_order(
-        &mut self,
-        bundle: &BundleFrame<'_>,
-        packet: &Bytes,
-        clock: PeerClock,
-        now_us: u64,
-    ) -> bool {
-        if self.playout_delay_us.is_some()
-            || !self.playout.is_empty()
-            || bundle.records.len() as u64 > self.max_message
-        {
-            return false;
-        }
-        let Some(ch) = self.channels.get_mut(&bundle.channel) else {
-            return false;
-        };
-        if ch.next_seq != bundle.first_seq || !ch.pending.is_empty() {
-            return false;
-        }
-        let bytes: u64 = bundle.messages().map(|m| m.data.len() as u64).sum();
-        let credit = bytes.saturating_add(bundle.count.saturating_mul(MESSAGE_CREDIT_OVERHEAD));
-        if self.held.saturating_add(credit) > self.window {
-            return false;
-        }
-        ch.next_seq += bundle.count;
-        self.held += credit;
-        self.delivered += bundle.count;
-        self.ready.push_back(Ready::Bundle(ReadyBundle {
-            records: packet.slice_ref(bundle.records),
-            channel: bundle.channel,
-            next_seq: bundle.first_seq,
-            left: bundle.count,
-            timestamp_us: bundle.timestamp_us,
-            clock,
-            arrived_us: now_us,
-        }));
-        true
     }
 
     /// Handles one fragment whose message was sent at `source_us` (our clock),
@@ -644,7 +495,7 @@ impl Reassembly {
             let mut m = self.playout.pop_front().expect("front");
             m.latency_us = now_us.saturating_sub(m.source_time_us);
             self.delivered += 1;
-            self.ready.push_back(Ready::Message(m));
+            self.ready.push_back(m);
         }
     }
 
@@ -930,172 +781,5 @@ mod tests {
         assert_eq!(r.pop().map(|m| m.seq), Some(3));
         assert_eq!(r.release_held(5_000), 0);
         assert_eq!(r.released_early(), 3);
-    }
-
-    /// A packet holding one MSG_BUNDLE frame of `channel`'s messages from
-    /// `first_seq`: each record a timestamp delta and the message.
-    fn bundle_packet(channel: u64, first_seq: u64, ts: u64, records: &[(u64, Vec<u8>)]) -> Bytes {
-        let mut out = Vec::new();
-        let mut w = crate::wire::BundleWriter::begin(&mut out, channel, first_seq, ts, 1 << 16)
-            .expect("header fits");
-        for (delta, data) in records {
-            assert!(w.push(&mut out, *delta, data));
-        }
-        w.finish(&mut out);
-        Bytes::from(out)
-    }
-
-    /// The bundle frame of a packet made by `bundle_packet`.
-    fn bundle_of(packet: &Bytes) -> BundleFrame<'_> {
-        match crate::wire::FrameIter::new(packet).next() {
-            Some(Ok(crate::wire::Frame::Bundle(b))) => b,
-            other => panic!("a bundle expected: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_bundle_in_order_is_one_entry_cut_as_taken() {
-        let mut r = Reassembly::new(1 << 20, 1 << 16, None);
-        let clock = PeerClock {
-            origin_us: 1_000,
-            offset_us: 400.0,
-        };
-        // Seq 0 opens the channel.
-        let first = bundle_packet(3, 0, 10, &[(0, b"a".to_vec())]);
-        assert!(!r.on_bundle_in_order(&bundle_of(&first), &first, clock, 2_000));
-        let m = bundle_of(&first).messages().next().unwrap();
-        r.on_fragment(&m, clock.local_us(m.timestamp_us), 2_000, Some(&first))
-            .unwrap();
-        let records = vec![(0, b"bc".to_vec()), (0, Vec::new()), (5, b"def".to_vec())];
-        let packet = bundle_packet(3, 1, 20, &records);
-        assert!(r.on_bundle_in_order(&bundle_of(&packet), &packet, clock, 2_500));
-        assert_eq!(r.delivered(), 4);
-        // Every message is charged at once, and returned as it is taken.
-        assert_eq!(r.held, 4 * MESSAGE_CREDIT_OVERHEAD + 6);
-        let taken: Vec<Message> = std::iter::from_fn(|| r.pop()).collect();
-        let seqs: Vec<u64> = taken.iter().map(|m| m.seq).collect();
-        assert_eq!(seqs, [0, 1, 2, 3]);
-        let data: Vec<&[u8]> = taken.iter().map(|m| &m.data[..]).collect();
-        assert_eq!(data, [&b"a"[..], b"bc", b"", b"def"]);
-        // Source times through the peer clock, the last record 5 µs later.
-        let sources: Vec<u64> = taken.iter().map(|m| m.source_time_us).collect();
-        assert_eq!(sources, [610, 620, 620, 625]);
-        assert_eq!(taken[3].latency_us, 2_500 - 625);
-        assert_eq!(taken[3].channel, 3);
-        // Slices of the packet, not copies.
-        let at = packet.as_ptr() as usize..packet.as_ptr() as usize + packet.len();
-        assert!(at.contains(&(taken[3].data.as_ptr() as usize)));
-        assert_eq!(r.held, 0);
-        assert_eq!(r.max_data(), (1 << 20) + 4 * MESSAGE_CREDIT_OVERHEAD + 6);
-        assert!(!r.has_ready());
-    }
-
-    #[test]
-    fn a_bundle_out_of_order_or_held_back_goes_message_by_message() {
-        let clock = PeerClock {
-            origin_us: 0,
-            offset_us: 0.0,
-        };
-        let opened = |playout: Option<u64>| {
-            let mut r = Reassembly::new(1 << 20, 1 << 16, playout);
-            r.on_fragment(&frag(0, 0, b"x", 0, 1), 0, 0, None).unwrap();
-            r
-        };
-        let later = bundle_packet(0, 2, 0, &[(0, b"y".to_vec())]);
-        // A gap before it.
-        let mut r = opened(None);
-        assert!(!r.on_bundle_in_order(&bundle_of(&later), &later, clock, 0));
-        // A message held after the channel's next one.
-        let next = bundle_packet(0, 1, 0, &[(0, b"z".to_vec())]);
-        r.on_fragment(&frag(0, 3, b"w", 0, 1), 0, 0, None).unwrap();
-        assert!(!r.on_bundle_in_order(&bundle_of(&next), &next, clock, 0));
-        // A playout delay.
-        let mut r = opened(Some(1_000));
-        assert!(!r.on_bundle_in_order(&bundle_of(&next), &next, clock, 0));
-        // A channel not opened yet.
-        let other = bundle_packet(7, 0, 0, &[(0, b"z".to_vec())]);
-        assert!(!r.on_bundle_in_order(&bundle_of(&other), &other, clock, 0));
-        // No room in the window: refused here, so that the messages that
-        // fit are delivered and the one that does not is an error.
-        let mut r = Reassembly::new(2 * MESSAGE_CREDIT_OVERHEAD + 1, 1 << 16, None);
-        r.on_fragment(&frag(0, 0, b"x", 0, 1), 0, 0, None).unwrap();
-        let two = bundle_packet(0, 1, 0, &[(0, Vec::new()), (0, b"z".to_vec())]);
-        assert!(!r.on_bundle_in_order(&bundle_of(&two), &two, clock, 0));
-        assert_eq!(r.delivered(), 1);
-    }
-
-    proptest::proptest! {
-        /// Bundles taken whole where they qualify deliver exactly what the
-        /// same bundles handed over message by message deliver: the same
-        /// messages, times, errors, window and counters, whatever the
-        /// order of arrival, the window and when the application takes
-        /// its messages.
-        #[test]
-        fn bundles_taken_whole_deliver_as_message_by_message(
-            bundles in proptest::collection::vec(
-                proptest::collection::vec(
-                    (0u64..3, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)),
-                    1..12,
-                ),
-                1..16,
-            ),
-            swaps in proptest::collection::vec((0usize..16, 0usize..16), 0..4),
-            takes in proptest::collection::vec(0usize..30, 16),
-            window in 200u64..4_000,
-            origin_us in 0u64..1 << 30,
-            offset_us in -1e6f64..1e6,
-        ) {
-            let clock = PeerClock { origin_us, offset_us };
-            let mut packets = Vec::new();
-            let mut seq = 0;
-            for (i, records) in bundles.iter().enumerate() {
-                packets.push(bundle_packet(0, seq, 100 * i as u64, records));
-                seq += records.len() as u64;
-            }
-            for (a, b) in swaps {
-                let n = packets.len();
-                packets.swap(a % n, b % n);
-            }
-            let mut whole = Reassembly::new(window, 1 << 16, None);
-            let mut each = Reassembly::new(window, 1 << 16, None);
-            for (i, packet) in packets.iter().enumerate() {
-                let now_us = 1_000 + 10 * i as u64;
-                let bundle = bundle_of(packet);
-                let by_message = |r: &mut Reassembly| {
-                    bundle.messages().try_for_each(|m| {
-                        r.on_fragment(&m, clock.local_us(m.timestamp_us), now_us, Some(packet))
-                            .map(|_| ())
-                    })
-                };
-                let got = if whole.on_bundle_in_order(&bundle, packet, clock, now_us) {
-                    Ok(())
-                } else {
-                    by_message(&mut whole)
-                };
-                let want = by_message(&mut each);
-                proptest::prop_assert_eq!(&got, &want);
-                if got.is_err() {
-                    break;
-                }
-                for _ in 0..takes[i % takes.len()] {
-                    let (a, b) = (whole.pop(), each.pop());
-                    proptest::prop_assert_eq!(&a, &b);
-                    if a.is_none() {
-                        break;
-                    }
-                }
-                proptest::prop_assert_eq!(whole.held, each.held);
-                proptest::prop_assert_eq!(whole.max_data(), each.max_data());
-                proptest::prop_assert_eq!(whole.delivered(), each.delivered());
-            }
-            loop {
-                let (a, b) = (whole.pop(), each.pop());
-                proptest::prop_assert_eq!(&a, &b);
-                if a.is_none() {
-                    break;
-                }
-            }
-            proptest::prop_assert_eq!(whole.held, each.held);
-        }
     }
 }
