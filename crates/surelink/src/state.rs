@@ -13,7 +13,10 @@
 //! * driver → handles: each connection has a [`Notify`]. Whoever touches a
 //!   connection calls [`ConnState::sync`], which takes the core's events and, if
 //!   anything a waiter could be waiting for became possible (a message ready, more send
-//!   capacity, connected, closed, drained), calls `notify_waiters`. A waiter
+//!   capacity, connected, closed, drained), calls `notify_waiters`. Send capacity
+//!   wakes a waiting sender only once a sizeable part of the buffer is free
+//!   ([`SEND_WAKE_FRACTION`]), as TCP wakes a writer, so that a saturating
+//!   sender refills the buffer in batches rather than a message per ACK. A waiter
 //!   registers (`Notified::enable`) *before* it checks its condition under the
 //!   lock, so a change between the check and the `.await` still wakes it.
 //!   Endpoint-wide waiters (accept, wait-idle) use `endpoint_changed` the same way.
@@ -188,12 +191,25 @@ impl State {
     }
 }
 
+/// A sender waiting for send-buffer space is woken once at least this
+/// fraction of the buffer (free plus unacknowledged bytes) is free.
+///
+/// Waking on every acknowledgement made a saturating sender queue one 64 KiB
+/// message per wake-up: the driver then sent each message in a round of its
+/// own, cut into two GSO calls (a full run and the message's tail), and each
+/// ACK cost a wake-up of the sending task. With the sender woken once a
+/// quarter of the buffer is free, it queues many messages at once while
+/// three quarters are still in flight, so the path never runs dry.
+pub(crate) const SEND_WAKE_FRACTION: u64 = 4;
+
 /// What a waiter on a connection can be waiting for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Snapshot {
     has_message: bool,
     events_total: u64,
     send_capacity: usize,
+    /// Payload bytes queued and not yet acknowledged.
+    unacked: u64,
     connected: bool,
     closed: bool,
     drained: bool,
@@ -201,16 +217,28 @@ struct Snapshot {
 
 impl Snapshot {
     /// True if a waiter may now get what it could not get at `before`: a
-    /// message became ready, an event came, send capacity grew, or the
-    /// connection was established, closed or drained. Queuing a message or
-    /// taking one (capacity shrinking, the last message gone) wakes nobody.
+    /// message became ready, an event came, send capacity grew to a
+    /// [`SEND_WAKE_FRACTION`] of the buffer or beyond (or the buffer
+    /// emptied), or the connection was established, closed or drained.
+    /// Queuing a message or taking one (capacity shrinking, the last message
+    /// gone) wakes nobody.
     fn opens_for_waiters(&self, before: &Snapshot) -> bool {
         (self.has_message && !before.has_message)
             || self.events_total != before.events_total
-            || self.send_capacity > before.send_capacity
+            || self.send_space_opened(before)
             || self.connected != before.connected
             || self.closed != before.closed
             || self.drained != before.drained
+    }
+
+    /// Send capacity grew and is now worth a sender's wake-up: at least a
+    /// [`SEND_WAKE_FRACTION`] of the buffer is free (an empty buffer always
+    /// is, which a message larger than the buffer waits for). Above the mark
+    /// every growth wakes, so a waiting message larger than the mark is taken
+    /// as soon as it fits.
+    fn send_space_opened(&self, before: &Snapshot) -> bool {
+        let free = self.send_capacity as u64;
+        free > before.send_capacity as u64 && free >= (free + self.unacked) / SEND_WAKE_FRACTION
     }
 }
 
@@ -306,6 +334,7 @@ impl ConnState {
             has_message: self.conn.has_message(),
             events_total: self.events_total,
             send_capacity: self.conn.send_capacity(),
+            unacked: self.conn.unacked_bytes(),
             connected: self.connected,
             closed: self.closed.is_some(),
             drained: self.conn.is_drained(),
@@ -321,5 +350,50 @@ impl ConnState {
     /// True when nothing refers to it any more: no handle, not queued, drained.
     pub(crate) fn is_removable(&self) -> bool {
         self.forgotten && !self.has_handle && !self.queued
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot of a 16-byte send buffer with `free` bytes free and
+    /// `unacked` bytes unacknowledged.
+    fn send_side(free: usize, unacked: u64) -> Snapshot {
+        Snapshot {
+            send_capacity: free,
+            unacked,
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn a_waiting_sender_is_woken_once_a_quarter_of_the_buffer_is_free() {
+        let full = send_side(0, 16);
+        assert!(
+            !send_side(1, 15).opens_for_waiters(&full),
+            "one byte acknowledged"
+        );
+        assert!(!send_side(3, 13).opens_for_waiters(&send_side(1, 15)));
+        assert!(
+            send_side(4, 12).opens_for_waiters(&send_side(3, 13)),
+            "a quarter free"
+        );
+        assert!(
+            send_side(5, 11).opens_for_waiters(&send_side(4, 12)),
+            "above the mark every growth wakes"
+        );
+        assert!(
+            !send_side(1, 15).opens_for_waiters(&send_side(5, 11)),
+            "queuing wakes nobody"
+        );
+    }
+
+    #[test]
+    fn an_emptied_buffer_wakes_a_sender_of_a_message_larger_than_the_buffer() {
+        // A 40-byte message was taken whole into the 16-byte buffer.
+        let before = send_side(0, 40);
+        assert!(!send_side(0, 30).opens_for_waiters(&before));
+        assert!(send_side(16, 0).opens_for_waiters(&send_side(0, 30)));
     }
 }

@@ -53,7 +53,7 @@ use super::reassembly::give_up_margin_us;
 use super::ChannelMap;
 use crate::config::MESSAGE_CREDIT_OVERHEAD;
 use crate::range_set::RangeSet;
-use crate::wire::{BundleWriter, Delivery, MsgFrame};
+use crate::wire::{varint, BundleWriter, Delivery, MsgFrame};
 
 /// A piece of a message carried by one packet: which bytes of which message
 /// (the bytes themselves stay in the [`SendQueue`]).
@@ -109,9 +109,22 @@ impl Fragment {
         }
     }
 
-    /// Bytes its frame needs before the data.
-    fn overhead(&self) -> usize {
-        self.frame(&[]).overhead_with_len(self.len)
+    /// The most bytes of this fragment that fit, with its frame's header, in
+    /// `space` bytes, the header's length field as wide as that part needs.
+    /// (Sized for the whole rest of the message, the field was two bytes too
+    /// wide while more than 16 KiB were left, so those packets came out two
+    /// bytes short of the rest, and GSO sends only runs of equal datagrams.)
+    /// `None` if not even one byte fits (for an empty fragment: its header).
+    fn fitting_len(&self, space: usize) -> Option<usize> {
+        let head = self.frame(&[]).overhead_with_len(0) - varint::size(0);
+        [1, 2, 4, 8]
+            .into_iter()
+            .filter_map(|width| {
+                let take = self.len.min(space.checked_sub(head + width)?);
+                (varint::size(take as u64) <= width).then_some(take)
+            })
+            .max()
+            .filter(|&take| take > 0 || self.len == 0)
     }
 
     /// The byte range of the message it carries.
@@ -898,12 +911,10 @@ impl SendQueue {
                 self.abandon_through(f.channel, f.seq);
                 continue;
             }
-            let fixed = f.overhead();
-            if fixed >= space {
+            let Some(fit) = f.fitting_len(space) else {
                 self.retransmit.push_front(f);
                 return None;
-            }
-            let fit = space - fixed;
+            };
             if f.len > fit && self.packet_has_fragment && kept_whole(f.delivery, f.len) {
                 self.retransmit.push_front(f);
                 return None;
@@ -940,11 +951,7 @@ impl SendQueue {
                 self.abandon_through(channel, seq);
                 continue;
             }
-            let fixed = f.overhead();
-            if fixed > space || (fixed == space && f.len > 0) {
-                return None;
-            }
-            let take = f.len.min(space - fixed);
+            let take = f.fitting_len(space)?;
             if take < f.len && self.packet_has_fragment && kept_whole(f.delivery, f.len) {
                 return None;
             }
@@ -1211,6 +1218,68 @@ mod tests {
         assert_eq!(q.buffered(), 0);
     }
 
+    /// The bytes the frame of fragment `f` takes when encoded.
+    fn encoded_len(q: &SendQueue, f: &Fragment) -> usize {
+        let mut out = Vec::new();
+        Frame::Msg(q.frame(f).expect("queued")).encode(&mut out);
+        out.len()
+    }
+
+    #[test]
+    fn every_fragment_of_a_large_message_fills_its_space_to_the_byte() {
+        // Packets of equal size are what GSO sends in one call: a fragment
+        // whose length field were sized for the rest of the message (four
+        // bytes above 16 KiB) would leave its packet two bytes short.
+        let mut q = SendQueue::default();
+        push(&mut q, 0, Bytes::from(vec![1u8; 64 << 10]));
+        push(&mut q, 0, Bytes::from(vec![2u8; 64 << 10]));
+        let space = 1400;
+        let mut fragments = Vec::new();
+        let mut packets = Vec::new();
+        loop {
+            q.begin_packet();
+            let mut used = 0;
+            while let Some(f) = next(&mut q, space - used) {
+                used += encoded_len(&q, &f);
+                fragments.push(f);
+            }
+            if used == 0 {
+                break;
+            }
+            packets.push(used);
+        }
+        let (last, full) = packets.split_last().unwrap();
+        assert!(full.iter().all(|&used| used == space), "{packets:?}");
+        assert!(*last < space);
+        let carried: usize = fragments.iter().map(|f| f.len).sum();
+        assert_eq!(carried, 2 * (64 << 10));
+        // A retransmission is cut to fill the space as exactly.
+        q.on_lost(fragments[0].clone());
+        q.begin_packet();
+        let r = next(&mut q, 700).unwrap();
+        assert_eq!((r.offset, encoded_len(&q, &r)), (0, 700));
+    }
+
+    #[test]
+    fn an_empty_message_fits_where_its_header_does() {
+        let mut q = SendQueue::default();
+        push(&mut q, 0, Bytes::new());
+        q.begin_packet();
+        let head = MsgFrame {
+            channel: 0,
+            seq: 0,
+            msg_len: 0,
+            offset: 0,
+            timestamp_us: 0,
+            delivery: Delivery::Reliable,
+            data: &[],
+        }
+        .overhead();
+        assert!(next(&mut q, head - 1).is_none());
+        let f = next(&mut q, head).unwrap();
+        assert_eq!((f.len, encoded_len(&q, &f)), (0, head));
+    }
+
     /// The messages of every MSG_BUNDLE frame in `payload`: (channel, seq, bytes).
     fn bundled(payload: &[u8]) -> Vec<(u64, u64, Vec<u8>)> {
         FrameIter::new(payload)
@@ -1300,7 +1369,8 @@ mod tests {
         q.push(5, Bytes::from(vec![8u8; 10]), 0, Delivery::Reliable);
         q.push(5, Bytes::from(vec![7u8; 10]), 0, Delivery::Reliable);
         q.begin_packet();
-        assert_eq!(next(&mut q, 50).unwrap().len, 50 - 9);
+        // Seven bytes of header, and a one-byte length for the 42 that fit.
+        assert_eq!(next(&mut q, 50).unwrap().len, 50 - 8);
         assert!(q.next_bundle(1_000, u64::MAX, &mut buf).is_none());
         assert_eq!(next(&mut q, 1_000).unwrap().seq, 0);
         let b = q.next_bundle(1_000, u64::MAX, &mut buf).unwrap();
