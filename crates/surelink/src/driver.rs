@@ -10,7 +10,12 @@
 //!
 //! 1. receive: drain the sockets with `try_recv` (several datagrams per call
 //!    when the backend batches) until they would block, stopping once a round
-//!    has [`RECV_BATCH`] datagrams or calls, so sending is not starved;
+//!    has [`RECV_BATCH`] datagrams or calls, so sending is not starved. A
+//!    receive that drained them has read everything that arrived before it
+//!    started; one stopped by the limit leaves a backlog. Every connection
+//!    the round works on is told the instant of the latest complete drain
+//!    (`Connection::set_received_through`), so its failure detector and idle
+//!    timeout do not take the driver's own backlog for its peer's silence;
 //! 2. under the lock: route each datagram through the core endpoint and feed it
 //!    to its connection, run the timers that are due (a heap of every
 //!    connection's next deadline), collect datagrams from `poll_transmit` into
@@ -221,9 +226,17 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T, mut 
     let mut stalled = 0u32;
     let mut stall_logged = false;
     let mut timer = PreciseTimer::new();
+    let mut received_through = crate::util::now();
     loop {
-        // 1. Receive a batch.
+        // 1. Receive a batch. A receive that drained the sockets has read
+        // everything that arrived before it started; one stopped by the batch
+        // limit leaves a backlog, and the instant of the last complete drain
+        // stands.
+        let receive_started = crate::util::now();
         let socket_busy = receive(&mut sockets, &mut received, &mut router, &shared.io);
+        if !socket_busy {
+            received_through = receive_started;
+        }
         router.take_handed(&mut received);
         let nothing_received = received.is_empty();
 
@@ -232,7 +245,11 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T, mut 
         let before = outgoing.len();
         let round = {
             let mut st = shared.lock();
-            drive(&mut st, now, &mut received, &mut outgoing, &mut scratch)
+            let input = Input {
+                now,
+                received_through,
+            };
+            drive(&mut st, input, &mut received, &mut outgoing, &mut scratch)
         };
         let produced = outgoing.len() > before;
         if round.endpoint_changed {
@@ -285,6 +302,18 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T, mut 
     }
 }
 
+/// The instants a round works with.
+#[derive(Debug, Clone, Copy)]
+struct Input {
+    /// The round's time.
+    now: Instant,
+    /// Every datagram that arrived on the driver's sockets before this
+    /// instant has been read: the connections judge silence as of then
+    /// (`Connection::set_received_through`), so the driver's own backlog is
+    /// not taken for their peers' silence.
+    received_through: Instant,
+}
+
 /// One round of protocol work under the lock.
 ///
 /// Only the connections that need it are visited: those with a datagram
@@ -293,11 +322,15 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T, mut 
 /// idle connection costs nothing until its timer comes up.
 fn drive(
     st: &mut State,
-    now: Instant,
+    input: Input,
     received: &mut Received,
     outgoing: &mut Datagrams,
     scratch: &mut Vec<u8>,
 ) -> Round {
+    let Input {
+        now,
+        received_through,
+    } = input;
     let mut endpoint_changed = false;
 
     // Datagrams still queued from last round mean the socket would block:
@@ -310,12 +343,14 @@ fn drive(
         match st.endpoint.handle(now, from, &data) {
             DatagramEvent::Known(h) => {
                 if let Some(cs) = st.conns.get_mut(&h) {
+                    cs.conn.set_received_through(now, received_through);
                     cs.conn.handle_datagram_owned(now, path, data);
                     st.touch(h);
                 }
             }
             DatagramEvent::New(h, conn) => {
                 let mut cs = ConnState::new(*conn, false);
+                cs.conn.set_received_through(now, received_through);
                 cs.conn.handle_datagram_owned(now, path, data);
                 if !st.accepting {
                     cs.conn
@@ -355,6 +390,7 @@ fn drive(
             continue; // stale: the connection was rescheduled since
         }
         cs.scheduled = None;
+        cs.conn.set_received_through(now, received_through);
         cs.conn.handle_timeout(now);
         st.touch(h);
     }
