@@ -36,8 +36,8 @@
 //! 4. sleep until the earliest `poll_timeout` (on the driver's
 //!    [`PreciseTimer`], which fires within tens of microseconds of it on
 //!    Linux), socket readability (or writability when blocked), or a wake-up
-//!    from a handle. A round that hit a batch limit yields to the scheduler
-//!    and goes on at once instead.
+//!    from a handle. A round that hit a batch limit goes on at once instead,
+//!    yielding to the scheduler after [`BUSY_ROUNDS`] such rounds in a row.
 //!
 //! The task ends when no `Endpoint` handle is left and every connection has
 //! drained and lost its handles.
@@ -71,6 +71,11 @@ use crate::state::{ConnState, IoCounters, Shared, State};
 pub(crate) const RECV_BATCH: usize = 64;
 /// Most datagrams taken from the core in one round.
 pub(crate) const TRANSMIT_BUDGET: usize = 128;
+/// Consecutive rounds that hit a batch limit before the driver yields to
+/// the scheduler. Yielding after each one put the driver behind every
+/// application task woken meanwhile (thousands of senders on a busy client),
+/// so its sockets' queues grew by seconds while the application kept queueing.
+const BUSY_ROUNDS: u32 = 8;
 /// Consecutive rounds with an already-expired timer and nothing else happening
 /// after which the driver sleeps a little instead of spinning.
 const STALL_ROUNDS: u32 = 3;
@@ -225,6 +230,7 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T, mut 
     let mut scratch = Vec::with_capacity(MAX_SEND_BYTES);
     let mut stalled = 0u32;
     let mut stall_logged = false;
+    let mut busy_rounds = 0u32;
     let mut timer = PreciseTimer::new();
     let mut received_through = crate::util::now();
     loop {
@@ -262,9 +268,14 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T, mut 
             return;
         }
         if !blocked && (socket_busy || round.more_to_send) {
-            tokio::task::yield_now().await;
+            busy_rounds += 1;
+            if busy_rounds >= BUSY_ROUNDS {
+                busy_rounds = 0;
+                tokio::task::yield_now().await;
+            }
             continue;
         }
+        busy_rounds = 0;
 
         // 4. Sleep.
         let mut deadline = round.deadline.unwrap_or(now + IDLE_SLEEP);
