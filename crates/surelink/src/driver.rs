@@ -10,7 +10,12 @@
 //!
 //! 1. receive: drain the sockets with `try_recv` (several datagrams per call
 //!    when the backend batches) until they would block, stopping once a round
-//!    has [`RECV_BATCH`] datagrams or calls, so sending is not starved;
+//!    has [`RECV_BATCH`] datagrams or calls, so sending is not starved. A
+//!    receive that drained them has read everything that arrived before it
+//!    started; one stopped by the limit leaves a backlog. Every connection
+//!    the round works on is told the instant of the latest complete drain
+//!    (`Connection::set_received_through`), so its failure detector and idle
+//!    timeout do not take the driver's own backlog for its peer's silence;
 //! 2. under the lock: route each datagram through the core endpoint and feed it
 //!    to its connection, run the timers that are due (a heap of every
 //!    connection's next deadline), collect datagrams from `poll_transmit` into
@@ -31,8 +36,8 @@
 //! 4. sleep until the earliest `poll_timeout` (on the driver's
 //!    [`PreciseTimer`], which fires within tens of microseconds of it on
 //!    Linux), socket readability (or writability when blocked), or a wake-up
-//!    from a handle. A round that hit a batch limit yields to the scheduler
-//!    and goes on at once instead.
+//!    from a handle. A round that hit a batch limit goes on at once instead,
+//!    yielding to the scheduler after [`BUSY_ROUNDS`] such rounds in a row.
 //!
 //! The task ends when no `Endpoint` handle is left and every connection has
 //! drained and lost its handles.
@@ -69,6 +74,11 @@ pub(crate) const RECV_BATCH: usize = 64;
 /// [`MAX_SEND_BYTES`]), so a saturating sender's rounds do not end in a
 /// short run (128 went out as 45 + 45 + 38).
 pub(crate) const TRANSMIT_BUDGET: usize = 135;
+/// Consecutive rounds that hit a batch limit before the driver yields to
+/// the scheduler. Yielding after each one put the driver behind every
+/// application task woken meanwhile (thousands of senders on a busy client),
+/// so its sockets' queues grew by seconds while the application kept queueing.
+const BUSY_ROUNDS: u32 = 8;
 /// Consecutive rounds with an already-expired timer and nothing else happening
 /// after which the driver sleeps a little instead of spinning.
 const STALL_ROUNDS: u32 = 3;
@@ -223,10 +233,19 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T, mut 
     let mut scratch = Vec::with_capacity(MAX_SEND_BYTES);
     let mut stalled = 0u32;
     let mut stall_logged = false;
+    let mut busy_rounds = 0u32;
     let mut timer = PreciseTimer::new();
+    let mut received_through = crate::util::now();
     loop {
-        // 1. Receive a batch.
+        // 1. Receive a batch. A receive that drained the sockets has read
+        // everything that arrived before it started; one stopped by the batch
+        // limit leaves a backlog, and the instant of the last complete drain
+        // stands.
+        let receive_started = crate::util::now();
         let socket_busy = receive(&mut sockets, &mut received, &mut router, &shared.io);
+        if !socket_busy {
+            received_through = receive_started;
+        }
         router.take_handed(&mut received);
         let nothing_received = received.is_empty();
 
@@ -235,7 +254,11 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T, mut 
         let before = outgoing.len();
         let round = {
             let mut st = shared.lock();
-            drive(&mut st, now, &mut received, &mut outgoing, &mut scratch)
+            let input = Input {
+                now,
+                received_through,
+            };
+            drive(&mut st, input, &mut received, &mut outgoing, &mut scratch)
         };
         let produced = outgoing.len() > before;
         if round.endpoint_changed {
@@ -248,9 +271,14 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T, mut 
             return;
         }
         if !blocked && (socket_busy || round.more_to_send) {
-            tokio::task::yield_now().await;
+            busy_rounds += 1;
+            if busy_rounds >= BUSY_ROUNDS {
+                busy_rounds = 0;
+                tokio::task::yield_now().await;
+            }
             continue;
         }
+        busy_rounds = 0;
 
         // 4. Sleep.
         let mut deadline = round.deadline.unwrap_or(now + IDLE_SLEEP);
@@ -288,6 +316,18 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T, mut 
     }
 }
 
+/// The instants a round works with.
+#[derive(Debug, Clone, Copy)]
+struct Input {
+    /// The round's time.
+    now: Instant,
+    /// Every datagram that arrived on the driver's sockets before this
+    /// instant has been read: the connections judge silence as of then
+    /// (`Connection::set_received_through`), so the driver's own backlog is
+    /// not taken for their peers' silence.
+    received_through: Instant,
+}
+
 /// One round of protocol work under the lock.
 ///
 /// Only the connections that need it are visited: those with a datagram
@@ -296,11 +336,15 @@ pub(crate) async fn run<T: DatagramIo>(shared: Arc<Shared>, mut sockets: T, mut 
 /// idle connection costs nothing until its timer comes up.
 fn drive(
     st: &mut State,
-    now: Instant,
+    input: Input,
     received: &mut Received,
     outgoing: &mut Datagrams,
     scratch: &mut Vec<u8>,
 ) -> Round {
+    let Input {
+        now,
+        received_through,
+    } = input;
     let mut endpoint_changed = false;
 
     // Datagrams still queued from last round mean the socket would block:
@@ -313,12 +357,14 @@ fn drive(
         match st.endpoint.handle(now, from, &data) {
             DatagramEvent::Known(h) => {
                 if let Some(cs) = st.conns.get_mut(&h) {
+                    cs.conn.set_received_through(now, received_through);
                     cs.conn.handle_datagram_owned(now, path, data);
                     st.touch(h);
                 }
             }
             DatagramEvent::New(h, conn) => {
                 let mut cs = ConnState::new(*conn, false);
+                cs.conn.set_received_through(now, received_through);
                 cs.conn.handle_datagram_owned(now, path, data);
                 if !st.accepting {
                     cs.conn
@@ -358,6 +404,7 @@ fn drive(
             continue; // stale: the connection was rescheduled since
         }
         cs.scheduled = None;
+        cs.conn.set_received_through(now, received_through);
         cs.conn.handle_timeout(now);
         st.touch(h);
     }

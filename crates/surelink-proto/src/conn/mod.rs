@@ -327,6 +327,11 @@ pub struct Connection {
     amp_sent: u64,
     pending: Pending,
     last_received: Instant,
+    /// How far the caller's input lags behind the network
+    /// ([`set_received_through`](Self::set_received_through)): silence is
+    /// judged this long before `now`, so that datagrams still waiting in the
+    /// caller's socket do not count as the peer's silence.
+    receive_lag: Duration,
     /// The pace of packets carrying application data, sent or arriving
     /// (heartbeats stay fast while a stream of data flows either way).
     data_pace: DataPace,
@@ -442,6 +447,7 @@ impl Connection {
             peer_max_data: 0,
             pending: Pending::default(),
             last_received: now,
+            receive_lag: Duration::ZERO,
             data_pace: DataPace::default(),
             events: VecDeque::new(),
             stats: ConnectionStats::default(),
@@ -868,6 +874,25 @@ impl Connection {
     }
 
     // ----- input ---------------------------------------------------------------
+
+    /// Tells the connection that every datagram that arrived for it up to
+    /// `through` has been handed to it by `now` (the caller's receive
+    /// backlog: a caller that has drained its socket passes the instant it
+    /// started draining; one that stopped with datagrams still queued passes
+    /// the instant it last found the socket empty). Until the next call, the
+    /// failure detector and the idle timeout judge the peer's silence as of
+    /// `through` rather than `now` (by the lag `now − through`), so a peer
+    /// whose datagrams wait behind the caller's own backlog is not suspected
+    /// for it; a caller that keeps up passes `through = now` (the default),
+    /// and a truly silent peer is then judged exactly as before.
+    pub fn set_received_through(&mut self, now: Instant, through: Instant) {
+        self.receive_lag = now.saturating_duration_since(through);
+    }
+
+    /// The instant as of which the peer's silence is judged at `now`.
+    fn silence_judged_at(&self, now: Instant) -> Instant {
+        now.checked_sub(self.receive_lag).unwrap_or(now)
+    }
 
     /// Handles one datagram from `remote`. Malformed, forged or unexpected
     /// datagrams are dropped and counted; they never panic and never corrupt state.

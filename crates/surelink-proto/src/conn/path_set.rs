@@ -347,8 +347,9 @@ impl Connection {
             return;
         }
         let (suspect, down) = (self.suspect_threshold(), self.config.phi_threshold);
+        let judged_at = self.silence_judged_at(now);
         for i in 0..self.paths.len() {
-            match self.paths[i].check_liveness(now, suspect, down) {
+            match self.paths[i].check_liveness(judged_at, suspect, down) {
                 Some(PathState::Down) => self.events.push_back(Event::PathDown(PathId(i))),
                 Some(_) => self.events.push_back(Event::PathSuspect(PathId(i))),
                 None => {}
@@ -377,7 +378,10 @@ impl Connection {
         }
     }
 
-    /// When the failure detector must next look at the paths.
+    /// When the failure detector must next look at the paths: when a path's
+    /// phi crosses the next level, `receive_lag` later (silence is judged as
+    /// of that long before the check), or when the primary may take the data
+    /// back.
     pub(super) fn path_check_deadline(&self) -> Option<Instant> {
         if !self.is_established() {
             return None;
@@ -386,6 +390,7 @@ impl Connection {
         self.paths
             .iter()
             .filter_map(|p| p.liveness_deadline(suspect, down))
+            .map(|crossing| crossing + self.receive_lag)
             .chain(self.failback_deadline())
             .min()
     }

@@ -78,7 +78,8 @@ impl Connection {
     /// When `timer` expires, if it is armed.
     fn deadline(&self, timer: Timer) -> Option<Instant> {
         match timer {
-            Timer::Idle => Some(self.last_received + self.idle_timeout()),
+            // Silence is judged `receive_lag` late (the caller's backlog).
+            Timer::Idle => Some(self.last_received + self.idle_timeout() + self.receive_lag),
             Timer::Pacing(i) => self.paths[i].pacing_until,
             Timer::LossDetection(i) => self.paths[i].loss_time.or(self.pto_deadline(i)),
             Timer::Heartbeat(i) => self.heartbeat_deadline(i),
@@ -163,8 +164,24 @@ impl Connection {
             _ => {}
         }
         Timer::table(self.paths.len())
-            .filter_map(|t| self.deadline(t))
+            .filter_map(|t| self.wake_at(t))
             .min()
+    }
+
+    /// When to wake up for `timer`: its deadline, except that a silence
+    /// check (idle timeout, failure detector) judged while the caller lags
+    /// wakes one more `receive_lag` later. Its deadline already includes the
+    /// lag, and the lag keeps growing while the caller's backlog persists: a
+    /// check woken exactly then would find the silence not yet due and ask
+    /// again a moment later; with the extra lag the re-checks of a lasting
+    /// backlog come at doubling spans. A caller that keeps up (no lag) wakes
+    /// exactly at the deadline.
+    fn wake_at(&self, timer: Timer) -> Option<Instant> {
+        let deadline = self.deadline(timer)?;
+        Some(match timer {
+            Timer::Idle | Timer::PathCheck => deadline + self.receive_lag,
+            _ => deadline,
+        })
     }
 
     /// Handles the expiry of whatever timers are due at `now`.

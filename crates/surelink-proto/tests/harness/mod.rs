@@ -119,6 +119,19 @@ fn record(
     }
 }
 
+/// The client's receive backlog: from `since`, the client's socket is not
+/// read, and what arrives for it waits in `held`, as behind a driver that
+/// fell behind its socket queue.
+#[derive(Debug)]
+pub struct Backlog {
+    /// When the client's socket was last found empty.
+    pub since: Instant,
+    /// Whether the client's connection is told (`set_received_through`).
+    pub reported: bool,
+    /// The datagrams waiting, in arrival order.
+    pub held: Vec<Vec<u8>>,
+}
+
 /// A two-party simulated network.
 pub struct Sim {
     pub now: Instant,
@@ -139,6 +152,8 @@ pub struct Sim {
     pub send_batch: u64,
     /// When set, every datagram either side sends is recorded here with its fate, in sending order.
     pub trace: Option<Vec<Traced>>,
+    /// While set, datagrams for the client wait in its backlog.
+    pub client_backlog: Option<Backlog>,
     /// Consecutive steps in which time could not advance (a stuck timer).
     stuck: u64,
     /// The server's clock runs this many ppm fast (negative: slow): the server
@@ -181,6 +196,7 @@ impl Sim {
             capture: None,
             send_batch: 1,
             trace: None,
+            client_backlog: None,
             stuck: 0,
             server_ppm: 0.0,
             buf: Vec::with_capacity(65536),
@@ -231,10 +247,17 @@ impl Sim {
             }
             while let Some(d) = self.s2c.poll_deliver(now) {
                 progressed = true;
-                if let DatagramEvent::Known(_) = self.client_ep.handle(now, self.server_addr, &d) {
-                    self.client.handle_datagram(now, self.server_addr, &d);
+                if let Some(backlog) = self.client_backlog.as_mut() {
+                    backlog.held.push(d);
+                    continue;
                 }
+                self.deliver_to_client(&d);
             }
+            let through = match &self.client_backlog {
+                Some(b) if b.reported => b.since,
+                _ => now,
+            };
+            self.client.set_received_through(now, through);
             if self.client.poll_timeout().is_some_and(|t| t <= now) {
                 self.client.handle_timeout(now);
             }
@@ -266,6 +289,27 @@ impl Sim {
             }
         }
         panic!("pump did not settle at {:?}", now - self.start);
+    }
+
+    /// Hands `datagram` to the client at the current instant.
+    fn deliver_to_client(&mut self, datagram: &[u8]) {
+        if let DatagramEvent::Known(_) = self.client_ep.handle(self.now, self.server_addr, datagram)
+        {
+            self.client
+                .handle_datagram(self.now, self.server_addr, datagram);
+        }
+    }
+
+    /// The client's backlog ends now: it reads every datagram held, in a
+    /// burst, and keeps up again.
+    pub fn end_client_backlog(&mut self) {
+        if let Some(backlog) = self.client_backlog.take() {
+            self.client.set_received_through(self.now, self.now);
+            for d in backlog.held {
+                self.deliver_to_client(&d);
+            }
+        }
+        self.pump();
     }
 
     /// The next instant anything is due, if anything is.
