@@ -20,7 +20,7 @@ mod harness;
 use std::time::Duration;
 
 use bytes::Bytes;
-use harness::Sim;
+use harness::{ms, Sim};
 use surelink_netem::LinkConfig;
 use surelink_proto::fec::{AutoFec, FecConfig};
 use surelink_proto::wire::Delivery;
@@ -37,10 +37,6 @@ const SEVERAL_RTTS: Duration = Duration::from_millis(97);
 const FRAMES: u64 = 150;
 /// Seeds of the recovery measurement.
 const SEEDS: u64 = 20;
-
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
 
 /// Datagrams in frame `i`: a large first frame, a key frame every 60, the
 /// others 11 to 15 (13 on average, so that the FEC groups do not line up

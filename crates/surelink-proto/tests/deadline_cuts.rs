@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use harness::Sim;
+use harness::{ms, Sim};
 use surelink_netem::LinkConfig;
 use surelink_proto::wire::Delivery;
 use surelink_proto::Config;
@@ -37,10 +37,6 @@ const FRAMES: u64 = 90;
 /// The one-way delay of the link, at most (10 ms ± 1 ms).
 const MAX_ONE_WAY: Duration = Duration::from_millis(11);
 const CUT_LENGTH: Duration = Duration::from_millis(200);
-
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
 
 /// Datagrams in frame `i`: a key frame every 60.
 fn frame_len(i: u64) -> u64 {

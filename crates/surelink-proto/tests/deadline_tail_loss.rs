@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use harness::{Sim, Traced};
+use harness::{ms, Sim, Traced};
 use surelink_netem::LinkConfig;
 use surelink_proto::crypto::Security;
 use surelink_proto::fec::FecConfig;
@@ -49,10 +49,6 @@ const GIVE_UP_MARGIN: Duration = Duration::from_millis(2);
 /// ffmpeg's first burst: the clip's first key frame.
 const FIRST_KEY_FRAME: usize = 93;
 const DATAGRAM: usize = 1316;
-
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
 
 /// 10 ms ± 1 ms, with `loss`.
 fn link(loss: f64) -> LinkConfig {

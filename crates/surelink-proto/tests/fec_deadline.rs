@@ -9,15 +9,11 @@ mod harness;
 use std::time::Duration;
 
 use bytes::Bytes;
-use harness::Sim;
+use harness::{ms, Sim};
 use surelink_netem::{GilbertElliott, LinkConfig};
 use surelink_proto::fec::{AutoFec, FecConfig, FecScheme};
 use surelink_proto::wire::Delivery;
 use surelink_proto::{Config, ConnectionStats, Event};
-
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
 
 /// One way 20 ms (RTT 40 ms).
 fn link() -> LinkConfig {

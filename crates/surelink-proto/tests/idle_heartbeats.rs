@@ -10,20 +10,9 @@ mod harness;
 use std::time::Duration;
 
 use bytes::Bytes;
-use harness::Sim;
-use surelink_netem::LinkConfig;
+use harness::{jittered_5ms_link, ms, Sim};
 use surelink_proto::conn::PathId;
 use surelink_proto::{Config, Event};
-
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
-
-fn link() -> LinkConfig {
-    LinkConfig::default()
-        .with_delay(ms(5))
-        .with_jitter(Duration::from_micros(500))
-}
 
 /// The default configuration, or one whose heartbeats never back off.
 fn config(backoff: bool) -> Config {
@@ -36,7 +25,7 @@ fn config(backoff: bool) -> Config {
 
 /// An established connection with a datagram capture on.
 fn connected(config: Config, seed: u64) -> Sim {
-    let mut sim = Sim::new(config, link(), link(), seed);
+    let mut sim = Sim::new(config, jittered_5ms_link(), jittered_5ms_link(), seed);
     let (ce, se) = sim.run_handshake(Duration::from_secs(2));
     assert!(ce.contains(&Event::Connected) && se.contains(&Event::Connected));
     sim.capture = Some((Vec::new(), Vec::new()));
@@ -257,10 +246,10 @@ fn idle_through_a_stall(seed: u64, stall: Duration) -> (usize, (usize, usize)) {
     run_idle(&mut sim, Duration::from_secs(10), &mut seen);
     sim.capture = Some((Vec::new(), Vec::new()));
     sim.s2c
-        .set_config(link().with_delay(ms(5) + stall))
+        .set_config(jittered_5ms_link().with_delay(ms(5) + stall))
         .expect("valid link");
     run_idle(&mut sim, Duration::from_secs(5), &mut seen);
-    sim.s2c.set_config(link()).expect("valid link");
+    sim.s2c.set_config(jittered_5ms_link()).expect("valid link");
     run_idle(&mut sim, Duration::from_secs(15), &mut seen);
     assert!(!sim.client.is_closed(), "seed {seed}: the connection ended");
     let suspected = suspicions(&seen.0).len() + suspicions(&seen.1).len();

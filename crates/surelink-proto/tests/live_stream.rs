@@ -13,7 +13,7 @@ mod harness;
 use std::time::Duration;
 
 use bytes::Bytes;
-use harness::Sim;
+use harness::{ms, Sim};
 use surelink_netem::LinkConfig;
 use surelink_proto::wire::Delivery;
 use surelink_proto::{Config, Event};
@@ -23,10 +23,6 @@ const DATAGRAM: usize = 1316;
 const FRAME_INTERVAL: Duration = Duration::from_millis(33);
 const DEADLINE: Duration = Duration::from_millis(120);
 const QUIET_AFTER_STREAM: Duration = Duration::from_secs(2);
-
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
 
 /// Every this many frames comes a key frame.
 const KEY_FRAME_INTERVAL: u64 = 30;

@@ -11,24 +11,18 @@ mod harness;
 use std::time::Duration;
 
 use bytes::Bytes;
-use harness::{Backlog, Sim};
-use surelink_netem::LinkConfig;
+use harness::{jittered_5ms_link, ms, Backlog, Sim};
 use surelink_proto::conn::PathId;
 use surelink_proto::{Config, Event};
 
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
-
-fn link() -> LinkConfig {
-    LinkConfig::default()
-        .with_delay(ms(5))
-        .with_jitter(Duration::from_micros(500))
-}
-
 /// An established connection.
 fn connected(seed: u64) -> Sim {
-    let mut sim = Sim::new(Config::default(), link(), link(), seed);
+    let mut sim = Sim::new(
+        Config::default(),
+        jittered_5ms_link(),
+        jittered_5ms_link(),
+        seed,
+    );
     let (ce, se) = sim.run_handshake(Duration::from_secs(2));
     assert!(ce.contains(&Event::Connected) && se.contains(&Event::Connected));
     sim

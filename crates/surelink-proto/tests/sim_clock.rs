@@ -5,14 +5,10 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::Sim;
+use harness::{ms, Sim};
 use surelink_netem::{GilbertElliott, LinkConfig};
 use surelink_proto::wire::Delivery;
 use surelink_proto::{Config, Event};
-
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
 
 fn link(delay_ms: u64, jitter_ms: u64) -> LinkConfig {
     LinkConfig::clean()

@@ -5,16 +5,12 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{assert_exactly_once, Sim, Workload};
+use harness::{assert_exactly_once, ms, Sim, Workload};
 use surelink_netem::{GilbertElliott, LinkConfig};
 use surelink_proto::{Config, ConnectionStats};
 
 const SEEDS: u64 = 200;
 const LIMIT: Duration = Duration::from_secs(600);
-
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
 
 /// A small pseudo-random generator so each seed picks its own parameters.
 fn pick(seed: u64, salt: u64, n: u64) -> u64 {

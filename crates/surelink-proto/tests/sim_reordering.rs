@@ -8,14 +8,10 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{assert_exactly_once, Sim, Workload};
+use harness::{assert_exactly_once, ms, Sim, Workload};
 use surelink_netem::{Link, LinkConfig};
 use surelink_proto::wire::Delivery;
 use surelink_proto::Config;
-
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
 
 /// 10 ms each way; a share of the packets held back `reorder` more, letting
 /// later packets overtake them.

@@ -14,6 +14,18 @@ use bytes::Bytes;
 use surelink_netem::{Link, LinkConfig};
 use surelink_proto::{Config, Connection, DatagramEvent, Endpoint, Event};
 
+/// `v` milliseconds.
+pub fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+/// A link of 5 ms ± 0.5 ms one way, without loss.
+pub fn jittered_5ms_link() -> LinkConfig {
+    LinkConfig::default()
+        .with_delay(ms(5))
+        .with_jitter(Duration::from_micros(500))
+}
+
 /// What the sender's application does.
 #[derive(Debug, Clone)]
 pub struct Workload {
