@@ -200,7 +200,7 @@ impl State {
 /// ACK cost a wake-up of the sending task. With the sender woken once a
 /// quarter of the buffer is free, it queues many messages at once while
 /// three quarters are still in flight, so the path never runs dry.
-pub(crate) const SEND_WAKE_FRACTION: u64 = 4;
+const SEND_WAKE_FRACTION: u64 = 4;
 
 /// What a waiter on a connection can be waiting for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
