@@ -158,7 +158,8 @@ pub struct SmallRun {
 /// Size of each small message.
 pub const SMALL_MESSAGE: usize = 64;
 
-/// The small-message loops read the clock once per this many messages, and
+/// The small-message loops read the clock once per this many messages (the
+/// receiving one at the first batch past it), and
 /// each side runs under one timer for the whole window: a clock read and a
 /// timer per message cost about as much as a 64-byte message itself, for
 /// every system alike. A loop whose calls never wait is cut off by the
@@ -180,13 +181,27 @@ pub async fn small<T: Tx, R: Rx>(pair: Pair<T, R>, window: Duration) -> io::Resu
     let receiver = tokio::spawn(async move {
         let mut messages = 0u64;
         let receiving = async {
+            let mut clock_at = 0;
             loop {
-                if messages % CLOCK_EVERY == 0 && Instant::now() >= deadline {
-                    return Ok::<_, io::Error>(());
+                if messages >= clock_at {
+                    if Instant::now() >= deadline {
+                        return Ok::<_, io::Error>(());
+                    }
+                    clock_at = messages + CLOCK_EVERY;
                 }
-                match rx.recv().await? {
-                    Some(_) => messages += 1,
-                    None => return Ok(()),
+                // Every message is handed over as a slice: its length is
+                // read, so each one is looked at, as an application would.
+                let mut bytes = 0;
+                let count = &mut messages;
+                let more = rx
+                    .recv_each(&mut |m: &[u8]| {
+                        *count += 1;
+                        bytes += m.len();
+                    })
+                    .await?;
+                std::hint::black_box(bytes);
+                if !more {
+                    return Ok(());
                 }
             }
         };
@@ -202,7 +217,7 @@ pub async fn small<T: Tx, R: Rx>(pair: Pair<T, R>, window: Duration) -> io::Resu
             if sent % CLOCK_EVERY == 0 && Instant::now() >= deadline {
                 return Ok::<_, io::Error>(());
             }
-            tx.send(msg.clone()).await?;
+            tx.send_ref(&msg).await?;
             sent += 1;
         }
     };

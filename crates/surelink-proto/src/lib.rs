@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod batch;
 pub mod clock;
 pub mod config;
 pub mod conn;
@@ -21,6 +22,7 @@ pub mod range_set;
 pub mod stats_schema;
 pub mod wire;
 
+pub use batch::{MessageBatch, ReceivedBatch};
 pub use config::{Config, ConfigError};
 pub use conn::{
     close_code, Connection, ConnectionError, ConnectionStats, Event, Message, MessageBytes,

@@ -160,6 +160,43 @@ impl Connection {
         }
     }
 
+    /// Queues the messages of `batch`, in order, on `channel` as **one packed
+    /// message**: one sequence number, one source time (the call's start),
+    /// one fate (see [`MessageBatch`](crate::MessageBatch)). The batch's
+    /// buffer moves into the send queue uncopied and the connection does no
+    /// work per message; the batch is left empty, ready for the next one.
+    /// The receiver gets the messages one by one from
+    /// [`recv_message`](Connection::recv_message) and
+    /// [`recv_many`](Connection::recv_many), or all at once from
+    /// [`recv_batch`](Connection::recv_batch).
+    ///
+    /// Use it for many small messages that may travel as one unit: the
+    /// receiver gets none of them before all have arrived. For messages
+    /// that each need their own latency, deadline or sequence number, use
+    /// [`send_many`](Connection::send_many). Waits while the send buffer is
+    /// too full for it, like `send_on`. Returns the sequence number, or
+    /// `None` for an empty batch (nothing is sent). A batch whose packed
+    /// form exceeds the largest message is refused with
+    /// [`SendError::TooLarge`] and left as it was.
+    pub async fn send_batch(
+        &self,
+        channel: u64,
+        batch: &mut crate::MessageBatch,
+    ) -> Result<Option<u64>, SendError> {
+        let source_time = crate::util::now();
+        self.inner
+            .wait_for(
+                Err(SendError::EndpointClosed),
+                DriverWake::Always,
+                |cs| match cs.conn.send_batch(source_time, channel, batch) {
+                    Ok(seq) => Some(Ok(seq)),
+                    Err(surelink_proto::SendError::Blocked) => None,
+                    Err(e) => Some(Err(send_error(cs, e))),
+                },
+            )
+            .await
+    }
+
     /// Receives the next message's bytes; see [`recv_message`](Connection::recv_message).
     pub async fn recv(&self) -> Result<Option<Bytes>, RecvError> {
         Ok(self.recv_message().await?.map(|m| m.data))
@@ -202,6 +239,28 @@ impl Connection {
                 |cs| match cs.conn.recv_many(out, max) {
                     0 => end_of_messages(cs).map(|end| end.map(|()| 0)),
                     n => Some(Ok(n)),
+                },
+            )
+            .await
+    }
+
+    /// Receives the next batch whole: a batch sent with
+    /// [`send_batch`](Connection::send_batch) as one
+    /// [`ReceivedBatch`](crate::ReceivedBatch), whose messages are slices of
+    /// one buffer (no reference count or allocation per message), or a
+    /// message sent on its own as a batch of one. Waits while none is
+    /// ready; `Ok(None)` and errors as for
+    /// [`recv_message`](Connection::recv_message).
+    pub async fn recv_batch(&self) -> Result<Option<crate::ReceivedBatch>, RecvError> {
+        self.inner
+            .wait_for(
+                Err(RecvError::EndpointClosed),
+                DriverWake::WindowUpdate,
+                |cs| {
+                    if let Some(b) = cs.conn.recv_batch() {
+                        return Some(Ok(Some(b)));
+                    }
+                    end_of_messages(cs).map(|end| end.map(|()| None))
                 },
             )
             .await

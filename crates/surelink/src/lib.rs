@@ -38,7 +38,6 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-mod batch;
 mod config;
 mod connection;
 mod driver;
@@ -63,10 +62,9 @@ pub use surelink_proto::wire::Delivery;
 pub use surelink_proto::Event as ConnectionEvent;
 pub use surelink_proto::{
     Config as ProtocolConfig, ConfigError, ConnectionError, ConnectionStats, CryptoConfig,
-    Identity, Message, MessageBytes, PublicKey, Security,
+    Identity, Message, MessageBatch, MessageBytes, PublicKey, ReceivedBatch, Security,
 };
 
-pub use batch::MessageBatch;
 pub use config::{
     EndpointConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SOCKET_BUFFER_SIZE, MAX_AUTOMATIC_DRIVERS,
     MAX_DRIVERS,

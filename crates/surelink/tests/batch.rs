@@ -157,3 +157,58 @@ async fn message_batches_of_every_size_arrive_whole_and_in_order() {
     .await
     .expect("did not finish in virtual time");
 }
+
+#[tokio::test(start_paused = true)]
+async fn packed_batches_arrive_whole_through_loss_and_wait_for_room_in_the_send_buffer() {
+    tokio::time::timeout(LIMIT, async {
+        let network = SimNetwork::new(17);
+        // 16 KiB of send buffer: batches of 150 × 100 B fill most of it, so
+        // the sender waits for acknowledgements between batches.
+        let (_server, _client, conn, accepted) = pair(&network, 16 << 10).await;
+        let receiver = tokio::spawn(async move {
+            let mut got = Vec::new();
+            // Alternate: a batch whole, then one message of the next.
+            loop {
+                let Some(batch) = accepted.recv_batch().await.expect("recv_batch") else {
+                    break;
+                };
+                assert!(batch.is_packed());
+                got.extend(
+                    batch
+                        .iter()
+                        .map(Bytes::copy_from_slice)
+                        .map(|b| (batch.seq, b)),
+                );
+                match accepted.recv_message().await.expect("recv_message") {
+                    Some(m) => got.push((m.seq, m.data)),
+                    None => break,
+                }
+            }
+            got
+        });
+        let (batches, per_batch) = (30u64, 150u64);
+        let mut batch = MessageBatch::new();
+        for b in 0..batches {
+            (b * per_batch..(b + 1) * per_batch).for_each(|i| batch.push(&message(i, 100)));
+            assert_eq!(conn.send_batch(0, &mut batch).await.unwrap(), Some(b));
+            assert!(batch.is_empty());
+        }
+        // Each message of each batch counts as acknowledged: the close
+        // finds none missing.
+        conn.close().await.expect("graceful close");
+        let got = receiver.await.unwrap();
+        assert_eq!(got.len() as u64, batches * per_batch);
+        for (i, (seq, data)) in got.iter().enumerate() {
+            let i = i as u64;
+            assert_eq!(
+                *seq,
+                i / per_batch,
+                "message {i} is in batch {}",
+                i / per_batch
+            );
+            assert_eq!(*data, message(i, 100), "message {i}");
+        }
+    })
+    .await
+    .expect("virtual-time limit");
+}

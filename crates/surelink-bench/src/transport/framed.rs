@@ -55,10 +55,14 @@ impl<W: AsyncWrite + Unpin + Send + 'static> FramedTx<W> {
 
 impl<W: AsyncWrite + Unpin + Send + 'static> Tx for FramedTx<W> {
     async fn send(&mut self, msg: Bytes) -> io::Result<()> {
+        self.send_ref(&msg).await
+    }
+
+    async fn send_ref(&mut self, msg: &Bytes) -> io::Result<()> {
         let len = u32::try_from(msg.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "message too large"))?;
         self.staged.put_u32_le(len);
-        self.staged.extend_from_slice(&msg);
+        self.staged.extend_from_slice(msg);
         if !self.mode.batches() || self.staged.len() >= STAGE {
             self.write_staged().await?;
             if self.mode == Mode::Realtime {
@@ -98,30 +102,68 @@ impl<R: AsyncRead + Unpin + Send + 'static> FramedRx<R> {
     }
 }
 
+impl<R: AsyncRead + Unpin + Send + 'static> FramedRx<R> {
+    /// The length of the frame starting at `at` of the buffer, if its
+    /// length field is there.
+    fn frame_len(&self, at: usize) -> io::Result<Option<usize>> {
+        let Some(field) = self.buf.get(at..at + 4) else {
+            return Ok(None);
+        };
+        let len = u32::from_le_bytes([field[0], field[1], field[2], field[3]]) as usize;
+        if len > MAX_FRAME {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("frame of {len} bytes"),
+            ));
+        }
+        Ok(Some(len))
+    }
+
+    /// Reads more of the stream, with room for a frame of `len` bytes
+    /// whose start is buffered; `false` at the end of the stream (a partial
+    /// frame at the end is dropped).
+    async fn fill(&mut self, len: Option<usize>) -> io::Result<bool> {
+        if let Some(len) = len {
+            self.buf.reserve((4 + len).saturating_sub(self.buf.len()));
+        }
+        if self.buf.capacity() - self.buf.len() < STAGE / 4 {
+            self.buf.reserve(STAGE);
+        }
+        Ok(self.reader.read_buf(&mut self.buf).await? > 0)
+    }
+}
+
 impl<R: AsyncRead + Unpin + Send + 'static> Rx for FramedRx<R> {
     async fn recv(&mut self) -> io::Result<Option<Bytes>> {
         loop {
-            if self.buf.len() >= 4 {
-                let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
-                    as usize;
-                if len > MAX_FRAME {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("frame of {len} bytes"),
-                    ));
-                }
-                if self.buf.len() >= 4 + len {
-                    self.buf.advance(4);
-                    return Ok(Some(self.buf.split_to(len).freeze()));
-                }
-                self.buf.reserve(4 + len - self.buf.len());
+            let len = self.frame_len(0)?;
+            if let Some(len) = len.filter(|&len| self.buf.len() >= 4 + len) {
+                self.buf.advance(4);
+                return Ok(Some(self.buf.split_to(len).freeze()));
             }
-            if self.buf.capacity() - self.buf.len() < STAGE / 4 {
-                self.buf.reserve(STAGE);
-            }
-            if self.reader.read_buf(&mut self.buf).await? == 0 {
-                // End of stream (a partial frame at the end is dropped).
+            if !self.fill(len).await? {
                 return Ok(None);
+            }
+        }
+    }
+
+    /// Every whole frame buffered, each handed over in place, then dropped
+    /// from the buffer at once.
+    async fn recv_each<F: FnMut(&[u8]) + Send>(&mut self, each: &mut F) -> io::Result<bool> {
+        loop {
+            let mut at = 0;
+            let mut len = self.frame_len(at)?;
+            while let Some(l) = len.filter(|&l| self.buf.len() - at >= 4 + l) {
+                each(&self.buf[at + 4..at + 4 + l]);
+                at += 4 + l;
+                len = self.frame_len(at)?;
+            }
+            if at > 0 {
+                self.buf.advance(at);
+                return Ok(true);
+            }
+            if !self.fill(len).await? {
+                return Ok(false);
             }
         }
     }

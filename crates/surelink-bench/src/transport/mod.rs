@@ -58,6 +58,14 @@ impl Mode {
 pub trait Tx: Send + 'static {
     /// Queues (or sends) one message; waits while the transport pushes back.
     fn send(&mut self, msg: Bytes) -> impl Future<Output = io::Result<()>> + Send;
+    /// [`send`](Tx::send) for a message the caller keeps: a system that
+    /// copies each message into a staging buffer of its own copies it from
+    /// here; by default it is sent as a clone of `msg`. The small-message
+    /// workload sends one message over and over this way, so that no
+    /// system pays for a handle of its own per message it only copies.
+    fn send_ref(&mut self, msg: &Bytes) -> impl Future<Output = io::Result<()>> + Send {
+        self.send(msg.clone())
+    }
     /// Pushes out anything this half buffered itself.
     fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send;
     /// The sending connection's own counters (losses, retransmissions,
@@ -75,6 +83,26 @@ pub trait Rx: Send + 'static {
     /// The next message (for byte-stream peers such as `srt-file-transmit`:
     /// the next chunk of bytes); `None` when the connection ended.
     fn recv(&mut self) -> impl Future<Output = io::Result<Option<Bytes>>> + Send;
+    /// Receives what is ready, at least one message, and hands each to
+    /// `each` as a borrowed slice, in order; `false` when the connection
+    /// ended. The batch form of [`recv`](Rx::recv) for the small-message
+    /// workload: a system that can hand over many messages at once without
+    /// a `Bytes` each (a byte stream cut into frames in place, surelink's
+    /// `recv_batch`) does; by default it is one `recv`.
+    fn recv_each<F: FnMut(&[u8]) + Send>(
+        &mut self,
+        each: &mut F,
+    ) -> impl Future<Output = io::Result<bool>> + Send {
+        async move {
+            match self.recv().await? {
+                Some(m) => {
+                    each(&m);
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        }
+    }
     /// The receiving connection's own counters (skipped or late messages),
     /// for systems that expose them; read at the end of a run.
     fn diagnostics(&self) -> Option<Diagnostics> {

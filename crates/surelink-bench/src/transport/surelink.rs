@@ -1,7 +1,9 @@
 //! surelink itself: `Endpoint::bind` / `Endpoint::client_with_config` /
 //! `connect` / `accept`, default settings except for the security mode.
 //! Messages go one per `send` / `recv` call, or, in the modes that batch
-//! ([`Mode::batches`]), through `send_many` / `recv_many`.
+//! ([`Mode::batches`]), 64 KiB of small messages at a time as one packed
+//! batch (`send_batch`), received with `recv_many` or, whole,
+//! `recv_batch`.
 
 use std::io;
 
@@ -23,8 +25,9 @@ const RECV_BATCH: usize = 1024;
 /// Sends on channel 0 of a connection: each message with `send`, or, when
 /// the mode batches, 64 KiB of small messages at a time staged in a
 /// [`MessageBatch`] (one copy each, like the stream peers' staged write) and
-/// queued with `send_many`; a message larger than [`SMALL_MESSAGE`] goes
-/// whole with `send`, uncopied.
+/// queued as one packed batch with `send_batch` (uncopied, like the stream
+/// peers' write of their staged frames); a message larger than
+/// [`SMALL_MESSAGE`] goes whole with `send`, uncopied.
 pub struct SurelinkTx {
     conn: Connection,
     /// The connection's endpoint, for the socket counters.
@@ -50,14 +53,22 @@ impl SurelinkTx {
     }
 }
 
+impl SurelinkTx {
+    /// Copies a small message into the staged batch, and queues the batch
+    /// once it holds [`STAGE`] bytes.
+    async fn stage(&mut self, msg: &[u8]) -> io::Result<()> {
+        self.staged.push(msg);
+        if self.staged.bytes() >= STAGE {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+}
+
 impl Tx for SurelinkTx {
     async fn send(&mut self, msg: Bytes) -> io::Result<()> {
         if self.batches && msg.len() <= SMALL_MESSAGE {
-            self.staged.push(&msg);
-            if self.staged.bytes() >= STAGE {
-                self.flush().await?;
-            }
-            return Ok(());
+            return self.stage(&msg).await;
         }
         // One at a time, or a large message, which the transport keeps as
         // it is, uncopied: after the small messages staged before it.
@@ -69,13 +80,22 @@ impl Tx for SurelinkTx {
             .map_err(io::Error::other)
     }
 
+    async fn send_ref(&mut self, msg: &Bytes) -> io::Result<()> {
+        if self.batches && msg.len() <= SMALL_MESSAGE {
+            return self.stage(msg).await;
+        }
+        self.send(msg.clone()).await
+    }
+
     async fn flush(&mut self) -> io::Result<()> {
         if self.staged.is_empty() {
             return Ok(());
         }
-        let sent = self.conn.send_many(0, self.staged.iter()).await;
-        self.staged.clear();
-        sent.map(|_| ()).map_err(io::Error::other)
+        self.conn
+            .send_batch(0, &mut self.staged)
+            .await
+            .map(|_| ())
+            .map_err(io::Error::other)
     }
 
     fn diagnostics(&self) -> Option<Diagnostics> {
@@ -87,7 +107,8 @@ impl Tx for SurelinkTx {
 }
 
 /// Receives from a connection: each message with `recv`, or, when the mode
-/// batches, every ready message at once with `recv_many`.
+/// batches, every ready message at once with `recv_many`; `recv_each`
+/// takes each batch whole with `recv_batch`.
 pub struct SurelinkRx {
     conn: Connection,
     batches: bool,
@@ -127,6 +148,20 @@ impl Rx for SurelinkRx {
         }
         self.ready = std::mem::take(&mut self.scratch).into_iter();
         Ok(self.ready.next().map(|m| m.data))
+    }
+
+    async fn recv_each<F: FnMut(&[u8]) + Send>(&mut self, each: &mut F) -> io::Result<bool> {
+        if self.ready.len() > 0 {
+            self.ready.by_ref().for_each(|m| each(&m.data));
+            return Ok(true);
+        }
+        match self.conn.recv_batch().await.map_err(io::Error::other)? {
+            Some(batch) => {
+                batch.iter().for_each(each);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     fn diagnostics(&self) -> Option<Diagnostics> {

@@ -132,6 +132,7 @@ mod tests {
             offset: 0,
             timestamp_us: 10,
             delivery: Delivery::Deadline(50_000),
+            packed: false,
             data: b"data",
         });
         let skip = Frame::Skip {

@@ -68,6 +68,7 @@ pub use reassembly::{Message, ReassemblyError, SkippedRange, MAX_CHANNELS};
 pub use send_queue::{MessageBytes, SMALL_MESSAGE};
 pub use stats::ConnectionStats;
 
+use crate::batch::{MessageBatch, ReceivedBatch};
 use crate::clock::{ClockEstimate, ClockEstimator, ClockSample};
 use crate::config::Config;
 use crate::crypto::{Identity, PublicKey};
@@ -722,13 +723,53 @@ impl Connection {
     /// Queues a message that `check_send` accepted; returns its sequence number.
     fn queue_message(&mut self, now: Instant, channel: u64, data: Bytes) -> u64 {
         let delivery = self.delivery_on(channel);
-        self.stats.messages_sent += 1;
-        self.stats.payload_bytes_sent += data.len() as u64;
-        for p in self.paths.iter_mut() {
-            p.cc.on_offered(now, data.len() as u64, 1);
-        }
+        self.count_offered(now, 1, data.len() as u64, data.len() as u64);
         self.send_queue
             .push(channel, data, self.micros(now), delivery)
+    }
+
+    /// Queues the messages of `batch` on `channel` as one packed message
+    /// (see [`crate::batch`]): one sequence number, one source time (`now`),
+    /// one fate. The batch's buffer moves into the send queue uncopied, and
+    /// the batch is left empty, ready for the next one. Returns the
+    /// sequence number, or `None` for an empty batch (nothing is queued).
+    ///
+    /// Its packed form ([`MessageBatch::packed_len`]) is checked as one
+    /// message's bytes would be by `send`: `TooLarge` past the largest
+    /// message, `Blocked` while the send buffer is too full for it. On an
+    /// error the batch is left as it was.
+    pub fn send_batch(
+        &mut self,
+        now: Instant,
+        channel: u64,
+        batch: &mut MessageBatch,
+    ) -> Result<Option<u64>, SendError> {
+        if batch.is_empty() {
+            self.check_open()?;
+            return Ok(None);
+        }
+        self.check_send(batch.packed_len())?;
+        let bytes = batch.bytes() as u64;
+        let (records, count) = batch.take_packed();
+        let delivery = self.delivery_on(channel);
+        self.count_offered(now, count as u64, bytes, records.len() as u64);
+        Ok(Some(self.send_queue.push_packed(
+            channel,
+            records,
+            count as u64,
+            self.micros(now),
+            delivery,
+        )))
+    }
+
+    /// Counts `messages` of `bytes` in all queued by the application, as
+    /// one message of `queued` bytes in the send queue.
+    fn count_offered(&mut self, now: Instant, messages: u64, bytes: u64, queued: u64) {
+        self.stats.messages_sent += messages;
+        self.stats.payload_bytes_sent += bytes;
+        for p in self.paths.iter_mut() {
+            p.cc.on_offered(now, queued, 1);
+        }
     }
 
     /// Bytes the application can still queue before `send` returns `Blocked`.
@@ -747,6 +788,18 @@ impl Connection {
         self.record_latency(m.latency_us, 1);
         self.note_taken();
         Some(m)
+    }
+
+    /// Takes the next message or packed batch delivered in order, whole (see
+    /// [`crate::batch`]): a batch sent by `send_batch` as one
+    /// [`ReceivedBatch`], whose messages are slices of one buffer; a message
+    /// sent on its own as a batch of one. What `recv` or `recv_many` already
+    /// took of a batch is not in it.
+    pub fn recv_batch(&mut self) -> Option<ReceivedBatch> {
+        let b = self.reassembly.pop_batch()?;
+        self.record_latency(b.latency_us, b.len() as u64);
+        self.note_taken();
+        Some(b)
     }
 
     /// Takes up to `max` messages delivered in order, appending them to

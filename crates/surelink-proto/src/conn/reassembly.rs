@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 
 use super::ChannelMap;
+use crate::batch::{count_records, ReceivedBatch};
 use crate::config::MESSAGE_CREDIT_OVERHEAD;
 use crate::range_set::RangeSet;
 use crate::wire::{Delivery, MsgFrame};
@@ -101,19 +102,33 @@ pub enum ReassemblyError {
     /// The peer opened more channels than allowed.
     #[error("too many channels")]
     TooManyChannels,
+    /// Fragments of one message disagree about whether it is a packed batch.
+    #[error("fragments disagree about a message being packed")]
+    PackedMismatch,
+    /// A packed batch does not split into whole records (at least one).
+    #[error("packed message is not a sequence of records")]
+    MalformedPacked,
 }
 
 #[derive(Debug)]
 struct Partial {
+    /// The message's bytes, up to the furthest byte arrived: fragments in
+    /// order are appended (no zero-filling of a buffer they then
+    /// overwrite); one beyond the end fills the gap with zeros first.
     buf: Vec<u8>,
+    /// Length of the whole message.
+    len: u64,
     have: RangeSet,
     source_us: u64,
     delivery: Delivery,
+    /// A packed batch: the number of its records once it is complete
+    /// (checked then), 0 before. `None` for a plain message.
+    packed: Option<usize>,
 }
 
 impl Partial {
     fn complete(&self) -> bool {
-        self.have.contains_range(&(0..self.buf.len() as u64))
+        self.have.contains_range(&(0..self.len))
     }
 
     fn deadline_us(&self) -> Option<u64> {
@@ -136,8 +151,10 @@ struct Channel {
 pub struct Reassembly {
     channels: ChannelMap<Channel>,
     /// Released in order, waiting for their playout time.
-    playout: VecDeque<Message>,
-    ready: VecDeque<Message>,
+    playout: VecDeque<ReceivedBatch>,
+    /// Released, waiting for the application: each a message or a packed
+    /// batch, cut into messages as the application takes them.
+    ready: VecDeque<ReceivedBatch>,
     /// Credit charged for messages held (partial, playout or ready).
     held: u64,
     /// Credit returned by the application taking messages, or by skips.
@@ -184,7 +201,8 @@ impl Reassembly {
         self.consumed + self.window
     }
 
-    /// Messages released to the application so far.
+    /// Messages released to the application so far (each message of a
+    /// packed batch counted).
     pub fn delivered(&self) -> u64 {
         self.delivered
     }
@@ -211,14 +229,20 @@ impl Reassembly {
     /// released early.
     pub fn release_held(&mut self, now_us: u64) -> u64 {
         self.playout_delay_us = None;
-        let released = self.playout.len() as u64;
-        while let Some(mut m) = self.playout.pop_front() {
-            m.latency_us = now_us.saturating_sub(m.source_time_us);
-            self.delivered += 1;
-            self.ready.push_back(m);
+        let mut released = 0;
+        while let Some(b) = self.playout.pop_front() {
+            released += b.len() as u64;
+            self.hand_over(now_us, b);
         }
         self.released_early += released;
         released
+    }
+
+    /// Puts `b`, released at `now_us`, in the ready queue.
+    fn hand_over(&mut self, now_us: u64, mut b: ReceivedBatch) {
+        b.latency_us = now_us.saturating_sub(b.source_time_us);
+        self.delivered += b.len() as u64;
+        self.ready.push_back(b);
     }
 
     /// Takes the ranges skipped since the last call.
@@ -231,29 +255,46 @@ impl Reassembly {
         !self.ready.is_empty()
     }
 
-    /// Takes the next in-order message.
+    /// Takes the next in-order message (the next one of a packed batch,
+    /// cut from it).
     pub fn pop(&mut self) -> Option<Message> {
-        let m = self.ready.pop_front()?;
-        let c = cost(m.data.len() as u64);
+        let front = self.ready.front_mut()?;
+        let (m, bytes) = front.cut_first()?;
+        let mut c = bytes as u64;
+        if front.is_empty() {
+            self.ready.pop_front();
+            c += MESSAGE_CREDIT_OVERHEAD;
+        }
         self.held -= c;
         self.consumed += c;
         Some(m)
     }
 
-    fn release(&mut self, now_us: u64, channel: u64, seq: u64, data: Bytes, source_us: u64) {
-        let m = Message {
-            channel,
-            seq,
-            data,
-            source_time_us: source_us,
-            latency_us: now_us.saturating_sub(source_us),
-        };
+    /// Takes the next in-order message or packed batch whole (what is left
+    /// of it, if [`pop`](Self::pop) took some of its messages).
+    pub fn pop_batch(&mut self) -> Option<ReceivedBatch> {
+        let b = self.ready.pop_front()?;
+        let c = cost(b.data_len() as u64);
+        self.held -= c;
+        self.consumed += c;
+        Some(b)
+    }
+
+    /// Releases message `seq` of `channel`, whole: a plain message, or a
+    /// packed batch of `packed` checked records.
+    fn release(
+        &mut self,
+        now_us: u64,
+        channel: u64,
+        seq: u64,
+        data: Bytes,
+        packed: Option<usize>,
+        source_us: u64,
+    ) {
+        let b = ReceivedBatch::new(channel, seq, data, packed, source_us, 0);
         match self.playout_delay_us {
-            Some(l) if now_us < source_us.saturating_add(l) => self.playout.push_back(m),
-            _ => {
-                self.delivered += 1;
-                self.ready.push_back(m);
-            }
+            Some(l) if now_us < source_us.saturating_add(l) => self.playout.push_back(b),
+            _ => self.hand_over(now_us, b),
         }
     }
 
@@ -309,6 +350,10 @@ impl Reassembly {
             if self.held + cost(f.msg_len) > self.window {
                 return Err(ReassemblyError::FlowControl);
             }
+            let packed = match f.packed {
+                true => Some(count_records(f.data).ok_or(ReassemblyError::MalformedPacked)?),
+                false => None,
+            };
             self.held += cost(f.msg_len);
             ch.next_seq += 1;
             let more = !ch.pending.is_empty();
@@ -325,7 +370,7 @@ impl Reassembly {
                     Some(p) => p.slice_ref(f.data),
                     None => Bytes::copy_from_slice(f.data),
                 };
-                self.release(now_us, f.channel, f.seq, data, source_us);
+                self.release(now_us, f.channel, f.seq, data, packed, source_us);
             }
             if more {
                 self.advance(f.channel, now_us);
@@ -334,8 +379,11 @@ impl Reassembly {
         }
         let partial = match ch.pending.get_mut(&f.seq) {
             Some(p) => {
-                if p.buf.len() as u64 != f.msg_len {
+                if p.len != f.msg_len {
                     return Err(ReassemblyError::LengthMismatch);
+                }
+                if p.packed.is_some() != f.packed {
+                    return Err(ReassemblyError::PackedMismatch);
                 }
                 p
             }
@@ -345,10 +393,12 @@ impl Reassembly {
                 }
                 self.held += cost(f.msg_len);
                 ch.pending.entry(f.seq).or_insert(Partial {
-                    buf: vec![0; f.msg_len as usize],
+                    buf: Vec::with_capacity(f.msg_len as usize),
+                    len: f.msg_len,
                     have: RangeSet::new(),
                     source_us,
                     delivery: f.delivery,
+                    packed: f.packed.then_some(0),
                 })
             }
         };
@@ -357,7 +407,19 @@ impl Reassembly {
         if new == 0 && f.msg_len > 0 {
             return Ok(FragmentOutcome::Duplicate);
         }
-        partial.buf[f.offset as usize..end as usize].copy_from_slice(f.data);
+        let (start, end) = (f.offset as usize, end as usize);
+        if start == partial.buf.len() {
+            partial.buf.extend_from_slice(f.data);
+        } else {
+            if end > partial.buf.len() {
+                partial.buf.resize(end, 0);
+            }
+            partial.buf[start..end].copy_from_slice(f.data);
+        }
+        if partial.packed.is_some() && partial.complete() {
+            let records = count_records(&partial.buf).ok_or(ReassemblyError::MalformedPacked)?;
+            partial.packed = Some(records);
+        }
         self.advance(f.channel, now_us);
         Ok(FragmentOutcome::New)
     }
@@ -381,7 +443,7 @@ impl Reassembly {
         let lens: Vec<u64> = keys
             .iter()
             .filter_map(|k| ch.pending.remove(k))
-            .map(|p| p.buf.len() as u64)
+            .map(|p| p.len)
             .collect();
         ch.next_seq = up_to;
         for l in lens {
@@ -415,9 +477,16 @@ impl Reassembly {
             if p.deadline_us().is_some_and(|d| now_us > d) {
                 self.late += 1;
                 self.note_skip(channel, seq, seq + 1);
-                self.drop_message(p.buf.len() as u64);
+                self.drop_message(p.len);
             } else {
-                self.release(now_us, channel, seq, Bytes::from(p.buf), p.source_us);
+                self.release(
+                    now_us,
+                    channel,
+                    seq,
+                    Bytes::from(p.buf),
+                    p.packed,
+                    p.source_us,
+                );
             }
         }
     }
@@ -478,7 +547,7 @@ impl Reassembly {
                 let dropped = (first == from)
                     .then(|| ch.pending.remove(&from))
                     .flatten()
-                    .map(|p| p.buf.len() as u64);
+                    .map(|p| p.len);
                 ch.next_seq = to;
                 if let Some(l) = dropped {
                     self.drop_message(l);
@@ -492,10 +561,8 @@ impl Reassembly {
             .front()
             .is_some_and(|m| now_us >= m.source_time_us + self.playout_delay_us.unwrap_or(0))
         {
-            let mut m = self.playout.pop_front().expect("front");
-            m.latency_us = now_us.saturating_sub(m.source_time_us);
-            self.delivered += 1;
-            self.ready.push_back(m);
+            let b = self.playout.pop_front().expect("front");
+            self.hand_over(now_us, b);
         }
     }
 
@@ -526,6 +593,7 @@ mod tests {
             offset: off as u64,
             timestamp_us: 0,
             delivery: Delivery::Reliable,
+            packed: false,
             data: &msg[off..off + len],
         }
     }
@@ -666,6 +734,90 @@ mod tests {
             .unwrap();
         r.pop().unwrap();
         assert_eq!(r.max_data(), before + 30 + MESSAGE_CREDIT_OVERHEAD);
+    }
+
+    /// A fragment of packed message `seq` (records `packed`) on channel 0.
+    fn packed<'a>(seq: u64, packed: &'a [u8], off: usize, len: usize) -> MsgFrame<'a> {
+        MsgFrame {
+            packed: true,
+            ..frag(0, seq, packed, off, len)
+        }
+    }
+
+    /// The packed form of `messages`.
+    fn records(messages: &[&[u8]]) -> Vec<u8> {
+        let mut batch = crate::batch::MessageBatch::new();
+        messages.iter().for_each(|m| batch.push(m));
+        batch.take_packed().0.to_vec()
+    }
+
+    #[test]
+    fn a_packed_message_is_handed_over_message_by_message_or_whole_and_returns_its_credit() {
+        let mut r = Reassembly::new(1 << 20, 1 << 20, None);
+        let start = r.max_data();
+        let first = records(&[b"ab", b"", b"cde"]);
+        let second = records(&[&[9u8; 100], b"z"]);
+        // The first whole in one fragment; the second in three, out of order.
+        r.on_fragment(&packed(0, &first, 0, first.len()), 5, 7, None)
+            .unwrap();
+        for (off, len) in [(60, second.len() - 60), (0, 30), (30, 30)] {
+            r.on_fragment(&packed(1, &second, off, len), 5, 7, None)
+                .unwrap();
+        }
+        assert_eq!(r.delivered(), 5, "each message of a batch counts");
+        let taken: Vec<(u64, Vec<u8>)> = (0..2)
+            .map(|_| r.pop().expect("ready"))
+            .map(|m| (m.seq, m.data.to_vec()))
+            .collect();
+        assert_eq!(taken, [(0, b"ab".to_vec()), (0, Vec::new())]);
+        // The rest of the first batch, whole, then the second.
+        let rest = r.pop_batch().expect("the rest of the first batch");
+        assert_eq!((rest.seq, rest.len()), (0, 1));
+        assert_eq!(rest.iter().collect::<Vec<_>>(), [b"cde"]);
+        let whole = r.pop_batch().expect("the second batch");
+        assert!(whole.is_packed());
+        assert_eq!(whole.iter().collect::<Vec<_>>(), [&[9u8; 100][..], b"z"]);
+        assert!(r.pop().is_none());
+        assert_eq!(
+            r.max_data(),
+            start + (first.len() + second.len()) as u64 + 2 * MESSAGE_CREDIT_OVERHEAD,
+            "every byte of both batches is credited back, once"
+        );
+    }
+
+    #[test]
+    fn a_packed_message_that_is_not_records_breaks_the_protocol() {
+        let mut r = Reassembly::new(1 << 20, 1 << 20, None);
+        // A record claiming 5 bytes with 2 behind it, whole or in parts.
+        let bad = [5u8, 1, 2];
+        assert_eq!(
+            r.on_fragment(&packed(0, &bad, 0, 3), 0, 0, None),
+            Err(ReassemblyError::MalformedPacked)
+        );
+        let mut r = Reassembly::new(1 << 20, 1 << 20, None);
+        r.on_fragment(&packed(0, &bad, 1, 2), 0, 0, None).unwrap();
+        assert_eq!(
+            r.on_fragment(&packed(0, &bad, 0, 1), 0, 0, None),
+            Err(ReassemblyError::MalformedPacked)
+        );
+        // An empty packed message holds no record: malformed too.
+        let mut r = Reassembly::new(1 << 20, 1 << 20, None);
+        assert_eq!(
+            r.on_fragment(&packed(0, &[], 0, 0), 0, 0, None),
+            Err(ReassemblyError::MalformedPacked)
+        );
+        assert!(!r.has_ready());
+    }
+
+    #[test]
+    fn fragments_that_disagree_about_packing_break_the_protocol() {
+        let mut r = Reassembly::new(1 << 20, 1 << 20, None);
+        let m = records(&[b"abcdef"]);
+        r.on_fragment(&packed(0, &m, 0, 3), 0, 0, None).unwrap();
+        assert_eq!(
+            r.on_fragment(&frag(0, 0, &m, 3, 4), 0, 0, None),
+            Err(ReassemblyError::PackedMismatch)
+        );
     }
 
     #[test]

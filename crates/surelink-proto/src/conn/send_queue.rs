@@ -78,6 +78,8 @@ pub struct Fragment {
     pub copy: bool,
     /// These bytes were sent before and declared lost.
     pub retransmission: bool,
+    /// The message is a packed batch (MSG_PACKED frames).
+    pub packed: bool,
 }
 
 impl Fragment {
@@ -93,6 +95,7 @@ impl Fragment {
             delivery: u.delivery,
             copy: false,
             retransmission: false,
+            packed: u.is_packed(),
         }
     }
 
@@ -105,6 +108,7 @@ impl Fragment {
             offset: self.offset,
             timestamp_us: self.timestamp_us,
             delivery: self.delivery,
+            packed: self.packed,
             data,
         }
     }
@@ -282,6 +286,18 @@ enum Payload {
     /// The application's own buffer (larger messages), boxed so that a
     /// queue entry stays small (see [`Unacked`]).
     Shared(Box<Bytes>),
+    /// A packed batch (`send_batch`), whatever its size: its frames are
+    /// MSG_PACKED, and it is never bundled.
+    Packed(Box<PackedBatch>),
+}
+
+/// The records of a packed batch, and how many messages they hold (the
+/// application's messages, counted when the batch is acknowledged or
+/// abandoned).
+#[derive(Debug)]
+struct PackedBatch {
+    records: Bytes,
+    messages: u64,
 }
 
 /// A queued message not yet acknowledged or abandoned: 48 bytes. A
@@ -306,7 +322,21 @@ impl Unacked {
         match &self.payload {
             Payload::Copied { len, .. } => usize::from(*len),
             Payload::Shared(data) => data.len(),
+            Payload::Packed(p) => p.records.len(),
         }
+    }
+
+    /// The application's messages it holds: 1, or a packed batch's count.
+    fn messages(&self) -> u64 {
+        match &self.payload {
+            Payload::Packed(p) => p.messages,
+            _ => 1,
+        }
+    }
+
+    /// True for a packed batch.
+    fn is_packed(&self) -> bool {
+        matches!(self.payload, Payload::Packed(_))
     }
 
     /// Bytes of the message acknowledged so far.
@@ -456,15 +486,13 @@ impl ChannelQueue {
         match &u.payload {
             Payload::Copied { at, len } => self.copied.get(*at, usize::from(*len)),
             Payload::Shared(data) => data,
+            Payload::Packed(p) => &p.records,
         }
     }
 
     /// Appends a message (copying it if it is small); it gets sequence
     /// number [`next_seq`](Self::next_seq).
     fn push(&mut self, data: impl MessageBytes, timestamp_us: u64, delivery: Delivery) {
-        if matches!(delivery, Delivery::Deadline(_)) {
-            self.deadline_messages += 1;
-        }
         let len = data.as_ref().len();
         let payload = match u16::try_from(len) {
             Ok(len) if usize::from(len) <= SMALL_MESSAGE => Payload::Copied {
@@ -473,6 +501,15 @@ impl ChannelQueue {
             },
             _ => Payload::Shared(Box::new(data.into_bytes())),
         };
+        self.push_payload(payload, timestamp_us, delivery);
+    }
+
+    /// Appends a message whose bytes are `payload`; it gets sequence number
+    /// [`next_seq`](Self::next_seq).
+    fn push_payload(&mut self, payload: Payload, timestamp_us: u64, delivery: Delivery) {
+        if matches!(delivery, Delivery::Deadline(_)) {
+            self.deadline_messages += 1;
+        }
         self.messages.push_back(Some(Unacked {
             acked: None,
             payload,
@@ -499,6 +536,7 @@ impl ChannelQueue {
     fn acknowledge(&mut self, seq: u64, range: std::ops::Range<u64>) -> Option<Acknowledged> {
         let u = self.get_mut(seq)?;
         let len = u.len() as u64;
+        let messages = u.messages();
         let whole = range == (0..len) && u.acked.is_none();
         let newly_acked = if whole {
             // The whole message at once, nothing acknowledged before.
@@ -513,6 +551,7 @@ impl ChannelQueue {
         Some(Acknowledged {
             newly_acked,
             complete,
+            messages,
         })
     }
 
@@ -582,6 +621,8 @@ struct Acknowledged {
     newly_acked: u64,
     /// The message is acknowledged whole and left the queue.
     complete: bool,
+    /// The application's messages it holds (see [`Unacked::messages`]).
+    messages: u64,
 }
 
 /// Consecutive messages `seq..seq + count` of one channel with bytes never
@@ -678,11 +719,47 @@ impl SendQueue {
         timestamp_us: u64,
         delivery: Delivery,
     ) -> u64 {
+        self.queue(channel, data, None, timestamp_us, delivery)
+    }
+
+    /// Queues the packed records of a batch of `messages` messages
+    /// (`send_batch`) on `channel` as one message, uncopied, sent in
+    /// MSG_PACKED frames; returns its sequence number.
+    pub fn push_packed(
+        &mut self,
+        channel: u64,
+        records: Bytes,
+        messages: u64,
+        timestamp_us: u64,
+        delivery: Delivery,
+    ) -> u64 {
+        self.queue(channel, records, Some(messages), timestamp_us, delivery)
+    }
+
+    /// Queues one message on `channel`: a packed batch of `packed`
+    /// messages, or a plain one.
+    fn queue(
+        &mut self,
+        channel: u64,
+        data: Bytes,
+        packed: Option<u64>,
+        timestamp_us: u64,
+        delivery: Delivery,
+    ) -> u64 {
         let ch = self.channels.entry(channel).or_default();
         let seq = ch.next_seq();
         let len = data.len();
         self.buffered += len as u64;
-        ch.push(data, timestamp_us, delivery);
+        match packed {
+            Some(messages) => {
+                let batch = PackedBatch {
+                    records: data,
+                    messages,
+                };
+                ch.push_payload(Payload::Packed(Box::new(batch)), timestamp_us, delivery);
+            }
+            None => ch.push(data, timestamp_us, delivery),
+        }
         self.unacked += 1;
         note_fresh(&mut self.fresh, channel, seq, len);
         seq
@@ -835,7 +912,7 @@ impl SendQueue {
                 if let Some(u) = ch.remove(s) {
                     self.buffered -= u.len() as u64 - u.acked_bytes();
                     self.unacked -= 1;
-                    self.messages_abandoned += 1;
+                    self.messages_abandoned += u.messages();
                 }
             }
         }
@@ -998,7 +1075,7 @@ impl SendQueue {
             let Some(u) = ch.get(seq) else {
                 break;
             };
-            if u.delivery != Delivery::Reliable {
+            if u.delivery != Delivery::Reliable || u.is_packed() {
                 break;
             }
             let Some(delta_us) = u.timestamp_us.checked_sub(previous_us) else {
@@ -1066,8 +1143,9 @@ impl SendQueue {
         };
         if let Some(acked) = ch.acknowledge(f.seq, f.range()) {
             let complete = u64::from(acked.complete);
-            let recovered = complete * u64::from(acked.newly_acked > 0 && f.retransmission);
-            self.count_acknowledged(acked.newly_acked, complete, recovered);
+            let messages = complete * acked.messages;
+            let recovered = messages * u64::from(acked.newly_acked > 0 && f.retransmission);
+            self.count_acknowledged(acked.newly_acked, complete, messages, recovered);
         }
     }
 
@@ -1077,15 +1155,17 @@ impl SendQueue {
         let Some(ch) = self.channels.get_mut(&b.channel) else {
             return;
         };
+        // (Packed batches are never bundled: a message each.)
         let (bytes, messages) = ch.acknowledge_whole(b.seqs());
-        self.count_acknowledged(bytes, messages, 0);
+        self.count_acknowledged(bytes, messages, messages, 0);
     }
 
-    /// Counts `bytes` newly acknowledged and `messages` acknowledged whole,
+    /// Counts `bytes` newly acknowledged and `entries` queue entries
+    /// acknowledged whole, holding `messages` of the application's,
     /// `recovered` of them by a retransmission.
-    fn count_acknowledged(&mut self, bytes: u64, messages: u64, recovered: u64) {
+    fn count_acknowledged(&mut self, bytes: u64, entries: u64, messages: u64, recovered: u64) {
         self.buffered -= bytes;
-        self.unacked -= messages as usize;
+        self.unacked -= entries as usize;
         self.messages_acked += messages;
         self.messages_recovered_by_retransmission += recovered;
     }
@@ -1272,6 +1352,7 @@ mod tests {
             offset: 0,
             timestamp_us: 0,
             delivery: Delivery::Reliable,
+            packed: false,
             data: &[],
         }
         .overhead();

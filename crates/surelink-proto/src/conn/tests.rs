@@ -393,6 +393,7 @@ fn flow_control_violation_closes_with_error() {
             offset: 0,
             timestamp_us: 0,
             delivery: crate::wire::Delivery::Reliable,
+            packed: false,
             data: &data,
         })
         .encode(&mut pkt);

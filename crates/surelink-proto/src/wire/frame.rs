@@ -2,7 +2,9 @@
 //!
 //! Each frame starts with a varint type. Types 0x00–0x0b and 0x10–0x13 are
 //! defined in v1, 0x0c (MSG_BUNDLE: several whole reliable messages of one
-//! channel as length-prefixed records) since v3, 0x20–0x21 carry forward
+//! channel as length-prefixed records) since v3, 0x0d–0x0f (MSG_PACKED and
+//! its deadline and unreliable forms: a message that is a packed batch of
+//! messages) since v4, 0x20–0x21 carry forward
 //! error correction (docs/FEC.md);
 //! 0x14–0x1f are reserved for path status, checkpoint and resume frames of
 //! later versions; anything else is rejected. [`FrameIter`] walks the
@@ -25,6 +27,9 @@ const MSG_DEADLINE: u64 = 0x09;
 const MSG_UNRELIABLE: u64 = 0x0a;
 const SKIP: u64 = 0x0b;
 const MSG_BUNDLE: u64 = 0x0c;
+const MSG_PACKED: u64 = 0x0d;
+const MSG_DEADLINE_PACKED: u64 = 0x0e;
+const MSG_UNRELIABLE_PACKED: u64 = 0x0f;
 const HANDSHAKE: u64 = 0x10;
 const TOKEN: u64 = 0x11;
 const PATH_CHALLENGE: u64 = 0x12;
@@ -165,6 +170,10 @@ pub struct MsgFrame<'a> {
     pub timestamp_us: u64,
     /// Delivery mode of the message.
     pub delivery: Delivery,
+    /// The message is a packed batch: its bytes are records, each a varint
+    /// length and that many bytes, each a message of its own for the
+    /// receiving application (frame types 0x0d–0x0f).
+    pub packed: bool,
     /// Fragment bytes.
     pub data: &'a [u8],
 }
@@ -356,6 +365,7 @@ impl<'a> BundleMessages<'a> {
             offset: 0,
             timestamp_us,
             delivery: Delivery::Reliable,
+            packed: false,
             data,
         };
         self.timestamp_us = timestamp_us;
@@ -603,10 +613,13 @@ impl MsgFrame<'_> {
 
     /// Appends everything but the data (callers then append `data`).
     pub fn encode_header(&self, out: &mut Vec<u8>) {
-        let ty = match self.delivery {
-            Delivery::Reliable => MSG,
-            Delivery::Deadline(_) => MSG_DEADLINE,
-            Delivery::Unreliable => MSG_UNRELIABLE,
+        let ty = match (self.delivery, self.packed) {
+            (Delivery::Reliable, false) => MSG,
+            (Delivery::Deadline(_), false) => MSG_DEADLINE,
+            (Delivery::Unreliable, false) => MSG_UNRELIABLE,
+            (Delivery::Reliable, true) => MSG_PACKED,
+            (Delivery::Deadline(_), true) => MSG_DEADLINE_PACKED,
+            (Delivery::Unreliable, true) => MSG_UNRELIABLE_PACKED,
         };
         varint::write(out, ty);
         varint::write(out, self.channel);
@@ -716,15 +729,20 @@ impl<'a> FrameIter<'a> {
                 send_us: r.varint()?,
             },
             ACK => Frame::Ack(AckFrame::decode(r)?),
-            MSG | MSG_DEADLINE | MSG_UNRELIABLE => {
+            MSG
+            | MSG_DEADLINE
+            | MSG_UNRELIABLE
+            | MSG_PACKED
+            | MSG_DEADLINE_PACKED
+            | MSG_UNRELIABLE_PACKED => {
                 let channel = r.varint()?;
                 let seq = r.varint()?;
                 let msg_len = r.varint()?;
                 let offset = r.varint()?;
                 let timestamp_us = r.varint()?;
                 let delivery = match ty {
-                    MSG => Delivery::Reliable,
-                    MSG_DEADLINE => Delivery::Deadline(r.varint()?),
+                    MSG | MSG_PACKED => Delivery::Reliable,
+                    MSG_DEADLINE | MSG_DEADLINE_PACKED => Delivery::Deadline(r.varint()?),
                     _ => Delivery::Unreliable,
                 };
                 let data = r.len_prefixed()?;
@@ -744,6 +762,7 @@ impl<'a> FrameIter<'a> {
                     offset,
                     timestamp_us,
                     delivery,
+                    packed: ty >= MSG_PACKED,
                     data,
                 })
             }
@@ -854,7 +873,7 @@ pub(crate) mod tests {
         Ping(u64, u64),
         Pong(u64, u64, u64),
         Ack(AckFrame),
-        Msg(u64, u64, u64, u64, Delivery, Vec<u8>),
+        Msg(u64, u64, u64, u64, Delivery, bool, Vec<u8>),
         /// Channel, first sequence, count, timestamp, encoded records.
         Bundle(u64, u64, u64, u64, Vec<u8>),
         Skip(u64, u64),
@@ -885,15 +904,18 @@ pub(crate) mod tests {
                     send_us: *c,
                 },
                 Owned::Ack(a) => Frame::Ack(a.clone()),
-                Owned::Msg(channel, seq, offset, ts, delivery, data) => Frame::Msg(MsgFrame {
-                    channel: *channel,
-                    seq: *seq,
-                    msg_len: offset + data.len() as u64 + 3,
-                    offset: *offset,
-                    timestamp_us: *ts,
-                    delivery: *delivery,
-                    data,
-                }),
+                Owned::Msg(channel, seq, offset, ts, delivery, packed, data) => {
+                    Frame::Msg(MsgFrame {
+                        channel: *channel,
+                        seq: *seq,
+                        msg_len: offset + data.len() as u64 + 3,
+                        offset: *offset,
+                        timestamp_us: *ts,
+                        delivery: *delivery,
+                        packed: *packed,
+                        data,
+                    })
+                }
                 Owned::Bundle(channel, first_seq, count, timestamp_us, records) => {
                     Frame::Bundle(BundleFrame {
                         channel: *channel,
@@ -945,9 +967,10 @@ pub(crate) mod tests {
                     Just(Delivery::Unreliable),
                     v.clone().prop_map(Delivery::Deadline)
                 ],
+                any::<bool>(),
                 proptest::collection::vec(any::<u8>(), 1..300)
             )
-                .prop_map(|(c, s, o, t, m, d)| Owned::Msg(c, s, o, t, m, d)),
+                .prop_map(|(c, s, o, t, m, p, d)| Owned::Msg(c, s, o, t, m, p, d)),
             bundle(),
             (v.clone(), v.clone()).prop_map(|(c, u)| Owned::Skip(c, u)),
             (v.clone(), "\\PC{0,40}").prop_map(|(c, r)| Owned::Close(c, r)),

@@ -1,7 +1,7 @@
 //! The packet header: version, kind, destination connection id, packet number.
 //!
 //! ```text
-//! byte 0      version (3)
+//! byte 0      version (4)
 //! byte 1      kind (low 4 bits) | flags (high 4 bits: key phase, plaintext)
 //! bytes 2..10 destination connection id, big-endian u64
 //! varint      packet number (never reused within a connection and direction)
@@ -10,7 +10,7 @@
 use super::{varint, Reader, WireError};
 
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 
 /// The largest encoded header: 10 fixed bytes plus an 8-byte varint.
 pub const HEADER_MAX_LEN: usize = 18;

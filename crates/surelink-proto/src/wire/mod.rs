@@ -62,6 +62,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads one byte.
+    #[inline]
     pub fn u8(&mut self) -> Result<u8, WireError> {
         let (&b, rest) = self.buf.split_first().ok_or(WireError::UnexpectedEnd)?;
         self.buf = rest;
@@ -82,6 +83,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads exactly `n` bytes.
+    #[inline]
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         if n > self.buf.len() {
             return Err(WireError::UnexpectedEnd);
@@ -92,11 +94,13 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a varint.
+    #[inline]
     pub fn varint(&mut self) -> Result<u64, WireError> {
         varint::read(self)
     }
 
     /// Reads a varint length followed by that many bytes.
+    #[inline]
     pub fn len_prefixed(&mut self) -> Result<&'a [u8], WireError> {
         let n = self.varint()?;
         let n = usize::try_from(n).map_err(|_| WireError::UnexpectedEnd)?;

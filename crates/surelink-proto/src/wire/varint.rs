@@ -10,6 +10,7 @@ use super::{Reader, WireError};
 pub const MAX: u64 = (1 << 62) - 1;
 
 /// Number of bytes [`write()`] uses for `v`.
+#[inline]
 pub fn size(v: u64) -> usize {
     if v < 1 << 6 {
         1
@@ -24,6 +25,7 @@ pub fn size(v: u64) -> usize {
 
 /// Appends `v` to `out`. Values above [`MAX`] are clamped to [`MAX`]; callers
 /// only encode counters and lengths that stay far below it.
+#[inline]
 pub fn write(out: &mut Vec<u8>, v: u64) {
     let v = v.min(MAX);
     match size(v) {
@@ -54,6 +56,7 @@ pub fn write_fixed(buf: &mut [u8], v: u64) {
 }
 
 /// Reads one varint from `r`.
+#[inline]
 pub fn read(r: &mut Reader<'_>) -> Result<u64, WireError> {
     let first = r.u8()?;
     let len = 1usize << (first >> 6);
