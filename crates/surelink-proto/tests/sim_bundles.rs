@@ -7,7 +7,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{assert_exactly_once, Sim, Workload};
+use harness::{assert_exactly_once, rough_link, Sim, Workload};
 use surelink_netem::LinkConfig;
 use surelink_proto::crypto::Security;
 use surelink_proto::wire::{Frame, FrameIter, Header, Reader};
@@ -133,12 +133,7 @@ fn send_many_batches_arrive_once_in_order_and_intact_through_loss_duplication_an
     // buffer; batches of 1 to 400 messages per call.
     let mut retransmitted = 0;
     for seed in 0..8 {
-        let link = LinkConfig::clean()
-            .with_loss([0.0, 0.03, 0.08][seed as usize % 3])
-            .with_delay(Duration::from_millis(5))
-            .with_jitter(Duration::from_millis(3))
-            .with_reorder(0.05, Duration::from_millis(4))
-            .with_duplicate(0.02);
+        let link = rough_link(seed);
         let batch = [400, 1, 37, 2][seed as usize % 4];
         let (c, r) = transfer_in_batches(seed, link, 700, batch);
         retransmitted += r;

@@ -9,7 +9,7 @@ mod harness;
 use std::time::Duration;
 
 use bytes::Bytes;
-use harness::{message, Sim};
+use harness::{message, rough_link, Sim};
 use surelink_netem::LinkConfig;
 use surelink_proto::{Config, Event, MessageBatch, SendError};
 
@@ -147,12 +147,7 @@ fn assert_all_once_in_order(out: &Run, max_size: usize, ctx: &str) {
 fn packed_batches_arrive_whole_once_and_in_order_through_loss_duplication_and_reordering() {
     let mut retransmissions = 0;
     for seed in 0..8 {
-        let link = LinkConfig::clean()
-            .with_loss([0.0, 0.03, 0.08][seed as usize % 3])
-            .with_delay(Duration::from_millis(5))
-            .with_jitter(Duration::from_millis(3))
-            .with_reorder(0.05, Duration::from_millis(4))
-            .with_duplicate(0.02);
+        let link = rough_link(seed);
         // Messages of up to 64 bytes (one-byte record lengths) in half the
         // runs, up to 700 (two-byte lengths, batches of many packets) in the
         // others; taken one by one in half of each.

@@ -209,13 +209,23 @@ impl Connection {
     /// error, the messages that had arrived complete are returned first, then
     /// [`RecvError::ConnectionLost`].
     pub async fn recv_message(&self) -> Result<Option<Message>, RecvError> {
+        self.recv_next(|conn| conn.recv()).await
+    }
+
+    /// Waits for what `take` takes from the core, or for the end of the
+    /// messages: `Ok(None)` after a graceful close, the error after a lost
+    /// connection.
+    async fn recv_next<T>(
+        &self,
+        mut take: impl FnMut(&mut surelink_proto::Connection) -> Option<T>,
+    ) -> Result<Option<T>, RecvError> {
         self.inner
             .wait_for(
                 Err(RecvError::EndpointClosed),
                 DriverWake::WindowUpdate,
                 |cs| {
-                    if let Some(m) = cs.conn.recv() {
-                        return Some(Ok(Some(m)));
+                    if let Some(taken) = take(&mut cs.conn) {
+                        return Some(Ok(Some(taken)));
                     }
                     end_of_messages(cs).map(|end| end.map(|()| None))
                 },
@@ -252,18 +262,7 @@ impl Connection {
     /// ready; `Ok(None)` and errors as for
     /// [`recv_message`](Connection::recv_message).
     pub async fn recv_batch(&self) -> Result<Option<crate::ReceivedBatch>, RecvError> {
-        self.inner
-            .wait_for(
-                Err(RecvError::EndpointClosed),
-                DriverWake::WindowUpdate,
-                |cs| {
-                    if let Some(b) = cs.conn.recv_batch() {
-                        return Some(Ok(Some(b)));
-                    }
-                    end_of_messages(cs).map(|end| end.map(|()| None))
-                },
-            )
-            .await
+        self.recv_next(|conn| conn.recv_batch()).await
     }
 
     /// Lifts the playout hold ([`ProtocolConfig::playout_delay`](crate::ProtocolConfig::playout_delay))

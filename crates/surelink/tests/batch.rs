@@ -3,7 +3,9 @@
 //! order, intact, whether the batch is of `Bytes` or a `MessageBatch` of
 //! borrowed slices of every size; a batch larger than the send buffer waits
 //! for room and completes; a message that is too large stops the batch with
-//! the messages before it queued and the connection still usable.
+//! the messages before it queued and the connection still usable. Packed
+//! batches (`send_batch`) arrive whole, taken with `recv_batch` or message
+//! by message, each with its batch's sequence number.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -208,6 +210,7 @@ async fn packed_batches_arrive_whole_through_loss_and_wait_for_room_in_the_send_
             );
             assert_eq!(*data, message(i, 100), "message {i}");
         }
+        assert!(network.stats().links.dropped() > 0, "the link lost nothing");
     })
     .await
     .expect("virtual-time limit");

@@ -26,6 +26,17 @@ pub fn jittered_5ms_link() -> LinkConfig {
         .with_jitter(Duration::from_micros(500))
 }
 
+/// A rough link for seed `seed`: 0, 3 or 8 % loss (by seed), 5 ± 3 ms one
+/// way, 5 % of datagrams reordered by up to 4 ms and 2 % duplicated.
+pub fn rough_link(seed: u64) -> LinkConfig {
+    LinkConfig::clean()
+        .with_loss([0.0, 0.03, 0.08][seed as usize % 3])
+        .with_delay(ms(5))
+        .with_jitter(ms(3))
+        .with_reorder(0.05, ms(4))
+        .with_duplicate(0.02)
+}
+
 /// What the sender's application does.
 #[derive(Debug, Clone)]
 pub struct Workload {
