@@ -116,12 +116,17 @@ impl MessageBatch {
         Messages::packed(&self.packed, self.len)
     }
 
+    /// Capacity of the buffer of the packed form.
+    pub(crate) fn capacity(&self) -> usize {
+        self.packed.capacity()
+    }
+
     /// Moves the packed form out, uncopied, and leaves the batch empty with
-    /// a new buffer of the same capacity. Returns the packed bytes and the
+    /// `next` (emptied) as its buffer. Returns the packed bytes and the
     /// number of messages in them.
-    pub(crate) fn take_packed(&mut self) -> (Bytes, usize) {
-        let capacity = self.packed.capacity();
-        let packed = std::mem::replace(&mut self.packed, Vec::with_capacity(capacity));
+    pub(crate) fn take_packed(&mut self, mut next: Vec<u8>) -> (Bytes, usize) {
+        next.clear();
+        let packed = std::mem::replace(&mut self.packed, next);
         let len = std::mem::take(&mut self.len);
         self.bytes = 0;
         (Bytes::from(packed), len)
@@ -205,6 +210,7 @@ impl<'a> Messages<'a> {
 impl<'a> Iterator for Messages<'a> {
     type Item = &'a [u8];
 
+    #[inline]
     fn next(&mut self) -> Option<&'a [u8]> {
         if self.left == 0 {
             return None;
@@ -332,7 +338,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn received(batch: &mut MessageBatch) -> ReceivedBatch {
-        let (packed, count) = batch.take_packed();
+        let (packed, count) = batch.take_packed(Vec::new());
         assert_eq!(count_records(&packed), Some(count));
         ReceivedBatch::new(0, 7, packed, Some(count), 10, 20)
     }
@@ -402,13 +408,15 @@ mod tests {
     }
 
     #[test]
-    fn taking_the_packed_form_keeps_the_capacity_for_the_next_batch() {
+    fn taking_the_packed_form_leaves_the_batch_empty_in_the_buffer_given() {
         let mut batch = MessageBatch::with_capacity(4, 100);
         batch.push(b"abc");
-        let capacity = batch.packed.capacity();
-        let (packed, count) = batch.take_packed();
+        let next = Vec::from(*b"left over");
+        let at = next.as_ptr();
+        let (packed, count) = batch.take_packed(next);
         assert_eq!((&packed[..], count), (&[3, b'a', b'b', b'c'][..], 1));
-        assert_eq!(batch.packed.capacity(), capacity);
-        assert!(batch.is_empty());
+        assert_eq!(batch.packed.as_ptr(), at);
+        assert!(batch.is_empty() && batch.packed.is_empty());
+        assert_eq!((batch.bytes(), batch.packed_len()), (0, 0));
     }
 }

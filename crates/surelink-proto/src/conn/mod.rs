@@ -46,6 +46,7 @@ mod rack;
 mod reassembly;
 mod received;
 mod recovery;
+mod recycle;
 mod rtt;
 mod send_queue;
 mod sent;
@@ -750,7 +751,8 @@ impl Connection {
         }
         self.check_send(batch.packed_len())?;
         let bytes = batch.bytes() as u64;
-        let (records, count) = batch.take_packed();
+        let next = self.send_queue.batch_buffer(batch.capacity());
+        let (records, count) = batch.take_packed(next);
         let delivery = self.delivery_on(channel);
         self.count_offered(now, count as u64, bytes, records.len() as u64);
         Ok(Some(self.send_queue.push_packed(

@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 
+use super::recycle::Recycler;
 use super::ChannelMap;
 use crate::batch::{count_records, ReceivedBatch};
 use crate::config::MESSAGE_CREDIT_OVERHEAD;
@@ -155,6 +156,9 @@ pub struct Reassembly {
     /// Released, waiting for the application: each a message or a packed
     /// batch, cut into messages as the application takes them.
     ready: VecDeque<ReceivedBatch>,
+    /// Buffers of messages that span packets, reused once the application
+    /// lets go of them.
+    recycler: Recycler,
     /// Credit charged for messages held (partial, playout or ready).
     held: u64,
     /// Credit returned by the application taking messages, or by skips.
@@ -193,6 +197,7 @@ impl Reassembly {
             skipped: 0,
             late: 0,
             skips: Vec::new(),
+            recycler: Recycler::default(),
         }
     }
 
@@ -393,7 +398,7 @@ impl Reassembly {
                 }
                 self.held += cost(f.msg_len);
                 ch.pending.entry(f.seq).or_insert(Partial {
-                    buf: Vec::with_capacity(f.msg_len as usize),
+                    buf: self.recycler.buffer(f.msg_len as usize),
                     len: f.msg_len,
                     have: RangeSet::new(),
                     source_us,
@@ -483,7 +488,7 @@ impl Reassembly {
                     now_us,
                     channel,
                     seq,
-                    Bytes::from(p.buf),
+                    self.recycler.share(p.buf),
                     p.packed,
                     p.source_us,
                 );
@@ -748,7 +753,7 @@ mod tests {
     fn records(messages: &[&[u8]]) -> Vec<u8> {
         let mut batch = crate::batch::MessageBatch::new();
         messages.iter().for_each(|m| batch.push(m));
-        batch.take_packed().0.to_vec()
+        batch.take_packed(Vec::new()).0.to_vec()
     }
 
     #[test]

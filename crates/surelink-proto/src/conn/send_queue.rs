@@ -50,6 +50,7 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 
 use super::reassembly::give_up_margin_us;
+use super::recycle::Recycler;
 use super::ChannelMap;
 use crate::config::MESSAGE_CREDIT_OVERHEAD;
 use crate::range_set::RangeSet;
@@ -339,6 +340,14 @@ impl Unacked {
         matches!(self.payload, Payload::Packed(_))
     }
 
+    /// A packed batch's records, for its buffer to be recycled.
+    fn into_packed_records(self) -> Option<Bytes> {
+        match self.payload {
+            Payload::Packed(p) => Some(p.records),
+            _ => None,
+        }
+    }
+
     /// Bytes of the message acknowledged so far.
     fn acked_bytes(&self) -> u64 {
         self.acked
@@ -545,13 +554,15 @@ impl ChannelQueue {
             u.acked.get_or_insert_default().insert(range)
         };
         let complete = whole || u.is_acked(&(0..len));
-        if complete {
-            self.remove(seq);
-        }
+        let freed = complete
+            .then(|| self.remove(seq))
+            .flatten()
+            .and_then(Unacked::into_packed_records);
         Some(Acknowledged {
             newly_acked,
             complete,
             messages,
+            freed,
         })
     }
 
@@ -615,7 +626,7 @@ impl ChannelQueue {
 }
 
 /// What acknowledging bytes of a message did.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Acknowledged {
     /// Bytes acknowledged now that were not before.
     newly_acked: u64,
@@ -623,6 +634,8 @@ struct Acknowledged {
     complete: bool,
     /// The application's messages it holds (see [`Unacked::messages`]).
     messages: u64,
+    /// The records of a packed batch that left the queue, for recycling.
+    freed: Option<Bytes>,
 }
 
 /// Consecutive messages `seq..seq + count` of one channel with bytes never
@@ -693,9 +706,17 @@ pub struct SendQueue {
     retransmitted: u64,
     retransmitted_bytes: u64,
     last_chance_copies: u64,
+    /// Buffers of acknowledged packed batches, for the next batches.
+    recycler: Recycler,
 }
 
 impl SendQueue {
+    /// An empty buffer of at least `capacity` bytes for the application's
+    /// next batch: one of an acknowledged batch if one is free.
+    pub fn batch_buffer(&self, capacity: usize) -> Vec<u8> {
+        self.recycler.buffer(capacity)
+    }
+
     /// A new packet is being built: the last-chance copies cut for the
     /// previous one go first, so that a copy never shares a packet (and its
     /// fate) with its original.
@@ -913,6 +934,9 @@ impl SendQueue {
                     self.buffered -= u.len() as u64 - u.acked_bytes();
                     self.unacked -= 1;
                     self.messages_abandoned += u.messages();
+                    if let Some(records) = u.into_packed_records() {
+                        self.recycler.reclaim(records);
+                    }
                 }
             }
         }
@@ -1146,6 +1170,9 @@ impl SendQueue {
             let messages = complete * acked.messages;
             let recovered = messages * u64::from(acked.newly_acked > 0 && f.retransmission);
             self.count_acknowledged(acked.newly_acked, complete, messages, recovered);
+            if let Some(records) = acked.freed {
+                self.recycler.reclaim(records);
+            }
         }
     }
 
