@@ -12,14 +12,19 @@
 //! CPU per message in the small-message benchmark (docs/BENCHMARKS.md,
 //! "Small messages: packed batches"). Recycled, the memory stays mapped.
 //!
-//! The free buffers of a connection are bounded in bytes
-//! ([`RECYCLE_BUDGET`]), and only buffers up to [`MAX_RECYCLED_LEN`] are
-//! kept; a connection that never moves messages larger than a packet keeps
-//! none.
+//! Only buffers from [`MIN_RECYCLED_LEN`] to [`MAX_RECYCLED_LEN`] are
+//! kept (smaller ones the allocator serves without going to the system),
+//! and the free buffers of each end of a connection are bounded in bytes
+//! ([`RECYCLE_BUDGET`], small next to its send buffer and receive window);
+//! a connection that never moves messages of 32 KiB or more keeps none.
+//! They are freed with the connection.
 
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
+
+/// Smallest buffer that is recycled.
+pub(crate) const MIN_RECYCLED_LEN: usize = 32 << 10;
 
 /// Largest buffer that is recycled.
 pub(crate) const MAX_RECYCLED_LEN: usize = 256 << 10;
@@ -41,7 +46,9 @@ impl Free {
     /// Keeps `buf`, emptied, if it is small enough and the budget allows.
     fn give_back(&mut self, mut buf: Vec<u8>) {
         let capacity = buf.capacity();
-        if capacity <= MAX_RECYCLED_LEN && self.bytes + capacity <= RECYCLE_BUDGET {
+        if (MIN_RECYCLED_LEN..=MAX_RECYCLED_LEN).contains(&capacity)
+            && self.bytes + capacity <= RECYCLE_BUDGET
+        {
             buf.clear();
             self.bytes += capacity;
             self.buffers.push(buf);
@@ -68,7 +75,7 @@ impl Recycler {
     /// so that buffers of about the same size (packed batches cut at a byte
     /// count) fit each other's uses.
     pub(crate) fn buffer(&self, len: usize) -> Vec<u8> {
-        if len > MAX_RECYCLED_LEN {
+        if !(MIN_RECYCLED_LEN..=MAX_RECYCLED_LEN).contains(&len) {
             return Vec::with_capacity(len);
         }
         let reused = {
@@ -96,7 +103,7 @@ impl Recycler {
     /// `buf`, complete, as shared bytes that give the buffer back once
     /// every part of them is dropped.
     pub(crate) fn share(&self, buf: Vec<u8>) -> Bytes {
-        if buf.capacity() > MAX_RECYCLED_LEN {
+        if !(MIN_RECYCLED_LEN..=MAX_RECYCLED_LEN).contains(&buf.capacity()) {
             return Bytes::from(buf);
         }
         Bytes::from_owner(Recycled {
@@ -137,44 +144,47 @@ mod tests {
     #[test]
     fn a_shared_buffer_is_reused_once_every_part_of_it_is_dropped_and_not_before() {
         let r = Recycler::default();
-        let mut first = r.buffer(1_000);
+        let mut first = r.buffer(40_000);
         let at = first.as_ptr();
-        first.extend_from_slice(&[1; 1_000]);
+        first.extend_from_slice(&[1; 40_000]);
         let message = r.share(first);
         let part = message.slice(10..20);
         drop(message);
-        let second = r.buffer(1_000);
+        let second = r.buffer(40_000);
         assert_ne!(second.as_ptr(), at, "a part of the first buffer is held");
         drop(part);
-        let third = r.buffer(800);
+        let third = r.buffer(35_000);
         assert_eq!(third.as_ptr(), at, "the first buffer, given back");
-        assert!(third.is_empty() && third.capacity() >= 800);
-        let fourth = r.buffer(1_000);
+        assert!(third.is_empty() && third.capacity() >= 35_000);
+        let fourth = r.buffer(40_000);
         assert_ne!(fourth.as_ptr(), at, "in use again");
     }
 
     #[test]
     fn bytes_held_elsewhere_are_not_reclaimed() {
         let r = Recycler::default();
-        let mut buf = r.buffer(5_000);
-        buf.extend_from_slice(&[2; 5_000]);
+        let mut buf = r.buffer(50_000);
+        buf.extend_from_slice(&[2; 50_000]);
         let at = buf.as_ptr();
         let bytes = Bytes::from(buf);
         let held = bytes.clone();
         r.reclaim(bytes);
-        let other = r.buffer(5_000);
+        let other = r.buffer(50_000);
         assert_ne!(other.as_ptr(), at, "still held");
         r.reclaim(held);
-        let reused = r.buffer(5_000);
+        let reused = r.buffer(50_000);
         assert_eq!(reused.as_ptr(), at, "given back whole");
     }
 
     #[test]
-    fn free_buffers_stay_within_the_budget_and_large_ones_are_not_kept() {
+    fn free_buffers_stay_within_the_budget_and_only_mid_sized_ones_are_kept() {
         let r = Recycler::default();
         let held: Vec<Bytes> = (0..2 * RECYCLE_BUDGET / 60_000)
             .map(|_| r.share(r.buffer(60_000)))
-            .chain([r.share(r.buffer(MAX_RECYCLED_LEN + 1))])
+            .chain([
+                r.share(r.buffer(MAX_RECYCLED_LEN + 1)),
+                r.share(r.buffer(MIN_RECYCLED_LEN - 1)),
+            ])
             .collect();
         drop(held);
         let free = r.free();
@@ -186,6 +196,6 @@ mod tests {
         assert!(free
             .buffers
             .iter()
-            .all(|b| b.capacity() <= MAX_RECYCLED_LEN));
+            .all(|b| (MIN_RECYCLED_LEN..=MAX_RECYCLED_LEN).contains(&b.capacity())));
     }
 }
