@@ -9,8 +9,13 @@
 //! connection can retransmit what needs retransmitting; declared losses are
 //! remembered for a few round trips so an acknowledgement that comes after
 //! all is recognised as a spurious loss.
+//!
+//! Packets are kept in a deque in the order they were numbered (numbers only
+//! grow), so remembering one is a push at the back and finding one a binary
+//! search. One acknowledged or lost leaves a hole, which is dropped once
+//! every packet before it is gone, or when holes outnumber the packets.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
@@ -83,10 +88,16 @@ pub struct LossOutcome {
     pub next: Option<Instant>,
 }
 
+/// Holes allowed in the deque before it is compacted, beyond one per packet.
+const SLACK_HOLES: usize = 64;
+
 /// Packets sent and not yet acknowledged or lost.
 #[derive(Debug, Default)]
 pub struct SentPackets {
-    packets: BTreeMap<u64, SentPacket>,
+    /// By ascending number; `None` for a packet acknowledged or lost.
+    packets: VecDeque<(u64, Option<SentPacket>)>,
+    /// Packets in `packets` that are not holes.
+    live: usize,
     largest_acked: Option<u64>,
     bytes_in_flight: u64,
     eliciting_in_flight: u64,
@@ -102,7 +113,49 @@ impl SentPackets {
             self.eliciting_in_flight += 1;
             self.last_eliciting_sent = Some(p.time);
         }
-        self.packets.insert(pn, p);
+        self.live += 1;
+        match self.packets.back() {
+            Some(&(last, _)) if last >= pn => {
+                // Numbers only grow; kept correct should one ever repeat.
+                let at = self.index(pn);
+                match self.packets.get_mut(at) {
+                    Some((n, slot)) if *n == pn => {
+                        if let Some(old) = slot.replace(p) {
+                            self.live -= 1;
+                            self.forget(&old);
+                        }
+                    }
+                    _ => self.packets.insert(at, (pn, Some(p))),
+                }
+            }
+            _ => self.packets.push_back((pn, Some(p))),
+        }
+    }
+
+    /// Index of the first entry numbered `pn` or above.
+    fn index(&self, pn: u64) -> usize {
+        self.packets.partition_point(|&(n, _)| n < pn)
+    }
+
+    /// Takes the packet at `index` out, leaving a hole.
+    fn take(&mut self, index: usize) -> Option<(u64, SentPacket)> {
+        let (pn, slot) = self.packets.get_mut(index)?;
+        let p = slot.take()?;
+        let pn = *pn;
+        self.live -= 1;
+        self.forget(&p);
+        Some((pn, p))
+    }
+
+    /// Drops the holes at the front, and all of them once they outnumber
+    /// the packets.
+    fn tidy(&mut self) {
+        while self.packets.front().is_some_and(|(_, p)| p.is_none()) {
+            self.packets.pop_front();
+        }
+        if self.packets.len() > 2 * self.live + SLACK_HOLES {
+            self.packets.retain(|(_, p)| p.is_some());
+        }
     }
 
     /// Bytes of ack-eliciting packets in flight.
@@ -126,7 +179,8 @@ impl SentPackets {
             return None;
         }
         self.packets
-            .values()
+            .iter()
+            .filter_map(|(_, p)| p.as_ref())
             .find(|p| p.ack_eliciting)
             .map(|p| p.time)
     }
@@ -142,7 +196,11 @@ impl SentPackets {
     pub fn drain(&mut self) -> Vec<(u64, SentPacket)> {
         self.bytes_in_flight = 0;
         self.eliciting_in_flight = 0;
-        std::mem::take(&mut self.packets).into_iter().collect()
+        self.live = 0;
+        std::mem::take(&mut self.packets)
+            .into_iter()
+            .filter_map(|(pn, p)| Some((pn, p?)))
+            .collect()
     }
 
     /// The path's RACK state (reordering seen, reordering window).
@@ -154,19 +212,20 @@ impl SentPackets {
     pub fn on_ack(&mut self, now: Instant, ranges: &[RangeInclusive<u64>]) -> AckOutcome {
         let mut out = AckOutcome::default();
         for r in ranges.iter().rev() {
-            let pns: Vec<u64> = self.packets.range(r.clone()).map(|(&pn, _)| pn).collect();
-            for pn in pns {
-                if let Some(p) = self.packets.remove(&pn) {
-                    self.forget(&p);
+            let mut at = self.index(*r.start());
+            while self.packets.get(at).is_some_and(|&(pn, _)| pn <= *r.end()) {
+                if let Some((pn, p)) = self.take(at) {
                     if self.largest_acked.is_some_and(|l| pn < l) {
                         out.out_of_order += 1;
                     }
                     self.rack.on_acked(now, pn, p.time, self.largest_acked);
                     out.acked.push((pn, p));
                 }
+                at += 1;
             }
             out.spurious.extend(self.rack.on_spurious_in(r.clone()));
         }
+        self.tidy();
         if let Some((pn, p)) = out.acked.last() {
             if self.largest_acked.is_none_or(|l| *pn > l) {
                 self.largest_acked = Some(*pn);
@@ -193,13 +252,17 @@ impl SentPackets {
         let Some(newest) = self.rack.newest_acked() else {
             return out;
         };
-        let candidates: Vec<u64> = self.packets.range(..newest).map(|(&pn, _)| pn).collect();
-        for pn in candidates {
-            let p = &self.packets[&pn];
+        let mut index = 0;
+        while let Some((pn, slot)) = self.packets.get(index) {
+            let pn = *pn;
+            if pn >= newest {
+                break;
+            }
+            index += 1;
+            let Some(p) = slot else { continue };
             let at = self.rack.lost_at(p.time, reo_wnd).expect("an ACK was seen");
             if at <= now || self.rack.lost_by_count(pn) {
-                let p = self.packets.remove(&pn).expect("present");
-                self.forget(&p);
+                let (_, p) = self.take(index - 1).expect("present");
                 if p.ack_eliciting {
                     let messages = p
                         .frames
@@ -214,6 +277,7 @@ impl SentPackets {
                 out.next = Some(out.next.map_or(at, |n: Instant| n.min(at)));
             }
         }
+        self.tidy();
         out
     }
 }
@@ -290,5 +354,61 @@ mod tests {
         let out = s.detect_lost(t0 + 29 * MS, 5 * MS, 100 * MS);
         assert!(out.lost.is_empty());
         assert_eq!(out.next, Some(t0 + 6 * MS + 20 * MS + 5 * MS));
+    }
+
+    #[test]
+    fn holes_behind_an_unacknowledged_packet_are_dropped() {
+        let t0 = Instant::now();
+        let mut s = SentPackets::default();
+        for pn in 0..10_000 {
+            s.on_sent(pn, pkt(t0));
+            if pn > 0 {
+                s.on_ack(t0, &[pn..=pn]);
+            }
+            assert!(s.packets.len() <= 2 * s.live + SLACK_HOLES + 1);
+        }
+        assert_eq!(s.bytes_in_flight(), 100, "packet 0 alone is in flight");
+        assert_eq!(s.oldest_eliciting_in_flight(), Some(t0));
+        let out = s.on_ack(t0, &[0..=0]);
+        assert_eq!(pns(&out.acked), vec![0]);
+        assert!(s.packets.is_empty());
+    }
+
+    proptest::proptest! {
+        /// Whatever the numbering gaps and acknowledged ranges, the packets
+        /// acknowledged and those left are those of a plain ordered map.
+        #[test]
+        fn acknowledgements_match_an_ordered_map(
+            ops in proptest::collection::vec((1u64..5, 0u64..40, 0u64..8), 1..200)
+        ) {
+            let t0 = Instant::now();
+            let mut s = SentPackets::default();
+            let mut model = std::collections::BTreeMap::new();
+            let mut next = 0;
+            for (gap, back, width) in ops {
+                next += gap;
+                s.on_sent(next, pkt(t0));
+                model.insert(next, ());
+                let start = next.saturating_sub(back);
+                // Highest first and disjoint, as an ACK frame's.
+                let mut ranges = vec![start..=start + width];
+                if let Some(low) = start.checked_sub(width + 3) {
+                    ranges.push(low..=low + width.min(2));
+                }
+                let mut expected = Vec::new();
+                for r in ranges.iter().rev() {
+                    let pns: Vec<u64> = model.range(r.clone()).map(|(&pn, _)| pn).collect();
+                    for pn in pns {
+                        model.remove(&pn);
+                        expected.push(pn);
+                    }
+                }
+                let out = s.on_ack(t0, &ranges);
+                proptest::prop_assert_eq!(pns(&out.acked), expected);
+                proptest::prop_assert_eq!(s.bytes_in_flight(), 100 * model.len() as u64);
+            }
+            let left: Vec<u64> = model.keys().copied().collect();
+            proptest::prop_assert_eq!(pns(&s.drain()), left);
+        }
     }
 }
