@@ -896,6 +896,8 @@ impl Connection {
             cwnd: self.ap().cc.window(),
             ssthresh: self.ap().cc.ssthresh(),
             bytes_in_flight: self.paths.iter().map(|p| p.sent.bytes_in_flight()).sum(),
+            recycled_buffer_bytes: (self.send_queue.recycled_bytes()
+                + self.reassembly.recycled_bytes()) as u64,
             paths: self.path_stats(self.last_received),
             retransmissions: self.send_queue.retransmitted(),
             payload_bytes_retransmitted: self.send_queue.retransmitted_bytes(),

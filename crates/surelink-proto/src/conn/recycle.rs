@@ -17,7 +17,8 @@
 //! and the free buffers of each end of a connection are bounded in bytes
 //! ([`RECYCLE_BUDGET`], small next to its send buffer and receive window);
 //! a connection that never moves messages of 32 KiB or more keeps none.
-//! They are freed with the connection.
+//! They are freed when the connection stops asking for them (see
+//! [`Recycler::decay`], called on its heartbeats), and with the connection.
 
 use std::sync::{Arc, Mutex, Weak};
 
@@ -40,6 +41,8 @@ pub(crate) const RECYCLE_BUDGET: usize = 2 << 20;
 struct Free {
     buffers: Vec<Vec<u8>>,
     bytes: usize,
+    /// Buffers of a recycled size asked for since the last decay.
+    asked: u64,
 }
 
 impl Free {
@@ -80,6 +83,7 @@ impl Recycler {
         }
         let reused = {
             let mut free = self.free();
+            free.asked += 1;
             let fitting = free.buffers.iter().position(|b| b.capacity() >= len);
             fitting.map(|i| {
                 let buf = free.buffers.swap_remove(i);
@@ -91,6 +95,26 @@ impl Recycler {
             let granule = (len.next_power_of_two() / 8).max(4096);
             Vec::with_capacity(len.next_multiple_of(granule))
         })
+    }
+
+    /// Frees the free buffers if none was asked for since the last call, so
+    /// that a connection that stopped moving large messages gives their
+    /// memory back by its second call; a busy one keeps them.
+    pub(crate) fn decay(&self) {
+        let idle = {
+            let mut free = self.free();
+            if std::mem::take(&mut free.asked) > 0 {
+                return;
+            }
+            free.bytes = 0;
+            std::mem::take(&mut free.buffers)
+        };
+        drop(idle);
+    }
+
+    /// Bytes of free buffers kept.
+    pub(crate) fn kept(&self) -> usize {
+        self.free().bytes
     }
 
     /// Keeps the buffer of `bytes` if nothing else holds it.
@@ -158,6 +182,23 @@ mod tests {
         assert!(third.is_empty() && third.capacity() >= 35_000);
         let fourth = r.buffer(40_000);
         assert_ne!(fourth.as_ptr(), at, "in use again");
+    }
+
+    #[test]
+    fn free_buffers_are_freed_once_none_is_asked_for_between_two_decays() {
+        let r = Recycler::default();
+        drop(r.share(r.buffer(40_000)));
+        let kept = r.kept();
+        assert!(kept >= 40_000);
+        r.decay();
+        assert_eq!(r.kept(), kept, "asked for since the last decay");
+        r.decay();
+        assert_eq!(r.kept(), 0, "nothing asked for: freed");
+        drop(r.share(r.buffer(40_000)));
+        r.decay();
+        drop(r.buffer(1_000));
+        r.decay();
+        assert_eq!(r.kept(), 0, "small buffers do not count as asked for");
     }
 
     #[test]

@@ -898,6 +898,17 @@ impl SendQueue {
         })
     }
 
+    /// Bytes of free message buffers kept for reuse.
+    pub fn recycled_bytes(&self) -> usize {
+        self.recycler.kept()
+    }
+
+    /// Frees the buffers kept for reuse if none was asked for since the last
+    /// call.
+    pub fn decay_recycled(&self) {
+        self.recycler.decay();
+    }
+
     /// Messages fully acknowledged so far.
     pub fn messages_acked(&self) -> u64 {
         self.messages_acked

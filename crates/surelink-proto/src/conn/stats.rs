@@ -28,6 +28,10 @@ pub struct ConnectionStats {
     pub ssthresh: u64,
     /// Bytes of ack-eliciting packets in flight.
     pub bytes_in_flight: u64,
+    /// Bytes of free message buffers both ends keep for reuse (packed
+    /// batches and rebuilt messages of 32–256 KiB; freed when the
+    /// connection stops moving such messages).
+    pub recycled_buffer_bytes: u64,
     /// Datagrams sent.
     pub packets_sent: u64,
     /// Datagrams received and accepted by this connection.
@@ -199,6 +203,15 @@ impl VisitStats for ConnectionStats {
                 "Bytes of ack-eliciting packets in flight.",
             ),
             int(self.bytes_in_flight),
+        );
+        v.gauge(
+            &g(
+                "recycled_buffer_bytes",
+                "recycled",
+                Bytes,
+                "Bytes of free message buffers kept for reuse.",
+            ),
+            int(self.recycled_buffer_bytes),
         );
         v.counter(
             &c("packets_sent", "packets_sent", Count, "Datagrams sent."),

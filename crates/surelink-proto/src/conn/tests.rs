@@ -707,3 +707,32 @@ fn a_tampered_datagram_is_refused_and_its_reused_buffer_carries_nothing_into_the
     );
     assert_eq!(p.server().stats().auth_failures, after.auth_failures);
 }
+
+#[test]
+fn buffers_kept_for_reuse_are_freed_once_the_connection_is_quiet() {
+    let mut p = Pair::new(Config::default());
+    p.flush();
+    let mut batch = crate::batch::MessageBatch::new();
+    for round in 0..8u8 {
+        for i in 0..900u16 {
+            batch.push(&[round; 100][..usize::from(i % 101)]);
+        }
+        p.client.send_batch(p.now, 0, &mut batch).unwrap();
+        while p.client.unacked_bytes() > 0 {
+            p.advance();
+        }
+        while let Some(b) = p.server().recv_batch() {
+            assert_eq!(b.len(), 900);
+        }
+    }
+    let kept = |c: &Connection| c.stats().recycled_buffer_bytes;
+    assert!(kept(&p.client) > 0, "acknowledged batches' buffers kept");
+    assert!(kept(p.server()) > 0, "rebuilt batches' buffers kept");
+    let start = p.now;
+    while p.now - start < Duration::from_secs(5) {
+        p.advance();
+    }
+    assert_eq!(kept(&p.client), 0);
+    assert_eq!(kept(p.server()), 0);
+    assert!(p.client.is_established() && p.server().is_established());
+}

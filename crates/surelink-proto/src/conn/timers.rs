@@ -130,7 +130,12 @@ impl Connection {
                     self.stats.probe_timeouts += 1;
                 }
             }
-            Timer::Heartbeat(i) => self.paths[i].on_heartbeat_due(),
+            Timer::Heartbeat(i) => {
+                self.paths[i].on_heartbeat_due();
+                // A quiet connection gives back the buffers it kept for reuse.
+                self.send_queue.decay_recycled();
+                self.reassembly.decay_recycled();
+            }
             Timer::Handshake => {
                 self.paths[0].pto_count += 1;
                 self.stats.probe_timeouts += 1;
