@@ -42,6 +42,13 @@ impl RangeSet {
                 if e >= end {
                     return 0;
                 }
+                // The common case (values arriving in order): it extends
+                // that range and reaches no later one; the range grows in
+                // place, with no removal and reinsertion.
+                if self.map.range(start + 1..=end).next().is_none() {
+                    self.map.insert(s, end);
+                    return end - e;
+                }
                 covered += e - start;
                 start = s;
                 self.map.remove(&s);

@@ -119,7 +119,10 @@ struct Partial {
     buf: Vec<u8>,
     /// Length of the whole message.
     len: u64,
+    /// Byte ranges arrived.
     have: RangeSet,
+    /// Bytes arrived (the size of `have`).
+    got: u64,
     source_us: u64,
     delivery: Delivery,
     /// A packed batch: the number of its records once it is complete
@@ -129,7 +132,7 @@ struct Partial {
 
 impl Partial {
     fn complete(&self) -> bool {
-        self.have.contains_range(&(0..self.len))
+        self.got == self.len
     }
 
     fn deadline_us(&self) -> Option<u64> {
@@ -412,6 +415,7 @@ impl Reassembly {
                     buf: self.recycler.buffer(f.msg_len as usize),
                     len: f.msg_len,
                     have: RangeSet::new(),
+                    got: 0,
                     source_us,
                     delivery: f.delivery,
                     packed: f.packed.then_some(0),
@@ -420,6 +424,7 @@ impl Reassembly {
         };
         let end = f.offset + f.data.len() as u64;
         let new = partial.have.insert(f.offset..end);
+        partial.got += new;
         if new == 0 && f.msg_len > 0 {
             return Ok(FragmentOutcome::Duplicate);
         }
