@@ -523,6 +523,12 @@ impl Connection {
         now.saturating_duration_since(self.epoch).as_micros() as u64
     }
 
+    /// The free buffers each end keeps for reuse: the sender's, the
+    /// receiver's.
+    fn recyclers(&self) -> [&recycle::Recycler; 2] {
+        [self.send_queue.recycler(), self.reassembly.recycler()]
+    }
+
     /// Our clock at `now`, µs.
     fn clock_us(&self, now: Instant) -> u64 {
         self.wall_origin_us.saturating_add(self.micros(now))
@@ -896,8 +902,7 @@ impl Connection {
             cwnd: self.ap().cc.window(),
             ssthresh: self.ap().cc.ssthresh(),
             bytes_in_flight: self.paths.iter().map(|p| p.sent.bytes_in_flight()).sum(),
-            recycled_buffer_bytes: (self.send_queue.recycled_bytes()
-                + self.reassembly.recycled_bytes()) as u64,
+            recycled_buffer_bytes: self.recyclers().iter().map(|r| r.kept() as u64).sum(),
             paths: self.path_stats(self.last_received),
             retransmissions: self.send_queue.retransmitted(),
             payload_bytes_retransmitted: self.send_queue.retransmitted_bytes(),

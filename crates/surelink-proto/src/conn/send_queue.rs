@@ -898,15 +898,9 @@ impl SendQueue {
         })
     }
 
-    /// Bytes of free message buffers kept for reuse.
-    pub fn recycled_bytes(&self) -> usize {
-        self.recycler.kept()
-    }
-
-    /// Frees the buffers kept for reuse if none was asked for since the last
-    /// call.
-    pub fn decay_recycled(&self) {
-        self.recycler.decay();
+    /// The free message buffers this end keeps for reuse.
+    pub(crate) fn recycler(&self) -> &Recycler {
+        &self.recycler
     }
 
     /// Messages fully acknowledged so far.

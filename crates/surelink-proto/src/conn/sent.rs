@@ -113,23 +113,12 @@ impl SentPackets {
             self.eliciting_in_flight += 1;
             self.last_eliciting_sent = Some(p.time);
         }
+        debug_assert!(
+            self.packets.back().is_none_or(|&(last, _)| last < pn),
+            "packet numbers only grow"
+        );
         self.live += 1;
-        match self.packets.back() {
-            Some(&(last, _)) if last >= pn => {
-                // Numbers only grow; kept correct should one ever repeat.
-                let at = self.index(pn);
-                match self.packets.get_mut(at) {
-                    Some((n, slot)) if *n == pn => {
-                        if let Some(old) = slot.replace(p) {
-                            self.live -= 1;
-                            self.forget(&old);
-                        }
-                    }
-                    _ => self.packets.insert(at, (pn, Some(p))),
-                }
-            }
-            _ => self.packets.push_back((pn, Some(p))),
-        }
+        self.packets.push_back((pn, Some(p)));
     }
 
     /// Index of the first entry numbered `pn` or above.

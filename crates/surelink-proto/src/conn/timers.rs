@@ -133,8 +133,9 @@ impl Connection {
             Timer::Heartbeat(i) => {
                 self.paths[i].on_heartbeat_due();
                 // A quiet connection gives back the buffers it kept for reuse.
-                self.send_queue.decay_recycled();
-                self.reassembly.decay_recycled();
+                for r in self.recyclers() {
+                    r.decay();
+                }
             }
             Timer::Handshake => {
                 self.paths[0].pto_count += 1;
