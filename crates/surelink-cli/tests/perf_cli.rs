@@ -72,6 +72,9 @@ fn a_rate_limited_run_delivers_every_message_and_reports_both_sides() {
     assert!(number(&result, &["client", "peak_rss_kib"]) > 0.0);
     assert!(number(&result, &["server", "peak_rss_kib"]) > 0.0);
     assert!(result["retransmissions"].is_u64());
+    let lost = result["packets_lost"].as_u64().expect("packets_lost");
+    let spurious = result["spurious_losses"].as_u64().expect("spurious_losses");
+    assert!(spurious <= lost, "{result:#}");
 
     // Unbounded rate, a second client on the same server: whatever was
     // sent arrived, byte for byte.
@@ -128,6 +131,8 @@ fn the_text_summary_names_every_figure() {
         "sent 10 ",
         "received 10 ",
         "lost 0",
+        "declared lost ",
+        "(spurious) ",
         "msg/s",
         "MiB/s",
         "p99",

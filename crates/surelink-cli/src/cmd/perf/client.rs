@@ -41,6 +41,9 @@ const FINISH_LIMIT: Duration = Duration::from_secs(60);
 struct ConnectionResult {
     sent: u64,
     retransmissions: u64,
+    /// Packets the client declared lost, and how many of them were
+    /// acknowledged after all (spurious losses).
+    packets_lost: (u64, u64),
     report: ServerReport,
 }
 
@@ -214,11 +217,12 @@ async fn exercise(
         CompactLatencies::decode(&next_control(&conn).await?)
             .context("bad latencies from the server")?
             .add_to(&mut histogram.lock().unwrap_or_else(PoisonError::into_inner));
-        let retransmissions = conn.stats().retransmissions;
+        let stats = conn.stats();
         conn.close().await?;
         anyhow::Ok(ConnectionResult {
             sent,
-            retransmissions,
+            retransmissions: stats.retransmissions,
+            packets_lost: (stats.packets_lost, stats.spurious_losses),
             report,
         })
     };
@@ -253,6 +257,8 @@ fn summarise(
     let received: u64 = results.iter().map(|r| r.report.messages).sum();
     let bytes: u64 = results.iter().map(|r| r.report.bytes).sum();
     let retransmissions: u64 = results.iter().map(|r| r.retransmissions).sum();
+    let packets_lost: u64 = results.iter().map(|r| r.packets_lost.0).sum();
+    let spurious_losses: u64 = results.iter().map(|r| r.packets_lost.1).sum();
     let first = results
         .iter()
         .filter(|r| r.report.messages > 0)
@@ -291,6 +297,8 @@ fn summarise(
         "messages_received": received,
         "lost": sent.saturating_sub(received),
         "retransmissions": retransmissions,
+        "packets_lost": packets_lost,
+        "spurious_losses": spurious_losses,
         "bytes_received": bytes,
         "receive_span_s": span_s,
         "messages_per_s": received as f64 / span_s,
@@ -331,6 +339,7 @@ fn summary_text(s: &Value) -> String {
     format!(
         "surelink perf: {} connections ({} client drivers, all connected in {:.2} s; {} failed after connecting), {}-byte messages, {rate}, {} s\n\
          \x20 messages    sent {}  received {}  lost {}  retransmissions {}\n\
+         \x20 packets     declared lost {}, of which acknowledged after all (spurious) {}\n\
          \x20 throughput  {:.0} msg/s  {:.2} MiB/s  (received, over {:.2} s)\n\
          \x20 latency     p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  (one way, {} messages)\n\
          \x20 cpu         client {:.2} s ({:.0} % of one core)  server {:.2} s\n\
@@ -345,6 +354,8 @@ fn summary_text(s: &Value) -> String {
         s["messages_received"],
         s["lost"],
         s["retransmissions"],
+        s["packets_lost"],
+        s["spurious_losses"],
         s["messages_per_s"].as_f64().unwrap_or(0.0),
         s["mib_per_s"].as_f64().unwrap_or(0.0),
         s["receive_span_s"].as_f64().unwrap_or(0.0),

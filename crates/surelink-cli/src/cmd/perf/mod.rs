@@ -7,7 +7,9 @@
 //! messages of `--size` bytes on channel 0 of each (at `--rate` messages per
 //! second per connection, or as fast as the transport accepts them), and
 //! prints messages/s, MiB/s, one-way latency percentiles, losses,
-//! retransmissions, and the CPU time and peak memory of both processes.
+//! retransmissions, packets declared lost (and how many of those were
+//! spurious: acknowledged after all), and the CPU time and peak memory of
+//! both processes.
 //!
 //! The exchange at the end of each connection ([`report`]) runs on channel 1,
 //! which carries nothing else: the client says how many messages it sent; once
