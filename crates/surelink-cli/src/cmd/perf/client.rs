@@ -41,9 +41,10 @@ const FINISH_LIMIT: Duration = Duration::from_secs(60);
 struct ConnectionResult {
     sent: u64,
     retransmissions: u64,
-    /// Packets the client declared lost, and how many of them were
-    /// acknowledged after all (spurious losses).
-    packets_lost: (u64, u64),
+    /// Packets the client declared lost.
+    packets_lost: u64,
+    /// Of those, packets acknowledged after all (spurious losses).
+    spurious_losses: u64,
     report: ServerReport,
 }
 
@@ -222,7 +223,8 @@ async fn exercise(
         anyhow::Ok(ConnectionResult {
             sent,
             retransmissions: stats.retransmissions,
-            packets_lost: (stats.packets_lost, stats.spurious_losses),
+            packets_lost: stats.packets_lost,
+            spurious_losses: stats.spurious_losses,
             report,
         })
     };
@@ -257,8 +259,8 @@ fn summarise(
     let received: u64 = results.iter().map(|r| r.report.messages).sum();
     let bytes: u64 = results.iter().map(|r| r.report.bytes).sum();
     let retransmissions: u64 = results.iter().map(|r| r.retransmissions).sum();
-    let packets_lost: u64 = results.iter().map(|r| r.packets_lost.0).sum();
-    let spurious_losses: u64 = results.iter().map(|r| r.packets_lost.1).sum();
+    let packets_lost: u64 = results.iter().map(|r| r.packets_lost).sum();
+    let spurious_losses: u64 = results.iter().map(|r| r.spurious_losses).sum();
     let first = results
         .iter()
         .filter(|r| r.report.messages > 0)
